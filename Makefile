@@ -1,0 +1,71 @@
+# Awareness: `make run` and `make test` work from a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+GEN_STAMP := clients/python/src/.generated
+PROTO_FILES := $(shell find protos -name '*.proto' 2>/dev/null)
+PYTEST_ARGS ?=
+
+.PHONY: setup run test lint protos dist bench bench-signing bench-ingest bench-policy bench-scoring clean
+
+setup: $(STAMP) $(GEN_STAMP) node_modules/.installed
+
+$(STAMP): pyproject.toml constraints.txt clients/python/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel -c constraints.txt
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --silent --no-audit --no-fund
+	touch $@
+
+# Generated code is never committed: it is rebuilt from protos/ into the client package.
+$(GEN_STAMP): $(STAMP) $(PROTO_FILES) scripts/gen_protos.py
+	$(PY) scripts/gen_protos.py
+	$(PIP) install --quiet --no-deps --no-build-isolation -e clients/python
+	touch $@
+
+protos: $(STAMP)
+	$(PY) scripts/gen_protos.py
+	$(PIP) install --quiet --no-deps --no-build-isolation -e clients/python
+	touch $(GEN_STAMP)
+
+dist: setup
+	rm -rf dist
+	$(PY) -m build --no-isolation --wheel --outdir dist clients/python
+	$(PY) -m build --no-isolation --wheel --outdir dist .
+	@ls -1 dist
+
+run: setup
+	$(VENV)/bin/awareness up
+
+test: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check services tests scripts
+	$(VENV)/bin/ruff format --check services tests scripts
+	$(VENV)/bin/mypy
+	npx --no-install buf lint
+
+bench: setup
+	$(PY) -m services.bench all
+
+bench-signing: setup
+	$(PY) -m services.bench signing
+
+bench-ingest: setup
+	$(PY) -m services.bench ingest
+
+bench-policy: setup
+	$(PY) -m services.bench policy
+
+bench-scoring: setup
+	$(PY) -m services.bench scoring
+
+clean:
+	rm -rf $(VENV) node_modules clients/python/src build dist .pytest_cache .mypy_cache .ruff_cache
