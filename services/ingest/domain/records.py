@@ -1,0 +1,253 @@
+"""The stored record: sealed personal fields, canonical bytes for the Merkle leaf, fingerprints.
+
+Personal fields (subject identifier, summary, details) are sealed with AES-256-GCM under the
+subject's per-period data key (held by gdpr). The Merkle leaf covers the canonical bytes of the
+record *including the ciphertext*, so destroying the key (erasure) leaves every hash verifiable.
+
+Canonical record encoding, version 1 ("awareness.ingest.record.v1"): one JSON object, UTF-8, no
+insignificant whitespace, members sorted by name, strings escaped as RFC 8785 (JCS) does; for the
+value types used (strings and the integer version) this is exactly JCS output. Members:
+
+    ciphertext        base64 (RFC 4648, standard alphabet, padded) of the AES-GCM ciphertext+tag
+    event_id          lower-case 8-4-4-4-12 UUID
+    format            "awareness.ingest.record.v1"
+    key_id            id of the data key used to seal the personal fields
+    key_period        the key's period, e.g. "2025-06"
+    nonce             base64 of the 12-byte AES-GCM nonce
+    occurred_at       RFC 3339 UTC, always 6 fractional digits and "Z": 2025-06-01T12:00:00.000000Z
+    receive_time      same format as occurred_at
+    severity          "info" | "low" | "medium" | "high" | "critical"
+    source            the emitting system
+    subject_pseudonym the subject's pseudonym (never the identifier)
+    type              registered event type
+    v                 1
+
+The sealed plaintext is the canonical JSON {"details": {...}, "subject": ..., "summary": ..., "v": 1}
+and the AES-GCM associated data is the canonical JSON
+{"event_id": ..., "format": "awareness.ingest.personal.v1", "key_id": ...}, which binds a ciphertext
+to its record and key: it cannot be moved to another record.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from services.ingest.domain.errors import TamperedRecordError
+from services.ingest.domain.events import EventInput, Severity, parse_severity
+from services.ingest.domain.merkle import leaf_hash
+
+RECORD_FORMAT = "awareness.ingest.record.v1"
+PERSONAL_FORMAT = "awareness.ingest.personal.v1"
+FINGERPRINT_FORMAT = "awareness.ingest.fingerprint.v1"
+DATA_KEY_BYTES = 32
+NONCE_BYTES = 12
+MIN_FINGERPRINT_SECRET_BYTES = 16
+
+
+@dataclass(frozen=True, slots=True)
+class PersonalFields:
+    subject: str
+    summary: str
+    details: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class SealedPersonal:
+    nonce: bytes
+    ciphertext: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """What the log stores for one event: non-personal fields plus the sealed personal ones."""
+
+    event_id: str
+    type: str
+    source: str
+    occurred_at: datetime
+    severity: Severity
+    subject_pseudonym: str
+    key_period: str
+    key_id: str
+    receive_time: datetime
+    nonce: bytes
+    ciphertext: bytes
+
+
+def canonical_json(value: Mapping[str, Any]) -> bytes:
+    """RFC 8785-compatible JSON for objects of strings, small integers and nested such objects."""
+    return json.dumps(
+        _sorted_for_jcs(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False
+    ).encode("utf-8")
+
+
+def _sorted_for_jcs(value: Any) -> Any:
+    # JCS orders members by their UTF-16 code units, which differs from code-point order only
+    # for keys mixing astral characters with U+E000..U+FFFF; details keys may be anything.
+    if isinstance(value, Mapping):
+        return {
+            key: _sorted_for_jcs(value[key])
+            for key in sorted(value, key=lambda k: str(k).encode("utf-16-be"))
+        }
+    return value
+
+
+def format_timestamp(moment: datetime) -> str:
+    """RFC 3339 in UTC with exactly six fractional digits and "Z"."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("timestamps must carry a time zone")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Inverse of format_timestamp; rejects any other spelling so the encoding stays canonical."""
+    moment = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    if format_timestamp(moment) != text:
+        raise ValueError(f"timestamp {text!r} is not in canonical form")
+    return moment
+
+
+def _personal_aad(*, event_id: str, key_id: str) -> bytes:
+    return canonical_json({"event_id": event_id, "format": PERSONAL_FORMAT, "key_id": key_id})
+
+
+def seal_personal(
+    *, key: bytes, key_id: str, event_id: str, subject: str, summary: str, details: Mapping[str, str]
+) -> SealedPersonal:
+    """Encrypt the personal fields with AES-256-GCM under a fresh random 96-bit nonce."""
+    if len(key) != DATA_KEY_BYTES:
+        raise ValueError(f"data keys are {DATA_KEY_BYTES} bytes (AES-256), got {len(key)}")
+    plaintext = canonical_json({"details": dict(details), "subject": subject, "summary": summary, "v": 1})
+    nonce = os.urandom(NONCE_BYTES)
+    ciphertext = AESGCM(key).encrypt(nonce, plaintext, _personal_aad(event_id=event_id, key_id=key_id))
+    return SealedPersonal(nonce=nonce, ciphertext=ciphertext)
+
+
+def open_personal(*, key: bytes, key_id: str, event_id: str, sealed: SealedPersonal) -> PersonalFields:
+    """Decrypt and authenticate; TamperedRecordError if anything (or the key) does not match."""
+    if len(key) != DATA_KEY_BYTES:
+        raise ValueError(f"data keys are {DATA_KEY_BYTES} bytes (AES-256), got {len(key)}")
+    try:
+        plaintext = AESGCM(key).decrypt(
+            sealed.nonce, sealed.ciphertext, _personal_aad(event_id=event_id, key_id=key_id)
+        )
+    except (InvalidTag, ValueError) as error:
+        raise TamperedRecordError(f"personal fields of event {event_id} failed authentication") from error
+    try:
+        document = json.loads(plaintext)
+        fields = PersonalFields(
+            subject=document["subject"], summary=document["summary"], details=dict(document["details"])
+        )
+    except (ValueError, KeyError, TypeError) as error:
+        raise TamperedRecordError(f"personal fields of event {event_id} are malformed") from error
+    if document.get("v") != 1 or not _all_strings(fields):
+        raise TamperedRecordError(f"personal fields of event {event_id} have an unknown layout")
+    return fields
+
+
+def _all_strings(fields: PersonalFields) -> bool:
+    return (
+        isinstance(fields.subject, str)
+        and isinstance(fields.summary, str)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in fields.details.items())
+    )
+
+
+def _record_document(record: StoredRecord) -> dict[str, Any]:
+    return {
+        "ciphertext": base64.b64encode(record.ciphertext).decode("ascii"),
+        "event_id": record.event_id,
+        "format": RECORD_FORMAT,
+        "key_id": record.key_id,
+        "key_period": record.key_period,
+        "nonce": base64.b64encode(record.nonce).decode("ascii"),
+        "occurred_at": format_timestamp(record.occurred_at),
+        "receive_time": format_timestamp(record.receive_time),
+        "severity": record.severity.label,
+        "source": record.source,
+        "subject_pseudonym": record.subject_pseudonym,
+        "type": record.type,
+        "v": 1,
+    }
+
+
+def canonical_record_bytes(record: StoredRecord) -> bytes:
+    """The version-1 canonical encoding described in this module's docstring (the Merkle leaf data)."""
+    return canonical_json(_record_document(record))
+
+
+def record_leaf_hash(record: StoredRecord) -> bytes:
+    """RFC 6962 leaf hash of the record's canonical bytes."""
+    return leaf_hash(canonical_record_bytes(record))
+
+
+def decode_canonical_record(data: bytes) -> StoredRecord:
+    """Parse canonical record bytes (e.g. from an export) and insist they re-encode identically."""
+    try:
+        document = json.loads(data.decode("utf-8"))
+        if (
+            not isinstance(document, dict)
+            or document.get("format") != RECORD_FORMAT
+            or document.get("v") != 1
+        ):
+            raise ValueError("not an awareness.ingest.record.v1 document")
+        severity = parse_severity(document["severity"])
+        if severity is None:
+            raise ValueError(f"unknown severity {document['severity']!r}")
+        record = StoredRecord(
+            event_id=document["event_id"],
+            type=document["type"],
+            source=document["source"],
+            occurred_at=parse_timestamp(document["occurred_at"]),
+            severity=severity,
+            subject_pseudonym=document["subject_pseudonym"],
+            key_period=document["key_period"],
+            key_id=document["key_id"],
+            receive_time=parse_timestamp(document["receive_time"]),
+            nonce=base64.b64decode(document["nonce"], validate=True),
+            ciphertext=base64.b64decode(document["ciphertext"], validate=True),
+        )
+    except (UnicodeDecodeError, KeyError, TypeError, AttributeError, binascii.Error) as error:
+        raise ValueError(f"malformed canonical record: {error}") from error
+    if canonical_record_bytes(record) != data:
+        raise ValueError("record bytes are not in canonical form")
+    return record
+
+
+def content_fingerprint(event: EventInput, *, secret: bytes) -> str:
+    """HMAC-SHA256 (hex) over the canonical content of a submitted, already validated event.
+
+    Used for idempotency: a retried event_id with the same fingerprint gets the original receipt,
+    with a different one EVENT_ID_CONFLICT. The content holds personal data, hence a keyed HMAC
+    under a server secret, never a bare hash that could be confirmed by guessing.
+    """
+    if len(secret) < MIN_FINGERPRINT_SECRET_BYTES:
+        raise ValueError(f"the fingerprint secret must be at least {MIN_FINGERPRINT_SECRET_BYTES} bytes")
+    severity = parse_severity(event.severity)
+    if event.occurred_at is None or severity is None:
+        raise ValueError("fingerprints are taken of validated events (occurred_at and severity set)")
+    content = canonical_json(
+        {
+            "details": dict(event.details),
+            "format": FINGERPRINT_FORMAT,
+            "occurred_at": format_timestamp(event.occurred_at),
+            "severity": severity.label,
+            "source": event.source,
+            "subject": event.subject,
+            "summary": event.summary,
+            "type": event.type,
+        }
+    )
+    return hmac.new(secret, content, hashlib.sha256).hexdigest()

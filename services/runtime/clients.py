@@ -1,0 +1,261 @@
+"""Channels to other services: a deadline on every call, one circuit breaker per target,
+retries with jittered backoff for idempotent methods only, and the signed internal
+credential plus W3C trace context on every call.
+
+Idempotency comes from the protos themselves (``services.runtime.protos``): methods
+marked ``option idempotency_level = NO_SIDE_EFFECTS`` or ``IDEMPOTENT`` may be retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pybreaker
+
+from services.runtime import auth
+from services.runtime.errors import DependencyUnavailableError
+from services.runtime.metrics import BREAKER_STATES, ServiceMetrics
+from services.runtime.protos import is_idempotent
+from services.runtime.tracing import inject_metadata
+
+log = logging.getLogger("awareness.clients")
+
+# Codes that say "the dependency is unhealthy", as opposed to "your request was wrong".
+TRANSIENT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+def is_business_error(exc: BaseException) -> bool:
+    """Errors that must not open a breaker: the callee answered, the request was at fault."""
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() not in TRANSIENT_CODES
+
+
+class _BreakerMetrics(pybreaker.CircuitBreakerListener):
+    def __init__(self, metrics: ServiceMetrics | None, target: str) -> None:
+        self._metrics = metrics
+        self._target = target
+        if metrics is not None:
+            metrics.breaker_state.labels(target).set(0)
+
+    def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
+        name = new_state.name
+        log.warning(
+            "circuit breaker state change",
+            extra={"target": self._target, "from_state": getattr(old_state, "name", None), "to_state": name},
+        )
+        if self._metrics is not None:
+            self._metrics.breaker_state.labels(self._target).set(BREAKER_STATES.get(name, -1))
+            self._metrics.breaker_transitions.labels(self._target, name).inc()
+
+
+def new_breaker(
+    *, target: str, fail_max: int, reset_seconds: float, metrics: ServiceMetrics | None = None
+) -> pybreaker.CircuitBreaker:
+    return pybreaker.CircuitBreaker(
+        fail_max=fail_max,
+        reset_timeout=reset_seconds,
+        exclude=[is_business_error],
+        listeners=[_BreakerMetrics(metrics, target)],
+        name=target,
+    )
+
+
+@dataclass
+class CallPolicy:
+    timeout_seconds: float
+    attempts: int
+    backoff_base_seconds: float = 0.05
+    backoff_max_seconds: float = 1.0
+    jitter: Callable[[], float] = field(default=random.random)
+
+    def backoff(self, attempt: int) -> float:
+        # "Full jitter": uniform in [0, min(max, base * 2^attempt)].
+        jitter: float = self.jitter()
+        return jitter * min(self.backoff_max_seconds, math.ldexp(self.backoff_base_seconds, attempt))
+
+
+IdentitySource = auth.Principal | Callable[[], auth.Principal]
+
+
+class _Metadata:
+    def __init__(self, *, secret: bytes, identity: IdentitySource) -> None:
+        self._secret = secret
+        self._identity = identity
+
+    def principal(self) -> auth.Principal:
+        return self._identity if isinstance(self._identity, auth.Principal) else self._identity()
+
+    def build(self, method: str, existing: Sequence[tuple[str, str | bytes]] | None) -> grpc.aio.Metadata:
+        metadata = grpc.aio.Metadata(*(existing or ()))
+        for key, value in auth.sign_metadata(secret=self._secret, method=method, principal=self.principal()):
+            metadata.add(key, value)
+        carrier: dict[str, str] = {}
+        inject_metadata(carrier)
+        for key, value in carrier.items():
+            metadata.add(key, value)
+        return metadata
+
+
+def _method_name(details: grpc.aio.ClientCallDetails) -> str:
+    method = details.method
+    return method.decode() if isinstance(method, bytes) else method
+
+
+class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(
+        self,
+        *,
+        target: str,
+        breaker: pybreaker.CircuitBreaker,
+        policy: CallPolicy,
+        signer: _Metadata,
+        metrics: ServiceMetrics | None,
+    ) -> None:
+        self._target = target
+        self._breaker = breaker
+        self._policy = policy
+        self._signer = signer
+        self._metrics = metrics
+
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        method = _method_name(client_call_details)
+        attempts = self._policy.attempts if is_idempotent(method) else 1
+        timeout = client_call_details.timeout or self._policy.timeout_seconds
+        last_error: BaseException | None = None
+        for attempt in range(attempts):
+            details = grpc.aio.ClientCallDetails(
+                method=client_call_details.method,
+                timeout=timeout,
+                metadata=self._signer.build(method, client_call_details.metadata),
+                credentials=client_call_details.credentials,
+                wait_for_ready=client_call_details.wait_for_ready,
+            )
+            try:
+                with self._breaker.calling():
+                    call = await continuation(details, request)
+                    response = await call
+                self._count(method, "OK")
+                return response
+            except pybreaker.CircuitBreakerError as exc:
+                self._count(method, "BREAKER_OPEN")
+                raise DependencyUnavailableError(
+                    f"{self._target} is unavailable (circuit breaker open)",
+                    reason="CIRCUIT_OPEN",
+                    metadata={"target": self._target},
+                ) from exc
+            except grpc.aio.AioRpcError as exc:
+                self._count(method, exc.code().name)
+                if exc.code() not in RETRYABLE_CODES or attempt + 1 >= attempts:
+                    raise
+                last_error = exc
+                if self._metrics is not None:
+                    self._metrics.client_retries.labels(self._target, method).inc()
+                await asyncio.sleep(self._policy.backoff(attempt))
+        raise AssertionError("unreachable") from last_error
+
+    def _count(self, method: str, code: str) -> None:
+        if self._metrics is not None:
+            self._metrics.client_calls.labels(self._target, method, code).inc()
+
+
+class _Streaming(
+    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Deadline, credential and trace context for streaming calls (no retries: not idempotent)."""
+
+    def __init__(self, *, policy: CallPolicy, signer: _Metadata) -> None:
+        self._policy = policy
+        self._signer = signer
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        return grpc.aio.ClientCallDetails(
+            method=details.method,
+            timeout=details.timeout or self._policy.timeout_seconds,
+            metadata=self._signer.build(_method_name(details), details.metadata),
+            credentials=details.credentials,
+            wait_for_ready=details.wait_for_ready,
+        )
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return await continuation(self._details(details), request_iterator)
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return await continuation(self._details(details), request_iterator)
+
+
+class ChannelFactory:
+    """One per process: ``channel("gdpr")`` returns the shared, guarded channel to that service."""
+
+    def __init__(
+        self,
+        *,
+        targets: dict[str, str] | Any,
+        identity: IdentitySource,
+        internal_secret: bytes,
+        timeout_seconds: float,
+        attempts: int,
+        breaker_fail_max: int,
+        breaker_reset_seconds: float,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        self._targets = dict(targets)
+        self._signer = _Metadata(secret=internal_secret, identity=identity)
+        self._policy = CallPolicy(timeout_seconds=timeout_seconds, attempts=attempts)
+        self._fail_max = breaker_fail_max
+        self._reset_seconds = breaker_reset_seconds
+        self._metrics = metrics
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.breakers: dict[str, pybreaker.CircuitBreaker] = {}
+
+    def channel(self, name: str) -> grpc.aio.Channel:
+        if name not in self._channels:
+            address = self._targets.get(name, name)
+            breaker = new_breaker(
+                target=name, fail_max=self._fail_max, reset_seconds=self._reset_seconds, metrics=self._metrics
+            )
+            self.breakers[name] = breaker
+            self._channels[name] = grpc.aio.insecure_channel(
+                address,
+                interceptors=[
+                    _UnaryUnary(
+                        target=name,
+                        breaker=breaker,
+                        policy=self._policy,
+                        signer=self._signer,
+                        metrics=self._metrics,
+                    ),
+                    _Streaming(policy=self._policy, signer=self._signer),
+                ],
+                options=[("grpc.max_receive_message_length", 32 * 1024 * 1024)],
+            )
+        return self._channels[name]
+
+    def breaker_states(self) -> dict[str, str]:
+        return {name: str(b.current_state) for name, b in self.breakers.items()}
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()

@@ -1,0 +1,197 @@
+"""Typed settings, read once from environment variables in each process's ``main``.
+
+Every variable has an embedded default, so ``awareness up`` needs no configuration:
+SQLite files and development keys under ``./var``, services on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal
+
+SERVICES: Final = ("ingest", "policy", "scoring", "signing", "gdpr")
+ALL_PROCESSES: Final = (*SERVICES, "gateway")
+
+# Embedded default ports; in Kubernetes every pod uses its own IP, so these stay fixed there too.
+DEFAULT_GRPC_PORTS: Final[Mapping[str, int]] = {
+    "ingest": 50051,
+    "policy": 50052,
+    "scoring": 50053,
+    "signing": 50054,
+    "gdpr": 50055,
+}
+DEFAULT_METRICS_PORTS: Final[Mapping[str, int]] = {
+    "ingest": 9401,
+    "policy": 9402,
+    "scoring": 9403,
+    "signing": 9404,
+    "gdpr": 9405,
+}
+DEFAULT_GATEWAY_PORT: Final = 8080
+
+TracesExporter = Literal["none", "console", "otlp", "memory"]
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+def env_str(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip()
+    return value or default
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def env_float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be a boolean, got {raw!r}")
+
+
+def read_secret(
+    env: Mapping[str, str], name: str, *, default_file: Path | None = None, min_bytes: int = 16
+) -> bytes | None:
+    """A secret from ``NAME`` (hex or text) or ``NAME_FILE`` (a mounted Kubernetes Secret)."""
+    path = env.get(f"{name}_FILE", "").strip()
+    if path:
+        value = Path(path).read_bytes().strip()
+    elif env.get(name, "").strip():
+        value = env[name].strip().encode()
+    elif default_file is not None and default_file.exists():
+        value = default_file.read_bytes().strip()
+    else:
+        return None
+    if len(value) < min_bytes:
+        raise ConfigError(f"{name} must hold at least {min_bytes} bytes")
+    return value
+
+
+def ensure_dev_secret(path: Path, *, nbytes: int = 32) -> bytes:
+    """Create a development secret file (0600) on first run; reuse it afterwards."""
+    if path.exists():
+        return path.read_bytes().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_hex(nbytes).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(value)
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Settings shared by every service process."""
+
+    service: str
+    host: str = "127.0.0.1"
+    grpc_port: int = 0
+    metrics_port: int = 0
+    data_dir: Path = Path("var")
+    database_url: str = ""
+    redis_url: str | None = None
+    targets: Mapping[str, str] = field(default_factory=dict)
+    log_level: str = "INFO"
+    traces_exporter: TracesExporter = "none"
+    shutdown_grace_seconds: float = 10.0
+    call_timeout_seconds: float = 5.0
+    breaker_fail_max: int = 5
+    breaker_reset_seconds: float = 15.0
+    retry_attempts: int = 3
+    health_probe_seconds: float = 2.0
+    internal_secret: bytes = b""
+    require_services: bool = False
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith("postgresql")
+
+    def target(self, service: str) -> str:
+        return self.targets[service]
+
+
+def default_database_url(data_dir: Path, service: str) -> str:
+    return f"sqlite:///{(data_dir / f'{service}.db').resolve()}"
+
+
+def load_settings(service: str, env: Mapping[str, str] | None = None) -> Settings:
+    """Read settings once; call from ``main``, never at import time."""
+    source: Mapping[str, str] = dict(os.environ if env is None else env)
+    if service not in ALL_PROCESSES and not service.startswith("test"):
+        raise ConfigError(f"unknown service {service!r}; expected one of {', '.join(ALL_PROCESSES)}")
+    upper = service.upper()
+    data_dir = Path(env_str(source, "AWARENESS_DATA_DIR", "var"))
+    database_url = env_str(
+        source,
+        f"AWARENESS_{upper}_DATABASE_URL",
+        env_str(source, "DATABASE_URL", default_database_url(data_dir, service)),
+    )
+    targets = {
+        name: env_str(source, f"AWARENESS_{name.upper()}_TARGET", f"127.0.0.1:{port}")
+        for name, port in DEFAULT_GRPC_PORTS.items()
+    }
+    exporter = env_str(source, "AWARENESS_TRACES_EXPORTER", "none").lower()
+    if exporter not in ("none", "console", "otlp", "memory"):
+        raise ConfigError(f"AWARENESS_TRACES_EXPORTER must be none, console or otlp, got {exporter!r}")
+    secret = read_secret(source, "AWARENESS_INTERNAL_SECRET", default_file=data_dir / "internal-secret")
+    if service == "gateway":
+        default_port = env_int(source, "AWARENESS_GATEWAY_PORT", DEFAULT_GATEWAY_PORT)
+        default_metrics = 0
+    else:
+        default_port = DEFAULT_GRPC_PORTS.get(service, 0)
+        default_metrics = DEFAULT_METRICS_PORTS.get(service, 0)
+    return Settings(
+        service=service,
+        host=env_str(source, "AWARENESS_HOST", "127.0.0.1"),
+        grpc_port=env_int(source, "AWARENESS_GRPC_PORT", default_port),
+        metrics_port=env_int(source, "AWARENESS_METRICS_PORT", default_metrics),
+        data_dir=data_dir,
+        database_url=database_url,
+        redis_url=source.get("REDIS_URL") or None,
+        targets=targets,
+        log_level=env_str(source, "AWARENESS_LOG_LEVEL", "INFO").upper(),
+        traces_exporter=exporter,  # type: ignore[arg-type]
+        shutdown_grace_seconds=env_float(source, "AWARENESS_SHUTDOWN_GRACE_SECONDS", 10.0),
+        call_timeout_seconds=env_float(source, "AWARENESS_CALL_TIMEOUT_SECONDS", 5.0, minimum=0.01),
+        breaker_fail_max=env_int(source, "AWARENESS_BREAKER_FAIL_MAX", 5, minimum=1),
+        breaker_reset_seconds=env_float(source, "AWARENESS_BREAKER_RESET_SECONDS", 15.0, minimum=0.01),
+        retry_attempts=env_int(source, "AWARENESS_RETRY_ATTEMPTS", 3, minimum=1),
+        health_probe_seconds=env_float(source, "AWARENESS_HEALTH_PROBE_SECONDS", 2.0, minimum=0.05),
+        internal_secret=secret or b"",
+        require_services=env_bool(source, "AWARENESS_REQUIRE_SERVICES", False),
+        env=source,
+    )

@@ -1,0 +1,102 @@
+"""SQLAlchemy 2.0 engines and sessions: SQLite by default, PostgreSQL through DATABASE_URL.
+
+Each service owns its own store: its own SQLite file, or its own PostgreSQL schema
+(``awareness_<service>``) when several services share one database URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+T = TypeVar("T")
+
+
+def schema_name(service: str) -> str:
+    return f"awareness_{service}"
+
+
+def create_db_engine(url: str, *, service: str, pool_size: int = 10, echo: bool = False) -> Engine:
+    """An engine bound to the service's own store; no connection is opened here."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, echo=echo, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            # WAL lets readers run beside the writer; synchronous=FULL keeps every
+            # acknowledged commit durable across a power cut, not only a process crash.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    schema = schema_name(service)
+    engine = create_engine(
+        url,
+        echo=echo,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args={"options": f"-csearch_path={schema}", "connect_timeout": 5},
+    )
+    return engine
+
+
+def ensure_schema(engine: Engine, *, service: str) -> None:
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as connection:
+            connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema_name(service)}"'))
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose work is committed on success and rolled back on any error."""
+    with factory() as session, session.begin():
+        yield session
+
+
+def ping(engine: Engine) -> bool:
+    """True when the store answers a trivial query (used by the health probe)."""
+    database = engine.url.database
+    if (
+        engine.dialect.name == "sqlite"
+        and database
+        and database != ":memory:"
+        and not Path(database).exists()
+    ):
+        # A pooled connection keeps an unlinked file readable; the store is still gone.
+        return False
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+
+
+async def run_db(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Run blocking database work off the event loop."""
+    return await asyncio.to_thread(func, *args, **kwargs)
+
+
+class Base(DeclarativeBase):
+    """Not used for tables directly: each service declares its own base for its own metadata."""

@@ -1,0 +1,188 @@
+"""The server interceptor every service uses: auth, tracing, metrics, logs and error mapping.
+
+One interceptor (not five) keeps a single wrapper on the hot path. Order inside it:
+verify the internal credential, open the server span from the incoming W3C context,
+run the handler, map any error to ``google.rpc.Status``, record metrics and a log line.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+from grpc_status import rpc_status
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from services.runtime import auth
+from services.runtime.errors import AwarenessError, PermissionDeniedError, UnimplementedError
+from services.runtime.metrics import ServiceMetrics
+from services.runtime.protos import UNDECLARED, required_permission
+from services.runtime.tracing import extract_context
+
+log = logging.getLogger("awareness.rpc")
+
+EXEMPT_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+PermissionLookup = Callable[[str], str | None]
+
+
+def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> list[tuple[str, str | bytes]]:
+    return list(context.invocation_metadata() or ())
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(
+        self,
+        *,
+        service: str,
+        metrics: ServiceMetrics,
+        internal_secret: bytes,
+        permission_for: PermissionLookup | None = None,
+    ) -> None:
+        self._service = service
+        self._metrics = metrics
+        self._secret = internal_secret
+        self._permission_for = permission_for or required_permission
+        self._tracer = trace.get_tracer("awareness.grpc.server")
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method.startswith(EXEMPT_PREFIXES):
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(method, handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._wrap_stream(method, handler.stream_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _authenticate(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> auth.Principal:
+        principal = auth.verify_metadata(secret=self._secret, method=method, metadata=_metadata(context))
+        permission = self._permission_for(method)
+        if permission == UNDECLARED:
+            raise PermissionDeniedError(f"{method} declares no permission", reason="PERMISSION_UNDECLARED")
+        if permission:
+            auth.require_permission(permission, principal)
+        return principal
+
+    def _start(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> tuple[Any, Any]:
+        carrier = {k: v for k, v in _metadata(context) if isinstance(v, str)}
+        parent = extract_context(carrier)
+        span = self._tracer.start_span(
+            method,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.method": method, "awareness.service": self._service},
+        )
+        token = otel_context.attach(trace.set_span_in_context(span))
+        return span, token
+
+    async def _fail(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any], exc: Exception, span: Any
+    ) -> None:
+        if isinstance(exc, NotImplementedError):
+            exc = UnimplementedError(f"{method} is not implemented yet")
+        if isinstance(exc, AwarenessError):
+            level = logging.WARNING if exc.code == grpc.StatusCode.INTERNAL else logging.INFO
+            log.log(
+                level, "rpc refused", extra={"method": method, "code": exc.code.name, "reason": exc.reason}
+            )
+            span.set_status(Status(StatusCode.ERROR, exc.reason))
+            await context.abort_with_status(rpc_status.to_status(exc.to_status()))
+        reference = uuid.uuid4().hex[:12]
+        log.exception("unhandled error", extra={"method": method, "error_reference": reference})
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        internal = AwarenessError(f"internal error (reference {reference})", reason="INTERNAL_ERROR")
+        await context.abort_with_status(rpc_status.to_status(internal.to_status()))
+
+    def _record(self, method: str, context: grpc.aio.ServicerContext[Any, Any], started: float) -> None:
+        code = context.code()
+        name = code.name if isinstance(code, grpc.StatusCode) else "OK" if code in (None, 0) else str(code)
+        elapsed = time.perf_counter() - started
+        self._metrics.requests.labels(method, name).inc()
+        self._metrics.latency.labels(method).observe(elapsed)
+        log.debug("rpc", extra={"method": method, "code": name, "duration_ms": round(elapsed * 1000, 3)})
+
+    def _wrap_unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            span, token = self._start(method, context)
+            principal_token = None
+            try:
+                principal_token = auth.set_current_principal(self._authenticate(method, context))
+                result = behavior(request, context)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # every error becomes a google.rpc.Status
+                await self._fail(method, context, exc, span)
+                raise
+            finally:
+                if principal_token is not None:
+                    auth._current.reset(principal_token)
+                self._record(method, context, started)
+                span.end()
+                otel_context.detach(token)
+
+        return wrapped
+
+    def _wrap_stream(self, method: str, behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            span, token = self._start(method, context)
+            principal_token = None
+            try:
+                principal_token = auth.set_current_principal(self._authenticate(method, context))
+                result = behavior(request, context)
+                if inspect.isawaitable(result):
+                    result = await result
+                if hasattr(result, "__aiter__"):
+                    async for item in result:
+                        yield item
+                elif isinstance(result, Iterable):
+                    for item in result:
+                        yield item
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await self._fail(method, context, exc, span)
+                raise
+            finally:
+                if principal_token is not None:
+                    auth._current.reset(principal_token)
+                self._record(method, context, started)
+                span.end()
+                otel_context.detach(token)
+
+        return wrapped

@@ -1,0 +1,182 @@
+"""Build and run a service's grpc.aio server.
+
+``create_server`` wires health, reflection and the interceptor; ``serve`` adds the
+process concerns: logging, tracing, metrics endpoint, migrations, signals and a
+graceful drain on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.runtime import auth, db, migrations
+from services.runtime.clients import ChannelFactory
+from services.runtime.config import Settings, ensure_dev_secret
+from services.runtime.health import HealthReporter
+from services.runtime.interceptors import PermissionLookup, ServerInterceptor
+from services.runtime.logs import configure_logging
+from services.runtime.metrics import ServiceMetrics
+from services.runtime.tracing import configure_tracing, shutdown_tracing
+
+log = logging.getLogger("awareness.server")
+
+
+@dataclass
+class ServiceContext:
+    """What the runtime gives a service: settings, store, metrics and guarded channels."""
+
+    settings: Settings
+    metrics: ServiceMetrics
+    channels: ChannelFactory
+    engine: Engine | None = None
+    sessions: sessionmaker[Session] | None = None
+
+
+@dataclass
+class ServiceApp:
+    """What a service gives the runtime."""
+
+    name: str
+    service_names: Sequence[str]
+    register: Callable[[grpc.aio.Server], None]
+    ready: Callable[[], bool] = lambda: True
+    permission_for: PermissionLookup | None = None
+    on_start: Callable[[], Awaitable[None]] | None = None
+    on_stop: Callable[[], Awaitable[None]] | None = None
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+
+
+def build_context(settings: Settings, *, with_database: bool = True, migrate: bool = True) -> ServiceContext:
+    metrics = ServiceMetrics(settings.service)
+    channels = ChannelFactory(
+        targets=dict(settings.targets),
+        identity=auth.Principal.for_service(settings.service),
+        internal_secret=settings.internal_secret,
+        timeout_seconds=settings.call_timeout_seconds,
+        attempts=settings.retry_attempts,
+        breaker_fail_max=settings.breaker_fail_max,
+        breaker_reset_seconds=settings.breaker_reset_seconds,
+        metrics=metrics,
+    )
+    context = ServiceContext(settings=settings, metrics=metrics, channels=channels)
+    if with_database:
+        context.engine = db.create_db_engine(settings.database_url, service=settings.service)
+        if migrate:
+            migrations.upgrade(settings.service, context.engine)
+        with contextlib.suppress(Exception):  # creates an SQLite file; a down database shows in health
+            context.engine.connect().close()
+        context.sessions = db.session_factory(context.engine)
+    return context
+
+
+def create_server(
+    app: ServiceApp, context: ServiceContext, *, port: int | None = None
+) -> tuple[grpc.aio.Server, HealthReporter, int]:
+    settings = context.settings
+    server = grpc.aio.server(
+        interceptors=[
+            ServerInterceptor(
+                service=app.name,
+                metrics=context.metrics,
+                internal_secret=settings.internal_secret,
+                permission_for=app.permission_for,
+            )
+        ],
+        options=[
+            ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    app.register(server)
+    health = HealthReporter(
+        service_names=app.service_names,
+        probe=app.ready,
+        interval_seconds=settings.health_probe_seconds,
+        metrics=context.metrics,
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    reflection.enable_server_reflection(
+        (*app.service_names, "grpc.health.v1.Health", reflection.SERVICE_NAME), server
+    )
+    bound = server.add_insecure_port(f"{settings.host}:{settings.grpc_port if port is None else port}")
+    if bound == 0:
+        raise OSError(f"cannot bind {settings.host}:{settings.grpc_port}")
+    return server, health, bound
+
+
+async def run_server(
+    app: ServiceApp, context: ServiceContext, *, stop_event: asyncio.Event | None = None
+) -> None:
+    """Start, report health, wait for a stop signal, then drain in-flight calls."""
+    settings = context.settings
+    server, health, bound = create_server(app, context)
+    stop = stop_event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread (tests)
+            loop.add_signal_handler(sig, stop.set)
+    if app.on_start is not None:
+        await app.on_start()
+    await server.start()
+    await health.check_once()
+    health.start()
+    tasks: list[asyncio.Task[None]] = [
+        asyncio.create_task(job(), name=getattr(job, "__name__", "job")) for job in app.background
+    ]
+    log.info("serving", extra={"port": bound, "services": list(app.service_names)})
+    await stop.wait()
+    log.info("draining", extra={"grace_seconds": settings.shutdown_grace_seconds})
+    await health.shutdown()
+    await server.stop(settings.shutdown_grace_seconds)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if app.on_stop is not None:
+        await app.on_stop()
+    await context.channels.close()
+    log.info("stopped")
+
+
+def serve(
+    settings: Settings, factory: Callable[[ServiceContext], ServiceApp], *, with_database: bool = True
+) -> None:
+    """The whole life of one service process (``awareness serve <service>``)."""
+    if not settings.internal_secret:
+        settings = _with_dev_secret(settings)
+    configure_logging(service=settings.service, level=settings.log_level)
+    configure_tracing(service=settings.service, exporter=settings.traces_exporter)
+    context = build_context(settings, with_database=with_database)
+    if context.engine is not None:
+        _instrument_sqlalchemy(context.engine)
+    context.metrics.serve(host=settings.host, port=settings.metrics_port)
+    app = factory(context)
+    try:
+        asyncio.run(run_server(app, context))
+    finally:
+        shutdown_tracing()
+        if context.engine is not None:
+            context.engine.dispose()
+
+
+def _with_dev_secret(settings: Settings) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, internal_secret=ensure_dev_secret(settings.data_dir / "internal-secret"))
+
+
+def _instrument_sqlalchemy(engine: Engine) -> Any:
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    return SQLAlchemyInstrumentor().instrument(engine=engine)

@@ -1,0 +1,244 @@
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from services.ingest.domain import merkle, records
+from services.ingest.domain.errors import TamperedRecordError
+from services.ingest.domain.events import EventInput, Severity, new_event_id
+
+KEY = bytes(range(32))
+SECRET = b"server-fingerprint-secret-0123456789"
+
+
+def sealed_for(event_id: str, *, key: bytes = KEY, key_id: str = "dk-2025-06-1") -> records.SealedPersonal:
+    return records.seal_personal(
+        key=key,
+        key_id=key_id,
+        event_id=event_id,
+        subject="alice@example.com",
+        summary="Clicked «invoice» link",
+        details={"url": "https://example.test/x", "campaign": "q2"},
+    )
+
+
+def make_record(**changes: object) -> records.StoredRecord:
+    event_id = "0197a0b2-7c4e-7a1b-8f00-123456789abc"
+    sealed = sealed_for(event_id)
+    record = records.StoredRecord(
+        event_id=event_id,
+        type="phishing.clicked",
+        source="gophish",
+        occurred_at=datetime(2025, 6, 1, 12, 0, 0, 5, tzinfo=UTC),
+        severity=Severity.HIGH,
+        subject_pseudonym="ps_3f9a",
+        key_period="2025-06",
+        key_id="dk-2025-06-1",
+        receive_time=datetime(2025, 6, 1, 12, 0, 1, tzinfo=UTC),
+        nonce=sealed.nonce,
+        ciphertext=sealed.ciphertext,
+    )
+    return dataclasses.replace(record, **changes)  # type: ignore[arg-type]
+
+
+def test_seal_and_open_roundtrip():
+    event_id = new_event_id()
+    sealed = sealed_for(event_id)
+    assert len(sealed.nonce) == 12
+    assert b"alice" not in sealed.ciphertext
+    opened = records.open_personal(key=KEY, key_id="dk-2025-06-1", event_id=event_id, sealed=sealed)
+    assert opened == records.PersonalFields(
+        subject="alice@example.com",
+        summary="Clicked «invoice» link",
+        details={"url": "https://example.test/x", "campaign": "q2"},
+    )
+
+
+def test_each_seal_uses_a_fresh_nonce():
+    event_id = new_event_id()
+    assert sealed_for(event_id).nonce != sealed_for(event_id).nonce
+
+
+def test_ciphertext_cannot_move_to_another_record_or_key_id():
+    sealed = sealed_for("0197a0b2-7c4e-7a1b-8f00-000000000001")
+    with pytest.raises(TamperedRecordError):
+        records.open_personal(
+            key=KEY, key_id="dk-2025-06-1", event_id="0197a0b2-7c4e-7a1b-8f00-000000000002", sealed=sealed
+        )
+    with pytest.raises(TamperedRecordError):
+        records.open_personal(
+            key=KEY, key_id="dk-2025-07-1", event_id="0197a0b2-7c4e-7a1b-8f00-000000000001", sealed=sealed
+        )
+
+
+@pytest.mark.parametrize("part", ["nonce", "ciphertext"])
+def test_tampering_or_wrong_key_is_detected(part):
+    event_id = new_event_id()
+    sealed = sealed_for(event_id)
+    altered = bytearray(getattr(sealed, part))
+    altered[len(altered) // 2] ^= 0x01
+    tampered = dataclasses.replace(sealed, **{part: bytes(altered)})
+    with pytest.raises(TamperedRecordError) as raised:
+        records.open_personal(key=KEY, key_id="dk-2025-06-1", event_id=event_id, sealed=tampered)
+    assert raised.value.grpc_code_name == "DATA_LOSS"
+    with pytest.raises(TamperedRecordError):
+        records.open_personal(key=os.urandom(32), key_id="dk-2025-06-1", event_id=event_id, sealed=sealed)
+
+
+def test_keys_must_be_aes256():
+    with pytest.raises(ValueError, match="32 bytes"):
+        sealed_for(new_event_id(), key=b"k" * 16)
+
+
+def test_canonical_bytes_are_documented_sorted_json_with_ciphertext():
+    record = make_record()
+    data = records.canonical_record_bytes(record)
+    document = json.loads(data)
+    assert list(document) == sorted(document)
+    assert document["format"] == "awareness.ingest.record.v1"
+    assert document["occurred_at"] == "2025-06-01T12:00:00.000005Z"
+    assert document["receive_time"] == "2025-06-01T12:00:01.000000Z"
+    assert document["severity"] == "high"
+    assert base64.b64decode(document["ciphertext"]) == record.ciphertext
+    assert b" " not in data.replace(b'"gophish"', b"")  # no insignificant whitespace
+    assert b"alice" not in data
+
+
+def test_canonical_bytes_are_stable_across_processes():
+    record = make_record()
+    script = (
+        "import dataclasses, sys\n"
+        "from datetime import datetime, timezone, timedelta\n"
+        "from services.ingest.domain import records\n"
+        "from services.ingest.domain.events import Severity\n"
+        f"record = records.StoredRecord(event_id={record.event_id!r}, type='phishing.clicked',"
+        " source='gophish',"
+        " occurred_at=datetime(2025, 6, 1, 14, 0, 0, 5, tzinfo=timezone(timedelta(hours=2))),"
+        " severity=Severity.HIGH, subject_pseudonym='ps_3f9a', key_period='2025-06', key_id='dk-2025-06-1',"
+        " receive_time=datetime(2025, 6, 1, 12, 0, 1, tzinfo=timezone.utc),"
+        f" nonce={record.nonce!r}, ciphertext={record.ciphertext!r})\n"
+        "sys.stdout.buffer.write(records.canonical_record_bytes(record))\n"
+    )
+    # A fresh interpreter with a different hash seed must produce the same bytes.
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        check=True,
+        timeout=60,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.stdout == records.canonical_record_bytes(record)
+
+
+def test_canonical_bytes_change_with_every_field():
+    baseline = records.canonical_record_bytes(make_record())
+    changes = {
+        "event_id": "0197a0b2-7c4e-7a1b-8f00-123456789abd",
+        "type": "phishing.reported",
+        "source": "mailgw",
+        "occurred_at": datetime(2025, 6, 1, 12, 0, 0, 6, tzinfo=UTC),
+        "severity": Severity.LOW,
+        "subject_pseudonym": "ps_other",
+        "key_period": "2025-07",
+        "key_id": "dk-2025-06-2",
+        "receive_time": datetime(2025, 6, 1, 12, 0, 2, tzinfo=UTC),
+        "nonce": b"\x00" * 12,
+        "ciphertext": b"\x01" * 40,
+    }
+    assert set(changes) == {f.name for f in dataclasses.fields(records.StoredRecord)}
+    for name, value in changes.items():
+        assert records.canonical_record_bytes(make_record(**{name: value})) != baseline, name
+
+
+def test_canonical_record_decodes_back_and_rejects_non_canonical_bytes():
+    record = make_record()
+    data = records.canonical_record_bytes(record)
+    assert records.decode_canonical_record(data) == record
+    assert records.record_leaf_hash(record) == merkle.leaf_hash(data)
+    reordered = json.dumps(json.loads(data), sort_keys=False, indent=1).encode()
+    with pytest.raises(ValueError, match="canonical"):
+        records.decode_canonical_record(reordered)
+    with pytest.raises(ValueError):
+        records.decode_canonical_record(data.replace(b".000005Z", b".5Z", 1))
+
+
+def test_details_key_order_does_not_change_the_plaintext():
+    event_id = new_event_id()
+    forward = records.seal_personal(
+        key=KEY, key_id="k", event_id=event_id, subject="s", summary="", details={"a": "1", "b": "2"}
+    )
+    backward = records.seal_personal(
+        key=KEY, key_id="k", event_id=event_id, subject="s", summary="", details={"b": "2", "a": "1"}
+    )
+    # Same plaintext bytes: decrypt both and compare the canonical encodings.
+    assert records.open_personal(
+        key=KEY, key_id="k", event_id=event_id, sealed=forward
+    ) == records.open_personal(key=KEY, key_id="k", event_id=event_id, sealed=backward)
+    assert records.canonical_json({"b": "2", "a": "1"}) == b'{"a":"1","b":"2"}'
+
+
+def test_canonical_json_sorts_by_utf16_code_units_like_rfc8785():
+    # U+1F600 is D83D DE00 in UTF-16, which sorts before U+FF21 although its code point is larger.
+    assert (
+        records.canonical_json({"\uff21": "x", "\U0001f600": "y"})
+        == '{"\U0001f600":"y","\uff21":"x"}'.encode()
+    )
+
+
+def fingerprint_event(**changes: object) -> EventInput:
+    event = EventInput(
+        event_id=None,
+        type="phishing.clicked",
+        source="gophish",
+        subject="alice@example.com",
+        occurred_at=datetime(2025, 6, 1, 12, 0, tzinfo=UTC),
+        severity="high",
+        summary="clicked",
+        details={"a": "1", "b": "2"},
+    )
+    for name, value in changes.items():
+        setattr(event, name, value)
+    return event
+
+
+def test_fingerprint_ignores_spelling_but_not_content():
+    base = records.content_fingerprint(fingerprint_event(), secret=SECRET)
+    same_content = fingerprint_event(
+        details={"b": "2", "a": "1"},
+        severity=Severity.HIGH.value,
+        occurred_at=datetime(2025, 6, 1, 14, 0, tzinfo=timezone(timedelta(hours=2))),
+        event_id=new_event_id(),
+    )
+    assert records.content_fingerprint(same_content, secret=SECRET) == base
+    changes: list[dict[str, object]] = [
+        {"type": "phishing.reported"},
+        {"source": "other"},
+        {"subject": "bob@example.com"},
+        {"occurred_at": datetime(2025, 6, 1, 12, 0, 0, 1, tzinfo=UTC)},
+        {"severity": "low"},
+        {"summary": "clicked twice"},
+        {"details": {"a": "1", "b": "3"}},
+        {"details": {"a": "1"}},
+    ]
+    for change in changes:
+        assert records.content_fingerprint(fingerprint_event(**change), secret=SECRET) != base, change
+
+
+def test_fingerprint_is_keyed():
+    event = fingerprint_event()
+    assert records.content_fingerprint(event, secret=SECRET) != records.content_fingerprint(
+        event, secret=SECRET + b"!"
+    )
+    with pytest.raises(ValueError):
+        records.content_fingerprint(event, secret=b"short")
+    with pytest.raises(ValueError):
+        records.content_fingerprint(fingerprint_event(occurred_at=None), secret=SECRET)

@@ -1,0 +1,31 @@
+"""A one-method service run as a real process by the SIGTERM drain test."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import grpc
+
+from services.runtime.config import load_settings
+from services.runtime.server import ServiceApp, ServiceContext, serve
+
+
+def create_app(_context: ServiceContext) -> ServiceApp:
+    async def sleep(request: bytes, _context: grpc.aio.ServicerContext) -> bytes:
+        await asyncio.sleep(float(request.decode() or "1"))
+        return b"done:" + request
+
+    handler = grpc.method_handlers_generic_handler(
+        "test.Slow", {"Sleep": grpc.unary_unary_rpc_method_handler(sleep)}
+    )
+    return ServiceApp(
+        name="test",
+        service_names=["test.Slow"],
+        register=lambda server: server.add_generic_rpc_handlers((handler,)),
+    )
+
+
+if __name__ == "__main__":
+    serve(load_settings("test_slow"), create_app, with_database=False)
+    sys.exit(0)

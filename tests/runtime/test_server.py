@@ -1,0 +1,350 @@
+"""The shared runtime over real sockets: errors, deadlines, breakers, auth, health, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+from sqlalchemy import create_engine
+
+from services.runtime import auth, db
+from services.runtime.clients import ChannelFactory
+from services.runtime.config import load_settings
+from services.runtime.errors import DependencyUnavailableError, FailedPreconditionError, error_info
+from services.runtime.server import ServiceApp, ServiceContext, build_context, create_server
+from tests.conftest import INTERNAL_SECRET, free_port
+
+Handler = Callable[[bytes, Any], Any]
+
+
+class PolicyNotInReview(FailedPreconditionError):
+    reason = "POLICY_NOT_IN_REVIEW"
+
+
+def make_app(handlers: dict[str, Handler], *, ready: Callable[[], bool] = lambda: True) -> ServiceApp:
+    generic = grpc.method_handlers_generic_handler(
+        "test.Svc", {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in handlers.items()}
+    )
+    return ServiceApp(
+        name="test",
+        service_names=["test.Svc"],
+        register=lambda server: server.add_generic_rpc_handlers((generic,)),
+        ready=ready,
+    )
+
+
+def make_settings(tmp_path: Path, **extra: str) -> Any:
+    env = {
+        "AWARENESS_DATA_DIR": str(tmp_path),
+        "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
+        "AWARENESS_HEALTH_PROBE_SECONDS": "0.1",
+        **extra,
+    }
+    return load_settings("test", env)
+
+
+async def start(app: ServiceApp, context: ServiceContext) -> tuple[grpc.aio.Server, Any, str]:
+    server, health, port = create_server(app, context, port=0)
+    await server.start()
+    await health.check_once()
+    health.start()
+    return server, health, f"127.0.0.1:{port}"
+
+
+def channels(address: str, **overrides: Any) -> ChannelFactory:
+    options: dict[str, Any] = {
+        "targets": {"svc": address},
+        "identity": auth.Principal(subject="alice", roles=frozenset({"analyst"})),
+        "internal_secret": INTERNAL_SECRET,
+        "timeout_seconds": 2.0,
+        "attempts": 3,
+        "breaker_fail_max": 2,
+        "breaker_reset_seconds": 0.3,
+    }
+    options.update(overrides)
+    return ChannelFactory(**options)
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    servers: list[tuple[grpc.aio.Server, Any]] = []
+
+    async def _run(app: ServiceApp) -> str:
+        context = build_context(make_settings(tmp_path), with_database=False)
+        server, health, address = await start(app, context)
+        servers.append((server, health))
+        return address
+
+    yield _run
+    for server, health in servers:
+        await health.shutdown()
+        await server.stop(0)
+
+
+async def test_domain_error_reaches_client_with_code_and_error_info(running: Any) -> None:
+    async def refuse(_request: bytes, _context: Any) -> bytes:
+        raise PolicyNotInReview("policy policies/p1 is not in review", metadata={"policy": "policies/p1"})
+
+    factory = channels(await running(make_app({"Refuse": refuse})))
+    call = factory.channel("svc").unary_unary("/test.Svc/Refuse")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call(b"")
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    status = rpc_status.from_call(caught.value)
+    assert status is not None
+    info = error_info(status)
+    assert info is not None and info.reason == "POLICY_NOT_IN_REVIEW"
+    assert info.metadata["policy"] == "policies/p1"
+    await factory.close()
+
+
+async def test_unexpected_exception_is_internal_without_stack_trace(running: Any) -> None:
+    async def crash(_request: bytes, _context: Any) -> bytes:
+        raise ZeroDivisionError("secret detail at /srv/app.py line 3")
+
+    factory = channels(await running(make_app({"Crash": crash})))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await factory.channel("svc").unary_unary("/test.Svc/Crash")(b"")
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret detail" not in (caught.value.details() or "")
+    assert "Traceback" not in (caught.value.details() or "")
+    assert "reference" in (caught.value.details() or "")
+    await factory.close()
+
+
+async def test_expired_deadline_surfaces_as_deadline_exceeded(running: Any) -> None:
+    async def slow(_request: bytes, _context: Any) -> bytes:
+        await asyncio.sleep(2)
+        return b"late"
+
+    factory = channels(await running(make_app({"Slow": slow})), timeout_seconds=0.2, attempts=1)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await factory.channel("svc").unary_unary("/test.Svc/Slow")(b"")
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await factory.close()
+
+
+async def test_breaker_opens_after_threshold_and_closes_after_reset(running: Any) -> None:
+    calls = {"count": 0, "healthy": False}
+
+    async def flaky(_request: bytes, context: Any) -> bytes:
+        calls["count"] += 1
+        if not calls["healthy"]:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "down")
+        return b"ok"
+
+    factory = channels(
+        await running(make_app({"Flaky": flaky})), breaker_fail_max=2, breaker_reset_seconds=0.3
+    )
+    method = factory.channel("svc").unary_unary("/test.Svc/Flaky")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await method(b"")
+    # The second failure reaches the threshold and trips the breaker.
+    with pytest.raises((grpc.aio.AioRpcError, DependencyUnavailableError)):
+        await method(b"")
+    assert factory.breaker_states()["svc"] == "open"
+    reached_server = calls["count"]
+    with pytest.raises(DependencyUnavailableError) as caught:
+        await method(b"")
+    assert caught.value.reason == "CIRCUIT_OPEN"
+    assert calls["count"] == reached_server, "an open breaker must not call the server"
+    calls["healthy"] = True
+    await asyncio.sleep(0.4)
+    assert await method(b"") == b"ok"
+    assert factory.breaker_states()["svc"] == "closed"
+    await factory.close()
+
+
+async def test_business_errors_do_not_open_the_breaker(running: Any) -> None:
+    async def invalid(_request: bytes, context: Any) -> bytes:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad input")
+        return b""
+
+    factory = channels(await running(make_app({"Invalid": invalid})), breaker_fail_max=2)
+    method = factory.channel("svc").unary_unary("/test.Svc/Invalid")
+    for _ in range(5):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await method(b"")
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert factory.breaker_states()["svc"] == "closed"
+    await factory.close()
+
+
+async def test_non_idempotent_methods_are_not_retried(running: Any) -> None:
+    calls = {"count": 0}
+
+    async def unavailable(_request: bytes, context: Any) -> bytes:
+        calls["count"] += 1
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "down")
+        return b""
+
+    factory = channels(await running(make_app({"Write": unavailable})), attempts=3, breaker_fail_max=10)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await factory.channel("svc").unary_unary("/test.Svc/Write")(b"")
+    assert calls["count"] == 1
+    await factory.close()
+
+
+async def test_call_without_internal_credential_is_refused(running: Any) -> None:
+    async def echo(request: bytes, _context: Any) -> bytes:
+        principal = auth.current_principal()
+        assert principal is not None
+        return principal.subject.encode()
+
+    address = await running(make_app({"Echo": echo}))
+    async with grpc.aio.insecure_channel(address) as raw:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await raw.unary_unary("/test.Svc/Echo")(b"")
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        forged = auth.sign_metadata(
+            secret=b"not-the-secret-0123456789",
+            method="/test.Svc/Echo",
+            principal=auth.Principal("gw", frozenset()),
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await raw.unary_unary("/test.Svc/Echo")(b"", metadata=forged)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    factory = channels(address)
+    assert await factory.channel("svc").unary_unary("/test.Svc/Echo")(b"") == b"alice"
+    await factory.close()
+
+
+async def test_health_and_reflection(running: Any) -> None:
+    address = await running(make_app({}))
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for name in ("", "test.Svc"):
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=name))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = reflect.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        names = set()
+        async for response in responses:
+            names |= {s.name for s in response.list_services_response.service}
+        assert "test.Svc" in names
+
+
+def _health_case(tmp_path: Path, url: str, break_db: Callable[[], None]) -> None:
+    async def scenario() -> None:
+        engine = db.create_db_engine(url, service="test")
+        settings = make_settings(tmp_path)
+        context = ServiceContext(
+            settings=settings,
+            metrics=build_context(settings, with_database=False).metrics,
+            channels=channels("unused"),
+            engine=engine,
+        )
+        server, health, address = await start(make_app({}, ready=lambda: db.ping(engine)), context)
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                request = health_pb2.HealthCheckRequest(service="test.Svc")
+                assert (await stub.Check(request)).status == health_pb2.HealthCheckResponse.SERVING
+                break_db()
+                deadline = time.monotonic() + 10
+                status = None
+                while time.monotonic() < deadline:
+                    status = (await stub.Check(request)).status
+                    if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                        break
+                    await asyncio.sleep(0.1)
+                assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        finally:
+            await health.shutdown()
+            await server.stop(0)
+            engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_health_turns_not_serving_when_sqlite_store_goes_away(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    url = f"sqlite:///{store / 'test.db'}"
+    sqlite3.connect(store / "test.db").close()  # a migrated store exists before the service starts
+
+    def remove_store() -> None:
+        for item in store.iterdir():
+            item.unlink()
+        store.rmdir()
+
+    _health_case(tmp_path, url, remove_store)
+
+
+@pytest.mark.postgres
+def test_health_turns_not_serving_when_postgres_database_goes_away(tmp_path: Path, postgres_url: str) -> None:
+    name = f"awareness_health_{os.getpid()}"
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+
+    def drop_database() -> None:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+    try:
+        _health_case(tmp_path, url, drop_database)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "AWARENESS_DATA_DIR": str(tmp_path),
+        "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
+        "AWARENESS_GRPC_PORT": str(port),
+        "AWARENESS_METRICS_PORT": "0",
+        "AWARENESS_SHUTDOWN_GRACE_SECONDS": "10",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.runtime.slow_server"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        address = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with grpc.insecure_channel(address) as probe:
+                try:
+                    health_pb2_grpc.HealthStub(probe).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                    break
+                except grpc.RpcError:
+                    time.sleep(0.1)
+        metadata = auth.sign_metadata(
+            secret=INTERNAL_SECRET, method="/test.Slow/Sleep", principal=auth.Principal.for_service("test")
+        )
+        with grpc.insecure_channel(address) as channel:
+            sleep = channel.unary_unary("/test.Slow/Sleep")
+            in_flight = sleep.future(b"1.5", metadata=metadata, timeout=20)
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            assert in_flight.result(timeout=20) == b"done:1.5"
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
