@@ -24,15 +24,23 @@ from services.runtime.config import (
     ensure_dev_secret,
 )
 
+SERVICE_NAMES = {
+    "ingest": "awareness.ingest.v1.IngestService",
+    "policy": "awareness.policy.v1.PolicyService",
+    "scoring": "awareness.scoring.v1.ScoringService",
+    "signing": "awareness.signing.v1.SigningService",
+    "gdpr": "awareness.gdpr.v1.GdprService",
+}
+
 # Started in dependency order: nothing calls a service that is started after it.
 START_ORDER = ("signing", "gdpr", "policy", "scoring", "ingest", "gateway")
 
 
-def grpc_serving(address: str, *, timeout: float = 1.0) -> bool:
+def grpc_serving(address: str, *, service: str = "", timeout: float = 1.0) -> bool:
     try:
         with grpc.insecure_channel(address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
     except grpc.RpcError:
         return False
@@ -95,7 +103,7 @@ class Suite:
     def healthy(self, service: str) -> bool:
         if service == "gateway":
             return http_ok(f"http://127.0.0.1:{self.gateway_port}/health/ready")
-        return grpc_serving(self.address(service))
+        return grpc_serving(self.address(service), service=SERVICE_NAMES[service])
 
     def dead(self) -> list[str]:
         return [name for name, proc in self.processes.items() if proc.poll() is not None]

@@ -18,7 +18,11 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class HealthReporter:
-    """Probes readiness periodically and publishes it for "" and every service name."""
+    """Probes readiness periodically and publishes it for every service name.
+
+    The overall service ``""`` stays SERVING while the process runs: it is the liveness
+    signal, so a database outage marks the pods unready without restarting them.
+    """
 
     def __init__(
         self,
@@ -29,7 +33,7 @@ class HealthReporter:
         metrics: ServiceMetrics | None = None,
     ) -> None:
         self.servicer = HealthServicer()
-        self._names = ("", *service_names)
+        self._names = tuple(service_names)
         self._probe = probe
         self._interval = interval_seconds
         self._metrics = metrics
@@ -50,6 +54,7 @@ class HealthReporter:
     async def _publish(self, healthy: bool) -> None:
         if self._stopping:
             return
+        await self.servicer.set("", SERVING)
         if healthy != self._serving:
             log.log(logging.INFO if healthy else logging.ERROR, "health changed", extra={"serving": healthy})
             self._serving = healthy

@@ -265,6 +265,9 @@ def _health_case(tmp_path: Path, url: str, break_db: Callable[[], None]) -> None
                         break
                     await asyncio.sleep(0.1)
                 assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+                # Liveness ("") stays SERVING: an outage makes the pod unready, not restarted.
+                live = await stub.Check(health_pb2.HealthCheckRequest(service=""))
+                assert live.status == health_pb2.HealthCheckResponse.SERVING
         finally:
             await health.shutdown()
             await server.stop(0)

@@ -1,0 +1,567 @@
+{{/*
+Names, labels and the shared pieces every workload uses. The whole of a service
+(Deployment, Service, HPA, PDB) is the one named template "awareness.service" at
+the end of this file; templates/services.yaml loops over .Values.services with it.
+*/}}
+
+{{- define "awareness.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "awareness.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "awareness.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Name of a component's resources: <fullname>-<component>, kept within the 63-character limit. */}}
+{{- define "awareness.componentName" -}}
+{{- printf "%s-%s" (include "awareness.fullname" .root | trunc (int (sub 62 (len .component)))) .component | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels that identify a component's pods (stable: used in selectors). Takes (dict "root" $ "component" name). */}}
+{{- define "awareness.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "awareness.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Labels that every pod of this release carries. */}}
+{{- define "awareness.releaseSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "awareness.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* The full label set. Takes (dict "root" $ "component" name). */}}
+{{- define "awareness.labels" -}}
+{{ include "awareness.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: awareness
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ include "awareness.chart" .root }}
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "awareness.image" -}}
+{{- $image := .Values.image -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $image.repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $image.repository (default .Chart.AppVersion $image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "awareness.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "awareness.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Secret names: the user's existingSecret when given, the chart's own otherwise. */}}
+{{- define "awareness.databaseSecretName" -}}
+{{- default (include "awareness.componentName" (dict "root" . "component" "datastores")) .Values.database.existingSecret -}}
+{{- end -}}
+
+{{- define "awareness.redisSecretName" -}}
+{{- default (include "awareness.componentName" (dict "root" . "component" "datastores")) .Values.redis.existingSecret -}}
+{{- end -}}
+
+{{- define "awareness.internalSecretName" -}}
+{{- default (include "awareness.componentName" (dict "root" . "component" "internal")) .Values.internalSecret.existingSecret -}}
+{{- end -}}
+
+{{- define "awareness.gdprKeysSecretName" -}}
+{{- default (include "awareness.componentName" (dict "root" . "component" "gdpr-keys")) .Values.gdprKeys.existingSecret -}}
+{{- end -}}
+
+{{- define "awareness.pkiSecretName" -}}
+{{- default (include "awareness.componentName" (dict "root" . "component" "pki")) .Values.pki.existingSecret -}}
+{{- end -}}
+
+{{- define "awareness.pkiEnabled" -}}
+{{- if or .Values.pki.existingSecret .Values.pki.files -}}true{{- end -}}
+{{- end -}}
+
+{{- define "awareness.redisEnabled" -}}
+{{- if or .Values.redis.existingSecret .Values.redis.url -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+A secret value that survives upgrades: the explicit value when given, else the one
+already stored in the cluster (lookup), else 32 fresh random bytes (base64).
+Takes (dict "root" $ "secretName" name "key" key "value" explicit).
+*/}}
+{{- define "awareness.persistentSecretValue" -}}
+{{- if .value -}}
+{{- .value | b64enc -}}
+{{- else -}}
+{{- $existing := lookup "v1" "Secret" .root.Release.Namespace .secretName -}}
+{{- if and $existing (index ($existing.data | default dict) .key) -}}
+{{- index $existing.data .key -}}
+{{- else -}}
+{{- randBytes 32 | b64enc -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Who calls whom: the table in docs DESIGN.md ("main calls out") plus the CLI jobs.
+It is the allow-list the NetworkPolicies are built from, so it lives here, not in values.
+*/}}
+{{- define "awareness.callGraph" -}}
+gateway: [ingest, policy, scoring, signing, gdpr]
+ingest: [gdpr, signing, scoring, policy]
+scoring: [gdpr]
+gdpr: [ingest]
+policy: []
+signing: []
+retrain: [scoring, ingest]
+retention: [gdpr]
+migrate: []
+{{- end -}}
+
+{{/* Components that hold a database connection. */}}
+{{- define "awareness.databaseClients" -}}
+[ingest, policy, scoring, signing, gdpr, gateway, migrate]
+{{- end -}}
+
+{{- define "awareness.podSecurityContext" -}}
+{{ toYaml .Values.podSecurityContext }}
+{{- end -}}
+
+{{- define "awareness.containerSecurityContext" -}}
+{{ toYaml .Values.securityContext }}
+{{- end -}}
+
+{{/* Environment every workload shares. Takes (dict "root" $ "component" name). */}}
+{{- define "awareness.commonEnv" -}}
+{{- $root := .root -}}
+- name: OTEL_SERVICE_NAME
+  value: {{ printf "awareness-%s" .component | quote }}
+- name: AWARENESS_INTERNAL_SECRET_FILE
+  value: /etc/awareness/internal/internal-secret
+{{- end -}}
+
+{{/*
+DATABASE_URL and the optional per-service overrides AWARENESS_<SERVICE>_DATABASE_URL.
+Takes (dict "root" $ "services" (list names)); "secretName" overrides the Secret (the migration hook's copy).
+*/}}
+{{- define "awareness.databaseEnv" -}}
+{{- $root := .root -}}
+{{- $secretName := default (include "awareness.databaseSecretName" $root) .secretName -}}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secretName }}
+      key: {{ ternary $root.Values.database.existingSecretKey "DATABASE_URL" (not (empty $root.Values.database.existingSecret)) }}
+{{- range $service := .services }}
+{{- if or $root.Values.database.existingSecret (index $root.Values.database.perServiceUrls $service) }}
+{{- $overrideKey := printf "AWARENESS_%s_DATABASE_URL" (upper $service) }}
+- name: {{ $overrideKey }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secretName }}
+      key: {{ $overrideKey }}
+      optional: true
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "awareness.commonVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: internal-secret
+  mountPath: /etc/awareness/internal
+  readOnly: true
+{{- end -}}
+
+{{- define "awareness.commonVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+- name: internal-secret
+  secret:
+    secretName: {{ include "awareness.internalSecretName" . }}
+    defaultMode: 0440
+    items:
+      - key: {{ ternary .Values.internalSecret.existingSecretKey "internal-secret" (not (empty .Values.internalSecret.existingSecret)) }}
+        path: internal-secret
+{{- end -}}
+
+{{/* Annotations that roll pods when settings or chart-managed secrets change. */}}
+{{- define "awareness.checksumAnnotations" -}}
+checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+checksum/secrets: {{ include (print .Template.BasePath "/secrets.yaml") . | sha256sum }}
+{{- end -}}
+
+{{/*
+A CLI job's pod template (the CronJobs and the migration hook share it).
+Takes (dict "root" $ "component" name "args" list "resources" map "serviceAccountName" name
+"migrationHook" bool "databaseSecretName" name-or-empty). The hook runs before the release's ConfigMap and Secrets exist, so it
+gets its settings inline, its own database Secret copy and no internal-secret volume.
+*/}}
+{{- define "awareness.jobPodTemplate" -}}
+{{- $root := .root -}}
+metadata:
+  labels:
+    {{- include "awareness.labels" (dict "root" $root "component" .component) | nindent 4 }}
+spec:
+  restartPolicy: Never
+  serviceAccountName: {{ .serviceAccountName }}
+  automountServiceAccountToken: false
+  {{- with $root.Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- include "awareness.podSecurityContext" $root | nindent 4 }}
+  containers:
+    - name: {{ .component }}
+      image: {{ include "awareness.image" $root }}
+      imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+      args:
+        {{- toYaml .args | nindent 8 }}
+      {{- if .migrationHook }}
+      env:
+        - name: OTEL_SERVICE_NAME
+          value: {{ printf "awareness-%s" .component | quote }}
+        - name: AWARENESS_LOG_LEVEL
+          value: {{ $root.Values.config.logLevel | quote }}
+        - name: AWARENESS_DATA_DIR
+          value: {{ $root.Values.config.dataDir | quote }}
+        {{- include "awareness.databaseEnv" (dict "root" $root "services" (list "ingest" "policy" "scoring" "signing" "gdpr" "gateway") "secretName" .databaseSecretName) | nindent 8 }}
+      {{- else }}
+      envFrom:
+        - configMapRef:
+            name: {{ include "awareness.componentName" (dict "root" $root "component" "config") }}
+      env:
+        {{- include "awareness.commonEnv" (dict "root" $root "component" .component) | nindent 8 }}
+      {{- end }}
+      resources:
+        {{- toYaml .resources | nindent 8 }}
+      securityContext:
+        {{- include "awareness.containerSecurityContext" $root | nindent 8 }}
+      volumeMounts:
+        {{- if .migrationHook }}
+        - name: tmp
+          mountPath: /tmp
+        {{- else }}
+        {{- include "awareness.commonVolumeMounts" $root | nindent 8 }}
+        {{- end }}
+  volumes:
+    {{- if .migrationHook }}
+    - name: tmp
+      emptyDir:
+        sizeLimit: {{ $root.Values.tmpSizeLimit }}
+    {{- else }}
+    {{- include "awareness.commonVolumes" $root | nindent 4 }}
+    {{- end }}
+{{- end -}}
+
+{{/*
+One service: Deployment + Service + HorizontalPodAutoscaler + PodDisruptionBudget.
+Takes (dict "root" $ "name" <service name> "svc" <its values block>).
+*/}}
+{{- define "awareness.service" -}}
+{{- $root := .root -}}
+{{- $name := .name -}}
+{{- $svc := .svc -}}
+{{- $fullName := include "awareness.componentName" (dict "root" $root "component" $name) -}}
+{{- $context := dict "root" $root "component" $name -}}
+{{- $grpc := eq $svc.protocol "grpc" -}}
+{{- $portName := $grpc | ternary "grpc" "http" -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ $fullName }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "awareness.labels" $context | nindent 4 }}
+spec:
+  {{- if not $svc.autoscaling.enabled }}
+  replicas: {{ $svc.replicas }}
+  {{- end }}
+  revisionHistoryLimit: 5
+  selector:
+    matchLabels:
+      {{- include "awareness.selectorLabels" $context | nindent 6 }}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: 25%
+      maxUnavailable: 0
+  template:
+    metadata:
+      labels:
+        {{- include "awareness.labels" $context | nindent 8 }}
+      annotations:
+        {{- include "awareness.checksumAnnotations" $root | nindent 8 }}
+        {{- with $svc.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    spec:
+      serviceAccountName: {{ include "awareness.serviceAccountName" $root }}
+      automountServiceAccountToken: false
+      {{- with $root.Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      securityContext:
+        {{- include "awareness.podSecurityContext" $root | nindent 8 }}
+      terminationGracePeriodSeconds: 30
+      topologySpreadConstraints:
+        - maxSkew: {{ $root.Values.topologySpread.maxSkew }}
+          topologyKey: kubernetes.io/hostname
+          whenUnsatisfiable: {{ $root.Values.topologySpread.whenUnsatisfiable }}
+          labelSelector:
+            matchLabels:
+              {{- include "awareness.selectorLabels" $context | nindent 14 }}
+          matchLabelKeys:
+            - pod-template-hash
+      {{- with $svc.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $svc.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $svc.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      containers:
+        - name: {{ $name }}
+          image: {{ include "awareness.image" $root }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          args: ["serve", {{ $name | quote }}]
+          ports:
+            - name: {{ $portName }}
+              containerPort: {{ $svc.port }}
+              protocol: TCP
+            {{- if and $grpc (ne (int $svc.metricsPort) (int $svc.port)) }}
+            - name: metrics
+              containerPort: {{ $svc.metricsPort }}
+              protocol: TCP
+            {{- end }}
+          envFrom:
+            - configMapRef:
+                name: {{ include "awareness.componentName" (dict "root" $root "component" "config") }}
+          env:
+            {{- include "awareness.commonEnv" $context | nindent 12 }}
+            {{- if $grpc }}
+            - name: AWARENESS_GRPC_PORT
+              value: {{ $svc.port | quote }}
+            - name: AWARENESS_METRICS_PORT
+              value: {{ $svc.metricsPort | quote }}
+            {{- else }}
+            - name: AWARENESS_GATEWAY_PORT
+              value: {{ $svc.port | quote }}
+            {{- end }}
+            {{- include "awareness.databaseEnv" (dict "root" $root "services" (list $name)) | nindent 12 }}
+            {{- if and (eq $name "gateway") (include "awareness.redisEnabled" $root) }}
+            - name: REDIS_URL
+              valueFrom:
+                secretKeyRef:
+                  name: {{ include "awareness.redisSecretName" $root }}
+                  key: {{ ternary $root.Values.redis.existingSecretKey "REDIS_URL" (not (empty $root.Values.redis.existingSecret)) }}
+            {{- end }}
+            {{- if and (eq $name "gateway") $root.Values.gatewayAuth.jwks }}
+            - name: AWARENESS_GATEWAY_JWKS_FILE
+              value: /etc/awareness/jwks/jwks.json
+            {{- end }}
+            {{- if eq $name "signing" }}
+            {{- /* Without a PKI Secret the development PKI is generated on the writable /tmp volume. */}}
+            - name: AWARENESS_PKI_DIR
+              value: {{ ternary $root.Values.pki.mountPath (printf "%s/pki" $root.Values.config.dataDir) (eq (include "awareness.pkiEnabled" $root) "true") | quote }}
+            {{- end }}
+            {{- if eq $name "gdpr" }}
+            - name: AWARENESS_KEK_FILE
+              value: /etc/awareness/gdpr/kek
+            - name: AWARENESS_LOOKUP_SECRET_FILE
+              value: /etc/awareness/gdpr/lookup-secret
+            {{- end }}
+            {{- range $key, $value := $svc.env }}
+            - name: {{ $key }}
+              value: {{ $value | quote }}
+            {{- end }}
+          {{- if $grpc }}
+          startupProbe:
+            grpc:
+              port: {{ $svc.port }}
+              service: ""
+            periodSeconds: 2
+            failureThreshold: 60
+          livenessProbe:
+            grpc:
+              port: {{ $svc.port }}
+              service: ""
+            periodSeconds: 10
+            timeoutSeconds: 5
+            failureThreshold: 3
+          readinessProbe:
+            grpc:
+              port: {{ $svc.port }}
+              service: {{ $svc.readinessService | quote }}
+            periodSeconds: 5
+            timeoutSeconds: 3
+            failureThreshold: 3
+          {{- else }}
+          startupProbe:
+            httpGet:
+              path: /health/live
+              port: {{ $portName }}
+            periodSeconds: 2
+            failureThreshold: 60
+          livenessProbe:
+            httpGet:
+              path: /health/live
+              port: {{ $portName }}
+            periodSeconds: 10
+            timeoutSeconds: 5
+            failureThreshold: 3
+          readinessProbe:
+            httpGet:
+              path: /health/ready
+              port: {{ $portName }}
+            periodSeconds: 5
+            timeoutSeconds: 3
+            failureThreshold: 3
+          {{- end }}
+          resources:
+            {{- toYaml $svc.resources | nindent 12 }}
+          securityContext:
+            {{- include "awareness.containerSecurityContext" $root | nindent 12 }}
+          volumeMounts:
+            {{- include "awareness.commonVolumeMounts" $root | nindent 12 }}
+            {{- if and (eq $name "signing") (include "awareness.pkiEnabled" $root) }}
+            - name: pki
+              mountPath: {{ $root.Values.pki.mountPath }}
+              readOnly: true
+            {{- end }}
+            {{- if eq $name "gdpr" }}
+            - name: gdpr-keys
+              mountPath: /etc/awareness/gdpr
+              readOnly: true
+            {{- end }}
+            {{- if and (eq $name "gateway") $root.Values.gatewayAuth.jwks }}
+            - name: jwks
+              mountPath: /etc/awareness/jwks
+              readOnly: true
+            {{- end }}
+      volumes:
+        {{- include "awareness.commonVolumes" $root | nindent 8 }}
+        {{- if and (eq $name "signing") (include "awareness.pkiEnabled" $root) }}
+        - name: pki
+          secret:
+            secretName: {{ include "awareness.pkiSecretName" $root }}
+            defaultMode: 0440
+        {{- end }}
+        {{- if eq $name "gdpr" }}
+        - name: gdpr-keys
+          secret:
+            secretName: {{ include "awareness.gdprKeysSecretName" $root }}
+            defaultMode: 0440
+            items:
+              - key: {{ ternary $root.Values.gdprKeys.kekKey "kek" (not (empty $root.Values.gdprKeys.existingSecret)) }}
+                path: kek
+              - key: {{ ternary $root.Values.gdprKeys.lookupSecretKey "lookup-secret" (not (empty $root.Values.gdprKeys.existingSecret)) }}
+                path: lookup-secret
+        {{- end }}
+        {{- if and (eq $name "gateway") $root.Values.gatewayAuth.jwks }}
+        - name: jwks
+          configMap:
+            name: {{ include "awareness.componentName" (dict "root" $root "component" "jwks") }}
+        {{- end }}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ $fullName }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "awareness.labels" $context | nindent 4 }}
+spec:
+  type: ClusterIP
+  selector:
+    {{- include "awareness.selectorLabels" $context | nindent 4 }}
+  ports:
+    - name: {{ $portName }}
+      port: {{ $svc.port }}
+      targetPort: {{ $portName }}
+      protocol: TCP
+      appProtocol: {{ $grpc | ternary "grpc" "http" }}
+    {{- if and $grpc (ne (int $svc.metricsPort) (int $svc.port)) }}
+    - name: metrics
+      port: {{ $svc.metricsPort }}
+      targetPort: metrics
+      protocol: TCP
+      appProtocol: http
+    {{- end }}
+{{- if $svc.autoscaling.enabled }}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: {{ $fullName }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "awareness.labels" $context | nindent 4 }}
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: {{ $fullName }}
+  minReplicas: {{ $svc.autoscaling.minReplicas }}
+  maxReplicas: {{ $svc.autoscaling.maxReplicas }}
+  metrics:
+    - type: Resource
+      resource:
+        name: cpu
+        target:
+          type: Utilization
+          averageUtilization: {{ $svc.autoscaling.targetCPUUtilizationPercentage }}
+    {{- if $svc.autoscaling.targetMemoryUtilizationPercentage }}
+    - type: Resource
+      resource:
+        name: memory
+        target:
+          type: Utilization
+          averageUtilization: {{ $svc.autoscaling.targetMemoryUtilizationPercentage }}
+    {{- end }}
+{{- end }}
+{{- if $svc.pdb.enabled }}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ $fullName }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "awareness.labels" $context | nindent 4 }}
+spec:
+  {{- if hasKey $svc.pdb "minAvailable" }}
+  minAvailable: {{ $svc.pdb.minAvailable }}
+  {{- else }}
+  maxUnavailable: {{ $svc.pdb.maxUnavailable }}
+  {{- end }}
+  selector:
+    matchLabels:
+      {{- include "awareness.selectorLabels" $context | nindent 6 }}
+{{- end }}
+{{- end -}}
