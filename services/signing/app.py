@@ -1,23 +1,72 @@
-"""Wiring of the signing service: its servicer, store and health probe."""
+"""Wiring of the signing service: keys, servicer, store, upstream TSA, metrics and health."""
 
 from __future__ import annotations
 
 from awareness.signing.v1 import signing_pb2, signing_pb2_grpc
 
 from services.runtime import db
+from services.runtime.clients import new_breaker
 from services.runtime.server import ServiceApp, ServiceContext
+from services.signing.api import SigningMetrics, SigningServicer
+from services.signing.bootstrap import bootstrap_dev
+from services.signing.config import SigningConfig, load_signing_config
+from services.signing.domain.pki import MANIFEST_FILE
+from services.signing.domain.tsa import SerialSource
+from services.signing.keys import load_active_keys
+from services.signing.upstream import UpstreamTsa
 
 SERVICE_NAME = signing_pb2.DESCRIPTOR.services_by_name["SigningService"].full_name
+UPSTREAM_BREAKER_TARGET = "upstream_tsa"
 
 
-def create_app(context: ServiceContext) -> ServiceApp:
-    # Until its issue lands, every RPC answers UNIMPLEMENTED (the generated base class).
-    servicer = signing_pb2_grpc.SigningServiceServicer()  # type: ignore[abstract]
-    engine = context.engine
-    assert engine is not None
+def create_app(
+    context: ServiceContext,
+    *,
+    config: SigningConfig | None = None,
+    serial_source: SerialSource | None = None,
+) -> ServiceApp:
+    settings = context.settings
+    engine, sessions = context.engine, context.sessions
+    if engine is None or sessions is None:
+        raise RuntimeError("the signing service needs its store (its audit trail of tokens and checkpoints)")
+    config = config or load_signing_config(settings.env, data_dir=settings.data_dir)
+    if not config.pki_dir_from_environment and not (config.pki_dir / MANIFEST_FILE).exists():
+        # `awareness serve signing` without `awareness up`: the same development PKI, made here.
+        bootstrap_dev(settings.data_dir)
+    keys = load_active_keys(config, serial_source=serial_source)
+    metrics = SigningMetrics.create(context.metrics)
+    upstream = None
+    if config.upstream_tsa_url is not None:
+        upstream = UpstreamTsa(
+            url=config.upstream_tsa_url,
+            timeout_seconds=config.upstream_timeout_seconds,
+            breaker=new_breaker(
+                target=UPSTREAM_BREAKER_TARGET,
+                fail_max=settings.breaker_fail_max,
+                reset_seconds=settings.breaker_reset_seconds,
+                metrics=context.metrics,
+            ),
+            trusted_roots=config.upstream_trusted_roots,
+            requests=metrics.upstream_requests,
+        )
+    servicer = SigningServicer(
+        config=config,
+        keys=keys,
+        sessions=sessions,
+        metrics=metrics,
+        upstream=upstream,
+        serial_source=serial_source,
+    )
+
+    async def stop() -> None:
+        if upstream is not None:
+            await upstream.close()
+
     return ServiceApp(
         name="signing",
         service_names=[SERVICE_NAME],
         register=lambda server: signing_pb2_grpc.add_SigningServiceServicer_to_server(servicer, server),
         ready=lambda: db.ping(engine),
+        on_stop=stop,
+        background=[servicer.watch_keys],
     )

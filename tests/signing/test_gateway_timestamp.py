@@ -1,0 +1,195 @@
+"""RFC 3161 through the whole suite: the real `openssl ts` against the gateway's POST /v1/timestamp.
+
+The suite runs as real processes (`awareness up` on free ports); an API key comes from the
+gateway's own CLI; the query is made by `openssl ts -query` and posted as
+application/timestamp-query; the reply is checked by `openssl ts -verify` against the root
+certificate the gateway publishes on GET /v1/keys.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.runtime.config import SERVICES
+from tests.conftest import free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+OPENSSL_TIMEOUT = 60
+EVIDENCE = b"an auditor's evidence file\n" * 10
+
+
+@dataclass
+class Suite:
+    gateway: str
+    data_dir: Path
+    env: dict[str, str]
+    api_key: str = ""
+
+
+def _logs(data_dir: Path) -> str:
+    return "\n".join(
+        f"--- {path.name}\n{path.read_text()[-3000:]}" for path in sorted((data_dir / "logs").glob("*.log"))
+    )
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
+    data_dir = tmp_path_factory.mktemp("suite")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "AWARENESS_PKI_DIR")}
+    for service in SERVICES:
+        env[f"AWARENESS_{service.upper()}_TARGET"] = f"127.0.0.1:{free_port()}"
+        env[f"AWARENESS_{service.upper()}_METRICS_PORT"] = str(free_port())
+    gateway_port = free_port()
+    env.update({"AWARENESS_DATA_DIR": str(data_dir), "AWARENESS_GATEWAY_PORT": str(gateway_port)})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 120
+        lines: list[str] = []
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "all services healthy" in line:
+                break
+        assert any("all services healthy" in line for line in lines), "".join(lines) + _logs(data_dir)
+        suite = Suite(gateway=f"http://127.0.0.1:{gateway_port}", data_dir=data_dir, env=env)
+        created = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "services.cli",
+                "keys",
+                "create",
+                "--name",
+                "auditor",
+                "--role",
+                "auditor",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert created.returncode == 0, created.stderr
+        suite.api_key = created.stdout.strip().splitlines()[-1]
+        yield suite
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def _openssl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=OPENSSL_TIMEOUT)
+
+
+def _post_query(suite: Suite, query: bytes) -> httpx.Response:
+    return httpx.post(
+        f"{suite.gateway}/v1/timestamp",
+        content=query,
+        headers={"Content-Type": "application/timestamp-query", "Authorization": f"Bearer {suite.api_key}"},
+        timeout=30,
+    )
+
+
+@pytest.fixture(scope="module")
+def published_root(suite: Suite, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The root certificate as the gateway publishes it (GET /v1/keys), not read from disk."""
+    listed = httpx.get(
+        f"{suite.gateway}/v1/keys", headers={"Authorization": f"Bearer {suite.api_key}"}, timeout=30
+    )
+    assert listed.status_code == 200, listed.text
+    body = listed.json()
+    chain = body.get("certificateChainPem") or body.get("certificate_chain_pem")
+    assert chain, body
+    assert chain[-1] == (suite.data_dir / "pki" / "root-ca.pem").read_text()
+    path = tmp_path_factory.mktemp("published") / "root.pem"
+    path.write_text(chain[-1])
+    return path
+
+
+@pytest.mark.parametrize(
+    "query_options",
+    [("-sha256", "-cert"), ("-sha512", "-cert"), ("-sha256", "-cert", "-no_nonce")],
+    ids=["sha256", "sha512", "sha256-no-nonce"],
+)
+def test_openssl_timestamp_through_the_gateway(
+    suite: Suite, published_root: Path, tmp_path: Path, query_options: tuple[str, ...]
+) -> None:
+    data = tmp_path / "evidence.bin"
+    data.write_bytes(EVIDENCE)
+    query = tmp_path / "request.tsq"
+    created = _openssl("ts", "-query", "-data", str(data), *query_options, "-out", str(query))
+    assert created.returncode == 0, created.stderr
+
+    reply = _post_query(suite, query.read_bytes())
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["content-type"].startswith("application/timestamp-reply")
+    response = tmp_path / "response.tsr"
+    response.write_bytes(reply.content)
+
+    verify = ("ts", "-verify", "-data", str(data), "-in", str(response), "-CAfile", str(published_root))
+    verified = _openssl(*verify)
+    assert verified.returncode == 0, verified.stderr
+    assert "Verification: OK" in verified.stdout
+
+    changed = bytearray(EVIDENCE)
+    changed[3] ^= 0x01
+    data.write_bytes(bytes(changed))
+    refused = _openssl(*verify)
+    assert refused.returncode != 0
+    assert "Verification: OK" not in refused.stdout
+
+
+def test_bad_queries_get_rejection_replies_through_the_gateway(suite: Suite, tmp_path: Path) -> None:
+    data = tmp_path / "evidence.bin"
+    data.write_bytes(EVIDENCE)
+    sha1_query = tmp_path / "sha1.tsq"
+    assert _openssl("ts", "-query", "-data", str(data), "-sha1", "-out", str(sha1_query)).returncode == 0
+    good_query = tmp_path / "good.tsq"
+    assert _openssl("ts", "-query", "-data", str(data), "-sha256", "-out", str(good_query)).returncode == 0
+    for name, query in {
+        "sha1": sha1_query.read_bytes(),
+        "truncated": good_query.read_bytes()[:-6],
+        "malformed": b"\x30\x03\x02\x01",
+    }.items():
+        reply = _post_query(suite, query)
+        assert reply.status_code == 200, (name, reply.text)
+        assert reply.headers["content-type"].startswith("application/timestamp-reply"), name
+        response = tmp_path / f"{name}.tsr"
+        response.write_bytes(reply.content)
+        shown = _openssl("ts", "-reply", "-in", str(response), "-text")
+        assert shown.returncode == 0, (name, shown.stderr)
+        assert "Status: Rejected." in shown.stdout, name
+
+
+def test_the_timestamp_route_needs_an_api_key(suite: Suite) -> None:
+    reply = httpx.post(
+        f"{suite.gateway}/v1/timestamp",
+        content=b"\x30\x00",
+        headers={"Content-Type": "application/timestamp-query"},
+        timeout=30,
+    )
+    assert reply.status_code == 401
