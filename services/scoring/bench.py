@@ -135,11 +135,12 @@ def format_table(rows: list[dict[str, object]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    arguments = sys.argv[1:] if argv is None else argv
+    """Print the table; `argv` may hold the seconds per measurement (the dispatcher passes nothing)."""
+    arguments = argv or []
     seconds = float(arguments[0]) if arguments else 3.0
     print(format_table(run(seconds=seconds)))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

@@ -66,3 +66,24 @@ class ModelLoadError(ScoringError):
 
     grpc_code_name: ClassVar[str] = "FAILED_PRECONDITION"
     reason: str = "MODEL_LOAD_FAILED"
+
+
+class ModelNotFoundError(ScoringError):
+    """No model with that name in the registry."""
+
+    grpc_code_name: ClassVar[str] = "NOT_FOUND"
+    reason: str = "MODEL_NOT_FOUND"
+
+
+class NoChampionModelError(ScoringError):
+    """No champion model is loaded yet (first start still training, or every candidate was refused)."""
+
+    grpc_code_name: ClassVar[str] = "FAILED_PRECONDITION"
+    reason: str = "NO_CHAMPION_MODEL"
+
+
+class ModelStatusError(ScoringError):
+    """The model is not in a state that allows the operation."""
+
+    grpc_code_name: ClassVar[str] = "FAILED_PRECONDITION"
+    reason: str = "MODEL_STATUS"

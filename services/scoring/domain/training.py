@@ -78,6 +78,13 @@ _BASELINE_OFF_HOURS_TYPES = frozenset(
     )
 )
 
+# Registry names of the searched algorithms, in search order, and their sklearn classes.
+ALGORITHMS: Final[tuple[str, ...]] = ("random_forest", "gradient_boosting")
+_ALGORITHM_CLASSES: Final = {
+    "random_forest": "RandomForestClassifier",
+    "gradient_boosting": "GradientBoostingClassifier",
+}
+
 Progress = Callable[[str], None]
 
 
@@ -155,20 +162,34 @@ def _preprocessor() -> ColumnTransformer:
     return ColumnTransformer(encoders, remainder="passthrough")
 
 
-def _search_space(seed: int) -> list[dict[str, list[Any]]]:
+def _search_space(seed: int, algorithms: Sequence[str] = ALGORITHMS) -> list[dict[str, list[Any]]]:
     # Kept small on purpose: the default configuration must train in well under two minutes on 2 cores.
-    return [
-        {
+    unknown = sorted(set(algorithms) - set(ALGORITHMS))
+    if unknown or not algorithms:
+        raise TrainingDataError(
+            f"algorithms must be chosen from {', '.join(ALGORITHMS)}; got {unknown or 'none'}"
+        )
+    grids = {
+        "random_forest": {
             "classifier": [RandomForestClassifier(random_state=seed, n_estimators=120, n_jobs=1)],
             "classifier__max_depth": [None, 12],
             "classifier__min_samples_leaf": [1, 4],
         },
-        {
+        "gradient_boosting": {
             # Subsampling (stochastic gradient boosting) trains faster and generalises slightly better.
             "classifier": [GradientBoostingClassifier(random_state=seed, n_estimators=120, subsample=0.8)],
             "classifier__max_depth": [2, 3],
         },
-    ]
+    }
+    return [grids[name] for name in ALGORITHMS if name in algorithms]
+
+
+def algorithm_name(classifier_class_name: str) -> str:
+    """Registry name of an algorithm (`random_forest`) from its sklearn class name."""
+    for name, class_name in _ALGORITHM_CLASSES.items():
+        if class_name == classifier_class_name:
+            return name
+    return classifier_class_name
 
 
 def _transformed_feature_groups() -> list[str]:
@@ -243,6 +264,7 @@ def train(
     extra_labels: Sequence[int] = (),
     data_card_version: str = DATA_CARD_VERSION,
     n_jobs: int = 1,
+    algorithms: Sequence[str] = ALGORITHMS,
 ) -> TrainingResult:
     """Grid-search, evaluate, export and parity-check a risk model.
 
@@ -252,6 +274,7 @@ def train(
     """
     report = progress or (lambda _message: None)
     started = time.perf_counter()
+    search_space = _search_space(seed, algorithms)
     if folds < 2:
         raise TrainingDataError("folds must be >= 2")
     features, y = _validated_arrays(events, labels, what="events")
@@ -278,13 +301,13 @@ def train(
     pipeline = Pipeline([("preprocess", _preprocessor()), ("classifier", RandomForestClassifier())])
     search = GridSearchCV(
         pipeline,
-        _search_space(seed),
+        search_space,
         scoring=CV_SCORING,
         cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed),
         n_jobs=n_jobs,
         refit=True,
     )
-    candidates = sum(int(np.prod([len(values) for values in grid.values()])) for grid in _search_space(seed))
+    candidates = sum(int(np.prod([len(values) for values in grid.values()])) for grid in search_space)
     report(f"grid search: {candidates} candidates x {folds} folds")
     search.fit(x_train, y_train)
     best: Pipeline = search.best_estimator_
