@@ -34,6 +34,7 @@ EXPECTED = {
 def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     data_dir = tmp_path_factory.mktemp("suite")
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env["AWARENESS_SCORING_BOOTSTRAP_MODEL"] = "0"  # start-up only; the model has its own tests
     addresses = {service: f"127.0.0.1:{free_port()}" for service in SERVICES}
     for service, address in addresses.items():
         env[f"AWARENESS_{service.upper()}_TARGET"] = address
@@ -117,6 +118,7 @@ def test_each_service_is_serving_and_reflects_its_methods(suite: dict[str, str],
 def test_suite_stops_cleanly_on_interrupt(tmp_path: Path) -> None:
     # Covered by the fixture's teardown too; here we check the exit code of a short-lived suite.
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env["AWARENESS_SCORING_BOOTSTRAP_MODEL"] = "0"
     for service in SERVICES:
         env[f"AWARENESS_{service.upper()}_TARGET"] = f"127.0.0.1:{free_port()}"
         env[f"AWARENESS_{service.upper()}_METRICS_PORT"] = str(free_port())

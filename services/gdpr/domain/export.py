@@ -7,7 +7,7 @@ events: a subject with years of history streams as easily as one with a single e
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -80,3 +80,43 @@ def iter_export_json(
             buffer.clear()
     if buffer:
         yield bytes(buffer)
+
+
+async def aiter_export_json(
+    *,
+    subject_info: dict[str, Any],
+    events: AsyncIterable[dict[str, Any]],
+    consents: Iterable[dict[str, Any]],
+    generated_at: datetime | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> AsyncIterator[bytes]:
+    """``iter_export_json`` for events that arrive asynchronously (pages fetched over the network).
+
+    Same document, same chunking; ``events`` is consumed lazily, once, as the consumer pulls chunks.
+    """
+    if chunk_bytes <= 0:
+        raise ValueError("chunk_bytes must be positive")
+    if generated_at is None:
+        generated_at = datetime.now(UTC)
+    consent_items = list(consents)  # a subject's consent history is short; events are the long part
+    head = bytearray(b'{"format":' + _encode(EXPORT_FORMAT))
+    head += b',"generated_at":' + _encode(generated_at)
+    head += b',"subject":' + _encode(subject_info) + b',"events":['
+    buffer = head
+    separator = b""
+    async for item in events:
+        buffer += separator + _encode(item)
+        separator = b","
+        if len(buffer) >= chunk_bytes:
+            yield bytes(buffer)
+            buffer = bytearray()
+    buffer += b'],"consents":['
+    separator = b""
+    for item in consent_items:
+        buffer += separator + _encode(item)
+        separator = b","
+        if len(buffer) >= chunk_bytes:
+            yield bytes(buffer)
+            buffer = bytearray()
+    buffer += b"]}\n"
+    yield bytes(buffer)

@@ -1,0 +1,105 @@
+"""``awareness gdpr ...``: operator commands that call the running gdpr service over gRPC.
+
+``awareness gdpr apply-retention`` is what the Helm CronJob runs daily; ``awareness gdpr rotate-kek``
+rotates the development KEK. Both sign their calls with the internal credential (the shared internal
+secret) as a named principal, so the audit trail says which job acted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import uuid
+from typing import Any
+
+from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
+from google.protobuf.json_format import MessageToDict
+
+from services.runtime.auth import Principal
+
+RETENTION_PRINCIPAL = Principal(subject="cli:retention", roles=frozenset({"dpo"}))
+KEK_PRINCIPAL = Principal(subject="cli:kek-rotation", roles=frozenset({"admin"}))
+
+
+def register(subparsers: Any) -> None:
+    gdpr = subparsers.add_parser("gdpr", help="GDPR operations: retention, KEK rotation")
+    commands = gdpr.add_subparsers(dest="gdpr_command", required=True, metavar="GDPR_COMMAND")
+
+    retention = commands.add_parser(
+        "apply-retention", help="shred the data keys whose retention expired (the daily CronJob)"
+    )
+    retention.add_argument(
+        "--dry-run", action="store_true", help="report what would be shredded; shred nothing"
+    )
+    retention.add_argument("--reason", default="scheduled retention run", help="recorded in the audit trail")
+    retention.add_argument(
+        "--request-id", default="", help="idempotency key (a UUID; generated when omitted)"
+    )
+    retention.set_defaults(handler=_apply_retention)
+
+    rotate = commands.add_parser(
+        "rotate-kek", help="generate a new KEK and re-wrap every data key (dev keyring)"
+    )
+    rotate.add_argument("--reason", default="KEK rotation", help="recorded in the audit trail")
+    rotate.add_argument("--request-id", default="", help="idempotency key (a UUID; generated when omitted)")
+    rotate.set_defaults(handler=_rotate_kek)
+
+
+async def _call(principal: Principal, method: str, request: Any) -> Any:
+    from services.runtime.clients import ChannelFactory
+    from services.runtime.config import load_settings
+
+    settings = load_settings("gdpr")
+    if not settings.internal_secret:
+        raise SystemExit(
+            "no internal secret: set AWARENESS_INTERNAL_SECRET(_FILE) or run `awareness up` first"
+        )
+    channels = ChannelFactory(
+        targets=dict(settings.targets),
+        identity=principal,
+        internal_secret=settings.internal_secret,
+        # Shredding or re-wrapping many keys takes longer than an ordinary call.
+        timeout_seconds=max(settings.call_timeout_seconds, 600.0),
+        attempts=1,
+        breaker_fail_max=settings.breaker_fail_max,
+        breaker_reset_seconds=settings.breaker_reset_seconds,
+    )
+    try:
+        stub = gdpr_pb2_grpc.GdprServiceStub(channels.channel("gdpr"))
+        return await getattr(stub, method)(request)
+    finally:
+        await channels.close()
+
+
+def _run(principal: Principal, method: str, request: Any) -> int:
+    import grpc
+
+    try:
+        response = asyncio.run(_call(principal, method, request))
+    except grpc.aio.AioRpcError as exc:
+        print(f"gdpr {method} failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    print(
+        json.dumps(
+            MessageToDict(
+                response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            ),
+            indent=2,
+            sort_keys=True,
+        )
+    )
+    return 0
+
+
+def _apply_retention(args: argparse.Namespace) -> int:
+    request = gdpr_pb2.ApplyRetentionRequest(
+        dry_run=args.dry_run, reason=args.reason, request_id=args.request_id or str(uuid.uuid4())
+    )
+    return _run(RETENTION_PRINCIPAL, "ApplyRetention", request)
+
+
+def _rotate_kek(args: argparse.Namespace) -> int:
+    request = gdpr_pb2.RotateKekRequest(reason=args.reason, request_id=args.request_id or str(uuid.uuid4()))
+    return _run(KEK_PRINCIPAL, "RotateKek", request)

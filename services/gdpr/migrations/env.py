@@ -1,0 +1,4 @@
+from services.gdpr.models import Base
+from services.runtime.migrations import run_env
+
+run_env(Base.metadata)

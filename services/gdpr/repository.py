@@ -1,0 +1,418 @@
+"""Data access of the gdpr service: typed, keyword-only functions that take the session explicitly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from services.gdpr.domain.audit import AuditEntry, new_audit_entry
+from services.gdpr.models import (
+    AuditRecordRow,
+    Base,
+    ConsentRecordRow,
+    DataKey,
+    DataKeyEventType,
+    ErasureLogAttempt,
+    ErasureRecordRow,
+    KekRotationRow,
+    RetentionRuleRow,
+    RetentionRunRow,
+    Subject,
+)
+
+# Serialises audit appends across replicas on PostgreSQL (the chain has one head); any constant works.
+_AUDIT_LOCK_KEY = 0x67647072  # "gdpr"
+_IN_CHUNK = 500  # bound on the size of IN (...) lists
+
+
+def _chunks(values: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _insert_ignoring_conflicts(
+    session: Session, model: type[Base], rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING: concurrent creators agree on whichever row landed first."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        session.execute(pg_insert(model).on_conflict_do_nothing(), list(rows))
+    elif dialect == "sqlite":
+        session.execute(sqlite_insert(model).on_conflict_do_nothing(), list(rows))
+    else:  # pragma: no cover - the suite supports SQLite and PostgreSQL only
+        raise NotImplementedError(f"unsupported dialect {dialect}")
+
+
+# --- subjects ----------------------------------------------------------------------------------------
+
+
+def find_pseudonyms(session: Session, *, lookup_hashes: Sequence[bytes]) -> dict[bytes, str]:
+    found: dict[bytes, str] = {}
+    unique = list(dict.fromkeys(lookup_hashes))
+    for chunk in _chunks(unique):
+        rows = session.execute(
+            select(Subject.lookup_hash, Subject.pseudonym).where(Subject.lookup_hash.in_(chunk))
+        )
+        found.update({row.lookup_hash: row.pseudonym for row in rows})
+    return found
+
+
+def find_subject(session: Session, *, lookup_hash: bytes) -> Subject | None:
+    return session.scalars(select(Subject).where(Subject.lookup_hash == lookup_hash)).first()
+
+
+def insert_subjects_if_absent(session: Session, *, rows: Sequence[Mapping[str, Any]]) -> None:
+    _insert_ignoring_conflicts(session, Subject, rows)
+
+
+def existing_pseudonyms(session: Session, *, pseudonyms: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    for chunk in _chunks(list(dict.fromkeys(pseudonyms))):
+        found.update(session.scalars(select(Subject.pseudonym).where(Subject.pseudonym.in_(chunk))))
+    return found
+
+
+def delete_subject(session: Session, *, pseudonym: str) -> int:
+    result = session.execute(delete(Subject).where(Subject.pseudonym == pseudonym))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# --- data keys ---------------------------------------------------------------------------------------
+
+
+def find_data_keys(session: Session, *, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], DataKey]:
+    """Data keys by (pseudonym, period); absent pairs are simply missing from the result."""
+    found: dict[tuple[str, str], DataKey] = {}
+    for chunk in _chunks(list(dict.fromkeys(pairs))):
+        query = select(DataKey).where(tuple_(DataKey.pseudonym, DataKey.period).in_(list(chunk)))
+        found.update({(key.pseudonym, key.period): key for key in session.scalars(query)})
+    return found
+
+
+def insert_data_keys_if_absent(session: Session, *, rows: Sequence[Mapping[str, Any]]) -> None:
+    _insert_ignoring_conflicts(session, DataKey, rows)
+
+
+def event_types_of(session: Session, *, key_ids: Sequence[str]) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for chunk in _chunks(list(dict.fromkeys(key_ids))):
+        rows = session.execute(
+            select(DataKeyEventType.key_id, DataKeyEventType.event_type).where(
+                DataKeyEventType.key_id.in_(chunk)
+            )
+        )
+        for row in rows:
+            found.setdefault(row.key_id, set()).add(row.event_type)
+    return found
+
+
+def add_event_types_if_absent(session: Session, *, pairs: Iterable[tuple[str, str]]) -> None:
+    rows = [{"key_id": key_id, "event_type": event_type} for key_id, event_type in sorted(set(pairs))]
+    _insert_ignoring_conflicts(session, DataKeyEventType, rows)
+
+
+def delete_data_keys(session: Session, *, key_ids: Sequence[str]) -> int:
+    """Delete data keys (and their event-type rows). Returns how many keys were deleted."""
+    deleted = 0
+    for chunk in _chunks(list(dict.fromkeys(key_ids))):
+        session.execute(delete(DataKeyEventType).where(DataKeyEventType.key_id.in_(chunk)))
+        result = session.execute(delete(DataKey).where(DataKey.key_id.in_(chunk)))
+        deleted += int(getattr(result, "rowcount", 0) or 0)
+    return deleted
+
+
+def key_ids_of(session: Session, *, pseudonym: str) -> list[str]:
+    return list(session.scalars(select(DataKey.key_id).where(DataKey.pseudonym == pseudonym)))
+
+
+def data_keys_not_under(session: Session, *, kek_id: str, after_key_id: str, limit: int) -> list[DataKey]:
+    """Keys wrapped under another KEK than ``kek_id``, keyset-paged by key id."""
+    query = (
+        select(DataKey)
+        .where(DataKey.kek_id != kek_id, DataKey.key_id > after_key_id)
+        .order_by(DataKey.key_id)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def replace_wrapping(
+    session: Session,
+    *,
+    key_id: str,
+    expected_kek_id: str,
+    kek_id: str,
+    nonce: bytes,
+    wrapped: bytes,
+    at: datetime,
+) -> bool:
+    """Store a re-wrapped key unless someone else re-wrapped (or shredded) it meanwhile."""
+    result = session.execute(
+        update(DataKey)
+        .where(DataKey.key_id == key_id, DataKey.kek_id == expected_kek_id)
+        .values(kek_id=kek_id, nonce=nonce, wrapped=wrapped, rewrapped_at=at)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def key_counts_by_kek(session: Session) -> dict[str, int]:
+    rows = session.execute(select(DataKey.kek_id, func.count()).group_by(DataKey.kek_id))
+    return {row[0]: int(row[1]) for row in rows}
+
+
+def retention_candidates(session: Session, *, periods_before: str) -> list[DataKey]:
+    """Keys whose period sorts before ``periods_before`` (a superset of the expired ones)."""
+    return list(
+        session.scalars(
+            select(DataKey).where(DataKey.period < periods_before).order_by(DataKey.pseudonym, DataKey.period)
+        )
+    )
+
+
+# --- consents ----------------------------------------------------------------------------------------
+
+
+def insert_consent(session: Session, *, row: ConsentRecordRow) -> ConsentRecordRow:
+    session.add(row)
+    session.flush()
+    return row
+
+
+def consent_by_request_id(session: Session, *, request_id: str) -> ConsentRecordRow | None:
+    return session.scalars(select(ConsentRecordRow).where(ConsentRecordRow.request_id == request_id)).first()
+
+
+def consent_history(
+    session: Session, *, pseudonyms: Sequence[str], purpose: str | None = None
+) -> list[ConsentRecordRow]:
+    """Consent records of the pseudonyms, oldest first (recording order breaks ties in time)."""
+    rows: list[ConsentRecordRow] = []
+    for chunk in _chunks(list(dict.fromkeys(pseudonyms))):
+        query = select(ConsentRecordRow).where(ConsentRecordRow.pseudonym.in_(chunk))
+        if purpose is not None:
+            query = query.where(ConsentRecordRow.purpose == purpose)
+        rows.extend(session.scalars(query))
+    return sorted(rows, key=lambda row: (row.at, row.id))
+
+
+def consent_page(
+    session: Session, *, pseudonym: str, purpose: str | None, before_id: int | None, limit: int
+) -> list[ConsentRecordRow]:
+    """Newest first, keyset-paged by id."""
+    query = select(ConsentRecordRow).where(ConsentRecordRow.pseudonym == pseudonym)
+    if purpose:
+        query = query.where(ConsentRecordRow.purpose == purpose)
+    if before_id is not None:
+        query = query.where(ConsentRecordRow.id < before_id)
+    return list(session.scalars(query.order_by(ConsentRecordRow.id.desc()).limit(limit)))
+
+
+# --- retention ---------------------------------------------------------------------------------------
+
+
+def retention_rules(session: Session) -> list[RetentionRuleRow]:
+    return list(session.scalars(select(RetentionRuleRow).order_by(RetentionRuleRow.event_type)))
+
+
+def upsert_retention_rule(
+    session: Session, *, event_type: str, retention_days: int, actor: str, at: datetime
+) -> RetentionRuleRow:
+    row = session.get(RetentionRuleRow, event_type)
+    if row is None:
+        row = RetentionRuleRow(
+            event_type=event_type, retention_days=retention_days, updated_at=at, actor=actor
+        )
+        session.add(row)
+    else:
+        row.retention_days = retention_days
+        row.updated_at = at
+        row.actor = actor
+    session.flush()
+    return row
+
+
+def insert_retention_run(session: Session, *, row: RetentionRunRow) -> RetentionRunRow:
+    session.add(row)
+    session.flush()
+    return row
+
+
+def retention_run_by_request_id(session: Session, *, request_id: str) -> RetentionRunRow | None:
+    return session.scalars(select(RetentionRunRow).where(RetentionRunRow.request_id == request_id)).first()
+
+
+# --- KEK rotations -----------------------------------------------------------------------------------
+
+
+def insert_kek_rotation(session: Session, *, row: KekRotationRow) -> KekRotationRow:
+    session.add(row)
+    session.flush()
+    return row
+
+
+def kek_rotation_by_request_id(session: Session, *, request_id: str) -> KekRotationRow | None:
+    return session.scalars(select(KekRotationRow).where(KekRotationRow.request_id == request_id)).first()
+
+
+# --- erasures ----------------------------------------------------------------------------------------
+
+
+def insert_erasure(session: Session, *, row: ErasureRecordRow) -> ErasureRecordRow:
+    session.add(row)
+    session.flush()
+    return row
+
+
+def erasure_by_request_id(session: Session, *, request_id: str) -> ErasureRecordRow | None:
+    return session.scalars(select(ErasureRecordRow).where(ErasureRecordRow.request_id == request_id)).first()
+
+
+def get_erasure(session: Session, *, erasure_id: str) -> ErasureRecordRow | None:
+    return session.get(ErasureRecordRow, erasure_id)
+
+
+def erasure_page(
+    session: Session, *, before: tuple[datetime, str] | None, limit: int
+) -> list[ErasureRecordRow]:
+    """Newest first, keyset-paged by (erase_time, erasure_id)."""
+    query = select(ErasureRecordRow)
+    if before is not None:
+        moment, erasure_id = before
+        query = query.where(
+            (ErasureRecordRow.erase_time < moment)
+            | ((ErasureRecordRow.erase_time == moment) & (ErasureRecordRow.erasure_id < erasure_id))
+        )
+    query = query.order_by(ErasureRecordRow.erase_time.desc(), ErasureRecordRow.erasure_id.desc())
+    return list(session.scalars(query.limit(limit)))
+
+
+def pending_erasures(session: Session, *, limit: int) -> list[ErasureRecordRow]:
+    """Erasures whose log append has not succeeded yet, oldest first."""
+    query = (
+        select(ErasureRecordRow)
+        .where(ErasureRecordRow.log_event_id.is_(None))
+        .order_by(ErasureRecordRow.erase_time, ErasureRecordRow.erasure_id)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def set_events_affected(session: Session, *, erasure_id: str, events_affected: int) -> None:
+    """Fill the write-once count; a value already there stays (the first count is the recorded one)."""
+    session.execute(
+        update(ErasureRecordRow)
+        .where(ErasureRecordRow.erasure_id == erasure_id, ErasureRecordRow.events_affected.is_(None))
+        .values(events_affected=events_affected)
+    )
+
+
+def set_log_event_id(session: Session, *, erasure_id: str, log_event_id: str) -> None:
+    session.execute(
+        update(ErasureRecordRow)
+        .where(ErasureRecordRow.erasure_id == erasure_id, ErasureRecordRow.log_event_id.is_(None))
+        .values(log_event_id=log_event_id)
+    )
+    session.execute(delete(ErasureLogAttempt).where(ErasureLogAttempt.erasure_id == erasure_id))
+
+
+def record_log_attempt(session: Session, *, erasure_id: str, error: str, at: datetime) -> int:
+    """Count a failed log append; returns the number of attempts so far."""
+    row = session.get(ErasureLogAttempt, erasure_id)
+    if row is None:
+        row = ErasureLogAttempt(erasure_id=erasure_id, attempts=0, last_error="", last_attempt_at=None)
+        session.add(row)
+    row.attempts += 1
+    row.last_error = error[:2000]
+    row.last_attempt_at = at
+    session.flush()
+    return row.attempts
+
+
+def log_attempts(session: Session, *, erasure_id: str) -> ErasureLogAttempt | None:
+    return session.get(ErasureLogAttempt, erasure_id)
+
+
+# --- audit trail -------------------------------------------------------------------------------------
+
+
+def _entry(row: AuditRecordRow) -> AuditEntry:
+    return AuditEntry(
+        actor=row.actor,
+        action=row.action,
+        target=row.target,
+        at=row.at,
+        reason=row.reason,
+        request_id=row.request_id,
+        prev_hash=row.prev_hash,
+        entry_hash=row.entry_hash,
+    )
+
+
+def append_audit(
+    session: Session, *, actor: str, action: str, target: str, at: datetime, reason: str, request_id: str
+) -> AuditRecordRow:
+    """Chain a new entry onto the current head, in the caller's transaction (atomic with the action)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK_KEY})
+    head = session.scalars(select(AuditRecordRow).order_by(AuditRecordRow.sequence.desc()).limit(1)).first()
+    entry = new_audit_entry(
+        previous=None if head is None else _entry(head),
+        actor=actor,
+        action=action,
+        target=target,
+        at=at,
+        reason=reason,
+        request_id=request_id,
+    )
+    row = AuditRecordRow(
+        actor=entry.actor,
+        action=entry.action,
+        target=entry.target,
+        at=entry.at,
+        reason=entry.reason,
+        request_id=entry.request_id,
+        prev_hash=entry.prev_hash,
+        entry_hash=entry.entry_hash,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def audit_page(
+    session: Session,
+    *,
+    before_sequence: int | None,
+    limit: int,
+    actor: str = "",
+    action: str = "",
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> list[AuditRecordRow]:
+    """Newest first, keyset-paged by sequence."""
+    query = select(AuditRecordRow)
+    if before_sequence is not None:
+        query = query.where(AuditRecordRow.sequence < before_sequence)
+    if actor:
+        query = query.where(AuditRecordRow.actor == actor)
+    if action:
+        query = query.where(AuditRecordRow.action == action)
+    if start is not None:
+        query = query.where(AuditRecordRow.at >= start)
+    if end is not None:
+        query = query.where(AuditRecordRow.at < end)
+    return list(session.scalars(query.order_by(AuditRecordRow.sequence.desc()).limit(limit)))
+
+
+def audit_entries(session: Session) -> list[AuditEntry]:
+    """The whole chain, oldest first, as domain entries (for verification)."""
+    rows = session.scalars(select(AuditRecordRow).order_by(AuditRecordRow.sequence))
+    return [_entry(row) for row in rows]
