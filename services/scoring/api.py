@@ -76,10 +76,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
                 violations=[FieldViolation("inputs", message)],
             )
         features_in = [feature_input(item, field=f"inputs[{index}]") for index, item in enumerate(inputs)]
-        snapshot = self._models.current  # one read: the whole batch sees one champion/challenger pair
-        champion = snapshot.champion
-        if champion is None:
-            raise NoChampionModelError("no champion model is loaded yet; try again later")
+        # Consent first: a subject who objected to profiling is skipped whether or not a model is loaded.
         granted = await self._consent.granted([item.subject_pseudonym for item in inputs])
         allowed = [i for i, item in enumerate(inputs) if granted.get(item.subject_pseudonym, False)]
         results = [
@@ -94,6 +91,10 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         if not allowed:
             return scoring_pb2.ScoreEventsResponse(results=results)
 
+        snapshot = self._models.current  # one read: the whole batch sees one champion/challenger pair
+        champion = snapshot.champion
+        if champion is None:
+            raise NoChampionModelError("no champion model is loaded yet; try again later")
         chosen = [features_in[i] for i in allowed]
         matrix, scores = await self._score(champion, chosen)
         for row, index in enumerate(allowed):
