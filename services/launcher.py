@@ -17,20 +17,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.runtime.config import (
+    ALL_PROCESSES,
     DEFAULT_GATEWAY_PORT,
     DEFAULT_GRPC_PORTS,
     DEFAULT_METRICS_PORTS,
-    SERVICES,
+    SERVICE_NAMES,
     ensure_dev_secret,
 )
-
-SERVICE_NAMES = {
-    "ingest": "awareness.ingest.v1.IngestService",
-    "policy": "awareness.policy.v1.PolicyService",
-    "scoring": "awareness.scoring.v1.ScoringService",
-    "signing": "awareness.signing.v1.SigningService",
-    "gdpr": "awareness.gdpr.v1.GdprService",
-}
 
 # Started in dependency order: nothing calls a service that is started after it.
 START_ORDER = ("signing", "gdpr", "policy", "scoring", "ingest", "gateway")
@@ -59,7 +52,7 @@ def prepare_data_dir(data_dir: Path) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "logs").mkdir(exist_ok=True)
     ensure_dev_secret(data_dir / "internal-secret")
-    for service in SERVICES:
+    for service in ALL_PROCESSES:
         with contextlib.suppress(ModuleNotFoundError):
             module = importlib.import_module(f"services.{service}.bootstrap")
             module.bootstrap_dev(data_dir)

@@ -1,41 +1,126 @@
 """The HTTP/JSON gateway: the only door from outside.
 
-This module wires the ASGI application and runs it under uvicorn.
+Routes, permissions and the OpenAPI document are built at start-up from the contracts'
+descriptor set. Each request is authenticated (API key or JWT), rate limited, checked for
+the route's permission, transcoded to protobuf and sent to the owning service with the
+principal in signed metadata; the answer comes back as proto3 JSON, or as a
+google.rpc.Status JSON body with the grpc-gateway status mapping.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import grpc
 import uvicorn
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from services.runtime import auth
-from services.runtime.clients import ChannelFactory
-from services.runtime.config import SERVICES, Settings, ensure_dev_secret
+from services.gateway import authn
+from services.gateway.config import GatewayConfig, load_gateway_config
+from services.gateway.domain import gophish
+from services.gateway.domain.descriptors import (
+    HttpRoute,
+    build_routes,
+    collect_comments,
+    import_generated_modules,
+    load_descriptor_set,
+)
+from services.gateway.domain.openapi import build_openapi
+from services.gateway.domain.ratelimit import Decision, Scope
+from services.gateway.domain.transcode import RequestError, strict_json_loads
+from services.gateway.middleware import ROUTE_KEY, EdgeMiddleware
+from services.gateway.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from services.gateway.responses import (
+    awareness_error_response,
+    error_response,
+    rate_limit_headers,
+    rpc_error_response,
+)
+from services.gateway.transcoder import Backend, MediaTypeError, Router, parse_http_request, response_payload
+from services.runtime import auth, db, migrations
+from services.runtime.clients import ChannelFactory, new_breaker
+from services.runtime.config import SERVICE_NAMES, SERVICES, Settings, ensure_dev_secret
+from services.runtime.errors import AwarenessError, PermissionDeniedError
 from services.runtime.logs import configure_logging
 from services.runtime.metrics import ServiceMetrics
 from services.runtime.tracing import configure_tracing, shutdown_tracing
 
 log = logging.getLogger("awareness.gateway")
 
+TIMESTAMP_RPC = "/awareness.signing.v1.SigningService/Timestamp"
+APPEND_EVENT_RPC = "/awareness.ingest.v1.IngestService/AppendEvent"
+TIMESTAMP_QUERY = "application/timestamp-query"
+TIMESTAMP_REPLY = "application/timestamp-reply"
+GOPHISH_PRINCIPAL = auth.Principal(subject="integration:gophish", roles=frozenset({"integration"}))
+# Signs calls made outside any request (health checks): no roles, so no permissions.
+ANONYMOUS_GATEWAY = auth.Principal(subject="service:gateway", roles=frozenset())
+
+
+@dataclass
+class GatewayMetrics:
+    base: ServiceMetrics
+    ratelimit_fallback: Counter
+    ratelimit_rejections: Counter
+    auth_failures: Counter
+
+    @classmethod
+    def create(cls) -> GatewayMetrics:
+        base = ServiceMetrics("gateway")
+        return cls(
+            base=base,
+            ratelimit_fallback=base.counter(
+                "ratelimit_fallback_total", "Rate-limit decisions taken in process because Redis failed"
+            ),
+            ratelimit_rejections=base.counter(
+                "ratelimit_rejections_total", "Requests refused with 429, by scope", ["scope"]
+            ),
+            auth_failures=base.counter(
+                "auth_failures_total", "Requests refused with 401, by reason", ["reason"]
+            ),
+        )
+
 
 @dataclass
 class GatewayState:
     settings: Settings
-    metrics: ServiceMetrics
+    config: GatewayConfig
+    metrics: GatewayMetrics
     channels: ChannelFactory
+    router: Router
+    backend: Backend
+    openapi: dict[str, Any]
+    authenticator: authn.Authenticator
+    limiter: RateLimiter
+    engine: Engine
+    sessions: sessionmaker[Session]
+    routes_by_rpc: dict[str, HttpRoute]
     health_stubs: dict[str, health_pb2_grpc.HealthStub] = field(default_factory=dict)
+    health_channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    async def close(self) -> None:
+        await self.channels.close()
+        for channel in self.health_channels:
+            await channel.close()
+        self.health_channels.clear()
+        self.health_stubs.clear()
+        await self.limiter.close()
+        self.engine.dispose()
 
 
 def _state(request: Request) -> GatewayState:
@@ -43,17 +128,28 @@ def _state(request: Request) -> GatewayState:
     return state
 
 
-async def live(_request: Request) -> Response:
+def _mark_route(request: Request, template: str) -> None:
+    request.scope.setdefault("state", {})[ROUTE_KEY] = template
+
+
+# --- health and metrics -------------------------------------------------------------------
+
+
+async def live(request: Request) -> Response:
+    _mark_route(request, "/health/live")
     return JSONResponse({"status": "live"})
 
 
 async def _backend_health(state: GatewayState, service: str) -> str:
     stub = state.health_stubs.get(service)
     if stub is None:
-        stub = health_pb2_grpc.HealthStub(state.channels.channel(service))
+        # A plain channel: probes must not trip (or be blocked by) the API calls' breaker.
+        channel = grpc.aio.insecure_channel(state.settings.targets.get(service, service))
+        state.health_channels.append(channel)
+        stub = health_pb2_grpc.HealthStub(channel)
         state.health_stubs[service] = stub
     try:
-        reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAMES[service]), timeout=1.0)
     except grpc.aio.AioRpcError as exc:
         return f"UNREACHABLE ({exc.code().name})"
     except Exception as exc:  # breaker open or channel failure
@@ -61,56 +157,466 @@ async def _backend_health(state: GatewayState, service: str) -> str:
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
+async def _key_store_ok(state: GatewayState) -> bool:
+    return await db.run_db(db.ping, state.engine)
+
+
 async def dependencies(request: Request) -> Response:
+    _mark_route(request, "/health/dependencies")
     state = _state(request)
-    statuses = await asyncio.gather(*(_backend_health(state, s) for s in SERVICES))
+    statuses, key_store = await asyncio.gather(
+        asyncio.gather(*(_backend_health(state, s) for s in SERVICES)), _key_store_ok(state)
+    )
     breakers = state.channels.breaker_states()
-    body = {
+    body: dict[str, Any] = {
         service: {"health": status, "breaker": breakers.get(service, "closed")}
         for service, status in zip(SERVICES, statuses, strict=True)
     }
+    body["key_store"] = {"health": "SERVING" if key_store else "UNREACHABLE"}
+    limiter = state.limiter
+    if isinstance(limiter, RedisRateLimiter):
+        body["rate_limiter"] = {
+            "backend": "redis",
+            "degraded": limiter.degraded,
+            "breaker": limiter.breaker_state,
+        }
+    else:
+        body["rate_limiter"] = {"backend": "in-process", "degraded": False, "breaker": "n/a"}
     return JSONResponse(body)
 
 
 async def ready(request: Request) -> Response:
+    _mark_route(request, "/health/ready")
     state = _state(request)
-    statuses = await asyncio.gather(*(_backend_health(state, s) for s in SERVICES))
-    not_ready = [s for s, status in zip(SERVICES, statuses, strict=True) if status != "SERVING"]
-    if not_ready:
-        return JSONResponse({"status": "not ready", "not_serving": not_ready}, status_code=503)
-    return JSONResponse({"status": "ready"})
+    statuses, key_store = await asyncio.gather(
+        asyncio.gather(*(_backend_health(state, s) for s in SERVICES)), _key_store_ok(state)
+    )
+    degraded = [s for s, status in zip(SERVICES, statuses, strict=True) if status != "SERVING"]
+    # Readiness is the gateway's own: with its key store it can authenticate and answer every
+    # route (a down backend gives that route a 503). Gating on backends would turn one
+    # service's outage into a whole-API outage, against the degradation table in DESIGN.md.
+    if not key_store:
+        return JSONResponse(
+            {"status": "not ready", "not_serving": ["key_store"], "degraded_backends": degraded},
+            status_code=503,
+        )
+    return JSONResponse({"status": "ready", "degraded_backends": degraded})
 
 
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    _mark_route(request, "/metrics")
+    return Response(generate_latest(_state(request).metrics.base.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi(request: Request) -> Response:
+    _mark_route(request, "/openapi.json")
+    return JSONResponse(_state(request).openapi)
+
+
+# --- authentication, limits, permission ---------------------------------------------------
+
+
+def _client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _scopes(state: GatewayState, *, ip: str, principal: auth.Principal | None) -> list[Scope]:
+    config = state.config
+    scopes: list[Scope] = []
+    if principal is not None and config.rate_principal_per_min > 0:
+        scopes.append(Scope("principal", f"principal:{principal.subject}", config.rate_principal_per_min))
+    if config.rate_ip_per_min > 0:
+        scopes.append(Scope("ip", f"ip:{ip}", config.rate_ip_per_min))
+    if config.rate_global_per_min > 0:
+        scopes.append(Scope("global", "global", config.rate_global_per_min))
+    return scopes
+
+
+async def _limit(state: GatewayState, request: Request, principal: auth.Principal | None) -> Decision:
+    decision = await state.limiter.check(_scopes(state, ip=_client_ip(request), principal=principal))
+    if not decision.allowed:
+        state.metrics.ratelimit_rejections.labels(decision.rejected_scope or "unknown").inc()
+    return decision
+
+
+def _too_many(decision: Decision) -> Response:
+    return error_response(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"rate limit exceeded ({decision.rejected_scope}); retry after {decision.retry_after_seconds}s",
+        reason="RATE_LIMITED",
+        metadata={"scope": decision.rejected_scope or "", "limit": str(decision.limit)},
+        headers=rate_limit_headers(decision),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    principal: auth.Principal
+    headers: dict[str, str]
+
+
+async def _admit(state: GatewayState, request: Request, permission: str) -> Admitted | Response:
+    """Authenticate, rate limit, authorize: an Admitted caller or the refusal to send."""
+    try:
+        principal = await state.authenticator.authenticate(request.headers.get("authorization"))
+    except AwarenessError as exc:
+        state.metrics.auth_failures.labels(exc.reason).inc()
+        decision = await _limit(state, request, None)
+        if not decision.allowed:
+            return _too_many(decision)
+        return awareness_error_response(exc, headers=rate_limit_headers(decision))
+    decision = await _limit(state, request, principal)
+    headers = rate_limit_headers(decision)
+    if not decision.allowed:
+        return _too_many(decision)
+    if not principal.has(permission):
+        error = PermissionDeniedError(
+            f"{principal.subject} lacks permission {permission}",
+            reason="MISSING_PERMISSION",
+            metadata={"permission": permission},
+        )
+        return awareness_error_response(error, headers=headers)
+    return Admitted(principal=principal, headers=headers)
+
+
+async def _as_principal(principal: auth.Principal, call: Callable[[], Awaitable[Any]]) -> Any:
+    """Run a backend call with ``principal`` as the identity the channel signs."""
+    previous = auth.current_principal()
+    auth.set_current_principal(principal)
+    try:
+        return await call()
+    finally:
+        auth.set_current_principal(previous)
+
+
+def _request_error(exc: RequestError, headers: dict[str, str]) -> Response:
+    if isinstance(exc, MediaTypeError):
+        return error_response(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            exc.description,
+            reason="UNSUPPORTED_MEDIA_TYPE",
+            http=415,
+            headers=headers,
+        )
+    return error_response(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        str(exc),
+        reason="INVALID_REQUEST",
+        violations=[(exc.field, exc.description)],
+        headers=headers,
+    )
+
+
+async def _backend_failure(exc: Exception, headers: dict[str, str]) -> Response:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return rpc_error_response(exc, headers=headers)
+    if isinstance(exc, AwarenessError):
+        return awareness_error_response(exc, headers=headers)
+    raise exc
+
+
+# --- the transcoded API -------------------------------------------------------------------
+
+
+async def api(request: Request) -> Response:
+    state = _state(request)
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    found = state.router.match(request.method, raw_path.decode("latin-1").split("?", 1)[0])
+    if found is None:
+        return error_response(grpc.StatusCode.NOT_FOUND, "no such route", reason="ROUTE_NOT_FOUND")
+    if isinstance(found, set):
+        return error_response(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"method {request.method} not allowed here",
+            reason="METHOD_NOT_ALLOWED",
+            http=405,
+            headers={"Allow": ", ".join(sorted(found))},
+        )
+    route = found.route
+    _mark_route(request, route.template.source)
+    admitted = await _admit(state, request, route.permission)
+    if not isinstance(admitted, Admitted):
+        return admitted
+    body = await request.body()
+    try:
+        message = parse_http_request(
+            route=route,
+            request_class=state.backend.message_class(route.input_type),
+            bindings=found.bindings,
+            query=list(request.query_params.multi_items()),
+            body=body,
+            content_type=request.headers.get("content-type"),
+        )
+    except RequestError as exc:
+        return _request_error(exc, admitted.headers)
+    try:
+        if route.server_streaming:
+            first, rest = await _as_principal(
+                admitted.principal, lambda: state.backend.stream(route, message)
+            )
+            return StreamingResponse(
+                _prepend(first, rest), media_type="application/json", headers=admitted.headers
+            )
+        response = await _as_principal(admitted.principal, lambda: state.backend.unary(route, message))
+    except (grpc.aio.AioRpcError, AwarenessError) as exc:
+        return await _backend_failure(exc, admitted.headers)
+    return JSONResponse(response_payload(route, response), headers=admitted.headers)
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    try:
+        async for chunk in rest:
+            yield chunk
+    except grpc.aio.AioRpcError as exc:
+        # The status line is already sent; end the body early and say why in the log.
+        log.warning("stream failed after the first chunk", extra={"code": exc.code().name})
+
+
+# --- RFC 3161 time-stamping (raw DER) -----------------------------------------------------
+
+
+async def timestamp(request: Request) -> Response:
+    _mark_route(request, "/v1/timestamp")
+    state = _state(request)
+    route = state.routes_by_rpc.get(TIMESTAMP_RPC)
+    if route is None:
+        return error_response(
+            grpc.StatusCode.NOT_FOUND, "time-stamping is not exposed", reason="ROUTE_NOT_FOUND"
+        )
+    admitted = await _admit(state, request, route.permission)
+    if not isinstance(admitted, Admitted):
+        return admitted
+    media_type = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    if media_type != TIMESTAMP_QUERY:
+        return error_response(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"Content-Type must be {TIMESTAMP_QUERY}",
+            reason="UNSUPPORTED_MEDIA_TYPE",
+            violations=[("Content-Type", f"expected {TIMESTAMP_QUERY}")],
+            headers=admitted.headers,
+        )
+    body = await request.body()
+    if not body:
+        return error_response(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "empty TimeStampReq",
+            reason="INVALID_REQUEST",
+            violations=[("request", "a DER TimeStampReq is required")],
+            headers=admitted.headers,
+        )
+    request_class = state.backend.message_class(route.input_type)
+    try:
+        reply = await _as_principal(
+            admitted.principal, lambda: state.backend.unary(route, request_class(request=body))
+        )
+    except (grpc.aio.AioRpcError, AwarenessError) as exc:
+        return await _backend_failure(exc, admitted.headers)
+    return Response(bytes(reply.response), media_type=TIMESTAMP_REPLY, headers=admitted.headers)
+
+
+# --- GoPhish webhook ----------------------------------------------------------------------
+
+
+async def gophish_webhook(request: Request) -> Response:
+    _mark_route(request, "/v1/integrations/gophish")
+    state = _state(request)
+    secret = state.config.gophish_secret
+    if not secret:
+        return error_response(
+            grpc.StatusCode.UNIMPLEMENTED, "the GoPhish webhook is not configured", reason="WEBHOOK_DISABLED"
+        )
+    body = await request.body()
+    if not gophish.signature_valid(secret, body, request.headers.get(gophish.SIGNATURE_HEADER)):
+        state.metrics.auth_failures.labels("BAD_WEBHOOK_SIGNATURE").inc()
+        decision = await _limit(state, request, None)
+        if not decision.allowed:
+            return _too_many(decision)
+        return error_response(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "missing or invalid X-Gophish-Signature",
+            reason="BAD_WEBHOOK_SIGNATURE",
+            headers={**rate_limit_headers(decision), "WWW-Authenticate": 'Bearer realm="awareness"'},
+        )
+    decision = await _limit(state, request, GOPHISH_PRINCIPAL)
+    headers = rate_limit_headers(decision)
+    if not decision.allowed:
+        return _too_many(decision)
+    try:
+        mapped = gophish.map_event(strict_json_loads(body))
+    except RequestError as exc:
+        return _request_error(exc, headers)
+    except gophish.WebhookError as exc:
+        return _request_error(RequestError(exc.field, exc.description), headers)
+    if mapped is None:
+        return JSONResponse({"status": "ignored"}, status_code=202, headers=headers)
+    route = state.routes_by_rpc[APPEND_EVENT_RPC]
+    try:
+        message = parse_http_request(
+            route=route,
+            request_class=state.backend.message_class(route.input_type),
+            bindings={},
+            query=[],
+            body=_json_bytes(mapped.as_json()),
+            content_type="application/json",
+        )
+    except RequestError as exc:
+        return _request_error(exc, headers)
+    try:
+        reply = await _as_principal(GOPHISH_PRINCIPAL, lambda: state.backend.unary(route, message))
+    except (grpc.aio.AioRpcError, AwarenessError) as exc:
+        return await _backend_failure(exc, headers)
+    payload = response_payload(route, reply)
+    return JSONResponse(
+        {"status": "accepted", "eventId": mapped.event_id, "replayed": bool(payload.get("replayed", False))},
+        status_code=202,
+        headers=headers,
+    )
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+# --- errors Starlette raises itself -------------------------------------------------------
+
+
+async def http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return error_response(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "method not allowed",
+            reason="METHOD_NOT_ALLOWED",
+            http=405,
+            headers=dict(exc.headers or {}),
+        )
+    if exc.status_code == 404:
+        return error_response(grpc.StatusCode.NOT_FOUND, "no such route", reason="ROUTE_NOT_FOUND")
+    return error_response(
+        grpc.StatusCode.INVALID_ARGUMENT, str(exc.detail), reason="BAD_REQUEST", http=exc.status_code
+    )
+
+
+# --- wiring -------------------------------------------------------------------------------
+
+
+def _make_limiter(settings: Settings, config: GatewayConfig, metrics: GatewayMetrics) -> RateLimiter:
+    if not settings.redis_url:
+        return LocalRateLimiter()
+    breaker = new_breaker(
+        target="redis",
+        fail_max=settings.breaker_fail_max,
+        reset_seconds=settings.breaker_reset_seconds,
+        metrics=metrics.base,
+    )
+    return RedisRateLimiter(
+        url=settings.redis_url,
+        key_prefix=config.rate_key_prefix,
+        breaker=breaker,
+        fallback_total=metrics.ratelimit_fallback,
+        timeout_seconds=config.redis_timeout_seconds,
+    )
 
 
 def create_gateway(settings: Settings) -> Starlette:
-    gateway_metrics = ServiceMetrics("gateway")
+    """The ASGI app; opens nothing but the SQLite/PostgreSQL engine (lazily) and gRPC channels."""
+    config = load_gateway_config(settings)
+    gateway_metrics = GatewayMetrics.create()
     channels = ChannelFactory(
         targets=dict(settings.targets),
-        identity=lambda: auth.current_principal() or auth.Principal.for_service("gateway"),
+        identity=lambda: auth.current_principal() or ANONYMOUS_GATEWAY,
         internal_secret=settings.internal_secret,
         timeout_seconds=settings.call_timeout_seconds,
         attempts=settings.retry_attempts,
         breaker_fail_max=settings.breaker_fail_max,
         breaker_reset_seconds=settings.breaker_reset_seconds,
-        metrics=gateway_metrics,
+        metrics=gateway_metrics.base,
     )
-    state = GatewayState(settings=settings, metrics=gateway_metrics, channels=channels)
+    import_generated_modules()
+    descriptor_set = load_descriptor_set()
+    comments = collect_comments(descriptor_set)
+    routes = build_routes(descriptor_set, comments)
+    engine = db.create_db_engine(settings.database_url, service="gateway")
+    migrations.upgrade("gateway", engine)
+    sessions = db.session_factory(engine)
+    limiter = _make_limiter(settings, config, gateway_metrics)
+    state = GatewayState(
+        settings=settings,
+        config=config,
+        metrics=gateway_metrics,
+        channels=channels,
+        router=Router([r for r in routes if r.rpc != TIMESTAMP_RPC]),
+        backend=Backend(
+            channels=channels,
+            timeout_seconds=settings.call_timeout_seconds,
+            method_timeouts=config.method_timeouts,
+        ),
+        openapi=build_openapi(routes, comments),
+        authenticator=authn.Authenticator(sessions=sessions, config=config),
+        limiter=limiter,
+        engine=engine,
+        sessions=sessions,
+        routes_by_rpc={r.rpc: r for r in routes},
+    )
+    http_requests = gateway_metrics.base.counter(
+        "http_requests_total",
+        "HTTP requests by route template, method and status",
+        ["route", "method", "status"],
+    )
+    http_latency = gateway_metrics.base.histogram(
+        "http_request_duration_seconds",
+        "HTTP request latency by route template and method",
+        ["route", "method"],
+    )
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        yield
-        await channels.close()
+        try:
+            yield
+        finally:
+            await state.close()
 
+    middleware = [
+        Middleware(
+            EdgeMiddleware,
+            max_body_bytes=config.max_body_bytes,
+            body_timeout_seconds=config.body_timeout_seconds,
+            requests_total=http_requests,
+            duration_seconds=http_latency,
+        )
+    ]
+    if config.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(config.cors_origins),
+                allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                allow_headers=["Authorization", "Content-Type"],
+                expose_headers=[
+                    "X-RateLimit-Limit",
+                    "X-RateLimit-Remaining",
+                    "X-RateLimit-Reset",
+                    "Retry-After",
+                ],
+                max_age=600,
+            )
+        )
+    api_methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
     app = Starlette(
         routes=[
-            Route("/health/live", live),
-            Route("/health/ready", ready),
-            Route("/health/dependencies", dependencies),
-            Route("/metrics", metrics),
+            Route("/health/live", live, methods=["GET"]),
+            Route("/health/ready", ready, methods=["GET"]),
+            Route("/health/dependencies", dependencies, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
+            Route("/v1/timestamp", timestamp, methods=["POST"]),
+            Route("/v1/integrations/gophish", gophish_webhook, methods=["POST"]),
+            Route("/{path:path}", api, methods=api_methods),
         ],
+        middleware=middleware,
+        exception_handlers={HTTPException: http_exception},
         lifespan=lifespan,
     )
     app.state.gateway = state
@@ -119,22 +625,30 @@ def create_gateway(settings: Settings) -> Starlette:
 
 def run_gateway(settings: Settings) -> None:
     if not settings.internal_secret:
-        from dataclasses import replace
-
         settings = replace(settings, internal_secret=ensure_dev_secret(settings.data_dir / "internal-secret"))
+    from services.gateway.bootstrap import bootstrap_dev
+
+    bootstrap_dev(settings.data_dir)  # idempotent; a no-op when production provides the secret
     configure_logging(service="gateway", level=settings.log_level)
     configure_tracing(service="gateway", exporter=settings.traces_exporter)
     app = create_gateway(settings)
-    config = uvicorn.Config(
+    config = load_gateway_config(settings)
+    uvicorn_config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.grpc_port,
         log_config=None,
+        access_log=False,
         server_header=False,
+        date_header=True,
+        proxy_headers=bool(config.forwarded_allow_ips),
+        forwarded_allow_ips=config.forwarded_allow_ips or None,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
-        timeout_keep_alive=5,
+        timeout_keep_alive=config.keep_alive_seconds,
+        limit_concurrency=config.max_concurrency,
+        h11_max_incomplete_event_size=16 * 1024,
     )
     try:
-        uvicorn.Server(config).run()
+        uvicorn.Server(uvicorn_config).run()
     finally:
         shutdown_tracing()

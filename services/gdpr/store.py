@@ -70,6 +70,7 @@ log = logging.getLogger("awareness.gdpr")
 
 DEFAULT_RULE = ""  # event_type of the default retention rule
 KEEP_UNTIL_ERASED = 0  # retention_days meaning "never shred by retention"
+MAX_RETENTION_DAYS = 36525
 EVENT_TYPE_PATTERN = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*")
 _REWRAP_BATCH = 500
 _CREATE_ATTEMPTS = 3
@@ -565,6 +566,11 @@ class GdprStore:
             )
         if retention_days < 0:
             violations.append(FieldViolation("rule.retention_days", "must not be negative"))
+        elif retention_days > MAX_RETENTION_DAYS:
+            # Bounded so every retention date stays representable (and 100 years is beyond any law).
+            violations.append(
+                FieldViolation("rule.retention_days", f"must be at most {MAX_RETENTION_DAYS} (100 years)")
+            )
         if violations:
             raise InvalidArgumentError(
                 "invalid retention rule", reason="INVALID_RETENTION_RULE", violations=violations

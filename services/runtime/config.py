@@ -16,6 +16,15 @@ from typing import Final, Literal
 SERVICES: Final = ("ingest", "policy", "scoring", "signing", "gdpr")
 ALL_PROCESSES: Final = (*SERVICES, "gateway")
 
+# The gRPC service each process serves; its health status is the readiness signal.
+SERVICE_NAMES: Final[Mapping[str, str]] = {
+    "ingest": "awareness.ingest.v1.IngestService",
+    "policy": "awareness.policy.v1.PolicyService",
+    "scoring": "awareness.scoring.v1.ScoringService",
+    "signing": "awareness.signing.v1.SigningService",
+    "gdpr": "awareness.gdpr.v1.GdprService",
+}
+
 # Embedded default ports; in Kubernetes every pod uses its own IP, so these stay fixed there too.
 DEFAULT_GRPC_PORTS: Final[Mapping[str, int]] = {
     "ingest": 50051,

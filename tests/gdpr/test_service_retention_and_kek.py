@@ -140,6 +140,14 @@ async def test_zero_days_keeps_an_event_type_until_erasure_and_rules_list_defaul
         )
     )
     assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # A period past any representable date is refused, so ApplyRetention can never overflow.
+    huge = await rpc_error(
+        harness.dpo.SetRetentionRule(
+            gdpr_pb2.SetRetentionRuleRequest(rule=gdpr_pb2.RetentionRule(retention_days=2_147_483_646))
+        )
+    )
+    assert huge.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (await harness.dpo.ApplyRetention(gdpr_pb2.ApplyRetentionRequest(dry_run=True))).keys_shredded == 0
 
 
 async def test_default_retention_is_seven_years(harness: Harness) -> None:

@@ -1,0 +1,138 @@
+"""Who is calling: API keys from the gateway's store, or JWTs from a configured issuer.
+
+Both arrive as ``Authorization: Bearer <credential>``. A credential starting ``awk_`` is
+an API key; anything else is tried as a JWT when JWT authentication is configured.
+Every failure is an UnauthenticatedError, which the app answers with 401 and a
+``WWW-Authenticate`` challenge (RFC 6750).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import jwt
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.gateway import repository
+from services.gateway.config import GatewayConfig
+from services.gateway.domain import keys
+from services.runtime.auth import ROLES, Principal
+from services.runtime.db import run_db
+from services.runtime.errors import UnauthenticatedError
+
+log = logging.getLogger("awareness.gateway.auth")
+
+JWT_ALGORITHMS: Final = ["RS256", "ES256", "EdDSA"]
+
+
+class JwtVerifier:
+    """Signature, issuer, audience and expiry checks; keys from a JWKS file or URL."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self._config = config
+        self._client: jwt.PyJWKClient | None = None
+        self._keyset: jwt.PyJWKSet | None = None
+        if config.jwks_url:
+            self._client = jwt.PyJWKClient(config.jwks_url, cache_keys=True, lifespan=300, timeout=5)
+        elif config.jwks_file:
+            self._keyset = jwt.PyJWKSet.from_json(Path(config.jwks_file).read_text())
+
+    def _signing_key(self, token: str) -> Any:
+        if self._client is not None:
+            return self._client.get_signing_key_from_jwt(token).key
+        assert self._keyset is not None
+        header = jwt.get_unverified_header(token)
+        kid = header.get("kid")
+        candidates = [k for k in self._keyset.keys if kid is None or k.key_id == kid]
+        if not candidates:
+            raise jwt.InvalidTokenError("no key in the JWKS matches the token's kid")
+        return candidates[0].key
+
+    def verify(self, token: str) -> Principal:
+        try:
+            claims = jwt.decode(
+                token,
+                self._signing_key(token),
+                algorithms=JWT_ALGORITHMS,
+                audience=self._config.jwt_audience,
+                issuer=self._config.jwt_issuer,
+                leeway=self._config.jwt_leeway_seconds,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+            )
+        except jwt.PyJWKClientError as exc:
+            raise UnauthenticatedError(
+                "cannot fetch the JWT signing keys", reason="JWKS_UNAVAILABLE"
+            ) from exc
+        except jwt.ExpiredSignatureError as exc:
+            raise UnauthenticatedError("token expired", reason="TOKEN_EXPIRED") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise UnauthenticatedError("token audience is not accepted", reason="BAD_AUDIENCE") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise UnauthenticatedError("token issuer is not accepted", reason="BAD_ISSUER") from exc
+        except jwt.InvalidTokenError as exc:
+            raise UnauthenticatedError("invalid token", reason="INVALID_TOKEN") from exc
+        return Principal(subject=f"jwt:{claims['sub']}", roles=self._roles(claims))
+
+    def _roles(self, claims: Mapping[str, Any]) -> frozenset[str]:
+        raw = claims.get(self._config.jwt_roles_claim, [])
+        names = raw.split() if isinstance(raw, str) else raw if isinstance(raw, list) else []
+        granted = frozenset(str(name) for name in names) & ROLES
+        # "service" is for service-to-service calls only; no token can claim it.
+        return granted - {"service"}
+
+
+class Authenticator:
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        config: GatewayConfig,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._sessions = sessions
+        self._jwt = JwtVerifier(config) if config.jwt_enabled else None
+        self._clock = clock
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise UnauthenticatedError(
+                "missing credentials: send Authorization: Bearer <key>", reason="NO_CREDENTIALS"
+            )
+        scheme, _, credential = authorization.strip().partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential:
+            raise UnauthenticatedError("use the Bearer scheme", reason="BAD_AUTHORIZATION_HEADER")
+        if keys.looks_like_api_key(credential):
+            return await run_db(self._api_key, credential)
+        if self._jwt is not None:
+            return await asyncio.to_thread(self._jwt.verify, credential)
+        raise UnauthenticatedError("unknown credential", reason="INVALID_CREDENTIALS")
+
+    def _api_key(self, token: str) -> Principal:
+        parsed = keys.parse_token(token)
+        if parsed is None:
+            raise UnauthenticatedError("malformed API key", reason="INVALID_CREDENTIALS")
+        key_id, secret = parsed
+        with self._sessions() as session:
+            record = repository.find_key(session, key_id=key_id)
+        if record is None or not keys.secret_matches(secret, record.secret_hash):
+            raise UnauthenticatedError("unknown API key", reason="INVALID_CREDENTIALS")
+        if record.revoked_at is not None:
+            raise UnauthenticatedError("API key revoked", reason="KEY_REVOKED")
+        if not record.usable(now=self._clock()):
+            raise UnauthenticatedError("API key expired", reason="KEY_EXPIRED")
+        return Principal(subject=f"apikey:{record.key_id}", roles=record.roles & ROLES)
+
+
+def bearer_challenge(error: UnauthenticatedError) -> str:
+    """The RFC 6750 ``WWW-Authenticate`` value for a refused credential."""
+    if error.reason == "NO_CREDENTIALS":
+        return 'Bearer realm="awareness"'
+    description = json.dumps(error.message)  # a quoted-string with quotes escaped
+    return f'Bearer realm="awareness", error="invalid_token", error_description={description}'

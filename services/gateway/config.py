@@ -1,0 +1,94 @@
+"""Gateway-specific settings, read once from ``Settings.env`` (see docs/gateway.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.runtime.config import ConfigError, Settings, env_float, env_int, env_str, read_secret
+
+# Methods the contracts do not (yet) model as long-running operations but which run for
+# minutes; their HTTP call gets a longer deadline than AWARENESS_CALL_TIMEOUT_SECONDS.
+DEFAULT_METHOD_TIMEOUTS = "awareness.scoring.v1.ScoringService/TrainModel=600"
+GOPHISH_SECRET_FILE = "gophish-webhook-secret"  # noqa: S105 - a file name, not a secret
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayConfig:
+    max_body_bytes: int
+    rate_principal_per_min: int
+    rate_ip_per_min: int
+    rate_global_per_min: int
+    rate_key_prefix: str
+    redis_timeout_seconds: float
+    cors_origins: tuple[str, ...]
+    forwarded_allow_ips: str
+    jwks_file: str
+    jwks_url: str
+    jwt_issuer: str
+    jwt_audience: str
+    jwt_roles_claim: str
+    jwt_leeway_seconds: int
+    gophish_secret: bytes | None
+    keep_alive_seconds: int
+    body_timeout_seconds: float
+    max_concurrency: int | None
+    method_timeouts: dict[str, float]
+
+    @property
+    def jwt_enabled(self) -> bool:
+        return bool(self.jwks_file or self.jwks_url)
+
+
+def load_gateway_config(settings: Settings) -> GatewayConfig:
+    env = settings.env
+    cors = tuple(
+        o.strip() for o in env_str(env, "AWARENESS_GATEWAY_CORS_ORIGINS", "").split(",") if o.strip()
+    )
+    config = GatewayConfig(
+        max_body_bytes=env_int(env, "AWARENESS_GATEWAY_MAX_BODY_BYTES", 1024 * 1024, minimum=1),
+        rate_principal_per_min=env_int(env, "AWARENESS_GATEWAY_RATE_PRINCIPAL_PER_MIN", 100),
+        rate_ip_per_min=env_int(env, "AWARENESS_GATEWAY_RATE_IP_PER_MIN", 1000),
+        rate_global_per_min=env_int(env, "AWARENESS_GATEWAY_RATE_GLOBAL_PER_MIN", 20000),
+        rate_key_prefix=env_str(env, "AWARENESS_GATEWAY_RATE_KEY_PREFIX", "awareness:ratelimit"),
+        redis_timeout_seconds=env_float(env, "AWARENESS_GATEWAY_REDIS_TIMEOUT_SECONDS", 0.5, minimum=0.01),
+        cors_origins=cors,
+        forwarded_allow_ips=env_str(env, "AWARENESS_GATEWAY_FORWARDED_ALLOW_IPS", ""),
+        jwks_file=env_str(env, "AWARENESS_GATEWAY_JWKS_FILE", ""),
+        jwks_url=env_str(env, "AWARENESS_GATEWAY_JWKS_URL", ""),
+        jwt_issuer=env_str(env, "AWARENESS_GATEWAY_JWT_ISSUER", ""),
+        jwt_audience=env_str(env, "AWARENESS_GATEWAY_JWT_AUDIENCE", ""),
+        jwt_roles_claim=env_str(env, "AWARENESS_GATEWAY_JWT_ROLES_CLAIM", "roles"),
+        jwt_leeway_seconds=env_int(env, "AWARENESS_GATEWAY_JWT_LEEWAY_SECONDS", 30),
+        gophish_secret=read_secret(
+            env, "AWARENESS_GOPHISH_SECRET", default_file=Path(settings.data_dir) / GOPHISH_SECRET_FILE
+        ),
+        keep_alive_seconds=env_int(env, "AWARENESS_GATEWAY_KEEP_ALIVE_SECONDS", 5, minimum=1),
+        body_timeout_seconds=env_float(env, "AWARENESS_GATEWAY_BODY_TIMEOUT_SECONDS", 10.0, minimum=0.1),
+        max_concurrency=env_int(env, "AWARENESS_GATEWAY_MAX_CONCURRENCY", 0) or None,
+        method_timeouts=_method_timeouts(
+            env_str(env, "AWARENESS_GATEWAY_METHOD_TIMEOUTS", DEFAULT_METHOD_TIMEOUTS)
+        ),
+    )
+    if config.jwt_enabled and not (config.jwt_issuer and config.jwt_audience):
+        raise ConfigError(
+            "JWT authentication needs AWARENESS_GATEWAY_JWT_ISSUER and AWARENESS_GATEWAY_JWT_AUDIENCE"
+        )
+    return config
+
+
+def _method_timeouts(raw: str) -> dict[str, float]:
+    """``pkg.Service/Method=seconds,...`` -> {"/pkg.Service/Method": seconds}."""
+    timeouts: dict[str, float] = {}
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        method, _, seconds = item.partition("=")
+        try:
+            value = float(seconds)
+        except ValueError as exc:
+            raise ConfigError(f"AWARENESS_GATEWAY_METHOD_TIMEOUTS: bad entry {item!r}") from exc
+        if value <= 0 or "/" not in method:
+            raise ConfigError(f"AWARENESS_GATEWAY_METHOD_TIMEOUTS: bad entry {item!r}")
+        timeouts["/" + method.strip().lstrip("/")] = value
+    return timeouts

@@ -1,0 +1,1 @@
+"""Pure gateway logic: path templates, transcoding, OpenAPI, rate-limit arithmetic, webhooks."""

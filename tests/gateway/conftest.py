@@ -1,0 +1,261 @@
+"""In-process fixtures: the real gateway app in front of fake backends on a real gRPC port.
+
+The fakes run behind the runtime's real server interceptor, so the signed principal the
+gateway sends is verified exactly as in production; each fake records what it received.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
+from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from awareness.policy.v1 import policy_pb2, policy_pb2_grpc
+from awareness.signing.v1 import signing_pb2, signing_pb2_grpc
+from starlette.applications import Starlette
+
+from services.gateway.app import create_gateway
+from services.runtime import auth
+from services.runtime.config import SERVICES, load_settings
+from services.runtime.errors import FailedPreconditionError, FieldViolation, NotFoundError
+from services.runtime.server import ServiceApp, build_context, create_server
+from tests.conftest import INTERNAL_SECRET
+
+EXPORT_CHUNKS = (b'{"subject": ', b'"alice@example.org", ', b'"events": []}')
+
+
+@dataclass
+class Seen:
+    """What the fake backends received, for assertions."""
+
+    principals: list[auth.Principal] = field(default_factory=list)
+    events: dict[str, ingest_pb2.Event] = field(default_factory=dict)
+    requests: list[Any] = field(default_factory=list)
+
+
+class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
+    def __init__(self, seen: Seen) -> None:
+        self.seen = seen
+
+    def _record(self, request: Any) -> None:
+        principal = auth.current_principal()
+        assert principal is not None
+        self.seen.principals.append(principal)
+        self.seen.requests.append(request)
+
+    async def AppendEvent(self, request: ingest_pb2.AppendEventRequest, context: Any) -> Any:
+        self._record(request)
+        event_id = request.event.event_id or f"generated-{len(self.seen.events)}"
+        replayed = event_id in self.seen.events
+        self.seen.events.setdefault(event_id, request.event)
+        receipt = ingest_pb2.Receipt(event_id=event_id, state=ingest_pb2.Receipt.STATE_ACCEPTED)
+        return ingest_pb2.AppendEventResponse(receipt=receipt, replayed=replayed)
+
+    async def GetEvent(self, request: ingest_pb2.GetEventRequest, context: Any) -> Any:
+        self._record(request)
+        event_id = request.name.removeprefix("events/")
+        if event_id not in self.seen.events:
+            raise NotFoundError(
+                f"no event {request.name}", reason="EVENT_NOT_FOUND", metadata={"name": request.name}
+            )
+        event = ingest_pb2.Event()
+        event.CopyFrom(self.seen.events[event_id])
+        event.name = f"events/{event_id}"
+        return event
+
+    async def ListEvents(self, request: ingest_pb2.ListEventsRequest, context: Any) -> Any:
+        self._record(request)
+        return ingest_pb2.ListEventsResponse(events=list(self.seen.events.values()), next_page_token="")
+
+    async def LabelEvent(self, request: ingest_pb2.LabelEventRequest, context: Any) -> Any:
+        self._record(request)
+        return ingest_pb2.Event(name=request.name)
+
+
+class FakePolicy(policy_pb2_grpc.PolicyServiceServicer):
+    def __init__(self, seen: Seen) -> None:
+        self.seen = seen
+
+    async def ApprovePolicy(self, request: policy_pb2.ApprovePolicyRequest, context: Any) -> Any:
+        self.seen.requests.append(request)
+        raise FailedPreconditionError(
+            "policy is not in review",
+            reason="POLICY_NOT_IN_REVIEW",
+            violations=[FieldViolation("name", "policy is a DRAFT")],
+        )
+
+    async def UpdatePolicy(self, request: policy_pb2.UpdatePolicyRequest, context: Any) -> Any:
+        self.seen.requests.append(request)
+        return request.policy
+
+
+class FakeGdpr(gdpr_pb2_grpc.GdprServiceServicer):
+    def __init__(self, seen: Seen) -> None:
+        self.seen = seen
+
+    async def ExportSubject(self, request: gdpr_pb2.ExportSubjectRequest, context: Any) -> Any:
+        self.seen.requests.append(request)
+        if request.subject == "nobody@example.org":
+            raise NotFoundError("no such subject", reason="SUBJECT_NOT_FOUND")
+        for chunk in EXPORT_CHUNKS:
+            yield gdpr_pb2.ExportSubjectResponse(data=chunk)
+
+
+class FakeSigning(signing_pb2_grpc.SigningServiceServicer):
+    def __init__(self, seen: Seen) -> None:
+        self.seen = seen
+
+    async def Timestamp(self, request: signing_pb2.TimestampRequest, context: Any) -> Any:
+        self.seen.requests.append(request)
+        return signing_pb2.TimestampResponse(response=b"reply:" + request.request)
+
+
+def fake_app(seen: Seen) -> ServiceApp:
+    def register(server: grpc.aio.Server) -> None:
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(FakeIngest(seen), server)  # type: ignore[abstract]
+        policy_pb2_grpc.add_PolicyServiceServicer_to_server(FakePolicy(seen), server)  # type: ignore[abstract]
+        gdpr_pb2_grpc.add_GdprServiceServicer_to_server(FakeGdpr(seen), server)  # type: ignore[abstract]
+        signing_pb2_grpc.add_SigningServiceServicer_to_server(FakeSigning(seen), server)  # type: ignore[abstract]
+
+    return ServiceApp(
+        name="fakes",
+        service_names=[
+            "awareness.ingest.v1.IngestService",
+            "awareness.policy.v1.PolicyService",
+            "awareness.gdpr.v1.GdprService",
+            "awareness.signing.v1.SigningService",
+        ],
+        register=register,
+    )
+
+
+GOPHISH_SECRET = "gophish-test-secret-0123456789abcdef"
+
+
+def gateway_env(tmp_path: Path, backend: str, **extra: str) -> dict[str, str]:
+    env = {
+        "AWARENESS_DATA_DIR": str(tmp_path),
+        "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
+        "AWARENESS_GOPHISH_SECRET": GOPHISH_SECRET,
+        "AWARENESS_BREAKER_RESET_SECONDS": "30",
+        **{f"AWARENESS_{s.upper()}_TARGET": backend for s in SERVICES},
+    }
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Harness:
+    client: httpx.AsyncClient
+    app: Starlette
+    seen: Seen
+    tmp_path: Path
+    env: dict[str, str]
+
+
+@pytest.fixture
+def seen() -> Seen:
+    return Seen()
+
+
+@pytest.fixture
+async def backend(seen: Seen, tmp_path: Path) -> AsyncIterator[str]:
+    settings = load_settings(
+        "test", {"AWARENESS_DATA_DIR": str(tmp_path), "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode()}
+    )
+    context = build_context(settings, with_database=False)
+    server, health, port = create_server(fake_app(seen), context, port=0)
+    await server.start()
+    await health.check_once()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await health.shutdown()
+        await server.stop(0)
+
+
+async def open_harness(tmp_path: Path, backend: str, seen: Seen, **extra: str) -> Harness:
+    env = gateway_env(tmp_path, backend, **extra)
+    app = create_gateway(load_settings("gateway", env))
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test")
+    return Harness(client=client, app=app, seen=seen, tmp_path=tmp_path, env=env)
+
+
+async def close_harness(harness: Harness) -> None:
+    await harness.client.aclose()
+    await harness.app.state.gateway.close()
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path, backend: str, seen: Seen) -> AsyncIterator[Harness]:
+    harness = await open_harness(tmp_path, backend, seen)
+    try:
+        yield harness
+    finally:
+        await close_harness(harness)
+
+
+def run_cli(harness_env: dict[str, str], *argv: str) -> tuple[int, str]:
+    """Run the real ``awareness`` CLI in process against the harness's store only."""
+    import contextlib
+    import io
+    import os
+
+    from services.cli import main
+
+    out = io.StringIO()
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update({k: v for k, v in saved.items() if k not in ("DATABASE_URL", "REDIS_URL")})
+    os.environ.update(harness_env)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            code = main(list(argv))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return code, out.getvalue()
+
+
+def create_key(harness_env: dict[str, str], *roles: str, expires_in_days: int | None = None) -> str:
+    """A key created through the real CLI code path (same store as the gateway)."""
+    argv = ["keys", "create", "--name", "test"]
+    for role in roles:
+        argv += ["--role", role]
+    if expires_in_days is not None:
+        argv += ["--expires-in-days", str(expires_in_days)]
+    code, out = run_cli(harness_env, *argv)
+    assert code == 0
+    return out.strip()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def status_reason(body: dict[str, Any]) -> str:
+    for detail in body.get("details", []):
+        if detail.get("@type", "").endswith("google.rpc.ErrorInfo"):
+            return str(detail.get("reason", ""))
+    return ""
+
+
+@pytest.fixture
+def env_guard() -> Iterator[None]:
+    import os
+
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value).encode()
