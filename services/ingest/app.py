@@ -1,23 +1,184 @@
-"""Wiring of the ingest service: its servicer, store and health probe."""
+"""Wiring of the ingest service: servicer, group committer, integrator, enrichment and reconciler.
+
+Settings (besides the shared ones), read once from the environment when the app is created:
+
+- AWARENESS_INGEST_FINGERPRINT_SECRET / _FILE: HMAC secret of the idempotency fingerprints (every
+  replica must share it); a development secret under the data directory when unset.
+- AWARENESS_INGEST_KEY_CACHE_SECONDS (60): how long gdpr data keys stay cached in memory.
+- AWARENESS_INGEST_CLOCK_SKEW_SECONDS (300): how far in the future occurred_at may be.
+- AWARENESS_INGEST_INTEGRATE_INTERVAL_MS (200) / AWARENESS_INGEST_INTEGRATE_AFTER_LEAVES (1000):
+  the integrator runs every T ms, or sooner once N new records wait.
+- AWARENESS_INGEST_CHECKPOINT_EVERY (1000) / AWARENESS_INGEST_CHECKPOINT_INTERVAL_MS (1000): a
+  checkpoint is signed every N leaves or T ms, whichever comes first.
+- AWARENESS_LOG_ORIGIN ("awareness.local/log"): the checkpoint origin line, shared with signing.
+- AWARENESS_INGEST_ENRICHMENT (true) and AWARENESS_INGEST_RECONCILE_INTERVAL_SECONDS (30).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
 from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
+from services.ingest.api import IngestServicer
+from services.ingest.enrichment import Enricher, EnrichmentSettings
+from services.ingest.integrator import Integrator, IntegratorSettings
+from services.ingest.keys import SubjectKeys
+from services.ingest.reader import EventReader
+from services.ingest.repository import WriteGate
+from services.ingest.writer import Committer, EnrichmentItem, LogWriter
 from services.runtime import db
+from services.runtime.config import (
+    ConfigError,
+    Settings,
+    ensure_dev_secret,
+    env_bool,
+    env_float,
+    env_int,
+    env_str,
+    read_secret,
+)
 from services.runtime.server import ServiceApp, ServiceContext
 
 SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
+FINGERPRINT_SECRET = "AWARENESS_INGEST_FINGERPRINT_SECRET"  # noqa: S105 - a variable name
+DEV_FINGERPRINT_FILE = "ingest-fingerprint-secret"
+
+log = logging.getLogger("awareness.ingest")
 
 
-def create_app(context: ServiceContext) -> ServiceApp:
-    # Until its issue lands, every RPC answers UNIMPLEMENTED (the generated base class).
-    servicer = ingest_pb2_grpc.IngestServiceServicer()  # type: ignore[abstract]
+@dataclass(frozen=True)
+class IngestSettings:
+    fingerprint_secret: bytes
+    key_cache_seconds: float = 60.0
+    clock_skew: timedelta = timedelta(minutes=5)
+    integrator: IntegratorSettings = field(default_factory=IntegratorSettings)
+    enrichment: EnrichmentSettings = field(default_factory=EnrichmentSettings)
+    enrichment_enabled: bool = True
+
+
+def load_ingest_settings(settings: Settings) -> IngestSettings:
+    env = settings.env
+    secret = read_secret(env, FINGERPRINT_SECRET)
+    if secret is None:
+        if settings.is_postgres:
+            log.warning(
+                f"{FINGERPRINT_SECRET} is not set: using a development secret; replicas must share one"
+            )
+        secret = ensure_dev_secret(settings.data_dir / DEV_FINGERPRINT_FILE)
+    every = env_int(env, "AWARENESS_INGEST_CHECKPOINT_EVERY", 1000, minimum=1)
+    origin = env_str(env, "AWARENESS_LOG_ORIGIN", "awareness.local/log")
+    if any(character.isspace() or character == "+" for character in origin):
+        raise ConfigError("AWARENESS_LOG_ORIGIN must not contain spaces or '+'")
+    return IngestSettings(
+        fingerprint_secret=secret,
+        key_cache_seconds=env_float(env, "AWARENESS_INGEST_KEY_CACHE_SECONDS", 60.0),
+        clock_skew=timedelta(seconds=env_float(env, "AWARENESS_INGEST_CLOCK_SKEW_SECONDS", 300.0)),
+        integrator=IntegratorSettings(
+            interval_seconds=env_int(env, "AWARENESS_INGEST_INTEGRATE_INTERVAL_MS", 200, minimum=1) / 1000,
+            wake_after_leaves=env_int(env, "AWARENESS_INGEST_INTEGRATE_AFTER_LEAVES", 1000, minimum=1),
+            checkpoint_every=every,
+            checkpoint_interval_seconds=env_int(
+                env, "AWARENESS_INGEST_CHECKPOINT_INTERVAL_MS", 1000, minimum=1
+            )
+            / 1000,
+            origin=origin,
+        ),
+        enrichment=EnrichmentSettings(
+            reconcile_interval_seconds=env_float(
+                env, "AWARENESS_INGEST_RECONCILE_INTERVAL_SECONDS", 30.0, minimum=0.05
+            ),
+            reconcile_settle_seconds=env_float(env, "AWARENESS_INGEST_RECONCILE_SETTLE_SECONDS", 10.0),
+        ),
+        enrichment_enabled=env_bool(env, "AWARENESS_INGEST_ENRICHMENT", True),
+    )
+
+
+class IngestRuntime:
+    """The long-lived parts of one ingest process and their background tasks."""
+
+    def __init__(self, context: ServiceContext, settings: IngestSettings) -> None:
+        engine, sessions = context.engine, context.sessions
+        if engine is None or sessions is None:
+            raise ConfigError("the ingest service needs its database")
+        channels = context.channels
+        self.settings = settings
+        gate = WriteGate(engine)
+        self.keys = SubjectKeys(
+            channel=lambda: channels.channel("gdpr"), ttl_seconds=settings.key_cache_seconds
+        )
+        self.integrator = Integrator(
+            engine=engine,
+            sessions=sessions,
+            signing=lambda: channels.channel("signing"),
+            settings=settings.integrator,
+            gate=gate,
+            metrics=context.metrics,
+        )
+        self.enricher = Enricher(
+            sessions=sessions,
+            keys=self.keys,
+            scoring=lambda: channels.channel("scoring"),
+            policy=lambda: channels.channel("policy"),
+            settings=settings.enrichment,
+            gate=gate,
+            metrics=context.metrics,
+        )
+        self.committer = Committer(sessions=sessions, gate=gate, on_commit=self.integrator.committed)
+        self.writer = LogWriter(
+            sessions=sessions,
+            keys=self.keys,
+            committer=self.committer,
+            fingerprint_secret=settings.fingerprint_secret,
+            clock_skew=settings.clock_skew,
+            on_accepted=self._accepted,
+        )
+        self.reader = EventReader(sessions=sessions, keys=self.keys, gate=gate)
+        self.servicer = IngestServicer(writer=self.writer, reader=self.reader)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _accepted(self, items: list[EnrichmentItem]) -> None:
+        if self.settings.enrichment_enabled:
+            self.enricher.submit(items)
+
+    def jobs(self) -> list[Coroutine[Any, Any, None]]:
+        jobs: list[Coroutine[Any, Any, None]] = [self.committer.run(), self.integrator.run()]
+        if self.settings.enrichment_enabled:
+            jobs += [self.enricher.run(), self.enricher.reconcile_forever()]
+        return jobs
+
+    async def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(job) for job in self.jobs()]
+
+    async def stop(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+def app_for(runtime: IngestRuntime, context: ServiceContext) -> ServiceApp:
+    """The ServiceApp of an already built runtime (tests keep the runtime to reach its parts)."""
     engine = context.engine
     assert engine is not None
     return ServiceApp(
         name="ingest",
         service_names=[SERVICE_NAME],
-        register=lambda server: ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server),
+        register=lambda server: ingest_pb2_grpc.add_IngestServiceServicer_to_server(runtime.servicer, server),
         ready=lambda: db.ping(engine),
+        on_start=runtime.start,
+        on_stop=runtime.stop,
     )
+
+
+def create_app(context: ServiceContext) -> ServiceApp:
+    return app_for(IngestRuntime(context, load_ingest_settings(context.settings)), context)

@@ -242,3 +242,21 @@ def test_fingerprint_is_keyed():
         records.content_fingerprint(event, secret=b"short")
     with pytest.raises(ValueError):
         records.content_fingerprint(fingerprint_event(occurred_at=None), secret=SECRET)
+
+
+def test_canonical_json_fast_path_equals_the_explicit_jcs_sort():
+    import json
+    import random
+
+    rng = random.Random(7)
+    alphabet = ["a", "Z", "é", "\u00ff", "\ud7ff", "\ue000", "\uff21", "\U0001f600", "0", " "]
+    for _ in range(300):
+        details = {
+            "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 4))): "v"
+            for _ in range(rng.randint(0, 6))
+        }
+        document = {"details": details, "subject": "s", "summary": "x", "v": 1}
+        explicit = json.dumps(
+            records._sorted_for_jcs(document), ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        ).encode()
+        assert records.canonical_json(document) == explicit

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import threading
 import time
 import uuid
@@ -204,6 +205,9 @@ def _severity_names() -> str:
     return ", ".join(s.label for s in Severity)
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def canonical_event_id(value: str) -> str | None:
     """The lower-case 8-4-4-4-12 form of a UUID string, or None if it is not one.
 
@@ -212,12 +216,9 @@ def canonical_event_id(value: str) -> str | None:
     """
     if len(value) != 36:
         return None
-    try:
-        parsed = uuid.UUID(value)
-    except ValueError:
-        return None
-    canonical = str(parsed)
-    return canonical if canonical == value.lower() else None
+    lowered = value.lower()
+    # The hyphenated hex form is exactly what uuid.UUID would accept and print back: no parse needed.
+    return lowered if _CANONICAL_UUID.fullmatch(lowered) else None
 
 
 class UuidV7Generator:

@@ -88,9 +88,34 @@ class StoredRecord:
 
 def canonical_json(value: Mapping[str, Any]) -> bytes:
     """RFC 8785-compatible JSON for objects of strings, small integers and nested such objects."""
+    if _code_point_order_is_jcs(value):
+        # The common case, done in C: code-point order equals JCS's UTF-16 order for these keys.
+        return json.dumps(
+            value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True
+        ).encode("utf-8")
     return json.dumps(
         _sorted_for_jcs(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False
     ).encode("utf-8")
+
+
+def _code_point_order_is_jcs(value: Any) -> bool:
+    """True when every object is a dict whose keys are strings without a character at or above
+    U+D800 (where code-point and UTF-16 orders can differ): then json's own sort_keys is JCS order."""
+    pending = [value]
+    while pending:
+        current = pending.pop()
+        if type(current) is not dict:
+            return False
+        try:
+            joined = "".join(current)
+        except TypeError:  # a non-string key
+            return False
+        if joined and max(joined) >= "\ud800":
+            return False
+        for member in current.values():
+            if type(member) is not str and isinstance(member, Mapping):
+                pending.append(member)
+    return True
 
 
 def _sorted_for_jcs(value: Any) -> Any:
@@ -108,7 +133,11 @@ def format_timestamp(moment: datetime) -> str:
     """RFC 3339 in UTC with exactly six fractional digits and "Z"."""
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError("timestamps must carry a time zone")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    utc = moment.astimezone(UTC)
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T"
+        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond:06d}Z"
+    )
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -124,14 +153,26 @@ def _personal_aad(*, event_id: str, key_id: str) -> bytes:
 
 
 def seal_personal(
-    *, key: bytes, key_id: str, event_id: str, subject: str, summary: str, details: Mapping[str, str]
+    *,
+    key: bytes,
+    key_id: str,
+    event_id: str,
+    subject: str,
+    summary: str,
+    details: Mapping[str, str],
+    cipher: AESGCM | None = None,
 ) -> SealedPersonal:
-    """Encrypt the personal fields with AES-256-GCM under a fresh random 96-bit nonce."""
+    """Encrypt the personal fields with AES-256-GCM under a fresh random 96-bit nonce.
+
+    `cipher`, when given, is ``AESGCM(key)`` made once by the caller for many events of one key.
+    """
     if len(key) != DATA_KEY_BYTES:
         raise ValueError(f"data keys are {DATA_KEY_BYTES} bytes (AES-256), got {len(key)}")
     plaintext = canonical_json({"details": dict(details), "subject": subject, "summary": summary, "v": 1})
     nonce = os.urandom(NONCE_BYTES)
-    ciphertext = AESGCM(key).encrypt(nonce, plaintext, _personal_aad(event_id=event_id, key_id=key_id))
+    ciphertext = (cipher or AESGCM(key)).encrypt(
+        nonce, plaintext, _personal_aad(event_id=event_id, key_id=key_id)
+    )
     return SealedPersonal(nonce=nonce, ciphertext=ciphertext)
 
 

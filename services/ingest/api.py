@@ -1,0 +1,140 @@
+"""The gRPC servicer of the ingest service: transport only, the work is in writer and reader."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from awareness.signing.v1 import signing_pb2
+from google.rpc import status_pb2
+
+from services.ingest.convert import receipt_message
+from services.ingest.reader import EventReader
+from services.ingest.writer import MAX_BATCH_EVENTS, Accepted, AppendOutcome, LogWriter
+from services.runtime import auth
+from services.runtime.errors import InvalidArgumentError
+
+
+def _may_append_system_events() -> bool:
+    principal = auth.current_principal()
+    return principal is not None and "service" in principal.roles
+
+
+def _result(index: int, outcome: AppendOutcome) -> ingest_pb2.AppendEventResult:
+    if isinstance(outcome, Accepted):
+        return ingest_pb2.AppendEventResult(index=index, receipt=_receipt(outcome), replayed=outcome.replayed)
+    status: status_pb2.Status = outcome.to_status()
+    return ingest_pb2.AppendEventResult(index=index, error=status)
+
+
+def _receipt(outcome: Accepted) -> ingest_pb2.Receipt:
+    return receipt_message(
+        event_id=outcome.event_id,
+        leaf_hash=outcome.leaf_hash,
+        receive_time_us=outcome.receive_time_us,
+        leaf_index=outcome.leaf_index,
+        checkpoint=None,
+    )
+
+
+class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
+    def __init__(self, *, writer: LogWriter, reader: EventReader) -> None:
+        self._writer = writer
+        self._reader = reader
+
+    async def AppendEvent(  # noqa: N802 - gRPC method name
+        self, request: ingest_pb2.AppendEventRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingest_pb2.AppendEventResponse:
+        [outcome] = await self._writer.append(
+            [request.event], allow_system=_may_append_system_events(), unary=True
+        )
+        if not isinstance(outcome, Accepted):
+            raise outcome
+        if outcome.replayed and outcome.leaf_index is not None:
+            receipt = await self._reader.get_receipt(f"events/{outcome.event_id}")
+        else:
+            receipt = _receipt(outcome)
+        return ingest_pb2.AppendEventResponse(receipt=receipt, replayed=outcome.replayed)
+
+    async def AppendEvents(  # noqa: N802 - gRPC method name
+        self, request: ingest_pb2.AppendEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingest_pb2.AppendEventsResponse:
+        return await self._append_batch(request.events)
+
+    async def StreamAppendEvents(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[ingest_pb2.AppendEventsRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[ingest_pb2.AppendEventsResponse]:
+        async for request in request_iterator:
+            yield await self._append_batch(request.events)
+
+    async def _append_batch(self, events: Sequence[ingest_pb2.Event]) -> ingest_pb2.AppendEventsResponse:
+        if not events:
+            raise InvalidArgumentError("events must not be empty", reason="EMPTY_BATCH")
+        if len(events) > MAX_BATCH_EVENTS:
+            raise InvalidArgumentError(
+                f"at most {MAX_BATCH_EVENTS} events per batch, got {len(events)}", reason="BATCH_TOO_LARGE"
+            )
+        outcomes = await self._writer.append(events, allow_system=_may_append_system_events())
+        return ingest_pb2.AppendEventsResponse(
+            results=[_result(index, outcome) for index, outcome in enumerate(outcomes)]
+        )
+
+    async def GetEvent(  # noqa: N802 - gRPC method name
+        self, request: ingest_pb2.GetEventRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingest_pb2.Event:
+        return await self._reader.get_event(request.name)
+
+    async def ListEvents(  # noqa: N802 - gRPC method name
+        self, request: ingest_pb2.ListEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingest_pb2.ListEventsResponse:
+        return await self._reader.list_events(request)
+
+    async def LabelEvent(  # noqa: N802 - gRPC method name
+        self, request: ingest_pb2.LabelEventRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingest_pb2.Event:
+        principal = auth.current_principal()
+        return await self._reader.label_event(request, labeled_by=principal.subject if principal else "")
+
+    async def GetReceipt(  # noqa: N802 - gRPC method name
+        self, request: ingest_pb2.GetReceiptRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingest_pb2.Receipt:
+        return await self._reader.get_receipt(request.name)
+
+    async def GetCheckpoint(  # noqa: N802 - gRPC method name
+        self, request: ingest_pb2.GetCheckpointRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> signing_pb2.SignedCheckpoint:
+        return await self._reader.get_checkpoint(request.tree_size if request.HasField("tree_size") else None)
+
+    async def ListCheckpoints(  # noqa: N802 - gRPC method name
+        self, request: ingest_pb2.ListCheckpointsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingest_pb2.ListCheckpointsResponse:
+        return await self._reader.list_checkpoints(request)
+
+    async def GetInclusionProof(  # noqa: N802 - gRPC method name
+        self, request: ingest_pb2.GetInclusionProofRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingest_pb2.GetInclusionProofResponse:
+        return await self._reader.inclusion(request)
+
+    async def GetConsistencyProof(  # noqa: N802 - gRPC method name
+        self, request: ingest_pb2.GetConsistencyProofRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingest_pb2.GetConsistencyProofResponse:
+        return await self._reader.consistency(request)
+
+    async def ListSubjectRecords(  # noqa: N802 - gRPC method name
+        self, request: ingest_pb2.ListSubjectRecordsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingest_pb2.ListSubjectRecordsResponse:
+        return await self._reader.subject_records(request)
+
+    async def ForgetSubject(  # noqa: N802 - gRPC method name
+        self, request: ingest_pb2.ForgetSubjectRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingest_pb2.ForgetSubjectResponse:
+        return await self._reader.forget_subject(request.pseudonym)
+
+    async def ListTrainingExamples(  # noqa: N802 - gRPC method name
+        self, request: ingest_pb2.ListTrainingExamplesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingest_pb2.ListTrainingExamplesResponse:
+        return await self._reader.training_examples(request)

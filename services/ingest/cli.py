@@ -1,0 +1,80 @@
+"""``awareness verify``: offline proof checks, or a whole-database recomputation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    verify = subparsers.add_parser(
+        "verify",
+        help="verify a receipt and inclusion proof offline, or recompute a whole event log database",
+        description=(
+            "With --proof: check leaf data -> leaf hash -> audit path -> checkpoint root -> checkpoint "
+            "signature -> RFC 3161 token, offline, given the public keys (--keys). "
+            "With --database (or neither): recompute every leaf hash, Merkle node and checkpoint root "
+            "of the ingest database and name the first record that differs."
+        ),
+    )
+    verify.add_argument("--proof", type=Path, help="GetInclusionProof response (JSON, as the API returns it)")
+    verify.add_argument("--receipt", type=Path, help="the event's receipt or AppendEvent response (JSON)")
+    verify.add_argument(
+        "--checkpoint", type=Path, help="a signed checkpoint (JSON) when the proof does not carry one"
+    )
+    verify.add_argument(
+        "--keys",
+        type=Path,
+        action="append",
+        default=[],
+        help=(
+            "trusted keys: ListPublicKeys JSON, C2SP verifier keys (one a line), an Ed25519 PEM public key, "
+            "or a CA certificate PEM for the time-stamp token; repeatable"
+        ),
+    )
+    verify.add_argument(
+        "--database",
+        help="database URL of the ingest service (default: its configured DATABASE_URL or ./var/ingest.db)",
+    )
+    verify.add_argument("--openssl", default="openssl", help="openssl binary for the RFC 3161 check")
+    verify.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    verify.set_defaults(handler=run_verify)
+
+
+def _json(path: Path) -> dict[str, Any]:
+    document = json.loads(path.read_text())
+    if not isinstance(document, dict):
+        raise SystemExit(f"{path}: expected a JSON object")
+    return document
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from services.ingest.verify import load_keys, verify_database, verify_proof
+
+    keys = load_keys(args.keys) if args.keys else None
+    if args.proof is not None:
+        if keys is None:
+            print("verify: --keys is required to check a proof offline", file=sys.stderr)
+            return 2
+        report = verify_proof(
+            _json(args.proof),
+            keys=keys,
+            receipt=_json(args.receipt) if args.receipt else None,
+            checkpoint=_json(args.checkpoint) if args.checkpoint else None,
+            openssl=args.openssl,
+        )
+    else:
+        from services.runtime import db
+        from services.runtime.config import load_settings
+
+        url = args.database or load_settings("ingest").database_url
+        engine = db.create_db_engine(url, service="ingest")
+        try:
+            report = verify_database(engine, keys=keys, progress=None if args.quiet else sys.stderr)
+        finally:
+            engine.dispose()
+    report.print(sys.stdout)
+    return 0 if report.ok else 1

@@ -1,0 +1,138 @@
+"""Conversions between protobuf messages and the ingest domain and stored rows."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from awareness.ingest.v1 import ingest_pb2
+from awareness.signing.v1 import signing_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.ingest.domain.events import EventInput, Severity
+from services.ingest.domain.records import PersonalFields
+from services.ingest.models import Checkpoint, EventMetadata, EventRecord
+from services.ingest.repository import from_us
+
+Receipt = ingest_pb2.Receipt
+PersonalDataState = ingest_pb2.Event.PersonalDataState
+
+
+def timestamp_from_us(micros: int) -> Timestamp:
+    stamp = Timestamp()
+    stamp.seconds, remainder = divmod(micros, 1_000_000)
+    stamp.nanos = remainder * 1000
+    return stamp
+
+
+def timestamp_to_us(stamp: Timestamp) -> int:
+    return stamp.seconds * 1_000_000 + stamp.nanos // 1000
+
+
+def timestamp_to_datetime(stamp: Timestamp) -> datetime:
+    return from_us(timestamp_to_us(stamp))
+
+
+def event_input(message: ingest_pb2.Event, *, subject: str | None = None) -> EventInput:
+    """The domain view of a submitted event (SEVERITY_UNSPECIFIED counts as SEVERITY_INFO)."""
+    occurred_at = timestamp_to_datetime(message.occurred_at) if message.HasField("occurred_at") else None
+    return EventInput(
+        type=message.type,
+        source=message.source,
+        subject=message.subject if subject is None else subject,
+        occurred_at=occurred_at,
+        severity=int(message.severity) or int(Severity.INFO),
+        summary=message.summary,
+        details=dict(message.details),
+        event_id=message.event_id or None,
+    )
+
+
+def checkpoint_message(checkpoint: Checkpoint) -> signing_pb2.SignedCheckpoint:
+    return signing_pb2.SignedCheckpoint(
+        origin=checkpoint.origin,
+        tree_size=checkpoint.tree_size,
+        root_hash=bytes(checkpoint.root_hash),
+        timestamp=timestamp_from_us(checkpoint.signed_time_us),
+        note=checkpoint.note,
+        key_id=checkpoint.key_id,
+        timestamp_token=bytes(checkpoint.timestamp_token),
+        tsa=checkpoint.tsa,
+    )
+
+
+def receipt_message(
+    *,
+    event_id: str,
+    leaf_hash: bytes,
+    receive_time_us: int,
+    leaf_index: int | None,
+    checkpoint: Checkpoint | None,
+) -> ingest_pb2.Receipt:
+    receipt = ingest_pb2.Receipt(
+        event_id=event_id,
+        leaf_hash=leaf_hash,
+        receive_time=timestamp_from_us(receive_time_us),
+        state=Receipt.STATE_ACCEPTED,
+    )
+    if leaf_index is not None:
+        receipt.leaf_index = leaf_index
+        receipt.state = Receipt.STATE_INTEGRATED
+        if checkpoint is not None:
+            receipt.state = Receipt.STATE_CHECKPOINTED
+            receipt.checkpoint.CopyFrom(checkpoint_message(checkpoint))
+    return receipt
+
+
+def metadata_message(metadata: EventMetadata) -> ingest_pb2.EventMetadata:
+    message = ingest_pb2.EventMetadata(
+        risk_score=metadata.risk_score or 0.0,
+        risk_level=metadata.risk_level,  # type: ignore[arg-type]
+        model_version=metadata.model_version,
+        scoring_state=metadata.scoring_state,  # type: ignore[arg-type]
+        scoring_note=metadata.scoring_note,
+        evaluation_state=metadata.evaluation_state,  # type: ignore[arg-type]
+        evaluation_note=metadata.evaluation_note,
+        label=metadata.label,  # type: ignore[arg-type]
+        label_note=metadata.label_note,
+        triage_state=metadata.triage_state,  # type: ignore[arg-type]
+        labeled_by=metadata.labeled_by,
+    )
+    for violation in json.loads(metadata.violations or "[]"):
+        message.violations.add(
+            policy=violation.get("policy", ""),
+            version=int(violation.get("version", 0)),
+            severity=int(violation.get("severity", 0)),
+            title=violation.get("title", ""),
+        )
+    if metadata.label_time_us is not None:
+        message.label_time.CopyFrom(timestamp_from_us(metadata.label_time_us))
+    return message
+
+
+def event_message(
+    *,
+    record: EventRecord,
+    metadata: EventMetadata,
+    receipt: ingest_pb2.Receipt,
+    personal: PersonalFields | None,
+    state: int,
+) -> ingest_pb2.Event:
+    event = ingest_pb2.Event(
+        name=f"events/{record.event_id}",
+        event_id=record.event_id,
+        type=record.type,
+        source=record.source,
+        occurred_at=timestamp_from_us(record.occurred_at_us),
+        severity=record.severity,  # type: ignore[arg-type]
+        subject_pseudonym=record.subject_pseudonym,
+        personal_data_state=state,  # type: ignore[arg-type]
+        receive_time=timestamp_from_us(record.receive_time_us),
+        receipt=receipt,
+        metadata=metadata_message(metadata),
+    )
+    if personal is not None:
+        event.subject = personal.subject
+        event.summary = personal.summary
+        event.details.update(personal.details)
+    return event

@@ -1,0 +1,354 @@
+"""Scoring and policy evaluation after append, off the acknowledgement path, and the reconciler.
+
+New events are queued in memory after their commit; a worker sends them to scoring (with the
+subject's history aggregates) and policy (with the plaintext details, held only in memory) through
+the guarded channels and writes the results into ``event_metadata``. A peer that fails is left
+alone for a short back-off; its events stay PENDING, and the reconciler back-fills PENDING rows
+later (decrypting details for policy with keys from gdpr; an erased subject's event can no longer
+be evaluated and is marked FAILED with a note).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import grpc
+from awareness.policy.v1 import policy_pb2, policy_pb2_grpc
+from awareness.scoring.v1 import scoring_pb2_grpc
+from awareness.scoring.v1.scoring_pb2 import ScoreEventsRequest
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.ingest import aggregates, repository
+from services.ingest.convert import timestamp_from_us
+from services.ingest.domain.errors import TamperedRecordError
+from services.ingest.domain.history import SubjectHistory
+from services.ingest.domain.records import SealedPersonal, open_personal
+from services.ingest.keys import ERASED, SubjectKey, SubjectKeys
+from services.ingest.models import EventMetadata, EventRecord
+from services.ingest.reader import scoring_input
+from services.ingest.repository import to_us
+from services.ingest.writer import EnrichmentItem
+from services.runtime.db import run_db, transaction
+from services.runtime.errors import AwarenessError
+from services.runtime.metrics import ServiceMetrics
+
+log = logging.getLogger("awareness.ingest.enrichment")
+
+MAX_PEER_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class EnrichmentSettings:
+    queue_limit: int = 200_000
+    peer_backoff_seconds: float = 5.0
+    reconcile_interval_seconds: float = 30.0
+    # Rows younger than this are still in the in-memory queue; the reconciler leaves them alone.
+    reconcile_settle_seconds: float = 10.0
+    reconcile_batch: int = 500
+
+
+class _Peer:
+    """A peer skipped for a back-off period after a failure (its breaker does the rest)."""
+
+    def __init__(self, name: str, backoff: float) -> None:
+        self.name = name
+        self._backoff = backoff
+        self._down_until = 0.0
+        self._last_warning = 0.0
+
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def failed(self, error: BaseException) -> None:
+        now = time.monotonic()
+        self._down_until = now + self._backoff
+        if now - self._last_warning > 60:
+            self._last_warning = now
+            reason = error.code().name if isinstance(error, grpc.aio.AioRpcError) else type(error).__name__
+            log.warning(
+                "enrichment peer failed; events stay pending", extra={"peer": self.name, "reason": reason}
+            )
+
+
+class Enricher:
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        keys: SubjectKeys,
+        scoring: Callable[[], grpc.aio.Channel],
+        policy: Callable[[], grpc.aio.Channel],
+        settings: EnrichmentSettings,
+        gate: repository.WriteGate,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._gate = gate
+        self._keys = keys
+        self._scoring_channel = scoring
+        self._policy_channel = policy
+        self.settings = settings
+        self._queue: asyncio.Queue[EnrichmentItem] = asyncio.Queue(maxsize=settings.queue_limit)
+        self._scoring_peer = _Peer("scoring", settings.peer_backoff_seconds)
+        self._policy_peer = _Peer("policy", settings.peer_backoff_seconds)
+        self._metrics = metrics
+        if metrics is not None:
+            self._dropped = metrics.counter(
+                "enrichment_dropped_total", "Events not queued for enrichment (queue full); reconciled later"
+            )
+            self._enriched = metrics.counter(
+                "enrichment_results_total", "Enrichment outcomes", ["peer", "state"]
+            )
+
+    def submit(self, items: Sequence[EnrichmentItem]) -> None:
+        for item in items:
+            try:
+                self._queue.put_nowait(item)
+            except asyncio.QueueFull:
+                if self._metrics is not None:
+                    self._dropped.inc()
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_PEER_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self.enrich(batch, evaluate=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("enrichment batch failed; the reconciler will retry it")
+
+    async def reconcile_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reconcile_interval_seconds)
+            try:
+                await self.reconcile_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconciliation round failed")
+
+    async def enrich(self, items: Sequence[EnrichmentItem], *, evaluate: bool, score: bool = True) -> None:
+        """Score and evaluate `items` (evaluation needs their details) and store the results."""
+        want_scoring = score and self._scoring_peer.available()
+        want_policy = evaluate and self._policy_peer.available()
+        if not items or not (want_scoring or want_policy):
+            return
+        histories = await run_db(self._histories, items)
+        changes: dict[str, dict[str, Any]] = {}
+        now_us = to_us_now()
+        if want_scoring:
+            await self._score(items, histories, changes, now_us)
+        if want_policy:
+            await self._evaluate(items, histories, changes, now_us)
+        if changes:
+            await run_db(self._store, [{"event_id": key, **values} for key, values in changes.items()])
+
+    def _histories(self, items: Sequence[EnrichmentItem]) -> dict[str, SubjectHistory]:
+        with self._sessions() as session:
+            return aggregates.histories(
+                session,
+                queries=[
+                    aggregates.HistoryQuery(i.event_id, i.pseudonym, i.occurred_at_us, i.source)
+                    for i in items
+                ],
+            )
+
+    def _store(self, changes: list[dict[str, Any]]) -> None:
+        with self._gate, transaction(self._sessions) as session:
+            repository.update_metadata(session, changes=changes)
+
+    async def _score(
+        self,
+        items: Sequence[EnrichmentItem],
+        histories: dict[str, SubjectHistory],
+        changes: dict[str, dict[str, Any]],
+        now_us: int,
+    ) -> None:
+        stub = scoring_pb2_grpc.ScoringServiceStub(self._scoring_channel())
+        request = ScoreEventsRequest(
+            inputs=[
+                scoring_input(
+                    event_id=i.event_id,
+                    pseudonym=i.pseudonym,
+                    event_type=i.type,
+                    source=i.source,
+                    severity=i.severity,
+                    occurred_at_us=i.occurred_at_us,
+                    summary_length=i.summary_length,
+                    detail_count=i.detail_count,
+                    history=histories[i.event_id],
+                )
+                for i in items
+            ]
+        )
+        try:
+            response = await stub.ScoreEvents(request)
+        except (grpc.aio.AioRpcError, AwarenessError) as error:
+            self._scoring_peer.failed(error)
+            return
+        for result in response.results:
+            if result.skipped:
+                values: dict[str, Any] = {
+                    "scoring_state": repository.SCORING_SKIPPED,
+                    "scoring_note": result.skip_reason or "skipped by the scoring service",
+                }
+            else:
+                values = {
+                    "scoring_state": repository.SCORING_SCORED,
+                    "risk_score": result.score,
+                    "risk_level": int(result.level),
+                    "model_version": result.model_version,
+                    "scoring_note": "",
+                }
+            changes.setdefault(result.event_id, {}).update(values, update_time_us=now_us)
+            if self._metrics is not None:
+                self._enriched.labels("scoring", "skipped" if result.skipped else "scored").inc()
+
+    async def _evaluate(
+        self,
+        items: Sequence[EnrichmentItem],
+        histories: dict[str, SubjectHistory],
+        changes: dict[str, dict[str, Any]],
+        now_us: int,
+    ) -> None:
+        stub = policy_pb2_grpc.PolicyServiceStub(self._policy_channel())
+        request = policy_pb2.EvaluateEventsRequest(
+            events=[
+                policy_pb2.EvaluationInput(
+                    event_id=i.event_id,
+                    type=i.type,
+                    source=i.source,
+                    severity=i.severity,  # type: ignore[arg-type]
+                    occurred_at=timestamp_from_us(i.occurred_at_us),
+                    details=i.details,
+                    facts=histories[i.event_id].as_facts(),
+                )
+                for i in items
+            ]
+        )
+        try:
+            response = await stub.EvaluateEvents(request)
+        except (grpc.aio.AioRpcError, AwarenessError) as error:
+            self._policy_peer.failed(error)
+            return
+        for result in response.results:
+            violations = [
+                {"policy": v.policy, "version": v.version, "severity": int(v.severity), "title": v.title}
+                for v in result.violations
+            ]
+            note = "; ".join(f"{e.policy} v{e.version}: {e.message}" for e in result.errors)
+            changes.setdefault(result.event_id, {}).update(
+                evaluation_state=repository.EVALUATION_EVALUATED,
+                violations=json.dumps(violations, sort_keys=True),
+                violation_count=len(violations),
+                evaluation_note=note[:4000],
+                update_time_us=now_us,
+            )
+            if self._metrics is not None:
+                self._enriched.labels("policy", "evaluated").inc()
+
+    async def reconcile_once(self) -> int:
+        """Back-fill PENDING metadata rows; returns how many rows were looked at."""
+        if not (self._scoring_peer.available() or self._policy_peer.available()):
+            return 0
+        cutoff = to_us_now() - int(self.settings.reconcile_settle_seconds * 1_000_000)
+
+        def load() -> tuple[list[EventMetadata], dict[str, EventRecord]]:
+            with self._sessions() as session:
+                rows = repository.pending_metadata(
+                    session, received_before_us=cutoff, limit=self.settings.reconcile_batch
+                )
+                need_details = [
+                    m.event_id for m in rows if m.evaluation_state == repository.EVALUATION_PENDING
+                ]
+                return rows, repository.records_by_ids(session, event_ids=need_details)
+
+        rows, records = await run_db(load)
+        if not rows:
+            return 0
+        items = {
+            m.event_id: EnrichmentItem(
+                event_id=m.event_id,
+                pseudonym=m.subject_pseudonym,
+                type=m.type,
+                source=m.source,
+                severity=m.severity,
+                occurred_at_us=m.occurred_at_us,
+                summary_length=m.summary_length,
+                detail_count=m.detail_count,
+                details={},
+            )
+            for m in rows
+        }
+        to_score = [items[m.event_id] for m in rows if m.scoring_state == repository.SCORING_PENDING]
+        to_evaluate, unreadable = await self._with_details(
+            [items[m.event_id] for m in rows if m.evaluation_state == repository.EVALUATION_PENDING], records
+        )
+        if unreadable:
+            now_us = to_us_now()
+            await run_db(
+                self._store,
+                [
+                    {
+                        "event_id": event_id,
+                        "evaluation_state": repository.EVALUATION_FAILED,
+                        "evaluation_note": note,
+                        "update_time_us": now_us,
+                    }
+                    for event_id, note in unreadable.items()
+                ],
+            )
+        for start in range(0, len(to_score), MAX_PEER_BATCH):
+            await self.enrich(to_score[start : start + MAX_PEER_BATCH], evaluate=False)
+        for start in range(0, len(to_evaluate), MAX_PEER_BATCH):
+            await self.enrich(to_evaluate[start : start + MAX_PEER_BATCH], evaluate=True, score=False)
+        return len(rows)
+
+    async def _with_details(
+        self, items: list[EnrichmentItem], records: dict[str, EventRecord]
+    ) -> tuple[list[EnrichmentItem], dict[str, str]]:
+        """Items with their details decrypted, and a note for each that can never be evaluated."""
+        if not items or not self._policy_peer.available():
+            return [], {}
+        try:
+            keys = await self._keys.unwrap(
+                [(records[i.event_id].subject_pseudonym, records[i.event_id].key_period) for i in items]
+            )
+        except AwarenessError:
+            return [], {}  # gdpr unavailable: try again next round
+        ready: list[EnrichmentItem] = []
+        unreadable: dict[str, str] = {}
+        for item in items:
+            record = records[item.event_id]
+            key = keys.get((record.subject_pseudonym, record.key_period))
+            if key == ERASED or not isinstance(key, SubjectKey):
+                unreadable[item.event_id] = "the subject was erased before the event could be evaluated"
+                continue
+            try:
+                personal = open_personal(
+                    key=key.data_key,
+                    key_id=record.key_id,
+                    event_id=record.event_id,
+                    sealed=SealedPersonal(nonce=bytes(record.nonce), ciphertext=bytes(record.ciphertext)),
+                )
+            except TamperedRecordError:
+                unreadable[item.event_id] = "the stored record failed authentication"
+                continue
+            ready.append(replace(item, details=personal.details))
+        return ready, unreadable
+
+
+def to_us_now() -> int:
+    return time.time_ns() // 1000
+
+
+__all__ = ["Enricher", "EnrichmentItem", "EnrichmentSettings", "to_us"]

@@ -1,0 +1,272 @@
+"""The integrator: gives committed records gap-free leaf indices, builds the Merkle tree, and asks
+the signing service for checkpoints.
+
+Every replica runs it; only the leader works. On PostgreSQL the leader holds a session advisory
+lock on a dedicated connection (if that connection drops, the lock is released and another replica
+takes over); with SQLite the single process is the leader. Correctness does not rest on the lock
+alone: leaf indices and node keys are primary keys, so a stale leader's insert fails and rolls back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+from awareness.signing.v1 import signing_pb2, signing_pb2_grpc
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.ingest import repository
+from services.ingest.domain.merkle import nodes_for_append, root_hash
+from services.ingest.repository import DatabaseNodeStore
+from services.runtime.db import transaction
+from services.runtime.errors import AwarenessError
+from services.runtime.metrics import ServiceMetrics
+
+log = logging.getLogger("awareness.ingest.integrator")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class IntegratorSettings:
+    interval_seconds: float = 0.2
+    batch_limit: int = 20_000
+    wake_after_leaves: int = 1000
+    checkpoint_every: int = 1000
+    checkpoint_interval_seconds: float = 1.0
+    origin: str = "awareness.local/log"
+
+
+class Integrator:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        sessions: sessionmaker[Session],
+        signing: Callable[[], grpc.aio.Channel],
+        settings: IntegratorSettings,
+        gate: repository.WriteGate,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        self._engine = engine
+        self._sessions = sessions
+        self._gate = gate
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-integrate")
+        self._signing_channel = signing
+        self._signing: signing_pb2_grpc.SigningServiceStub | None = None
+        self.settings = settings
+        self._wake = asyncio.Event()
+        self._pending = 0
+        self._leader_connection: Connection | None = None
+        self._state: repository.TreeState | None = None
+        self._root = b""
+        self._checkpointed_size = 0
+        self._last_checkpoint = time.monotonic()
+        self._last_signing_warning = 0.0
+        self.is_leader = False
+        self._metrics = metrics
+        if metrics is not None:
+            self._tree_size_gauge = metrics.gauge("tree_size_leaves", "Leaves in the Merkle tree")
+            self._checkpoint_gauge = metrics.gauge(
+                "checkpoint_tree_size_leaves", "Tree size of the latest checkpoint"
+            )
+            self._integrated = metrics.counter("integrated_leaves_total", "Leaves integrated by this replica")
+            self._checkpoint_failures = metrics.counter(
+                "checkpoint_failures_total", "Checkpoint signing attempts that failed", ["reason"]
+            )
+
+    def committed(self, count: int) -> None:
+        """Called after each append commit; wakes the integrator once enough leaves wait."""
+        self._pending += count
+        if self._pending >= self.settings.wake_after_leaves:
+            self._wake.set()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                integrated = 0
+                try:
+                    if await self._in_thread(self._lead):
+                        integrated = await self._in_thread(self.integrate_once)
+                        await self.checkpoint_if_due()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("integration round failed; state reloads next round")
+                    self._state = None
+                    await asyncio.sleep(self.settings.interval_seconds)
+                if integrated >= self.settings.batch_limit:
+                    continue
+                self._wake.clear()
+                self._pending = 0
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.interval_seconds)
+        finally:
+            await self._in_thread(self.release)
+
+    async def _in_thread(self, function: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function)
+
+    # --- leadership -----------------------------------------------------------------------------
+
+    def _lead(self) -> bool:
+        if self._engine.dialect.name != "postgresql":
+            self.is_leader = True
+            return True
+        connection = self._leader_connection
+        if connection is not None:
+            try:
+                connection.execute(text("SELECT 1"))
+                return True
+            except Exception:
+                log.warning("lost the integrator leader connection")
+                self.release()
+        try:
+            connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            acquired = bool(
+                connection.execute(
+                    text("SELECT pg_try_advisory_lock(:key)"), {"key": repository.LEADER_LOCK_KEY}
+                ).scalar_one()
+            )
+        except Exception:
+            log.warning("cannot reach the database to take the integrator lock")
+            return False
+        if not acquired:
+            connection.close()
+            return False
+        log.info("this replica now leads integration")
+        self._leader_connection = connection
+        self._state = None
+        self.is_leader = True
+        return True
+
+    def release(self) -> None:
+        connection, self._leader_connection = self._leader_connection, None
+        self.is_leader = self._engine.dialect.name != "postgresql" and self.is_leader
+        if connection is not None:
+            try:
+                connection.execute(
+                    text("SELECT pg_advisory_unlock(:key)"), {"key": repository.LEADER_LOCK_KEY}
+                )
+            except Exception:  # closing the connection releases the lock anyway
+                log.info("could not unlock the integrator lock explicitly; closing its connection")
+            finally:
+                connection.close()
+            self.is_leader = False
+
+    # --- integration ----------------------------------------------------------------------------
+
+    def _load_state(self) -> repository.TreeState:
+        with self._sessions() as session:
+            state = repository.tree_state(session)
+            self._root = root_hash(state.tree_size, DatabaseNodeStore(session))
+            latest = repository.latest_checkpoint(session)
+            self._checkpointed_size = latest.tree_size if latest is not None else 0
+        self._state = state
+        return state
+
+    def integrate_once(self) -> int:
+        """Integrate the settled records not yet in the tree; the number of new leaves."""
+        state = self._state or self._load_state()
+        with transaction(self._sessions) as session:
+            settled = repository.settled_seq(session)
+        if settled <= state.last_seq:
+            return 0
+        with self._gate, transaction(self._sessions) as session:
+            rows = repository.unintegrated_records(
+                session, after_seq=state.last_seq, up_to_seq=settled, limit=self.settings.batch_limit
+            )
+            if not rows:
+                return 0
+            plan = nodes_for_append(
+                tree_size=state.tree_size,
+                leaf_hashes=[bytes(row.leaf_hash) for row in rows],
+                store=DatabaseNodeStore(session),
+            )
+            now_us = time.time_ns() // 1000
+            leaves = [
+                {
+                    "leaf_index": state.tree_size + offset,
+                    "event_id": row.event_id,
+                    "seq": row.seq,
+                    "leaf_hash": bytes(row.leaf_hash),
+                    "integrate_time_us": now_us,
+                }
+                for offset, row in enumerate(rows)
+            ]
+            repository.insert_leaves_and_nodes(session, leaves=leaves, nodes=plan.nodes)
+        self._state = repository.TreeState(tree_size=plan.tree_size, last_seq=rows[-1].seq)
+        self._root = plan.root
+        if self._metrics is not None:
+            self._integrated.inc(len(rows))
+            self._tree_size_gauge.set(plan.tree_size)
+        return len(rows)
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    async def checkpoint_if_due(self) -> bool:
+        state = self._state
+        if state is None or state.tree_size == 0 or state.tree_size <= self._checkpointed_size:
+            return False
+        waiting = state.tree_size - self._checkpointed_size
+        elapsed = time.monotonic() - self._last_checkpoint
+        if waiting < self.settings.checkpoint_every and elapsed < self.settings.checkpoint_interval_seconds:
+            return False
+        return await self.checkpoint(tree_size=state.tree_size, root=self._root)
+
+    async def checkpoint(self, *, tree_size: int, root: bytes) -> bool:
+        if self._signing is None:
+            self._signing = signing_pb2_grpc.SigningServiceStub(self._signing_channel())
+        request = signing_pb2.SignCheckpointRequest(
+            origin=self.settings.origin, tree_size=tree_size, root_hash=root
+        )
+        try:
+            response = await self._signing.SignCheckpoint(request)
+        except (grpc.aio.AioRpcError, AwarenessError) as error:
+            self._signing_failed(error)
+            return False
+        signed = response.checkpoint
+        if signed.tree_size != tree_size or bytes(signed.root_hash) != root:
+            self._signing_failed(ValueError("signing returned a checkpoint for another tree"))
+            return False
+        now_us = time.time_ns() // 1000
+        values = {
+            "tree_size": tree_size,
+            "origin": signed.origin or self.settings.origin,
+            "root_hash": root,
+            "note": signed.note,
+            "key_id": signed.key_id,
+            "signed_time_us": signed.timestamp.seconds * 1_000_000 + signed.timestamp.nanos // 1000
+            if signed.HasField("timestamp")
+            else now_us,
+            "timestamp_token": bytes(signed.timestamp_token),
+            "tsa": signed.tsa,
+            "store_time_us": now_us,
+        }
+        await self._in_thread(functools.partial(self._store_checkpoint, values))
+        self._checkpointed_size = tree_size
+        self._last_checkpoint = time.monotonic()
+        if self._metrics is not None:
+            self._checkpoint_gauge.set(tree_size)
+        return True
+
+    def _store_checkpoint(self, values: dict[str, object]) -> None:
+        with self._gate, transaction(self._sessions) as session:
+            repository.insert_checkpoint(session, values=values)
+
+    def _signing_failed(self, error: BaseException) -> None:
+        reason = error.code().name if isinstance(error, grpc.aio.AioRpcError) else type(error).__name__
+        if self._metrics is not None:
+            self._checkpoint_failures.labels(reason).inc()
+        now = time.monotonic()
+        if now - self._last_signing_warning > 30:
+            self._last_signing_warning = now
+            log.warning("checkpoint signing failed; integration continues", extra={"reason": reason})

@@ -1,0 +1,218 @@
+"""Subject pseudonyms and data keys from the gdpr service, cached in memory for a short time.
+
+Raw data keys live only in this process's memory and only for the cache TTL (the smaller of
+AWARENESS_INGEST_KEY_CACHE_SECONDS and the TTL gdpr grants). ForgetSubject drops a pseudonym's
+entries at once; other replicas drop theirs when their TTL runs out.
+
+The append-side cache is keyed by (subject, event type, UTC month of occurred_at): gdpr's key
+periods are months or years, so one month never spans two keys, and every (key, event type) pair
+still reaches gdpr once per TTL (gdpr records the types a key protects, for retention).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import grpc
+from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.runtime.clients import TRANSIENT_CODES
+from services.runtime.errors import (
+    AwarenessError,
+    DependencyUnavailableError,
+    FailedPreconditionError,
+)
+
+MAX_LOOKUPS_PER_CALL = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectKey:
+    pseudonym: str
+    key_period: str
+    key_id: str
+    data_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLookup:
+    subject: str
+    occurred_at: datetime
+    event_type: str
+
+    @property
+    def cache_key(self) -> tuple[str, str, str]:
+        moment = self.occurred_at.astimezone(UTC)
+        return (self.subject, self.event_type, f"{moment.year:04d}-{moment.month:02d}")
+
+
+ERASED = "erased"
+"""UnwrapDataKeys answered NOT_FOUND: the key was shredded (erasure or retention)."""
+
+
+@dataclass
+class _Entry:
+    value: SubjectKey | str
+    expires: float
+
+
+def dependency_error(error: grpc.aio.AioRpcError, *, target: str) -> AwarenessError:
+    """The error to raise when a peer call failed: UNAVAILABLE for transient codes."""
+    if error.code() in TRANSIENT_CODES:
+        return DependencyUnavailableError(
+            f"{target} is unavailable ({error.code().name})",
+            reason=f"{target.upper()}_UNAVAILABLE",
+            metadata={"target": target, "code": error.code().name},
+        )
+    return FailedPreconditionError(
+        f"{target} refused the request ({error.code().name}): {error.details()}",
+        reason=f"{target.upper()}_REFUSED",
+        metadata={"target": target, "code": error.code().name},
+    )
+
+
+class SubjectKeys:
+    """GetSubjectKeys / UnwrapDataKeys through the guarded gdpr channel, with a TTL cache."""
+
+    def __init__(
+        self,
+        *,
+        channel: Callable[[], grpc.aio.Channel],
+        ttl_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._channel = channel
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._append_cache: dict[tuple[str, str, str], _Entry] = {}
+        self._read_cache: dict[tuple[str, str], _Entry] = {}
+        self._stub: gdpr_pb2_grpc.GdprServiceStub | None = None
+
+    def _gdpr(self) -> gdpr_pb2_grpc.GdprServiceStub:
+        if self._stub is None:
+            self._stub = gdpr_pb2_grpc.GdprServiceStub(self._channel())
+        return self._stub
+
+    def _ttl_for(self, granted: float) -> float:
+        return min(self._ttl, granted) if granted > 0 else self._ttl
+
+    def all_cached(self, lookups: Sequence[KeyLookup]) -> bool:
+        """True when every lookup is answered from the cache (no gdpr call needed)."""
+        now = self._clock()
+        for lookup in lookups:
+            entry = self._append_cache.get(lookup.cache_key)
+            if entry is None or entry.expires <= now:
+                return False
+        return True
+
+    async def keys_for(self, lookups: Sequence[KeyLookup]) -> list[SubjectKey]:
+        """Pseudonym and data key for each lookup, in order (gdpr creates them on first use)."""
+        now = self._clock()
+        results: list[SubjectKey | None] = [None] * len(lookups)
+        missing: dict[tuple[str, str, str], list[int]] = {}
+        for position, lookup in enumerate(lookups):
+            entry = self._append_cache.get(lookup.cache_key)
+            if entry is not None and entry.expires > now and isinstance(entry.value, SubjectKey):
+                results[position] = entry.value
+            else:
+                missing.setdefault(lookup.cache_key, []).append(position)
+        unique = list(missing.items())
+        for start in range(0, len(unique), MAX_LOOKUPS_PER_CALL):
+            chunk = unique[start : start + MAX_LOOKUPS_PER_CALL]
+            request = gdpr_pb2.GetSubjectKeysRequest(
+                lookups=[_lookup_message(lookups[positions[0]]) for _, positions in chunk]
+            )
+            try:
+                response = await self._gdpr().GetSubjectKeys(request)
+            except grpc.aio.AioRpcError as error:
+                raise dependency_error(error, target="gdpr") from error
+            if len(response.keys) != len(chunk):
+                raise DependencyUnavailableError(
+                    "gdpr answered GetSubjectKeys with the wrong number of keys", reason="GDPR_BAD_RESPONSE"
+                )
+            stored_at = self._clock()
+            for (cache_key, positions), message in zip(chunk, response.keys, strict=True):
+                key = SubjectKey(
+                    pseudonym=message.pseudonym,
+                    key_period=message.key_period,
+                    key_id=message.key_id,
+                    data_key=bytes(message.data_key),
+                )
+                ttl = self._ttl_for(message.cache_ttl.ToTimedelta().total_seconds())
+                self._append_cache[cache_key] = _Entry(key, stored_at + ttl)
+                self._read_cache[(key.pseudonym, key.key_period)] = _Entry(key, stored_at + ttl)
+                for position in positions:
+                    results[position] = key
+        self._evict(now)
+        return [key for key in results if key is not None]
+
+    async def unwrap(self, refs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], SubjectKey | str]:
+        """Data key, or ERASED, per (pseudonym, key period); raises when gdpr cannot be reached."""
+        now = self._clock()
+        found: dict[tuple[str, str], SubjectKey | str] = {}
+        wanted: list[tuple[str, str]] = []
+        for ref in dict.fromkeys(refs):
+            entry = self._read_cache.get(ref)
+            if entry is not None and entry.expires > now:
+                found[ref] = entry.value
+            else:
+                wanted.append(ref)
+        for start in range(0, len(wanted), MAX_LOOKUPS_PER_CALL):
+            chunk = wanted[start : start + MAX_LOOKUPS_PER_CALL]
+            request = gdpr_pb2.UnwrapDataKeysRequest(
+                keys=[gdpr_pb2.DataKeyRef(pseudonym=p, key_period=k) for p, k in chunk]
+            )
+            try:
+                response = await self._gdpr().UnwrapDataKeys(request)
+            except grpc.aio.AioRpcError as error:
+                raise dependency_error(error, target="gdpr") from error
+            stored_at = self._clock()
+            for ref, item in zip(chunk, response.keys, strict=True):
+                value: SubjectKey | str
+                if item.WhichOneof("result") == "data_key":
+                    value = SubjectKey(
+                        pseudonym=ref[0], key_period=ref[1], key_id=item.key_id, data_key=bytes(item.data_key)
+                    )
+                    ttl = self._ttl_for(item.cache_ttl.ToTimedelta().total_seconds())
+                elif item.error.code == grpc.StatusCode.NOT_FOUND.value[0]:
+                    value, ttl = ERASED, self._ttl
+                else:
+                    raise DependencyUnavailableError(
+                        f"gdpr could not unwrap a data key: {item.error.message}", reason="GDPR_UNAVAILABLE"
+                    )
+                self._read_cache[ref] = _Entry(value, stored_at + ttl)
+                found[ref] = value
+        return found
+
+    def forget(self, pseudonym: str) -> int:
+        """Drop every cached key of `pseudonym`; returns how many entries were dropped."""
+        dropped = 0
+        for append_key in [k for k, e in self._append_cache.items() if _pseudonym_of(e) == pseudonym]:
+            del self._append_cache[append_key]
+            dropped += 1
+        for read_key in [k for k in self._read_cache if k[0] == pseudonym]:
+            del self._read_cache[read_key]
+            dropped += 1
+        return dropped
+
+    def _evict(self, now: float) -> None:
+        if len(self._append_cache) > 100_000:
+            self._append_cache = {k: e for k, e in self._append_cache.items() if e.expires > now}
+        if len(self._read_cache) > 100_000:
+            self._read_cache = {k: e for k, e in self._read_cache.items() if e.expires > now}
+
+
+def _pseudonym_of(entry: _Entry) -> str | None:
+    return entry.value.pseudonym if isinstance(entry.value, SubjectKey) else None
+
+
+def _lookup_message(lookup: KeyLookup) -> gdpr_pb2.SubjectKeyLookup:
+    occurred_at = Timestamp()
+    occurred_at.FromDatetime(lookup.occurred_at)
+    return gdpr_pb2.SubjectKeyLookup(
+        subject=lookup.subject, occurred_at=occurred_at, event_type=lookup.event_type
+    )

@@ -1,0 +1,520 @@
+"""The read side: events (decrypted while their key exists), receipts, checkpoints and proofs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from awareness.ingest.v1 import ingest_pb2
+from awareness.scoring.v1 import scoring_pb2
+from awareness.signing.v1 import signing_pb2
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.ingest import aggregates, repository
+from services.ingest.convert import (
+    checkpoint_message,
+    event_message,
+    metadata_message,
+    receipt_message,
+    timestamp_from_us,
+    timestamp_to_us,
+)
+from services.ingest.domain.errors import InvalidProofRequestError
+from services.ingest.domain.events import Severity, canonical_event_id
+from services.ingest.domain.history import SubjectHistory
+from services.ingest.domain.merkle import consistency_proof, inclusion_proof
+from services.ingest.domain.records import (
+    PersonalFields,
+    SealedPersonal,
+    StoredRecord,
+    canonical_record_bytes,
+    open_personal,
+)
+from services.ingest.keys import ERASED, SubjectKey, SubjectKeys
+from services.ingest.models import EventRecord
+from services.ingest.pagination import decode_token, encode_token, page_size
+from services.ingest.repository import DatabaseNodeStore, EventFilter, StoredEvent, from_us, to_us
+from services.runtime.db import run_db, transaction
+from services.runtime.errors import (
+    DependencyUnavailableError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+
+PersonalDataState = ingest_pb2.Event.PersonalDataState
+
+
+def stored_record(record: EventRecord) -> StoredRecord:
+    """The domain record of a stored row: what the leaf hash covers."""
+    return StoredRecord(
+        event_id=record.event_id,
+        type=record.type,
+        source=record.source,
+        occurred_at=from_us(record.occurred_at_us),
+        severity=Severity(record.severity),
+        subject_pseudonym=record.subject_pseudonym,
+        key_period=record.key_period,
+        key_id=record.key_id,
+        receive_time=from_us(record.receive_time_us),
+        nonce=bytes(record.nonce),
+        ciphertext=bytes(record.ciphertext),
+    )
+
+
+def parse_event_name(name: str) -> str:
+    event_id = canonical_event_id(name.removeprefix("events/")) if name.startswith("events/") else None
+    if event_id is None:
+        raise InvalidArgumentError(
+            f"name must be events/{{event_id}} with a UUID event id, got {name!r}", reason="INVALID_NAME"
+        )
+    return event_id
+
+
+def is_system_record(record: EventRecord) -> bool:
+    return not record.key_id and record.system_payload is not None
+
+
+class EventReader:
+    def __init__(
+        self, *, sessions: sessionmaker[Session], keys: SubjectKeys, gate: repository.WriteGate
+    ) -> None:
+        self._sessions = sessions
+        self._keys = keys
+        self._gate = gate
+
+    # --- events ---------------------------------------------------------------------------------
+
+    async def get_event(self, name: str) -> ingest_pb2.Event:
+        event_id = parse_event_name(name)
+        events = await self._load([event_id])
+        if not events:
+            raise NotFoundError(f"event {event_id} not found", reason="EVENT_NOT_FOUND")
+        return events[0]
+
+    async def list_events(self, request: ingest_pb2.ListEventsRequest) -> ingest_pb2.ListEventsResponse:
+        if request.subject:
+            # Resolving a subject means asking gdpr, whose GetSubjectKeys would create a pseudonym (and a
+            # key) for a person we hold nothing about, or re-create an erased one. Until gdpr offers a
+            # lookup-only resolve, analysts filter by pseudonym.
+            raise InvalidArgumentError(
+                "filtering by subject is not supported; filter by subject_pseudonym",
+                reason="SUBJECT_FILTER_UNSUPPORTED",
+            )
+        where = EventFilter(
+            type=request.type,
+            source=request.source,
+            subject_pseudonym=request.subject_pseudonym,
+            start_us=timestamp_to_us(request.start_time) if request.HasField("start_time") else None,
+            end_us=timestamp_to_us(request.end_time) if request.HasField("end_time") else None,
+            min_risk_score=request.min_risk_score if request.HasField("min_risk_score") else None,
+            label=int(request.label),
+            triage_state=int(request.triage_state),
+        )
+        size = page_size(request.page_size)
+        cursor = decode_token(request.page_token, scope=where.fingerprint())
+        after = (int(cursor[0]), str(cursor[1])) if cursor else None
+
+        def query() -> list[str]:
+            with self._sessions() as session:
+                return repository.list_event_ids(session, where=where, after=after, limit=size + 1)
+
+        event_ids = await run_db(query)
+        more = len(event_ids) > size
+        events = await self._load(event_ids[:size])
+        response = ingest_pb2.ListEventsResponse(events=events)
+        if more and events:
+            last = events[-1]
+            response.next_page_token = encode_token(
+                [timestamp_to_us(last.receive_time), last.event_id], scope=where.fingerprint()
+            )
+        return response
+
+    async def label_event(
+        self, request: ingest_pb2.LabelEventRequest, *, labeled_by: str
+    ) -> ingest_pb2.Event:
+        event_id = parse_event_name(request.name)
+        if not request.label and not request.triage_state:
+            raise InvalidArgumentError(
+                "set label and/or triage_state",
+                reason="NOTHING_TO_LABEL",
+            )
+
+        def write() -> bool:
+            with self._gate, transaction(self._sessions) as session:
+                return repository.label_event(
+                    session,
+                    event_id=event_id,
+                    label=int(request.label),
+                    note=request.note,
+                    triage_state=int(request.triage_state),
+                    labeled_by=labeled_by,
+                    now_us=to_us(_now()),
+                )
+
+        if not await run_db(write):
+            raise NotFoundError(f"event {event_id} not found", reason="EVENT_NOT_FOUND")
+        return await self.get_event(request.name)
+
+    async def _load(self, event_ids: Sequence[str]) -> list[ingest_pb2.Event]:
+        def query() -> tuple[dict[str, StoredEvent], dict[str, ingest_pb2.Receipt]]:
+            with self._sessions() as session:
+                stored = repository.get_events(session, event_ids=event_ids)
+                return stored, {event_id: _receipt(session, event) for event_id, event in stored.items()}
+
+        stored, receipts = await run_db(query)
+        ordered = [stored[event_id] for event_id in event_ids if event_id in stored]
+        personal = await self._open([event.record for event in ordered])
+        return [
+            event_message(
+                record=event.record,
+                metadata=event.metadata,
+                receipt=receipts[event.record.event_id],
+                personal=personal[event.record.event_id][0],
+                state=personal[event.record.event_id][1],
+            )
+            for event in ordered
+        ]
+
+    async def _open(self, records: Sequence[EventRecord]) -> dict[str, tuple[PersonalFields | None, int]]:
+        """Decrypted personal fields and their state per event id."""
+        result: dict[str, tuple[PersonalFields | None, int]] = {}
+        sealed = [record for record in records if not is_system_record(record)]
+        for record in records:
+            if is_system_record(record):
+                payload = json.loads(record.system_payload or "{}")
+                result[record.event_id] = (
+                    PersonalFields(
+                        subject="", summary=payload.get("summary", ""), details=payload.get("details", {})
+                    ),
+                    PersonalDataState.PERSONAL_DATA_STATE_AVAILABLE,
+                )
+        if not sealed:
+            return result
+        try:
+            keys = await self._keys.unwrap([(r.subject_pseudonym, r.key_period) for r in sealed])
+        except (DependencyUnavailableError, FailedPreconditionError):
+            for record in sealed:
+                result[record.event_id] = (None, PersonalDataState.PERSONAL_DATA_STATE_UNAVAILABLE)
+            return result
+        for record in sealed:
+            key = keys.get((record.subject_pseudonym, record.key_period))
+            if isinstance(key, SubjectKey):
+                fields = open_personal(
+                    key=key.data_key,
+                    key_id=record.key_id,
+                    event_id=record.event_id,
+                    sealed=SealedPersonal(nonce=bytes(record.nonce), ciphertext=bytes(record.ciphertext)),
+                )
+                result[record.event_id] = (fields, PersonalDataState.PERSONAL_DATA_STATE_AVAILABLE)
+            elif key == ERASED:
+                result[record.event_id] = (None, PersonalDataState.PERSONAL_DATA_STATE_ERASED)
+            else:
+                result[record.event_id] = (None, PersonalDataState.PERSONAL_DATA_STATE_UNAVAILABLE)
+        return result
+
+    # --- receipts, checkpoints, proofs ----------------------------------------------------------
+
+    async def get_receipt(self, name: str) -> ingest_pb2.Receipt:
+        event_id = parse_event_name(name)
+
+        def query() -> ingest_pb2.Receipt | None:
+            with self._sessions() as session:
+                stored = repository.get_events(session, event_ids=[event_id]).get(event_id)
+                return None if stored is None else _receipt(session, stored)
+
+        receipt = await run_db(query)
+        if receipt is None:
+            raise NotFoundError(f"event {event_id} not found", reason="EVENT_NOT_FOUND")
+        return receipt
+
+    async def get_checkpoint(self, tree_size: int | None) -> signing_pb2.SignedCheckpoint:
+        def query() -> signing_pb2.SignedCheckpoint | None:
+            with self._sessions() as session:
+                checkpoint = (
+                    repository.latest_checkpoint(session)
+                    if tree_size is None
+                    else repository.checkpoint_of_size(session, tree_size=tree_size)
+                )
+                return None if checkpoint is None else checkpoint_message(checkpoint)
+
+        found = await run_db(query)
+        if found is None:
+            what = "no checkpoint yet" if tree_size is None else f"no checkpoint of tree size {tree_size}"
+            raise NotFoundError(what, reason="CHECKPOINT_NOT_FOUND")
+        return found
+
+    async def list_checkpoints(
+        self, request: ingest_pb2.ListCheckpointsRequest
+    ) -> ingest_pb2.ListCheckpointsResponse:
+        size = page_size(request.page_size)
+        cursor = decode_token(request.page_token, scope="checkpoints")
+        below = int(cursor[0]) if cursor else None
+
+        def query() -> list[signing_pb2.SignedCheckpoint]:
+            with self._sessions() as session:
+                rows = repository.list_checkpoints(session, below_size=below, limit=size + 1)
+                return [checkpoint_message(row) for row in rows]
+
+        found = await run_db(query)
+        response = ingest_pb2.ListCheckpointsResponse(checkpoints=found[:size])
+        if len(found) > size:
+            response.next_page_token = encode_token([found[size - 1].tree_size], scope="checkpoints")
+        return response
+
+    async def inclusion(
+        self, request: ingest_pb2.GetInclusionProofRequest
+    ) -> ingest_pb2.GetInclusionProofResponse:
+        which = request.WhichOneof("leaf")
+        if which is None:
+            raise InvalidArgumentError("set event_id or leaf_index", reason="LEAF_REQUIRED")
+        event_id = canonical_event_id(request.event_id) if which == "event_id" else None
+        if which == "event_id" and event_id is None:
+            raise InvalidArgumentError("event_id must be a UUID", reason="INVALID_EVENT_ID")
+
+        def query() -> ingest_pb2.GetInclusionProofResponse:
+            with self._sessions() as session:
+                if event_id is not None:
+                    leaf = repository.leaf_by_event(session, event_id=event_id)
+                    if leaf is None:
+                        if repository.record_by_event(session, event_id=event_id) is None:
+                            raise NotFoundError(f"event {event_id} not found", reason="EVENT_NOT_FOUND")
+                        raise FailedPreconditionError(
+                            f"event {event_id} is not integrated into the tree yet; retry shortly",
+                            reason="NOT_YET_INTEGRATED",
+                        )
+                else:
+                    leaf = repository.leaf_by_index(session, leaf_index=request.leaf_index)
+                    if leaf is None:
+                        raise NotFoundError(f"no leaf {request.leaf_index}", reason="LEAF_NOT_FOUND")
+                size = _resolve_size(session, request.tree_size)
+                if leaf.leaf_index >= size:
+                    raise InvalidProofRequestError(
+                        f"leaf {leaf.leaf_index} is not in the tree of size {size}"
+                    )
+                hashes = inclusion_proof(
+                    leaf_index=leaf.leaf_index, tree_size=size, store=DatabaseNodeStore(session)
+                )
+                record = repository.record_by_event(session, event_id=leaf.event_id)
+                assert record is not None
+                response = ingest_pb2.GetInclusionProofResponse(
+                    leaf_index=leaf.leaf_index,
+                    tree_size=size,
+                    leaf_hash=bytes(leaf.leaf_hash),
+                    hashes=hashes,
+                    leaf_data=canonical_record_bytes(stored_record(record)),
+                )
+                checkpoint = repository.checkpoint_of_size(session, tree_size=size)
+                if checkpoint is not None:
+                    response.checkpoint.CopyFrom(checkpoint_message(checkpoint))
+                return response
+
+        return await run_db(query)
+
+    async def consistency(
+        self, request: ingest_pb2.GetConsistencyProofRequest
+    ) -> ingest_pb2.GetConsistencyProofResponse:
+        if request.first_tree_size <= 0:
+            raise InvalidProofRequestError("first_tree_size must be positive")
+
+        def query() -> ingest_pb2.GetConsistencyProofResponse:
+            with self._sessions() as session:
+                second = _resolve_size(session, request.second_tree_size)
+                if request.first_tree_size > second:
+                    raise InvalidProofRequestError(
+                        f"first_tree_size {request.first_tree_size} exceeds second_tree_size {second}"
+                    )
+                store = DatabaseNodeStore(session)
+                response = ingest_pb2.GetConsistencyProofResponse(
+                    first_tree_size=request.first_tree_size,
+                    second_tree_size=second,
+                    hashes=consistency_proof(old_size=request.first_tree_size, new_size=second, store=store),
+                )
+                for size, target in (
+                    (request.first_tree_size, response.first_checkpoint),
+                    (second, response.second_checkpoint),
+                ):
+                    checkpoint = repository.checkpoint_of_size(session, tree_size=size)
+                    if checkpoint is not None:
+                        target.CopyFrom(checkpoint_message(checkpoint))
+                return response
+
+        return await run_db(query)
+
+    # --- internal: gdpr and scoring -------------------------------------------------------------
+
+    async def subject_records(
+        self, request: ingest_pb2.ListSubjectRecordsRequest
+    ) -> ingest_pb2.ListSubjectRecordsResponse:
+        if not request.pseudonym:
+            raise InvalidArgumentError("pseudonym is required", reason="PSEUDONYM_REQUIRED")
+        size = page_size(request.page_size)
+        scope = "subject:" + hashlib.sha256(request.pseudonym.encode()).hexdigest()[:16]
+        cursor = decode_token(request.page_token, scope=scope)
+        after = int(cursor[0]) if cursor else 0
+
+        def query() -> tuple[list[ingest_pb2.SubjectRecord], int | None]:
+            with self._sessions() as session:
+                rows = repository.subject_records(
+                    session, pseudonym=request.pseudonym, after_seq=after, limit=size + 1
+                )
+                records = [
+                    ingest_pb2.SubjectRecord(
+                        event_id=record.event_id,
+                        leaf_index=leaf_index,
+                        type=record.type,
+                        source=record.source,
+                        occurred_at=timestamp_from_us(record.occurred_at_us),
+                        severity=record.severity,  # type: ignore[arg-type]
+                        key_period=record.key_period,
+                        nonce=bytes(record.nonce),
+                        ciphertext=bytes(record.ciphertext),
+                        metadata=metadata_message(metadata),
+                        receive_time=timestamp_from_us(record.receive_time_us),
+                        leaf_hash=bytes(record.leaf_hash),
+                    )
+                    for record, metadata, leaf_index in rows[:size]
+                ]
+                next_seq = rows[size - 1][0].seq if len(rows) > size else None
+                return records, next_seq
+
+        records, next_seq = await run_db(query)
+        response = ingest_pb2.ListSubjectRecordsResponse(records=records)
+        if next_seq is not None:
+            response.next_page_token = encode_token([next_seq], scope=scope)
+        return response
+
+    async def forget_subject(self, pseudonym: str) -> ingest_pb2.ForgetSubjectResponse:
+        if not pseudonym:
+            raise InvalidArgumentError("pseudonym is required", reason="PSEUDONYM_REQUIRED")
+        self._keys.forget(pseudonym)
+
+        def count() -> int:
+            with self._sessions() as session:
+                return repository.count_subject_events(session, pseudonym=pseudonym)
+
+        return ingest_pb2.ForgetSubjectResponse(event_count=await run_db(count))
+
+    async def training_examples(
+        self, request: ingest_pb2.ListTrainingExamplesRequest
+    ) -> ingest_pb2.ListTrainingExamplesResponse:
+        size = page_size(request.page_size, default=500, maximum=5000)
+        start_us = timestamp_to_us(request.start_time) if request.HasField("start_time") else None
+        end_us = timestamp_to_us(request.end_time) if request.HasField("end_time") else None
+        scope = f"training:{start_us}:{end_us}"
+        cursor = decode_token(request.page_token, scope=scope)
+        after = (int(cursor[0]), str(cursor[1])) if cursor else None
+
+        def query() -> tuple[list[ingest_pb2.TrainingExample], list[int | str] | None]:
+            with self._sessions() as session:
+                rows = repository.labelled_metadata(
+                    session, start_us=start_us, end_us=end_us, after=after, limit=size + 1
+                )
+                page = rows[:size]
+                history = aggregates.histories(
+                    session,
+                    queries=[
+                        aggregates.HistoryQuery(m.event_id, m.subject_pseudonym, m.occurred_at_us, m.source)
+                        for m in page
+                    ],
+                )
+                examples = []
+                for metadata in page:
+                    example = ingest_pb2.TrainingExample(
+                        input=scoring_input(
+                            event_id=metadata.event_id,
+                            pseudonym=metadata.subject_pseudonym,
+                            event_type=metadata.type,
+                            source=metadata.source,
+                            severity=metadata.severity,
+                            occurred_at_us=metadata.occurred_at_us,
+                            summary_length=metadata.summary_length,
+                            detail_count=metadata.detail_count,
+                            history=history[metadata.event_id],
+                        ),
+                        label=metadata.label,  # type: ignore[arg-type]
+                    )
+                    if metadata.label_time_us is not None:
+                        example.label_time.CopyFrom(timestamp_from_us(metadata.label_time_us))
+                    examples.append(example)
+                cursor_out: list[int | str] | None = None
+                if len(rows) > size:
+                    cursor_out = [page[-1].occurred_at_us, page[-1].event_id]
+                return examples, cursor_out
+
+        examples, cursor_out = await run_db(query)
+        response = ingest_pb2.ListTrainingExamplesResponse(examples=examples)
+        if cursor_out is not None:
+            response.next_page_token = encode_token(cursor_out, scope=scope)
+        return response
+
+
+def scoring_input(
+    *,
+    event_id: str,
+    pseudonym: str,
+    event_type: str,
+    source: str,
+    severity: int,
+    occurred_at_us: int,
+    summary_length: int,
+    detail_count: int,
+    history: SubjectHistory,
+) -> scoring_pb2.ScoringInput:
+    return scoring_pb2.ScoringInput(
+        event_id=event_id,
+        subject_pseudonym=pseudonym,
+        type=event_type,
+        source=source,
+        severity=severity,  # type: ignore[arg-type]
+        occurred_at=timestamp_from_us(occurred_at_us),
+        summary_length=summary_length,
+        detail_count=detail_count,
+        history=scoring_pb2.SubjectHistory(
+            events_24h=history.events_24h,
+            events_7d=history.events_7d,
+            violations_30d=history.violations_30d,
+            distinct_sources_24h=history.distinct_sources_24h,
+            source_is_new=history.source_is_new,
+            failed_logins_24h=history.failed_logins_24h,
+            seconds_since_previous_event=history.seconds_since_previous_event,
+        ),
+    )
+
+
+def _receipt(session: Session, event: StoredEvent) -> ingest_pb2.Receipt:
+    checkpoint = (
+        repository.covering_checkpoint(session, leaf_index=event.leaf_index)
+        if event.leaf_index is not None
+        else None
+    )
+    return receipt_message(
+        event_id=event.record.event_id,
+        leaf_hash=bytes(event.record.leaf_hash),
+        receive_time_us=event.record.receive_time_us,
+        leaf_index=event.leaf_index,
+        checkpoint=checkpoint,
+    )
+
+
+def _resolve_size(session: Session, requested: int) -> int:
+    """A requested tree size, or the latest checkpoint's for 0; never beyond the integrated tree."""
+    if requested < 0:
+        raise InvalidProofRequestError(f"tree size must not be negative, got {requested}")
+    if requested == 0:
+        latest = repository.latest_checkpoint(session)
+        if latest is None:
+            raise FailedPreconditionError(
+                "no signed checkpoint yet; name a tree size explicitly", reason="NO_CHECKPOINT"
+            )
+        return latest.tree_size
+    current = repository.tree_size(session)
+    if requested > current:
+        raise InvalidProofRequestError(f"tree size {requested} exceeds the integrated tree size {current}")
+    return requested
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,512 @@
+"""Data access of the ingest service: typed, keyword-only functions taking the session explicitly.
+
+Hot paths (appends, integration) use Core statements on the session's connection so that a batch
+is one executemany (SQLAlchemy's insertmanyvalues on PostgreSQL) rather than one ORM object per row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, Row, Table, and_, func, insert, or_, select, text, tuple_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from services.ingest.domain.merkle import NodeKey
+from services.ingest.models import Checkpoint, EventMetadata, EventRecord, Leaf, TreeNode
+
+RECORDS: Table = EventRecord.__table__  # type: ignore[assignment]
+METADATA: Table = EventMetadata.__table__  # type: ignore[assignment]
+LEAVES: Table = Leaf.__table__  # type: ignore[assignment]
+NODES: Table = TreeNode.__table__  # type: ignore[assignment]
+CHECKPOINTS: Table = Checkpoint.__table__  # type: ignore[assignment]
+
+# PostgreSQL advisory lock keys (64-bit, derived from names so they do not collide by accident).
+LEADER_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"awareness.ingest.integrator").digest()[:8], "big", signed=True
+)
+APPEND_BARRIER_KEY = int.from_bytes(
+    hashlib.sha256(b"awareness.ingest.append").digest()[:8], "big", signed=True
+)
+
+SCORING_PENDING, SCORING_SCORED, SCORING_SKIPPED, SCORING_FAILED = 1, 2, 3, 4
+EVALUATION_PENDING, EVALUATION_EVALUATED, EVALUATION_FAILED, EVALUATION_SKIPPED = 1, 2, 3, 4
+TRIAGE_NEW = 1
+
+
+def to_us(moment: datetime) -> int:
+    """Microseconds since the Unix epoch (UTC) of an aware datetime, exactly."""
+    delta = moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(micros: int) -> datetime:
+    from datetime import timedelta
+
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+
+
+def is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+# --- appends ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReceipt:
+    """What an earlier append of an event id left: enough to answer a replay or a conflict."""
+
+    event_id: str
+    content_fingerprint: str
+    leaf_hash: bytes
+    receive_time_us: int
+    leaf_index: int | None
+
+
+def find_receipts(session: Session, *, event_ids: Sequence[str]) -> dict[str, StoredReceipt]:
+    if not event_ids:
+        return {}
+    found: dict[str, StoredReceipt] = {}
+    for start in range(0, len(event_ids), 1000):
+        chunk = list(event_ids[start : start + 1000])
+        rows = session.execute(
+            select(
+                RECORDS.c.event_id,
+                RECORDS.c.content_fingerprint,
+                RECORDS.c.leaf_hash,
+                RECORDS.c.receive_time_us,
+                LEAVES.c.leaf_index,
+            )
+            .select_from(RECORDS.outerjoin(LEAVES, LEAVES.c.event_id == RECORDS.c.event_id))
+            .where(RECORDS.c.event_id.in_(chunk))
+        )
+        for row in rows:
+            found[row.event_id] = StoredReceipt(
+                event_id=row.event_id,
+                content_fingerprint=row.content_fingerprint,
+                leaf_hash=bytes(row.leaf_hash),
+                receive_time_us=row.receive_time_us,
+                leaf_index=row.leaf_index,
+            )
+    return found
+
+
+class WriteGate:
+    """Serialises this process's write transactions on SQLite, which has one writer at a time.
+
+    Without it, concurrent writers (appends, the integrator, enrichment) meet SQLite's busy handler,
+    which sleeps for milliseconds at a time. PostgreSQL takes row locks itself: no gate there.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._lock: threading.Lock | None = threading.Lock() if engine.dialect.name == "sqlite" else None
+
+    def __enter__(self) -> None:
+        if self._lock is not None:
+            self._lock.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
+
+def lock_for_append(session: Session) -> None:
+    """Writers hold the append barrier shared, so the integrator can wait out in-flight inserts."""
+    if is_postgres(session):
+        session.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": APPEND_BARRIER_KEY})
+
+
+def bulk_insert(session: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert many rows in as few round trips as the driver allows.
+
+    SQLite: the driver's executemany. PostgreSQL (psycopg2): ``execute_values``, a multi-row
+    VALUES list per 1000 rows. Both skip SQLAlchemy's per-row parameter processing, which costs
+    more than the insert itself at ingest rates; the values are plain str/int/bytes/None already.
+    """
+    if not rows:
+        return
+    columns = list(rows[0])
+    names = ", ".join(f'"{name}"' for name in columns)
+    values = [tuple(row[name] for name in columns) for row in rows]
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        from psycopg2.extras import execute_values  # type: ignore[import-untyped]
+
+        raw = connection.connection.dbapi_connection
+        assert raw is not None
+        statement = f"INSERT INTO {table.name} ({names}) VALUES %s"
+        cursor = raw.cursor()
+        try:
+            execute_values(cursor, statement, values, page_size=1000)
+        except connection.dialect.dbapi.IntegrityError as error:  # type: ignore[union-attr]
+            # Raised by the raw cursor: give callers the same exception SQLAlchemy would have.
+            raise IntegrityError(statement, None, error) from error
+        finally:
+            cursor.close()
+    else:
+        marks = ", ".join("?" for _ in columns)
+        connection.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", values)
+
+
+def insert_events(
+    session: Session, *, records: Sequence[Mapping[str, Any]], metadata: Sequence[Mapping[str, Any]]
+) -> None:
+    bulk_insert(session, RECORDS, records)
+    bulk_insert(session, METADATA, metadata)
+
+
+# --- integration -----------------------------------------------------------------------------------
+
+
+def settled_seq(session: Session) -> int:
+    """The highest seq such that every record with seq <= it is committed or will never be.
+
+    On PostgreSQL, sequence values are handed out before commit, so a later seq can commit first;
+    taking the append barrier exclusively waits out every in-flight writer, after which all seqs up
+    to the current maximum are settled. SQLite has one writer at a time: commit order is seq order.
+    """
+    if is_postgres(session):
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_BARRIER_KEY})
+    return int(session.execute(select(func.coalesce(func.max(RECORDS.c.seq), 0))).scalar_one())
+
+
+@dataclass(frozen=True, slots=True)
+class TreeState:
+    tree_size: int
+    last_seq: int
+
+
+def tree_state(session: Session) -> TreeState:
+    row = session.execute(
+        select(func.coalesce(func.max(LEAVES.c.leaf_index), -1), func.coalesce(func.max(LEAVES.c.seq), 0))
+    ).one()
+    return TreeState(tree_size=int(row[0]) + 1, last_seq=int(row[1]))
+
+
+def tree_size(session: Session) -> int:
+    return int(session.execute(select(func.coalesce(func.max(LEAVES.c.leaf_index), -1))).scalar_one()) + 1
+
+
+def unintegrated_records(
+    session: Session, *, after_seq: int, up_to_seq: int, limit: int
+) -> list[Row[tuple[int, str, bytes]]]:
+    return list(
+        session.execute(
+            select(RECORDS.c.seq, RECORDS.c.event_id, RECORDS.c.leaf_hash)
+            .where(RECORDS.c.seq > after_seq, RECORDS.c.seq <= up_to_seq)
+            .order_by(RECORDS.c.seq)
+            .limit(limit)
+        )
+    )
+
+
+def insert_leaves_and_nodes(
+    session: Session, *, leaves: Sequence[Mapping[str, Any]], nodes: Mapping[NodeKey, bytes]
+) -> None:
+    bulk_insert(session, LEAVES, leaves)
+    bulk_insert(
+        session,
+        NODES,
+        [{"level": level, "idx": index, "hash": value} for (level, index), value in nodes.items() if level],
+    )
+
+
+class DatabaseNodeStore:
+    """The merkle NodeStore over ``tree_nodes`` (levels >= 1) and ``leaves`` (level 0)."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def get_nodes(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
+        found: dict[NodeKey, bytes] = {}
+        leaf_indices = [index for level, index in keys if level == 0]
+        upper = [(level, index) for level, index in keys if level > 0]
+        if leaf_indices:
+            rows = self._session.execute(
+                select(LEAVES.c.leaf_index, LEAVES.c.leaf_hash).where(LEAVES.c.leaf_index.in_(leaf_indices))
+            )
+            found.update({(0, row.leaf_index): bytes(row.leaf_hash) for row in rows})
+        if upper:
+            rows = self._session.execute(
+                select(NODES.c.level, NODES.c.idx, NODES.c.hash).where(
+                    tuple_(NODES.c.level, NODES.c.idx).in_(upper)
+                )
+            )
+            found.update({(row.level, row.idx): bytes(row.hash) for row in rows})
+        return found
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+
+
+def latest_checkpoint(session: Session) -> Checkpoint | None:
+    return session.scalars(select(Checkpoint).order_by(Checkpoint.tree_size.desc()).limit(1)).first()
+
+
+def checkpoint_of_size(session: Session, *, tree_size: int) -> Checkpoint | None:
+    return session.get(Checkpoint, tree_size)
+
+
+def covering_checkpoint(session: Session, *, leaf_index: int) -> Checkpoint | None:
+    """The first (smallest) checkpoint whose tree contains the leaf."""
+    return session.scalars(
+        select(Checkpoint).where(Checkpoint.tree_size > leaf_index).order_by(Checkpoint.tree_size).limit(1)
+    ).first()
+
+
+def list_checkpoints(session: Session, *, below_size: int | None, limit: int) -> list[Checkpoint]:
+    statement = select(Checkpoint).order_by(Checkpoint.tree_size.desc()).limit(limit)
+    if below_size is not None:
+        statement = statement.where(Checkpoint.tree_size < below_size)
+    return list(session.scalars(statement))
+
+
+def insert_checkpoint(session: Session, *, values: Mapping[str, Any]) -> bool:
+    """Store a checkpoint unless one of that size exists; True when inserted."""
+    if session.get(Checkpoint, values["tree_size"]) is not None:
+        return False
+    session.connection().execute(insert(CHECKPOINTS), [dict(values)])
+    return True
+
+
+# --- reads -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    record: EventRecord
+    metadata: EventMetadata
+    leaf_index: int | None
+
+
+def get_events(session: Session, *, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
+    if not event_ids:
+        return {}
+    rows = session.execute(
+        select(EventRecord, EventMetadata, Leaf.leaf_index)
+        .join(EventMetadata, EventMetadata.event_id == EventRecord.event_id)
+        .outerjoin(Leaf, Leaf.event_id == EventRecord.event_id)
+        .where(EventRecord.event_id.in_(list(event_ids)))
+    )
+    return {
+        record.event_id: StoredEvent(record=record, metadata=metadata, leaf_index=leaf_index)
+        for record, metadata, leaf_index in rows
+    }
+
+
+def leaf_by_index(session: Session, *, leaf_index: int) -> Leaf | None:
+    return session.get(Leaf, leaf_index)
+
+
+def leaf_by_event(session: Session, *, event_id: str) -> Leaf | None:
+    return session.scalars(select(Leaf).where(Leaf.event_id == event_id)).first()
+
+
+def record_by_event(session: Session, *, event_id: str) -> EventRecord | None:
+    return session.scalars(select(EventRecord).where(EventRecord.event_id == event_id)).first()
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    type: str = ""
+    source: str = ""
+    subject_pseudonym: str = ""
+    start_us: int | None = None
+    end_us: int | None = None
+    min_risk_score: float | None = None
+    label: int = 0
+    triage_state: int = 0
+
+    def fingerprint(self) -> str:
+        """Stable digest of the filter, bound into page tokens (AIP-158: other fields must match)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def list_event_ids(
+    session: Session, *, where: EventFilter, after: tuple[int, str] | None, limit: int
+) -> list[str]:
+    """Event ids matching the filter, newest received first, after the (receive_time, id) cursor."""
+    conditions = []
+    meta = METADATA.c
+    if where.type:
+        conditions.append(meta.type == where.type)
+    if where.source:
+        conditions.append(meta.source == where.source)
+    if where.subject_pseudonym:
+        conditions.append(meta.subject_pseudonym == where.subject_pseudonym)
+    if where.start_us is not None:
+        conditions.append(meta.occurred_at_us >= where.start_us)
+    if where.end_us is not None:
+        conditions.append(meta.occurred_at_us < where.end_us)
+    if where.min_risk_score is not None:
+        conditions.append(and_(meta.scoring_state == SCORING_SCORED, meta.risk_score >= where.min_risk_score))
+    if where.label:
+        conditions.append(meta.label == where.label)
+    if where.triage_state:
+        conditions.append(meta.triage_state == where.triage_state)
+    if after is not None:
+        receive_us, event_id = after
+        conditions.append(
+            or_(
+                meta.receive_time_us < receive_us,
+                and_(meta.receive_time_us == receive_us, meta.event_id < event_id),
+            )
+        )
+    statement = (
+        select(meta.event_id)
+        .where(*conditions)
+        .order_by(meta.receive_time_us.desc(), meta.event_id.desc())
+        .limit(limit)
+    )
+    return [row.event_id for row in session.execute(statement)]
+
+
+def label_event(
+    session: Session,
+    *,
+    event_id: str,
+    label: int,
+    note: str,
+    triage_state: int,
+    labeled_by: str,
+    now_us: int,
+) -> bool:
+    values: dict[str, Any] = {"labeled_by": labeled_by, "label_time_us": now_us, "update_time_us": now_us}
+    if label:
+        values["label"] = label
+        values["label_note"] = note
+    if triage_state:
+        values["triage_state"] = triage_state
+    result = session.execute(update(METADATA).where(METADATA.c.event_id == event_id).values(**values))
+    return bool(getattr(result, "rowcount", 0))
+
+
+def subject_records(
+    session: Session, *, pseudonym: str, after_seq: int, limit: int
+) -> list[tuple[EventRecord, EventMetadata, int | None]]:
+    rows = session.execute(
+        select(EventRecord, EventMetadata, Leaf.leaf_index)
+        .join(EventMetadata, EventMetadata.event_id == EventRecord.event_id)
+        .outerjoin(Leaf, Leaf.event_id == EventRecord.event_id)
+        .where(EventMetadata.subject_pseudonym == pseudonym, EventRecord.seq > after_seq)
+        .order_by(EventRecord.seq)
+        .limit(limit)
+    )
+    return [(record, metadata, leaf_index) for record, metadata, leaf_index in rows]
+
+
+def count_subject_events(session: Session, *, pseudonym: str) -> int:
+    return int(
+        session.execute(
+            select(func.count()).select_from(METADATA).where(METADATA.c.subject_pseudonym == pseudonym)
+        ).scalar_one()
+    )
+
+
+# --- enrichment ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRows:
+    """What the history aggregates of a batch of events need, for their pseudonyms."""
+
+    window: dict[str, list[tuple[int, str, str, bool]]]
+    source_first_seen: dict[str, dict[str, int]]
+    latest_before: dict[str, int]
+
+
+def history_rows(session: Session, *, pseudonyms: Iterable[str], since_us: int, until_us: int) -> HistoryRows:
+    """Events of the pseudonyms in [since_us, until_us), first-seen times per source, and the latest
+    event before since_us: three indexed queries for a whole batch."""
+    wanted = sorted(set(pseudonyms))
+    window: dict[str, list[tuple[int, str, str, bool]]] = {p: [] for p in wanted}
+    first_seen: dict[str, dict[str, int]] = {p: {} for p in wanted}
+    latest_before: dict[str, int] = {}
+    meta = METADATA.c
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        for row in session.execute(
+            select(
+                meta.subject_pseudonym, meta.occurred_at_us, meta.type, meta.source, meta.violation_count
+            ).where(
+                meta.subject_pseudonym.in_(chunk),
+                meta.occurred_at_us >= since_us,
+                meta.occurred_at_us < until_us,
+            )
+        ):
+            window[row.subject_pseudonym].append(
+                (row.occurred_at_us, row.type, row.source, row.violation_count > 0)
+            )
+        for row in session.execute(
+            select(meta.subject_pseudonym, meta.source, func.min(meta.occurred_at_us).label("first"))
+            .where(meta.subject_pseudonym.in_(chunk))
+            .group_by(meta.subject_pseudonym, meta.source)
+        ):
+            first_seen[row.subject_pseudonym][row.source] = row.first
+        for row in session.execute(
+            select(meta.subject_pseudonym, func.max(meta.occurred_at_us).label("latest"))
+            .where(meta.subject_pseudonym.in_(chunk), meta.occurred_at_us < since_us)
+            .group_by(meta.subject_pseudonym)
+        ):
+            latest_before[row.subject_pseudonym] = row.latest
+    return HistoryRows(window=window, source_first_seen=first_seen, latest_before=latest_before)
+
+
+def update_metadata(session: Session, *, changes: Sequence[Mapping[str, Any]]) -> None:
+    """Apply per-event changes; each mapping holds ``event_id`` and the columns to set."""
+    for change in changes:
+        values = {key: value for key, value in change.items() if key != "event_id"}
+        session.execute(update(METADATA).where(METADATA.c.event_id == change["event_id"]).values(**values))
+
+
+def pending_metadata(session: Session, *, received_before_us: int, limit: int) -> list[EventMetadata]:
+    return list(
+        session.scalars(
+            select(EventMetadata)
+            .where(
+                or_(
+                    EventMetadata.scoring_state == SCORING_PENDING,
+                    EventMetadata.evaluation_state == EVALUATION_PENDING,
+                ),
+                EventMetadata.receive_time_us < received_before_us,
+            )
+            .order_by(EventMetadata.receive_time_us)
+            .limit(limit)
+        )
+    )
+
+
+def records_by_ids(session: Session, *, event_ids: Sequence[str]) -> dict[str, EventRecord]:
+    if not event_ids:
+        return {}
+    return {
+        record.event_id: record
+        for record in session.scalars(select(EventRecord).where(EventRecord.event_id.in_(list(event_ids))))
+    }
+
+
+def labelled_metadata(
+    session: Session, *, start_us: int | None, end_us: int | None, after: tuple[int, str] | None, limit: int
+) -> list[EventMetadata]:
+    statement = select(EventMetadata).where(EventMetadata.label != 0)
+    if start_us is not None:
+        statement = statement.where(EventMetadata.occurred_at_us >= start_us)
+    if end_us is not None:
+        statement = statement.where(EventMetadata.occurred_at_us < end_us)
+    if after is not None:
+        statement = statement.where(
+            or_(
+                EventMetadata.occurred_at_us > after[0],
+                and_(EventMetadata.occurred_at_us == after[0], EventMetadata.event_id > after[1]),
+            )
+        )
+    return list(
+        session.scalars(statement.order_by(EventMetadata.occurred_at_us, EventMetadata.event_id).limit(limit))
+    )

@@ -1,0 +1,369 @@
+"""``awareness verify``: check the log without trusting the service.
+
+Offline: a receipt and its inclusion proof (JSON exactly as the API returns them) are checked leaf
+data -> leaf hash -> RFC 6962 audit path -> root -> checkpoint signature (Ed25519, C2SP signed
+note) -> RFC 3161 time-stamp token over the note (``openssl ts -verify``, when a CA is given).
+
+Database: every stored record is re-encoded and re-hashed, leaves are checked gap-free, every
+stored Merkle node and every checkpoint root is recomputed; the first record that differs is
+named (event id and leaf index).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from sqlalchemy import Engine, func, select, tuple_
+from sqlalchemy.orm import Session
+
+from services.ingest.domain.merkle import leaf_hash, node_hash, verify_inclusion
+from services.ingest.domain.records import decode_canonical_record, record_leaf_hash
+from services.ingest.models import EventRecord
+from services.ingest.reader import stored_record
+from services.ingest.repository import CHECKPOINTS, LEAVES, NODES, RECORDS
+from services.signing.domain.checkpoint import (
+    NoteVerifier,
+    parse_signed_note,
+    verify_checkpoint,
+)
+from services.signing.domain.errors import SigningError
+
+PROGRESS_EVERY = 10_000
+
+
+@dataclass
+class Report:
+    """What a verification found: passed checks, the first failure, and notes."""
+
+    checks: list[str] = field(default_factory=list)
+    failure: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    def passed(self, what: str) -> None:
+        self.checks.append(what)
+
+    def fail(self, what: str) -> Report:
+        if self.failure is None:
+            self.failure = what
+        return self
+
+    def print(self, out: TextIO) -> None:
+        for check in self.checks:
+            print(f"ok    {check}", file=out)
+        for note in self.notes:
+            print(f"note  {note}", file=out)
+        if self.failure is not None:
+            print(f"FAIL  {self.failure}", file=out)
+
+
+# --- keys -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrustedKeys:
+    verifiers: list[NoteVerifier] = field(default_factory=list)
+    # PEM Ed25519 keys without a name: the name comes from the note's signature line.
+    unnamed: list[ed25519.Ed25519PublicKey] = field(default_factory=list)
+    ca_pem: list[str] = field(default_factory=list)
+
+    def for_note(self, note: str) -> list[NoteVerifier]:
+        names = {signature.key_name for signature in parse_signed_note(note).signatures}
+        return [*self.verifiers, *(NoteVerifier(name=n, public_key=k) for n in names for k in self.unnamed)]
+
+
+def load_keys(paths: Iterable[Path]) -> TrustedKeys:
+    """Keys from files: C2SP verifier keys (one a line), PEM Ed25519 public keys or certificates,
+    or the JSON of signing's ListPublicKeys (its note verifier keys and CA certificates)."""
+    keys = TrustedKeys()
+    for path in paths:
+        text = path.read_text()
+        stripped = text.strip()
+        if stripped.startswith("{"):
+            document = json.loads(stripped)
+            for key in document.get("publicKeys", document.get("public_keys", [])):
+                vkey = key.get("noteVerifierKey") or key.get("note_verifier_key")
+                if vkey:
+                    keys.verifiers.append(NoteVerifier.from_vkey(vkey))
+            keys.ca_pem.extend(document.get("certificateChainPem", document.get("certificate_chain_pem", [])))
+        elif "-----BEGIN CERTIFICATE-----" in text:
+            keys.ca_pem.append(text)
+        elif "-----BEGIN PUBLIC KEY-----" in text:
+            public_key = serialization.load_pem_public_key(text.encode())
+            if not isinstance(public_key, ed25519.Ed25519PublicKey):
+                raise ValueError(f"{path}: checkpoint keys are Ed25519")
+            keys.unnamed.append(public_key)
+        else:
+            keys.verifiers.extend(
+                NoteVerifier.from_vkey(line.strip()) for line in text.splitlines() if line.strip()
+            )
+    return keys
+
+
+# --- offline ----------------------------------------------------------------------------------------
+
+
+def _bytes(document: dict[str, Any], *names: str) -> bytes:
+    for name in names:
+        if document.get(name):
+            return base64.b64decode(document[name])
+    return b""
+
+
+def _int(document: dict[str, Any], *names: str) -> int | None:
+    for name in names:
+        if name in document:
+            return int(document[name])
+    return None
+
+
+def verify_proof(
+    proof: dict[str, Any],
+    *,
+    keys: TrustedKeys,
+    receipt: dict[str, Any] | None = None,
+    checkpoint: dict[str, Any] | None = None,
+    openssl: str | None = "openssl",
+) -> Report:
+    """Offline check of an inclusion proof (and optionally the receipt it belongs to)."""
+    report = Report()
+    leaf_index = _int(proof, "leafIndex", "leaf_index") or 0
+    tree_size = _int(proof, "treeSize", "tree_size") or 0
+    claimed_leaf = _bytes(proof, "leafHash", "leaf_hash")
+    leaf_data = _bytes(proof, "leafData", "leaf_data")
+    path = [base64.b64decode(value) for value in proof.get("hashes", [])]
+    if leaf_data:
+        if leaf_hash(leaf_data) != claimed_leaf:
+            return report.fail("the leaf data does not hash to the leaf hash")
+        try:
+            record = decode_canonical_record(leaf_data)
+        except ValueError as error:
+            return report.fail(f"the leaf data is not a canonical record: {error}")
+        report.passed(f"leaf data of event {record.event_id} hashes to the leaf hash")
+    else:
+        record = None
+        report.notes.append("no leaf data in the proof: the leaf hash is taken as given")
+    if receipt is not None:
+        receipt = receipt.get("receipt", receipt)
+        receipt_hash = _bytes(receipt, "leafHash", "leaf_hash")
+        if receipt_hash != claimed_leaf:
+            return report.fail("the receipt's leaf hash is not the proof's leaf hash")
+        receipt_id = receipt.get("eventId", receipt.get("event_id"))
+        if record is not None and receipt_id != record.event_id:
+            return report.fail(f"the receipt is for event {receipt_id}, the proof for {record.event_id}")
+        receipt_index = _int(receipt, "leafIndex", "leaf_index")
+        if receipt_index is not None and receipt_index != leaf_index:
+            return report.fail("the receipt's leaf index is not the proof's")
+        report.passed(f"receipt of event {receipt_id} matches the proof")
+    signed = checkpoint or proof.get("checkpoint")
+    if not signed:
+        return report.fail("no checkpoint to verify the proof against (pass --checkpoint)")
+    note = signed.get("note", "")
+    try:
+        body = verify_checkpoint(note, verifier_keys=keys.for_note(note))
+    except SigningError as error:
+        return report.fail(f"checkpoint signature: {error}")
+    report.passed(f"checkpoint of tree size {body.tree_size} signed by a trusted key ({body.origin})")
+    if body.tree_size != tree_size:
+        return report.fail(f"the proof is for tree size {tree_size}, the checkpoint for {body.tree_size}")
+    if not verify_inclusion(
+        leaf_hash=claimed_leaf, leaf_index=leaf_index, tree_size=tree_size, proof=path, root=body.root_hash
+    ):
+        return report.fail(f"the audit path does not lead from leaf {leaf_index} to the checkpoint root")
+    report.passed(f"audit path of {len(path)} hashes leads from leaf {leaf_index} to the signed root")
+    token = _bytes(signed, "timestampToken", "timestamp_token")
+    if not token:
+        report.notes.append("the checkpoint carries no RFC 3161 token")
+    elif not keys.ca_pem:
+        report.notes.append("RFC 3161 token not checked: no TSA CA certificate given")
+    elif openssl is None or shutil.which(openssl) is None:
+        report.notes.append("RFC 3161 token not checked: openssl not found")
+    else:
+        outcome = openssl_verify_token(openssl=openssl, token=token, data=note.encode(), ca_pem=keys.ca_pem)
+        if outcome is not None:
+            return report.fail(f"RFC 3161 token: {outcome}")
+        report.passed(
+            f"RFC 3161 token over the checkpoint note verifies (openssl ts; tsa {signed.get('tsa', '')})"
+        )
+    return report
+
+
+def openssl_verify_token(*, openssl: str, token: bytes, data: bytes, ca_pem: Sequence[str]) -> str | None:
+    """None when `openssl ts -verify` accepts the token for `data`, else openssl's complaint."""
+    with tempfile.TemporaryDirectory() as directory:
+        folder = Path(directory)
+        (folder / "token.der").write_bytes(token)
+        (folder / "data").write_bytes(data)
+        (folder / "ca.pem").write_text("\n".join(ca_pem))
+        result = subprocess.run(
+            [
+                openssl, "ts", "-verify", "-token_in",
+                "-in", str(folder / "token.der"),
+                "-data", str(folder / "data"),
+                "-CAfile", str(folder / "ca.pem"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )  # fmt: skip
+    if result.returncode == 0 and "Verification: OK" in result.stdout:
+        return None
+    return (
+        (result.stdout + result.stderr).strip().splitlines()[-1]
+        if (result.stdout + result.stderr)
+        else "failed"
+    )
+
+
+# --- database ---------------------------------------------------------------------------------------
+
+
+class _CompactRange:
+    """The right frontier of a growing RFC 6962 tree: O(log n) memory, emits each completed node."""
+
+    def __init__(self) -> None:
+        self._stack: list[tuple[int, bytes]] = []  # (level, hash), levels strictly decreasing
+        self.size = 0
+
+    def append(self, value: bytes, completed: Callable[[int, int, bytes], None]) -> None:
+        level, current, index = 0, value, self.size
+        while self._stack and self._stack[-1][0] == level:
+            _, left = self._stack.pop()
+            current = node_hash(left, current)
+            level, index = level + 1, index >> 1
+            completed(level, index, current)
+        self._stack.append((level, current))
+        self.size += 1
+
+    def root(self) -> bytes:
+        result = self._stack[-1][1]
+        for _, left in reversed(self._stack[:-1]):
+            result = node_hash(left, result)
+        return result
+
+
+def verify_database(
+    engine: Engine, *, keys: TrustedKeys | None = None, progress: TextIO | None = sys.stderr
+) -> Report:
+    """Recompute every leaf hash, Merkle node and checkpoint root from the stored records."""
+    report = Report()
+    with Session(engine) as session:
+        checkpoints = {
+            row.tree_size: row
+            for row in session.execute(select(CHECKPOINTS).order_by(CHECKPOINTS.c.tree_size))
+        }
+        total = int(session.execute(select(func.count()).select_from(LEAVES)).scalar_one())
+        tree = _CompactRange()
+        expected_nodes: dict[tuple[int, int], bytes] = {}
+        last_seq = 0
+
+        def completed(level: int, index: int, value: bytes) -> None:
+            expected_nodes[(level, index)] = value
+
+        while True:
+            rows = session.execute(
+                select(
+                    LEAVES.c.leaf_index,
+                    LEAVES.c.leaf_hash.label("integrated_hash"),
+                    LEAVES.c.seq.label("leaf_seq"),
+                    RECORDS,
+                )
+                .select_from(LEAVES.outerjoin(RECORDS, RECORDS.c.event_id == LEAVES.c.event_id))
+                .where(LEAVES.c.leaf_index >= tree.size)
+                .order_by(LEAVES.c.leaf_index)
+                .limit(PROGRESS_EVERY)
+            ).all()
+            if not rows:
+                break
+            for row in rows:
+                if row.leaf_index != tree.size:
+                    return report.fail(
+                        f"leaf indices are not gap-free: expected {tree.size}, found {row.leaf_index}"
+                    )
+                if row.event_id is None:
+                    return report.fail(f"leaf {row.leaf_index}: its record is missing from event_records")
+                record = EventRecord(**{column.name: row._mapping[column] for column in RECORDS.columns})
+                recomputed = record_leaf_hash(stored_record(record))
+                if recomputed != bytes(row.integrated_hash) or recomputed != bytes(row.leaf_hash):
+                    return report.fail(
+                        f"record {row.event_id} (leaf index {row.leaf_index}) differs from what was logged: "
+                        "its recomputed leaf hash does not match"
+                    )
+                tree.append(recomputed, completed)
+                last_seq = max(last_seq, row.leaf_seq)
+                checkpoint = checkpoints.get(tree.size)
+                if checkpoint is not None and tree.root() != bytes(checkpoint.root_hash):
+                    return report.fail(
+                        f"checkpoint of tree size {tree.size}: its root does not match the recomputed tree"
+                    )
+            mismatch = _compare_nodes(session, expected_nodes)
+            if mismatch is not None:
+                return report.fail(f"stored Merkle node (level {mismatch[0]}, index {mismatch[1]}) differs")
+            expected_nodes.clear()
+            if progress is not None:
+                print(f"verify: {tree.size}/{total} records checked", file=progress, flush=True)
+        report.passed(f"{tree.size} records re-hashed; leaf indices 0..{tree.size - 1} gap-free")
+        report.passed("every stored Merkle node matches the recomputed tree")
+        covered = [size for size in checkpoints if size <= tree.size]
+        report.passed(f"{len(covered)} checkpoint roots match the recomputed tree")
+        beyond = [size for size in checkpoints if size > tree.size]
+        if beyond:
+            return report.fail(f"checkpoints name tree sizes beyond the log: {beyond[:5]}")
+        orphans = session.execute(
+            select(RECORDS.c.event_id, RECORDS.c.seq)
+            .where(RECORDS.c.seq <= last_seq, ~RECORDS.c.event_id.in_(select(LEAVES.c.event_id)))
+            .order_by(RECORDS.c.seq)
+            .limit(1)
+        ).first()
+        if orphans is not None:
+            return report.fail(f"record {orphans.event_id} was skipped by the integrator (no leaf)")
+        waiting = int(
+            session.execute(
+                select(func.count()).select_from(RECORDS).where(RECORDS.c.seq > last_seq)
+            ).scalar_one()
+        )
+        if waiting:
+            report.notes.append(f"{waiting} accepted records are not integrated yet")
+        if keys is not None:
+            for size, checkpoint in checkpoints.items():
+                try:
+                    body = verify_checkpoint(checkpoint.note, verifier_keys=keys.for_note(checkpoint.note))
+                except SigningError as error:
+                    return report.fail(f"checkpoint of tree size {size}: signature: {error}")
+                if body.tree_size != size or body.root_hash != bytes(checkpoint.root_hash):
+                    return report.fail(f"checkpoint of tree size {size}: the signed note says otherwise")
+            report.passed(f"{len(checkpoints)} checkpoint signatures verify")
+    return report
+
+
+def _compare_nodes(session: Session, expected: dict[tuple[int, int], bytes]) -> tuple[int, int] | None:
+    keys = sorted(expected)
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        stored = {
+            (row.level, row.idx): bytes(row.hash)
+            for row in session.execute(
+                select(NODES.c.level, NODES.c.idx, NODES.c.hash).where(
+                    tuple_(NODES.c.level, NODES.c.idx).in_(chunk)
+                )
+            )
+        }
+        for key in chunk:
+            if stored.get(key) != expected[key]:
+                return key
+    return None

@@ -1,0 +1,505 @@
+"""The append path: validate, resolve keys, seal, hash, commit (grouped), then acknowledge.
+
+Every append of every request goes through one ``Committer`` per process, which merges whatever is
+waiting into one database transaction (group commit): a stream of 500-event batches and a crowd of
+unary appends both pay one durable commit per transaction, not per event. A receipt is returned
+only after the transaction that stored its event has committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from awareness.ingest.v1 import ingest_pb2
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.ingest import repository
+from services.ingest.convert import event_input
+from services.ingest.domain.errors import EventConflictError, ValidationError
+from services.ingest.domain.events import (
+    EVENT_TYPES_BY_NAME,
+    EventInput,
+    Severity,
+    canonical_event_id,
+    new_event_id,
+    parse_severity,
+    validate_event,
+)
+from services.ingest.domain.records import (
+    StoredRecord,
+    content_fingerprint,
+    record_leaf_hash,
+    seal_personal,
+)
+from services.ingest.keys import KeyLookup, SubjectKey, SubjectKeys
+from services.ingest.repository import StoredReceipt, to_us
+from services.runtime.db import run_db, transaction
+from services.runtime.errors import AwarenessError, FieldViolation, UnavailableError
+
+log = logging.getLogger("awareness.ingest")
+
+MAX_BATCH_EVENTS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """An event's receipt as the append answers it."""
+
+    event_id: str
+    leaf_hash: bytes
+    receive_time_us: int
+    leaf_index: int | None
+    replayed: bool
+
+
+AppendOutcome = Accepted | AwarenessError
+
+
+@dataclass(frozen=True, slots=True)
+class EnrichmentItem:
+    """What scoring and policy need of a new event; `details` is plaintext and stays in memory."""
+
+    event_id: str
+    pseudonym: str
+    type: str
+    source: str
+    severity: int
+    occurred_at_us: int
+    summary_length: int
+    detail_count: int
+    details: dict[str, str]
+
+
+@dataclass(slots=True)
+class PendingRow:
+    event_id: str
+    fingerprint: str
+    leaf_hash: bytes
+    receive_time_us: int
+    record: dict[str, Any]
+    metadata: dict[str, Any]
+    enrichment: EnrichmentItem | None
+
+
+@dataclass
+class _Work:
+    rows: list[PendingRow]
+    future: asyncio.Future[list[StoredReceipt | None]]
+
+
+class Committer:
+    """Group commit: one writer task merges waiting appends into one transaction.
+
+    The transaction runs on its own thread (never queued behind reads in the shared pool), checks
+    which event ids exist already, and inserts the rest: an append costs one round of the committer,
+    however many callers wait in it.
+    """
+
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        gate: repository.WriteGate,
+        max_rows: int = 5000,
+        on_commit: Callable[[int], None] = lambda count: None,
+    ) -> None:
+        self._sessions = sessions
+        self._gate = gate
+        self._max_rows = max_rows
+        self._on_commit = on_commit
+        self._queue: asyncio.Queue[_Work] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-commit")
+        self.transactions = 0
+
+    async def submit(self, rows: list[PendingRow]) -> list[StoredReceipt | None]:
+        """Per row: None when this commit stored it, else what an earlier append stored."""
+        future: asyncio.Future[list[StoredReceipt | None]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Work(rows=rows, future=future))
+        return await future
+
+    async def run(self) -> None:
+        while True:
+            works = [await self._queue.get()]
+            count = len(works[0].rows)
+            while count < self._max_rows and not self._queue.empty():
+                works.append(self._queue.get_nowait())
+                count += len(works[-1].rows)
+            rows = [row for work in works for row in work.rows]
+            try:
+                results = await asyncio.get_running_loop().run_in_executor(self._executor, self._commit, rows)
+            except Exception as error:  # the database refused: every waiting append fails with it
+                log.warning("append transaction failed", extra={"error": type(error).__name__})
+                failure: BaseException = (
+                    error
+                    if isinstance(error, AwarenessError)
+                    else UnavailableError("the event store is unavailable", reason="STORE_UNAVAILABLE")
+                )
+                for work in works:
+                    if not work.future.done():
+                        work.future.set_exception(failure)
+                continue
+            self.transactions += 1
+            self._on_commit(sum(1 for result in results if result is None))
+            position = 0
+            for work in works:
+                if not work.future.done():
+                    work.future.set_result(results[position : position + len(work.rows)])
+                position += len(work.rows)
+
+    def _commit(self, rows: list[PendingRow]) -> list[StoredReceipt | None]:
+        results: list[StoredReceipt | None] = [None] * len(rows)
+        first_of: dict[str, int] = {}
+        duplicates: dict[int, int] = {}
+        to_insert: list[int] = []
+        for position, row in enumerate(rows):
+            if row.event_id in first_of:
+                duplicates[position] = first_of[row.event_id]
+            else:
+                first_of[row.event_id] = position
+                to_insert.append(position)
+        for _attempt in range(5):
+            try:
+                with self._gate, transaction(self._sessions) as session:
+                    repository.lock_for_append(session)
+                    existing = repository.find_receipts(
+                        session, event_ids=[rows[i].event_id for i in to_insert]
+                    )
+                    for i in to_insert:
+                        results[i] = existing.get(rows[i].event_id)
+                    fresh = [i for i in to_insert if rows[i].event_id not in existing]
+                    repository.insert_events(
+                        session,
+                        records=[rows[i].record for i in fresh],
+                        metadata=[rows[i].metadata for i in fresh],
+                    )
+                break
+            except IntegrityError:
+                # Another replica stored some of these ids after our check: look again and retry.
+                log.info("append raced with another writer; retrying", extra={"rows": len(to_insert)})
+                results = [None] * len(rows)
+        else:
+            raise UnavailableError(
+                "could not store the batch after repeated conflicts", reason="STORE_CONFLICT"
+            )
+        for position, first in duplicates.items():
+            original = rows[first]
+            results[position] = results[first] or StoredReceipt(
+                event_id=original.event_id,
+                content_fingerprint=original.fingerprint,
+                leaf_hash=original.leaf_hash,
+                receive_time_us=original.receive_time_us,
+                leaf_index=None,
+            )
+        return results
+
+
+@dataclass
+class _Candidate:
+    position: int
+    event_id: str
+    event: EventInput
+    occurred_at: datetime
+    severity: Severity
+    fingerprint: str
+    system: bool
+    row: PendingRow | None = None
+    key: SubjectKey | None = None
+    followers: list[int] = field(default_factory=list)
+
+
+class LogWriter:
+    """AppendEvent(s): one outcome per submitted event, in order."""
+
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        keys: SubjectKeys,
+        committer: Committer,
+        fingerprint_secret: bytes,
+        clock_skew: timedelta,
+        on_accepted: Callable[[list[EnrichmentItem]], None] = lambda items: None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._sessions = sessions
+        self._keys = keys
+        self._committer = committer
+        self._secret = fingerprint_secret
+        self._clock_skew = clock_skew
+        self._on_accepted = on_accepted
+        self._clock = clock
+
+    async def append(
+        self, messages: Sequence[ingest_pb2.Event], *, allow_system: bool, unary: bool = False
+    ) -> list[AppendOutcome]:
+        now = self._clock()
+        outcomes: list[AppendOutcome | None] = [None] * len(messages)
+        candidates: list[_Candidate] = []
+        first_by_id: dict[str, _Candidate] = {}
+        for position, message in enumerate(messages):
+            prefix = "event" if unary else f"events[{position}]"
+            checked = self._check(
+                message, now=now, prefix=prefix, allow_system=allow_system, position=position
+            )
+            if isinstance(checked, AwarenessError):
+                outcomes[position] = checked
+                continue
+            earlier = first_by_id.get(checked.event_id)
+            if earlier is not None:
+                earlier.followers.append(position)
+                candidates.append(checked)
+                continue
+            first_by_id[checked.event_id] = checked
+            candidates.append(checked)
+        primaries = list(first_by_id.values())
+        sealed = [c for c in primaries if not c.system]
+        existing: dict[str, StoredReceipt] = {}
+        if not self._keys.all_cached([_lookup(c) for c in sealed]):
+            # gdpr must be asked: first find the replays, which need no key (and no gdpr).
+            existing = await run_db(self._find, [c.event_id for c in primaries])
+        new = [c for c in primaries if c.event_id not in existing]
+        await self._resolve_keys([c for c in new if not c.system])
+        # Sealing and hashing are CPU work: large batches off the event loop, so calls keep flowing.
+        if len(new) > 16:
+            await run_db(_build_rows, new, to_us(now))
+        else:
+            _build_rows(new, to_us(now))
+        stored = await self._committer.submit([c.row for c in new if c.row is not None]) if new else []
+        answers: dict[str, StoredReceipt | None] = dict(existing)
+        answers.update({c.event_id: result for c, result in zip(new, stored, strict=True)})
+        accepted_items: list[EnrichmentItem] = []
+        by_position = {c.position: c for c in candidates}
+        for candidate in primaries:
+            answer = answers[candidate.event_id]
+            if answer is None and candidate.row is not None:
+                outcomes[candidate.position] = Accepted(
+                    event_id=candidate.event_id,
+                    leaf_hash=candidate.row.leaf_hash,
+                    receive_time_us=candidate.row.receive_time_us,
+                    leaf_index=None,
+                    replayed=False,
+                )
+                if candidate.row.enrichment is not None:
+                    accepted_items.append(candidate.row.enrichment)
+                original = StoredReceipt(
+                    event_id=candidate.event_id,
+                    content_fingerprint=candidate.fingerprint,
+                    leaf_hash=candidate.row.leaf_hash,
+                    receive_time_us=candidate.row.receive_time_us,
+                    leaf_index=None,
+                )
+            else:
+                assert answer is not None
+                original = answer
+                outcomes[candidate.position] = _replay_or_conflict(original, candidate.fingerprint)
+            for follower in candidate.followers:
+                outcomes[follower] = _replay_or_conflict(original, by_position[follower].fingerprint)
+        if accepted_items:
+            self._on_accepted(accepted_items)
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _check(
+        self, message: ingest_pb2.Event, *, now: datetime, prefix: str, allow_system: bool, position: int
+    ) -> _Candidate | AwarenessError:
+        event_type = EVENT_TYPES_BY_NAME.get(message.type)
+        system = bool(event_type and event_type.system and allow_system)
+        extra: list[FieldViolation] = []
+        if system:
+            # System events carry no personal data: the pseudonym is named directly.
+            event = event_input(message, subject=message.subject_pseudonym)
+            if message.subject:
+                extra.append(
+                    FieldViolation(
+                        f"{prefix}.subject", "must be empty for system events; set subject_pseudonym instead"
+                    )
+                )
+        else:
+            event = event_input(message)
+        violations = validate_event(
+            event, now=now, clock_skew=self._clock_skew, field_prefix=prefix, allow_system_types=allow_system
+        )
+        if system:
+            violations = [
+                FieldViolation(f"{prefix}.subject_pseudonym", v.description)
+                if v.field == f"{prefix}.subject"
+                else v
+                for v in violations
+            ]
+        violations.extend(extra)
+        if violations:
+            return ValidationError(violations)
+        event_id = canonical_event_id(event.event_id) if event.event_id else new_event_id()
+        assert event_id is not None and event.occurred_at is not None
+        event.event_id = event_id
+        severity = parse_severity(event.severity)
+        assert severity is not None
+        return _Candidate(
+            position=position,
+            event_id=event_id,
+            event=event,
+            occurred_at=event.occurred_at,
+            severity=severity,
+            fingerprint=content_fingerprint(event, secret=self._secret),
+            system=system,
+        )
+
+    def _find(self, event_ids: list[str]) -> dict[str, StoredReceipt]:
+        with self._sessions() as session:
+            return repository.find_receipts(session, event_ids=event_ids)
+
+    async def _resolve_keys(self, candidates: list[_Candidate]) -> None:
+        if not candidates:
+            return
+        keys = await self._keys.keys_for([_lookup(c) for c in candidates])
+        for candidate, key in zip(candidates, keys, strict=True):
+            candidate.key = key
+
+
+def _lookup(candidate: _Candidate) -> KeyLookup:
+    return KeyLookup(
+        subject=candidate.event.subject, occurred_at=candidate.occurred_at, event_type=candidate.event.type
+    )
+
+
+def _replay_or_conflict(original: StoredReceipt, fingerprint: str) -> AppendOutcome:
+    if original.content_fingerprint != fingerprint:
+        return EventConflictError(event_id=original.event_id)
+    return Accepted(
+        event_id=original.event_id,
+        leaf_hash=original.leaf_hash,
+        receive_time_us=original.receive_time_us,
+        leaf_index=original.leaf_index,
+        replayed=True,
+    )
+
+
+def _build_rows(candidates: list[_Candidate], receive_us: int) -> None:
+    receive_time = repository.from_us(receive_us)
+    ciphers: dict[bytes, AESGCM] = {}  # one key schedule per data key in the batch
+    for candidate in candidates:
+        cipher = None
+        if candidate.key is not None:
+            cipher = ciphers.get(candidate.key.data_key)
+            if cipher is None:
+                cipher = ciphers[candidate.key.data_key] = AESGCM(candidate.key.data_key)
+        candidate.row = _pending_row(
+            candidate, receive_us=receive_us, receive_time=receive_time, cipher=cipher
+        )
+
+
+def _pending_row(
+    candidate: _Candidate, *, receive_us: int, receive_time: datetime, cipher: AESGCM | None = None
+) -> PendingRow:
+    event = candidate.event
+    occurred_us = to_us(candidate.occurred_at)
+    if candidate.system:
+        pseudonym, key_period, key_id, nonce, ciphertext = event.subject, "", "", b"", b""
+        payload: str | None = json.dumps({"summary": event.summary, "details": event.details}, sort_keys=True)
+    else:
+        key = candidate.key
+        assert key is not None
+        sealed = seal_personal(
+            key=key.data_key,
+            key_id=key.key_id,
+            event_id=candidate.event_id,
+            subject=event.subject,
+            summary=event.summary,
+            details=event.details,
+            cipher=cipher,
+        )
+        pseudonym, key_period, key_id = key.pseudonym, key.key_period, key.key_id
+        nonce, ciphertext, payload = sealed.nonce, sealed.ciphertext, None
+    leaf = record_leaf_hash(
+        StoredRecord(
+            event_id=candidate.event_id,
+            type=event.type,
+            source=event.source,
+            occurred_at=candidate.occurred_at,
+            severity=candidate.severity,
+            subject_pseudonym=pseudonym,
+            key_period=key_period,
+            key_id=key_id,
+            receive_time=receive_time,
+            nonce=nonce,
+            ciphertext=ciphertext,
+        )
+    )
+    record = {
+        "event_id": candidate.event_id,
+        "type": event.type,
+        "source": event.source,
+        "occurred_at_us": occurred_us,
+        "severity": int(candidate.severity),
+        "subject_pseudonym": pseudonym,
+        "key_period": key_period,
+        "key_id": key_id,
+        "nonce": nonce,
+        "ciphertext": ciphertext,
+        "receive_time_us": receive_us,
+        "content_fingerprint": candidate.fingerprint,
+        "leaf_hash": leaf,
+        "record_version": 1,
+        "system_payload": payload,
+    }
+    pending, skipped = repository.SCORING_PENDING, repository.SCORING_SKIPPED
+    metadata = {
+        "event_id": candidate.event_id,
+        "subject_pseudonym": pseudonym,
+        "type": event.type,
+        "source": event.source,
+        "occurred_at_us": occurred_us,
+        "receive_time_us": receive_us,
+        "severity": int(candidate.severity),
+        "summary_length": len(event.summary),
+        "detail_count": len(event.details),
+        "risk_score": None,
+        "risk_level": 0,
+        "model_version": "",
+        "scoring_state": skipped if candidate.system else pending,
+        "scoring_note": "system event" if candidate.system else "",
+        "violations": "[]",
+        "violation_count": 0,
+        "evaluation_state": repository.EVALUATION_SKIPPED
+        if candidate.system
+        else repository.EVALUATION_PENDING,
+        "evaluation_note": "system event" if candidate.system else "",
+        "label": 0,
+        "label_note": "",
+        "triage_state": repository.TRIAGE_NEW,
+        "labeled_by": "",
+        "label_time_us": None,
+        "update_time_us": receive_us,
+    }
+    enrichment = (
+        None
+        if candidate.system
+        else EnrichmentItem(
+            event_id=candidate.event_id,
+            pseudonym=pseudonym,
+            type=event.type,
+            source=event.source,
+            severity=int(candidate.severity),
+            occurred_at_us=occurred_us,
+            summary_length=len(event.summary),
+            detail_count=len(event.details),
+            details=dict(event.details),
+        )
+    )
+    return PendingRow(
+        event_id=candidate.event_id,
+        fingerprint=candidate.fingerprint,
+        leaf_hash=leaf,
+        receive_time_us=receive_us,
+        record=record,
+        metadata=metadata,
+        enrichment=enrichment,
+    )

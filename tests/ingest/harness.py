@@ -1,0 +1,251 @@
+"""Run the REAL ingest, gdpr and signing services in-process (each its own server, store and
+settings, talking over 127.0.0.1), and make signed clients for them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.ingest.app import IngestRuntime, app_for, load_ingest_settings
+from services.runtime import auth
+from services.runtime.clients import ChannelFactory
+from services.runtime.config import load_settings
+from services.runtime.server import ServiceApp, ServiceContext, build_context, create_server
+from tests.conftest import INTERNAL_SECRET, free_port
+
+FAST_INGEST = {
+    "AWARENESS_INGEST_INTEGRATE_INTERVAL_MS": "20",
+    "AWARENESS_INGEST_CHECKPOINT_INTERVAL_MS": "50",
+    "AWARENESS_INGEST_RECONCILE_INTERVAL_SECONDS": "0.2",
+    "AWARENESS_INGEST_RECONCILE_SETTLE_SECONDS": "0",
+    "AWARENESS_BREAKER_RESET_SECONDS": "0.3",
+    "AWARENESS_CALL_TIMEOUT_SECONDS": "3",
+}
+
+
+def service_env(
+    *, data_dir: Path, ports: dict[str, int], database_url: str | None = None, **extra: str
+) -> dict[str, str]:
+    env = {
+        "AWARENESS_DATA_DIR": str(data_dir),
+        "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
+        "AWARENESS_HEALTH_PROBE_SECONDS": "0.2",
+        "AWARENESS_METRICS_PORT": "0",
+        **{f"AWARENESS_{name.upper()}_TARGET": f"127.0.0.1:{port}" for name, port in ports.items()},
+        **extra,
+    }
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    return env
+
+
+@dataclass
+class Running:
+    name: str
+    address: str
+    server: grpc.aio.Server
+    context: ServiceContext
+    app: ServiceApp
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    runtime: IngestRuntime | None = None
+
+    async def stop(self) -> None:
+        await self.server.stop(0)
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.app.on_stop is not None:
+            await self.app.on_stop()
+        await self.context.channels.close()
+        if self.context.engine is not None:
+            self.context.engine.dispose()
+
+
+async def start_service(name: str, env: dict[str, str], *, port: int) -> Running:
+    context = build_context(load_settings(name, env))
+    runtime: IngestRuntime | None = None
+    if name == "ingest":
+        runtime = IngestRuntime(context, load_ingest_settings(context.settings))
+        app = app_for(runtime, context)
+    else:
+        app = importlib.import_module(f"services.{name}.app").create_app(context)
+    server, _health, bound = create_server(app, context, port=port)
+    if app.on_start is not None:
+        await app.on_start()
+    await server.start()
+    tasks = [asyncio.create_task(job()) for job in app.background]
+    return Running(
+        name=name,
+        address=f"127.0.0.1:{bound}",
+        server=server,
+        context=context,
+        app=app,
+        tasks=tasks,
+        runtime=runtime,
+    )
+
+
+@dataclass
+class Suite:
+    """Real gdpr + signing + ingest, in this event loop."""
+
+    data_dir: Path
+    database_url: str | None
+    ports: dict[str, int]
+    services: dict[str, Running] = field(default_factory=dict)
+    factories: list[ChannelFactory] = field(default_factory=list)
+    ingest_env: dict[str, str] = field(default_factory=dict)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return service_env(data_dir=self.data_dir, ports=self.ports, database_url=self.database_url, **extra)
+
+    async def start(self, *names: str) -> None:
+        for name in names:
+            extra = {**FAST_INGEST, **self.ingest_env} if name == "ingest" else {}
+            self.services[name] = await start_service(name, self.env(**extra), port=self.ports[name])
+
+    async def stop(self, name: str) -> None:
+        running = self.services.pop(name, None)
+        if running is not None:
+            await running.stop()
+
+    @property
+    def ingest(self) -> IngestRuntime:
+        runtime = self.services["ingest"].runtime
+        assert runtime is not None
+        return runtime
+
+    def channel(
+        self, service: str = "ingest", *, roles: Iterable[str] = ("admin",), address: str | None = None
+    ) -> grpc.aio.Channel:
+        targets = {name: f"127.0.0.1:{port}" for name, port in self.ports.items()}
+        if address is not None:
+            targets[service] = address
+        factory = ChannelFactory(
+            targets=targets,
+            identity=auth.Principal(subject="tester", roles=frozenset(roles)),
+            internal_secret=INTERNAL_SECRET,
+            timeout_seconds=10.0,
+            attempts=1,
+            breaker_fail_max=1000,
+            breaker_reset_seconds=0.1,
+        )
+        self.factories.append(factory)
+        return factory.channel(service)
+
+    def client(
+        self, *, roles: Iterable[str] = ("admin",), address: str | None = None
+    ) -> ingest_pb2_grpc.IngestServiceStub:
+        """An ingest stub (of this suite's replica, or of another replica at `address`)."""
+        return ingest_pb2_grpc.IngestServiceStub(self.channel("ingest", roles=roles, address=address))
+
+    def internal(self) -> ingest_pb2_grpc.IngestServiceStub:
+        return self.client(roles=("service",))
+
+    async def stream(
+        self, batches: Iterable[list[ingest_pb2.Event]], *, roles: Iterable[str] = ("integration",)
+    ) -> list[ingest_pb2.AppendEventsResponse]:
+        """StreamAppendEvents over a plain channel with signed metadata (the runtime's guarded
+        channel does not carry its credential on streaming calls yet)."""
+        method = "/awareness.ingest.v1.IngestService/StreamAppendEvents"
+        metadata = auth.sign_metadata(
+            secret=INTERNAL_SECRET, method=method, principal=auth.Principal("tester", frozenset(roles))
+        )
+
+        async def requests() -> AsyncIterator[ingest_pb2.AppendEventsRequest]:
+            for batch in batches:
+                yield ingest_pb2.AppendEventsRequest(events=batch)
+
+        async with grpc.aio.insecure_channel(self.services["ingest"].address) as channel:
+            call = ingest_pb2_grpc.IngestServiceStub(channel).StreamAppendEvents(
+                requests(), metadata=metadata
+            )
+            return [answer async for answer in call]
+
+    async def close(self) -> None:
+        for factory in self.factories:
+            await factory.close()
+        for name in list(self.services)[::-1]:
+            await self.stop(name)
+
+
+@contextlib.asynccontextmanager
+async def suite(
+    tmp_path: Path,
+    *,
+    database_url: str | None = None,
+    services: Iterable[str] = ("signing", "gdpr", "ingest"),
+    ingest_env: dict[str, str] | None = None,
+) -> AsyncIterator[Suite]:
+    running = Suite(
+        data_dir=tmp_path,
+        database_url=database_url,
+        ports={name: free_port() for name in ("signing", "gdpr", "ingest", "scoring", "policy")},
+        ingest_env=dict(ingest_env or {}),
+    )
+
+    try:
+        await running.start(*services)
+        yield running
+    finally:
+        await running.close()
+
+
+def timestamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def make_event(
+    *,
+    subject: str = "alice@example.org",
+    event_type: str = "phishing.clicked",
+    source: str = "gophish",
+    summary: str = "clicked the quarterly-bonus link",
+    details: dict[str, str] | None = None,
+    occurred_at: datetime | None = None,
+    event_id: str | None = None,
+    severity: int = ingest_pb2.SEVERITY_HIGH,
+) -> ingest_pb2.Event:
+    return ingest_pb2.Event(
+        event_id=event_id if event_id is not None else str(uuid.uuid4()),
+        type=event_type,
+        source=source,
+        subject=subject,
+        occurred_at=timestamp(occurred_at or datetime.now(UTC) - timedelta(minutes=1)),
+        severity=severity,  # type: ignore[arg-type]
+        summary=summary,
+        details=details
+        if details is not None
+        else {"campaign_id": "q3-bonus", "url": "https://bonus.example"},
+    )
+
+
+async def eventually(
+    probe: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"
+) -> Any:
+    """Poll an (async) probe until it returns a truthy value; fail after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = probe()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(interval)

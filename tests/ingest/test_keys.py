@@ -1,0 +1,153 @@
+"""The gdpr key cache: batched lookups, TTL, ForgetSubject, erased keys and gdpr outages."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
+from google.protobuf.duration_pb2 import Duration
+from google.rpc import code_pb2, status_pb2
+
+from services.ingest.keys import ERASED, KeyLookup, SubjectKey, SubjectKeys
+from services.runtime import auth
+from services.runtime.clients import ChannelFactory
+from services.runtime.config import load_settings
+from services.runtime.errors import DependencyUnavailableError
+from services.runtime.server import ServiceApp, build_context, create_server
+from tests.conftest import INTERNAL_SECRET
+from tests.ingest.harness import service_env
+
+WHEN = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
+
+
+class FakeGdpr(gdpr_pb2_grpc.GdprServiceServicer):
+    """A gdpr double: one pseudonym per subject, keys per (subject, month); counts calls."""
+
+    def __init__(self) -> None:
+        self.lookups: list[gdpr_pb2.SubjectKeyLookup] = []
+        self.erased: set[str] = set()
+
+    async def GetSubjectKeys(
+        self, request: gdpr_pb2.GetSubjectKeysRequest, context: Any
+    ) -> gdpr_pb2.GetSubjectKeysResponse:
+        self.lookups.extend(request.lookups)
+        return gdpr_pb2.GetSubjectKeysResponse(
+            keys=[
+                gdpr_pb2.SubjectKey(
+                    pseudonym=f"psn_{lookup.subject}",
+                    key_period=lookup.occurred_at.ToDatetime().strftime("%Y-%m"),
+                    key_id=f"dk_{lookup.subject}",
+                    data_key=bytes(32),
+                    cache_ttl=Duration(seconds=3600),
+                )
+                for lookup in request.lookups
+            ]
+        )
+
+    async def UnwrapDataKeys(
+        self, request: gdpr_pb2.UnwrapDataKeysRequest, context: Any
+    ) -> gdpr_pb2.UnwrapDataKeysResponse:
+        answers = []
+        for ref in request.keys:
+            if ref.pseudonym in self.erased:
+                answers.append(
+                    gdpr_pb2.UnwrappedDataKey(
+                        pseudonym=ref.pseudonym,
+                        key_period=ref.key_period,
+                        error=status_pb2.Status(code=code_pb2.NOT_FOUND),
+                    )
+                )
+            else:
+                answers.append(
+                    gdpr_pb2.UnwrappedDataKey(
+                        pseudonym=ref.pseudonym, key_period=ref.key_period, data_key=bytes(32), key_id="dk"
+                    )
+                )
+        return gdpr_pb2.UnwrapDataKeysResponse(keys=answers)
+
+
+class Clock:
+    now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def gdpr(tmp_path: Path) -> AsyncIterator[tuple[FakeGdpr, str]]:
+    fake = FakeGdpr()  # type: ignore[abstract]
+    context = build_context(
+        load_settings("gdpr", service_env(data_dir=tmp_path, ports={})), with_database=False
+    )
+    app = ServiceApp(
+        name="gdpr",
+        service_names=["awareness.gdpr.v1.GdprService"],
+        register=lambda server: gdpr_pb2_grpc.add_GdprServiceServicer_to_server(fake, server),
+    )
+    server, _health, port = create_server(app, context, port=0)
+    await server.start()
+    yield fake, f"127.0.0.1:{port}"
+    await server.stop(0)
+
+
+def keys_for(address: str, clock: Clock, ttl: float = 60.0) -> tuple[SubjectKeys, ChannelFactory]:
+    factory = ChannelFactory(
+        targets={"gdpr": address},
+        identity=auth.Principal.for_service("ingest"),
+        internal_secret=INTERNAL_SECRET,
+        timeout_seconds=2,
+        attempts=1,
+        breaker_fail_max=100,
+        breaker_reset_seconds=0.1,
+    )
+    return SubjectKeys(channel=lambda: factory.channel("gdpr"), ttl_seconds=ttl, clock=clock), factory
+
+
+async def test_lookups_are_batched_deduplicated_and_cached(gdpr: tuple[FakeGdpr, str]) -> None:
+    fake, address = gdpr
+    clock = Clock()
+    keys, factory = keys_for(address, clock)
+    lookups = [
+        KeyLookup("a@x", WHEN, "phishing.clicked"),
+        KeyLookup("b@x", WHEN, "phishing.clicked"),
+        KeyLookup("a@x", WHEN, "phishing.clicked"),
+    ]
+    first = await keys.keys_for(lookups)
+    assert [k.pseudonym for k in first] == ["psn_a@x", "psn_b@x", "psn_a@x"]
+    assert len(fake.lookups) == 2  # one call, each distinct subject once
+    await keys.keys_for(lookups)
+    assert len(fake.lookups) == 2  # cached
+    await keys.keys_for([KeyLookup("a@x", WHEN, "training.completed")])
+    assert len(fake.lookups) == 3  # a new event type reaches gdpr (retention tracks the types per key)
+    clock.now += 61
+    await keys.keys_for(lookups[:1])
+    assert len(fake.lookups) == 4  # TTL expired
+    assert keys.forget("psn_a@x") >= 1
+    await keys.keys_for(lookups[:1])
+    assert len(fake.lookups) == 5  # forgotten
+    await factory.close()
+
+
+async def test_unwrap_reports_erased_keys_and_outages(gdpr: tuple[FakeGdpr, str], tmp_path: Path) -> None:
+    fake, address = gdpr
+    fake.erased.add("psn_gone")
+    keys, factory = keys_for(address, Clock())
+    found = await keys.unwrap([("psn_here", "2026-03"), ("psn_gone", "2026-03")])
+    assert isinstance(found[("psn_here", "2026-03")], SubjectKey)
+    assert found[("psn_gone", "2026-03")] == ERASED
+    await factory.close()
+
+    from tests.conftest import free_port
+
+    nowhere, factory = keys_for(f"127.0.0.1:{free_port()}", Clock())
+    with pytest.raises(DependencyUnavailableError):
+        await nowhere.keys_for([KeyLookup("a@x", WHEN, "phishing.clicked")])
+    with pytest.raises(DependencyUnavailableError):
+        await nowhere.unwrap([("psn_here", "2026-03")])
+    await factory.close()
+    assert grpc.StatusCode.NOT_FOUND.value[0] == code_pb2.NOT_FOUND
