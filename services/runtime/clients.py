@@ -175,12 +175,12 @@ class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
             self._metrics.client_calls.labels(self._target, method, code).inc()
 
 
-class _Streaming(
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
-    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[misc]
-):
-    """Deadline, credential and trace context for streaming calls (no retries: not idempotent)."""
+class _StreamingBase:
+    """Deadline, credential and trace context for streaming calls (no retries: not idempotent).
+
+    grpc.aio files each interceptor under the FIRST interceptor type it matches, so every
+    streaming kind needs its own class rather than one class with three bases.
+    """
 
     def __init__(self, *, policy: CallPolicy, signer: _Metadata) -> None:
         self._policy = policy
@@ -195,12 +195,18 @@ class _Streaming(
             wait_for_ready=details.wait_for_ready,
         )
 
+
+class _UnaryStream(_StreamingBase, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
+
+class _StreamUnary(_StreamingBase, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
         return await continuation(self._details(details), request_iterator)
 
+
+class _StreamStream(_StreamingBase, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
     async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
         return await continuation(self._details(details), request_iterator)
 
@@ -246,7 +252,9 @@ class ChannelFactory:
                         signer=self._signer,
                         metrics=self._metrics,
                     ),
-                    _Streaming(policy=self._policy, signer=self._signer),
+                    _UnaryStream(policy=self._policy, signer=self._signer),
+                    _StreamUnary(policy=self._policy, signer=self._signer),
+                    _StreamStream(policy=self._policy, signer=self._signer),
                 ],
                 options=[("grpc.max_receive_message_length", 32 * 1024 * 1024)],
             )

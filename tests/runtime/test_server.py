@@ -197,6 +197,47 @@ async def test_non_idempotent_methods_are_not_retried(running: Any) -> None:
     await factory.close()
 
 
+async def test_streaming_calls_carry_the_internal_credential(running: Any) -> None:
+    def who() -> bytes:
+        principal = auth.current_principal()
+        assert principal is not None
+        return principal.subject.encode()
+
+    async def server_stream(request: bytes, _context: Any) -> Any:
+        for _ in range(2):
+            yield request + b":" + who()
+
+    async def client_stream(requests: Any, _context: Any) -> bytes:
+        return b"+".join([item async for item in requests]) + b":" + who()
+
+    async def bidi(requests: Any, _context: Any) -> Any:
+        async for item in requests:
+            yield item + b":" + who()
+
+    generic = grpc.method_handlers_generic_handler(
+        "test.Stream",
+        {
+            "Server": grpc.unary_stream_rpc_method_handler(server_stream),
+            "Client": grpc.stream_unary_rpc_method_handler(client_stream),
+            "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+        },
+    )
+    app = ServiceApp(
+        name="test", service_names=["test.Stream"], register=lambda s: s.add_generic_rpc_handlers((generic,))
+    )
+    factory = channels(await running(app))
+    channel = factory.channel("svc")
+
+    async def two() -> Any:
+        yield b"a"
+        yield b"b"
+
+    assert [r async for r in channel.unary_stream("/test.Stream/Server")(b"x")] == [b"x:alice", b"x:alice"]
+    assert await channel.stream_unary("/test.Stream/Client")(two()) == b"a+b:alice"
+    assert [r async for r in channel.stream_stream("/test.Stream/Bidi")(two())] == [b"a:alice", b"b:alice"]
+    await factory.close()
+
+
 async def test_call_without_internal_credential_is_refused(running: Any) -> None:
     async def echo(request: bytes, _context: Any) -> bytes:
         principal = auth.current_principal()
