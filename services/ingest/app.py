@@ -3,7 +3,7 @@
 Settings (besides the shared ones), read once from the environment when the app is created:
 
 - AWARENESS_INGEST_FINGERPRINT_SECRET / _FILE: HMAC secret of the idempotency fingerprints (every
-  replica must share it); a development secret under the data directory when unset.
+  replica must share it); when unset, derived from the internal secret, which every replica shares.
 - AWARENESS_INGEST_KEY_CACHE_SECONDS (60): how long gdpr data keys stay cached in memory.
 - AWARENESS_INGEST_CLOCK_SKEW_SECONDS (300): how far in the future occurred_at may be.
 - AWARENESS_INGEST_INTEGRATE_INTERVAL_MS (200) / AWARENESS_INGEST_INTEGRATE_AFTER_LEAVES (1000):
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -66,11 +68,13 @@ class IngestSettings:
 def load_ingest_settings(settings: Settings) -> IngestSettings:
     env = settings.env
     secret = read_secret(env, FINGERPRINT_SECRET)
+    if secret is None and settings.internal_secret:
+        # Every replica shares the internal secret, so a key derived from it is shared too
+        # (domain-separated; rotating the internal secret changes future fingerprints).
+        secret = hmac.new(
+            settings.internal_secret, b"awareness ingest fingerprint v1", hashlib.sha256
+        ).digest()
     if secret is None:
-        if settings.is_postgres:
-            log.warning(
-                f"{FINGERPRINT_SECRET} is not set: using a development secret; replicas must share one"
-            )
         secret = ensure_dev_secret(settings.data_dir / DEV_FINGERPRINT_FILE)
     every = env_int(env, "AWARENESS_INGEST_CHECKPOINT_EVERY", 1000, minimum=1)
     origin = env_str(env, "AWARENESS_LOG_ORIGIN", "awareness.local/log")
