@@ -52,8 +52,9 @@ lint: setup
 	$(VENV)/bin/mypy
 	npx --no-install buf lint
 
+# The whole suite on PostgreSQL and Redis, every benchmark plus end-to-end load, one table.
 bench: setup
-	$(PY) -m services.bench all
+	$(PY) -m services.suite_bench
 
 bench-signing: setup
 	$(PY) -m services.bench signing

@@ -18,9 +18,10 @@ from typing import Any
 
 import grpc
 import pybreaker
+from grpc_status import rpc_status
 
 from services.runtime import auth
-from services.runtime.errors import DependencyUnavailableError
+from services.runtime.errors import DependencyUnavailableError, error_info
 from services.runtime.metrics import BREAKER_STATES, ServiceMetrics
 from services.runtime.protos import is_idempotent
 from services.runtime.tracing import inject_metadata
@@ -41,8 +42,22 @@ RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLI
 
 
 def is_business_error(exc: BaseException) -> bool:
-    """Errors that must not open a breaker: the callee answered, the request was at fault."""
-    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() not in TRANSIENT_CODES
+    """Errors that must not open this target's breaker.
+
+    Either the request was at fault, or the callee answered on purpose (it attached an
+    ErrorInfo) that something *behind* it is unavailable: counting that against the callee
+    would cascade one service's outage into its callers' breakers.
+    """
+    if not isinstance(exc, grpc.aio.AioRpcError):
+        return False
+    if exc.code() not in TRANSIENT_CODES:
+        return True
+    try:
+        status = rpc_status.from_call(exc)
+    except ValueError:
+        return False
+    info = error_info(status) if status is not None else None
+    return info is not None and info.reason != "INTERNAL_ERROR"
 
 
 class _BreakerMetrics(pybreaker.CircuitBreakerListener):
@@ -54,6 +69,8 @@ class _BreakerMetrics(pybreaker.CircuitBreakerListener):
 
     def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
         name = new_state.name
+        if old_state is not None and old_state.name == name:
+            return  # concurrent half-open calls re-enter the same state: not a transition
         log.warning(
             "circuit breaker state change",
             extra={"target": self._target, "from_state": getattr(old_state, "name", None), "to_state": name},
@@ -256,7 +273,14 @@ class ChannelFactory:
                     _StreamUnary(policy=self._policy, signer=self._signer),
                     _StreamStream(policy=self._policy, signer=self._signer),
                 ],
-                options=[("grpc.max_receive_message_length", 32 * 1024 * 1024)],
+                options=[
+                    ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+                    # gRPC's default reconnect backoff grows to 120 s; a restarted peer should
+                    # be found again within seconds.
+                    ("grpc.initial_reconnect_backoff_ms", 250),
+                    ("grpc.min_reconnect_backoff_ms", 250),
+                    ("grpc.max_reconnect_backoff_ms", 2000),
+                ],
             )
         return self._channels[name]
 

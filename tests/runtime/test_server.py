@@ -182,6 +182,21 @@ async def test_business_errors_do_not_open_the_breaker(running: Any) -> None:
     await factory.close()
 
 
+async def test_an_outage_behind_the_callee_does_not_open_the_callers_breaker(running: Any) -> None:
+    # The callee is healthy and says, with an ErrorInfo, that its own dependency is down.
+    async def dependency_down(_request: bytes, _context: Any) -> bytes:
+        raise DependencyUnavailableError("gdpr is unavailable", reason="CIRCUIT_OPEN")
+
+    factory = channels(await running(make_app({"Append": dependency_down})), breaker_fail_max=2, attempts=1)
+    method = factory.channel("svc").unary_unary("/test.Svc/Append")
+    for _ in range(5):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await method(b"")
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert factory.breaker_states()["svc"] == "closed"
+    await factory.close()
+
+
 async def test_non_idempotent_methods_are_not_retried(running: Any) -> None:
     calls = {"count": 0}
 
