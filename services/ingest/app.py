@@ -134,7 +134,9 @@ class IngestRuntime:
             gate=gate,
             metrics=context.metrics,
         )
-        self.committer = Committer(sessions=sessions, gate=gate, on_commit=self.integrator.committed)
+        self.committer = Committer(
+            sessions=sessions, gate=gate, on_commit=self.integrator.committed, metrics=context.metrics
+        )
         self.writer = LogWriter(
             sessions=sessions,
             keys=self.keys,
@@ -142,6 +144,7 @@ class IngestRuntime:
             fingerprint_secret=settings.fingerprint_secret,
             clock_skew=settings.clock_skew,
             on_accepted=self._accepted,
+            metrics=context.metrics,
         )
         self.reader = EventReader(sessions=sessions, keys=self.keys, gate=gate)
         self.servicer = IngestServicer(writer=self.writer, reader=self.reader)

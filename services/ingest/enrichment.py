@@ -33,6 +33,7 @@ from services.ingest.keys import ERASED, SubjectKey, SubjectKeys
 from services.ingest.models import EventMetadata, EventRecord
 from services.ingest.reader import scoring_input
 from services.ingest.repository import to_us
+from services.ingest.tracing import batch_span
 from services.ingest.writer import EnrichmentItem
 from services.runtime.db import run_db, transaction
 from services.runtime.errors import AwarenessError
@@ -41,6 +42,7 @@ from services.runtime.metrics import ServiceMetrics
 log = logging.getLogger("awareness.ingest.enrichment")
 
 MAX_PEER_BATCH = 500
+PEERS = ("scoring", "policy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,16 @@ class Enricher:
             self._enriched = metrics.counter(
                 "enrichment_results_total", "Enrichment outcomes", ["peer", "state"]
             )
+            self._backfills = metrics.counter(
+                "reconciler_backfills_total",
+                "Pending scores and evaluations filled in by the reconciler",
+                ["peer"],
+            )
+            for peer in PEERS:
+                self._backfills.labels(peer)
+            metrics.gauge(
+                "enrichment_queue_depth", "Committed events waiting in memory for scoring and policy"
+            ).set_function(self._queue.qsize)
 
     def submit(self, items: Sequence[EnrichmentItem]) -> None:
         for item in items:
@@ -136,21 +148,34 @@ class Enricher:
             except Exception:
                 log.exception("reconciliation round failed")
 
-    async def enrich(self, items: Sequence[EnrichmentItem], *, evaluate: bool, score: bool = True) -> None:
-        """Score and evaluate `items` (evaluation needs their details) and store the results."""
+    async def enrich(
+        self, items: Sequence[EnrichmentItem], *, evaluate: bool, score: bool = True
+    ) -> dict[str, int]:
+        """Score and evaluate `items` (evaluation needs their details) and store the results.
+
+        Returns how many results each peer gave. The batch span is current during the peer calls, so
+        scoring's and policy's spans join the appending request's trace (or the batch links to several).
+        """
         want_scoring = score and self._scoring_peer.available()
         want_policy = evaluate and self._policy_peer.available()
         if not items or not (want_scoring or want_policy):
-            return
-        histories = await run_db(self._histories, items)
-        changes: dict[str, dict[str, Any]] = {}
-        now_us = to_us_now()
-        if want_scoring:
-            await self._score(items, histories, changes, now_us)
-        if want_policy:
-            await self._evaluate(items, histories, changes, now_us)
-        if changes:
-            await run_db(self._store, [{"event_id": key, **values} for key, values in changes.items()])
+            return {}
+        with batch_span(
+            "ingest.enrich",
+            origins=(item.origin for item in items),
+            attributes={"awareness.events": len(items)},
+        ):
+            histories = await run_db(self._histories, items)
+            changes: dict[str, dict[str, Any]] = {}
+            now_us = to_us_now()
+            results: dict[str, int] = {}
+            if want_scoring:
+                results["scoring"] = await self._score(items, histories, changes, now_us)
+            if want_policy:
+                results["policy"] = await self._evaluate(items, histories, changes, now_us)
+            if changes:
+                await run_db(self._store, [{"event_id": key, **values} for key, values in changes.items()])
+        return results
 
     def _histories(self, items: Sequence[EnrichmentItem]) -> dict[str, SubjectHistory]:
         with self._sessions() as session:
@@ -172,7 +197,7 @@ class Enricher:
         histories: dict[str, SubjectHistory],
         changes: dict[str, dict[str, Any]],
         now_us: int,
-    ) -> None:
+    ) -> int:
         stub = scoring_pb2_grpc.ScoringServiceStub(self._scoring_channel())
         request = ScoreEventsRequest(
             inputs=[
@@ -194,7 +219,7 @@ class Enricher:
             response = await stub.ScoreEvents(request)
         except (grpc.aio.AioRpcError, AwarenessError) as error:
             self._scoring_peer.failed(error)
-            return
+            return 0
         for result in response.results:
             if result.skipped:
                 values: dict[str, Any] = {
@@ -212,6 +237,7 @@ class Enricher:
             changes.setdefault(result.event_id, {}).update(values, update_time_us=now_us)
             if self._metrics is not None:
                 self._enriched.labels("scoring", "skipped" if result.skipped else "scored").inc()
+        return len(response.results)
 
     async def _evaluate(
         self,
@@ -219,7 +245,7 @@ class Enricher:
         histories: dict[str, SubjectHistory],
         changes: dict[str, dict[str, Any]],
         now_us: int,
-    ) -> None:
+    ) -> int:
         stub = policy_pb2_grpc.PolicyServiceStub(self._policy_channel())
         request = policy_pb2.EvaluateEventsRequest(
             events=[
@@ -239,7 +265,7 @@ class Enricher:
             response = await stub.EvaluateEvents(request)
         except (grpc.aio.AioRpcError, AwarenessError) as error:
             self._policy_peer.failed(error)
-            return
+            return 0
         for result in response.results:
             violations = [
                 {"policy": v.policy, "version": v.version, "severity": int(v.severity), "title": v.title}
@@ -255,6 +281,7 @@ class Enricher:
             )
             if self._metrics is not None:
                 self._enriched.labels("policy", "evaluated").inc()
+        return len(response.results)
 
     async def reconcile_once(self) -> int:
         """Back-fill PENDING metadata rows; returns how many rows were looked at."""
@@ -275,6 +302,12 @@ class Enricher:
         rows, records = await run_db(load)
         if not rows:
             return 0
+        # A round of its own: the enrichment batches it sends are its children.
+        with batch_span("ingest.reconcile", origins=(), attributes={"awareness.events": len(rows)}):
+            await self._backfill(rows, records)
+        return len(rows)
+
+    async def _backfill(self, rows: list[EventMetadata], records: dict[str, EventRecord]) -> None:
         items = {
             m.event_id: EnrichmentItem(
                 event_id=m.event_id,
@@ -307,11 +340,16 @@ class Enricher:
                     for event_id, note in unreadable.items()
                 ],
             )
+        filled: dict[str, int] = {}
         for start in range(0, len(to_score), MAX_PEER_BATCH):
-            await self.enrich(to_score[start : start + MAX_PEER_BATCH], evaluate=False)
+            done = await self.enrich(to_score[start : start + MAX_PEER_BATCH], evaluate=False)
+            filled["scoring"] = filled.get("scoring", 0) + done.get("scoring", 0)
         for start in range(0, len(to_evaluate), MAX_PEER_BATCH):
-            await self.enrich(to_evaluate[start : start + MAX_PEER_BATCH], evaluate=True, score=False)
-        return len(rows)
+            done = await self.enrich(to_evaluate[start : start + MAX_PEER_BATCH], evaluate=True, score=False)
+            filled["policy"] = filled.get("policy", 0) + done.get("policy", 0)
+        if self._metrics is not None:
+            for peer, count in filled.items():
+                self._backfills.labels(peer).inc(count)
 
     async def _with_details(
         self, items: list[EnrichmentItem], records: dict[str, EventRecord]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import time
@@ -21,18 +22,23 @@ from typing import TypeVar
 
 import grpc
 from awareness.signing.v1 import signing_pb2, signing_pb2_grpc
+from opentelemetry.trace import SpanContext
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.ingest import repository
 from services.ingest.domain.merkle import nodes_for_append, root_hash
+from services.ingest.models import Checkpoint
 from services.ingest.repository import DatabaseNodeStore
+from services.ingest.tracing import MAX_LINKS, batch_span, distinct_origins
 from services.runtime.db import transaction
 from services.runtime.errors import AwarenessError
 from services.runtime.metrics import ServiceMetrics
 
 log = logging.getLogger("awareness.ingest.integrator")
 T = TypeVar("T")
+# A replica that does not lead re-reads the log's progress (for its gauges) at most this often.
+FOLLOWER_REFRESH_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,18 @@ class Integrator:
         self._last_checkpoint = time.monotonic()
         self._last_signing_warning = 0.0
         self.is_leader = False
+        # What the gauges show, refreshed by the integrator loop (a scrape never queries the database).
+        self.unintegrated_records = 0
+        self.observed_tree_size = 0
+        self.observed_checkpoint_size = 0
+        self.checkpoint_signed_at: float | None = None  # wall-clock seconds of the latest checkpoint
+        self._started_at = time.time()
+        self._last_follower_refresh = float("-inf")
+        # Span contexts of appends committed here and not yet covered by a checkpoint: the
+        # checkpoint span joins their trace (or links to them). Bounded; other replicas' appends
+        # are not known here.
+        self._committed_origins: list[SpanContext] = []
+        self._integrated_origins: list[SpanContext] = []
         self._metrics = metrics
         if metrics is not None:
             self._tree_size_gauge = metrics.gauge("tree_size_leaves", "Leaves in the Merkle tree")
@@ -79,13 +97,33 @@ class Integrator:
                 "checkpoint_tree_size_leaves", "Tree size of the latest checkpoint"
             )
             self._integrated = metrics.counter("integrated_leaves_total", "Leaves integrated by this replica")
+            self._checkpoints = metrics.counter(
+                "checkpoints_total", "Checkpoints signed and stored by this replica"
+            )
             self._checkpoint_failures = metrics.counter(
                 "checkpoint_failures_total", "Checkpoint signing attempts that failed", ["reason"]
             )
+            metrics.gauge(
+                "integrator_lag_leaves",
+                "Acknowledged records not yet covered by a signed checkpoint (unintegrated + uncheckpointed)",
+            ).set_function(self.lag_leaves)
+            metrics.gauge(
+                "checkpoint_age_seconds",
+                "Seconds since the latest signed checkpoint (since start-up while there is none)",
+            ).set_function(self.checkpoint_age_seconds)
 
-    def committed(self, count: int) -> None:
+    def lag_leaves(self) -> int:
+        return self.unintegrated_records + max(0, self.observed_tree_size - self.observed_checkpoint_size)
+
+    def checkpoint_age_seconds(self) -> float:
+        signed_at = self.checkpoint_signed_at if self.checkpoint_signed_at is not None else self._started_at
+        return max(0.0, time.time() - signed_at)
+
+    def committed(self, count: int, origins: list[SpanContext] | None = None) -> None:
         """Called after each append commit; wakes the integrator once enough leaves wait."""
         self._pending += count
+        if count and origins and len(self._committed_origins) < MAX_LINKS:
+            self._committed_origins = distinct_origins([*self._committed_origins, *origins])
         if self._pending >= self.settings.wake_after_leaves:
             self._wake.set()
 
@@ -95,8 +133,16 @@ class Integrator:
                 integrated = 0
                 try:
                     if await self._in_thread(self._lead):
+                        # Appends committed before this round are integrated by it (they are settled).
+                        self._integrated_origins = distinct_origins(
+                            [*self._integrated_origins, *self._committed_origins]
+                        )
+                        self._committed_origins = []
                         integrated = await self._in_thread(self.integrate_once)
                         await self.checkpoint_if_due()
+                    elif time.monotonic() - self._last_follower_refresh >= FOLLOWER_REFRESH_SECONDS:
+                        self._last_follower_refresh = time.monotonic()
+                        await self._in_thread(self.observe)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -171,7 +217,31 @@ class Integrator:
             latest = repository.latest_checkpoint(session)
             self._checkpointed_size = latest.tree_size if latest is not None else 0
         self._state = state
+        self._observed_checkpoint(latest)
+        self._observe_tree(state.tree_size)
         return state
+
+    def observe(self) -> None:
+        """Read the log's progress for the gauges (replicas that do not lead the integration)."""
+        with self._sessions() as session:
+            state = repository.tree_state(session)
+            self.unintegrated_records = repository.count_records_after(session, after_seq=state.last_seq)
+            latest = repository.latest_checkpoint(session)
+        self._observed_checkpoint(latest)
+        self._observe_tree(state.tree_size)
+
+    def _observed_checkpoint(self, latest: Checkpoint | None) -> None:
+        if latest is None:
+            return
+        self.observed_checkpoint_size = latest.tree_size
+        self.checkpoint_signed_at = latest.signed_time_us / 1_000_000
+        if self._metrics is not None:
+            self._checkpoint_gauge.set(latest.tree_size)
+
+    def _observe_tree(self, tree_size: int) -> None:
+        self.observed_tree_size = tree_size
+        if self._metrics is not None:
+            self._tree_size_gauge.set(tree_size)
 
     def integrate_once(self) -> int:
         """Integrate the settled records not yet in the tree; the number of new leaves."""
@@ -179,6 +249,7 @@ class Integrator:
         with transaction(self._sessions) as session:
             settled = repository.settled_seq(session)
         if settled <= state.last_seq:
+            self.unintegrated_records = 0  # every stored record is in the tree
             return 0
         with self._gate, transaction(self._sessions) as session:
             rows = repository.unintegrated_records(
@@ -203,11 +274,13 @@ class Integrator:
                 for offset, row in enumerate(rows)
             ]
             repository.insert_leaves_and_nodes(session, leaves=leaves, nodes=plan.nodes)
+            # Counted in the same round (an index range on seq): records committed since it began.
+            self.unintegrated_records = repository.count_records_after(session, after_seq=rows[-1].seq)
         self._state = repository.TreeState(tree_size=plan.tree_size, last_seq=rows[-1].seq)
         self._root = plan.root
+        self._observe_tree(plan.tree_size)
         if self._metrics is not None:
             self._integrated.inc(len(rows))
-            self._tree_size_gauge.set(plan.tree_size)
         return len(rows)
 
     # --- checkpoints ----------------------------------------------------------------------------
@@ -223,6 +296,17 @@ class Integrator:
         return await self.checkpoint(tree_size=state.tree_size, root=self._root)
 
     async def checkpoint(self, *, tree_size: int, root: bytes) -> bool:
+        with batch_span(
+            "ingest.checkpoint",
+            origins=self._integrated_origins,
+            attributes={"awareness.tree_size": tree_size},
+        ):
+            signed = await self._sign_and_store(tree_size=tree_size, root=root)
+        if signed:
+            self._integrated_origins = []
+        return signed
+
+    async def _sign_and_store(self, *, tree_size: int, root: bytes) -> bool:
         if self._signing is None:
             self._signing = signing_pb2_grpc.SigningServiceStub(self._signing_channel())
         request = signing_pb2.SignCheckpointRequest(
@@ -238,24 +322,32 @@ class Integrator:
             self._signing_failed(ValueError("signing returned a checkpoint for another tree"))
             return False
         now_us = time.time_ns() // 1000
+        signed_time_us = (
+            signed.timestamp.seconds * 1_000_000 + signed.timestamp.nanos // 1000
+            if signed.HasField("timestamp")
+            else now_us
+        )
         values = {
             "tree_size": tree_size,
             "origin": signed.origin or self.settings.origin,
             "root_hash": root,
             "note": signed.note,
             "key_id": signed.key_id,
-            "signed_time_us": signed.timestamp.seconds * 1_000_000 + signed.timestamp.nanos // 1000
-            if signed.HasField("timestamp")
-            else now_us,
+            "signed_time_us": signed_time_us,
             "timestamp_token": bytes(signed.timestamp_token),
             "tsa": signed.tsa,
             "store_time_us": now_us,
         }
-        await self._in_thread(functools.partial(self._store_checkpoint, values))
+        # In a copy of this context, so the database spans join the checkpoint span.
+        store = functools.partial(contextvars.copy_context().run, self._store_checkpoint, values)
+        await self._in_thread(store)
         self._checkpointed_size = tree_size
         self._last_checkpoint = time.monotonic()
+        self.observed_checkpoint_size = tree_size
+        self.checkpoint_signed_at = signed_time_us / 1_000_000
         if self._metrics is not None:
             self._checkpoint_gauge.set(tree_size)
+            self._checkpoints.inc()
         return True
 
     def _store_checkpoint(self, values: dict[str, object]) -> None:

@@ -207,6 +207,15 @@ def unintegrated_records(
     )
 
 
+def count_records_after(session: Session, *, after_seq: int) -> int:
+    """How many stored records have a seq above `after_seq` (a range on the primary key)."""
+    return int(
+        session.execute(
+            select(func.count()).select_from(RECORDS).where(RECORDS.c.seq > after_seq)
+        ).scalar_one()
+    )
+
+
 def insert_leaves_and_nodes(
     session: Session, *, leaves: Sequence[Mapping[str, Any]], nodes: Mapping[NodeKey, bytes]
 ) -> None:

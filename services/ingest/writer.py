@@ -9,8 +9,11 @@ only after the transaction that stored its event has committed.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,6 +22,7 @@ from typing import Any
 
 from awareness.ingest.v1 import ingest_pb2
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from opentelemetry.trace import SpanContext
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,8 +46,10 @@ from services.ingest.domain.records import (
 )
 from services.ingest.keys import KeyLookup, SubjectKey, SubjectKeys
 from services.ingest.repository import StoredReceipt, to_us
+from services.ingest.tracing import batch_span, current_span_context
 from services.runtime.db import run_db, transaction
 from services.runtime.errors import AwarenessError, FieldViolation, UnavailableError
+from services.runtime.metrics import ServiceMetrics
 
 log = logging.getLogger("awareness.ingest")
 
@@ -77,6 +83,8 @@ class EnrichmentItem:
     summary_length: int
     detail_count: int
     details: dict[str, str]
+    # The appending request's span, so the enrichment batch can join (or link to) its trace.
+    origin: SpanContext | None = None
 
 
 @dataclass(slots=True)
@@ -94,6 +102,7 @@ class PendingRow:
 class _Work:
     rows: list[PendingRow]
     future: asyncio.Future[list[StoredReceipt | None]]
+    origin: SpanContext | None = None
 
 
 class Committer:
@@ -110,7 +119,8 @@ class Committer:
         sessions: sessionmaker[Session],
         gate: repository.WriteGate,
         max_rows: int = 5000,
-        on_commit: Callable[[int], None] = lambda count: None,
+        on_commit: Callable[[int, list[SpanContext]], None] = lambda count, origins: None,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self._sessions = sessions
         self._gate = gate
@@ -119,11 +129,23 @@ class Committer:
         self._queue: asyncio.Queue[_Work] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-commit")
         self.transactions = 0
+        self.waiting_rows = 0  # events queued for the next group commit (not yet taken by it)
+        if metrics is not None:
+            metrics.gauge("queue_depth", "Events waiting in the group-commit queue").set_function(
+                lambda: self.waiting_rows
+            )
+            self._commit_rows = metrics.histogram(
+                "group_commit_events",
+                "Events stored per group-commit transaction",
+                buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000),
+            )
+        self._metrics = metrics
 
     async def submit(self, rows: list[PendingRow]) -> list[StoredReceipt | None]:
         """Per row: None when this commit stored it, else what an earlier append stored."""
         future: asyncio.Future[list[StoredReceipt | None]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Work(rows=rows, future=future))
+        self.waiting_rows += len(rows)
+        await self._queue.put(_Work(rows=rows, future=future, origin=current_span_context()))
         return await future
 
     async def run(self) -> None:
@@ -133,9 +155,16 @@ class Committer:
             while count < self._max_rows and not self._queue.empty():
                 works.append(self._queue.get_nowait())
                 count += len(works[-1].rows)
+            self.waiting_rows -= count
             rows = [row for work in works for row in work.rows]
+            origins = [work.origin for work in works if work.origin is not None]
             try:
-                results = await asyncio.get_running_loop().run_in_executor(self._executor, self._commit, rows)
+                with batch_span(
+                    "ingest.group_commit", origins=origins, attributes={"awareness.events": count}
+                ):
+                    # The thread runs in a copy of this context, so its database spans join the batch span.
+                    commit = functools.partial(contextvars.copy_context().run, self._commit, rows)
+                    results = await asyncio.get_running_loop().run_in_executor(self._executor, commit)
             except Exception as error:  # the database refused: every waiting append fails with it
                 log.warning("append transaction failed", extra={"error": type(error).__name__})
                 failure: BaseException = (
@@ -148,7 +177,10 @@ class Committer:
                         work.future.set_exception(failure)
                 continue
             self.transactions += 1
-            self._on_commit(sum(1 for result in results if result is None))
+            stored = sum(1 for result in results if result is None)
+            if self._metrics is not None:
+                self._commit_rows.observe(stored)
+            self._on_commit(stored, origins)
             position = 0
             for work in works:
                 if not work.future.done():
@@ -229,6 +261,7 @@ class LogWriter:
         clock_skew: timedelta,
         on_accepted: Callable[[list[EnrichmentItem]], None] = lambda items: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self._sessions = sessions
         self._keys = keys
@@ -237,11 +270,46 @@ class LogWriter:
         self._clock_skew = clock_skew
         self._on_accepted = on_accepted
         self._clock = clock
+        self._metrics = metrics
+        if metrics is not None:
+            self._appended = metrics.counter(
+                "events_appended_total", "Events submitted to the log, by outcome", ["outcome"]
+            )
+            for outcome in APPEND_OUTCOMES:
+                self._appended.labels(outcome)
+            self._append_latency = metrics.histogram(
+                "append_batch_duration_seconds",
+                "Time to answer one append call (one event or one stream batch), commit included",
+            )
 
     async def append(
         self, messages: Sequence[ingest_pb2.Event], *, allow_system: bool, unary: bool = False
     ) -> list[AppendOutcome]:
+        started = time.perf_counter()
+        try:
+            outcomes = await self._append(messages, allow_system=allow_system, unary=unary)
+        except BaseException:
+            self._count({"failed": len(messages)})
+            raise
+        if self._metrics is not None:
+            self._append_latency.observe(time.perf_counter() - started)
+            counts: dict[str, int] = {}
+            for outcome in outcomes:
+                name = _outcome_name(outcome)
+                counts[name] = counts.get(name, 0) + 1
+            self._count(counts)
+        return outcomes
+
+    def _count(self, counts: dict[str, int]) -> None:
+        if self._metrics is not None:
+            for outcome, count in counts.items():
+                self._appended.labels(outcome).inc(count)
+
+    async def _append(
+        self, messages: Sequence[ingest_pb2.Event], *, allow_system: bool, unary: bool
+    ) -> list[AppendOutcome]:
         now = self._clock()
+        origin = current_span_context()
         outcomes: list[AppendOutcome | None] = [None] * len(messages)
         candidates: list[_Candidate] = []
         first_by_id: dict[str, _Candidate] = {}
@@ -270,9 +338,9 @@ class LogWriter:
         await self._resolve_keys([c for c in new if not c.system])
         # Sealing and hashing are CPU work: large batches off the event loop, so calls keep flowing.
         if len(new) > 16:
-            await run_db(_build_rows, new, to_us(now))
+            await run_db(functools.partial(_build_rows, new, to_us(now), origin=origin))
         else:
-            _build_rows(new, to_us(now))
+            _build_rows(new, to_us(now), origin=origin)
         stored = await self._committer.submit([c.row for c in new if c.row is not None]) if new else []
         answers: dict[str, StoredReceipt | None] = dict(existing)
         answers.update({c.event_id: result for c, result in zip(new, stored, strict=True)})
@@ -370,6 +438,19 @@ def _lookup(candidate: _Candidate) -> KeyLookup:
     )
 
 
+APPEND_OUTCOMES = ("accepted", "replayed", "conflict", "invalid", "failed")
+
+
+def _outcome_name(outcome: AppendOutcome) -> str:
+    if isinstance(outcome, Accepted):
+        return "replayed" if outcome.replayed else "accepted"
+    if isinstance(outcome, EventConflictError):
+        return "conflict"
+    if isinstance(outcome, ValidationError):
+        return "invalid"
+    return "failed"
+
+
 def _replay_or_conflict(original: StoredReceipt, fingerprint: str) -> AppendOutcome:
     if original.content_fingerprint != fingerprint:
         return EventConflictError(event_id=original.event_id)
@@ -382,7 +463,7 @@ def _replay_or_conflict(original: StoredReceipt, fingerprint: str) -> AppendOutc
     )
 
 
-def _build_rows(candidates: list[_Candidate], receive_us: int) -> None:
+def _build_rows(candidates: list[_Candidate], receive_us: int, *, origin: SpanContext | None = None) -> None:
     receive_time = repository.from_us(receive_us)
     ciphers: dict[bytes, AESGCM] = {}  # one key schedule per data key in the batch
     for candidate in candidates:
@@ -392,12 +473,17 @@ def _build_rows(candidates: list[_Candidate], receive_us: int) -> None:
             if cipher is None:
                 cipher = ciphers[candidate.key.data_key] = AESGCM(candidate.key.data_key)
         candidate.row = _pending_row(
-            candidate, receive_us=receive_us, receive_time=receive_time, cipher=cipher
+            candidate, receive_us=receive_us, receive_time=receive_time, cipher=cipher, origin=origin
         )
 
 
 def _pending_row(
-    candidate: _Candidate, *, receive_us: int, receive_time: datetime, cipher: AESGCM | None = None
+    candidate: _Candidate,
+    *,
+    receive_us: int,
+    receive_time: datetime,
+    cipher: AESGCM | None = None,
+    origin: SpanContext | None = None,
 ) -> PendingRow:
     event = candidate.event
     occurred_us = to_us(candidate.occurred_at)
@@ -492,6 +578,7 @@ def _pending_row(
             summary_length=len(event.summary),
             detail_count=len(event.details),
             details=dict(event.details),
+            origin=origin,
         )
     )
     return PendingRow(

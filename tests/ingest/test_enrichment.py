@@ -160,5 +160,10 @@ async def test_pending_rows_are_back_filled_and_an_erased_subject_cannot_be_eval
         assert gone.evaluation_state == Metadata.EVALUATION_STATE_FAILED
         assert "erased" in gone.evaluation_note
         assert {item.event_id for item in scoring.inputs} >= {kept.event_id, erased.event_id}
+        registry = running.services["ingest"].context.metrics.registry
+        backfills = "awareness_ingest_reconciler_backfills_total"
+        # Both events were scored by the reconciler; only the kept one could be evaluated.
+        assert registry.get_sample_value(backfills, {"peer": "scoring"}) == 2
+        assert registry.get_sample_value(backfills, {"peer": "policy"}) == 1
     finally:
         await server.stop(0)
