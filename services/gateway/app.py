@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 import uvicorn
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -56,7 +57,7 @@ from services.gateway.transcoder import Backend, MediaTypeError, Router, parse_h
 from services.runtime import auth, db, migrations
 from services.runtime.clients import ChannelFactory, new_breaker
 from services.runtime.config import SERVICE_NAMES, SERVICES, Settings, ensure_dev_secret
-from services.runtime.errors import AwarenessError, PermissionDeniedError
+from services.runtime.errors import AwarenessError, PermissionDeniedError, UnauthenticatedError
 from services.runtime.logs import configure_logging
 from services.runtime.metrics import ServiceMetrics
 from services.runtime.tracing import configure_tracing, shutdown_tracing
@@ -260,7 +261,8 @@ async def _admit(state: GatewayState, request: Request, permission: str) -> Admi
     try:
         principal = await state.authenticator.authenticate(request.headers.get("authorization"))
     except AwarenessError as exc:
-        state.metrics.auth_failures.labels(exc.reason).inc()
+        if isinstance(exc, UnauthenticatedError):
+            state.metrics.auth_failures.labels(exc.reason).inc()
         decision = await _limit(state, request, None)
         if not decision.allowed:
             return _too_many(decision)
@@ -520,8 +522,11 @@ def _make_limiter(settings: Settings, config: GatewayConfig, metrics: GatewayMet
     )
 
 
-def create_gateway(settings: Settings) -> Starlette:
-    """The ASGI app; opens nothing but the SQLite/PostgreSQL engine (lazily) and gRPC channels."""
+def create_gateway(settings: Settings, *, tracer: trace.Tracer | None = None) -> Starlette:
+    """The ASGI app; opens nothing but the SQLite/PostgreSQL engine (lazily) and gRPC channels.
+
+    ``tracer`` defaults to the process-wide provider's (tests pass their own).
+    """
     config = load_gateway_config(settings)
     gateway_metrics = GatewayMetrics.create()
     channels = ChannelFactory(
@@ -585,6 +590,7 @@ def create_gateway(settings: Settings) -> Starlette:
             body_timeout_seconds=config.body_timeout_seconds,
             requests_total=http_requests,
             duration_seconds=http_latency,
+            tracer=tracer,
         )
     ]
     if config.cors_origins:

@@ -3,7 +3,14 @@
 Both arrive as ``Authorization: Bearer <credential>``. A credential starting ``awk_`` is
 an API key; anything else is tried as a JWT when JWT authentication is configured.
 Every failure is an UnauthenticatedError, which the app answers with 401 and a
-``WWW-Authenticate`` challenge (RFC 6750).
+``WWW-Authenticate`` challenge (RFC 6750); a key store that cannot be read is an
+UnavailableError (503, reason KEY_STORE_UNAVAILABLE), never a 500.
+
+Key records are cached in process for ``AWARENESS_GATEWAY_KEY_CACHE_SECONDS`` (30 s by
+default) so the hot path does not touch the store or the thread pool. The secret is still
+checked and the expiry still read on every request; a revocation reaches every replica
+within the cache lifetime, and keys already verified keep working through a store outage
+of that length. Concurrent first requests for one key share a single store read.
 """
 
 from __future__ import annotations
@@ -11,20 +18,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 import jwt
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.gateway import repository
 from services.gateway.config import GatewayConfig
 from services.gateway.domain import keys
+from services.gateway.domain.keycache import TtlCache
 from services.runtime.auth import ROLES, Principal
 from services.runtime.db import run_db
-from services.runtime.errors import UnauthenticatedError
+from services.runtime.errors import UnauthenticatedError, UnavailableError
 
 log = logging.getLogger("awareness.gateway.auth")
 
@@ -94,10 +105,15 @@ class Authenticator:
         sessions: sessionmaker[Session],
         config: GatewayConfig,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        cache_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sessions = sessions
         self._jwt = JwtVerifier(config) if config.jwt_enabled else None
         self._clock = clock
+        self._cache: TtlCache[repository.KeyRecord] = TtlCache(
+            ttl_seconds=config.key_cache_seconds, max_entries=config.key_cache_entries, clock=cache_clock
+        )
+        self._pending: dict[str, asyncio.Future[repository.KeyRecord | None]] = {}
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -109,18 +125,17 @@ class Authenticator:
         if scheme.lower() != "bearer" or not credential:
             raise UnauthenticatedError("use the Bearer scheme", reason="BAD_AUTHORIZATION_HEADER")
         if keys.looks_like_api_key(credential):
-            return await run_db(self._api_key, credential)
+            return await self._api_key(credential)
         if self._jwt is not None:
             return await asyncio.to_thread(self._jwt.verify, credential)
         raise UnauthenticatedError("unknown credential", reason="INVALID_CREDENTIALS")
 
-    def _api_key(self, token: str) -> Principal:
+    async def _api_key(self, token: str) -> Principal:
         parsed = keys.parse_token(token)
         if parsed is None:
             raise UnauthenticatedError("malformed API key", reason="INVALID_CREDENTIALS")
         key_id, secret = parsed
-        with self._sessions() as session:
-            record = repository.find_key(session, key_id=key_id)
+        record = await self._key_record(key_id)
         if record is None or not keys.secret_matches(secret, record.secret_hash):
             raise UnauthenticatedError("unknown API key", reason="INVALID_CREDENTIALS")
         if record.revoked_at is not None:
@@ -128,6 +143,36 @@ class Authenticator:
         if not record.usable(now=self._clock()):
             raise UnauthenticatedError("API key expired", reason="KEY_EXPIRED")
         return Principal(subject=f"apikey:{record.key_id}", roles=record.roles & ROLES)
+
+    async def _key_record(self, key_id: str) -> repository.KeyRecord | None:
+        cached = self._cache.get(key_id)
+        if cached is not None:
+            return cached
+        pending = self._pending.get(key_id)
+        if pending is None:
+            pending = asyncio.ensure_future(run_db(self._load_key, key_id))
+            self._pending[key_id] = pending
+            pending.add_done_callback(lambda done: self._settle(key_id, done))
+        # shield: one caller giving up (client disconnect) must not cancel the shared read.
+        return await asyncio.shield(pending)
+
+    def _settle(self, key_id: str, done: asyncio.Future[repository.KeyRecord | None]) -> None:
+        self._pending.pop(key_id, None)
+        if done.cancelled() or done.exception() is not None:
+            return
+        record = done.result()
+        if record is not None:  # unknown ids are not cached: a new key works at once
+            self._cache.put(key_id, record)
+
+    def _load_key(self, key_id: str) -> repository.KeyRecord | None:
+        try:
+            with self._sessions() as session:
+                return repository.find_key(session, key_id=key_id)
+        except (DBAPIError, PoolTimeoutError) as exc:
+            log.warning("API key store unavailable", extra={"error": type(exc).__name__})
+            raise UnavailableError(
+                "the API key store is unavailable; retry later", reason="KEY_STORE_UNAVAILABLE"
+            ) from exc
 
 
 def bearer_challenge(error: UnauthenticatedError) -> str:

@@ -11,9 +11,10 @@ from typing import Any, TypeVar
 from sqlalchemy.orm import Session
 
 from services.gateway import repository
+from services.gateway.config import KEY_CACHE_SECONDS_DEFAULT, KEY_CACHE_SECONDS_VAR
 from services.gateway.domain import keys
 from services.runtime import auth, db, migrations
-from services.runtime.config import load_settings
+from services.runtime.config import env_float, load_settings
 
 T = TypeVar("T")
 
@@ -91,6 +92,10 @@ def _revoke(args: argparse.Namespace) -> int:
         print(f"awareness keys revoke: no key {args.key_id}", file=sys.stderr)
         return 1
     print(f"revoked key {record.key_id} ({record.name})")
+    cache_seconds = env_float(load_settings("gateway").env, KEY_CACHE_SECONDS_VAR, KEY_CACHE_SECONDS_DEFAULT)
+    if cache_seconds > 0:
+        # Gateways cache verified keys; say when the revocation is certain to be everywhere.
+        print(f"gateways that verified it recently accept it for up to {cache_seconds:g} s more (key cache)")
     return 0
 
 

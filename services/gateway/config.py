@@ -10,6 +10,8 @@ from services.runtime.config import ConfigError, Settings, env_float, env_int, e
 # Methods the contracts do not (yet) model as long-running operations but which run for
 # minutes; their HTTP call gets a longer deadline than AWARENESS_CALL_TIMEOUT_SECONDS.
 DEFAULT_METHOD_TIMEOUTS = "awareness.scoring.v1.ScoringService/TrainModel=600"
+KEY_CACHE_SECONDS_DEFAULT = 30.0
+KEY_CACHE_SECONDS_VAR = "AWARENESS_GATEWAY_KEY_CACHE_SECONDS"
 GOPHISH_SECRET_FILE = "gophish-webhook-secret"  # noqa: S105 - a file name, not a secret
 
 
@@ -34,6 +36,8 @@ class GatewayConfig:
     body_timeout_seconds: float
     max_concurrency: int | None
     method_timeouts: dict[str, float]
+    key_cache_seconds: float = KEY_CACHE_SECONDS_DEFAULT
+    key_cache_entries: int = 10_000
 
     @property
     def jwt_enabled(self) -> bool:
@@ -69,6 +73,10 @@ def load_gateway_config(settings: Settings) -> GatewayConfig:
         method_timeouts=_method_timeouts(
             env_str(env, "AWARENESS_GATEWAY_METHOD_TIMEOUTS", DEFAULT_METHOD_TIMEOUTS)
         ),
+        # How long a verified API key record is trusted without reading the store again: the
+        # longest a revocation takes to reach this replica (0 turns the cache off).
+        key_cache_seconds=env_float(env, KEY_CACHE_SECONDS_VAR, KEY_CACHE_SECONDS_DEFAULT, minimum=0.0),
+        key_cache_entries=env_int(env, "AWARENESS_GATEWAY_KEY_CACHE_ENTRIES", 10_000, minimum=0),
     )
     if config.jwt_enabled and not (config.jwt_issuer and config.jwt_audience):
         raise ConfigError(

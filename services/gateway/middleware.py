@@ -1,4 +1,8 @@
-"""The edge of every request: limits, security headers, metrics, and no stack traces.
+"""The edge of every request: limits, security headers, metrics, tracing, and no stack traces.
+
+Each HTTP request gets a SERVER span continuing the caller's W3C ``traceparent``; the span
+is current while the app runs, so the runtime's channels inject it into the gRPC metadata
+of the backend call.
 
 One pure-ASGI middleware (not several BaseHTTPMiddleware layers) so streaming responses
 pass straight through and the hot path stays short.
@@ -14,6 +18,8 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import Counter, Histogram
 
 log = logging.getLogger("awareness.gateway.http")
@@ -69,8 +75,10 @@ class EdgeMiddleware:
         body_timeout_seconds: float,
         requests_total: Counter,
         duration_seconds: Histogram,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.app = app
+        self.tracer = tracer or trace.get_tracer("awareness.gateway")
         self.max_body_bytes = max_body_bytes
         self.body_timeout_seconds = body_timeout_seconds
         self.requests_total = requests_total
@@ -82,7 +90,26 @@ class EdgeMiddleware:
             return
         started = time.perf_counter()
         scope.setdefault("state", {})
-        status_holder = {"status": 500, "started": False}
+        status_holder: dict[str, Any] = {"status": 500, "started": False}
+        method = str(scope.get("method", ""))
+        parent = propagate.extract(carrier=_header_carrier(scope))
+        with self.tracer.start_as_current_span(
+            method,
+            context=parent,
+            kind=SpanKind.SERVER,
+            # The route template, never the raw path: paths can carry a subject's identifier.
+            attributes={"http.method": method},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                await self._handle(scope, receive, send, status_holder=status_holder, started=started)
+            finally:
+                _finish_span(span, scope, method, int(status_holder["status"]))
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, *, status_holder: dict[str, Any], started: float
+    ) -> None:
         path: str = scope.get("path", "")
         api = path.startswith("/v1/")
 
@@ -182,6 +209,25 @@ class EdgeMiddleware:
         method = scope.get("method", "")
         self.requests_total.labels(route, method, str(holder["status"])).inc()
         self.duration_seconds.labels(route, method).observe(time.perf_counter() - started)
+
+
+def _header_carrier(scope: Scope) -> dict[str, str]:
+    """The trace-context headers of the request, as the propagator reads them."""
+    carrier: dict[str, str] = {}
+    for key, value in scope.get("headers", []):
+        if key in (b"traceparent", b"tracestate", b"baggage"):
+            carrier[key.decode("latin-1")] = value.decode("latin-1")
+    return carrier
+
+
+def _finish_span(span: trace.Span, scope: Scope, method: str, status: int) -> None:
+    route = _route(scope)
+    if route != "unmatched":
+        span.update_name(f"{method} {route}")
+        span.set_attribute("http.route", route)
+    span.set_attribute("http.status_code", status)
+    if status >= 500:  # 4xx are the client's; only server faults mark the span as an error
+        span.set_status(Status(StatusCode.ERROR))
 
 
 def _route(scope: Scope) -> str:

@@ -35,8 +35,18 @@ class Router:
     """Routes in specificity order; ``match`` also reports the methods a path allows (405)."""
 
     routes: list[HttpRoute]
+    _by_method: dict[str, list[HttpRoute]] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        for route in self.routes:  # keeps the specificity order within each method
+            self._by_method.setdefault(route.http_method, []).append(route)
 
     def match(self, method: str, raw_path: str) -> RouteMatch | set[str] | None:
+        # Only this method's routes on the hot path; the full scan is for the 405 answer.
+        for route in self._by_method.get(method, ()):
+            bindings = route.template.match(raw_path)
+            if bindings is not None:
+                return RouteMatch(route=route, bindings=bindings)
         allowed: set[str] = set()
         for route in self.routes:
             bindings = route.template.match(raw_path)
@@ -57,10 +67,14 @@ class Backend:
     method_timeouts: dict[str, float] = field(default_factory=dict)
     pool: descriptor_pool.DescriptorPool = field(default_factory=descriptor_pool.Default)
     _callables: dict[str, Any] = field(default_factory=dict)
+    _classes: dict[str, type[message.Message]] = field(default_factory=dict)
 
     def message_class(self, full_name: str) -> type[message.Message]:
-        found: descriptor.Descriptor = self.pool.FindMessageTypeByName(full_name)
-        return message_factory.GetMessageClass(found)
+        known = self._classes.get(full_name)
+        if known is None:
+            found: descriptor.Descriptor = self.pool.FindMessageTypeByName(full_name)
+            known = self._classes[full_name] = message_factory.GetMessageClass(found)
+        return known
 
     def _callable(self, route: HttpRoute) -> Any:
         key = route.rpc

@@ -38,20 +38,24 @@ class Seen:
     principals: list[auth.Principal] = field(default_factory=list)
     events: dict[str, ingest_pb2.Event] = field(default_factory=dict)
     requests: list[Any] = field(default_factory=list)
+    traceparents: list[str] = field(default_factory=list)  # W3C trace context of each ingest call
 
 
 class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
     def __init__(self, seen: Seen) -> None:
         self.seen = seen
 
-    def _record(self, request: Any) -> None:
+    def _record(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         principal = auth.current_principal()
         assert principal is not None
         self.seen.principals.append(principal)
         self.seen.requests.append(request)
+        for key, value in context.invocation_metadata() or ():
+            if key == "traceparent":
+                self.seen.traceparents.append(str(value))
 
     async def AppendEvent(self, request: ingest_pb2.AppendEventRequest, context: Any) -> Any:
-        self._record(request)
+        self._record(request, context)
         event_id = request.event.event_id or f"generated-{len(self.seen.events)}"
         replayed = event_id in self.seen.events
         self.seen.events.setdefault(event_id, request.event)
@@ -59,7 +63,7 @@ class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
         return ingest_pb2.AppendEventResponse(receipt=receipt, replayed=replayed)
 
     async def GetEvent(self, request: ingest_pb2.GetEventRequest, context: Any) -> Any:
-        self._record(request)
+        self._record(request, context)
         event_id = request.name.removeprefix("events/")
         if event_id not in self.seen.events:
             raise NotFoundError(
@@ -71,11 +75,11 @@ class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
         return event
 
     async def ListEvents(self, request: ingest_pb2.ListEventsRequest, context: Any) -> Any:
-        self._record(request)
+        self._record(request, context)
         return ingest_pb2.ListEventsResponse(events=list(self.seen.events.values()), next_page_token="")
 
     async def LabelEvent(self, request: ingest_pb2.LabelEventRequest, context: Any) -> Any:
-        self._record(request)
+        self._record(request, context)
         return ingest_pb2.Event(name=request.name)
 
 
