@@ -124,6 +124,29 @@ async def test_unexpected_exception_is_internal_without_stack_trace(running: Any
     await factory.close()
 
 
+async def test_unreachable_store_is_unavailable_not_internal(running: Any, tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    engine = db.create_db_engine(f"sqlite:///{tmp_path / 'gone' / 'nowhere' / 'x.db'}", service="test")
+    (tmp_path / "gone" / "nowhere").rmdir()  # create_db_engine made the directory; take it away
+
+    async def read(_request: bytes, _context: Any) -> bytes:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return b"unreachable"
+
+    factory = channels(await running(make_app({"Read": read})), attempts=1)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await factory.channel("svc").unary_unary("/test.Svc/Read")(b"")
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    status = rpc_status.from_call(caught.value)
+    assert status is not None
+    info = error_info(status)
+    assert info is not None and info.reason == "STORE_UNAVAILABLE"
+    await factory.close()
+    engine.dispose()
+
+
 async def test_expired_deadline_surfaces_as_deadline_exceeded(running: Any) -> None:
     async def slow(_request: bytes, _context: Any) -> bytes:
         await asyncio.sleep(2)
