@@ -190,6 +190,62 @@ def test_new_user_posts_an_event_with_curl_and_reads_it_back_with_its_receipt(su
     assert json.loads(body)["eventId"] == event_id
 
 
+def test_a_new_policy_author_walks_the_lifecycle_through_the_gateway(suite: Suite) -> None:
+    # Issue 6's walk-through over HTTP: create, submit, fail to approve as the author (who
+    # also holds the approver role), approve as someone else, send a violating event, see it.
+    author = suite.create_key("policy_author", "policy_approver")
+    approver = suite.create_key("policy_approver")
+    integration = suite.create_key("admin")
+    campaign = f"walkthrough-{uuid.uuid4().hex[:8]}"
+    rule = f'event.type == "phishing.clicked" && event.details["campaign"] == "{campaign}"'
+    with httpx.Client(base_url=suite.url, timeout=30) as http:
+
+        def as_(key: str) -> dict[str, str]:
+            return {"Authorization": f"Bearer {key}"}
+
+        created = http.post(
+            "/v1/policies",
+            params={"policyId": campaign},
+            json={"title": "Walk-through click", "rule": rule, "severity": "SEVERITY_HIGH"},
+            headers=as_(author),
+        )
+        assert created.status_code == 200, created.text
+        name = created.json()["name"]
+        assert created.json()["state"].endswith("DRAFT")
+        submitted = http.post(f"/v1/{name}:submit", json={}, headers=as_(author))
+        assert submitted.status_code == 200, submitted.text
+        refused = http.post(f"/v1/{name}:approve", json={}, headers=as_(author))
+        assert refused.status_code == 403, refused.text
+        assert any(d.get("reason") == "SEPARATION_OF_DUTIES" for d in refused.json()["details"])
+        approved = http.post(f"/v1/{name}:approve", json={}, headers=as_(approver))
+        assert approved.status_code == 200, approved.text
+        assert approved.json()["state"].endswith("ACTIVE")
+
+        event_id = str(uuid.uuid4())
+        posted = http.post(
+            "/v1/events",
+            json={
+                "eventId": event_id,
+                "type": "phishing.clicked",
+                "source": "walkthrough",
+                "subject": "walk.through@example.org",
+                "occurredAt": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                "severity": "SEVERITY_MEDIUM",
+                "details": {"campaign": campaign},
+            },
+            headers=as_(integration),
+        )
+        assert posted.status_code == 200, posted.text
+        deadline = time.monotonic() + 60
+        violations: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not violations:
+            event = http.get(f"/v1/events/{event_id}", headers=as_(integration)).json()
+            violations = event.get("metadata", {}).get("violations", [])
+            if not violations:
+                time.sleep(0.5)
+        assert [v["policy"] for v in violations] == [name], event
+
+
 # --- authentication and authorization over real sockets -----------------------------------
 
 
