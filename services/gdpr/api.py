@@ -26,7 +26,6 @@ from services.gdpr.domain.consent import ConsentAction, current_states
 from services.gdpr.domain.export import aiter_export_json
 from services.gdpr.domain.keys import normalise_identifier
 from services.gdpr.models import AuditRecordRow, ConsentRecordRow, ErasureRecordRow
-from services.gdpr.paging import decode_token, encode_token, page_size
 from services.gdpr.store import (
     DEFAULT_RULE,
     ErasureOutcome,
@@ -49,6 +48,7 @@ from services.runtime.errors import (
     NotFoundError,
 )
 from services.runtime.metrics import ServiceMetrics
+from services.runtime.paging import decode_token, encode_token, page_size
 
 log = logging.getLogger("awareness.gdpr")
 T = TypeVar("T")

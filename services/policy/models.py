@@ -4,39 +4,17 @@ generation counter that lets every replica notice approvals and retirements made
 from __future__ import annotations
 
 import datetime
-from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text, TypeDecorator
-from sqlalchemy.engine import Dialect
+from sqlalchemy import JSON, BigInteger, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from services.runtime.db import UtcDateTime
 
 # SQLite has no 64-bit autoincrement type of its own; INTEGER PRIMARY KEY is its rowid (already 64 bits).
 BigIntegerKey = BigInteger().with_variant(Integer(), "sqlite")
 # Policy ids sort bytewise on every backend (SQLite's default), so pages and evaluation order do not depend
 # on the PostgreSQL server's locale.
 PolicyId = String(63).with_variant(String(63, collation="C"), "postgresql")
-
-
-class UtcDateTime(TypeDecorator[datetime.datetime]):
-    """A timezone-aware UTC timestamp on every backend (SQLite returns naive values otherwise)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime.datetime | None, dialect: Dialect) -> Any:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("timestamps must be timezone-aware")
-        return value.astimezone(datetime.UTC)
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> datetime.datetime | None:
-        if value is None:
-            return None
-        moment: datetime.datetime = value
-        if moment.tzinfo is None:
-            return moment.replace(tzinfo=datetime.UTC)
-        return moment.astimezone(datetime.UTC)
 
 
 class Base(DeclarativeBase):

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.runtime.db import run_db, transaction
 from services.runtime.errors import FieldViolation, InvalidArgumentError
+from services.runtime.paging import decode_token, encode_token, page_size
 from services.scoring import repository
 from services.scoring.consent import ConsentChecker
 from services.scoring.convert import (
@@ -31,7 +32,6 @@ from services.scoring.domain.features import FEATURE_NAMES, FeatureInput, build_
 from services.scoring.domain.model import risk_level
 from services.scoring.live import LiveModels, LoadedModel
 from services.scoring.metrics import ScoringMetrics
-from services.scoring.paging import decode_token, encode_token, page_size
 from services.scoring.shadow import ShadowBatch, ShadowRecorder
 from services.scoring.training_job import DEFAULT_FOLDS, DEFAULT_SEED, TrainingJobs
 

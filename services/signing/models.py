@@ -9,38 +9,16 @@ Database triggers (see the first migration) refuse UPDATE and DELETE on every ta
 from __future__ import annotations
 
 import datetime
-from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, LargeBinary, String, Text, TypeDecorator
-from sqlalchemy.engine import Dialect
+from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from services.runtime.db import UtcDateTime
 
 # SQLite has no 64-bit autoincrement type of its own; INTEGER PRIMARY KEY is its rowid (already 64 bits).
 BigIntegerKey = BigInteger().with_variant(Integer(), "sqlite")
 
 APPEND_ONLY_TABLES = ("timestamp_tokens", "signed_checkpoints", "key_rotations")
-
-
-class UtcDateTime(TypeDecorator[datetime.datetime]):
-    """A timezone-aware UTC timestamp on every backend (SQLite returns naive values otherwise)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime.datetime | None, dialect: Dialect) -> Any:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("timestamps must be timezone-aware")
-        return value.astimezone(datetime.UTC)
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> datetime.datetime | None:
-        if value is None:
-            return None
-        moment: datetime.datetime = value
-        if moment.tzinfo is None:
-            return moment.replace(tzinfo=datetime.UTC)
-        return moment.astimezone(datetime.UTC)
 
 
 class Base(DeclarativeBase):

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from awareness.gdpr.v1 import gdpr_pb2
 
-from services.gdpr.paging import encode_token
+from services.runtime.paging import encode_token
 from tests.gdpr.conftest import ANALYST, SCORING_SERVICE, Harness
 from tests.gdpr.test_service_keys_and_erasure import reason_of, rpc_error, unique_subject
 
