@@ -48,7 +48,7 @@ def _insert_ignoring_conflicts(
     elif dialect == "sqlite":
         session.execute(sqlite_insert(model).on_conflict_do_nothing(), list(rows))
     else:  # pragma: no cover - the suite supports SQLite and PostgreSQL only
-        raise NotImplementedError(f"unsupported dialect {dialect}")
+        raise RuntimeError(f"unsupported dialect {dialect}: SQLite and PostgreSQL only")
 
 
 # --- subjects ----------------------------------------------------------------------------------------

@@ -229,7 +229,7 @@ def _create_triggers() -> None:
             f"FOR EACH ROW EXECUTE FUNCTION {_PG_ERASURE}()"
         )
         return
-    raise NotImplementedError(f"no append-only triggers for dialect {dialect}")
+    raise RuntimeError(f"no append-only triggers for dialect {dialect}: SQLite and PostgreSQL only")
 
 
 def _drop_triggers() -> None:

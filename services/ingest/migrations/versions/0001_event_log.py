@@ -140,7 +140,7 @@ def _create_append_only_triggers() -> None:
                 f"FOR EACH STATEMENT EXECUTE FUNCTION {_PG_FUNCTION}()"
             )
     else:
-        raise NotImplementedError(f"no append-only triggers for dialect {dialect}")
+        raise RuntimeError(f"no append-only triggers for dialect {dialect}: SQLite and PostgreSQL only")
 
 
 def downgrade() -> None:

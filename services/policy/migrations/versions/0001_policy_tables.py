@@ -102,7 +102,7 @@ def upgrade() -> None:
     dialect = op.get_bind().dialect.name
     triggers = {"sqlite": _SQLITE_TRIGGERS, "postgresql": _POSTGRES_TRIGGERS}.get(dialect)
     if triggers is None:
-        raise NotImplementedError(f"no append-only triggers for {dialect}")
+        raise RuntimeError(f"no append-only triggers for {dialect}: SQLite and PostgreSQL only")
     for statement in triggers:
         op.execute(statement)
 
