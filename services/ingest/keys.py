@@ -91,6 +91,13 @@ class SubjectKeys:
         self._append_cache: dict[tuple[str, str, str], _Entry] = {}
         self._read_cache: dict[tuple[str, str], _Entry] = {}
         self._stub: gdpr_pb2_grpc.GdprServiceStub | None = None
+        # A gdpr answer in flight while its subject is forgotten must not be cached (or, for
+        # reads, used) afterwards: `forget` stamps the pseudonym with a generation number.
+        self._generation = 0
+        self._forgotten_at: dict[str, int] = {}
+
+    def _forgotten_since(self, pseudonym: str, generation: int) -> bool:
+        return self._forgotten_at.get(pseudonym, -1) >= generation
 
     def _gdpr(self) -> gdpr_pb2_grpc.GdprServiceStub:
         if self._stub is None:
@@ -126,6 +133,7 @@ class SubjectKeys:
             request = gdpr_pb2.GetSubjectKeysRequest(
                 lookups=[_lookup_message(lookups[positions[0]]) for _, positions in chunk]
             )
+            asked_at = self._generation
             try:
                 response = await self._gdpr().GetSubjectKeys(request)
             except grpc.aio.AioRpcError as error:
@@ -143,8 +151,9 @@ class SubjectKeys:
                     data_key=bytes(message.data_key),
                 )
                 ttl = self._ttl_for(message.cache_ttl.ToTimedelta().total_seconds())
-                self._append_cache[cache_key] = _Entry(key, stored_at + ttl)
-                self._read_cache[(key.pseudonym, key.key_period)] = _Entry(key, stored_at + ttl)
+                if not self._forgotten_since(key.pseudonym, asked_at):
+                    self._append_cache[cache_key] = _Entry(key, stored_at + ttl)
+                    self._read_cache[(key.pseudonym, key.key_period)] = _Entry(key, stored_at + ttl)
                 for position in positions:
                     results[position] = key
         self._evict(now)
@@ -166,6 +175,7 @@ class SubjectKeys:
             request = gdpr_pb2.UnwrapDataKeysRequest(
                 keys=[gdpr_pb2.DataKeyRef(pseudonym=p, key_period=k) for p, k in chunk]
             )
+            asked_at = self._generation
             try:
                 response = await self._gdpr().UnwrapDataKeys(request)
             except grpc.aio.AioRpcError as error:
@@ -184,12 +194,16 @@ class SubjectKeys:
                     raise DependencyUnavailableError(
                         f"gdpr could not unwrap a data key: {item.error.message}", reason="GDPR_UNAVAILABLE"
                     )
+                if self._forgotten_since(ref[0], asked_at):
+                    value = ERASED  # erased while this answer was on its way
                 self._read_cache[ref] = _Entry(value, stored_at + ttl)
                 found[ref] = value
         return found
 
     def forget(self, pseudonym: str) -> int:
         """Drop every cached key of `pseudonym`; returns how many entries were dropped."""
+        self._forgotten_at[pseudonym] = self._generation
+        self._generation += 1
         dropped = 0
         for append_key in [k for k, e in self._append_cache.items() if _pseudonym_of(e) == pseudonym]:
             del self._append_cache[append_key]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ class FakeGdpr(gdpr_pb2_grpc.GdprServiceServicer):
     def __init__(self) -> None:
         self.lookups: list[gdpr_pb2.SubjectKeyLookup] = []
         self.erased: set[str] = set()
+        self.unwrap_gate: asyncio.Event | None = None  # holds UnwrapDataKeys answers back while set
 
     async def GetSubjectKeys(
         self, request: gdpr_pb2.GetSubjectKeysRequest, context: Any
@@ -52,6 +54,8 @@ class FakeGdpr(gdpr_pb2_grpc.GdprServiceServicer):
     async def UnwrapDataKeys(
         self, request: gdpr_pb2.UnwrapDataKeysRequest, context: Any
     ) -> gdpr_pb2.UnwrapDataKeysResponse:
+        if self.unwrap_gate is not None:
+            await self.unwrap_gate.wait()
         answers = []
         for ref in request.keys:
             if ref.pseudonym in self.erased:
@@ -151,3 +155,22 @@ async def test_unwrap_reports_erased_keys_and_outages(gdpr: tuple[FakeGdpr, str]
         await nowhere.unwrap([("psn_here", "2026-03")])
     await factory.close()
     assert grpc.StatusCode.NOT_FOUND.value[0] == code_pb2.NOT_FOUND
+
+
+async def test_a_key_in_flight_while_its_subject_is_forgotten_is_not_kept(gdpr: tuple[FakeGdpr, str]) -> None:
+    # The race that matters after an erasure: gdpr answered before deleting the key, and
+    # ForgetSubject arrived while that answer was still on its way to the reconciler.
+    fake, address = gdpr
+    keys, factory = keys_for(address, Clock())
+    fake.unwrap_gate = asyncio.Event()
+    in_flight = asyncio.create_task(keys.unwrap([("psn_ivan", "2026-03")]))
+    await asyncio.sleep(0.2)
+    keys.forget("psn_ivan")
+    fake.unwrap_gate.set()
+    assert (await in_flight)[("psn_ivan", "2026-03")] == ERASED
+    # The stale key is not resurrected by the cache either.
+    assert (await keys.unwrap([("psn_ivan", "2026-03")]))[("psn_ivan", "2026-03")] == ERASED
+    # A read that starts after the forget is answered normally.
+    keys.forget("psn_other")
+    assert isinstance((await keys.unwrap([("psn_zoe", "2026-03")]))[("psn_zoe", "2026-03")], SubjectKey)
+    await factory.close()
