@@ -74,6 +74,7 @@ EXPECTED_METHODS: dict[str, set[str]] = {
     "awareness.gdpr.v1.GdprService": {
         "GetSubjectKeys",
         "UnwrapDataKeys",
+        "LookupSubject",
         "EraseSubject",
         "GetErasureRecord",
         "ListErasureRecords",
@@ -99,6 +100,7 @@ INTERNAL_METHODS = {
     "awareness.signing.v1.SigningService.SignDigests",
     "awareness.gdpr.v1.GdprService.GetSubjectKeys",
     "awareness.gdpr.v1.GdprService.UnwrapDataKeys",
+    "awareness.gdpr.v1.GdprService.LookupSubject",
     "awareness.gdpr.v1.GdprService.CheckConsent",
 }
 GRPC_ONLY_METHODS = {"awareness.ingest.v1.IngestService.StreamAppendEvents"}

@@ -356,6 +356,18 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
                 item.cache_ttl.CopyFrom(self._cache_ttl)
         return response
 
+    async def LookupSubject(
+        self, request: gdpr_pb2.LookupSubjectRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> gdpr_pb2.LookupSubjectResponse:
+        violations: list[FieldViolation] = []
+        _check_subject(request.subject, "subject", violations)
+        if violations:
+            raise _invalid(violations)
+        # A read of the HMAC index only (never GetSubjectKeys' get-or-create): an unknown or erased
+        # person is SUBJECT_NOT_FOUND and stays unregistered.
+        subject = await run_db(self._store.find_subject, request.subject)
+        return gdpr_pb2.LookupSubjectResponse(pseudonym=subject.pseudonym)
+
     # --- erasure -------------------------------------------------------------------------------------
 
     async def EraseSubject(

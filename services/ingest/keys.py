@@ -76,7 +76,7 @@ def dependency_error(error: grpc.aio.AioRpcError, *, target: str) -> AwarenessEr
 
 
 class SubjectKeys:
-    """GetSubjectKeys / UnwrapDataKeys through the guarded gdpr channel, with a TTL cache."""
+    """GetSubjectKeys / UnwrapDataKeys (TTL-cached) and LookupSubject through the guarded gdpr channel."""
 
     def __init__(
         self,
@@ -199,6 +199,20 @@ class SubjectKeys:
                 self._read_cache[ref] = _Entry(value, stored_at + ttl)
                 found[ref] = value
         return found
+
+    async def lookup_pseudonym(self, subject: str) -> str | None:
+        """The subject's pseudonym, or None when gdpr has none (unknown or erased person).
+
+        gdpr's LookupSubject never registers anyone. Not cached: an erasure must hide the person from
+        the next lookup, and ForgetSubject names only the pseudonym, never the identifier.
+        """
+        try:
+            response = await self._gdpr().LookupSubject(gdpr_pb2.LookupSubjectRequest(subject=subject))
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise dependency_error(error, target="gdpr") from error
+        return response.pseudonym or None
 
     def forget(self, pseudonym: str) -> int:
         """Drop every cached key of `pseudonym`; returns how many entries were dropped."""

@@ -22,7 +22,7 @@ from services.ingest.convert import (
     timestamp_to_us,
 )
 from services.ingest.domain.errors import InvalidProofRequestError
-from services.ingest.domain.events import Severity, canonical_event_id
+from services.ingest.domain.events import MAX_SUBJECT_CHARS, Severity, canonical_event_id
 from services.ingest.domain.history import SubjectHistory
 from services.ingest.domain.merkle import consistency_proof, inclusion_proof
 from services.ingest.domain.records import (
@@ -40,6 +40,7 @@ from services.runtime.db import run_db, transaction
 from services.runtime.errors import (
     DependencyUnavailableError,
     FailedPreconditionError,
+    FieldViolation,
     InvalidArgumentError,
     NotFoundError,
 )
@@ -95,26 +96,31 @@ class EventReader:
         return events[0]
 
     async def list_events(self, request: ingest_pb2.ListEventsRequest) -> ingest_pb2.ListEventsResponse:
+        size = page_size(request.page_size)
+        start_us = timestamp_to_us(request.start_time) if request.HasField("start_time") else None
+        end_us = timestamp_to_us(request.end_time) if request.HasField("end_time") else None
+        pseudonym = request.subject_pseudonym
         if request.subject:
-            # Resolving a subject means asking gdpr, whose GetSubjectKeys would create a pseudonym (and a
-            # key) for a person we hold nothing about, or re-create an erased one. Until gdpr offers a
-            # lookup-only resolve, analysts filter by pseudonym.
-            raise InvalidArgumentError(
-                "filtering by subject is not supported; filter by subject_pseudonym",
-                reason="SUBJECT_FILTER_UNSUPPORTED",
-            )
+            found = await self._subject_pseudonym(request.subject)
+            if found is None or (pseudonym and pseudonym != found):
+                # Nobody by that identifier (unknown or erased), or another person than the pseudonym
+                # filter names: nothing matches, and gdpr registered no one.
+                return ingest_pb2.ListEventsResponse()
+            pseudonym = found
         where = EventFilter(
             type=request.type,
             source=request.source,
-            subject_pseudonym=request.subject_pseudonym,
-            start_us=timestamp_to_us(request.start_time) if request.HasField("start_time") else None,
-            end_us=timestamp_to_us(request.end_time) if request.HasField("end_time") else None,
+            subject_pseudonym=pseudonym,
+            start_us=start_us,
+            end_us=end_us,
             min_risk_score=request.min_risk_score if request.HasField("min_risk_score") else None,
             label=int(request.label),
             triage_state=int(request.triage_state),
         )
-        size = page_size(request.page_size)
-        cursor = decode_token(request.page_token, scope=where.fingerprint())
+        # Bound to the resolved pseudonym (never the identifier: tokens travel in URLs), and to
+        # whether it came from `subject`, so a token of one filter is refused by any other.
+        scope = where.fingerprint() + (":subject" if request.subject else "")
+        cursor = decode_token(request.page_token, scope=scope)
         after = (int(cursor[0]), str(cursor[1])) if cursor else None
 
         def query() -> list[str]:
@@ -128,9 +134,27 @@ class EventReader:
         if more and events:
             last = events[-1]
             response.next_page_token = encode_token(
-                [timestamp_to_us(last.receive_time), last.event_id], scope=where.fingerprint()
+                [timestamp_to_us(last.receive_time), last.event_id], scope=scope
             )
         return response
+
+    async def _subject_pseudonym(self, subject: str) -> str | None:
+        """The pseudonym gdpr holds for an identifier, None for nobody; gdpr creates nothing."""
+        if not subject.strip() or len(subject) > MAX_SUBJECT_CHARS:
+            raise InvalidArgumentError(
+                f"subject must name a data subject (1 to {MAX_SUBJECT_CHARS} characters)",
+                reason="INVALID_SUBJECT_FILTER",
+                violations=[FieldViolation("subject", f"must be 1 to {MAX_SUBJECT_CHARS} characters")],
+            )
+        try:
+            return await self._keys.lookup_pseudonym(subject)
+        except DependencyUnavailableError as error:
+            raise DependencyUnavailableError(
+                "cannot filter by subject: the gdpr service, which resolves identifiers to pseudonyms, "
+                "is unavailable; retry later, or filter by subject_pseudonym",
+                reason=error.reason,
+                metadata=error.metadata,
+            ) from error
 
     async def label_event(
         self, request: ingest_pb2.LabelEventRequest, *, labeled_by: str
