@@ -264,13 +264,7 @@ class Integrator:
             )
             now_us = time.time_ns() // 1000
             leaves = [
-                {
-                    "leaf_index": state.tree_size + offset,
-                    "event_id": row.event_id,
-                    "seq": row.seq,
-                    "leaf_hash": bytes(row.leaf_hash),
-                    "integrate_time_us": now_us,
-                }
+                (state.tree_size + offset, row.event_id, row.seq, bytes(row.leaf_hash), now_us)
                 for offset, row in enumerate(rows)
             ]
             repository.insert_leaves_and_nodes(session, leaves=leaves, nodes=plan.nodes)

@@ -31,21 +31,23 @@ from services.ingest.convert import event_input
 from services.ingest.domain.errors import EventConflictError, ValidationError
 from services.ingest.domain.events import (
     EVENT_TYPES_BY_NAME,
-    EventInput,
     Severity,
     canonical_event_id,
     new_event_id,
     parse_severity,
+    plainly_valid,
     validate_event,
 )
+from services.ingest.domain.merkle import leaf_hash
 from services.ingest.domain.records import (
-    StoredRecord,
-    content_fingerprint,
-    record_leaf_hash,
+    canonical_document_bytes,
+    fingerprint_fields,
+    format_timestamp_us,
+    record_document,
     seal_personal,
 )
 from services.ingest.keys import KeyLookup, SubjectKey, SubjectKeys
-from services.ingest.repository import StoredReceipt, to_us
+from services.ingest.repository import StoredReceipt, from_us, to_us
 from services.ingest.tracing import batch_span, current_span_context
 from services.runtime.db import run_db, transaction
 from services.runtime.errors import AwarenessError, FieldViolation, UnavailableError
@@ -93,8 +95,8 @@ class PendingRow:
     fingerprint: str
     leaf_hash: bytes
     receive_time_us: int
-    record: dict[str, Any]
-    metadata: dict[str, Any]
+    record: tuple[Any, ...]  # in repository.RECORD_COLUMNS order
+    metadata: tuple[Any, ...]  # in repository.METADATA_COLUMNS order
     enrichment: EnrichmentItem | None
 
 
@@ -234,13 +236,20 @@ class Committer:
         return results
 
 
-@dataclass
+@dataclass(slots=True)
 class _Candidate:
+    """A valid submitted event, ready to be sealed once its subject's key is known."""
+
     position: int
     event_id: str
-    event: EventInput
-    occurred_at: datetime
-    severity: Severity
+    type: str
+    source: str
+    subject: str  # the identifier; for system events, the pseudonym
+    summary: str
+    details: dict[str, str]
+    occurred_us: int
+    occurred_text: str  # format_timestamp form, as the record and fingerprint spell it
+    severity: int
     fingerprint: str
     system: bool
     row: PendingRow | None = None
@@ -309,15 +318,20 @@ class LogWriter:
         self, messages: Sequence[ingest_pb2.Event], *, allow_system: bool, unary: bool
     ) -> list[AppendOutcome]:
         now = self._clock()
+        latest_us = to_us(now + self._clock_skew)
         origin = current_span_context()
         outcomes: list[AppendOutcome | None] = [None] * len(messages)
         candidates: list[_Candidate] = []
         first_by_id: dict[str, _Candidate] = {}
         for position, message in enumerate(messages):
-            prefix = "event" if unary else f"events[{position}]"
-            checked = self._check(
-                message, now=now, prefix=prefix, allow_system=allow_system, position=position
+            checked: _Candidate | AwarenessError | None = self._plain_candidate(
+                message, position=position, latest_us=latest_us
             )
+            if checked is None:
+                prefix = "event" if unary else f"events[{position}]"
+                checked = self._check(
+                    message, now=now, prefix=prefix, allow_system=allow_system, position=position
+                )
             if isinstance(checked, AwarenessError):
                 outcomes[position] = checked
                 continue
@@ -375,6 +389,54 @@ class LogWriter:
             self._on_accepted(accepted_items)
         return [outcome for outcome in outcomes if outcome is not None]
 
+    def _plain_candidate(
+        self, message: ingest_pb2.Event, *, position: int, latest_us: int
+    ) -> _Candidate | None:
+        """The common case without building the domain input: a client event that plainly_valid
+        accepts. None sends the message through _check, which names every violation."""
+        stamp = message.occurred_at
+        occurred_us = stamp.seconds * 1_000_000 + stamp.nanos // 1000
+        severity = message.severity or int(Severity.INFO)
+        details = dict(message.details)
+        event_type, source, subject, summary = message.type, message.source, message.subject, message.summary
+        event_id = message.event_id
+        if not plainly_valid(
+            event_id=event_id,
+            type=event_type,
+            source=source,
+            subject=subject,
+            occurred_at_us=occurred_us,
+            latest_us=latest_us,
+            severity=severity,
+            summary=summary,
+            details=details,
+        ):
+            return None
+        occurred_text = format_timestamp_us(occurred_us)
+        return _Candidate(
+            position=position,
+            event_id=event_id or new_event_id(),
+            type=event_type,
+            source=source,
+            subject=subject,
+            summary=summary,
+            details=details,
+            occurred_us=occurred_us,
+            occurred_text=occurred_text,
+            severity=severity,
+            fingerprint=fingerprint_fields(
+                secret=self._secret,
+                type=event_type,
+                source=source,
+                subject=subject,
+                occurred_at=occurred_text,
+                severity=_SEVERITY_LABELS[severity],
+                summary=summary,
+                details=details,
+            ),
+            system=False,
+        )
+
     def _check(
         self, message: ingest_pb2.Event, *, now: datetime, prefix: str, allow_system: bool, position: int
     ) -> _Candidate | AwarenessError:
@@ -407,16 +469,31 @@ class LogWriter:
             return ValidationError(violations)
         event_id = canonical_event_id(event.event_id) if event.event_id else new_event_id()
         assert event_id is not None and event.occurred_at is not None
-        event.event_id = event_id
         severity = parse_severity(event.severity)
         assert severity is not None
+        occurred_us = to_us(event.occurred_at)
+        occurred_text = format_timestamp_us(occurred_us)
         return _Candidate(
             position=position,
             event_id=event_id,
-            event=event,
-            occurred_at=event.occurred_at,
-            severity=severity,
-            fingerprint=content_fingerprint(event, secret=self._secret),
+            type=event.type,
+            source=event.source,
+            subject=event.subject,
+            summary=event.summary,
+            details=event.details,
+            occurred_us=occurred_us,
+            occurred_text=occurred_text,
+            severity=int(severity),
+            fingerprint=fingerprint_fields(
+                secret=self._secret,
+                type=event.type,
+                source=event.source,
+                subject=event.subject,
+                occurred_at=occurred_text,
+                severity=severity.label,
+                summary=event.summary,
+                details=event.details,
+            ),
             system=system,
         )
 
@@ -434,8 +511,11 @@ class LogWriter:
 
 def _lookup(candidate: _Candidate) -> KeyLookup:
     return KeyLookup(
-        subject=candidate.event.subject, occurred_at=candidate.occurred_at, event_type=candidate.event.type
+        subject=candidate.subject, occurred_at=from_us(candidate.occurred_us), event_type=candidate.type
     )
+
+
+_SEVERITY_LABELS = {int(severity): severity.label for severity in Severity}
 
 
 APPEND_OUTCOMES = ("accepted", "replayed", "conflict", "invalid", "failed")
@@ -464,7 +544,7 @@ def _replay_or_conflict(original: StoredReceipt, fingerprint: str) -> AppendOutc
 
 
 def _build_rows(candidates: list[_Candidate], receive_us: int, *, origin: SpanContext | None = None) -> None:
-    receive_time = repository.from_us(receive_us)
+    receive_text = format_timestamp_us(receive_us)
     ciphers: dict[bytes, AESGCM] = {}  # one key schedule per data key in the batch
     for candidate in candidates:
         cipher = None
@@ -473,7 +553,7 @@ def _build_rows(candidates: list[_Candidate], receive_us: int, *, origin: SpanCo
             if cipher is None:
                 cipher = ciphers[candidate.key.data_key] = AESGCM(candidate.key.data_key)
         candidate.row = _pending_row(
-            candidate, receive_us=receive_us, receive_time=receive_time, cipher=cipher, origin=origin
+            candidate, receive_us=receive_us, receive_text=receive_text, cipher=cipher, origin=origin
         )
 
 
@@ -481,108 +561,111 @@ def _pending_row(
     candidate: _Candidate,
     *,
     receive_us: int,
-    receive_time: datetime,
+    receive_text: str,
     cipher: AESGCM | None = None,
     origin: SpanContext | None = None,
 ) -> PendingRow:
-    event = candidate.event
-    occurred_us = to_us(candidate.occurred_at)
-    if candidate.system:
-        pseudonym, key_period, key_id, nonce, ciphertext = event.subject, "", "", b"", b""
-        payload: str | None = json.dumps({"summary": event.summary, "details": event.details}, sort_keys=True)
+    event_id, system = candidate.event_id, candidate.system
+    if system:
+        pseudonym, key_period, key_id, nonce, ciphertext = candidate.subject, "", "", b"", b""
+        payload: str | None = json.dumps(
+            {"summary": candidate.summary, "details": candidate.details}, sort_keys=True
+        )
     else:
         key = candidate.key
         assert key is not None
         sealed = seal_personal(
             key=key.data_key,
             key_id=key.key_id,
-            event_id=candidate.event_id,
-            subject=event.subject,
-            summary=event.summary,
-            details=event.details,
+            event_id=event_id,
+            subject=candidate.subject,
+            summary=candidate.summary,
+            details=candidate.details,
             cipher=cipher,
         )
         pseudonym, key_period, key_id = key.pseudonym, key.key_period, key.key_id
         nonce, ciphertext, payload = sealed.nonce, sealed.ciphertext, None
-    leaf = record_leaf_hash(
-        StoredRecord(
-            event_id=candidate.event_id,
-            type=event.type,
-            source=event.source,
-            occurred_at=candidate.occurred_at,
-            severity=candidate.severity,
-            subject_pseudonym=pseudonym,
-            key_period=key_period,
-            key_id=key_id,
-            receive_time=receive_time,
-            nonce=nonce,
-            ciphertext=ciphertext,
+    leaf = leaf_hash(
+        canonical_document_bytes(
+            record_document(
+                event_id=event_id,
+                type=candidate.type,
+                source=candidate.source,
+                occurred_at=candidate.occurred_text,
+                severity=_SEVERITY_LABELS[candidate.severity],
+                subject_pseudonym=pseudonym,
+                key_period=key_period,
+                key_id=key_id,
+                receive_time=receive_text,
+                nonce=nonce,
+                ciphertext=ciphertext,
+            )
         )
     )
-    record = {
-        "event_id": candidate.event_id,
-        "type": event.type,
-        "source": event.source,
-        "occurred_at_us": occurred_us,
-        "severity": int(candidate.severity),
-        "subject_pseudonym": pseudonym,
-        "key_period": key_period,
-        "key_id": key_id,
-        "nonce": nonce,
-        "ciphertext": ciphertext,
-        "receive_time_us": receive_us,
-        "content_fingerprint": candidate.fingerprint,
-        "leaf_hash": leaf,
-        "record_version": 1,
-        "system_payload": payload,
-    }
-    pending, skipped = repository.SCORING_PENDING, repository.SCORING_SKIPPED
-    metadata = {
-        "event_id": candidate.event_id,
-        "subject_pseudonym": pseudonym,
-        "type": event.type,
-        "source": event.source,
-        "occurred_at_us": occurred_us,
-        "receive_time_us": receive_us,
-        "severity": int(candidate.severity),
-        "summary_length": len(event.summary),
-        "detail_count": len(event.details),
-        "risk_score": None,
-        "risk_level": 0,
-        "model_version": "",
-        "scoring_state": skipped if candidate.system else pending,
-        "scoring_note": "system event" if candidate.system else "",
-        "violations": "[]",
-        "violation_count": 0,
-        "evaluation_state": repository.EVALUATION_SKIPPED
-        if candidate.system
-        else repository.EVALUATION_PENDING,
-        "evaluation_note": "system event" if candidate.system else "",
-        "label": 0,
-        "label_note": "",
-        "triage_state": repository.TRIAGE_NEW,
-        "labeled_by": "",
-        "label_time_us": None,
-        "update_time_us": receive_us,
-    }
+    occurred_us, severity = candidate.occurred_us, candidate.severity
+    summary_length, detail_count = len(candidate.summary), len(candidate.details)
+    # Tuples in repository.RECORD_COLUMNS and METADATA_COLUMNS order.
+    record = (
+        event_id,
+        candidate.type,
+        candidate.source,
+        occurred_us,
+        severity,
+        pseudonym,
+        key_period,
+        key_id,
+        nonce,
+        ciphertext,
+        receive_us,
+        candidate.fingerprint,
+        leaf,
+        1,  # record_version
+        payload,
+    )
+    metadata = (
+        event_id,
+        pseudonym,
+        candidate.type,
+        candidate.source,
+        occurred_us,
+        receive_us,
+        severity,
+        summary_length,
+        detail_count,
+        None,  # risk_score
+        0,  # risk_level
+        "",  # model_version
+        repository.SCORING_SKIPPED if system else repository.SCORING_PENDING,
+        "system event" if system else "",
+        "[]",  # violations
+        0,  # violation_count
+        repository.EVALUATION_SKIPPED if system else repository.EVALUATION_PENDING,
+        "system event" if system else "",
+        0,  # label
+        "",  # label_note
+        repository.TRIAGE_NEW,
+        "",  # labeled_by
+        None,  # label_time_us
+        receive_us,  # update_time_us
+    )
     enrichment = (
         None
-        if candidate.system
+        if system
         else EnrichmentItem(
-            event_id=candidate.event_id,
+            event_id=event_id,
             pseudonym=pseudonym,
-            type=event.type,
-            source=event.source,
-            severity=int(candidate.severity),
+            type=candidate.type,
+            source=candidate.source,
+            severity=severity,
             occurred_at_us=occurred_us,
-            summary_length=len(event.summary),
-            detail_count=len(event.details),
-            details=dict(event.details),
+            summary_length=summary_length,
+            detail_count=detail_count,
+            details=candidate.details,
             origin=origin,
         )
     )
     return PendingRow(
-        event_id=candidate.event_id,
+        event_id=event_id,
         fingerprint=candidate.fingerprint,
         leaf_hash=leaf,
         receive_time_us=receive_us,

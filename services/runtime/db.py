@@ -20,6 +20,11 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 T = TypeVar("T")
 
 
+# psycopg2 is the PostgreSQL driver, except where a service needs what only psycopg 3 has: ingest's
+# append path writes with COPY FROM STDIN through psycopg 3's C row writer (see the README).
+POSTGRES_DRIVERS = {"ingest": "psycopg"}
+
+
 def schema_name(service: str) -> str:
     return f"awareness_{service}"
 
@@ -47,6 +52,9 @@ def create_db_engine(url: str, *, service: str, pool_size: int = 10, echo: bool 
 
         return engine
     schema = schema_name(service)
+    driver = POSTGRES_DRIVERS.get(service)
+    if driver is not None:
+        url = parsed.set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
     engine = create_engine(
         url,
         echo=echo,

@@ -33,6 +33,7 @@ __all__ = [
     "canonical_event_id",
     "new_event_id",
     "parse_severity",
+    "plainly_valid",
     "validate_event",
 ]
 
@@ -120,6 +121,43 @@ DEFAULT_CLOCK_SKEW = timedelta(minutes=5)
 EARLIEST_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=UTC)
 
 
+CLIENT_EVENT_TYPES = frozenset(t.name for t in EVENT_TYPES if not t.system)
+EARLIEST_OCCURRED_AT_US = 946_684_800_000_000  # EARLIEST_OCCURRED_AT in microseconds since the epoch
+
+
+def plainly_valid(
+    *,
+    event_id: str,
+    type: str,
+    source: str,
+    subject: str,
+    occurred_at_us: int,
+    latest_us: int,
+    severity: int,
+    summary: str,
+    details: Mapping[str, str],
+) -> bool:
+    """The append path's cheap test for the common case: True only if validate_event would find
+    nothing wrong with this client event (an empty event_id counts as valid). False means "run
+    validate_event for the violations", not "invalid". `latest_us` is now plus the clock skew."""
+    return (
+        type in CLIENT_EVENT_TYPES
+        # str.strip() removes exactly the characters str.isspace() accepts.
+        and 0 < len(source) <= MAX_SOURCE_CHARS
+        and not source.isspace()
+        and 0 < len(subject) <= MAX_SUBJECT_CHARS
+        and not subject.isspace()
+        and EARLIEST_OCCURRED_AT_US <= occurred_at_us <= latest_us
+        and 1 <= severity <= 5
+        and (len(summary) * 4 <= MAX_SUMMARY_BYTES or len(summary.encode("utf-8")) <= MAX_SUMMARY_BYTES)
+        and len(details) <= MAX_DETAILS_ENTRIES
+        and "" not in details
+        and sum(len(k.encode("utf-8")) + len(v.encode("utf-8")) for k, v in details.items())
+        <= MAX_DETAILS_BYTES
+        and (not event_id or (canonical_event_id(event_id) == event_id and event_id != _NIL_UUID))
+    )
+
+
 def validate_event(
     event: EventInput,
     *,
@@ -205,6 +243,7 @@ def _severity_names() -> str:
     return ", ".join(s.label for s in Severity)
 
 
+_NIL_UUID = str(uuid.UUID(int=0))
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 

@@ -32,13 +32,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -86,16 +85,17 @@ class StoredRecord:
     ciphertext: bytes
 
 
+# One encoder for every canonical document: json.dumps with options builds a new one per call.
+_JCS_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True)
+_JCS_UNSORTED_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def canonical_json(value: Mapping[str, Any]) -> bytes:
     """RFC 8785-compatible JSON for objects of strings, small integers and nested such objects."""
     if _code_point_order_is_jcs(value):
         # The common case, done in C: code-point order equals JCS's UTF-16 order for these keys.
-        return json.dumps(
-            value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True
-        ).encode("utf-8")
-    return json.dumps(
-        _sorted_for_jcs(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False
-    ).encode("utf-8")
+        return _JCS_ENCODER.encode(value).encode("utf-8")
+    return _JCS_UNSORTED_ENCODER.encode(_sorted_for_jcs(value)).encode("utf-8")
 
 
 def _code_point_order_is_jcs(value: Any) -> bool:
@@ -118,6 +118,13 @@ def _code_point_order_is_jcs(value: Any) -> bool:
     return True
 
 
+def _canonical_with_details(document: dict[str, Any], details: Mapping[str, str]) -> bytes:
+    """canonical_json of a document whose member names are fixed ASCII, apart from those of `details`."""
+    if type(details) is dict and (not details or max("".join(details)) < "\ud800"):
+        return _JCS_ENCODER.encode(document).encode("utf-8")
+    return canonical_json({**document, "details": dict(details)})
+
+
 def _sorted_for_jcs(value: Any) -> Any:
     # JCS orders members by their UTF-16 code units, which differs from code-point order only
     # for keys mixing astral characters with U+E000..U+FFFF; details keys may be anything.
@@ -133,11 +140,16 @@ def format_timestamp(moment: datetime) -> str:
     """RFC 3339 in UTC with exactly six fractional digits and "Z"."""
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError("timestamps must carry a time zone")
-    utc = moment.astimezone(UTC)
-    return (
-        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T"
-        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond:06d}Z"
-    )
+    # isoformat pads the year to four digits and, with this timespec, always prints microseconds.
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+
+
+def format_timestamp_us(micros: int) -> str:
+    """format_timestamp of a time given as microseconds since the Unix epoch."""
+    return (_NAIVE_EPOCH + timedelta(microseconds=micros)).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -149,7 +161,8 @@ def parse_timestamp(text: str) -> datetime:
 
 
 def _personal_aad(*, event_id: str, key_id: str) -> bytes:
-    return canonical_json({"event_id": event_id, "format": PERSONAL_FORMAT, "key_id": key_id})
+    # Fixed ASCII member names in sorted order: the encoder's output is already canonical.
+    return _JCS_ENCODER.encode({"event_id": event_id, "format": PERSONAL_FORMAT, "key_id": key_id}).encode()
 
 
 def seal_personal(
@@ -168,7 +181,9 @@ def seal_personal(
     """
     if len(key) != DATA_KEY_BYTES:
         raise ValueError(f"data keys are {DATA_KEY_BYTES} bytes (AES-256), got {len(key)}")
-    plaintext = canonical_json({"details": dict(details), "subject": subject, "summary": summary, "v": 1})
+    plaintext = _canonical_with_details(
+        {"details": details, "subject": subject, "summary": summary, "v": 1}, details
+    )
     nonce = os.urandom(NONCE_BYTES)
     ciphertext = (cipher or AESGCM(key)).encrypt(
         nonce, plaintext, _personal_aad(event_id=event_id, key_id=key_id)
@@ -207,26 +222,62 @@ def _all_strings(fields: PersonalFields) -> bool:
 
 
 def _record_document(record: StoredRecord) -> dict[str, Any]:
+    return record_document(
+        event_id=record.event_id,
+        type=record.type,
+        source=record.source,
+        occurred_at=format_timestamp(record.occurred_at),
+        severity=record.severity.label,
+        subject_pseudonym=record.subject_pseudonym,
+        key_period=record.key_period,
+        key_id=record.key_id,
+        receive_time=format_timestamp(record.receive_time),
+        nonce=record.nonce,
+        ciphertext=record.ciphertext,
+    )
+
+
+def record_document(
+    *,
+    event_id: str,
+    type: str,
+    source: str,
+    occurred_at: str,
+    severity: str,
+    subject_pseudonym: str,
+    key_period: str,
+    key_id: str,
+    receive_time: str,
+    nonce: bytes,
+    ciphertext: bytes,
+) -> dict[str, Any]:
+    """The version-1 record document from its values; times already in format_timestamp form."""
     return {
-        "ciphertext": base64.b64encode(record.ciphertext).decode("ascii"),
-        "event_id": record.event_id,
+        "ciphertext": base64.b64encode(ciphertext).decode("ascii"),
+        "event_id": event_id,
         "format": RECORD_FORMAT,
-        "key_id": record.key_id,
-        "key_period": record.key_period,
-        "nonce": base64.b64encode(record.nonce).decode("ascii"),
-        "occurred_at": format_timestamp(record.occurred_at),
-        "receive_time": format_timestamp(record.receive_time),
-        "severity": record.severity.label,
-        "source": record.source,
-        "subject_pseudonym": record.subject_pseudonym,
-        "type": record.type,
+        "key_id": key_id,
+        "key_period": key_period,
+        "nonce": base64.b64encode(nonce).decode("ascii"),
+        "occurred_at": occurred_at,
+        "receive_time": receive_time,
+        "severity": severity,
+        "source": source,
+        "subject_pseudonym": subject_pseudonym,
+        "type": type,
         "v": 1,
     }
 
 
 def canonical_record_bytes(record: StoredRecord) -> bytes:
     """The version-1 canonical encoding described in this module's docstring (the Merkle leaf data)."""
-    return canonical_json(_record_document(record))
+    return canonical_document_bytes(_record_document(record))
+
+
+def canonical_document_bytes(document: dict[str, Any]) -> bytes:
+    """Canonical bytes of a record_document: its member names are fixed ASCII, so the C encoder's
+    sort_keys order is JCS order."""
+    return _JCS_ENCODER.encode(document).encode("utf-8")
 
 
 def record_leaf_hash(record: StoredRecord) -> bytes:
@@ -274,21 +325,46 @@ def content_fingerprint(event: EventInput, *, secret: bytes) -> str:
     with a different one EVENT_ID_CONFLICT. The content holds personal data, hence a keyed HMAC
     under a server secret, never a bare hash that could be confirmed by guessing.
     """
-    if len(secret) < MIN_FINGERPRINT_SECRET_BYTES:
-        raise ValueError(f"the fingerprint secret must be at least {MIN_FINGERPRINT_SECRET_BYTES} bytes")
     severity = parse_severity(event.severity)
     if event.occurred_at is None or severity is None:
         raise ValueError("fingerprints are taken of validated events (occurred_at and severity set)")
-    content = canonical_json(
-        {
-            "details": dict(event.details),
-            "format": FINGERPRINT_FORMAT,
-            "occurred_at": format_timestamp(event.occurred_at),
-            "severity": severity.label,
-            "source": event.source,
-            "subject": event.subject,
-            "summary": event.summary,
-            "type": event.type,
-        }
+    return fingerprint_fields(
+        secret=secret,
+        type=event.type,
+        source=event.source,
+        subject=event.subject,
+        occurred_at=format_timestamp(event.occurred_at),
+        severity=severity.label,
+        summary=event.summary,
+        details=event.details,
     )
-    return hmac.new(secret, content, hashlib.sha256).hexdigest()
+
+
+def fingerprint_fields(
+    *,
+    secret: bytes,
+    type: str,
+    source: str,
+    subject: str,
+    occurred_at: str,
+    severity: str,
+    summary: str,
+    details: Mapping[str, str],
+) -> str:
+    """content_fingerprint from the validated values; occurred_at in format_timestamp form."""
+    if len(secret) < MIN_FINGERPRINT_SECRET_BYTES:
+        raise ValueError(f"the fingerprint secret must be at least {MIN_FINGERPRINT_SECRET_BYTES} bytes")
+    content = _canonical_with_details(
+        {
+            "details": details,
+            "format": FINGERPRINT_FORMAT,
+            "occurred_at": occurred_at,
+            "severity": severity,
+            "source": source,
+            "subject": subject,
+            "summary": summary,
+            "type": type,
+        },
+        details,
+    )
+    return hmac.digest(secret, content, "sha256").hex()
