@@ -40,10 +40,9 @@ from services.ingest.domain.events import (
 )
 from services.ingest.domain.merkle import leaf_hash
 from services.ingest.domain.records import (
-    canonical_document_bytes,
     fingerprint_fields,
     format_timestamp_us,
-    record_document,
+    record_bytes,
     seal_personal,
 )
 from services.ingest.keys import KeyLookup, SubjectKey, SubjectKeys
@@ -200,16 +199,22 @@ class Committer:
             else:
                 first_of[row.event_id] = position
                 to_insert.append(position)
-        for _attempt in range(5):
+        for attempt in range(5):
+            # Optimistic first: new ids are the common case, and the unique index on event_id finds
+            # the others for free. Only when it refuses the batch is it retried with a lookup first
+            # (replays, or another replica storing the same id between the two).
+            look_first = attempt > 0
             try:
                 with self._gate, transaction(self._sessions) as session:
                     repository.lock_for_append(session)
-                    existing = repository.find_receipts(
-                        session, event_ids=[rows[i].event_id for i in to_insert]
-                    )
-                    for i in to_insert:
-                        results[i] = existing.get(rows[i].event_id)
-                    fresh = [i for i in to_insert if rows[i].event_id not in existing]
+                    fresh = to_insert
+                    if look_first:
+                        existing = repository.find_receipts(
+                            session, event_ids=[rows[i].event_id for i in to_insert]
+                        )
+                        for i in to_insert:
+                            results[i] = existing.get(rows[i].event_id)
+                        fresh = [i for i in to_insert if rows[i].event_id not in existing]
                     repository.insert_events(
                         session,
                         records=[rows[i].record for i in fresh],
@@ -217,8 +222,8 @@ class Committer:
                     )
                 break
             except IntegrityError:
-                # Another replica stored some of these ids after our check: look again and retry.
-                log.info("append raced with another writer; retrying", extra={"rows": len(to_insert)})
+                if look_first:  # another replica stored some of these ids after our lookup
+                    log.info("append raced with another writer; retrying", extra={"rows": len(to_insert)})
                 results = [None] * len(rows)
         else:
             raise UnavailableError(
@@ -586,20 +591,18 @@ def _pending_row(
         pseudonym, key_period, key_id = key.pseudonym, key.key_period, key.key_id
         nonce, ciphertext, payload = sealed.nonce, sealed.ciphertext, None
     leaf = leaf_hash(
-        canonical_document_bytes(
-            record_document(
-                event_id=event_id,
-                type=candidate.type,
-                source=candidate.source,
-                occurred_at=candidate.occurred_text,
-                severity=_SEVERITY_LABELS[candidate.severity],
-                subject_pseudonym=pseudonym,
-                key_period=key_period,
-                key_id=key_id,
-                receive_time=receive_text,
-                nonce=nonce,
-                ciphertext=ciphertext,
-            )
+        record_bytes(
+            event_id=event_id,
+            type=candidate.type,
+            source=candidate.source,
+            occurred_at=candidate.occurred_text,
+            severity=_SEVERITY_LABELS[candidate.severity],
+            subject_pseudonym=pseudonym,
+            key_period=key_period,
+            key_id=key_id,
+            receive_time=receive_text,
+            nonce=nonce,
+            ciphertext=ciphertext,
         )
     )
     occurred_us, severity = candidate.occurred_us, candidate.severity

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
+import hmac
 import json
 import os
 import subprocess
@@ -10,6 +12,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.ingest.domain import merkle, records
 from services.ingest.domain.errors import TamperedRecordError
@@ -260,3 +264,76 @@ def test_canonical_json_fast_path_equals_the_explicit_jcs_sort():
             records._sorted_for_jcs(document), ensure_ascii=False, separators=(",", ":"), allow_nan=False
         ).encode()
         assert records.canonical_json(document) == explicit
+
+
+# --- the append path spells its documents directly: they must equal canonical_json's -------------
+
+_any_text = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=24)
+_details = st.dictionaries(_any_text, _any_text, max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(subject=_any_text, summary=_any_text, details=_details)
+def test_personal_plaintext_is_the_canonical_json_of_its_document(
+    subject: str, summary: str, details: dict[str, str]
+) -> None:
+    expected = records.canonical_json({"details": details, "subject": subject, "summary": summary, "v": 1})
+    assert records.personal_plaintext(subject=subject, summary=summary, details=details) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.fixed_dictionaries(
+        {
+            name: _any_text
+            for name in (
+                "event_id",
+                "type",
+                "source",
+                "occurred_at",
+                "severity",
+                "subject_pseudonym",
+                "key_period",
+                "key_id",
+                "receive_time",
+            )
+        }
+    ),
+    nonce=st.binary(max_size=12),
+    ciphertext=st.binary(max_size=64),
+)
+def test_record_bytes_are_the_canonical_json_of_the_record_document(
+    values: dict[str, str], nonce: bytes, ciphertext: bytes
+) -> None:
+    document = {
+        **values,
+        "ciphertext": base64.b64encode(ciphertext).decode("ascii"),
+        "nonce": base64.b64encode(nonce).decode("ascii"),
+        "format": records.RECORD_FORMAT,
+        "v": 1,
+    }
+    assert records.record_bytes(**values, nonce=nonce, ciphertext=ciphertext) == records.canonical_json(
+        document
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.fixed_dictionaries(
+        {name: _any_text for name in ("type", "source", "subject", "occurred_at", "severity", "summary")}
+    ),
+    details=_details,
+)
+def test_fingerprint_is_the_hmac_of_the_canonical_content(
+    values: dict[str, str], details: dict[str, str]
+) -> None:
+    content = records.canonical_json({**values, "details": details, "format": records.FINGERPRINT_FORMAT})
+    expected = hmac.new(SECRET, content, hashlib.sha256).hexdigest()
+    assert records.fingerprint_fields(secret=SECRET, details=details, **values) == expected
+
+
+def test_details_keys_whose_utf16_order_differs_are_sorted_as_jcs_requires() -> None:
+    # U+1F600 sorts after U+FB01 by code point but before it by UTF-16 code units (0xD83D < 0xFB01).
+    details = {"\ufb01": "bmp", "\U0001f600": "astral"}
+    plaintext = records.personal_plaintext(subject="s", summary="", details=details)
+    assert plaintext.index("\U0001f600".encode()) < plaintext.index("\ufb01".encode())
