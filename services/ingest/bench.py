@@ -76,11 +76,15 @@ def _scratch_postgres(url: str) -> Iterator[str]:
 class _Suite:
     """signing, gdpr and ingest as child processes; stops only the pids it started."""
 
-    def __init__(self, *, data_dir: Path, database_url: str | None, secret: str) -> None:
+    def __init__(
+        self, *, data_dir: Path, database_url: str | None, secret: str, ingest_processes: int = 1
+    ) -> None:
         self.data_dir = data_dir
         self.database_url = database_url
         self.secret = secret
         self.ports = {name: _free_port() for name in (*SERVICE_NAMES, "scoring", "policy")}
+        # Extra ingest processes (replicas on one machine), each on its own port.
+        self.ingest_ports = [self.ports["ingest"], *(_free_port() for _ in range(ingest_processes - 1))]
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def env(self, name: str) -> dict[str, str]:
@@ -103,32 +107,35 @@ class _Suite:
 
     def start(self) -> None:
         for name in SERVICE_NAMES:
-            log = (self.data_dir / f"{name}.log").open("ab")
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "serve", name],
-                cwd=REPO,
-                env=self.env(name),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            self._wait(name)
+            ports = self.ingest_ports if name == "ingest" else [self.ports[name]]
+            for number, port in enumerate(ports, start=1):
+                label = name if number == 1 else f"{name}-{number}"
+                log = (self.data_dir / f"{label}.log").open("ab")
+                self.processes[label] = subprocess.Popen(
+                    [sys.executable, "-m", "services.cli", "serve", name],
+                    cwd=REPO,
+                    env={**self.env(name), "AWARENESS_GRPC_PORT": str(port)},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+                self._wait(label, service=SERVICE_NAMES[name], port=port)
 
-    def _wait(self, name: str) -> None:
+    def _wait(self, label: str, *, service: str, port: int) -> None:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            if self.processes[name].poll() is not None:
-                raise RuntimeError(f"{name} exited; see {self.data_dir / f'{name}.log'}")
+            if self.processes[label].poll() is not None:
+                raise RuntimeError(f"{label} exited; see {self.data_dir / f'{label}.log'}")
             try:
-                with grpc.insecure_channel(f"127.0.0.1:{self.ports[name]}") as channel:
+                with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                     reply = health_pb2_grpc.HealthStub(channel).Check(
-                        health_pb2.HealthCheckRequest(service=SERVICE_NAMES[name]), timeout=1
+                        health_pb2.HealthCheckRequest(service=service), timeout=1
                     )
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"{name} did not become healthy")
+        raise RuntimeError(f"{label} did not become healthy")
 
     def stop(self) -> None:
         for process in self.processes.values():
@@ -144,6 +151,8 @@ class _Suite:
 @dataclass(frozen=True)
 class Figures:
     backend: str
+    ingest_processes: int
+    streams: int
     unary_events_per_second: float
     stream_acknowledged_per_second: float
     stream_integrated_per_second: float
@@ -159,7 +168,8 @@ class Figures:
 class _Client:
     def __init__(self, address: str, secret: bytes) -> None:
         self.channel = grpc.aio.insecure_channel(
-            address, options=[("grpc.max_send_message_length", 64 << 20)]
+            address,
+            options=[("grpc.max_send_message_length", 64 << 20), ("grpc.lb_policy_name", "round_robin")],
         )
         self.stub = ingest_pb2_grpc.IngestServiceStub(self.channel)
         self._secret = secret
@@ -326,10 +336,17 @@ def _percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
-async def _measure(address: str, secret: bytes, arguments: argparse.Namespace, backend: str) -> Figures:
-    client = _Client(address, secret)
+async def _measure(
+    addresses: Sequence[str], secret: bytes, arguments: argparse.Namespace, backend: str
+) -> Figures:
+    for address in addresses:  # each process its own cache of subject keys
+        warm = _Client(address, secret)
+        try:
+            await _warm_up(warm)
+        finally:
+            await warm.channel.close()
+    client = _Client("ipv4:" + ",".join(addresses), secret)
     try:
-        await _warm_up(client)
         unary = await _unary(client, seconds=arguments.seconds, concurrency=arguments.concurrency)
         acknowledged, integrated, count = await _stream(
             client, events=arguments.events, batch=arguments.batch, streams=arguments.streams
@@ -342,6 +359,8 @@ async def _measure(address: str, secret: bytes, arguments: argparse.Namespace, b
         await client.channel.close()
     return Figures(
         backend=backend,
+        ingest_processes=arguments.ingest_processes,
+        streams=arguments.streams,
         unary_events_per_second=unary,
         stream_acknowledged_per_second=acknowledged,
         stream_integrated_per_second=integrated,
@@ -392,7 +411,8 @@ def format_table(figures: Figures) -> str:
     ]
     lines = [
         f"ingest benchmark on {figures.backend} ({os.cpu_count()} cores;"
-        " real signing, gdpr and ingest processes;",
+        f" real signing, gdpr and {figures.ingest_processes} ingest process(es);"
+        f" {figures.streams} streams;",
         "every event validated, encrypted, committed before its ack, integrated into the Merkle tree)",
         "",
         f"{'metric':<52} {'measured':>10} {'old portal':>11} {'ratio':>8}",
@@ -419,11 +439,18 @@ def run(arguments: argparse.Namespace) -> Figures:
         else:
             url = None
             backend = "SQLite (DATABASE_URL not set: the embedded default)"
-        suite = _Suite(data_dir=data_dir, database_url=url, secret=secret)
+        suite = _Suite(
+            data_dir=data_dir,
+            database_url=url,
+            secret=secret,
+            ingest_processes=arguments.ingest_processes,
+        )
         stack.callback(suite.stop)
         suite.start()
         figures = asyncio.run(
-            _measure(f"127.0.0.1:{suite.ports['ingest']}", secret.encode(), arguments, backend)
+            _measure(
+                [f"127.0.0.1:{port}" for port in suite.ingest_ports], secret.encode(), arguments, backend
+            )
         )
         if arguments.keep_logs:
             shutil.copytree(data_dir, arguments.keep_logs, dirs_exist_ok=True)
@@ -439,6 +466,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=100_000, help="events in the streamed run")
     parser.add_argument("--batch", type=int, default=500, help="events per stream message")
     parser.add_argument("--streams", type=int, default=2, help="concurrent streams")
+    parser.add_argument(
+        "--ingest-processes",
+        type=int,
+        default=1,
+        help="ingest processes (replicas on this machine, one port each; calls spread round-robin)",
+    )
     parser.add_argument(
         "--rate", type=float, default=200.0, help="offered rate of the latency run (events/s)"
     )
