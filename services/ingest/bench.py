@@ -439,6 +439,9 @@ def run(arguments: argparse.Namespace) -> Figures:
         else:
             url = None
             backend = "SQLite (DATABASE_URL not set: the embedded default)"
+        if arguments.ingest_processes is None:
+            # One writer process per core on PostgreSQL; SQLite has one writer at a time anyway.
+            arguments.ingest_processes = (os.cpu_count() or 1) if url else 1
         suite = _Suite(
             data_dir=data_dir,
             database_url=url,
@@ -465,12 +468,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64, help="concurrent unary callers")
     parser.add_argument("--events", type=int, default=100_000, help="events in the streamed run")
     parser.add_argument("--batch", type=int, default=500, help="events per stream message")
-    parser.add_argument("--streams", type=int, default=2, help="concurrent streams")
+    parser.add_argument("--streams", type=int, default=4, help="concurrent streams")
     parser.add_argument(
         "--ingest-processes",
         type=int,
-        default=1,
-        help="ingest processes (replicas on this machine, one port each; calls spread round-robin)",
+        default=None,
+        help="ingest processes (replicas on this machine, one port each; calls spread round-robin);"
+        " default: one per core on PostgreSQL, one on SQLite",
     )
     parser.add_argument(
         "--rate", type=float, default=200.0, help="offered rate of the latency run (events/s)"

@@ -231,10 +231,14 @@ class TreeState:
 
 
 def tree_state(session: Session) -> TreeState:
+    # Leaves are given in seq order, so the newest leaf holds the largest seq: one index probe,
+    # where max(seq) would scan the table (followers ask every few seconds).
     row = session.execute(
-        select(func.coalesce(func.max(LEAVES.c.leaf_index), -1), func.coalesce(func.max(LEAVES.c.seq), 0))
-    ).one()
-    return TreeState(tree_size=int(row[0]) + 1, last_seq=int(row[1]))
+        select(LEAVES.c.leaf_index, LEAVES.c.seq).order_by(LEAVES.c.leaf_index.desc()).limit(1)
+    ).first()
+    if row is None:
+        return TreeState(tree_size=0, last_seq=0)
+    return TreeState(tree_size=int(row.leaf_index) + 1, last_seq=int(row.seq))
 
 
 def tree_size(session: Session) -> int:
