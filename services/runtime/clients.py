@@ -1,6 +1,7 @@
 """Channels to other services: a deadline on every call, one circuit breaker per target,
 retries with jittered backoff for idempotent methods only, and the signed internal
-credential plus W3C trace context on every call.
+credential plus W3C trace context on every call. Calls are spread round-robin over every
+address a target resolves to (``dns:///<headless service>:<port>`` in Kubernetes).
 
 Idempotency comes from the protos themselves (``services.runtime.protos``): methods
 marked ``option idempotency_level = NO_SIDE_EFFECTS`` or ``IDEMPOTENT`` may be retried.
@@ -9,6 +10,7 @@ marked ``option idempotency_level = NO_SIDE_EFFECTS`` or ``IDEMPOTENT`` may be r
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import random
@@ -39,6 +41,26 @@ TRANSIENT_CODES = frozenset(
     }
 )
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+# Balance calls, not connections: with round_robin a channel keeps a connection to every address
+# its target resolves to (every ready pod behind a headless Service) and sends each call to the
+# next one. gRPC's default, pick_first, sends every call down the first connection that works,
+# so replicas added later would get nothing from this process. A single address (127.0.0.1:port)
+# behaves exactly as before. Retries stay in the interceptor below, so the config holds no
+# retryPolicy.
+SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
+    ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+    # gRPC's default reconnect backoff grows to 120 s; a restarted peer should
+    # be found again within seconds.
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.service_config", SERVICE_CONFIG),
+    # The policy is ours: a DNS TXT record must not be able to swap it.
+    ("grpc.service_config_disable_resolution", 1),
+)
 
 
 def is_business_error(exc: BaseException) -> bool:
@@ -273,14 +295,7 @@ class ChannelFactory:
                     _StreamUnary(policy=self._policy, signer=self._signer),
                     _StreamStream(policy=self._policy, signer=self._signer),
                 ],
-                options=[
-                    ("grpc.max_receive_message_length", 32 * 1024 * 1024),
-                    # gRPC's default reconnect backoff grows to 120 s; a restarted peer should
-                    # be found again within seconds.
-                    ("grpc.initial_reconnect_backoff_ms", 250),
-                    ("grpc.min_reconnect_backoff_ms", 250),
-                    ("grpc.max_reconnect_backoff_ms", 2000),
-                ],
+                options=list(CHANNEL_OPTIONS),
             )
         return self._channels[name]
 

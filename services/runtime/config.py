@@ -42,6 +42,10 @@ DEFAULT_METRICS_PORTS: Final[Mapping[str, int]] = {
 }
 DEFAULT_GATEWAY_PORT: Final = 8080
 
+# The longest deadline any caller in the suite sets (the retraining job's TrainModel call, 1800 s):
+# a connection that reaches its maximum age must not cut a call that is still within its deadline.
+DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS: Final = 1800.0
+
 TracesExporter = Literal["none", "console", "otlp", "memory"]
 
 
@@ -141,6 +145,11 @@ class Settings:
     breaker_reset_seconds: float = 15.0
     retry_attempts: int = 3
     health_probe_seconds: float = 2.0
+    # 0 = connections live forever (one machine). In Kubernetes a finite age makes clients
+    # reconnect and re-resolve DNS, so replicas added by the autoscaler get calls too.
+    grpc_max_connection_age_seconds: float = 0.0
+    # Calls in flight when the age is reached may finish within this grace.
+    grpc_max_connection_age_grace_seconds: float = DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS
     internal_secret: bytes = b""
     require_services: bool = False
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -200,6 +209,12 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         breaker_reset_seconds=env_float(source, "AWARENESS_BREAKER_RESET_SECONDS", 15.0, minimum=0.01),
         retry_attempts=env_int(source, "AWARENESS_RETRY_ATTEMPTS", 3, minimum=1),
         health_probe_seconds=env_float(source, "AWARENESS_HEALTH_PROBE_SECONDS", 2.0, minimum=0.05),
+        grpc_max_connection_age_seconds=env_float(source, "AWARENESS_GRPC_MAX_CONNECTION_AGE_SECONDS", 0.0),
+        grpc_max_connection_age_grace_seconds=env_float(
+            source,
+            "AWARENESS_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS",
+            DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS,
+        ),
         internal_secret=secret or b"",
         require_services=env_bool(source, "AWARENESS_REQUIRE_SERVICES", False),
         env=source,

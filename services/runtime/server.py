@@ -81,6 +81,31 @@ def build_context(settings: Settings, *, with_database: bool = True, migrate: bo
     return context
 
 
+# gRPC channel arguments are C ints (milliseconds); INT_MAX is gRPC's own "unlimited".
+_INT_MAX = 2**31 - 1
+
+
+def _milliseconds(seconds: float) -> int:
+    return min(_INT_MAX, max(1, round(seconds * 1000)))
+
+
+def connection_age_options(settings: Settings) -> list[tuple[str, int]]:
+    """Server options that close each connection after a maximum age (none when the age is 0).
+
+    A client holds one HTTP/2 connection per channel and never looks for new replicas while it
+    lasts. When the age is reached the server sends GOAWAY (gRPC adds +/-10 % jitter so clients
+    do not reconnect in step): the client opens a new connection for new calls, re-resolving
+    the headless Service's DNS name on the way, while calls already in flight may run on for
+    the grace period.
+    """
+    if settings.grpc_max_connection_age_seconds <= 0:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", _milliseconds(settings.grpc_max_connection_age_seconds)),
+        ("grpc.max_connection_age_grace_ms", _milliseconds(settings.grpc_max_connection_age_grace_seconds)),
+    ]
+
+
 def create_server(
     app: ServiceApp, context: ServiceContext, *, port: int | None = None
 ) -> tuple[grpc.aio.Server, HealthReporter, int]:
@@ -97,6 +122,7 @@ def create_server(
         options=[
             ("grpc.max_receive_message_length", 32 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
+            *connection_age_options(settings),
         ],
     )
     app.register(server)
@@ -135,7 +161,14 @@ async def run_server(
     tasks: list[asyncio.Task[None]] = [
         asyncio.create_task(job(), name=getattr(job, "__name__", "job")) for job in app.background
     ]
-    log.info("serving", extra={"port": bound, "services": list(app.service_names)})
+    log.info(
+        "serving",
+        extra={
+            "port": bound,
+            "services": list(app.service_names),
+            "max_connection_age_seconds": settings.grpc_max_connection_age_seconds,
+        },
+    )
     await stop.wait()
     log.info("draining", extra={"grace_seconds": settings.shutdown_grace_seconds})
     await health.shutdown()

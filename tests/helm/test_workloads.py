@@ -246,7 +246,9 @@ def test_a_disabled_service_leaves_no_trace() -> None:
     assert "retrain" not in {p.component for p in pod_templates(manifests)}
     (config,) = [c for c in of_kind(manifests, "ConfigMap") if c["metadata"]["name"] == "awareness-config"]
     assert "AWARENESS_SCORING_TARGET" not in config["data"]
-    assert config["data"]["AWARENESS_INGEST_TARGET"] == "awareness-ingest:50051"
+    assert config["data"]["AWARENESS_INGEST_TARGET"] == (
+        "dns:///awareness-ingest-headless.awareness.svc.cluster.local:50051"
+    )
 
 
 def test_configmap_points_each_service_at_its_kubernetes_service(manifests: list[Manifest]) -> None:
@@ -255,8 +257,10 @@ def test_configmap_points_each_service_at_its_kubernetes_service(manifests: list
     targets = {k: v for k, v in config["data"].items() if k.endswith("_TARGET")}
     assert targets
     for key, target in targets.items():
-        host, port = target.split(":")
-        assert key == f"AWARENESS_{host.removeprefix('awareness-').upper()}_TARGET"
+        # dns:///<headless Service>.<namespace>.svc.cluster.local:<port> (tests/helm/test_load_balancing.py)
+        fqdn, port = target.removeprefix("dns:///").rsplit(":", 1)
+        host = fqdn.split(".")[0]
+        assert key == f"AWARENESS_{host.removeprefix('awareness-').removesuffix('-headless').upper()}_TARGET"
         assert int(port) in {p["port"] for p in services[host]["spec"]["ports"]}
     assert config["data"]["AWARENESS_HOST"] == "0.0.0.0"
     assert config["data"]["AWARENESS_DATA_DIR"].startswith("/tmp/")

@@ -30,6 +30,27 @@ the end of this file; templates/services.yaml loops over .Values.services with i
 {{- printf "%s-%s" (include "awareness.fullname" .root | trunc (int (sub 62 (len .component)))) .component | trimSuffix "-" -}}
 {{- end -}}
 
+{{/*
+Name of a gRPC component's headless Service: its DNS name answers with every ready pod's IP.
+Takes (dict "root" $ "component" name).
+*/}}
+{{- define "awareness.headlessName" -}}
+{{- include "awareness.componentName" (dict "root" .root "component" (printf "%s-headless" .component)) -}}
+{{- end -}}
+
+{{/*
+Where other pods reach a service: for gRPC, dns:/// on the headless Service, so the client's
+resolver sees every pod and its round_robin policy balances calls rather than connections.
+Takes (dict "root" $ "component" name "svc" values-block).
+*/}}
+{{- define "awareness.target" -}}
+{{- if eq .svc.protocol "grpc" -}}
+{{- printf "dns:///%s.%s.svc.%s:%d" (include "awareness.headlessName" .) .root.Release.Namespace .root.Values.grpc.clusterDomain (int .svc.port) -}}
+{{- else -}}
+{{- printf "%s:%d" (include "awareness.componentName" .) (int .svc.port) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Labels that identify a component's pods (stable: used in selectors). Takes (dict "root" $ "component" name). */}}
 {{- define "awareness.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "awareness.name" .root }}
@@ -274,7 +295,7 @@ spec:
 {{- end -}}
 
 {{/*
-One service: Deployment + Service + HorizontalPodAutoscaler + PodDisruptionBudget.
+One service: Deployment + Service (+ headless Service for gRPC) + HorizontalPodAutoscaler + PodDisruptionBudget.
 Takes (dict "root" $ "name" <service name> "svc" <its values block>).
 */}}
 {{- define "awareness.service" -}}
@@ -513,6 +534,35 @@ spec:
       protocol: TCP
       appProtocol: http
     {{- end }}
+{{- if $grpc }}
+---
+{{- /*
+Headless: no virtual IP; DNS answers with the IP of every ready pod, which the other services'
+round_robin channels connect to one by one (calls are balanced, not just connections). The
+ClusterIP Service above stays for the ServiceMonitor, port-forwards and callers outside the
+release. Only the gRPC port is published, so Prometheus never scrapes a pod twice.
+*/}}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "awareness.headlessName" $context }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "awareness.labels" $context | nindent 4 }}
+spec:
+  type: ClusterIP
+  clusterIP: None
+  # Pods that are starting or draining stay out of DNS until their readiness probe passes.
+  publishNotReadyAddresses: false
+  selector:
+    {{- include "awareness.selectorLabels" $context | nindent 4 }}
+  ports:
+    - name: {{ $portName }}
+      port: {{ $svc.port }}
+      targetPort: {{ $portName }}
+      protocol: TCP
+      appProtocol: grpc
+{{- end }}
 {{- if $svc.autoscaling.enabled }}
 ---
 apiVersion: autoscaling/v2
