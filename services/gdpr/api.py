@@ -57,6 +57,11 @@ MAX_BATCH = 1000
 EXPORT_PAGE_SIZE = 200
 ERASURE_EVENT_TYPE = "gdpr.erasure"
 ERASURE_EVENT_SOURCE = "gdpr"
+# After retention shreds keys, ingest is asked to drop each affected pseudonym's cached keys: at most this
+# many ForgetSubject calls at a time, and ApplyRetention waits at most this long for them before answering
+# (the rest go on in the background; ingest's cache expires within its TTL anyway).
+RETENTION_FORGET_CONCURRENCY = 8
+RETENTION_FORGET_WAIT_SECONDS = 3.0
 _SEVERITY_NAMES = {
     value: name.removeprefix("SEVERITY_").lower() for name, value in ingest_pb2.Severity.items()
 }
@@ -73,6 +78,7 @@ class GdprMetrics:
     kek_rotations: Counter
     erasure_log_failures: Counter
     erasure_log_pending: Gauge
+    retention_forget_failures: Counter
 
     @classmethod
     def create(cls, metrics: ServiceMetrics) -> GdprMetrics:
@@ -93,6 +99,11 @@ class GdprMetrics:
             ),
             erasure_log_pending=metrics.gauge(
                 "erasure_log_pending", "Erasures whose event-log append is still pending"
+            ),
+            retention_forget_failures=metrics.counter(
+                "retention_forget_failures_total",
+                "Pseudonyms whose shredded keys ingest could not be told to drop from its cache after "
+                "retention (they expire within the cache TTL)",
             ),
         )
 
@@ -291,6 +302,10 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
         self._metrics = metrics
         self._cache_ttl = duration_pb2.Duration(seconds=key_cache_seconds)
         self._finishing: dict[str, asyncio.Lock] = {}
+        self.forget_concurrency = RETENTION_FORGET_CONCURRENCY
+        self.forget_wait_seconds = RETENTION_FORGET_WAIT_SECONDS
+        # Strong references: the event loop keeps only weak ones to running tasks.
+        self._forgetting: set[asyncio.Task[int]] = set()
 
     # --- keys ----------------------------------------------------------------------------------------
 
@@ -667,6 +682,8 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
         )
         if not report.dry_run and not report.replayed:
             self._metrics.retention_keys_shredded.inc(report.keys_shredded)
+            if report.shredded:
+                await self._forget_after_retention(report.shredded, context)
         log.info(
             "retention applied",
             extra={
@@ -688,6 +705,77 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
             ],
             keys_shredded=report.keys_shredded,
         )
+
+    async def _forget_after_retention(
+        self, shredded: Sequence[tuple[str, str]], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        """Start dropping ingest's cached keys of the shredded pseudonyms; wait a bounded time for it.
+
+        A daily run's few pseudonyms are done before ApplyRetention answers, so reads right after it
+        already see the keys gone; a run that shredded thousands answers in time and finishes in the
+        background. Shredding is what retention is: this only shortens the cache's grace period.
+        """
+        pseudonyms = list(dict.fromkeys(pseudonym for pseudonym, _ in shredded))
+        task = asyncio.create_task(self.forget_pseudonyms(pseudonyms))
+        self._forgetting.add(task)
+        task.add_done_callback(self._forgetting.discard)
+        wait = self.forget_wait_seconds
+        remaining = context.time_remaining()
+        if remaining is not None:  # answer well within the caller's deadline, whatever is left undone
+            wait = min(wait, max(remaining / 2, 0.0))
+        # asyncio.wait never cancels the task: on timeout (or if this call is cancelled) it goes on.
+        await asyncio.wait({task}, timeout=wait)
+
+    async def close(self) -> None:
+        """On shutdown: stop telling ingest to drop cached keys (they expire within the TTL anyway)."""
+        pending = list(self._forgetting)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if pending:
+            log.warning("shutting down with cached-key drops after retention unfinished")
+
+    async def forget_pseudonyms(self, pseudonyms: Sequence[str]) -> int:
+        """ForgetSubject for each pseudonym, a bounded number at a time; returns how many were not told.
+
+        Best-effort: the first failure (ingest down, breaker open, refused) stops the rest, since they
+        would fail alike and the cached keys expire within the TTL anyway; it is logged and counted.
+        """
+        stub = self._ingest()
+        pending = iter(pseudonyms)  # shared by the workers: each takes the next pseudonym
+        told = 0
+        failure: str | None = None
+
+        async def worker() -> None:
+            nonlocal told, failure
+            for pseudonym in pending:
+                if failure is not None:
+                    return
+                try:
+                    await stub.ForgetSubject(ingest_pb2.ForgetSubjectRequest(pseudonym=pseudonym))
+                except grpc.aio.AioRpcError as exc:
+                    failure = failure or exc.code().name
+                    return
+                except AwarenessError as exc:  # the breaker is open
+                    failure = failure or exc.reason
+                    return
+                told += 1
+
+        workers = max(1, min(self.forget_concurrency, len(pseudonyms)))
+        outcomes = await asyncio.gather(*(worker() for _ in range(workers)), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):  # a bug, not ingest's answer: log it, never lose it
+                failure = failure or outcome.__class__.__name__
+                log.error("dropping cached keys after retention failed", exc_info=outcome)
+        missed = len(pseudonyms) - told
+        if missed:
+            self._metrics.retention_forget_failures.inc(missed)
+            log.warning(
+                "ingest was not told to drop cached keys shredded by retention; they expire within its "
+                "cache TTL",
+                extra={"code": failure, "pseudonyms_told": told, "pseudonyms_missed": missed},
+            )
+        return missed
 
     # --- KEK and audit -------------------------------------------------------------------------------
 

@@ -82,6 +82,7 @@ def build_service(context: ServiceContext) -> GdprService:
         register=lambda server: gdpr_pb2_grpc.add_GdprServiceServicer_to_server(servicer, server),
         ready=lambda: db.ping(engine),
         background=[rewrap_at_start, retry_erasure_log],
+        on_stop=servicer.close,
     )
     return GdprService(app=app, servicer=servicer, store=store)
 

@@ -3,6 +3,9 @@
 ``awareness gdpr apply-retention`` is what the Helm CronJob runs daily; ``awareness gdpr rotate-kek``
 rotates the development KEK. Both sign their calls with the internal credential (the shared internal
 secret) as a named principal, so the audit trail says which job acted.
+
+``awareness gdpr verify-audit`` is the exception: it reads the audit table straight from the gdpr database
+and recomputes the hash chain, trusting no running service.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import json
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
@@ -24,7 +28,7 @@ KEK_PRINCIPAL = Principal(subject="cli:kek-rotation", roles=frozenset({"admin"})
 
 
 def register(subparsers: Any) -> None:
-    gdpr = subparsers.add_parser("gdpr", help="GDPR operations: retention, KEK rotation")
+    gdpr = subparsers.add_parser("gdpr", help="GDPR operations: retention, KEK rotation, audit verification")
     commands = gdpr.add_subparsers(dest="gdpr_command", required=True, metavar="GDPR_COMMAND")
 
     retention = commands.add_parser(
@@ -45,6 +49,35 @@ def register(subparsers: Any) -> None:
     rotate.add_argument("--reason", default="KEK rotation", help="recorded in the audit trail")
     rotate.add_argument("--request-id", default="", help="idempotency key (a UUID; generated when omitted)")
     rotate.set_defaults(handler=_rotate_kek)
+
+    verify = commands.add_parser(
+        "verify-audit",
+        help="recompute the hash chain of the gdpr audit trail from its database",
+        description=(
+            "Read every record of the gdpr audit trail (audit_records) directly from the gdpr database, "
+            "oldest first, and recompute the hash chain: each record's prev_hash must be the previous "
+            "record's entry_hash and its entry_hash the SHA-256 of its fields. Prints the number of records "
+            "checked and the head hash; on a break, names the first record that breaks the chain (its "
+            "sequence) and what differs. Exit status: 0 intact, 1 broken, 2 the database cannot be read."
+        ),
+    )
+    verify.add_argument(
+        "--database",
+        help=(
+            "database URL of the gdpr service (default: AWARENESS_GDPR_DATABASE_URL, DATABASE_URL, "
+            "or gdpr.db in the data directory, ./var)"
+        ),
+    )
+    verify.add_argument(
+        "--published-head",
+        metavar="HEX",
+        help=(
+            "a head hash published earlier (e.g. by a previous run); the chain must pass through it, which "
+            "catches records cut off the end"
+        ),
+    )
+    verify.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    verify.set_defaults(handler=_verify_audit)
 
 
 async def _call(principal: Principal, method: str, request: Any) -> Any:
@@ -103,3 +136,40 @@ def _apply_retention(args: argparse.Namespace) -> int:
 def _rotate_kek(args: argparse.Namespace) -> int:
     request = gdpr_pb2.RotateKekRequest(reason=args.reason, request_id=args.request_id or str(uuid.uuid4()))
     return _run(KEK_PRINCIPAL, "RotateKek", request)
+
+
+def _verify_audit(args: argparse.Namespace) -> int:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from services.gdpr.verify import verify_audit_database
+    from services.runtime import db
+    from services.runtime.config import load_settings
+
+    published = None
+    if args.published_head:
+        try:
+            published = bytes.fromhex(args.published_head)
+        except ValueError:
+            published = b""
+        if len(published) != 32:
+            print("verify-audit: --published-head must be 64 hex digits (a SHA-256)", file=sys.stderr)
+            return 2
+    url = args.database or load_settings("gdpr").database_url
+    parsed = make_url(url)
+    # Opening a missing SQLite file would create an empty database: say what is wrong instead.
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        print(f"verify-audit: no gdpr database at {parsed.database or url}", file=sys.stderr)
+        return 2
+    engine = db.create_db_engine(url, service="gdpr")
+    try:
+        report = verify_audit_database(
+            engine, published_head=published, progress=None if args.quiet else sys.stderr
+        )
+    except SQLAlchemyError as exc:
+        print(f"verify-audit: cannot read the audit trail: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    report.print(sys.stdout)
+    return 0 if report.ok else 1

@@ -416,3 +416,46 @@ def audit_entries(session: Session) -> list[AuditEntry]:
     """The whole chain, oldest first, as domain entries (for verification)."""
     rows = session.scalars(select(AuditRecordRow).order_by(AuditRecordRow.sequence))
     return [_entry(row) for row in rows]
+
+
+def audit_chain_batch(
+    session: Session, *, after_sequence: int | None, limit: int
+) -> list[tuple[int, AuditEntry]]:
+    """Up to ``limit`` entries after ``after_sequence``, oldest first, with their sequence numbers.
+
+    Plain rows rather than ORM objects, so verifying millions of entries keeps no identity map.
+    """
+    query = select(
+        AuditRecordRow.sequence,
+        AuditRecordRow.actor,
+        AuditRecordRow.action,
+        AuditRecordRow.target,
+        AuditRecordRow.at,
+        AuditRecordRow.reason,
+        AuditRecordRow.request_id,
+        AuditRecordRow.prev_hash,
+        AuditRecordRow.entry_hash,
+    )
+    if after_sequence is not None:
+        query = query.where(AuditRecordRow.sequence > after_sequence)
+    rows = session.execute(query.order_by(AuditRecordRow.sequence).limit(limit)).all()
+    return [
+        (
+            row.sequence,
+            AuditEntry(
+                actor=row.actor,
+                action=row.action,
+                target=row.target,
+                at=row.at,
+                reason=row.reason,
+                request_id=row.request_id,
+                prev_hash=bytes(row.prev_hash),
+                entry_hash=bytes(row.entry_hash),
+            ),
+        )
+        for row in rows
+    ]
+
+
+def audit_count(session: Session) -> int:
+    return int(session.execute(select(func.count()).select_from(AuditRecordRow)).scalar_one())

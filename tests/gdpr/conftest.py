@@ -7,6 +7,7 @@ erasure events appended to it. The end-to-end test (tests/test_e2e_gdpr.py) runs
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -52,6 +53,9 @@ class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
     forgotten: list[str] = field(default_factory=list)
     listed_pages: int = 0
     down: bool = False
+    forget_delay: float = 0.0  # seconds each ForgetSubject takes (to observe concurrency)
+    forget_in_flight: int = 0
+    forget_max_in_flight: int = 0
 
     async def _refuse_if_down(self, context: Any) -> None:
         if self.down:
@@ -69,7 +73,14 @@ class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
 
     async def ForgetSubject(self, request: Any, context: Any) -> ingest_pb2.ForgetSubjectResponse:
         await self._refuse_if_down(context)
-        self.forgotten.append(request.pseudonym)
+        self.forget_in_flight += 1
+        self.forget_max_in_flight = max(self.forget_max_in_flight, self.forget_in_flight)
+        try:
+            if self.forget_delay:
+                await asyncio.sleep(self.forget_delay)
+            self.forgotten.append(request.pseudonym)
+        finally:
+            self.forget_in_flight -= 1
         return ingest_pb2.ForgetSubjectResponse(event_count=len(self.records.get(request.pseudonym, [])))
 
     async def AppendEvent(self, request: Any, context: Any) -> ingest_pb2.AppendEventResponse:
@@ -220,6 +231,8 @@ async def running_harness(data_dir: Path, database_url: str, **extra_env: str) -
             await running.close()
             await server.stop(0)
             await health.shutdown()
+            if service.app.on_stop is not None:  # as the runtime does after the server stopped
+                await service.app.on_stop()
     finally:
         await context.channels.close()
         await ingest_server.stop(0)
