@@ -11,8 +11,10 @@ still reaches gdpr once per TTL (gdpr records the types a key protects, for rete
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -95,6 +97,19 @@ class SubjectKeys:
         # reads, used) afterwards: `forget` stamps the pseudonym with a generation number.
         self._generation = 0
         self._forgotten_at: dict[str, int] = {}
+        self._in_flight: Counter[int] = Counter()
+
+    @contextlib.contextmanager
+    def _question(self) -> Iterator[int]:
+        """A gdpr call in flight: its generation, so `forget` knows which stamps still matter."""
+        generation = self._generation
+        self._in_flight[generation] += 1
+        try:
+            yield generation
+        finally:
+            self._in_flight[generation] -= 1
+            if not self._in_flight[generation]:
+                del self._in_flight[generation]
 
     def _forgotten_since(self, pseudonym: str, generation: int) -> bool:
         return self._forgotten_at.get(pseudonym, -1) >= generation
@@ -133,29 +148,30 @@ class SubjectKeys:
             request = gdpr_pb2.GetSubjectKeysRequest(
                 lookups=[_lookup_message(lookups[positions[0]]) for _, positions in chunk]
             )
-            asked_at = self._generation
-            try:
-                response = await self._gdpr().GetSubjectKeys(request)
-            except grpc.aio.AioRpcError as error:
-                raise dependency_error(error, target="gdpr") from error
-            if len(response.keys) != len(chunk):
-                raise DependencyUnavailableError(
-                    "gdpr answered GetSubjectKeys with the wrong number of keys", reason="GDPR_BAD_RESPONSE"
-                )
-            stored_at = self._clock()
-            for (cache_key, positions), message in zip(chunk, response.keys, strict=True):
-                key = SubjectKey(
-                    pseudonym=message.pseudonym,
-                    key_period=message.key_period,
-                    key_id=message.key_id,
-                    data_key=bytes(message.data_key),
-                )
-                ttl = self._ttl_for(message.cache_ttl.ToTimedelta().total_seconds())
-                if not self._forgotten_since(key.pseudonym, asked_at):
-                    self._append_cache[cache_key] = _Entry(key, stored_at + ttl)
-                    self._read_cache[(key.pseudonym, key.key_period)] = _Entry(key, stored_at + ttl)
-                for position in positions:
-                    results[position] = key
+            with self._question() as asked_at:
+                try:
+                    response = await self._gdpr().GetSubjectKeys(request)
+                except grpc.aio.AioRpcError as error:
+                    raise dependency_error(error, target="gdpr") from error
+                if len(response.keys) != len(chunk):
+                    raise DependencyUnavailableError(
+                        "gdpr answered GetSubjectKeys with the wrong number of keys",
+                        reason="GDPR_BAD_RESPONSE",
+                    )
+                stored_at = self._clock()
+                for (cache_key, positions), message in zip(chunk, response.keys, strict=True):
+                    key = SubjectKey(
+                        pseudonym=message.pseudonym,
+                        key_period=message.key_period,
+                        key_id=message.key_id,
+                        data_key=bytes(message.data_key),
+                    )
+                    ttl = self._ttl_for(message.cache_ttl.ToTimedelta().total_seconds())
+                    if not self._forgotten_since(key.pseudonym, asked_at):
+                        self._append_cache[cache_key] = _Entry(key, stored_at + ttl)
+                        self._read_cache[(key.pseudonym, key.key_period)] = _Entry(key, stored_at + ttl)
+                    for position in positions:
+                        results[position] = key
         self._evict(now)
         return [key for key in results if key is not None]
 
@@ -175,29 +191,33 @@ class SubjectKeys:
             request = gdpr_pb2.UnwrapDataKeysRequest(
                 keys=[gdpr_pb2.DataKeyRef(pseudonym=p, key_period=k) for p, k in chunk]
             )
-            asked_at = self._generation
-            try:
-                response = await self._gdpr().UnwrapDataKeys(request)
-            except grpc.aio.AioRpcError as error:
-                raise dependency_error(error, target="gdpr") from error
-            stored_at = self._clock()
-            for ref, item in zip(chunk, response.keys, strict=True):
-                value: SubjectKey | str
-                if item.WhichOneof("result") == "data_key":
-                    value = SubjectKey(
-                        pseudonym=ref[0], key_period=ref[1], key_id=item.key_id, data_key=bytes(item.data_key)
-                    )
-                    ttl = self._ttl_for(item.cache_ttl.ToTimedelta().total_seconds())
-                elif item.error.code == grpc.StatusCode.NOT_FOUND.value[0]:
-                    value, ttl = ERASED, self._ttl
-                else:
-                    raise DependencyUnavailableError(
-                        f"gdpr could not unwrap a data key: {item.error.message}", reason="GDPR_UNAVAILABLE"
-                    )
-                if self._forgotten_since(ref[0], asked_at):
-                    value = ERASED  # erased while this answer was on its way
-                self._read_cache[ref] = _Entry(value, stored_at + ttl)
-                found[ref] = value
+            with self._question() as asked_at:
+                try:
+                    response = await self._gdpr().UnwrapDataKeys(request)
+                except grpc.aio.AioRpcError as error:
+                    raise dependency_error(error, target="gdpr") from error
+                stored_at = self._clock()
+                for ref, item in zip(chunk, response.keys, strict=True):
+                    value: SubjectKey | str
+                    if item.WhichOneof("result") == "data_key":
+                        value = SubjectKey(
+                            pseudonym=ref[0],
+                            key_period=ref[1],
+                            key_id=item.key_id,
+                            data_key=bytes(item.data_key),
+                        )
+                        ttl = self._ttl_for(item.cache_ttl.ToTimedelta().total_seconds())
+                    elif item.error.code == grpc.StatusCode.NOT_FOUND.value[0]:
+                        value, ttl = ERASED, self._ttl
+                    else:
+                        raise DependencyUnavailableError(
+                            f"gdpr could not unwrap a data key: {item.error.message}",
+                            reason="GDPR_UNAVAILABLE",
+                        )
+                    if self._forgotten_since(ref[0], asked_at):
+                        value = ERASED  # erased while this answer was on its way
+                    self._read_cache[ref] = _Entry(value, stored_at + ttl)
+                    found[ref] = value
         return found
 
     async def lookup_pseudonym(self, subject: str) -> str | None:
@@ -218,6 +238,10 @@ class SubjectKeys:
         """Drop every cached key of `pseudonym`; returns how many entries were dropped."""
         self._forgotten_at[pseudonym] = self._generation
         self._generation += 1
+        # Only answers asked before a stamp can be misled by it: once no such call is in flight,
+        # the stamp is dropped, so the stamps stay as few as the calls in flight.
+        oldest = min(self._in_flight, default=self._generation)
+        self._forgotten_at = {p: g for p, g in self._forgotten_at.items() if g >= oldest}
         dropped = 0
         for append_key in [k for k, e in self._append_cache.items() if _pseudonym_of(e) == pseudonym]:
             del self._append_cache[append_key]

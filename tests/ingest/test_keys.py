@@ -174,3 +174,24 @@ async def test_a_key_in_flight_while_its_subject_is_forgotten_is_not_kept(gdpr: 
     keys.forget("psn_other")
     assert isinstance((await keys.unwrap([("psn_zoe", "2026-03")]))[("psn_zoe", "2026-03")], SubjectKey)
     await factory.close()
+
+
+async def test_forget_stamps_last_only_while_a_call_that_could_be_misled_is_in_flight(
+    gdpr: tuple[FakeGdpr, str],
+) -> None:
+    fake, address = gdpr
+    keys, factory = keys_for(address, Clock())
+    for number in range(1000):  # retention may forget thousands of subjects a day
+        keys.forget(f"psn_{number}")
+    assert len(keys._forgotten_at) == 0  # no call in flight: nothing can be misled
+    fake.unwrap_gate = asyncio.Event()
+    in_flight = asyncio.create_task(keys.unwrap([("psn_ivan", "2026-03")]))
+    await asyncio.sleep(0.2)
+    keys.forget("psn_ivan")
+    keys.forget("psn_other")
+    assert set(keys._forgotten_at) == {"psn_ivan", "psn_other"}
+    fake.unwrap_gate.set()
+    assert (await in_flight)[("psn_ivan", "2026-03")] == ERASED
+    keys.forget("psn_later")
+    assert len(keys._forgotten_at) == 0
+    await factory.close()
