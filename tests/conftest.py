@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+
+from tests.resilience.harness import free_port as free_port  # one implementation, re-exported
 
 REQUIRE_SERVICES = os.environ.get("AWARENESS_REQUIRE_SERVICES", "") == "1"
 INTERNAL_SECRET = b"test-internal-secret-0123456789abcdef"
@@ -71,13 +72,6 @@ def redis_url() -> str:
             pytest.fail(f"Redis at REDIS_URL is not reachable: {exc}")
         pytest.skip(f"Redis not reachable: {exc}")
     return url
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

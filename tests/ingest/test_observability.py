@@ -95,8 +95,8 @@ def _pending_row(index: int) -> PendingRow:
         fingerprint="",
         leaf_hash=b"",
         receive_time_us=0,
-        record={},
-        metadata={},
+        record=(),
+        metadata=(),
         enrichment=None,
     )
 

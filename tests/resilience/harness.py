@@ -53,11 +53,22 @@ FAST_SUITE_ENV: Mapping[str, str] = {
 }
 
 
+_HANDED_OUT_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port free right now and never handed out before by this process.
+
+    The kernel may offer a just-released port again, and a suite asks for a dozen ports before
+    any process binds one: without the memory, two services can be given the same port.
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT_PORTS:
+            _HANDED_OUT_PORTS.add(port)
+            return port
 
 
 def wait_until(probe: Callable[[], Any], *, timeout: float, interval: float = 0.2, what: str) -> Any:
