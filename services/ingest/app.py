@@ -135,7 +135,11 @@ class IngestRuntime:
             metrics=context.metrics,
         )
         self.committer = Committer(
-            sessions=sessions, gate=gate, on_commit=self.integrator.committed, metrics=context.metrics
+            sessions=sessions,
+            gate=gate,
+            on_commit=self.integrator.committed,
+            on_storing=self.integrator.storing,
+            metrics=context.metrics,
         )
         self.writer = LogWriter(
             sessions=sessions,

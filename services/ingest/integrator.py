@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -90,6 +91,7 @@ class Integrator:
         # are not known here.
         self._committed_origins: list[SpanContext] = []
         self._integrated_origins: list[SpanContext] = []
+        self._origins_lock = threading.Lock()  # the committer's thread adds, this one takes
         self._metrics = metrics
         if metrics is not None:
             self._tree_size_gauge = metrics.gauge("tree_size_leaves", "Leaves in the Merkle tree")
@@ -119,11 +121,26 @@ class Integrator:
         signed_at = self.checkpoint_signed_at if self.checkpoint_signed_at is not None else self._started_at
         return max(0.0, time.time() - signed_at)
 
-    def committed(self, count: int, origins: list[SpanContext] | None = None) -> None:
+    def storing(self, origins: list[SpanContext]) -> None:
+        """Called inside each append transaction, after its inserts and before its commit.
+
+        The transaction still holds the append barrier, which settling waits for: so every
+        origin recorded here is taken by the first round whose settled records include its
+        events, and the checkpoint of that round joins its trace.
+        """
+        if origins:
+            with self._origins_lock:
+                if len(self._committed_origins) < MAX_LINKS:
+                    self._committed_origins = distinct_origins([*self._committed_origins, *origins])
+
+    def _take_origins(self) -> None:
+        with self._origins_lock:
+            taken, self._committed_origins = self._committed_origins, []
+        self._integrated_origins = distinct_origins([*self._integrated_origins, *taken])
+
+    def committed(self, count: int) -> None:
         """Called after each append commit; wakes the integrator once enough leaves wait."""
         self._pending += count
-        if count and origins and len(self._committed_origins) < MAX_LINKS:
-            self._committed_origins = distinct_origins([*self._committed_origins, *origins])
         if self._pending >= self.settings.wake_after_leaves:
             self._wake.set()
 
@@ -133,11 +150,6 @@ class Integrator:
                 integrated = 0
                 try:
                     if await self._in_thread(self._lead):
-                        # Appends committed before this round are integrated by it (they are settled).
-                        self._integrated_origins = distinct_origins(
-                            [*self._integrated_origins, *self._committed_origins]
-                        )
-                        self._committed_origins = []
                         integrated = await self._in_thread(self.integrate_once)
                         await self.checkpoint_if_due()
                     elif time.monotonic() - self._last_follower_refresh >= FOLLOWER_REFRESH_SECONDS:
@@ -246,8 +258,12 @@ class Integrator:
     def integrate_once(self) -> int:
         """Integrate the settled records not yet in the tree; the number of new leaves."""
         state = self._state or self._load_state()
-        with transaction(self._sessions) as session:
+        # Under the write gate too: on SQLite that is what waits out an append in flight.
+        with self._gate, transaction(self._sessions) as session:
             settled = repository.settled_seq(session)
+        # Every append that recorded its origin before this point has committed (settling waited
+        # for it), so its events are settled and integrated by this round or an earlier one.
+        self._take_origins()
         if settled <= state.last_seq:
             self.unintegrated_records = 0  # every stored record is in the tree
             return 0

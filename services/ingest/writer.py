@@ -120,13 +120,15 @@ class Committer:
         sessions: sessionmaker[Session],
         gate: repository.WriteGate,
         max_rows: int = 5000,
-        on_commit: Callable[[int, list[SpanContext]], None] = lambda count, origins: None,
+        on_commit: Callable[[int], None] = lambda count: None,
+        on_storing: Callable[[list[SpanContext]], None] = lambda origins: None,
         metrics: ServiceMetrics | None = None,
     ) -> None:
         self._sessions = sessions
         self._gate = gate
         self._max_rows = max_rows
         self._on_commit = on_commit
+        self._on_storing = on_storing
         self._queue: asyncio.Queue[_Work] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-commit")
         self.transactions = 0
@@ -164,7 +166,7 @@ class Committer:
                     "ingest.group_commit", origins=origins, attributes={"awareness.events": count}
                 ):
                     # The thread runs in a copy of this context, so its database spans join the batch span.
-                    commit = functools.partial(contextvars.copy_context().run, self._commit, rows)
+                    commit = functools.partial(contextvars.copy_context().run, self._commit, rows, origins)
                     results = await asyncio.get_running_loop().run_in_executor(self._executor, commit)
             except Exception as error:  # the database refused: every waiting append fails with it
                 log.warning("append transaction failed", extra={"error": type(error).__name__})
@@ -181,14 +183,14 @@ class Committer:
             stored = sum(1 for result in results if result is None)
             if self._metrics is not None:
                 self._commit_rows.observe(stored)
-            self._on_commit(stored, origins)
+            self._on_commit(stored)
             position = 0
             for work in works:
                 if not work.future.done():
                     work.future.set_result(results[position : position + len(work.rows)])
                 position += len(work.rows)
 
-    def _commit(self, rows: list[PendingRow]) -> list[StoredReceipt | None]:
+    def _commit(self, rows: list[PendingRow], origins: list[SpanContext]) -> list[StoredReceipt | None]:
         results: list[StoredReceipt | None] = [None] * len(rows)
         first_of: dict[str, int] = {}
         duplicates: dict[int, int] = {}
@@ -220,6 +222,8 @@ class Committer:
                         records=[rows[i].record for i in fresh],
                         metadata=[rows[i].metadata for i in fresh],
                     )
+                    if fresh:
+                        self._on_storing(origins)  # before the commit: see Integrator.storing
                 break
             except IntegrityError:
                 if look_first:  # another replica stored some of these ids after our lookup
