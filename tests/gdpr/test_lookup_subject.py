@@ -4,34 +4,18 @@ an unknown or erased one, and never a registry entry, key or audit record create
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import Any
 
 import grpc
-import pytest
 from awareness.gdpr.v1 import gdpr_pb2
 from grpc_status import rpc_status
 from sqlalchemy import create_engine, text
 
-from services.runtime.errors import error_info, field_violations
+from services.runtime.errors import field_violations
 from tests.gdpr.conftest import ANALYST, Harness
+from tests.grpc_errors import reason_of, rpc_error
 
 MARCH = datetime(2025, 3, 14, 9, 30, tzinfo=UTC)
-
-
-async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
-
-
-def reason_of(error: grpc.aio.AioRpcError) -> str:
-    status = rpc_status.from_call(error)
-    assert status is not None
-    info = error_info(status)
-    assert info is not None
-    return str(info.reason)
 
 
 def unique_subject() -> str:

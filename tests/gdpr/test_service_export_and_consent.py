@@ -12,7 +12,8 @@ from awareness.gdpr.v1 import gdpr_pb2
 
 from services.runtime.paging import encode_token
 from tests.gdpr.conftest import ANALYST, SCORING_SERVICE, Harness
-from tests.gdpr.test_service_keys_and_erasure import reason_of, rpc_error, unique_subject
+from tests.gdpr.test_service_keys_and_erasure import unique_subject
+from tests.grpc_errors import reason_of, rpc_error
 
 START = datetime(2025, 1, 20, 8, 0, tzinfo=UTC)
 EVENT_COUNT = 230  # more than one page of ListSubjectRecords (200) and more than one 64 KiB chunk

@@ -3,36 +3,20 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import Any
 
 import grpc
-import pytest
 from awareness.gdpr.v1 import gdpr_pb2
 from grpc_status import rpc_status
 from sqlalchemy import create_engine, text
 
 from services.gdpr.store import ERASURE_EVENT_NAMESPACE
-from services.runtime.errors import error_info, field_violations
+from services.runtime.errors import field_violations
 from tests.gdpr.conftest import ANALYST, Harness, timestamp
+from tests.grpc_errors import reason_of, rpc_error
 
 MARCH = datetime(2025, 3, 14, 9, 30, tzinfo=UTC)
 APRIL = datetime(2025, 4, 2, 17, 0, tzinfo=UTC)
-
-
-async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
-
-
-def reason_of(error: grpc.aio.AioRpcError) -> str:
-    status = rpc_status.from_call(error)
-    assert status is not None
-    info = error_info(status)
-    assert info is not None
-    return str(info.reason)
 
 
 def lookup(subject: str, moment: datetime, event_type: str = "phishing.clicked") -> gdpr_pb2.SubjectKeyLookup:

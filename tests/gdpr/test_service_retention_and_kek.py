@@ -14,7 +14,8 @@ from sqlalchemy import create_engine, text
 from services.gdpr.domain.keys import Keyring, load_keyring
 from services.gdpr.keysource import single_kek_id
 from tests.gdpr.conftest import ADMIN, Harness, running_harness
-from tests.gdpr.test_service_keys_and_erasure import lookup, reason_of, rpc_error, unique_subject
+from tests.gdpr.test_service_keys_and_erasure import lookup, unique_subject
+from tests.grpc_errors import reason_of, rpc_error
 
 
 def months_ago(months: int) -> datetime:

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
 from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from grpc_status import rpc_status
 from sqlalchemy import text
 
-from services.runtime.errors import error_info, field_violations
+from services.runtime.errors import field_violations
+from tests.grpc_errors import reason_of, rpc_error
 from tests.ingest.harness import Suite, make_event, suite
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -39,20 +39,6 @@ async def listed(
         token = page.next_page_token
         if not token:
             return found
-
-
-async def rpc_error(call: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
-
-
-def reason_of(error: grpc.aio.AioRpcError) -> str:
-    status = rpc_status.from_call(error)
-    assert status is not None
-    info = error_info(status)
-    assert info is not None
-    return str(info.reason)
 
 
 def registered_subjects(running: Suite) -> int:

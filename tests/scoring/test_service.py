@@ -8,15 +8,14 @@ import grpc
 import numpy as np
 import pytest
 from awareness.scoring.v1 import scoring_pb2
-from grpc_status import rpc_status
 from sqlalchemy import text
 
-from services.runtime.errors import error_info
 from services.scoring.domain.features import FEATURE_NAMES, build_features
 from services.scoring.domain.generator import SyntheticDataset
 from services.scoring.domain.model import OnnxScorer, risk_level
 from services.scoring.domain.training import TrainingResult
 from services.scoring.models import ModelStatus
+from tests.grpc_errors import reason_of
 from tests.scoring.harness import (
     Replica,
     fake_gdpr,
@@ -37,14 +36,6 @@ LEVEL_NAMES = {
     scoring_pb2.RISK_LEVEL_HIGH: "high",
     scoring_pb2.RISK_LEVEL_CRITICAL: "critical",
 }
-
-
-def reason_of(error: grpc.aio.AioRpcError) -> str:
-    status = rpc_status.from_call(error)
-    assert status is not None
-    info = error_info(status)
-    assert info is not None
-    return str(info.reason)
 
 
 async def test_score_events_returns_scores_levels_version_and_features(

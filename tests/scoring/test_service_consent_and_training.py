@@ -29,6 +29,7 @@ from services.scoring.domain.generator import GeneratorConfig, SyntheticDataset,
 from services.scoring.domain.training import TrainingResult
 from services.scoring.models import ModelStatus
 from tests.conftest import INTERNAL_SECRET, free_port
+from tests.grpc_errors import reason_of
 from tests.scoring.harness import (
     fake_gdpr,
     register,
@@ -38,7 +39,7 @@ from tests.scoring.harness import (
     scoring_inputs,
     wait_for,
 )
-from tests.scoring.test_service import champion_loaded, reason_of
+from tests.scoring.test_service import champion_loaded
 
 pytestmark = pytest.mark.slow
 
