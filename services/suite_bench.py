@@ -70,6 +70,7 @@ class Row:
     error_rate: float | None
     unit: str = "events/s"
     stages: str = ""
+    cpu: str = ""  # CPU ms per acknowledged event, by process (Linux)
 
 
 def machine() -> dict[str, Any]:
@@ -274,6 +275,38 @@ def stage_means(before: Mapping[str, tuple[float, float]], after: Mapping[str, t
     return " / ".join(parts)
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a live process (Linux /proc); None elsewhere or once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pids: Mapping[str, int]) -> dict[str, float]:
+    """CPU seconds used so far by each process, plus the load generator (reaped children)."""
+    import resource
+
+    totals = {name: seconds for name, pid in pids.items() if (seconds := _cpu_seconds(pid)) is not None}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    totals["loadgen"] = children.ru_utime + children.ru_stime
+    return totals
+
+
+def cpu_per_event(before: Mapping[str, float], after: Mapping[str, float], events: int) -> str:
+    """CPU ms per acknowledged event of each process that used any, e.g. ``ingest 9.8 / gateway 5.1``.
+
+    On a shared, noisy machine this is steadier than throughput: it says what an event costs, not
+    how much CPU happened to be left over.
+    """
+    if events <= 0:
+        return ""
+    spent = {name: after[name] - before[name] for name in after if name in before}
+    parts = [f"{name} {seconds / events * 1000:.1f}" for name, seconds in spent.items() if seconds > 0]
+    return " / ".join(parts)
+
+
 def run_loadgen(
     *, url: str, api_key: str, rate: float, seconds: float, connections: int, batch: int, out: Path
 ) -> dict[str, Any]:
@@ -341,6 +374,8 @@ def run_end_to_end(
                 label = f"POST /v1/events:batchAppend x{size}" if size else "POST /v1/events"
                 print(f"bench: {label} at {rate:g} req/s for {seconds:g} s...", file=sys.stderr, flush=True)
                 before = _histogram_totals(suite)
+                pids = {name: process.pid for name, process in suite.processes.items()}
+                cpu_before = process_cpu(pids)
                 try:
                     summary = load(
                         rate=rate,
@@ -354,6 +389,9 @@ def run_end_to_end(
                     break
                 stages = stage_means(before, _histogram_totals(suite))
                 summary["server_side_mean_ms"] = stages
+                time.sleep(2)  # enrichment runs after the acknowledgement: count its CPU too
+                cpu = cpu_per_event(cpu_before, process_cpu(pids), int(summary["acknowledged"]))
+                summary["cpu_ms_per_event"] = cpu
                 summaries.append(summary)
                 rows.append(
                     Row(
@@ -365,9 +403,9 @@ def run_end_to_end(
                         p99_ms=float(summary["p99_ms"]),
                         error_rate=float(summary["error_rate"]),
                         stages=stages,
+                        cpu=cpu,
                     )
                 )
-                time.sleep(2)  # let the integrator and enrichment catch up between steps
         finally:
             suite.stop_all()
     return rows, summaries
@@ -401,6 +439,7 @@ def format_table(rows: Sequence[Row], *, info: Mapping[str, Any]) -> str:
         f"p99 ms (claim {CLAIMED_P99_MS:g})",
         "errors",
         "server-side mean ms",
+        "CPU ms per event",
     )
     cells = []
     for row in rows:
@@ -423,6 +462,7 @@ def format_table(rows: Sequence[Row], *, info: Mapping[str, Any]) -> str:
                 + (_versus(row.p99_ms, CLAIMED_P99_MS, higher_is_better=False) if end_to_end else ""),
                 "-" if row.error_rate is None else f"{row.error_rate * 100:.1f}%",
                 row.stages or "-",
+                row.cpu or "-",
             )
         )
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
@@ -447,6 +487,8 @@ def format_table(rows: Sequence[Row], *, info: Mapping[str, Any]) -> str:
             "(Nx) = ours / claim: above 1 is better for throughput, worse for latency.",
             "End-to-end latency is measured from each request's scheduled send time (open loop).",
             "Server-side mean ms: time per call inside each process during the step (from its histograms).",
+            "CPU ms per event: CPU each process used during the step (and 2 s after it, for enrichment)"
+            " per acknowledged event; loadgen is the load generator.",
             f"Rerun: {RERUN}",
         ]
     )

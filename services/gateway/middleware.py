@@ -127,7 +127,9 @@ class EdgeMiddleware:
             if body_done:
                 return await receive()  # e.g. Starlette waiting for a disconnect while streaming
             try:
-                message = await asyncio.wait_for(receive(), timeout=self.body_timeout_seconds)
+                # asyncio.timeout, not wait_for: no extra task per receive on the hot path.
+                async with asyncio.timeout(self.body_timeout_seconds):
+                    message = await receive()
             except TimeoutError as exc:
                 raise BodyTimeoutError from exc
             if message["type"] == "http.request":

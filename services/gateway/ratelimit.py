@@ -107,13 +107,11 @@ class RedisRateLimiter:
             return decide([])
         try:
             with self._breaker.calling():
-                raw = await asyncio.wait_for(
-                    self._script(
+                async with asyncio.timeout(self._timeout * 2):  # no extra task, unlike wait_for
+                    raw = await self._script(
                         keys=[f"{self._prefix}:{scope.key}" for scope in scopes],
                         args=[int(self._window * 1000), uuid.uuid4().hex, *(s.limit for s in scopes)],
-                    ),
-                    timeout=self._timeout * 2,
-                )
+                    )
         except (pybreaker.CircuitBreakerError, RedisError, OSError, TimeoutError) as exc:
             self._fallback_total.inc()
             if not self._degraded:

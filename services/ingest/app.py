@@ -12,6 +12,7 @@ Settings (besides the shared ones), read once from the environment when the app 
   checkpoint is signed every N leaves or T ms, whichever comes first.
 - AWARENESS_LOG_ORIGIN ("awareness.local/log"): the checkpoint origin line, shared with signing.
 - AWARENESS_INGEST_ENRICHMENT (true) and AWARENESS_INGEST_RECONCILE_INTERVAL_SECONDS (30).
+- AWARENESS_INGEST_ENRICHMENT_LINGER_MS (100): how long new events gather into one enrichment batch.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def load_ingest_settings(settings: Settings) -> IngestSettings:
                 env, "AWARENESS_INGEST_RECONCILE_INTERVAL_SECONDS", 30.0, minimum=0.05
             ),
             reconcile_settle_seconds=env_float(env, "AWARENESS_INGEST_RECONCILE_SETTLE_SECONDS", 10.0),
+            batch_linger_seconds=env_int(env, "AWARENESS_INGEST_ENRICHMENT_LINGER_MS", 100, minimum=0) / 1000,
         ),
         enrichment_enabled=env_bool(env, "AWARENESS_INGEST_ENRICHMENT", True),
     )

@@ -53,6 +53,10 @@ class EnrichmentSettings:
     # Rows younger than this are still in the in-memory queue; the reconciler leaves them alone.
     reconcile_settle_seconds: float = 10.0
     reconcile_batch: int = 500
+    # How long the worker lets new events gather before it sends a batch: single appends arrive one
+    # at a time, and each batch costs one history query, one call to each peer and one transaction
+    # whatever its size. Enrichment is off the acknowledgement path, so the wait costs no caller.
+    batch_linger_seconds: float = 0.1
 
 
 class _Peer:
@@ -129,6 +133,8 @@ class Enricher:
     async def run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            if self.settings.batch_linger_seconds > 0 and self._queue.qsize() < MAX_PEER_BATCH - 1:
+                await asyncio.sleep(self.settings.batch_linger_seconds)
             while len(batch) < MAX_PEER_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
@@ -168,11 +174,15 @@ class Enricher:
             histories = await run_db(self._histories, items)
             changes: dict[str, dict[str, Any]] = {}
             now_us = to_us_now()
-            results: dict[str, int] = {}
-            if want_scoring:
-                results["scoring"] = await self._score(items, histories, changes, now_us)
-            if want_policy:
-                results["policy"] = await self._evaluate(items, histories, changes, now_us)
+            # Both peers at once: each fills its own columns of `changes` when its answer arrives
+            # (a task group, so an unexpected error in one cancels the other).
+            calls: dict[str, asyncio.Task[int]] = {}
+            async with asyncio.TaskGroup() as group:
+                if want_scoring:
+                    calls["scoring"] = group.create_task(self._score(items, histories, changes, now_us))
+                if want_policy:
+                    calls["policy"] = group.create_task(self._evaluate(items, histories, changes, now_us))
+            results = {peer: task.result() for peer, task in calls.items()}
             if changes:
                 await run_db(self._store, [{"event_id": key, **values} for key, values in changes.items()])
         return results

@@ -3,6 +3,10 @@
 Every figure covers the subject's events that occurred strictly before the event (by occurred_at),
 so the aggregates of an event do not depend on the order events arrived in, and the training
 examples computed later equal what was sent for scoring (scoring's HistoryAggregator mirrors this).
+
+``subject_history`` is the reference definition: ingest has the database compute the same figures
+for a whole batch (services/ingest/aggregates.py), and tests/ingest/test_aggregates.py holds that
+query equal to this fold.
 """
 
 from __future__ import annotations

@@ -1,0 +1,53 @@
+"""services.suite_bench's own arithmetic: CPU per event by process, and the table that shows it."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from services import suite_bench
+
+
+def test_cpu_per_event_divides_each_process_by_the_acknowledged_events() -> None:
+    before = {"ingest": 10.0, "gateway": 4.0, "idle": 1.0, "loadgen": 0.5}
+    after = {"ingest": 12.0, "gateway": 5.0, "idle": 1.0, "loadgen": 0.7, "new": 3.0}
+    assert suite_bench.cpu_per_event(before, after, 1000) == "ingest 2.0 / gateway 1.0 / loadgen 0.2"
+    assert suite_bench.cpu_per_event(before, after, 0) == ""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_process_cpu_reads_live_processes_and_the_reaped_load_generator() -> None:
+    totals = suite_bench.process_cpu({"me": os.getpid(), "gone": 2**22 + 12345})
+    assert totals["me"] > 0
+    assert "gone" not in totals
+    assert totals["loadgen"] >= 0
+
+
+def test_the_table_has_a_cpu_column() -> None:
+    row = suite_bench.Row(
+        section="end-to-end",
+        scenario="POST /v1/events",
+        offered="100 events/s",
+        throughput=99.0,
+        p50_ms=12.0,
+        p99_ms=40.0,
+        error_rate=0.0,
+        stages="gateway 6.0 / ingest 4.0",
+        cpu="ingest 9.0 / gateway 5.0",
+    )
+    info = {
+        "date": "today",
+        "machine": {
+            "cores": 2,
+            "arch": "x86_64",
+            "system": "Linux",
+            "python": "3.11",
+            "load_average_at_start": [1.0],
+        },
+        "store": "PostgreSQL + Redis",
+    }
+    table = suite_bench.format_table([row], info=info)
+    assert "CPU ms per event" in table
+    assert "ingest 9.0 / gateway 5.0" in table
