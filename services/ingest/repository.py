@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Row, Table, and_, func, insert, or_, select, text, tuple_, update
+from sqlalchemy import Engine, Row, Table, and_, bindparam, func, insert, or_, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -475,57 +475,27 @@ def count_subject_events(session: Session, *, pseudonym: str) -> int:
 # --- enrichment ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class HistoryRows:
-    """What the history aggregates of a batch of events need, for their pseudonyms."""
-
-    window: dict[str, list[tuple[int, str, str, bool]]]
-    source_first_seen: dict[str, dict[str, int]]
-    latest_before: dict[str, int]
-
-
-def history_rows(session: Session, *, pseudonyms: Iterable[str], since_us: int, until_us: int) -> HistoryRows:
-    """Events of the pseudonyms in [since_us, until_us), first-seen times per source, and the latest
-    event before since_us: three indexed queries for a whole batch."""
-    wanted = sorted(set(pseudonyms))
-    window: dict[str, list[tuple[int, str, str, bool]]] = {p: [] for p in wanted}
-    first_seen: dict[str, dict[str, int]] = {p: {} for p in wanted}
-    latest_before: dict[str, int] = {}
-    meta = METADATA.c
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        for row in session.execute(
-            select(
-                meta.subject_pseudonym, meta.occurred_at_us, meta.type, meta.source, meta.violation_count
-            ).where(
-                meta.subject_pseudonym.in_(chunk),
-                meta.occurred_at_us >= since_us,
-                meta.occurred_at_us < until_us,
-            )
-        ):
-            window[row.subject_pseudonym].append(
-                (row.occurred_at_us, row.type, row.source, row.violation_count > 0)
-            )
-        for row in session.execute(
-            select(meta.subject_pseudonym, meta.source, func.min(meta.occurred_at_us).label("first"))
-            .where(meta.subject_pseudonym.in_(chunk))
-            .group_by(meta.subject_pseudonym, meta.source)
-        ):
-            first_seen[row.subject_pseudonym][row.source] = row.first
-        for row in session.execute(
-            select(meta.subject_pseudonym, func.max(meta.occurred_at_us).label("latest"))
-            .where(meta.subject_pseudonym.in_(chunk), meta.occurred_at_us < since_us)
-            .group_by(meta.subject_pseudonym)
-        ):
-            latest_before[row.subject_pseudonym] = row.latest
-    return HistoryRows(window=window, source_first_seen=first_seen, latest_before=latest_before)
-
-
 def update_metadata(session: Session, *, changes: Sequence[Mapping[str, Any]]) -> None:
-    """Apply per-event changes; each mapping holds ``event_id`` and the columns to set."""
+    """Apply per-event changes; each mapping holds ``event_id`` and the columns to set.
+
+    Changes that set the same columns share one executemany (the driver pipelines it), instead
+    of one UPDATE statement per event.
+    """
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for change in changes:
-        values = {key: value for key, value in change.items() if key != "event_id"}
-        session.execute(update(METADATA).where(METADATA.c.event_id == change["event_id"]).values(**values))
+        columns = tuple(sorted(key for key in change if key != "event_id"))
+        if columns:
+            groups.setdefault(columns, []).append(
+                {"k_event_id": change["event_id"], **{f"v_{c}": change[c] for c in columns}}
+            )
+    connection = session.connection()
+    for columns, rows in groups.items():
+        statement = (
+            update(METADATA)
+            .where(METADATA.c.event_id == bindparam("k_event_id"))
+            .values({c: bindparam(f"v_{c}") for c in columns})
+        )
+        connection.execute(statement, rows)
 
 
 def pending_metadata(session: Session, *, received_before_us: int, limit: int) -> list[EventMetadata]:
