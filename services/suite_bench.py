@@ -181,16 +181,10 @@ def ingest_rows(figures: Any) -> list[Row]:
 
 
 def _ingest_arguments(seconds: float) -> argparse.Namespace:
-    # services.ingest.bench.run() takes its parsed command line; these mirror its options.
-    return argparse.Namespace(
-        seconds=max(seconds, 5.0),
-        concurrency=64,
-        events=20_000,
-        batch=500,
-        streams=2,
-        rate=200.0,
-        keep_logs=None,
-    )
+    # The ingest benchmark's own parser, so that every option it has gets its default.
+    from services.ingest.bench import parse_arguments
+
+    return parse_arguments(["--seconds", str(max(seconds, 5.0)), "--events", "20000"])
 
 
 def run_service_benchmarks(*, seconds: float) -> tuple[list[Row], dict[str, Any]]:

@@ -51,3 +51,18 @@ def test_the_table_has_a_cpu_column() -> None:
     table = suite_bench.format_table([row], info=info)
     assert "CPU ms per event" in table
     assert "ingest 9.0 / gateway 5.0" in table
+
+
+def test_make_bench_runs_the_ingest_benchmark_with_the_options_it_builds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # make bench once passed the ingest benchmark a hand-made argument list that lacked an option.
+    from services.ingest import bench as ingest_bench
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)  # the embedded SQLite: quick
+    arguments = suite_bench._ingest_arguments(1.0)
+    arguments.events, arguments.seconds, arguments.rate, arguments.concurrency = 1000, 1.0, 20.0, 4
+    figures = ingest_bench.run(arguments)
+    assert figures.stream_events == 1000
+    assert figures.stream_integrated_per_second > 0
+    assert [row.section for row in suite_bench.ingest_rows(figures)] == ["ingest"] * 5

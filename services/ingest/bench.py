@@ -460,7 +460,8 @@ def run(arguments: argparse.Namespace) -> Figures:
     return figures
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line of this benchmark (also what `make bench` passes to `run`)."""
     parser = argparse.ArgumentParser(prog="python -m services.ingest.bench", description=__doc__)
     parser.add_argument(
         "--seconds", type=float, default=8.0, help="duration of the unary and fixed-rate runs"
@@ -480,8 +481,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--rate", type=float, default=200.0, help="offered rate of the latency run (events/s)"
     )
     parser.add_argument("--keep-logs", type=Path, default=None, help="copy the service logs here")
-    arguments = parser.parse_args(argv)
-    print(format_table(run(arguments)))
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    print(format_table(run(parse_arguments(argv))))
     return 0
 
 
