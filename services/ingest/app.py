@@ -152,7 +152,9 @@ class IngestRuntime:
             on_accepted=self._accepted,
             metrics=context.metrics,
         )
-        self.reader = EventReader(sessions=sessions, keys=self.keys, gate=gate)
+        self.reader = EventReader(
+            sessions=sessions, keys=self.keys, gate=gate, on_forget=self.enricher.forget
+        )
         self.servicer = IngestServicer(writer=self.writer, reader=self.reader)
         self._tasks: list[asyncio.Task[None]] = []
 

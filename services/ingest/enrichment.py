@@ -101,6 +101,8 @@ class Enricher:
         self._policy_channel = policy
         self.settings = settings
         self._queue: asyncio.Queue[EnrichmentItem] = asyncio.Queue(maxsize=settings.queue_limit)
+        # Subjects erased since the current batch was taken from the queue.
+        self._forgotten: set[str] = set()
         self._scoring_peer = _Peer("scoring", settings.peer_backoff_seconds)
         self._policy_peer = _Peer("policy", settings.peer_backoff_seconds)
         self._metrics = metrics
@@ -122,6 +124,25 @@ class Enricher:
                 "enrichment_queue_depth", "Committed events waiting in memory for scoring and policy"
             ).set_function(self._queue.qsize)
 
+    def forget(self, pseudonym: str) -> int:
+        """Drop the waiting events of an erased subject: their details are plaintext in memory.
+
+        A batch already taken from the queue skips them too (see `run` and `enrich`). Returns how
+        many queued events were dropped.
+        """
+        kept: list[EnrichmentItem] = []
+        dropped = 0
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item.pseudonym == pseudonym:
+                dropped += 1
+            else:
+                kept.append(item)
+        for item in kept:
+            self._queue.put_nowait(item)
+        self._forgotten.add(pseudonym)
+        return dropped
+
     def submit(self, items: Sequence[EnrichmentItem]) -> None:
         for item in items:
             try:
@@ -133,12 +154,13 @@ class Enricher:
     async def run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            self._forgotten.clear()  # earlier erasures already left the queue (see forget)
             if self.settings.batch_linger_seconds > 0 and self._queue.qsize() < MAX_PEER_BATCH - 1:
                 await asyncio.sleep(self.settings.batch_linger_seconds)
             while len(batch) < MAX_PEER_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await self.enrich(batch, evaluate=True)
+                await self.enrich(batch, evaluate=True, in_memory=True)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -155,15 +177,26 @@ class Enricher:
                 log.exception("reconciliation round failed")
 
     async def enrich(
-        self, items: Sequence[EnrichmentItem], *, evaluate: bool, score: bool = True
+        self,
+        items: Sequence[EnrichmentItem],
+        *,
+        evaluate: bool,
+        score: bool = True,
+        in_memory: bool = False,
     ) -> dict[str, int]:
         """Score and evaluate `items` (evaluation needs their details) and store the results.
+
+        `in_memory`: the items come from the queue, with details kept in plaintext since the
+        append; those of a subject erased meanwhile are dropped (the reconciler scores them later
+        from the log, where their details can no longer be read).
 
         Returns how many results each peer gave. The batch span is current during the peer calls, so
         scoring's and policy's spans join the appending request's trace (or the batch links to several).
         """
         want_scoring = score and self._scoring_peer.available()
         want_policy = evaluate and self._policy_peer.available()
+        if in_memory:
+            items = [item for item in items if item.pseudonym not in self._forgotten]
         if not items or not (want_scoring or want_policy):
             return {}
         with batch_span(
@@ -172,6 +205,10 @@ class Enricher:
             attributes={"awareness.events": len(items)},
         ):
             histories = await run_db(self._histories, items)
+            if in_memory:  # an erasure may have arrived during the query
+                items = [item for item in items if item.pseudonym not in self._forgotten]
+                if not items:
+                    return {}
             changes: dict[str, dict[str, Any]] = {}
             now_us = to_us_now()
             # Both peers at once: each fills its own columns of `changes` when its answer arrives

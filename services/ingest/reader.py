@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from awareness.ingest.v1 import ingest_pb2
@@ -80,11 +80,17 @@ def is_system_record(record: EventRecord) -> bool:
 
 class EventReader:
     def __init__(
-        self, *, sessions: sessionmaker[Session], keys: SubjectKeys, gate: repository.WriteGate
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        keys: SubjectKeys,
+        gate: repository.WriteGate,
+        on_forget: Callable[[str], object] = lambda pseudonym: None,
     ) -> None:
         self._sessions = sessions
         self._keys = keys
         self._gate = gate
+        self._on_forget = on_forget
 
     # --- events ---------------------------------------------------------------------------------
 
@@ -414,6 +420,7 @@ class EventReader:
         if not pseudonym:
             raise InvalidArgumentError("pseudonym is required", reason="PSEUDONYM_REQUIRED")
         self._keys.forget(pseudonym)
+        self._on_forget(pseudonym)  # events still waiting for enrichment
 
         def count() -> int:
             with self._sessions() as session:

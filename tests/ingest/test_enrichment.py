@@ -167,3 +167,37 @@ async def test_pending_rows_are_back_filled_and_an_erased_subject_cannot_be_eval
         assert registry.get_sample_value(backfills, {"peer": "policy"}) == 1
     finally:
         await server.stop(0)
+
+
+async def test_an_erasure_drops_the_subjects_events_waiting_in_memory_for_enrichment() -> None:
+    # Their details are plaintext in the queue; after erasure they must not reach policy.
+    from services.ingest.enrichment import Enricher, EnrichmentSettings
+    from services.ingest.writer import EnrichmentItem
+
+    def item(pseudonym: str) -> EnrichmentItem:
+        return EnrichmentItem(
+            event_id=str(uuid.uuid4()),
+            pseudonym=pseudonym,
+            type="phishing.clicked",
+            source="gophish",
+            severity=4,
+            occurred_at_us=0,
+            summary_length=0,
+            detail_count=1,
+            details={"url": "https://example.org/"},
+        )
+
+    unused: Any = None  # the queue alone is exercised: no store, keys or peers are reached
+    enricher = Enricher(
+        sessions=unused,
+        keys=unused,
+        scoring=unused,
+        policy=unused,
+        settings=EnrichmentSettings(),
+        gate=unused,
+    )
+    enricher.submit([item("psn_ivan"), item("psn_hana"), item("psn_ivan")])
+    assert enricher.forget("psn_ivan") == 2
+    assert [enricher._queue.get_nowait().pseudonym for _ in range(enricher._queue.qsize())] == ["psn_hana"]
+    # A batch already taken from the queue skips the erased subject as well.
+    assert await enricher.enrich([item("psn_ivan")], evaluate=True, in_memory=True) == {}
