@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -195,12 +196,34 @@ def serve(
         _instrument_sqlalchemy(context.engine)
     context.metrics.serve(host=settings.host, port=settings.metrics_port)
     app = factory(context)
+    _tune_garbage_collector()
     try:
         asyncio.run(run_server(app, context))
     finally:
         shutdown_tracing()
         if context.engine is not None:
             context.engine.dispose()
+
+
+# Collections of the youngest generation happen every this many net allocations (CPython's default
+# is 700). Request handling allocates thousands of short-lived objects per batch; collecting them
+# this often promotes many that are about to die, and every promotion brings the next full scan
+# of the whole heap closer.
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def _tune_garbage_collector() -> None:
+    """Keep the cyclic collector off the objects of start-up, and collect the young less often.
+
+    Modules, engines and servers built at start-up live as long as the process: ``gc.freeze`` moves
+    them out of every generation, so full collections no longer traverse them (with the defaults,
+    a full collection of an ingest process cost about 80 ms at ingest rates, about a tenth of its
+    CPU). Cycles created later are still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def _with_dev_secret(settings: Settings) -> Settings:
