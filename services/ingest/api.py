@@ -8,9 +8,10 @@ from typing import Any
 import grpc
 from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from awareness.signing.v1 import signing_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2
 
-from services.ingest.convert import receipt_message
+from services.ingest.convert import receipt_message, timestamp_from_us
 from services.ingest.reader import EventReader
 from services.ingest.writer import MAX_BATCH_EVENTS, Accepted, AppendOutcome, LogWriter
 from services.runtime import auth
@@ -22,20 +23,29 @@ def _may_append_system_events() -> bool:
     return principal is not None and "service" in principal.roles
 
 
-def _result(index: int, outcome: AppendOutcome) -> ingest_pb2.AppendEventResult:
+def _result(index: int, outcome: AppendOutcome, stamps: dict[int, Timestamp]) -> ingest_pb2.AppendEventResult:
     if isinstance(outcome, Accepted):
-        return ingest_pb2.AppendEventResult(index=index, receipt=_receipt(outcome), replayed=outcome.replayed)
+        return ingest_pb2.AppendEventResult(
+            index=index, receipt=_receipt(outcome, stamps), replayed=outcome.replayed
+        )
     status: status_pb2.Status = outcome.to_status()
     return ingest_pb2.AppendEventResult(index=index, error=status)
 
 
-def _receipt(outcome: Accepted) -> ingest_pb2.Receipt:
+def _receipt(outcome: Accepted, stamps: dict[int, Timestamp] | None = None) -> ingest_pb2.Receipt:
+    """`stamps` keeps the receive times already converted in this answer (a batch shares one)."""
+    receive_time = None
+    if stamps is not None:
+        receive_time = stamps.get(outcome.receive_time_us)
+        if receive_time is None:
+            receive_time = stamps[outcome.receive_time_us] = timestamp_from_us(outcome.receive_time_us)
     return receipt_message(
         event_id=outcome.event_id,
         leaf_hash=outcome.leaf_hash,
         receive_time_us=outcome.receive_time_us,
         leaf_index=outcome.leaf_index,
         checkpoint=None,
+        receive_time=receive_time,
     )
 
 
@@ -79,8 +89,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 f"at most {MAX_BATCH_EVENTS} events per batch, got {len(events)}", reason="BATCH_TOO_LARGE"
             )
         outcomes = await self._writer.append(events, allow_system=_may_append_system_events())
+        stamps: dict[int, Timestamp] = {}
         return ingest_pb2.AppendEventsResponse(
-            results=[_result(index, outcome) for index, outcome in enumerate(outcomes)]
+            results=[_result(index, outcome, stamps) for index, outcome in enumerate(outcomes)]
         )
 
     async def GetEvent(  # noqa: N802 - gRPC method name

@@ -68,11 +68,13 @@ def receipt_message(
     receive_time_us: int,
     leaf_index: int | None,
     checkpoint: Checkpoint | None,
+    receive_time: Timestamp | None = None,
 ) -> ingest_pb2.Receipt:
+    """`receive_time`, when given, is timestamp_from_us(receive_time_us) made once by the caller."""
     receipt = ingest_pb2.Receipt(
         event_id=event_id,
         leaf_hash=leaf_hash,
-        receive_time=timestamp_from_us(receive_time_us),
+        receive_time=receive_time if receive_time is not None else timestamp_from_us(receive_time_us),
         state=Receipt.STATE_ACCEPTED,
     )
     if leaf_index is not None:

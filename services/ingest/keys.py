@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
@@ -43,13 +43,28 @@ class SubjectKey:
 @dataclass(frozen=True, slots=True)
 class KeyLookup:
     subject: str
-    occurred_at: datetime
+    occurred_at_us: int  # microseconds since the Unix epoch (UTC)
     event_type: str
 
     @property
     def cache_key(self) -> tuple[str, str, str]:
-        moment = self.occurred_at.astimezone(UTC)
-        return (self.subject, self.event_type, f"{moment.year:04d}-{moment.month:02d}")
+        return (self.subject, self.event_type, utc_month(self.occurred_at_us))
+
+
+_DAY_US = 86_400_000_000
+_MONTH_OF_DAY: dict[int, str] = {}
+
+
+def utc_month(micros: int) -> str:
+    """ "YYYY-MM" of a time given as microseconds since the Unix epoch (memoised per day)."""
+    day = micros // _DAY_US
+    month = _MONTH_OF_DAY.get(day)
+    if month is None:
+        if len(_MONTH_OF_DAY) >= 100_000:
+            _MONTH_OF_DAY.clear()
+        moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=day)
+        month = _MONTH_OF_DAY[day] = f"{moment.year:04d}-{moment.month:02d}"
+    return month
 
 
 ERASED = "erased"
@@ -264,7 +279,7 @@ def _pseudonym_of(entry: _Entry) -> str | None:
 
 def _lookup_message(lookup: KeyLookup) -> gdpr_pb2.SubjectKeyLookup:
     occurred_at = Timestamp()
-    occurred_at.FromDatetime(lookup.occurred_at)
+    occurred_at.FromMicroseconds(lookup.occurred_at_us)
     return gdpr_pb2.SubjectKeyLookup(
         subject=lookup.subject, occurred_at=occurred_at, event_type=lookup.event_type
     )

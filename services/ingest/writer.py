@@ -13,10 +13,11 @@ import contextvars
 import functools
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,13 +41,15 @@ from services.ingest.domain.events import (
 )
 from services.ingest.domain.merkle import leaf_hash
 from services.ingest.domain.records import (
+    NONCE_BYTES,
+    details_json,
     fingerprint_fields,
     format_timestamp_us,
     record_bytes,
     seal_personal,
 )
 from services.ingest.keys import KeyLookup, SubjectKey, SubjectKeys
-from services.ingest.repository import StoredReceipt, from_us, to_us
+from services.ingest.repository import StoredReceipt, to_us
 from services.ingest.tracing import batch_span, current_span_context
 from services.runtime.db import run_db, transaction
 from services.runtime.errors import AwarenessError, FieldViolation, UnavailableError
@@ -259,11 +262,12 @@ class _Candidate:
     occurred_us: int
     occurred_text: str  # format_timestamp form, as the record and fingerprint spell it
     severity: int
+    encoded_details: str  # details_json(details): spelled once for the fingerprint and the seal
     fingerprint: str
     system: bool
     row: PendingRow | None = None
     key: SubjectKey | None = None
-    followers: list[int] = field(default_factory=list)
+    followers: list[int] | None = None  # positions of later copies of this event id in the call
 
 
 class LogWriter:
@@ -346,6 +350,8 @@ class LogWriter:
                 continue
             earlier = first_by_id.get(checked.event_id)
             if earlier is not None:
+                if earlier.followers is None:
+                    earlier.followers = []
                 earlier.followers.append(position)
                 candidates.append(checked)
                 continue
@@ -381,6 +387,8 @@ class LogWriter:
                 )
                 if candidate.row.enrichment is not None:
                     accepted_items.append(candidate.row.enrichment)
+                if candidate.followers is None:
+                    continue
                 original = StoredReceipt(
                     event_id=candidate.event_id,
                     content_fingerprint=candidate.fingerprint,
@@ -392,7 +400,7 @@ class LogWriter:
                 assert answer is not None
                 original = answer
                 outcomes[candidate.position] = _replay_or_conflict(original, candidate.fingerprint)
-            for follower in candidate.followers:
+            for follower in candidate.followers or ():
                 outcomes[follower] = _replay_or_conflict(original, by_position[follower].fingerprint)
         if accepted_items:
             self._on_accepted(accepted_items)
@@ -421,8 +429,7 @@ class LogWriter:
             details=details,
         ):
             return None
-        occurred_text = format_timestamp_us(occurred_us)
-        return _Candidate(
+        return self._candidate(
             position=position,
             event_id=event_id or new_event_id(),
             type=event_type,
@@ -431,18 +438,7 @@ class LogWriter:
             summary=summary,
             details=details,
             occurred_us=occurred_us,
-            occurred_text=occurred_text,
             severity=severity,
-            fingerprint=fingerprint_fields(
-                secret=self._secret,
-                type=event_type,
-                source=source,
-                subject=subject,
-                occurred_at=occurred_text,
-                severity=_SEVERITY_LABELS[severity],
-                summary=summary,
-                details=details,
-            ),
             system=False,
         )
 
@@ -480,9 +476,7 @@ class LogWriter:
         assert event_id is not None and event.occurred_at is not None
         severity = parse_severity(event.severity)
         assert severity is not None
-        occurred_us = to_us(event.occurred_at)
-        occurred_text = format_timestamp_us(occurred_us)
-        return _Candidate(
+        return self._candidate(
             position=position,
             event_id=event_id,
             type=event.type,
@@ -490,18 +484,50 @@ class LogWriter:
             subject=event.subject,
             summary=event.summary,
             details=event.details,
+            occurred_us=to_us(event.occurred_at),
+            severity=int(severity),
+            system=system,
+        )
+
+    def _candidate(
+        self,
+        *,
+        position: int,
+        event_id: str,
+        type: str,
+        source: str,
+        subject: str,
+        summary: str,
+        details: dict[str, str],
+        occurred_us: int,
+        severity: int,
+        system: bool,
+    ) -> _Candidate:
+        """A validated event with its canonical spellings and content fingerprint."""
+        occurred_text = format_timestamp_us(occurred_us)
+        encoded_details = details_json(details)
+        return _Candidate(
+            position=position,
+            event_id=event_id,
+            type=type,
+            source=source,
+            subject=subject,
+            summary=summary,
+            details=details,
             occurred_us=occurred_us,
             occurred_text=occurred_text,
-            severity=int(severity),
+            severity=severity,
+            encoded_details=encoded_details,
             fingerprint=fingerprint_fields(
                 secret=self._secret,
-                type=event.type,
-                source=event.source,
-                subject=event.subject,
+                type=type,
+                source=source,
+                subject=subject,
                 occurred_at=occurred_text,
-                severity=severity.label,
-                summary=event.summary,
-                details=event.details,
+                severity=_SEVERITY_LABELS[severity],
+                summary=summary,
+                details=details,
+                encoded_details=encoded_details,
             ),
             system=system,
         )
@@ -519,9 +545,7 @@ class LogWriter:
 
 
 def _lookup(candidate: _Candidate) -> KeyLookup:
-    return KeyLookup(
-        subject=candidate.subject, occurred_at=from_us(candidate.occurred_us), event_type=candidate.type
-    )
+    return KeyLookup(candidate.subject, candidate.occurred_us, candidate.type)
 
 
 _SEVERITY_LABELS = {int(severity): severity.label for severity in Severity}
@@ -555,14 +579,21 @@ def _replay_or_conflict(original: StoredReceipt, fingerprint: str) -> AppendOutc
 def _build_rows(candidates: list[_Candidate], receive_us: int, *, origin: SpanContext | None = None) -> None:
     receive_text = format_timestamp_us(receive_us)
     ciphers: dict[bytes, AESGCM] = {}  # one key schedule per data key in the batch
-    for candidate in candidates:
+    # One read of the system's random source for the whole batch; each event gets its own slice.
+    nonces = os.urandom(NONCE_BYTES * len(candidates))
+    for number, candidate in enumerate(candidates):
         cipher = None
         if candidate.key is not None:
             cipher = ciphers.get(candidate.key.data_key)
             if cipher is None:
                 cipher = ciphers[candidate.key.data_key] = AESGCM(candidate.key.data_key)
         candidate.row = _pending_row(
-            candidate, receive_us=receive_us, receive_text=receive_text, cipher=cipher, origin=origin
+            candidate,
+            receive_us=receive_us,
+            receive_text=receive_text,
+            cipher=cipher,
+            origin=origin,
+            nonce=nonces[number * NONCE_BYTES : (number + 1) * NONCE_BYTES],
         )
 
 
@@ -573,6 +604,7 @@ def _pending_row(
     receive_text: str,
     cipher: AESGCM | None = None,
     origin: SpanContext | None = None,
+    nonce: bytes | None = None,
 ) -> PendingRow:
     event_id, system = candidate.event_id, candidate.system
     if system:
@@ -591,6 +623,8 @@ def _pending_row(
             summary=candidate.summary,
             details=candidate.details,
             cipher=cipher,
+            encoded_details=candidate.encoded_details,
+            nonce=nonce,
         )
         pseudonym, key_period, key_id = key.pseudonym, key.key_period, key.key_id
         nonce, ciphertext, payload = sealed.nonce, sealed.ciphertext, None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, status_pb2
 
-from services.ingest.keys import ERASED, KeyLookup, SubjectKey, SubjectKeys
+from services.ingest.keys import ERASED, KeyLookup, SubjectKey, SubjectKeys, utc_month
 from services.runtime import auth
 from services.runtime.clients import ChannelFactory
 from services.runtime.config import load_settings
@@ -24,6 +24,7 @@ from tests.conftest import INTERNAL_SECRET
 from tests.ingest.harness import service_env
 
 WHEN = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
+WHEN_US = int(WHEN.timestamp()) * 1_000_000
 
 
 class FakeGdpr(gdpr_pb2_grpc.GdprServiceServicer):
@@ -117,16 +118,16 @@ async def test_lookups_are_batched_deduplicated_and_cached(gdpr: tuple[FakeGdpr,
     clock = Clock()
     keys, factory = keys_for(address, clock)
     lookups = [
-        KeyLookup("a@x", WHEN, "phishing.clicked"),
-        KeyLookup("b@x", WHEN, "phishing.clicked"),
-        KeyLookup("a@x", WHEN, "phishing.clicked"),
+        KeyLookup("a@x", WHEN_US, "phishing.clicked"),
+        KeyLookup("b@x", WHEN_US, "phishing.clicked"),
+        KeyLookup("a@x", WHEN_US, "phishing.clicked"),
     ]
     first = await keys.keys_for(lookups)
     assert [k.pseudonym for k in first] == ["psn_a@x", "psn_b@x", "psn_a@x"]
     assert len(fake.lookups) == 2  # one call, each distinct subject once
     await keys.keys_for(lookups)
     assert len(fake.lookups) == 2  # cached
-    await keys.keys_for([KeyLookup("a@x", WHEN, "training.completed")])
+    await keys.keys_for([KeyLookup("a@x", WHEN_US, "training.completed")])
     assert len(fake.lookups) == 3  # a new event type reaches gdpr (retention tracks the types per key)
     clock.now += 61
     await keys.keys_for(lookups[:1])
@@ -150,7 +151,7 @@ async def test_unwrap_reports_erased_keys_and_outages(gdpr: tuple[FakeGdpr, str]
 
     nowhere, factory = keys_for(f"127.0.0.1:{free_port()}", Clock())
     with pytest.raises(DependencyUnavailableError):
-        await nowhere.keys_for([KeyLookup("a@x", WHEN, "phishing.clicked")])
+        await nowhere.keys_for([KeyLookup("a@x", WHEN_US, "phishing.clicked")])
     with pytest.raises(DependencyUnavailableError):
         await nowhere.unwrap([("psn_here", "2026-03")])
     await factory.close()
@@ -195,3 +196,20 @@ async def test_forget_stamps_last_only_while_a_call_that_could_be_misled_is_in_f
     keys.forget("psn_later")
     assert len(keys._forgotten_at) == 0
     await factory.close()
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2026, 3, 1, tzinfo=UTC),
+        datetime(2026, 2, 28, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(2024, 2, 29, 12, tzinfo=UTC),
+        datetime(2000, 1, 1, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, tzinfo=UTC),
+    ],
+)
+def test_utc_month_names_the_month_of_the_microsecond(moment: datetime) -> None:
+    micros = (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    assert utc_month(micros) == f"{moment.year:04d}-{moment.month:02d}"
+    assert utc_month(micros) == utc_month(micros)  # memoised answer unchanged

@@ -124,8 +124,9 @@ def _code_point_order_is_jcs(value: Any) -> bool:
 _json_string: Callable[[str], str] = json.encoder.encode_basestring
 
 
-def _details_json(details: Mapping[str, str]) -> str:
-    """The canonical JSON object of a details map."""
+def details_json(details: Mapping[str, str]) -> str:
+    """The canonical JSON object of a details map (the append path spells it once per event, for
+    both the fingerprint and the sealed plaintext)."""
     if not details:
         return "{}"
     names = "".join(details)
@@ -134,11 +135,16 @@ def _details_json(details: Mapping[str, str]) -> str:
     return "{" + ",".join(f"{_json_string(k)}:{_json_string(details[k])}" for k in sorted(details)) + "}"
 
 
-def personal_plaintext(*, subject: str, summary: str, details: Mapping[str, str]) -> bytes:
-    """canonical_json({"details": ..., "subject": ..., "summary": ..., "v": 1})."""
+def personal_plaintext(
+    *, subject: str, summary: str, details: Mapping[str, str], encoded_details: str | None = None
+) -> bytes:
+    """canonical_json({"details": ..., "subject": ..., "summary": ..., "v": 1}).
+
+    `encoded_details`, when given, is details_json(details), already spelled by the caller.
+    """
+    encoded = details_json(details) if encoded_details is None else encoded_details
     return (
-        f'{{"details":{_details_json(details)},"subject":{_json_string(subject)},'
-        f'"summary":{_json_string(summary)},"v":1}}'
+        f'{{"details":{encoded},"subject":{_json_string(subject)},"summary":{_json_string(summary)},"v":1}}'
     ).encode()
 
 
@@ -164,9 +170,21 @@ def format_timestamp(moment: datetime) -> str:
 _NAIVE_EPOCH = datetime(1970, 1, 1)
 
 
+# format_timestamp_us spells the whole seconds once: events of a stream cluster around the present,
+# so most share their second with an earlier one. Bounded; cleared when full.
+_SECOND_TEXT: dict[int, str] = {}
+_SECOND_TEXT_LIMIT = 65_536
+
+
 def format_timestamp_us(micros: int) -> str:
     """format_timestamp of a time given as microseconds since the Unix epoch."""
-    return (_NAIVE_EPOCH + timedelta(microseconds=micros)).isoformat(timespec="microseconds") + "Z"
+    seconds, fraction = divmod(micros, 1_000_000)
+    text = _SECOND_TEXT.get(seconds)
+    if text is None:
+        if len(_SECOND_TEXT) >= _SECOND_TEXT_LIMIT:
+            _SECOND_TEXT.clear()
+        text = _SECOND_TEXT[seconds] = (_NAIVE_EPOCH + timedelta(seconds=seconds)).isoformat()
+    return f"{text}.{fraction:06d}Z"
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -193,15 +211,24 @@ def seal_personal(
     summary: str,
     details: Mapping[str, str],
     cipher: AESGCM | None = None,
+    encoded_details: str | None = None,
+    nonce: bytes | None = None,
 ) -> SealedPersonal:
     """Encrypt the personal fields with AES-256-GCM under a fresh random 96-bit nonce.
 
-    `cipher`, when given, is ``AESGCM(key)`` made once by the caller for many events of one key.
+    `cipher`, when given, is ``AESGCM(key)`` made once by the caller for many events of one key;
+    `encoded_details` is details_json(details); `nonce`, 12 bytes from os.urandom that the caller
+    drew for many events at once (never reused: each event gets its own slice).
     """
     if len(key) != DATA_KEY_BYTES:
         raise ValueError(f"data keys are {DATA_KEY_BYTES} bytes (AES-256), got {len(key)}")
-    plaintext = personal_plaintext(subject=subject, summary=summary, details=details)
-    nonce = os.urandom(NONCE_BYTES)
+    plaintext = personal_plaintext(
+        subject=subject, summary=summary, details=details, encoded_details=encoded_details
+    )
+    if nonce is None:
+        nonce = os.urandom(NONCE_BYTES)
+    elif len(nonce) != NONCE_BYTES:
+        raise ValueError(f"nonces are {NONCE_BYTES} bytes, got {len(nonce)}")
     ciphertext = (cipher or AESGCM(key)).encrypt(
         nonce, plaintext, _personal_aad(event_id=event_id, key_id=key_id)
     )
@@ -350,13 +377,18 @@ def fingerprint_fields(
     severity: str,
     summary: str,
     details: Mapping[str, str],
+    encoded_details: str | None = None,
 ) -> str:
-    """content_fingerprint from the validated values; occurred_at in format_timestamp form."""
+    """content_fingerprint from the validated values; occurred_at in format_timestamp form.
+
+    `encoded_details`, when given, is details_json(details), already spelled by the caller.
+    """
     if len(secret) < MIN_FINGERPRINT_SECRET_BYTES:
         raise ValueError(f"the fingerprint secret must be at least {MIN_FINGERPRINT_SECRET_BYTES} bytes")
     j = _json_string
+    encoded = details_json(details) if encoded_details is None else encoded_details
     content = (
-        f'{{"details":{_details_json(details)},"format":"{FINGERPRINT_FORMAT}",'
+        f'{{"details":{encoded},"format":"{FINGERPRINT_FORMAT}",'
         f'"occurred_at":{j(occurred_at)},"severity":{j(severity)},"source":{j(source)},'
         f'"subject":{j(subject)},"summary":{j(summary)},"type":{j(type)}}}'
     ).encode()
