@@ -11,7 +11,7 @@ and PostgreSQL, and exactly what the canonical record encoding needs to be recom
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Index, Integer, LargeBinary, SmallInteger, String, Text
+from sqlalchemy import BigInteger, Index, Integer, LargeBinary, SmallInteger, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
@@ -122,6 +122,12 @@ class EventMetadata(Base):
     __table_args__ = (
         Index("ix_event_metadata_subject_time", "subject_pseudonym", "occurred_at_us"),
         Index("ix_event_metadata_received", "receive_time_us", "event_id"),
-        Index("ix_event_metadata_label", "label"),
+        # Only labelled events (label <> 0): unlabelled ones are never looked up by label.
+        Index(
+            "ix_event_metadata_label",
+            "label",
+            postgresql_where=text("label <> 0"),
+            sqlite_where=text("label <> 0"),
+        ),
         Index("ix_event_metadata_pending", "scoring_state", "evaluation_state"),
     )

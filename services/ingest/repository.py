@@ -6,6 +6,7 @@ on PostgreSQL, one executemany on SQLite, never one ORM object per row.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -14,9 +15,29 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Row, Table, and_, bindparam, func, insert, or_, select, text, tuple_, update
+from sqlalchemy import (
+    BigInteger,
+    Engine,
+    Float,
+    Integer,
+    LargeBinary,
+    Row,
+    SmallInteger,
+    String,
+    Table,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.types import TypeEngine
 
 from services.ingest.domain.merkle import NodeKey
 from services.ingest.models import Checkpoint, EventMetadata, EventRecord, Leaf, TreeNode
@@ -171,6 +192,32 @@ LEAF_COLUMNS = ("leaf_index", "event_id", "seq", "leaf_hash", "integrate_time_us
 NODE_COLUMNS = ("level", "idx", "hash")
 
 
+@functools.cache
+def copy_types(table: Table, columns: tuple[str, ...]) -> list[str]:
+    """PostgreSQL type names of `columns`, from the model, for a binary COPY (psycopg's dumpers)."""
+    names = []
+    for name in columns:
+        column_type = table.c[name].type
+        for sql_type, pg_name in _COPY_TYPES:
+            if isinstance(column_type, sql_type):
+                names.append(pg_name)
+                break
+        else:
+            raise TypeError(f"no binary COPY type for {table.name}.{name} ({column_type!r})")
+    return names
+
+
+# Most specific first: BigInteger and SmallInteger are Integers, Text is a String.
+_COPY_TYPES: tuple[tuple[type[TypeEngine[Any]], str], ...] = (
+    (BigInteger, "int8"),
+    (SmallInteger, "int2"),
+    (Integer, "int4"),
+    (LargeBinary, "bytea"),
+    (Float, "float8"),
+    (String, "text"),
+)
+
+
 def bulk_insert(
     session: Session, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> None:
@@ -188,9 +235,11 @@ def bulk_insert(
     if connection.dialect.name == "postgresql":
         raw: Any = connection.connection.dbapi_connection  # a psycopg 3 connection (db.POSTGRES_DRIVERS)
         assert raw is not None
-        statement = f"COPY {table.name} ({names}) FROM STDIN"
+        # Binary: no text spelling of integers and no hex of bytea on either side of the socket.
+        statement = f"COPY {table.name} ({names}) FROM STDIN (FORMAT BINARY)"
         try:
             with raw.cursor() as cursor, cursor.copy(statement) as copy:
+                copy.set_types(copy_types(table, tuple(columns)))
                 for row in rows:
                     copy.write_row(row)
         except connection.dialect.dbapi.IntegrityError as error:  # type: ignore[union-attr]

@@ -1,0 +1,113 @@
+"""The ingest repository's hot-path writes and indexes, on SQLite and the real PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, inspect, select, text
+
+from services.ingest import repository
+from services.runtime import migrations
+from services.runtime.db import create_db_engine, session_factory, transaction
+
+
+@pytest.fixture
+def engine(database_url: str | None, tmp_path: Path) -> Iterator[Engine]:
+    engine = create_db_engine(database_url or f"sqlite:///{tmp_path / 'ingest.db'}", service="ingest")
+    migrations.upgrade("ingest", engine)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def _record(event_id: str, **changes: object) -> tuple[object, ...]:
+    values: dict[str, object] = {
+        "event_id": event_id,
+        "type": "phishing.clicked",
+        "source": "gophish ✓ o'brien",
+        "occurred_at_us": 1_800_000_000_123_456,
+        "severity": 5,
+        "subject_pseudonym": "ps_" + "x" * 40,
+        "key_period": "2026-11",
+        "key_id": "key-1",
+        "nonce": bytes(range(12)),
+        "ciphertext": bytes(range(256)) * 3,
+        "receive_time_us": 1_800_000_001_000_000,
+        "content_fingerprint": "f" * 64,
+        "leaf_hash": b"\x00" * 31 + b"\xff",
+        "record_version": 1,
+        "system_payload": None,
+        **changes,
+    }
+    return tuple(values[name] for name in repository.RECORD_COLUMNS)
+
+
+def _metadata(event_id: str) -> tuple[object, ...]:
+    values: dict[str, object] = {name: 0 for name in repository.METADATA_COLUMNS}
+    values.update(
+        event_id=event_id,
+        subject_pseudonym="ps_x",
+        type="phishing.clicked",
+        source="gophish",
+        risk_score=None,
+        model_version="",
+        scoring_note="",
+        violations="[]",
+        evaluation_note="",
+        label_note="",
+        labeled_by="",
+        label_time_us=None,
+        occurred_at_us=-1,  # before 1970: signed 64-bit
+        update_time_us=2**62,
+    )
+    return tuple(values[name] for name in repository.METADATA_COLUMNS)
+
+
+def test_bulk_insert_stores_every_column_type_exactly(engine: Engine) -> None:
+    # On PostgreSQL this is a binary COPY: the types come from the model, so a mismatch would
+    # show here as a refused COPY or a changed value.
+    sessions = session_factory(engine)
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    rows = [_record(first), _record(second, system_payload='{"summary":"ünïcode"}', severity=1)]
+    with transaction(sessions) as session:
+        repository.insert_events(session, records=rows, metadata=[_metadata(first), _metadata(second)])
+    with sessions() as session:
+        stored = session.execute(
+            select(*(repository.RECORDS.c[name] for name in repository.RECORD_COLUMNS)).order_by(
+                repository.RECORDS.c.seq
+            )
+        ).all()
+        metadata = session.execute(
+            select(*(repository.METADATA.c[name] for name in repository.METADATA_COLUMNS)).where(
+                repository.METADATA.c.event_id == first
+            )
+        ).one()
+    assert [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in stored] == rows
+    assert tuple(metadata) == _metadata(first)
+
+
+def test_bulk_insert_refuses_a_value_too_long_for_its_column(engine: Engine) -> None:
+    sessions = session_factory(engine)
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite does not enforce VARCHAR lengths")
+    with pytest.raises(Exception, match="too long"), transaction(sessions) as session:
+        repository.insert_events(session, records=[_record(str(uuid.uuid4()), type="t" * 65)], metadata=[])
+
+
+def test_label_index_holds_only_labelled_events(engine: Engine) -> None:
+    indexes = {index["name"]: index for index in inspect(engine).get_indexes("event_metadata")}
+    assert indexes["ix_event_metadata_label"]["column_names"] == ["label"]
+    with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            definition = connection.execute(
+                text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_event_metadata_label'")
+            ).scalar_one()
+        else:
+            definition = connection.execute(
+                text("SELECT sql FROM sqlite_master WHERE name = 'ix_event_metadata_label'")
+            ).scalar_one()
+    assert "WHERE" in definition.upper() and "label <> 0" in definition
