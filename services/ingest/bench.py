@@ -237,51 +237,66 @@ async def _unary(client: _Client, *, seconds: float, concurrency: int) -> float:
     return done / (time.perf_counter() - started)
 
 
+async def _has_leaves(client: _Client, size: int) -> bool:
+    """Whether the tree holds `size` leaves: its leaf size-1 has an inclusion proof."""
+    try:
+        await client.stub.GetInclusionProof(
+            ingest_pb2.GetInclusionProofRequest(leaf_index=size - 1, tree_size=size),
+            metadata=client.metadata("GetInclusionProof", ("auditor",)),
+        )
+        return True
+    except grpc.aio.AioRpcError:
+        return False
+
+
 async def _tree_size(client: _Client) -> int:
     # The tree size: the largest leaf index with a proof, found by asking for the newest leaf.
     low, high = 0, 1
-    metadata = client.metadata("GetInclusionProof", ("auditor",))
-
-    async def exists(size: int) -> bool:
-        try:
-            await client.stub.GetInclusionProof(
-                ingest_pb2.GetInclusionProofRequest(leaf_index=size - 1, tree_size=size), metadata=metadata
-            )
-            return True
-        except grpc.aio.AioRpcError:
-            return False
-
-    while await exists(high):
+    while await _has_leaves(client, high):
         low, high = high, high * 2
     while high - low > 1:
         middle = (low + high) // 2
-        low, high = (middle, high) if await exists(middle) else (low, middle)
+        low, high = (middle, high) if await _has_leaves(client, middle) else (low, middle)
     return low
+
+
+# Batches a stream may have sent and not yet seen answered: enough to keep its server busy while
+# an answer travels back, few enough that a stream to a busier replica does not hoard the work.
+STREAM_WINDOW = 4
 
 
 async def _stream(client: _Client, *, events: int, batch: int, streams: int) -> tuple[float, float, int]:
     payload = _events(events)
-    batches = [payload[i : i + batch] for i in range(0, len(payload), batch)]
+    batches = iter([payload[i : i + batch] for i in range(0, len(payload), batch)])
     before = await _tree_size(client)
     metadata = client.metadata("StreamAppendEvents")
     acknowledged = 0
 
-    async def one_stream(part: list[list[ingest_pb2.Event]]) -> None:
+    async def one_stream() -> None:
+        # Streams take the next batch from one shared queue when they have room, as a producer with
+        # several connections does: a replica that answers faster gets more of the work.
         nonlocal acknowledged
+        window = asyncio.Semaphore(STREAM_WINDOW)
 
         async def requests() -> AsyncIterator[ingest_pb2.AppendEventsRequest]:
-            for chunk in part:
+            while True:
+                await window.acquire()
+                chunk = next(batches, None)
+                if chunk is None:
+                    return
                 yield ingest_pb2.AppendEventsRequest(events=chunk)
 
         async for answer in client.stub.StreamAppendEvents(requests(), metadata=metadata):
             acknowledged += len(answer.results)
+            window.release()
 
     started = time.perf_counter()
-    await asyncio.gather(*(one_stream(batches[i::streams]) for i in range(streams)))
+    await asyncio.gather(*(one_stream() for _ in range(streams)))
     acknowledged_at = time.perf_counter()
     target = before + len(payload)
-    while await _tree_size(client) < target:  # noqa: ASYNC110 - polling another process
-        await asyncio.sleep(0.05)
+    # One question per poll: a binary search for the size would load the integrating replica.
+    while not await _has_leaves(client, target):  # noqa: ASYNC110 - polling another process
+        await asyncio.sleep(0.02)
     integrated_at = time.perf_counter()
     return acknowledged / (acknowledged_at - started), len(payload) / (integrated_at - started), len(payload)
 

@@ -275,18 +275,20 @@ class Integrator:
                 return 0
             plan = nodes_for_append(
                 tree_size=state.tree_size,
-                leaf_hashes=[bytes(row.leaf_hash) for row in rows],
+                leaf_hashes=[leaf for _, _, leaf in rows],
                 store=DatabaseNodeStore(session),
             )
             now_us = time.time_ns() // 1000
+            first = state.tree_size
             leaves = [
-                (state.tree_size + offset, row.event_id, row.seq, bytes(row.leaf_hash), now_us)
-                for offset, row in enumerate(rows)
+                (first + offset, event_id, seq, leaf, now_us)
+                for offset, (seq, event_id, leaf) in enumerate(rows)
             ]
             repository.insert_leaves_and_nodes(session, leaves=leaves, nodes=plan.nodes)
+            last_seq = rows[-1][0]
             # Counted in the same round (an index range on seq): records committed since it began.
-            self.unintegrated_records = repository.count_records_after(session, after_seq=rows[-1].seq)
-        self._state = repository.TreeState(tree_size=plan.tree_size, last_seq=rows[-1].seq)
+            self.unintegrated_records = repository.count_records_after(session, after_seq=last_seq)
+        self._state = repository.TreeState(tree_size=plan.tree_size, last_seq=last_seq)
         self._root = plan.root
         self._observe_tree(plan.tree_size)
         if self._metrics is not None:
