@@ -113,6 +113,11 @@ class Enricher:
             self._enriched = metrics.counter(
                 "enrichment_results_total", "Enrichment outcomes", ["peer", "state"]
             )
+            self._peer_failures = metrics.counter(
+                "enrichment_peer_failures_total",
+                "Scoring and policy calls of enrichment that failed (the fields stay pending)",
+                ["peer"],
+            )
             self._backfills = metrics.counter(
                 "reconciler_backfills_total",
                 "Pending scores and evaluations filled in by the reconciler",
@@ -120,6 +125,7 @@ class Enricher:
             )
             for peer in PEERS:
                 self._backfills.labels(peer)
+                self._peer_failures.labels(peer)
             metrics.gauge(
                 "enrichment_queue_depth", "Committed events waiting in memory for scoring and policy"
             ).set_function(self._queue.qsize)
@@ -142,6 +148,11 @@ class Enricher:
             self._queue.put_nowait(item)
         self._forgotten.add(pseudonym)
         return dropped
+
+    def _peer_failed(self, peer: _Peer, error: BaseException) -> None:
+        peer.failed(error)
+        if self._metrics is not None:
+            self._peer_failures.labels(peer.name).inc()
 
     def submit(self, items: Sequence[EnrichmentItem]) -> None:
         for item in items:
@@ -265,7 +276,7 @@ class Enricher:
         try:
             response = await stub.ScoreEvents(request)
         except (grpc.aio.AioRpcError, AwarenessError) as error:
-            self._scoring_peer.failed(error)
+            self._peer_failed(self._scoring_peer, error)
             return 0
         for result in response.results:
             if result.skipped:
@@ -311,7 +322,7 @@ class Enricher:
         try:
             response = await stub.EvaluateEvents(request)
         except (grpc.aio.AioRpcError, AwarenessError) as error:
-            self._policy_peer.failed(error)
+            self._peer_failed(self._policy_peer, error)
             return 0
         for result in response.results:
             violations = [

@@ -130,6 +130,17 @@ async def test_pending_rows_are_back_filled_and_an_erased_subject_cannot_be_eval
     client = running.client()
     kept, erased = make_event(subject="hana@example.org"), make_event(subject="ivan@example.org")
     await client.AppendEvents(ingest_pb2.AppendEventsRequest(events=[kept, erased]))
+    registry = running.services["ingest"].context.metrics.registry
+
+    async def enrichment_gave_up() -> bool:
+        # The enricher tries (after its linger) and fails: from now on only the reconciler can
+        # fill these rows. Starting scoring before that would let the enricher score them.
+        failures = registry.get_sample_value(
+            "awareness_ingest_enrichment_peer_failures_total", {"peer": "scoring"}
+        )
+        return bool(failures)
+
+    await eventually(enrichment_gave_up, timeout=10, what="the enricher's failed attempt")
     pending = await metadata_of(running, kept.event_id)
     assert pending.scoring_state == Metadata.SCORING_STATE_PENDING
     assert pending.evaluation_state == Metadata.EVALUATION_STATE_PENDING
@@ -160,7 +171,6 @@ async def test_pending_rows_are_back_filled_and_an_erased_subject_cannot_be_eval
         assert gone.evaluation_state == Metadata.EVALUATION_STATE_FAILED
         assert "erased" in gone.evaluation_note
         assert {item.event_id for item in scoring.inputs} >= {kept.event_id, erased.event_id}
-        registry = running.services["ingest"].context.metrics.registry
         backfills = "awareness_ingest_reconciler_backfills_total"
         # Both events were scored by the reconciler; only the kept one could be evaluated.
         assert registry.get_sample_value(backfills, {"peer": "scoring"}) == 2
