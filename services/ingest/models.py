@@ -64,7 +64,8 @@ class Leaf(Base):
 
 
 class TreeNode(Base):
-    """A perfect-subtree hash, level >= 1 (level-0 nodes are the leaf hashes in ``leaves``)."""
+    """A perfect-subtree hash above repository.COMPUTED_LEVELS (level-0 nodes are the leaf hashes in
+    ``leaves``; the levels between are computed from them when read)."""
 
     __tablename__ = "tree_nodes"
 

@@ -38,7 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
 
-from services.ingest.domain.merkle import NodeKey
+from services.ingest.domain.merkle import NodeKey, perfect_subtree_hash
 from services.ingest.models import Checkpoint, EventMetadata, EventRecord, Leaf, TreeNode
 
 RECORDS: Table = EventRecord.__table__  # type: ignore[assignment]
@@ -327,34 +327,59 @@ def count_records_after(session: Session, *, after_seq: int) -> int:
     )
 
 
+# Nodes of levels 1..COMPUTED_LEVELS are not stored: each is the hash of at most 2**COMPUTED_LEVELS
+# leaves, read in the same query as the leaves a proof needs anyway. This stores one node row per
+# 2**COMPUTED_LEVELS leaves instead of one per leaf; a proof still reads O(log n) rows.
+COMPUTED_LEVELS = 3
+
+
 def insert_leaves_and_nodes(
     session: Session, *, leaves: Sequence[Sequence[Any]], nodes: Mapping[NodeKey, bytes]
 ) -> None:
-    """Leaves as tuples in LEAF_COLUMNS order; the level-0 nodes are the leaves themselves."""
+    """Leaves as tuples in LEAF_COLUMNS order; nodes above COMPUTED_LEVELS (level 0 are the leaves)."""
     bulk_insert(session, LEAVES, LEAF_COLUMNS, leaves)
     bulk_insert(
         session,
         NODES,
         NODE_COLUMNS,
-        [(level, index, value) for (level, index), value in nodes.items() if level],
+        [(level, index, value) for (level, index), value in nodes.items() if level > COMPUTED_LEVELS],
     )
 
 
 class DatabaseNodeStore:
-    """The merkle NodeStore over ``tree_nodes`` (levels >= 1) and ``leaves`` (level 0)."""
+    """The merkle NodeStore over ``tree_nodes`` (levels above COMPUTED_LEVELS) and ``leaves``
+    (level 0, and the leaves under each node of levels 1..COMPUTED_LEVELS, hashed on reading)."""
 
     def __init__(self, session: Session) -> None:
         self._session = session
 
     def get_nodes(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
         found: dict[NodeKey, bytes] = {}
-        leaf_indices = [index for level, index in keys if level == 0]
-        upper = [(level, index) for level, index in keys if level > 0]
+        leaf_indices: set[int] = set()
+        computed: list[NodeKey] = []
+        upper: list[NodeKey] = []
+        for level, index in keys:
+            if level == 0:
+                leaf_indices.add(index)
+            elif level <= COMPUTED_LEVELS:
+                computed.append((level, index))
+                leaf_indices.update(range(index << level, (index + 1) << level))
+            else:
+                upper.append((level, index))
         if leaf_indices:
             rows = self._session.execute(
-                select(LEAVES.c.leaf_index, LEAVES.c.leaf_hash).where(LEAVES.c.leaf_index.in_(leaf_indices))
+                select(LEAVES.c.leaf_index, LEAVES.c.leaf_hash).where(
+                    LEAVES.c.leaf_index.in_(sorted(leaf_indices))
+                )
             )
-            found.update({(0, row.leaf_index): bytes(row.leaf_hash) for row in rows})
+            leaf_hashes = {row.leaf_index: bytes(row.leaf_hash) for row in rows}
+            wanted = set(keys)
+            found.update({(0, i): value for i, value in leaf_hashes.items() if (0, i) in wanted})
+            for level, index in computed:
+                under = [leaf_hashes.get(i) for i in range(index << level, (index + 1) << level)]
+                present = [value for value in under if value is not None]
+                if len(present) == len(under):  # a missing leaf leaves the node missing too
+                    found[(level, index)] = perfect_subtree_hash(present)
         if upper:
             rows = self._session.execute(
                 select(NODES.c.level, NODES.c.idx, NODES.c.hash).where(

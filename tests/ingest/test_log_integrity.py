@@ -71,7 +71,8 @@ async def test_triggers_refuse_update_and_delete_on_every_log_table(
     tmp_path: Path, database_url: str | None
 ) -> None:
     async with suite(tmp_path, database_url=database_url) as running:
-        [event_id, *_] = await append_and_checkpoint(running, 3)
+        # 16 leaves: the smallest tree with a stored node (lower levels are computed from leaves).
+        [event_id, *_] = await append_and_checkpoint(running, 16)
         await asyncio.to_thread(check_triggers, ingest_engine(running), event_id)
 
 
@@ -94,7 +95,7 @@ def check_triggers(engine: Engine, event_id: str) -> None:
                 connection.execute(text(f"TRUNCATE {table}"))
     with engine.begin() as connection:
         rows = connection.execute(text("SELECT count(*) FROM event_records")).scalar_one()
-        assert rows == 3
+        assert rows == 16
         # The metadata beside the log stays mutable.
         updated = connection.execute(
             text("UPDATE event_metadata SET triage_state = 2 WHERE event_id = :id"), {"id": event_id}

@@ -341,3 +341,16 @@ def test_random_appends_produce_reference_roots_and_proofs(batches, data):
     assert merkle.verify_consistency(
         old_size=old_size, new_size=tree_size, old_root=old_root, new_root=root, proof=consistency
     )
+
+
+@pytest.mark.parametrize("size", [1, 2, 4, 8, 16])
+def test_perfect_subtree_hash_is_the_reference_root(size):
+    entries = [random.Random(size).randbytes(20) + bytes([i]) for i in range(size)]
+    hashes = [merkle.leaf_hash(entry) for entry in entries]
+    assert merkle.perfect_subtree_hash(hashes) == ref.mth(entries)
+
+
+@pytest.mark.parametrize("size", [0, 3, 6])
+def test_perfect_subtree_hash_refuses_other_sizes(size):
+    with pytest.raises(ValueError, match="power-of-two"):
+        merkle.perfect_subtree_hash([b"\x00" * 32] * size)

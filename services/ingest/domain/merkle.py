@@ -41,6 +41,16 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(NODE_PREFIX + left + right).digest()
 
 
+def perfect_subtree_hash(leaf_hashes: Sequence[bytes]) -> bytes:
+    """MTH of a perfect subtree (a power-of-two number of leaves), from its leaf hashes."""
+    if not leaf_hashes or len(leaf_hashes) & (len(leaf_hashes) - 1):
+        raise ValueError(f"a perfect subtree has a power-of-two number of leaves, got {len(leaf_hashes)}")
+    level = list(leaf_hashes)
+    while len(level) > 1:
+        level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+    return level[0]
+
+
 def empty_root() -> bytes:
     """Root hash of the tree with no leaves: SHA-256 of the empty string."""
     return hashlib.sha256(b"").digest()
