@@ -59,8 +59,10 @@ bench: setup
 bench-signing: setup
 	$(PY) -m services.bench signing
 
+# Against PostgreSQL, as the ingest target is stated (DATABASE_URL names another server; a
+# scratch database is created and dropped there).
 bench-ingest: setup
-	$(PY) -m services.bench ingest
+	DATABASE_URL="$${DATABASE_URL:-postgresql+psycopg2://postgres@127.0.0.1:5432/test}" $(PY) -m services.bench ingest
 
 bench-policy: setup
 	$(PY) -m services.bench policy
