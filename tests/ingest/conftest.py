@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+from sqlalchemy import Engine
+
+from services.runtime import migrations
+from services.runtime.db import create_db_engine
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -13,3 +20,14 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
         return None
     url: str = request.getfixturevalue("fresh_postgres_db")
     return url
+
+
+@pytest.fixture
+def engine(database_url: str | None, tmp_path: Path) -> Iterator[Engine]:
+    """Ingest's engine on that backend, migrated to the newest schema (no service running)."""
+    engine = create_db_engine(database_url or f"sqlite:///{tmp_path / 'ingest.db'}", service="ingest")
+    migrations.upgrade("ingest", engine)
+    try:
+        yield engine
+    finally:
+        engine.dispose()

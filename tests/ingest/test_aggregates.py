@@ -7,11 +7,8 @@ on the window edges), on SQLite and PostgreSQL, asked for in one batch with dupl
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-import pytest
 from sqlalchemy import Engine, insert
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,22 +21,11 @@ from services.ingest.domain.history import (
     SubjectHistory,
     subject_history,
 )
-from services.runtime import migrations
-from services.runtime.db import create_db_engine, session_factory
+from services.runtime.db import session_factory
 
 T = 1_800_000_000 * 1_000_000
 TYPES = ("phishing.clicked", "login.failed", "password.reset", "mfa.disabled")
 SOURCES = ("gophish", "okta", "edr", "o'brien")  # a quote must not break the statement
-
-
-@pytest.fixture
-def engine(database_url: str | None, tmp_path: Path) -> Iterator[Engine]:
-    engine = create_db_engine(database_url or f"sqlite:///{tmp_path / 'ingest.db'}", service="ingest")
-    migrations.upgrade("ingest", engine)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 @dataclass(frozen=True)

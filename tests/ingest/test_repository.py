@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, inspect, select, text
 
 from services.ingest import repository
-from services.runtime import migrations
-from services.runtime.db import create_db_engine, session_factory, transaction
-
-
-@pytest.fixture
-def engine(database_url: str | None, tmp_path: Path) -> Iterator[Engine]:
-    engine = create_db_engine(database_url or f"sqlite:///{tmp_path / 'ingest.db'}", service="ingest")
-    migrations.upgrade("ingest", engine)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
+from services.runtime.db import session_factory, transaction
 
 
 def _record(event_id: str, **changes: object) -> tuple[object, ...]:
