@@ -1,13 +1,15 @@
 """``make bench-ingest``: the real signing, gdpr and ingest processes, measured from a client process.
 
-Against PostgreSQL when DATABASE_URL is set (a scratch database is created and dropped), else the
-embedded SQLite default (said in the output). Every event is validated, its personal fields are
-encrypted under the subject's gdpr key, it is committed before the acknowledgement, and the
-integrator adds it to the Merkle tree; signing checkpoints the tree every N leaves or T ms.
+Against PostgreSQL when DATABASE_URL is set (a scratch database is created and dropped; `make
+bench-ingest` sets it to the local server), else the embedded SQLite default (said in the output).
+Every event is validated, its personal fields are encrypted under the subject's gdpr key, it is
+committed before the acknowledgement, and the integrator adds it to the Merkle tree; signing
+checkpoints the tree every N leaves or T ms.
 
 Measured: events/s of unary AppendEvent (many concurrent callers) and of StreamAppendEvents
-(batches per message), "committed and integrated" throughput (until the tree holds every event),
-p50/p99 AppendEvent latency at a fixed offered rate, and acknowledgement -> signed checkpoint.
+(batches per message; the streams take batches from one shared queue, a few in flight each),
+"committed and integrated" throughput (until the tree holds every event), p50/p99 AppendEvent
+latency at a fixed offered rate, and acknowledgement -> signed checkpoint.
 """
 
 from __future__ import annotations
