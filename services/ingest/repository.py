@@ -34,7 +34,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
 
@@ -241,9 +241,15 @@ def bulk_insert(
                 copy.set_types(copy_types(table, tuple(columns)))
                 for row in rows:
                     copy.write_row(row)
-        except connection.dialect.dbapi.IntegrityError as error:  # type: ignore[union-attr]
-            # Raised by the raw cursor: give callers the same exception SQLAlchemy would have.
-            raise IntegrityError(statement, None, error) from error
+        except connection.dialect.dbapi.Error as error:  # type: ignore[union-attr]
+            # Raised by the raw cursor: give callers the exception SQLAlchemy would have raised
+            # (IntegrityError for a duplicate event id, DataError for a value too long, ...).
+            raise DBAPIError.instance(
+                statement,
+                None,
+                error,
+                connection.dialect.dbapi.Error,  # type: ignore[union-attr]
+            ) from error
     else:
         marks = ", ".join("?" for _ in columns)
         connection.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", list(rows))

@@ -6,9 +6,11 @@ import uuid
 
 import pytest
 from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from services.ingest import repository
-from services.runtime.db import session_factory, transaction
+from services.runtime import migrations
+from services.runtime.db import create_db_engine, session_factory, transaction
 
 
 def _record(event_id: str, **changes: object) -> tuple[object, ...]:
@@ -77,12 +79,17 @@ def test_bulk_insert_stores_every_column_type_exactly(engine: Engine) -> None:
     assert tuple(metadata) == _metadata(first)
 
 
-def test_bulk_insert_refuses_a_value_too_long_for_its_column(engine: Engine) -> None:
-    sessions = session_factory(engine)
-    if engine.dialect.name == "sqlite":
-        pytest.skip("SQLite does not enforce VARCHAR lengths")
-    with pytest.raises(Exception, match="too long"), transaction(sessions) as session:
-        repository.insert_events(session, records=[_record(str(uuid.uuid4()), type="t" * 65)], metadata=[])
+def test_binary_copy_still_enforces_column_lengths(fresh_postgres_db: str) -> None:
+    # PostgreSQL only: SQLite does not enforce VARCHAR lengths at all.
+    engine = create_db_engine(fresh_postgres_db, service="ingest")
+    try:
+        migrations.upgrade("ingest", engine)
+        with pytest.raises(DBAPIError, match="too long"), transaction(session_factory(engine)) as session:
+            repository.insert_events(
+                session, records=[_record(str(uuid.uuid4()), type="t" * 65)], metadata=[]
+            )
+    finally:
+        engine.dispose()
 
 
 def test_label_index_holds_only_labelled_events(engine: Engine) -> None:
@@ -98,3 +105,13 @@ def test_label_index_holds_only_labelled_events(engine: Engine) -> None:
                 text("SELECT sql FROM sqlite_master WHERE name = 'ix_event_metadata_label'")
             ).scalar_one()
     assert "WHERE" in definition.upper() and "label <> 0" in definition
+
+
+def test_a_repeated_event_id_raises_sqlalchemys_integrity_error(engine: Engine) -> None:
+    # The committer's optimistic insert relies on exactly this exception to retry with a lookup.
+    sessions = session_factory(engine)
+    event_id = str(uuid.uuid4())
+    with transaction(sessions) as session:
+        repository.insert_events(session, records=[_record(event_id)], metadata=[_metadata(event_id)])
+    with pytest.raises(IntegrityError), transaction(sessions) as session:
+        repository.insert_events(session, records=[_record(event_id)], metadata=[])
