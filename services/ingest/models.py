@@ -57,10 +57,14 @@ class Leaf(Base):
     __tablename__ = "leaves"
 
     leaf_index: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    event_id: Mapped[str] = mapped_column(String(36), unique=True, nullable=False)
+    event_id: Mapped[str] = mapped_column(String(36), nullable=False)
     seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
     leaf_hash: Mapped[bytes] = mapped_column(LargeBinary(32), nullable=False)
     integrate_time_us: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+    # One leaf per record. Unique on seq, not event_id (migration 0003): seqs arrive in order, so
+    # the index grows at its right edge, where random event ids would touch a random page per leaf.
+    __table_args__ = (Index("uq_leaves_seq", "seq", unique=True),)
 
 
 class TreeNode(Base):

@@ -105,7 +105,7 @@ def find_receipts(session: Session, *, event_ids: Sequence[str]) -> dict[str, St
                 RECORDS.c.receive_time_us,
                 LEAVES.c.leaf_index,
             )
-            .select_from(RECORDS.outerjoin(LEAVES, LEAVES.c.event_id == RECORDS.c.event_id))
+            .select_from(RECORDS.outerjoin(LEAVES, LEAVES.c.seq == RECORDS.c.seq))
             .where(RECORDS.c.event_id.in_(chunk))
         )
         for row in rows:
@@ -445,7 +445,7 @@ def get_events(session: Session, *, event_ids: Sequence[str]) -> dict[str, Store
     rows = session.execute(
         select(EventRecord, EventMetadata, Leaf.leaf_index)
         .join(EventMetadata, EventMetadata.event_id == EventRecord.event_id)
-        .outerjoin(Leaf, Leaf.event_id == EventRecord.event_id)
+        .outerjoin(Leaf, Leaf.seq == EventRecord.seq)
         .where(EventRecord.event_id.in_(list(event_ids)))
     )
     return {
@@ -459,7 +459,10 @@ def leaf_by_index(session: Session, *, leaf_index: int) -> Leaf | None:
 
 
 def leaf_by_event(session: Session, *, event_id: str) -> Leaf | None:
-    return session.scalars(select(Leaf).where(Leaf.event_id == event_id)).first()
+    # Through the record's seq: leaves are indexed by seq (appended in order), not by event id.
+    return session.scalars(
+        select(Leaf).join(EventRecord, EventRecord.seq == Leaf.seq).where(EventRecord.event_id == event_id)
+    ).first()
 
 
 def record_by_event(session: Session, *, event_id: str) -> EventRecord | None:
@@ -547,7 +550,7 @@ def subject_records(
     rows = session.execute(
         select(EventRecord, EventMetadata, Leaf.leaf_index)
         .join(EventMetadata, EventMetadata.event_id == EventRecord.event_id)
-        .outerjoin(Leaf, Leaf.event_id == EventRecord.event_id)
+        .outerjoin(Leaf, Leaf.seq == EventRecord.seq)
         .where(EventMetadata.subject_pseudonym == pseudonym, EventRecord.seq > after_seq)
         .order_by(EventRecord.seq)
         .limit(limit)

@@ -115,3 +115,21 @@ def test_a_repeated_event_id_raises_sqlalchemys_integrity_error(engine: Engine) 
         repository.insert_events(session, records=[_record(event_id)], metadata=[_metadata(event_id)])
     with pytest.raises(IntegrityError), transaction(sessions) as session:
         repository.insert_events(session, records=[_record(event_id)], metadata=[])
+
+
+def test_a_record_gets_one_leaf_and_leaves_are_indexed_by_seq(engine: Engine) -> None:
+    sessions = session_factory(engine)
+    event_id = str(uuid.uuid4())
+    with transaction(sessions) as session:
+        repository.insert_events(session, records=[_record(event_id)], metadata=[])
+        seq = session.execute(select(repository.RECORDS.c.seq)).scalar_one()
+        leaf = (0, event_id, seq, b"\x01" * 32, 1)
+        repository.insert_leaves_and_nodes(session, leaves=[leaf], nodes={})
+    with pytest.raises(IntegrityError), transaction(sessions) as session:
+        repository.insert_leaves_and_nodes(session, leaves=[(1, event_id, seq, b"\x01" * 32, 1)], nodes={})
+    indexes = {index["name"]: index for index in inspect(engine).get_indexes("leaves")}
+    assert indexes["uq_leaves_seq"]["unique"] and indexes["uq_leaves_seq"]["column_names"] == ["seq"]
+    with sessions() as session:
+        found = repository.leaf_by_event(session, event_id=event_id)
+        assert found is not None and found.leaf_index == 0
+        assert repository.find_receipts(session, event_ids=[event_id])[event_id].leaf_index == 0
