@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, tuple_, update
+from sqlalchemy import Row, delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -343,7 +343,8 @@ def log_attempts(session: Session, *, erasure_id: str) -> ErasureLogAttempt | No
 # --- audit trail -------------------------------------------------------------------------------------
 
 
-def _entry(row: AuditRecordRow) -> AuditEntry:
+def _entry(row: AuditRecordRow | Row[Any]) -> AuditEntry:
+    """The chained entry of an ORM row or of a plain row with the same columns."""
     return AuditEntry(
         actor=row.actor,
         action=row.action,
@@ -351,8 +352,8 @@ def _entry(row: AuditRecordRow) -> AuditEntry:
         at=row.at,
         reason=row.reason,
         request_id=row.request_id,
-        prev_hash=row.prev_hash,
-        entry_hash=row.entry_hash,
+        prev_hash=bytes(row.prev_hash),
+        entry_hash=bytes(row.entry_hash),
     )
 
 
@@ -439,22 +440,7 @@ def audit_chain_batch(
     if after_sequence is not None:
         query = query.where(AuditRecordRow.sequence > after_sequence)
     rows = session.execute(query.order_by(AuditRecordRow.sequence).limit(limit)).all()
-    return [
-        (
-            row.sequence,
-            AuditEntry(
-                actor=row.actor,
-                action=row.action,
-                target=row.target,
-                at=row.at,
-                reason=row.reason,
-                request_id=row.request_id,
-                prev_hash=bytes(row.prev_hash),
-                entry_hash=bytes(row.entry_hash),
-            ),
-        )
-        for row in rows
-    ]
+    return [(row.sequence, _entry(row)) for row in rows]
 
 
 def audit_count(session: Session) -> int:

@@ -211,5 +211,6 @@ async def test_forget_stamps_last_only_while_a_call_that_could_be_misled_is_in_f
 )
 def test_utc_month_names_the_month_of_the_microsecond(moment: datetime) -> None:
     micros = (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
-    assert utc_month(micros) == f"{moment.year:04d}-{moment.month:02d}"
-    assert utc_month(micros) == utc_month(micros)  # memoised answer unchanged
+    expected = f"{moment.year:04d}-{moment.month:02d}"
+    assert utc_month(micros) == expected
+    assert utc_month(micros) == expected  # the memoised answer, as computed
