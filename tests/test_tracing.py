@@ -40,7 +40,9 @@ FAST = {
     "AWARENESS_INGEST_CHECKPOINT_INTERVAL_MS": "50",
     "AWARENESS_INGEST_CHECKPOINT_EVERY": "1",
     "AWARENESS_INGEST_RECONCILE_INTERVAL_SECONDS": "0.2",
-    "AWARENESS_INGEST_RECONCILE_SETTLE_SECONDS": "0",
+    # Longer than the enrichment linger (100 ms) and its calls: a reconciler allowed to take rows
+    # of age 0 back-filled the event in a trace of its own before the enricher's batch left.
+    "AWARENESS_INGEST_RECONCILE_SETTLE_SECONDS": "2",
     "AWARENESS_HEALTH_PROBE_SECONDS": "0.2",
     "AWARENESS_CALL_TIMEOUT_SECONDS": "10",
     # No default-model training in this process: ScoreEvents still answers (and is traced) without one.
