@@ -449,6 +449,10 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(suite: Suite
     Excluded: POST /v1/models:train, a synchronous, minutes-long CPU job (grid-searched
     training) that has nothing to fuzz beyond its validation and would spend the whole
     budget training on a 2-core runner; its validation is the scoring service's tests' job.
+
+    Hypothesis's `filter_too_much` health check is off: it says the generator threw away
+    most candidates for a path parameter (it failed GET /v1/keys/{key} in one run of several),
+    which is about the generator, not the API; the operation is still called with what it made.
     """
     key = suite.create_key("admin")
     config = tmp_path / "schemathesis.toml"
@@ -462,6 +466,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(suite: Suite
             "--phases", "examples,coverage,fuzzing",
             "--max-examples", "5", "--max-time", "150", "--workers", "1", "--seed", "20241",
             "--request-timeout", "20", "--no-color", "--exclude-path", "/v1/models:train",
+            "--suppress-health-check", "filter_too_much",
         ],
         env={**suite.env, "SCHEMATHESIS_HOOKS": "tests.gateway.schemathesis_hooks"},
         capture_output=True, text=True, timeout=400, cwd=REPO,
