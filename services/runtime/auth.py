@@ -29,6 +29,8 @@ PERMISSIONS: Final = frozenset(
     {
         "ingest:write",
         "events:read",
+        # Decrypted subject, summary, details and label notes; without it reads are pseudonymous.
+        "events:read_personal",
         "events:label",
         "policy:read",
         "policy:author",
@@ -42,6 +44,8 @@ PERMISSIONS: Final = frozenset(
         "gdpr:consent",
         "gdpr:retention",
         "audit:verify",
+        # The GDPR audit trail and erasure records: who asked for whose data, and when.
+        "gdpr:audit",
         "timestamp:request",
         "keys:admin",
         # Granted only to services calling each other.
@@ -53,13 +57,32 @@ ROLE_PERMISSIONS: Final[Mapping[str, frozenset[str]]] = {
     "admin": PERMISSIONS - {"internal:call"},
     "integration": frozenset({"ingest:write", "audit:verify", "timestamp:request"}),
     "analyst": frozenset(
-        {"events:read", "events:label", "audit:verify", "timestamp:request", "policy:read", "model:read"}
+        {
+            "events:read",
+            "events:read_personal",
+            "events:label",
+            "audit:verify",
+            "timestamp:request",
+            "policy:read",
+            "model:read",
+        }
     ),
     "policy_author": frozenset({"policy:author", "policy:read", "events:read"}),
     "policy_approver": frozenset({"policy:approve", "policy:retire", "policy:read", "events:read"}),
-    "auditor": frozenset({"audit:verify", "events:read", "timestamp:request", "policy:read", "model:read"}),
+    "auditor": frozenset(
+        {"audit:verify", "gdpr:audit", "events:read", "timestamp:request", "policy:read", "model:read"}
+    ),
     "dpo": frozenset(
-        {"gdpr:export", "gdpr:erase", "gdpr:consent", "gdpr:retention", "audit:verify", "events:read"}
+        {
+            "gdpr:export",
+            "gdpr:erase",
+            "gdpr:consent",
+            "gdpr:retention",
+            "gdpr:audit",
+            "audit:verify",
+            "events:read",
+            "events:read_personal",
+        }
     ),
     "ml_engineer": frozenset({"model:read", "model:train", "model:promote", "events:read"}),
     "service": frozenset(PERMISSIONS),
