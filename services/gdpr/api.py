@@ -48,7 +48,7 @@ from services.runtime.errors import (
     NotFoundError,
 )
 from services.runtime.metrics import ServiceMetrics
-from services.runtime.paging import decode_token, encode_token, page_size
+from services.runtime.paging import PageTokens, invalid_page_token, page_size
 
 log = logging.getLogger("awareness.gdpr")
 T = TypeVar("T")
@@ -117,6 +117,13 @@ def _timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(moment.astimezone(UTC))
     return stamp
+
+
+def _token_time(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise invalid_page_token("page_token holds no position of this list") from None
 
 
 def _datetime(stamp: timestamp_pb2.Timestamp) -> datetime:
@@ -295,9 +302,16 @@ def export_event(record: ingest_pb2.SubjectRecord, key: tuple[str, bytes] | None
 
 class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
     def __init__(
-        self, *, store: GdprStore, ingest: IngestStubFactory, metrics: GdprMetrics, key_cache_seconds: int
+        self,
+        *,
+        store: GdprStore,
+        ingest: IngestStubFactory,
+        metrics: GdprMetrics,
+        key_cache_seconds: int,
+        page_tokens: PageTokens,
     ) -> None:
         self._store = store
+        self._tokens = page_tokens
         self._ingest = ingest
         self._metrics = metrics
         self._cache_ttl = duration_pb2.Duration(seconds=key_cache_seconds)
@@ -487,16 +501,16 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
         self, request: gdpr_pb2.ListErasureRecordsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gdpr_pb2.ListErasureRecordsResponse:
         limit = page_size(request.page_size)
-        position = decode_token(request.page_token, filters={"list": "erasures"})
-        before = None if position is None else (datetime.fromisoformat(position[0]), str(position[1]))
+        position = self._tokens.decode(request.page_token, method="gdpr.ListErasureRecords", shape=(str, str))
+        before = None if position is None else (_token_time(position[0]), position[1])
         rows = await run_db(self._store.erasure_page, before=before, limit=limit + 1)
         response = gdpr_pb2.ListErasureRecordsResponse(
             erasure_records=[erasure_proto(r) for r in rows[:limit]]
         )
         if len(rows) > limit:
             last = rows[limit - 1]
-            response.next_page_token = encode_token(
-                [last.erase_time.isoformat(), last.erasure_id], filters={"list": "erasures"}
+            response.next_page_token = self._tokens.encode(
+                [last.erase_time.isoformat(), last.erasure_id], method="gdpr.ListErasureRecords"
             )
         return response
 
@@ -628,17 +642,21 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
         limit = page_size(request.page_size)
         # The token's scope holds the HMAC of the identifier, never the identifier itself.
         filters = {"subject": self._store.lookup(request.subject).hex(), "purpose": request.purpose}
-        before = decode_token(request.page_token, filters=filters)
+        before = self._tokens.decode(
+            request.page_token, method="gdpr.ListConsentHistory", filters=filters, shape=(int,)
+        )
         rows = await run_db(
             self._store.consent_page,
             identifier=request.subject,
             purpose=request.purpose,
-            before_id=None if before is None else int(before),
+            before_id=None if before is None else before[0],
             limit=limit + 1,
         )
         response = gdpr_pb2.ListConsentHistoryResponse(records=[consent_proto(row) for row in rows[:limit]])
         if len(rows) > limit:
-            response.next_page_token = encode_token(rows[limit - 1].id, filters=filters)
+            response.next_page_token = self._tokens.encode(
+                [rows[limit - 1].id], method="gdpr.ListConsentHistory", filters=filters
+            )
         return response
 
     # --- retention -----------------------------------------------------------------------------------
@@ -661,13 +679,16 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
         self, request: gdpr_pb2.ListRetentionRulesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gdpr_pb2.ListRetentionRulesResponse:
         limit = page_size(request.page_size)
-        offset = int(decode_token(request.page_token, filters={"list": "retentionRules"}) or 0)
+        position = self._tokens.decode(request.page_token, method="gdpr.ListRetentionRules", shape=(int,))
+        offset = position[0] if position else 0
+        if offset < 0:
+            raise invalid_page_token("page_token holds no position of this list")
         views = await run_db(self._store.list_retention_rules)
         response = gdpr_pb2.ListRetentionRulesResponse(
             rules=[rule_proto(v) for v in views[offset : offset + limit]]
         )
         if offset + limit < len(views):
-            response.next_page_token = encode_token(offset + limit, filters={"list": "retentionRules"})
+            response.next_page_token = self._tokens.encode([offset + limit], method="gdpr.ListRetentionRules")
         return response
 
     async def ApplyRetention(
@@ -803,10 +824,12 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
             "start": start.isoformat() if start else "",
             "end": end.isoformat() if end else "",
         }
-        before = decode_token(request.page_token, filters=filters)
+        before = self._tokens.decode(
+            request.page_token, method="gdpr.ListAuditRecords", filters=filters, shape=(int,)
+        )
         rows = await run_db(
             self._store.audit_page,
-            before_sequence=None if before is None else int(before),
+            before_sequence=None if before is None else before[0],
             limit=limit + 1,
             actor=request.actor,
             action=request.action,
@@ -815,7 +838,9 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
         )
         response = gdpr_pb2.ListAuditRecordsResponse(audit_records=[audit_proto(r) for r in rows[:limit]])
         if len(rows) > limit:
-            response.next_page_token = encode_token(rows[limit - 1].sequence, filters=filters)
+            response.next_page_token = self._tokens.encode(
+                [rows[limit - 1].sequence], method="gdpr.ListAuditRecords", filters=filters
+            )
         return response
 
 

@@ -17,6 +17,7 @@ from services.gdpr.store import GdprStore, enable_secure_delete
 from services.runtime import db
 from services.runtime.config import ConfigError, env_float, env_int, env_str
 from services.runtime.db import run_db
+from services.runtime.paging import PageTokens
 from services.runtime.server import ServiceApp, ServiceContext
 
 SERVICE_NAME = gdpr_pb2.DESCRIPTOR.services_by_name["GdprService"].full_name
@@ -60,6 +61,7 @@ def build_service(context: ServiceContext) -> GdprService:
         ingest=lambda: ingest_pb2_grpc.IngestServiceStub(context.channels.channel("ingest")),
         metrics=GdprMetrics.create(context.metrics),
         key_cache_seconds=key_cache_seconds,
+        page_tokens=PageTokens.from_secret(settings.internal_secret),
     )
 
     async def rewrap_at_start() -> None:

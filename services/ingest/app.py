@@ -47,6 +47,7 @@ from services.runtime.config import (
     env_str,
     read_secret,
 )
+from services.runtime.paging import PageTokens
 from services.runtime.server import ServiceApp, ServiceContext
 
 SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
@@ -153,7 +154,11 @@ class IngestRuntime:
             metrics=context.metrics,
         )
         self.reader = EventReader(
-            sessions=sessions, keys=self.keys, gate=gate, on_forget=self.enricher.forget
+            sessions=sessions,
+            keys=self.keys,
+            gate=gate,
+            page_tokens=PageTokens.from_secret(context.settings.internal_secret),
+            on_forget=self.enricher.forget,
         )
         self.servicer = IngestServicer(writer=self.writer, reader=self.reader)
         self._tasks: list[asyncio.Task[None]] = []

@@ -34,7 +34,6 @@ from services.ingest.domain.records import (
 )
 from services.ingest.keys import ERASED, SubjectKey, SubjectKeys
 from services.ingest.models import EventRecord
-from services.ingest.pagination import decode_token, encode_token, page_size
 from services.ingest.repository import DatabaseNodeStore, EventFilter, StoredEvent, from_us, to_us
 from services.runtime.db import run_db, transaction
 from services.runtime.errors import (
@@ -44,6 +43,7 @@ from services.runtime.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
+from services.runtime.paging import PageTokens, page_size
 
 PersonalDataState = ingest_pb2.Event.PersonalDataState
 
@@ -85,9 +85,11 @@ class EventReader:
         sessions: sessionmaker[Session],
         keys: SubjectKeys,
         gate: repository.WriteGate,
+        page_tokens: PageTokens,
         on_forget: Callable[[str], object] = lambda pseudonym: None,
     ) -> None:
         self._sessions = sessions
+        self._tokens = page_tokens
         self._keys = keys
         self._gate = gate
         self._on_forget = on_forget
@@ -126,8 +128,9 @@ class EventReader:
         # Bound to the resolved pseudonym (never the identifier: tokens travel in URLs), and to
         # whether it came from `subject`, so a token of one filter is refused by any other.
         scope = where.fingerprint() + (":subject" if request.subject else "")
-        cursor = decode_token(request.page_token, scope=scope)
-        after = (int(cursor[0]), str(cursor[1])) if cursor else None
+        after = self._tokens.decode(
+            request.page_token, method="ingest.ListEvents", filters=scope, shape=(int, str)
+        )
 
         def query() -> list[str]:
             with self._sessions() as session:
@@ -139,8 +142,8 @@ class EventReader:
         response = ingest_pb2.ListEventsResponse(events=events)
         if more and events:
             last = events[-1]
-            response.next_page_token = encode_token(
-                [timestamp_to_us(last.receive_time), last.event_id], scope=scope
+            response.next_page_token = self._tokens.encode(
+                [timestamp_to_us(last.receive_time), last.event_id], method="ingest.ListEvents", filters=scope
             )
         return response
 
@@ -280,8 +283,8 @@ class EventReader:
         self, request: ingest_pb2.ListCheckpointsRequest
     ) -> ingest_pb2.ListCheckpointsResponse:
         size = page_size(request.page_size)
-        cursor = decode_token(request.page_token, scope="checkpoints")
-        below = int(cursor[0]) if cursor else None
+        cursor = self._tokens.decode(request.page_token, method="ingest.ListCheckpoints", shape=(int,))
+        below = cursor[0] if cursor else None
 
         def query() -> list[signing_pb2.SignedCheckpoint]:
             with self._sessions() as session:
@@ -291,7 +294,9 @@ class EventReader:
         found = await run_db(query)
         response = ingest_pb2.ListCheckpointsResponse(checkpoints=found[:size])
         if len(found) > size:
-            response.next_page_token = encode_token([found[size - 1].tree_size], scope="checkpoints")
+            response.next_page_token = self._tokens.encode(
+                [found[size - 1].tree_size], method="ingest.ListCheckpoints"
+            )
         return response
 
     async def inclusion(
@@ -382,8 +387,10 @@ class EventReader:
             raise InvalidArgumentError("pseudonym is required", reason="PSEUDONYM_REQUIRED")
         size = page_size(request.page_size)
         scope = "subject:" + hashlib.sha256(request.pseudonym.encode()).hexdigest()[:16]
-        cursor = decode_token(request.page_token, scope=scope)
-        after = int(cursor[0]) if cursor else 0
+        cursor = self._tokens.decode(
+            request.page_token, method="ingest.ListSubjectRecords", filters=scope, shape=(int,)
+        )
+        after = cursor[0] if cursor else 0
 
         def query() -> tuple[list[ingest_pb2.SubjectRecord], int | None]:
             with self._sessions() as session:
@@ -413,7 +420,9 @@ class EventReader:
         records, next_seq = await run_db(query)
         response = ingest_pb2.ListSubjectRecordsResponse(records=records)
         if next_seq is not None:
-            response.next_page_token = encode_token([next_seq], scope=scope)
+            response.next_page_token = self._tokens.encode(
+                [next_seq], method="ingest.ListSubjectRecords", filters=scope
+            )
         return response
 
     async def forget_subject(self, pseudonym: str) -> ingest_pb2.ForgetSubjectResponse:
@@ -435,8 +444,9 @@ class EventReader:
         start_us = timestamp_to_us(request.start_time) if request.HasField("start_time") else None
         end_us = timestamp_to_us(request.end_time) if request.HasField("end_time") else None
         scope = f"training:{start_us}:{end_us}"
-        cursor = decode_token(request.page_token, scope=scope)
-        after = (int(cursor[0]), str(cursor[1])) if cursor else None
+        after = self._tokens.decode(
+            request.page_token, method="ingest.ListTrainingExamples", filters=scope, shape=(int, str)
+        )
 
         def query() -> tuple[list[ingest_pb2.TrainingExample], list[int | str] | None]:
             with self._sessions() as session:
@@ -478,7 +488,9 @@ class EventReader:
         examples, cursor_out = await run_db(query)
         response = ingest_pb2.ListTrainingExamplesResponse(examples=examples)
         if cursor_out is not None:
-            response.next_page_token = encode_token(cursor_out, scope=scope)
+            response.next_page_token = self._tokens.encode(
+                cursor_out, method="ingest.ListTrainingExamples", filters=scope
+            )
         return response
 
 

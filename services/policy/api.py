@@ -7,11 +7,8 @@ Blocking work runs off the event loop through :func:`services.runtime.db.run_db`
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import datetime
-import json
 import logging
 import math
 import re
@@ -66,13 +63,13 @@ from services.runtime.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
+from services.runtime.paging import PageTokens, page_size
 
 log = logging.getLogger("awareness.policy")
 
 T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE: Final = 50
-MAX_PAGE_SIZE: Final = 1000
 MAX_EVENTS_PER_CALL: Final = 1000
 _NAME = re.compile(r"^policies/([a-z]([a-z0-9-]{0,61}[a-z0-9])?)$")
 _EDITABLE: Final = ("title", "description", "rule", "severity")
@@ -266,62 +263,6 @@ async def run_db(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         raise UnavailableError(
             "the policy store is unavailable; retry later", reason="STORE_UNAVAILABLE"
         ) from None
-
-
-# ------------------------------------------------------------------------------------------ page tokens
-
-
-def encode_page_token(payload: Mapping[str, object]) -> str:
-    """An opaque token: URL-safe base64 of compact JSON (clients must not rely on its contents)."""
-    raw = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_page_token(token: str, *, scope: str) -> Mapping[str, object]:
-    """The payload of a token this server issued for ``scope`` (the request's other fields)."""
-    invalid = InvalidArgumentError(
-        "page_token is not a token from this list; start again without one",
-        reason="INVALID_PAGE_TOKEN",
-        violations=[FieldViolation("page_token", "not a token issued for this request")],
-    )
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        payload = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise invalid from None
-    if not isinstance(payload, dict) or payload.get("scope") != scope:
-        raise invalid
-    return payload
-
-
-def page_size_of(requested: int) -> int:
-    if requested < 0:
-        raise InvalidArgumentError(
-            "page_size must not be negative",
-            reason="INVALID_PAGE_SIZE",
-            violations=[FieldViolation("page_size", "must be >= 0")],
-        )
-    return DEFAULT_PAGE_SIZE if requested == 0 else min(requested, MAX_PAGE_SIZE)
-
-
-def _list_key(payload: Mapping[str, object]) -> tuple[str, int]:
-    after = payload.get("after")
-    if (
-        isinstance(after, list)
-        and len(after) == 2
-        and isinstance(after[0], str)
-        and isinstance(after[1], int)
-        and not isinstance(after[1], bool)
-    ):
-        return after[0], after[1]
-    raise InvalidArgumentError("page_token is malformed", reason="INVALID_PAGE_TOKEN")
-
-
-def _history_key(payload: Mapping[str, object]) -> int:
-    after = payload.get("after")
-    if isinstance(after, int) and not isinstance(after, bool):
-        return after
-    raise InvalidArgumentError("page_token is malformed", reason="INVALID_PAGE_TOKEN")
 
 
 # ---------------------------------------------------------------------------------------- operations
@@ -726,9 +667,12 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     """Every RPC of ``awareness.policy.v1.PolicyService``."""
 
-    def __init__(self, *, operations: PolicyOperations, evaluation: PolicyEvaluation) -> None:
+    def __init__(
+        self, *, operations: PolicyOperations, evaluation: PolicyEvaluation, page_tokens: PageTokens
+    ) -> None:
         self._operations = operations
         self._evaluation = evaluation
+        self._tokens = page_tokens
 
     @staticmethod
     def _caller() -> Principal:
@@ -775,18 +719,22 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         self, request: policy_pb2.ListPoliciesRequest, context: Context
     ) -> policy_pb2.ListPoliciesResponse:
         self._caller()
-        limit = page_size_of(request.page_size)
+        limit = page_size(request.page_size, default=DEFAULT_PAGE_SIZE)
         state = _state_filter(request.state)
         severity = _severity_filter(request.severity)
-        scope = f"policies?state={state or ''}&severity={severity or ''}"
-        after = _list_key(decode_page_token(request.page_token, scope=scope)) if request.page_token else None
+        scope = {"state": state, "severity": severity}
+        after = self._tokens.decode(
+            request.page_token, method="policy.ListPolicies", filters=scope, shape=(str, int)
+        )
         rows = await run_db(
             self._operations.list_current, limit=limit + 1, after=after, state=state, severity=severity
         )
         response = policy_pb2.ListPoliciesResponse(policies=[policy_to_proto(row) for row in rows[:limit]])
         if len(rows) > limit:
             last = rows[limit - 1].version
-            response.next_page_token = encode_page_token({"scope": scope, "after": [last.name, last.version]})
+            response.next_page_token = self._tokens.encode(
+                [last.name, last.version], method="policy.ListPolicies", filters=scope
+            )
         return response
 
     @override
@@ -877,17 +825,24 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     ) -> policy_pb2.ListPolicyHistoryResponse:
         self._caller()
         policy_id = policy_id_from_name(request.parent, field="parent")
-        limit = page_size_of(request.page_size)
-        scope = f"history?parent={policy_id}"
-        after = (
-            _history_key(decode_page_token(request.page_token, scope=scope)) if request.page_token else None
+        limit = page_size(request.page_size, default=DEFAULT_PAGE_SIZE)
+        scope = {"parent": policy_id}
+        after = self._tokens.decode(
+            request.page_token, method="policy.ListPolicyHistory", filters=scope, shape=(int,)
         )
-        rows = await run_db(self._operations.history, policy_id=policy_id, limit=limit + 1, after_id=after)
+        rows = await run_db(
+            self._operations.history,
+            policy_id=policy_id,
+            limit=limit + 1,
+            after_id=after[0] if after else None,
+        )
         response = policy_pb2.ListPolicyHistoryResponse(
             entries=[history_to_proto(row) for row in rows[:limit]]
         )
         if len(rows) > limit:
-            response.next_page_token = encode_page_token({"scope": scope, "after": rows[limit - 1].id})
+            response.next_page_token = self._tokens.encode(
+                [rows[limit - 1].id], method="policy.ListPolicyHistory", filters=scope
+            )
         return response
 
     @override

@@ -16,6 +16,7 @@ from services.policy.api import (
 from services.policy.domain.cel import PolicyEvaluator, WorkingHours
 from services.runtime import db
 from services.runtime.config import ConfigError, env_float, env_int, env_str
+from services.runtime.paging import PageTokens
 from services.runtime.server import ServiceApp, ServiceContext
 
 SERVICE_NAME = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
@@ -70,6 +71,7 @@ def create_app(context: ServiceContext) -> ServiceApp:
     servicer = PolicyServicer(
         operations=PolicyOperations(sessions=sessions, on_active_set_change=cache.invalidate),
         evaluation=PolicyEvaluation(cache=cache, evaluator=evaluator, metrics=evaluation_metrics),
+        page_tokens=PageTokens.from_secret(context.settings.internal_secret),
     )
 
     async def warm_up() -> None:

@@ -1,17 +1,38 @@
-"""AIP-158 pagination: page sizes and opaque page tokens bound to the request's filters."""
+"""AIP-158 pagination: page sizes and the suite's one page-token codec.
+
+A page token is ``base64url(json(position) || tag)`` where the tag is a truncated
+HMAC-SHA256, under a key derived from the internal secret every replica shares, over the
+list method, the request's filters and the position. A client can read nothing it did not
+already see (positions are ids and times of rows it was given), and can change nothing: a
+forged, altered, truncated, other-filter or other-method token is INVALID_ARGUMENT
+(INVALID_PAGE_TOKEN on ``page_token``), never an exception from a cast deeper down.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
+import hmac
 import json
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from services.runtime.errors import FieldViolation, InvalidArgumentError
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+
+# Domain separation: the page-token key is never the internal secret itself, nor any other
+# key derived from it.
+PAGE_TOKEN_KEY_LABEL = b"awareness page token key v1"
+TAG_BYTES = 16
+# Positions are a few ids and numbers; anything longer is not ours.
+MAX_TOKEN_CHARS = 1024
+_TOKEN_ALPHABET = re.compile(r"[A-Za-z0-9_-]+")
+
+Position = Sequence[int | str]
 
 
 def page_size(requested: int, *, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE) -> int:
@@ -24,34 +45,76 @@ def page_size(requested: int, *, default: int = DEFAULT_PAGE_SIZE, maximum: int 
     return min(requested or default, maximum)
 
 
-def _scope(filters: Any) -> str:
-    encoded = json.dumps(filters, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(encoded).hexdigest()[:16]
+class PageTokens:
+    """Encodes and checks page tokens under one key (the same on every replica)."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("a page-token key needs at least 16 bytes")
+        self._key = key
+
+    @classmethod
+    def from_secret(cls, internal_secret: bytes) -> PageTokens:
+        """The codec keyed by HMAC(internal secret, label): every replica derives the same key."""
+        return cls(hmac.new(internal_secret, PAGE_TOKEN_KEY_LABEL, hashlib.sha256).digest())
+
+    def encode(self, position: Position, *, method: str, filters: Any = None) -> str:
+        """An opaque token for ``position``, valid only for ``method`` with the same ``filters``."""
+        payload = json.dumps(list(position), separators=(",", ":")).encode()
+        token = base64.urlsafe_b64encode(payload + self._tag(method, filters, payload)).decode("ascii")
+        return token.rstrip("=")
+
+    def decode(
+        self, token: str, *, method: str, filters: Any = None, shape: Sequence[type[int] | type[str]]
+    ) -> tuple[Any, ...] | None:
+        """The position in a token from ``encode``; None for an empty token.
+
+        ``shape`` gives the type of each element, so a caller can use them without a cast.
+        """
+        if not token:
+            return None
+        raw = _unbase64(token)
+        if raw is None or len(raw) <= TAG_BYTES:
+            raise invalid_page_token("page_token is malformed")
+        payload, tag = raw[:-TAG_BYTES], raw[-TAG_BYTES:]
+        if not hmac.compare_digest(tag, self._tag(method, filters, payload)):
+            raise invalid_page_token("page_token was not issued for this request")
+        try:
+            position = json.loads(payload)
+        except ValueError:
+            raise invalid_page_token("page_token is malformed") from None
+        if not isinstance(position, list) or len(position) != len(shape):
+            raise invalid_page_token("page_token holds no position of this list")
+        for value, kind in zip(position, shape, strict=True):
+            # bool is an int to Python, never to a cursor.
+            if type(value) is not kind:
+                raise invalid_page_token("page_token holds no position of this list")
+        return tuple(position)
+
+    def _tag(self, method: str, filters: Any, payload: bytes) -> bytes:
+        scope = json.dumps(filters, sort_keys=True, separators=(",", ":"), default=str)
+        message = b"\0".join((b"v1", method.encode(), scope.encode(), payload))
+        return hmac.new(self._key, message, hashlib.sha256).digest()[:TAG_BYTES]
 
 
-def encode_token(position: Any, *, filters: Any) -> str:
-    """An opaque token for ``position``, valid only with the same ``filters``."""
-    document = json.dumps({"p": position, "s": _scope(filters)}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(document).decode("ascii").rstrip("=")
+def _unbase64(token: str) -> bytes | None:
+    """The bytes of a canonical unpadded base64url string, None for anything else.
 
-
-def decode_token(token: str, *, filters: Any) -> Any:
-    """The position of a token from ``encode_token``; None for an empty token."""
-    if not token:
+    Canonical only, so that no two spellings decode to the same token.
+    """
+    if len(token) > MAX_TOKEN_CHARS or not _TOKEN_ALPHABET.fullmatch(token):
         return None
     try:
-        padded = token + "=" * (-len(token) % 4)
-        document = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        position = document["p"]
-        scope = document["s"]
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeEncodeError):
-        raise _invalid("page_token is malformed") from None
-    if scope != _scope(filters):
-        raise _invalid("page_token was issued for a request with other filters")
-    return position
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    if base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=") != token:
+        return None
+    return raw
 
 
-def _invalid(message: str) -> InvalidArgumentError:
+def invalid_page_token(message: str) -> InvalidArgumentError:
+    """The one answer to a page token that cannot be used (also for a caller's own checks)."""
     return InvalidArgumentError(
         message, reason="INVALID_PAGE_TOKEN", violations=[FieldViolation("page_token", message)]
     )

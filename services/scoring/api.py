@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.runtime.db import run_db, transaction
 from services.runtime.errors import FieldViolation, InvalidArgumentError
-from services.runtime.paging import decode_token, encode_token, page_size
+from services.runtime.paging import PageTokens, page_size
 from services.scoring import repository
 from services.scoring.consent import ConsentChecker
 from services.scoring.convert import (
@@ -54,8 +54,10 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         shadow: ShadowRecorder,
         training: TrainingJobs,
         metrics: ScoringMetrics,
+        page_tokens: PageTokens,
     ) -> None:
         self._sessions = sessions
+        self._tokens = page_tokens
         self._models = models
         self._consent = consent
         self._shadow = shadow
@@ -157,8 +159,9 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         size = page_size(request.page_size, default=50)
         status = STATUS_FROM_PROTO.get(int(request.status)) if request.status else None
         filters = {"status": status.value if status else None}
-        position = decode_token(request.page_token, filters=filters)
-        before = (int(position[0]), str(position[1])) if position else None
+        before = self._tokens.decode(
+            request.page_token, method="scoring.ListModels", filters=filters, shape=(int, str)
+        )
 
         def load() -> tuple[list[scoring_pb2.Model], tuple[int, str] | None]:
             with self._sessions() as session:
@@ -170,7 +173,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         models, last = await run_db(load)
         response = scoring_pb2.ListModelsResponse(models=models)
         if last is not None:
-            response.next_page_token = encode_token(list(last), filters=filters)
+            response.next_page_token = self._tokens.encode(last, method="scoring.ListModels", filters=filters)
         return response
 
     async def PromoteModel(  # noqa: N802 - gRPC method name
@@ -213,8 +216,9 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         version = version_from_name(request.parent, field="parent")
         size = page_size(request.page_size, default=100)
         filters = {"parent": version}
-        position = decode_token(request.page_token, filters=filters)
-        before = (int(position[0]), int(position[1])) if position else None
+        before = self._tokens.decode(
+            request.page_token, method="scoring.ListShadowScores", filters=filters, shape=(int, int)
+        )
 
         def load() -> tuple[list[scoring_pb2.ShadowScore], tuple[int, int] | None]:
             with self._sessions() as session:
@@ -241,5 +245,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         page, last = await run_db(load)
         response = scoring_pb2.ListShadowScoresResponse(shadow_scores=page)
         if last is not None:
-            response.next_page_token = encode_token(list(last), filters=filters)
+            response.next_page_token = self._tokens.encode(
+                last, method="scoring.ListShadowScores", filters=filters
+            )
         return response

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.runtime import db
 from services.runtime.config import env_bool, env_float, env_int
 from services.runtime.db import run_db, transaction
+from services.runtime.paging import PageTokens
 from services.runtime.server import ServiceApp, ServiceContext
 from services.scoring import repository
 from services.scoring.api import ScoringServicer
@@ -83,6 +84,7 @@ def build_service(context: ServiceContext) -> ScoringService:
         shadow=shadow,
         training=training,
         metrics=metrics,
+        page_tokens=PageTokens.from_secret(settings.internal_secret),
     )
     bootstrapped = asyncio.Event()
 

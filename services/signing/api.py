@@ -10,9 +10,6 @@ cost about as much as the work.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
 import os
 import re
@@ -43,6 +40,7 @@ from services.runtime.errors import (
     UnavailableError,
 )
 from services.runtime.metrics import ServiceMetrics
+from services.runtime.paging import PageTokens, invalid_page_token, page_size
 from services.signing import repository
 from services.signing.config import SigningConfig
 from services.signing.domain.checkpoint import (
@@ -82,8 +80,6 @@ log = logging.getLogger("awareness.signing")
 MAX_DIGESTS = 1000
 MAX_DIGEST_BYTES = 64
 INLINE_DIGESTS = 16  # larger batches are signed in a worker thread
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 MAX_SERIAL_ATTEMPTS = 5
 MAX_REQUEST_ID_LENGTH = 64
 _KEY_NAME = re.compile(r"keys/([0-9a-f]{64})")
@@ -145,8 +141,10 @@ class SigningServicer(signing_pb2_grpc.SigningServiceServicer):
         upstream: UpstreamTsa | None = None,
         serial_source: SerialSource | None = None,
         clock: Callable[[], datetime] | None = None,
+        page_tokens: PageTokens,
     ) -> None:
         self._config = config
+        self._tokens = page_tokens
         self._keys = keys
         self._sessions = sessions
         self._metrics = metrics
@@ -453,31 +451,32 @@ class SigningServicer(signing_pb2_grpc.SigningServiceServicer):
     async def ListPublicKeys(  # noqa: N802
         self, request: signing_pb2.ListPublicKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> signing_pb2.ListPublicKeysResponse:
-        if request.page_size < 0:
-            raise InvalidArgumentError(
-                "page_size must not be negative", violations=[FieldViolation("page_size", "negative")]
-            )
-        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        size = page_size(request.page_size)
         keys = self._keys
         listed = [
             key
             for key in _published_keys(keys, origin=self._config.log_origin)
             if _matches(key, request.purpose)
         ]
+        filters = {"purpose": request.purpose}
         start = 0
-        if request.page_token:
-            after = _decode_page_token(request.page_token, purpose=request.purpose)
-            position = next((index for index, key in enumerate(listed) if key.key_id == after), None)
+        after = self._tokens.decode(
+            request.page_token, method="signing.ListPublicKeys", filters=filters, shape=(str,)
+        )
+        if after is not None:
+            position = next((index for index, key in enumerate(listed) if key.key_id == after[0]), None)
             if position is None:
-                raise InvalidArgumentError(
-                    "page_token is not valid", violations=[FieldViolation("page_token", "unknown position")]
+                raise invalid_page_token(
+                    "page_token names a key no longer published; start again without one"
                 )
             start = position + 1
-        page = listed[start : start + page_size]
-        more = start + page_size < len(listed)
+        page = listed[start : start + size]
+        more = start + size < len(listed)
         return signing_pb2.ListPublicKeysResponse(
             public_keys=page,
-            next_page_token=_encode_page_token(page[-1].key_id, purpose=request.purpose)
+            next_page_token=self._tokens.encode(
+                [page[-1].key_id], method="signing.ListPublicKeys", filters=filters
+            )
             if more and page
             else "",
             certificate_chain_pem=[_pem(keys.keyring.root_certificate)],
@@ -705,29 +704,6 @@ def _algorithm_name(public_key: Any) -> str:
 
 def _matches(key: signing_pb2.PublicKey, purpose: int) -> bool:
     return purpose == signing_pb2.KEY_PURPOSE_UNSPECIFIED or key.purpose == purpose
-
-
-def _encode_page_token(after_key_id: str, *, purpose: int) -> str:
-    raw = json.dumps({"after": after_key_id, "purpose": purpose}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_page_token(token: str, *, purpose: int) -> str:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        decoded = json.loads(raw)
-        after = decoded["after"]
-        same_purpose = decoded["purpose"] == purpose
-    except (ValueError, binascii.Error, KeyError, TypeError) as exc:
-        raise InvalidArgumentError(
-            "page_token is not valid", violations=[FieldViolation("page_token", "malformed")]
-        ) from exc
-    if not same_purpose or not isinstance(after, str):
-        raise InvalidArgumentError(
-            "page_token was issued for another request",
-            violations=[FieldViolation("page_token", "the other request fields must match")],
-        )
-    return after
 
 
 def _pem(certificate: x509.Certificate) -> str:

@@ -6,6 +6,7 @@ from awareness.signing.v1 import signing_pb2, signing_pb2_grpc
 
 from services.runtime import db
 from services.runtime.clients import new_breaker
+from services.runtime.paging import PageTokens
 from services.runtime.server import ServiceApp, ServiceContext
 from services.signing.api import SigningMetrics, SigningServicer
 from services.signing.bootstrap import bootstrap_dev
@@ -56,6 +57,7 @@ def create_app(
         metrics=metrics,
         upstream=upstream,
         serial_source=serial_source,
+        page_tokens=PageTokens.from_secret(settings.internal_secret),
     )
 
     async def stop() -> None:

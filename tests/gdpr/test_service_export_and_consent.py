@@ -10,7 +10,6 @@ from typing import Any
 import grpc
 from awareness.gdpr.v1 import gdpr_pb2
 
-from services.runtime.paging import encode_token
 from tests.gdpr.conftest import ANALYST, SCORING_SERVICE, Harness
 from tests.gdpr.test_service_keys_and_erasure import unique_subject
 from tests.grpc_errors import reason_of, rpc_error
@@ -161,6 +160,7 @@ async def test_consent_history_is_newest_first_and_paged(harness: Harness) -> No
     await harness.dpo.GrantConsent(gdpr_pb2.GrantConsentRequest(subject=subject, purpose="training_data"))
     seen: list[gdpr_pb2.ConsentRecord] = []
     token = ""
+    issued: list[str] = []
     while True:
         page = await harness.dpo.ListConsentHistory(
             gdpr_pb2.ListConsentHistoryRequest(
@@ -171,6 +171,7 @@ async def test_consent_history_is_newest_first_and_paged(harness: Harness) -> No
         token = page.next_page_token
         if not token:
             break
+        issued.append(token)
     assert len(seen) == 6
     assert [r.action for r in seen] == [
         gdpr_pb2.ConsentRecord.ACTION_GRANT,
@@ -180,9 +181,7 @@ async def test_consent_history_is_newest_first_and_paged(harness: Harness) -> No
     assert times == sorted(times, reverse=True)
     wrong_filter = await rpc_error(
         harness.dpo.ListConsentHistory(
-            gdpr_pb2.ListConsentHistoryRequest(
-                subject=subject, page_token=encode_token(10, filters={"other": "filters"})
-            )
+            gdpr_pb2.ListConsentHistoryRequest(subject=subject, purpose="training_data", page_token=issued[0])
         )
     )
     assert wrong_filter.code() == grpc.StatusCode.INVALID_ARGUMENT

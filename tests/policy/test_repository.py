@@ -26,7 +26,8 @@ from services.policy.domain.lifecycle import (
 )
 from services.policy.models import Base, PolicyHistoryRow
 from services.runtime import auth, db, migrations
-from services.runtime.errors import InvalidArgumentError, UnauthenticatedError
+from services.runtime.errors import UnauthenticatedError
+from services.runtime.paging import page_size
 
 T0 = datetime.datetime(2024, 6, 1, 9, 0, tzinfo=datetime.UTC)
 AUTHOR = Principal(id="alice", permissions=frozenset({Permission.AUTHOR, Permission.SUBMIT}))
@@ -145,17 +146,6 @@ def test_domain_principal_maps_runtime_permissions() -> None:
         api.domain_principal(None)
 
 
-def test_page_tokens_round_trip_and_refuse_other_scopes() -> None:
-    token = api.encode_page_token({"scope": "policies?state=", "after": ["p", 2]})
-    assert api.decode_page_token(token, scope="policies?state=") == {
-        "scope": "policies?state=",
-        "after": ["p", 2],
-    }
-    for bad, scope in (
-        (token, "policies?state=ACTIVE"),
-        ("%%%", "x"),
-        (api.encode_page_token({"a": 1}), "x"),
-    ):
-        with pytest.raises(InvalidArgumentError):
-            api.decode_page_token(bad, scope=scope)
-    assert (api.page_size_of(0), api.page_size_of(5), api.page_size_of(50_000)) == (50, 5, 1000)
+def test_policy_lists_default_to_pages_of_50() -> None:
+    sizes = [page_size(n, default=api.DEFAULT_PAGE_SIZE) for n in (0, 5, 50_000)]
+    assert sizes == [50, 5, 1000]
