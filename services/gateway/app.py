@@ -240,6 +240,17 @@ async def _limit(state: GatewayState, request: Request, principal: auth.Principa
     return decision
 
 
+async def _limit_failed_auth(state: GatewayState, request: Request) -> Decision:
+    """A refused credential counts only in its address's own bucket, so a flood of bad keys
+    never spends the IP and global budgets that valid keys from that address rely on."""
+    limit = state.config.rate_auth_failures_per_min
+    scopes = [Scope("auth_failures", f"authfail:{_client_ip(request)}", limit)] if limit > 0 else []
+    decision = await state.limiter.check(scopes)
+    if not decision.allowed:
+        state.metrics.ratelimit_rejections.labels("auth_failures").inc()
+    return decision
+
+
 def _too_many(decision: Decision) -> Response:
     return error_response(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -263,7 +274,9 @@ async def _admit(state: GatewayState, request: Request, permission: str) -> Admi
     except AwarenessError as exc:
         if isinstance(exc, UnauthenticatedError):
             state.metrics.auth_failures.labels(exc.reason).inc()
-        decision = await _limit(state, request, None)
+            decision = await _limit_failed_auth(state, request)
+        else:
+            decision = await _limit(state, request, None)
         if not decision.allowed:
             return _too_many(decision)
         return awareness_error_response(exc, headers=rate_limit_headers(decision))
@@ -432,7 +445,7 @@ async def gophish_webhook(request: Request) -> Response:
     body = await request.body()
     if not gophish.signature_valid(secret, body, request.headers.get(gophish.SIGNATURE_HEADER)):
         state.metrics.auth_failures.labels("BAD_WEBHOOK_SIGNATURE").inc()
-        decision = await _limit(state, request, None)
+        decision = await _limit_failed_auth(state, request)
         if not decision.allowed:
             return _too_many(decision)
         return error_response(

@@ -38,6 +38,7 @@ class GatewayConfig:
     method_timeouts: dict[str, float]
     key_cache_seconds: float = KEY_CACHE_SECONDS_DEFAULT
     key_cache_entries: int = 10_000
+    rate_auth_failures_per_min: int = 60
 
     @property
     def jwt_enabled(self) -> bool:
@@ -77,6 +78,8 @@ def load_gateway_config(settings: Settings) -> GatewayConfig:
         # longest a revocation takes to reach this replica (0 turns the cache off).
         key_cache_seconds=env_float(env, KEY_CACHE_SECONDS_VAR, KEY_CACHE_SECONDS_DEFAULT, minimum=0.0),
         key_cache_entries=env_int(env, "AWARENESS_GATEWAY_KEY_CACHE_ENTRIES", 10_000, minimum=0),
+        # Failed authentications per client address, a bucket of their own (0 = off).
+        rate_auth_failures_per_min=env_int(env, "AWARENESS_GATEWAY_RATE_AUTH_FAILURES_PER_MIN", 60),
     )
     if config.jwt_enabled and not (config.jwt_issuer and config.jwt_audience):
         raise ConfigError(

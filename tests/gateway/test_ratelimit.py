@@ -9,10 +9,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
+from services.gateway.domain.gophish import SIGNATURE_HEADER as SIGNATURE
 from services.gateway.domain.ratelimit import InProcessLimiter, Scope, ScopeState, decide
 from services.gateway.ratelimit import RedisRateLimiter
 from services.runtime.clients import new_breaker
@@ -20,6 +22,7 @@ from tests.conftest import free_port
 from tests.gateway.conftest import Seen, bearer, close_harness, create_key, open_harness, status_reason
 
 EVENTS = "/v1/events"
+GOPHISH = "/v1/integrations/gophish"
 
 
 class Clock:
@@ -245,12 +248,60 @@ async def test_gateway_429_with_headers_against_real_redis(
         await close_harness(harness)
 
 
-async def test_ip_limit_applies_to_unauthenticated_requests(tmp_path: Path, backend: str, seen: Seen) -> None:
-    harness = await open_harness(tmp_path, backend, seen, AWARENESS_GATEWAY_RATE_IP_PER_MIN="2")
+async def _flood_then_valid(harness: Any) -> None:
+    """Bad keys and bad webhook signatures from one address, then a valid key from it."""
+    bad = [(await harness.client.get(EVENTS, headers=bearer("awk_bad"))).status_code for _ in range(3)]
+    bad += [
+        (await harness.client.post(GOPHISH, content=b"{}", headers={SIGNATURE: "sha256=00"})).status_code
+        for _ in range(3)
+    ]
+    assert bad == [401, 401, 401, 429, 429, 429]
+    refused = await harness.client.get(EVENTS, headers=bearer("awk_bad"))
+    assert status_reason(refused.json()) == "RATE_LIMITED"
+    assert refused.json()["details"][0]["metadata"]["scope"] == "auth_failures"
+    # The IP budget (5) is whole: the flood spent only the failed-authentication bucket.
+    key = create_key(harness.env, "analyst")
+    ok = [(await harness.client.get(EVENTS, headers=bearer(key))).status_code for _ in range(5)]
+    assert ok == [200] * 5
+    assert (await harness.client.get(EVENTS, headers=bearer(key))).json()["details"][0]["metadata"][
+        "scope"
+    ] == "ip"
+
+
+async def test_failed_authentication_has_its_own_bucket_in_process(
+    tmp_path: Path, backend: str, seen: Seen
+) -> None:
+    harness = await open_harness(
+        tmp_path,
+        backend,
+        seen,
+        AWARENESS_GATEWAY_RATE_AUTH_FAILURES_PER_MIN="3",
+        AWARENESS_GATEWAY_RATE_IP_PER_MIN="5",
+    )
     try:
-        statuses = [
-            (await harness.client.get(EVENTS, headers=bearer("awk_bad"))).status_code for _ in range(3)
-        ]
-        assert statuses == [401, 401, 429]
+        await _flood_then_valid(harness)
+    finally:
+        await close_harness(harness)
+
+
+@pytest.mark.redis
+async def test_failed_authentication_has_its_own_bucket_in_redis(
+    redis_url: str, tmp_path: Path, backend: str, seen: Seen
+) -> None:
+    harness = await open_harness(
+        tmp_path,
+        backend,
+        seen,
+        REDIS_URL=redis_url,
+        AWARENESS_GATEWAY_RATE_AUTH_FAILURES_PER_MIN="3",
+        AWARENESS_GATEWAY_RATE_IP_PER_MIN="5",
+        AWARENESS_GATEWAY_RATE_KEY_PREFIX=f"test:{uuid.uuid4().hex}",
+        AWARENESS_GATEWAY_REDIS_TIMEOUT_SECONDS="2",
+    )
+    try:
+        await _flood_then_valid(harness)
+        metrics = (await harness.client.get("/metrics")).text
+        assert "awareness_gateway_ratelimit_fallback_total 0.0" in metrics  # Redis decided, not the fallback
+        assert 'awareness_gateway_ratelimit_rejections_total{scope="auth_failures"} 4.0' in metrics
     finally:
         await close_harness(harness)

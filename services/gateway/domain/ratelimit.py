@@ -1,9 +1,11 @@
 """Sliding-window rate limits: the arithmetic shared by the Redis and in-process limiters.
 
-Each request is checked against up to three scopes (principal, client IP, global). It is
-admitted only if every scope has room, and only an admitted request is recorded, so a
-client hammering past its limit does not push its own window forward. The window is a
-sliding log: a request counts until exactly ``window`` after it was made.
+An authenticated request is checked against up to three scopes (principal, client IP,
+global); a refused credential only against its address's ``auth_failures`` scope, so bad
+keys never spend the budget valid keys rely on. A request is admitted only if every scope
+has room, and only an admitted request is recorded, so a client hammering past its limit
+does not push its own window forward. The window is a sliding log: a request counts until
+exactly ``window`` after it was made.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ WINDOW_SECONDS: Final = 60.0
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    name: str  # "principal", "ip", "global"
+    name: str  # "principal", "ip", "global", "auth_failures"
     key: str
     limit: int
 
