@@ -17,19 +17,28 @@ from services.runtime.config import ALL_PROCESSES, SERVICES
 _EXTENSIONS = ("signing", "gdpr", "scoring", "policy", "ingest", "gateway")
 
 
+# sysexits.h EX_CONFIG: the pod's configuration, not the code, is wrong.
+EXIT_CONFIG = 78
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from services.runtime.config import load_settings
+    from services.runtime.config import ConfigError, load_settings
 
-    settings = load_settings(args.service)
-    if args.service == "gateway":
-        from services.gateway.app import run_gateway
+    try:
+        settings = load_settings(args.service)
+        if args.service == "gateway":
+            from services.gateway.app import run_gateway
 
-        run_gateway(settings)
-        return 0
-    from services.runtime.server import serve
+            run_gateway(settings)
+            return 0
+        from services.runtime.server import serve
 
-    module = importlib.import_module(f"services.{args.service}.app")
-    serve(settings, module.create_app)
+        module = importlib.import_module(f"services.{args.service}.app")
+        serve(settings, module.create_app)
+    except ConfigError as exc:
+        # One line naming the setting, instead of a traceback, and no retry hidden in a loop.
+        print(f"awareness serve {args.service}: refusing to start: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG
     return 0
 
 

@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -56,7 +56,7 @@ from services.gateway.responses import (
 from services.gateway.transcoder import Backend, MediaTypeError, Router, parse_http_request, response_payload
 from services.runtime import auth, db, migrations
 from services.runtime.clients import ChannelFactory, new_breaker
-from services.runtime.config import SERVICE_NAMES, SERVICES, Settings, ensure_dev_secret
+from services.runtime.config import SERVICE_NAMES, SERVICES, Settings, with_internal_secret
 from services.runtime.errors import AwarenessError, PermissionDeniedError, UnauthenticatedError
 from services.runtime.logs import configure_logging
 from services.runtime.metrics import ServiceMetrics
@@ -643,11 +643,10 @@ def create_gateway(settings: Settings, *, tracer: trace.Tracer | None = None) ->
 
 
 def run_gateway(settings: Settings) -> None:
-    if not settings.internal_secret:
-        settings = replace(settings, internal_secret=ensure_dev_secret(settings.data_dir / "internal-secret"))
+    settings = with_internal_secret(settings)
     from services.gateway.bootstrap import bootstrap_dev
 
-    bootstrap_dev(settings.data_dir)  # idempotent; a no-op when production provides the secret
+    bootstrap_dev(settings.data_dir)  # idempotent; a no-op in Kubernetes or when the secret is configured
     configure_logging(service="gateway", level=settings.log_level)
     configure_tracing(service="gateway", exporter=settings.traces_exporter)
     app = create_gateway(settings)

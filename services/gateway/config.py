@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.runtime.config import ConfigError, Settings, env_float, env_int, env_str, read_secret
+from services.runtime.config import (
+    ConfigError,
+    Settings,
+    env_float,
+    env_int,
+    env_str,
+    in_kubernetes,
+    read_secret,
+    refuse_generated_secret,
+)
 
 # Methods the contracts do not (yet) model as long-running operations but which run for
 # minutes; their HTTP call gets a longer deadline than AWARENESS_CALL_TIMEOUT_SECONDS.
 DEFAULT_METHOD_TIMEOUTS = "awareness.scoring.v1.ScoringService/TrainModel=600"
-KEY_CACHE_SECONDS_DEFAULT = 30.0
+KEY_CACHE_SECONDS_DEFAULT = 5.0
+# The promised revocation bound (docs/gateway.md): no replica trusts a cached key longer.
+KEY_CACHE_SECONDS_MAX = 5.0
 KEY_CACHE_SECONDS_VAR = "AWARENESS_GATEWAY_KEY_CACHE_SECONDS"
 GOPHISH_SECRET_FILE = "gophish-webhook-secret"  # noqa: S105 - a file name, not a secret
+GOPHISH_SECRET_VAR = "AWARENESS_GOPHISH_SECRET"  # noqa: S105 - a variable name
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,9 +78,7 @@ def load_gateway_config(settings: Settings) -> GatewayConfig:
         jwt_audience=env_str(env, "AWARENESS_GATEWAY_JWT_AUDIENCE", ""),
         jwt_roles_claim=env_str(env, "AWARENESS_GATEWAY_JWT_ROLES_CLAIM", "roles"),
         jwt_leeway_seconds=env_int(env, "AWARENESS_GATEWAY_JWT_LEEWAY_SECONDS", 30),
-        gophish_secret=read_secret(
-            env, "AWARENESS_GOPHISH_SECRET", default_file=Path(settings.data_dir) / GOPHISH_SECRET_FILE
-        ),
+        gophish_secret=_gophish_secret(env, Path(settings.data_dir)),
         keep_alive_seconds=env_int(env, "AWARENESS_GATEWAY_KEEP_ALIVE_SECONDS", 5, minimum=1),
         body_timeout_seconds=env_float(env, "AWARENESS_GATEWAY_BODY_TIMEOUT_SECONDS", 10.0, minimum=0.1),
         max_concurrency=env_int(env, "AWARENESS_GATEWAY_MAX_CONCURRENCY", 0) or None,
@@ -81,11 +92,28 @@ def load_gateway_config(settings: Settings) -> GatewayConfig:
         # Failed authentications per client address, a bucket of their own (0 = off).
         rate_auth_failures_per_min=env_int(env, "AWARENESS_GATEWAY_RATE_AUTH_FAILURES_PER_MIN", 60),
     )
+    if config.key_cache_seconds > KEY_CACHE_SECONDS_MAX:
+        raise ConfigError(
+            f"{KEY_CACHE_SECONDS_VAR} must be <= {KEY_CACHE_SECONDS_MAX:g} (the revocation bound), "
+            f"got {config.key_cache_seconds:g}"
+        )
     if config.jwt_enabled and not (config.jwt_issuer and config.jwt_audience):
         raise ConfigError(
             "JWT authentication needs AWARENESS_GATEWAY_JWT_ISSUER and AWARENESS_GATEWAY_JWT_AUDIENCE"
         )
     return config
+
+
+def _gophish_secret(env: Mapping[str, str], data_dir: Path) -> bytes | None:
+    """Every replica must verify with one secret: in Kubernetes it comes from a Secret or the pod refuses
+    to start; elsewhere the file ``awareness up`` created (absent: the webhook answers WEBHOOK_DISABLED)."""
+    kubernetes = in_kubernetes(env)
+    secret = read_secret(
+        env, GOPHISH_SECRET_VAR, default_file=None if kubernetes else data_dir / GOPHISH_SECRET_FILE
+    )
+    if secret is None:
+        refuse_generated_secret(env, f"{GOPHISH_SECRET_VAR} (or {GOPHISH_SECRET_VAR}_FILE)")
+    return secret
 
 
 def _method_timeouts(raw: str) -> dict[str, float]:

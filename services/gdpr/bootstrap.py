@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from services.gdpr.keysource import ensure_dev_key_material, production_configured
+from services.runtime.config import in_kubernetes
 
 
 def bootstrap_dev(data_dir: Path) -> None:
@@ -14,6 +15,6 @@ def bootstrap_dev(data_dir: Path) -> None:
     Does nothing when AWARENESS_KEK_FILE, AWARENESS_KEK or AWARENESS_LOOKUP_SECRET(_FILE) is set: those
     name the production secrets, and a generated key beside them would only hide a misconfiguration.
     """
-    if production_configured(os.environ):
+    if production_configured(os.environ) or in_kubernetes(os.environ):
         return
     ensure_dev_key_material(data_dir)

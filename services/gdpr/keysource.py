@@ -28,7 +28,7 @@ from services.gdpr.domain.keys import (
     generate_kek_file,
     load_keyring,
 )
-from services.runtime.config import ConfigError, ensure_dev_secret, read_secret
+from services.runtime.config import ConfigError, ensure_dev_secret, read_secret, refuse_generated_secret
 
 KEK_FILE_VAR = "AWARENESS_KEK_FILE"
 KEK_VAR = "AWARENESS_KEK"
@@ -93,6 +93,8 @@ def load_key_material(*, env: Mapping[str, str], data_dir: Path) -> KeyMaterial:
     missing one is an error rather than a silently generated key that would vanish with the pod.
     """
     if not production_configured(env):
+        # In Kubernetes a generated KEK would differ per replica and vanish with the pod.
+        refuse_generated_secret(env, f"{KEK_FILE_VAR} (the gdpr KEK Secret) with {LOOKUP_SECRET_VAR}_FILE")
         ensure_dev_key_material(data_dir)
         path = data_dir / DEV_KEK_FILE
         secret = (data_dir / DEV_LOOKUP_SECRET_FILE).read_bytes().strip()

@@ -3,7 +3,8 @@
 Settings (besides the shared ones), read once from the environment when the app is created:
 
 - AWARENESS_INGEST_FINGERPRINT_SECRET / _FILE: HMAC secret of the idempotency fingerprints (every
-  replica must share it); when unset, derived from the internal secret, which every replica shares.
+  replica must share it; its own secret, never derived from another). Unset: ./var's dev file, created
+  on first run; in Kubernetes the pod refuses to start.
 - AWARENESS_INGEST_KEY_CACHE_SECONDS (60): how long gdpr data keys stay cached in memory.
 - AWARENESS_INGEST_CLOCK_SKEW_SECONDS (300): how far in the future occurred_at may be.
 - AWARENESS_INGEST_INTEGRATE_INTERVAL_MS (200) / AWARENESS_INGEST_INTEGRATE_AFTER_LEAVES (1000):
@@ -19,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
 from services.ingest.api import IngestServicer
+from services.ingest.bootstrap import DEV_FINGERPRINT_FILE
 from services.ingest.enrichment import Enricher, EnrichmentSettings
 from services.ingest.integrator import Integrator, IntegratorSettings
 from services.ingest.keys import SubjectKeys
@@ -40,19 +40,17 @@ from services.runtime import db
 from services.runtime.config import (
     ConfigError,
     Settings,
-    ensure_dev_secret,
     env_bool,
     env_float,
     env_int,
     env_str,
-    read_secret,
+    load_secret,
 )
 from services.runtime.paging import PageTokens
 from services.runtime.server import ServiceApp, ServiceContext
 
 SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 FINGERPRINT_SECRET = "AWARENESS_INGEST_FINGERPRINT_SECRET"  # noqa: S105 - a variable name
-DEV_FINGERPRINT_FILE = "ingest-fingerprint-secret"
 
 log = logging.getLogger("awareness.ingest")
 
@@ -69,15 +67,7 @@ class IngestSettings:
 
 def load_ingest_settings(settings: Settings) -> IngestSettings:
     env = settings.env
-    secret = read_secret(env, FINGERPRINT_SECRET)
-    if secret is None and settings.internal_secret:
-        # Every replica shares the internal secret, so a key derived from it is shared too
-        # (domain-separated; rotating the internal secret changes future fingerprints).
-        secret = hmac.new(
-            settings.internal_secret, b"awareness ingest fingerprint v1", hashlib.sha256
-        ).digest()
-    if secret is None:
-        secret = ensure_dev_secret(settings.data_dir / DEV_FINGERPRINT_FILE)
+    secret = load_secret(env, FINGERPRINT_SECRET, dev_file=settings.data_dir / DEV_FINGERPRINT_FILE)
     every = env_int(env, "AWARENESS_INGEST_CHECKPOINT_EVERY", 1000, minimum=1)
     origin = env_str(env, "AWARENESS_LOG_ORIGIN", "awareness.local/log")
     if any(character.isspace() or character == "+" for character in origin):

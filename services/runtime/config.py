@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final, Literal
 
@@ -113,6 +113,49 @@ def read_secret(
     return value
 
 
+ENVIRONMENT_VAR: Final = "AWARENESS_ENVIRONMENT"
+# AWARENESS_ENVIRONMENT values (the chart sets "kubernetes") under which no process generates a secret.
+MANAGED_ENVIRONMENTS: Final = frozenset({"kubernetes", "production"})
+
+
+class MissingSecretError(ConfigError):
+    """A secret that must come from the platform (a Kubernetes Secret) is not configured."""
+
+
+def in_kubernetes(env: Mapping[str, str]) -> bool:
+    """True in a pod (the kubelet sets KUBERNETES_SERVICE_HOST) or when the chart says so explicitly."""
+    if env.get("KUBERNETES_SERVICE_HOST", "").strip():
+        return True
+    return env.get(ENVIRONMENT_VAR, "").strip().lower() in MANAGED_ENVIRONMENTS
+
+
+def refuse_generated_secret(env: Mapping[str, str], what: str) -> None:
+    """Raise in Kubernetes, where a generated secret would differ on every replica and die with the pod."""
+    if in_kubernetes(env):
+        raise MissingSecretError(
+            f"{what} is not configured; in Kubernetes it must come from a Secret and is never generated"
+        )
+
+
+def load_secret(
+    env: Mapping[str, str], name: str, *, dev_file: Path, min_bytes: int = 16, nbytes: int = 32
+) -> bytes:
+    """``NAME`` / ``NAME_FILE``; else, outside Kubernetes only, the dev file (created on first run)."""
+    value = read_secret(env, name, min_bytes=min_bytes)
+    if value is not None:
+        return value
+    refuse_generated_secret(env, f"{name} (or {name}_FILE)")
+    return ensure_dev_secret(dev_file, nbytes=nbytes)
+
+
+def with_internal_secret(settings: Settings) -> Settings:
+    """Settings whose internal secret is set: configured, or the dev file outside Kubernetes."""
+    if settings.internal_secret:
+        return settings
+    refuse_generated_secret(settings.env, "AWARENESS_INTERNAL_SECRET (or AWARENESS_INTERNAL_SECRET_FILE)")
+    return replace(settings, internal_secret=ensure_dev_secret(settings.data_dir / "internal-secret"))
+
+
 def ensure_dev_secret(path: Path, *, nbytes: int = 32) -> bytes:
     """Create a development secret file (0600) on first run; reuse it afterwards."""
     if path.exists():
@@ -185,7 +228,9 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
     exporter = env_str(source, "AWARENESS_TRACES_EXPORTER", "none").lower()
     if exporter not in ("none", "console", "otlp", "memory"):
         raise ConfigError(f"AWARENESS_TRACES_EXPORTER must be none, console or otlp, got {exporter!r}")
-    secret = read_secret(source, "AWARENESS_INTERNAL_SECRET", default_file=data_dir / "internal-secret")
+    # In Kubernetes a file under the data directory could only be one a pod generated: ignore it.
+    dev_secret = None if in_kubernetes(source) else data_dir / "internal-secret"
+    secret = read_secret(source, "AWARENESS_INTERNAL_SECRET", default_file=dev_secret)
     if service == "gateway":
         default_port = env_int(source, "AWARENESS_GATEWAY_PORT", DEFAULT_GATEWAY_PORT)
         default_metrics = 0

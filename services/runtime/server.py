@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.runtime import auth, db, migrations
 from services.runtime.clients import ChannelFactory
-from services.runtime.config import Settings, ensure_dev_secret
+from services.runtime.config import Settings, with_internal_secret
 from services.runtime.health import HealthReporter
 from services.runtime.interceptors import PermissionLookup, ServerInterceptor
 from services.runtime.logs import configure_logging
@@ -187,8 +187,7 @@ def serve(
     settings: Settings, factory: Callable[[ServiceContext], ServiceApp], *, with_database: bool = True
 ) -> None:
     """The whole life of one service process (``awareness serve <service>``)."""
-    if not settings.internal_secret:
-        settings = _with_dev_secret(settings)
+    settings = with_internal_secret(settings)
     configure_logging(service=settings.service, level=settings.log_level)
     configure_tracing(service=settings.service, exporter=settings.traces_exporter)
     context = build_context(settings, with_database=with_database)
@@ -224,12 +223,6 @@ def _tune_garbage_collector() -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
-
-
-def _with_dev_secret(settings: Settings) -> Settings:
-    from dataclasses import replace
-
-    return replace(settings, internal_secret=ensure_dev_secret(settings.data_dir / "internal-secret"))
 
 
 def _instrument_sqlalchemy(engine: Engine) -> Any:

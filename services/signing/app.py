@@ -6,10 +6,11 @@ from awareness.signing.v1 import signing_pb2, signing_pb2_grpc
 
 from services.runtime import db
 from services.runtime.clients import new_breaker
+from services.runtime.config import refuse_generated_secret
 from services.runtime.paging import PageTokens
 from services.runtime.server import ServiceApp, ServiceContext
 from services.signing.api import SigningMetrics, SigningServicer
-from services.signing.bootstrap import bootstrap_dev
+from services.signing.bootstrap import PKI_DIR_ENVIRONMENT_VARIABLE, bootstrap_dev
 from services.signing.config import SigningConfig, load_signing_config
 from services.signing.domain.pki import MANIFEST_FILE
 from services.signing.domain.tsa import SerialSource
@@ -31,6 +32,9 @@ def create_app(
     if engine is None or sessions is None:
         raise RuntimeError("the signing service needs its store (its audit trail of tokens and checkpoints)")
     config = config or load_signing_config(settings.env, data_dir=settings.data_dir)
+    if not config.pki_dir_from_environment:
+        # In Kubernetes each replica would otherwise sign with a PKI of its own.
+        refuse_generated_secret(settings.env, f"{PKI_DIR_ENVIRONMENT_VARIABLE} (the signing PKI Secret)")
     if not config.pki_dir_from_environment and not (config.pki_dir / MANIFEST_FILE).exists():
         # `awareness serve signing` without `awareness up`: the same development PKI, made here.
         bootstrap_dev(settings.data_dir)

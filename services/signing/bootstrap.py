@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from services.runtime.config import in_kubernetes
 from services.signing.domain.pki import init_pki
 
 PKI_DIR_ENVIRONMENT_VARIABLE = "AWARENESS_PKI_DIR"
@@ -20,6 +21,6 @@ def bootstrap_dev(data_dir: Path) -> None:
     Does nothing when ``AWARENESS_PKI_DIR`` is set: in production the keys come from a read-only
     Kubernetes Secret, and no process may generate its own.
     """
-    if os.environ.get(PKI_DIR_ENVIRONMENT_VARIABLE, "").strip():
+    if os.environ.get(PKI_DIR_ENVIRONMENT_VARIABLE, "").strip() or in_kubernetes(os.environ):
         return
     init_pki(dev_pki_dir(data_dir))
