@@ -30,13 +30,27 @@ from services.runtime.tracing import inject_metadata
 
 log = logging.getLogger("awareness.clients")
 
-# Codes that say "the dependency is unhealthy", as opposed to "your request was wrong".
+# Codes that say "the dependency could not answer", as opposed to "your request was wrong": a
+# caller maps these to UNAVAILABLE for its own client.
 TRANSIENT_CODES = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.INTERNAL,
         grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+# The only codes a breaker counts: failures of the peer itself (down, too slow, out of capacity
+# or refusing a message over the transport's limit), which every caller of it would meet.
+# INTERNAL and UNKNOWN are not counted: they come from one request's content reaching a bug (an
+# unexpected exception in the callee), and a breaker that every caller shares must not open
+# because one caller keeps sending that content. A callee that is really broken fails its
+# health checks, and its clients see UNAVAILABLE.
+BREAKER_FAILURE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 )
@@ -64,15 +78,15 @@ CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
 
 
 def is_business_error(exc: BaseException) -> bool:
-    """Errors that must not open this target's breaker.
+    """Errors that must not open this target's breaker (see BREAKER_FAILURE_CODES).
 
-    Either the request was at fault, or the callee answered on purpose (it attached an
-    ErrorInfo) that something *behind* it is unavailable: counting that against the callee
-    would cascade one service's outage into its callers' breakers.
+    Either the code is not a failure of the peer, or the callee answered on purpose (it
+    attached an ErrorInfo) that something *behind* it is unavailable: counting that against
+    the callee would cascade one service's outage into its callers' breakers.
     """
     if not isinstance(exc, grpc.aio.AioRpcError):
         return False
-    if exc.code() not in TRANSIENT_CODES:
+    if exc.code() not in BREAKER_FAILURE_CODES:
         return True
     try:
         status = rpc_status.from_call(exc)

@@ -207,6 +207,45 @@ async def test_business_errors_do_not_open_the_breaker(running: Any) -> None:
     await factory.close()
 
 
+@pytest.mark.parametrize("code", [grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN])
+async def test_a_callee_failing_on_one_requests_content_keeps_the_breaker_closed(
+    running: Any, code: grpc.StatusCode
+) -> None:
+    # One caller's poisoned content reaching a bug must not cut every other caller off.
+    async def poisoned(request: bytes, context: Any) -> bytes:
+        if request == b"poison":
+            await context.abort(code, "boom")
+        return b"ok"
+
+    factory = channels(await running(make_app({"Poisoned": poisoned})), breaker_fail_max=2, attempts=1)
+    method = factory.channel("svc").unary_unary("/test.Svc/Poisoned")
+    for _ in range(6):  # three times fail_max
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await method(b"poison")
+        assert caught.value.code() == code
+    assert factory.breaker_states()["svc"] == "closed"
+    assert await method(b"fine") == b"ok"
+    await factory.close()
+
+
+@pytest.mark.parametrize(
+    "code",
+    [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED],
+)
+async def test_failures_of_the_peer_open_the_breaker(running: Any, code: grpc.StatusCode) -> None:
+    async def failing(_request: bytes, context: Any) -> bytes:
+        await context.abort(code, "peer failure")
+        return b""
+
+    factory = channels(await running(make_app({"Failing": failing})), breaker_fail_max=2, attempts=1)
+    method = factory.channel("svc").unary_unary("/test.Svc/Failing")
+    for _ in range(2):
+        with pytest.raises((grpc.aio.AioRpcError, DependencyUnavailableError)):
+            await method(b"")
+    assert factory.breaker_states()["svc"] == "open"
+    await factory.close()
+
+
 async def test_an_outage_behind_the_callee_does_not_open_the_callers_breaker(running: Any) -> None:
     # The callee is healthy and says, with an ErrorInfo, that its own dependency is down.
     async def dependency_down(_request: bytes, _context: Any) -> bytes:
