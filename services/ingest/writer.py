@@ -47,6 +47,7 @@ from services.ingest.domain.records import (
     format_timestamp_us,
     record_bytes,
     seal_personal,
+    subject_fingerprint_key,
 )
 from services.ingest.keys import KeyLookup, SubjectKey, SubjectKeys
 from services.ingest.repository import StoredReceipt, to_us
@@ -268,6 +269,7 @@ class _Candidate:
     row: PendingRow | None = None
     key: SubjectKey | None = None
     followers: list[int] | None = None  # positions of later copies of this event id in the call
+    copies: list[_Candidate] | None = None  # those later copies
 
 
 class LogWriter:
@@ -350,9 +352,10 @@ class LogWriter:
                 continue
             earlier = first_by_id.get(checked.event_id)
             if earlier is not None:
-                if earlier.followers is None:
-                    earlier.followers = []
+                if earlier.followers is None or earlier.copies is None:
+                    earlier.followers, earlier.copies = [], []
                 earlier.followers.append(position)
+                earlier.copies.append(checked)
                 candidates.append(checked)
                 continue
             first_by_id[checked.event_id] = checked
@@ -360,16 +363,21 @@ class LogWriter:
         primaries = list(first_by_id.values())
         sealed = [c for c in primaries if not c.system]
         existing: dict[str, StoredReceipt] = {}
-        if not self._keys.all_cached([_lookup(c) for c in sealed]):
-            # gdpr must be asked: first find the replays, which need no key (and no gdpr).
-            existing = await run_db(self._find, [c.event_id for c in primaries])
-        new = [c for c in primaries if c.event_id not in existing]
-        await self._resolve_keys([c for c in new if not c.system])
-        # Sealing and hashing are CPU work: large batches off the event loop, so calls keep flowing.
-        if len(new) > 16:
-            await run_db(functools.partial(_build_rows, new, to_us(now), origin=origin))
+        if self._keys.all_cached([_lookup(c) for c in sealed]):
+            await self._resolve_keys(sealed)
         else:
-            _build_rows(new, to_us(now), origin=origin)
+            # gdpr must be asked: meanwhile find the replays (no failed optimistic insert for them).
+            existing, _ = await asyncio.gather(
+                run_db(self._find, [c.event_id for c in primaries]), self._resolve_keys(sealed)
+            )
+        new = [c for c in primaries if c.event_id not in existing]
+        # Fingerprints need the keys (they are keyed with them); fingerprinting, sealing and hashing
+        # are CPU work: large batches off the event loop, so calls keep flowing.
+        prepare = functools.partial(_prepare, primaries, new, to_us(now), secret=self._secret, origin=origin)
+        if len(primaries) > 16:
+            await run_db(prepare)
+        else:
+            prepare()
         stored = await self._committer.submit([c.row for c in new if c.row is not None]) if new else []
         answers: dict[str, StoredReceipt | None] = dict(existing)
         answers.update({c.event_id: result for c, result in zip(new, stored, strict=True)})
@@ -503,7 +511,7 @@ class LogWriter:
         severity: int,
         system: bool,
     ) -> _Candidate:
-        """A validated event with its canonical spellings and content fingerprint."""
+        """A validated event with its canonical spellings (and, for system events, fingerprint)."""
         occurred_text = format_timestamp_us(occurred_us)
         encoded_details = details_json(details)
         return _Candidate(
@@ -518,17 +526,20 @@ class LogWriter:
             occurred_text=occurred_text,
             severity=severity,
             encoded_details=encoded_details,
-            fingerprint=fingerprint_fields(
-                secret=self._secret,
-                type=type,
-                source=source,
-                subject=subject,
-                occurred_at=occurred_text,
-                severity=_SEVERITY_LABELS[severity],
-                summary=summary,
-                details=details,
-                encoded_details=encoded_details,
-            ),
+            # System events (no personal data, no key) now; client events once their key is known.
+            fingerprint=_fingerprint(
+                self._secret,
+                type,
+                source,
+                subject,
+                occurred_text,
+                severity,
+                summary,
+                details,
+                encoded_details,
+            )
+            if system
+            else "",
             system=system,
         )
 
@@ -574,6 +585,79 @@ def _replay_or_conflict(original: StoredReceipt, fingerprint: str) -> AppendOutc
         leaf_index=original.leaf_index,
         replayed=True,
     )
+
+
+def _fingerprint(
+    secret: bytes,
+    type: str,
+    source: str,
+    subject: str,
+    occurred_text: str,
+    severity: int,
+    summary: str,
+    details: dict[str, str],
+    encoded_details: str,
+) -> str:
+    return fingerprint_fields(
+        secret=secret,
+        type=type,
+        source=source,
+        subject=subject,
+        occurred_at=occurred_text,
+        severity=_SEVERITY_LABELS[severity],
+        summary=summary,
+        details=details,
+        encoded_details=encoded_details,
+    )
+
+
+def _fingerprint_candidates(primaries: list[_Candidate], *, secret: bytes) -> None:
+    """Fingerprint each client event (and its later copies in the call) under its data key's
+    fingerprint key, derived once per key of the batch."""
+    keyed: dict[bytes, bytes] = {}
+    for candidate in primaries:
+        if candidate.system:
+            continue
+        key = candidate.key
+        assert key is not None
+        fingerprint_key = keyed.get(key.data_key)
+        if fingerprint_key is None:
+            fingerprint_key = keyed[key.data_key] = subject_fingerprint_key(
+                secret=secret, data_key=key.data_key
+            )
+        for copy in (candidate, *(candidate.copies or ())):
+            if copy is not candidate and (
+                copy.system or _lookup(copy).cache_key != _lookup(candidate).cache_key
+            ):
+                # Another subject, type or month: other content, whatever its key would be.
+                copy.fingerprint = _NO_FINGERPRINT
+                continue
+            copy.fingerprint = _fingerprint(
+                fingerprint_key,
+                copy.type,
+                copy.source,
+                copy.subject,
+                copy.occurred_text,
+                copy.severity,
+                copy.summary,
+                copy.details,
+                copy.encoded_details,
+            )
+
+
+_NO_FINGERPRINT = "-"  # matches no stored fingerprint (those are 64 hex digits)
+
+
+def _prepare(
+    primaries: list[_Candidate],
+    new: list[_Candidate],
+    receive_us: int,
+    *,
+    secret: bytes,
+    origin: SpanContext | None = None,
+) -> None:
+    _fingerprint_candidates(primaries, secret=secret)
+    _build_rows(new, receive_us, origin=origin)
 
 
 def _build_rows(candidates: list[_Candidate], receive_us: int, *, origin: SpanContext | None = None) -> None:

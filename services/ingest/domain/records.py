@@ -50,6 +50,9 @@ from services.ingest.domain.merkle import leaf_hash
 RECORD_FORMAT = "awareness.ingest.record.v1"
 PERSONAL_FORMAT = "awareness.ingest.personal.v1"
 FINGERPRINT_FORMAT = "awareness.ingest.fingerprint.v1"
+FINGERPRINT_KEY_FORMAT = b"awareness.ingest.fingerprint-key.v1\x00"
+NOTE_FORMAT = "awareness.ingest.label-note.v1"
+SEALED_NOTE_PREFIX = "sealed1:"
 DATA_KEY_BYTES = 32
 NONCE_BYTES = 12
 MIN_FINGERPRINT_SECRET_BYTES = 16
@@ -257,6 +260,43 @@ def open_personal(*, key: bytes, key_id: str, event_id: str, sealed: SealedPerso
     return fields
 
 
+def _note_aad(*, event_id: str, key_id: str) -> bytes:
+    return canonical_json({"event_id": event_id, "format": NOTE_FORMAT, "key_id": key_id})
+
+
+def seal_note(*, key: bytes, key_id: str, event_id: str, note: str) -> str:
+    """An analyst's label note sealed under the event's data key, as stored (text column).
+
+    Notes are personal data: sealed like the event's personal fields, bound to the event and key,
+    so erasing the subject's key makes them unreadable. The empty note stays empty.
+    """
+    if not note:
+        return ""
+    if len(key) != DATA_KEY_BYTES:
+        raise ValueError(f"data keys are {DATA_KEY_BYTES} bytes (AES-256), got {len(key)}")
+    nonce = os.urandom(NONCE_BYTES)
+    sealed = AESGCM(key).encrypt(nonce, note.encode("utf-8"), _note_aad(event_id=event_id, key_id=key_id))
+    return SEALED_NOTE_PREFIX + base64.b64encode(nonce + sealed).decode("ascii")
+
+
+def is_sealed_note(stored: str) -> bool:
+    return stored.startswith(SEALED_NOTE_PREFIX)
+
+
+def open_note(*, key: bytes, key_id: str, event_id: str, stored: str) -> str:
+    """Inverse of seal_note; TamperedRecordError if the note or the key does not match."""
+    if not stored:
+        return ""
+    try:
+        data = base64.b64decode(stored.removeprefix(SEALED_NOTE_PREFIX), validate=True)
+        plaintext = AESGCM(key).decrypt(
+            data[:NONCE_BYTES], data[NONCE_BYTES:], _note_aad(event_id=event_id, key_id=key_id)
+        )
+        return plaintext.decode("utf-8")
+    except (InvalidTag, ValueError, binascii.Error) as error:
+        raise TamperedRecordError(f"the label note of event {event_id} failed authentication") from error
+
+
 def _all_strings(fields: PersonalFields) -> bool:
     return (
         isinstance(fields.subject, str)
@@ -345,7 +385,7 @@ def decode_canonical_record(data: bytes) -> StoredRecord:
     return record
 
 
-def content_fingerprint(event: EventInput, *, secret: bytes) -> str:
+def content_fingerprint(event: EventInput, *, secret: bytes, data_key: bytes | None = None) -> str:
     """HMAC-SHA256 (hex) over the canonical content of a submitted, already validated event.
 
     Used for idempotency: a retried event_id with the same fingerprint gets the original receipt,
@@ -355,6 +395,8 @@ def content_fingerprint(event: EventInput, *, secret: bytes) -> str:
     severity = parse_severity(event.severity)
     if event.occurred_at is None or severity is None:
         raise ValueError("fingerprints are taken of validated events (occurred_at and severity set)")
+    if data_key is not None:  # client events: keyed with the subject's data key (system ones have none)
+        secret = subject_fingerprint_key(secret=secret, data_key=data_key)
     return fingerprint_fields(
         secret=secret,
         type=event.type,
@@ -365,6 +407,18 @@ def content_fingerprint(event: EventInput, *, secret: bytes) -> str:
         summary=event.summary,
         details=event.details,
     )
+
+
+def subject_fingerprint_key(*, secret: bytes, data_key: bytes) -> bytes:
+    """The fingerprint key of one subject data key: HMAC(secret, format || data key).
+
+    Shredded with the data key: once a subject is erased nobody, not even a holder of the server
+    secret and the database, can confirm a guess of the erased content from a stored fingerprint,
+    and a re-append under the same event id gets a new key, so right and wrong guesses both conflict.
+    """
+    if len(secret) < MIN_FINGERPRINT_SECRET_BYTES:
+        raise ValueError(f"the fingerprint secret must be at least {MIN_FINGERPRINT_SECRET_BYTES} bytes")
+    return hmac.digest(secret, FINGERPRINT_KEY_FORMAT + data_key, "sha256")
 
 
 def fingerprint_fields(
