@@ -6,11 +6,12 @@ Every failure is an UnauthenticatedError, which the app answers with 401 and a
 ``WWW-Authenticate`` challenge (RFC 6750); a key store that cannot be read is an
 UnavailableError (503, reason KEY_STORE_UNAVAILABLE), never a 500.
 
-Key records are cached in process for ``AWARENESS_GATEWAY_KEY_CACHE_SECONDS`` (30 s by
-default) so the hot path does not touch the store or the thread pool. The secret is still
-checked and the expiry still read on every request; a revocation reaches every replica
-within the cache lifetime, and keys already verified keep working through a store outage
-of that length. Concurrent first requests for one key share a single store read.
+Key records are cached in process for ``AWARENESS_GATEWAY_KEY_CACHE_SECONDS`` (5 s by
+default, and never longer) so the hot path reads the store at most once per key per 5 s.
+The secret is still checked and the expiry still read on every request; a revocation
+reaches every replica within the cache lifetime, so within 5 s, and keys already verified
+keep working through a store outage of that length. Concurrent first requests for one key
+share a single store read.
 """
 
 from __future__ import annotations
