@@ -3,7 +3,8 @@
 Bindings follow google/api/http.proto: path variables first, then the body (``*`` or one
 top-level field), then query parameters for every field neither binds. Parsing is strict:
 duplicate JSON keys, unknown fields and unknown query parameters are refused with the
-offending field named, never silently dropped.
+offending field named, never silently dropped. JSON nested deeper than MAX_JSON_DEPTH is
+refused before any recursive walk can overflow the stack.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ _OPAQUE_JSON = _WELL_KNOWN_SCALARS | {
     "google.protobuf.ListValue",
     "google.protobuf.Empty",
 }
+# Deeper JSON would reach the recursion limits of json_format and of the unknown-field
+# check; no contract message needs more than a few levels.
+MAX_JSON_DEPTH = 64
 _PARSE_CHAIN = re.compile(r"Failed to parse ([A-Za-z0-9_]+) field")
 _PARSE_LOCATION = re.compile(r" at \"?([A-Za-z0-9_.\[\]]+?)\"?\.*$")
 
@@ -66,16 +70,39 @@ def _refuse_constant(name: str) -> Any:
     raise RequestError("", f"{name} is not valid JSON")
 
 
+def _too_deep() -> RequestError:
+    return RequestError("body", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+
+
+def _check_depth(value: Any) -> None:
+    """Iteratively, so the check itself cannot overflow the stack."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise _too_deep()
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+
+
 def strict_json_loads(raw: bytes) -> Any:
-    """Parse a JSON document, refusing duplicate keys and NaN/Infinity literals."""
+    """Parse a JSON document, refusing duplicate keys, NaN/Infinity literals and deep nesting."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RequestError("", "request body is not UTF-8") from exc
     try:
-        return json.loads(text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant)
+        value = json.loads(text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise RequestError("", f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except RecursionError as exc:  # deeper than the parser's own stack allows
+        raise _too_deep() from exc
+    # Fewer brackets than the limit cannot nest past it: the walk is skipped on most bodies.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:
+        _check_depth(value)
+    return value
 
 
 def _field_by_json_key(
