@@ -30,11 +30,15 @@ from services.ingest.domain.records import (
     SealedPersonal,
     StoredRecord,
     canonical_record_bytes,
+    is_sealed_note,
+    open_note,
     open_personal,
+    seal_note,
 )
 from services.ingest.keys import ERASED, SubjectKey, SubjectKeys
 from services.ingest.models import EventRecord
 from services.ingest.repository import DatabaseNodeStore, EventFilter, StoredEvent, from_us, to_us
+from services.runtime import auth
 from services.runtime.db import run_db, transaction
 from services.runtime.errors import (
     DependencyUnavailableError,
@@ -78,6 +82,15 @@ def is_system_record(record: EventRecord) -> bool:
     return not record.key_id and record.system_payload is not None
 
 
+READ_PERSONAL = "events:read_personal"
+
+
+def may_read_personal() -> bool:
+    """Whether this call's principal gets decrypted personal fields (else the pseudonymous view)."""
+    principal = auth.current_principal()
+    return principal is not None and principal.has(READ_PERSONAL)
+
+
 class EventReader:
     def __init__(
         self,
@@ -109,6 +122,8 @@ class EventReader:
         end_us = timestamp_to_us(request.end_time) if request.HasField("end_time") else None
         pseudonym = request.subject_pseudonym
         if request.subject:
+            # Resolving an identifier to its pseudonym re-identifies the pseudonymous view.
+            auth.require_permission(READ_PERSONAL)
             found = await self._subject_pseudonym(request.subject)
             if found is None or (pseudonym and pseudonym != found):
                 # Nobody by that identifier (unknown or erased), or another person than the pseudonym
@@ -175,13 +190,15 @@ class EventReader:
                 reason="NOTHING_TO_LABEL",
             )
 
+        note = await self._seal_note(event_id, request.note) if request.label and request.note else ""
+
         def write() -> bool:
             with self._gate, transaction(self._sessions) as session:
                 return repository.label_event(
                     session,
                     event_id=event_id,
                     label=int(request.label),
-                    note=request.note,
+                    note=note,
                     triage_state=int(request.triage_state),
                     labeled_by=labeled_by,
                     now_us=to_us(_now()),
@@ -191,6 +208,31 @@ class EventReader:
             raise NotFoundError(f"event {event_id} not found", reason="EVENT_NOT_FOUND")
         return await self.get_event(request.name)
 
+    async def _seal_note(self, event_id: str, note: str) -> str:
+        """The note sealed under the event's data key: notes about a person are personal data."""
+
+        def query() -> EventRecord | None:
+            with self._sessions() as session:
+                return repository.record_by_event(session, event_id=event_id)
+
+        record = await run_db(query)
+        if record is None:
+            raise NotFoundError(f"event {event_id} not found", reason="EVENT_NOT_FOUND")
+        if is_system_record(record):
+            raise InvalidArgumentError(
+                "system events carry no personal data and take no note",
+                reason="NOTE_NOT_ALLOWED",
+                violations=[FieldViolation("note", "must be empty for system events")],
+            )
+        keys = await self._keys.unwrap([(record.subject_pseudonym, record.key_period)])
+        key = keys.get((record.subject_pseudonym, record.key_period))
+        if not isinstance(key, SubjectKey):
+            raise FailedPreconditionError(
+                "the event's personal data was erased; a note about it cannot be kept",
+                reason="PERSONAL_DATA_ERASED",
+            )
+        return seal_note(key=key.data_key, key_id=record.key_id, event_id=event_id, note=note)
+
     async def _load(self, event_ids: Sequence[str]) -> list[ingest_pb2.Event]:
         def query() -> tuple[dict[str, StoredEvent], dict[str, ingest_pb2.Receipt]]:
             with self._sessions() as session:
@@ -199,21 +241,30 @@ class EventReader:
 
         stored, receipts = await run_db(query)
         ordered = [stored[event_id] for event_id in event_ids if event_id in stored]
-        personal = await self._open([event.record for event in ordered])
-        return [
-            event_message(
+        personal = await self._open([event.record for event in ordered], personal=may_read_personal())
+        messages = []
+        for event in ordered:
+            fields, state, key = personal[event.record.event_id]
+            message = event_message(
                 record=event.record,
                 metadata=event.metadata,
                 receipt=receipts[event.record.event_id],
-                personal=personal[event.record.event_id][0],
-                state=personal[event.record.event_id][1],
+                personal=fields,
+                state=state,
             )
-            for event in ordered
-        ]
+            message.metadata.label_note = _note(event, key, state)
+            messages.append(message)
+        return messages
 
-    async def _open(self, records: Sequence[EventRecord]) -> dict[str, tuple[PersonalFields | None, int]]:
-        """Decrypted personal fields and their state per event id."""
-        result: dict[str, tuple[PersonalFields | None, int]] = {}
+    async def _open(
+        self, records: Sequence[EventRecord], *, personal: bool = True
+    ) -> dict[str, tuple[PersonalFields | None, int, SubjectKey | None]]:
+        """Decrypted personal fields, their state and the key that opened them, per event id.
+
+        Without `personal` (a caller lacking events:read_personal) nothing is decrypted and gdpr is
+        not asked: the pseudonymous view.
+        """
+        result: dict[str, tuple[PersonalFields | None, int, SubjectKey | None]] = {}
         sealed = [record for record in records if not is_system_record(record)]
         for record in records:
             if is_system_record(record):
@@ -223,14 +274,19 @@ class EventReader:
                         subject="", summary=payload.get("summary", ""), details=payload.get("details", {})
                     ),
                     PersonalDataState.PERSONAL_DATA_STATE_AVAILABLE,
+                    None,
                 )
         if not sealed:
+            return result
+        if not personal:
+            for record in sealed:
+                result[record.event_id] = (None, PersonalDataState.PERSONAL_DATA_STATE_WITHHELD, None)
             return result
         try:
             keys = await self._keys.unwrap([(r.subject_pseudonym, r.key_period) for r in sealed])
         except (DependencyUnavailableError, FailedPreconditionError):
             for record in sealed:
-                result[record.event_id] = (None, PersonalDataState.PERSONAL_DATA_STATE_UNAVAILABLE)
+                result[record.event_id] = (None, PersonalDataState.PERSONAL_DATA_STATE_UNAVAILABLE, None)
             return result
         for record in sealed:
             key = keys.get((record.subject_pseudonym, record.key_period))
@@ -241,11 +297,11 @@ class EventReader:
                     event_id=record.event_id,
                     sealed=SealedPersonal(nonce=bytes(record.nonce), ciphertext=bytes(record.ciphertext)),
                 )
-                result[record.event_id] = (fields, PersonalDataState.PERSONAL_DATA_STATE_AVAILABLE)
+                result[record.event_id] = (fields, PersonalDataState.PERSONAL_DATA_STATE_AVAILABLE, key)
             elif key == ERASED:
-                result[record.event_id] = (None, PersonalDataState.PERSONAL_DATA_STATE_ERASED)
+                result[record.event_id] = (None, PersonalDataState.PERSONAL_DATA_STATE_ERASED, None)
             else:
-                result[record.event_id] = (None, PersonalDataState.PERSONAL_DATA_STATE_UNAVAILABLE)
+                result[record.event_id] = (None, PersonalDataState.PERSONAL_DATA_STATE_UNAVAILABLE, None)
         return result
 
     # --- receipts, checkpoints, proofs ----------------------------------------------------------
@@ -524,6 +580,21 @@ def scoring_input(
             failed_logins_24h=history.failed_logins_24h,
             seconds_since_previous_event=history.seconds_since_previous_event,
         ),
+    )
+
+
+def _note(event: StoredEvent, key: SubjectKey | None, state: int) -> str:
+    """The label note as the caller may read it: opened with the event's key, else empty."""
+    stored = event.metadata.label_note
+    if not stored or state != PersonalDataState.PERSONAL_DATA_STATE_AVAILABLE:
+        return ""
+    if not is_sealed_note(stored):
+        # Written before notes were sealed: shown to readers of personal data while the key lives.
+        return stored if key is not None else ""
+    if key is None:
+        return ""
+    return open_note(
+        key=key.data_key, key_id=event.record.key_id, event_id=event.record.event_id, stored=stored
     )
 
 
