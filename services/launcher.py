@@ -18,9 +18,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.runtime.config import (
     ALL_PROCESSES,
+    DEFAULT_GATEWAY_ADMIN_PORT,
     DEFAULT_GATEWAY_PORT,
     DEFAULT_GRPC_PORTS,
     DEFAULT_METRICS_PORTS,
+    GATEWAY_ADMIN_PORT_VAR,
     SERVICE_NAMES,
     ensure_dev_secret,
 )
@@ -151,8 +153,10 @@ def run_suite(*, data_dir: str | None, gateway_port: int | None, ready_timeout: 
             if pending:
                 time.sleep(0.3)
         print(f"awareness: all services healthy. Gateway: http://127.0.0.1:{port}", flush=True)
+        admin_port = env.get(GATEWAY_ADMIN_PORT_VAR) or DEFAULT_GATEWAY_ADMIN_PORT
         print(
-            f"  OpenAPI: http://127.0.0.1:{port}/openapi.json   metrics: http://127.0.0.1:{port}/metrics",
+            f"  OpenAPI: http://127.0.0.1:{port}/openapi.json   "
+            f"metrics (admin port): http://127.0.0.1:{admin_port}/metrics",
             flush=True,
         )
         print("  create an API key: .venv/bin/awareness keys create --name me --role admin", flush=True)

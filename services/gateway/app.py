@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -627,8 +628,6 @@ def create_gateway(settings: Settings, *, tracer: trace.Tracer | None = None) ->
         routes=[
             Route("/health/live", live, methods=["GET"]),
             Route("/health/ready", ready, methods=["GET"]),
-            Route("/health/dependencies", dependencies, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/v1/timestamp", timestamp, methods=["POST"]),
             Route("/v1/integrations/gophish", gophish_webhook, methods=["POST"]),
@@ -639,7 +638,24 @@ def create_gateway(settings: Settings, *, tracer: trace.Tracer | None = None) ->
         lifespan=lifespan,
     )
     app.state.gateway = state
+    app.state.admin = create_admin_app(state)
     return app
+
+
+def create_admin_app(state: GatewayState) -> Starlette:
+    """/metrics and /health/dependencies, on the admin port only: the ingress never routes to it and
+    the NetworkPolicy opens it to Prometheus alone. The probes answer here too. Shares the public app's
+    state, whose lifespan closes it."""
+    admin = Starlette(
+        routes=[
+            Route("/health/live", live, methods=["GET"]),
+            Route("/health/ready", ready, methods=["GET"]),
+            Route("/health/dependencies", dependencies, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ]
+    )
+    admin.state.gateway = state
+    return admin
 
 
 def run_gateway(settings: Settings) -> None:
@@ -651,7 +667,7 @@ def run_gateway(settings: Settings) -> None:
     configure_tracing(service="gateway", exporter=settings.traces_exporter)
     app = create_gateway(settings)
     config = load_gateway_config(settings)
-    uvicorn_config = uvicorn.Config(
+    public = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.grpc_port,
@@ -666,7 +682,49 @@ def run_gateway(settings: Settings) -> None:
         limit_concurrency=config.max_concurrency,
         h11_max_incomplete_event_size=16 * 1024,
     )
+    servers = [_Server(public)]
+    if config.admin_port:
+        admin = uvicorn.Config(
+            app.state.admin,
+            host=settings.host,
+            port=config.admin_port,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+            limit_concurrency=16,
+        )
+        servers.append(_Server(admin))
     try:
-        uvicorn.Server(uvicorn_config).run()
+        asyncio.run(_serve_all(servers))
     finally:
         shutdown_tracing()
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to ``_serve_all`` (two servers share one loop)."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _serve_all(servers: list[_Server]) -> None:
+    """Run the public and admin servers; SIGTERM/SIGINT or either one stopping stops both."""
+
+    def stop() -> None:
+        for server in servers:
+            server.should_exit = True
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop)
+    tasks = [asyncio.create_task(server.serve()) for server in servers]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        stop()
+        await asyncio.gather(*tasks)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.runtime.config import (
+    DEFAULT_GATEWAY_ADMIN_PORT,
+    GATEWAY_ADMIN_PORT_VAR,
     ConfigError,
     Settings,
     env_float,
@@ -51,6 +53,8 @@ class GatewayConfig:
     method_timeouts: dict[str, float]
     key_cache_seconds: float = KEY_CACHE_SECONDS_DEFAULT
     key_cache_entries: int = 10_000
+    # /metrics and /health/dependencies listen on this port only (0: not served at all).
+    admin_port: int = DEFAULT_GATEWAY_ADMIN_PORT
     rate_auth_failures_per_min: int = 60
 
     @property
@@ -89,6 +93,7 @@ def load_gateway_config(settings: Settings) -> GatewayConfig:
         # longest a revocation takes to reach this replica (0 turns the cache off).
         key_cache_seconds=env_float(env, KEY_CACHE_SECONDS_VAR, KEY_CACHE_SECONDS_DEFAULT, minimum=0.0),
         key_cache_entries=env_int(env, "AWARENESS_GATEWAY_KEY_CACHE_ENTRIES", 10_000, minimum=0),
+        admin_port=env_int(env, GATEWAY_ADMIN_PORT_VAR, DEFAULT_GATEWAY_ADMIN_PORT),
         # Failed authentications per client address, a bucket of their own (0 = off).
         rate_auth_failures_per_min=env_int(env, "AWARENESS_GATEWAY_RATE_AUTH_FAILURES_PER_MIN", 60),
     )

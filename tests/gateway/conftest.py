@@ -192,6 +192,13 @@ async def open_harness(tmp_path: Path, backend: str, seen: Seen, **extra: str) -
     return Harness(client=client, app=app, seen=seen, tmp_path=tmp_path, env=env)
 
 
+async def admin_get(harness: Harness, path: str) -> httpx.Response:
+    """GET on the gateway's admin app: /metrics and /health/dependencies are not on the public port."""
+    transport = httpx.ASGITransport(app=harness.app.state.admin)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway-admin.test") as admin:
+        return await admin.get(path)
+
+
 async def close_harness(harness: Harness) -> None:
     await harness.client.aclose()
     await harness.app.state.gateway.close()

@@ -19,6 +19,7 @@ from tests.gateway.conftest import (
     GOPHISH_SECRET,
     Harness,
     Seen,
+    admin_get,
     bearer,
     close_harness,
     create_key,
@@ -567,12 +568,12 @@ async def test_health_endpoints_and_metrics(gateway: Harness) -> None:
     assert (await gateway.client.get("/health/live")).status_code == 200
     ready = await gateway.client.get("/health/ready")
     assert ready.status_code == 200, ready.text
-    dependencies = (await gateway.client.get("/health/dependencies")).json()
+    dependencies = (await admin_get(gateway, "/health/dependencies")).json()
     assert dependencies["ingest"] == {"health": "SERVING", "breaker": "closed"}
     assert dependencies["key_store"]["health"] == "SERVING"
     assert dependencies["rate_limiter"]["backend"] == "in-process"
     await gateway.client.get("/v1/events")
-    text = (await gateway.client.get("/metrics")).text
+    text = (await admin_get(gateway, "/metrics")).text
     assert 'awareness_gateway_http_requests_total{method="GET",route="/v1/events",status="401"}' in text
     assert "awareness_gateway_http_request_duration_seconds_bucket" in text
 
@@ -586,7 +587,7 @@ async def test_ready_stays_200_when_a_backend_is_down_and_names_it(tmp_path: Pat
         response = await harness.client.get("/health/ready")
         assert response.status_code == 200
         assert "ingest" in response.json()["degraded_backends"]
-        dependencies = (await harness.client.get("/health/dependencies")).json()
+        dependencies = (await admin_get(harness, "/health/dependencies")).json()
         assert dependencies["ingest"]["health"].startswith("UNREACHABLE")
     finally:
         await close_harness(harness)

@@ -19,7 +19,15 @@ from services.gateway.domain.ratelimit import InProcessLimiter, Scope, ScopeStat
 from services.gateway.ratelimit import RedisRateLimiter
 from services.runtime.clients import new_breaker
 from tests.conftest import free_port
-from tests.gateway.conftest import Seen, bearer, close_harness, create_key, open_harness, status_reason
+from tests.gateway.conftest import (
+    Seen,
+    admin_get,
+    bearer,
+    close_harness,
+    create_key,
+    open_harness,
+    status_reason,
+)
 
 EVENTS = "/v1/events"
 GOPHISH = "/v1/integrations/gophish"
@@ -194,17 +202,17 @@ async def test_gateway_limits_through_redis_then_falls_back_when_it_stops(
     try:
         key = create_key(harness.env, "analyst")
         assert (await harness.client.get(EVENTS, headers=bearer(key))).status_code == 200
-        dependencies = (await harness.client.get("/health/dependencies")).json()
+        dependencies = (await admin_get(harness, "/health/dependencies")).json()
         assert dependencies["rate_limiter"] == {"backend": "redis", "degraded": False, "breaker": "closed"}
         proc.kill()  # our own redis-server, by pid
         proc.wait(timeout=10)
         # Redis is gone: the in-process fallback starts empty and still enforces the limit.
         statuses = [(await harness.client.get(EVENTS, headers=bearer(key))).status_code for _ in range(4)]
         assert statuses == [200, 200, 200, 429]
-        dependencies = (await harness.client.get("/health/dependencies")).json()
+        dependencies = (await admin_get(harness, "/health/dependencies")).json()
         assert dependencies["rate_limiter"]["degraded"] is True
         assert dependencies["rate_limiter"]["breaker"] == "open"
-        metrics = (await harness.client.get("/metrics")).text
+        metrics = (await admin_get(harness, "/metrics")).text
         assert "awareness_gateway_ratelimit_fallback_total 4.0" in metrics
         assert 'awareness_gateway_ratelimit_rejections_total{scope="principal"} 1.0' in metrics
     finally:
@@ -241,7 +249,7 @@ async def test_gateway_429_with_headers_against_real_redis(
         # Another principal from the same IP is not affected by alice's limit.
         other = create_key(harness.env, "analyst")
         assert (await harness.client.get(EVENTS, headers=bearer(other))).status_code == 200
-        metrics = (await harness.client.get("/metrics")).text
+        metrics = (await admin_get(harness, "/metrics")).text
         assert 'awareness_gateway_ratelimit_rejections_total{scope="principal"} 1.0' in metrics
         assert "awareness_gateway_ratelimit_fallback_total 0.0" in metrics
     finally:
@@ -300,7 +308,7 @@ async def test_failed_authentication_has_its_own_bucket_in_redis(
     )
     try:
         await _flood_then_valid(harness)
-        metrics = (await harness.client.get("/metrics")).text
+        metrics = (await admin_get(harness, "/metrics")).text
         assert "awareness_gateway_ratelimit_fallback_total 0.0" in metrics  # Redis decided, not the fallback
         assert 'awareness_gateway_ratelimit_rejections_total{scope="auth_failures"} 4.0' in metrics
     finally:

@@ -237,12 +237,14 @@ class ProcessSuite:
     grpc_ports: dict[str, int] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
     gateway_port: int = 0
+    gateway_admin_port: int = 0
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.grpc_ports = self.grpc_ports or {s: free_port() for s in SERVICES}
         self.metrics_ports = self.metrics_ports or {s: free_port() for s in SERVICES}
         self.gateway_port = self.gateway_port or free_port()
+        self.gateway_admin_port = self.gateway_admin_port or free_port()
         self.data_dir = self.data_dir.resolve()
 
     # environment ------------------------------------------------------------------------
@@ -254,6 +256,7 @@ class ProcessSuite:
         env = {**keep, **self.tuning, **self.extra_env}
         env["AWARENESS_DATA_DIR"] = str(self.data_dir)
         env["AWARENESS_GATEWAY_PORT"] = str(self.gateway_port)
+        env["AWARENESS_GATEWAY_ADMIN_PORT"] = str(self.gateway_admin_port)
         for service in SERVICES:
             env[f"AWARENESS_{service.upper()}_TARGET"] = f"127.0.0.1:{self.grpc_ports[service]}"
             env[f"AWARENESS_{service.upper()}_METRICS_PORT"] = str(self.metrics_ports[service])
@@ -284,7 +287,7 @@ class ProcessSuite:
 
     def metrics_url(self, service: str) -> str:
         if service == "gateway":
-            return f"{self.gateway_url}/metrics"
+            return f"http://127.0.0.1:{self.gateway_admin_port}/metrics"  # the admin port, not the API's
         return f"http://127.0.0.1:{self.metrics_ports[service]}/metrics"
 
     def log_path(self, service: str) -> Path:

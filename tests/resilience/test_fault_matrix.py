@@ -350,7 +350,9 @@ def test_redis_down_gateway_limits_in_process_and_counts_the_fallback(fault_suit
 
     def during(load: BackgroundLoad, down_at: float) -> dict[str, Any]:
         time.sleep(1.0)
-        status, body = http_json("GET", f"{fs.suite.gateway_url}/health/dependencies", api_key=fs.api_key)
+        status, body = http_json(
+            "GET", f"http://127.0.0.1:{fs.suite.gateway_admin_port}/health/dependencies", api_key=fs.api_key
+        )
         return {"dependencies": (status, body)}
 
     episode = run_episode(fs, stop=fs.redis_down, start=fs.redis_up, during=during)

@@ -351,19 +351,8 @@ def _extra_paths(builder: SchemaBuilder) -> dict[str, Any]:
         "/health/ready": health_op(
             "health_ready", "200 only when the gateway can serve: key store and backends", may_fail=True
         ),
-        "/health/dependencies": health_op("health_dependencies", "Each backend's gRPC health and breaker"),
+        # /metrics and /health/dependencies are served on the admin port only, not by this API.
         "/openapi.json": health_op("openapi", "This document"),
-        "/metrics": {
-            "get": {
-                "operationId": "metrics",
-                "tags": ["health"],
-                "summary": "Prometheus metrics",
-                "security": [],
-                "responses": {
-                    "200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
-                },
-            }
-        },
         "/v1/timestamp": {
             "post": {
                 "operationId": "SigningService_Timestamp",
