@@ -460,7 +460,7 @@ async def gophish_webhook(request: Request) -> Response:
     if not decision.allowed:
         return _too_many(decision)
     try:
-        mapped = gophish.map_event(strict_json_loads(body))
+        mapped = gophish.map_event(strict_json_loads(body), id_key=gophish.event_id_key(secret))
     except RequestError as exc:
         return _request_error(exc, headers)
     except gophish.WebhookError as exc:

@@ -19,6 +19,7 @@ PAYLOAD = {
     "time": "2024-02-03T04:05:06Z",
     "message": "Email Reported",
 }
+ID_KEY = gophish.event_id_key(b"w" * 32)
 
 
 @pytest.mark.parametrize(
@@ -32,7 +33,7 @@ PAYLOAD = {
     ],
 )
 def test_gophish_events_map_to_awareness_types(message: str, event_type: str) -> None:
-    mapped = gophish.map_event({**PAYLOAD, "message": message})
+    mapped = gophish.map_event({**PAYLOAD, "message": message}, id_key=ID_KEY)
     assert mapped is not None
     assert mapped.type == event_type
     assert mapped.subject == "eve@example.org"
@@ -40,11 +41,27 @@ def test_gophish_events_map_to_awareness_types(message: str, event_type: str) ->
 
 
 def test_event_id_is_stable_for_redelivery_and_differs_per_event() -> None:
-    first = gophish.map_event(PAYLOAD)
-    again = gophish.map_event(dict(PAYLOAD))
-    other = gophish.map_event({**PAYLOAD, "time": "2024-02-03T04:05:07Z"})
+    first = gophish.map_event(PAYLOAD, id_key=ID_KEY)
+    again = gophish.map_event(dict(PAYLOAD), id_key=ID_KEY)
+    other = gophish.map_event({**PAYLOAD, "time": "2024-02-03T04:05:07Z"}, id_key=ID_KEY)
     assert first is not None and again is not None and other is not None
     assert first.event_id == again.event_id != other.event_id
+
+
+def test_event_id_is_keyed_by_the_webhook_secret_not_a_public_namespace() -> None:
+    import uuid
+
+    mapped = gophish.map_event(PAYLOAD, id_key=ID_KEY)
+    other_secret = gophish.map_event(PAYLOAD, id_key=gophish.event_id_key(b"x" * 32))
+    assert mapped is not None and other_secret is not None
+    assert mapped.event_id != other_secret.event_id
+    # The id the gateway derived before: a UUIDv5 anyone could recompute from a guessed address.
+    public = uuid.uuid5(
+        uuid.UUID("6f2b1c0e-3d4a-5b6c-8d7e-9f0a1b2c3d4e"),
+        "\n".join(("3", "eve@example.org", "Email Reported", "2024-02-03T04:05:06Z")),
+    )
+    assert mapped.event_id != str(public)
+    assert uuid.UUID(mapped.event_id).version == 8 and uuid.UUID(mapped.event_id).variant == uuid.RFC_4122
 
 
 @pytest.mark.parametrize(
@@ -58,7 +75,7 @@ def test_event_id_is_stable_for_redelivery_and_differs_per_event() -> None:
 )
 def test_bad_gophish_payloads_name_the_field(payload: dict[str, object], field: str) -> None:
     with pytest.raises(gophish.WebhookError) as caught:
-        gophish.map_event(payload)
+        gophish.map_event(payload, id_key=ID_KEY)
     assert caught.value.field == field
 
 

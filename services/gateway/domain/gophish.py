@@ -1,9 +1,12 @@
 """GoPhish webhooks: signature check and mapping to Awareness events.
 
 GoPhish signs the raw body: ``X-Gophish-Signature: sha256=<hex HMAC-SHA256(secret, body)>``.
-Its events carry no id, so the event id is a UUIDv5 over (campaign, e-mail, message,
-time): a re-delivered event gets the same id, and ingest's idempotent append answers with
-the original receipt instead of a duplicate.
+Its events carry no id, so the event id is derived from (campaign, e-mail, message, time):
+a re-delivered event gets the same id, and ingest's idempotent append answers with the
+original receipt instead of a duplicate. The id is keyed (HMAC-SHA256 under a key derived
+from the webhook secret, which every gateway replica shares), never a hash under a public
+namespace: whoever knows a campaign and a time could otherwise test a guessed e-mail
+address against a stored event id, even after that person's erasure.
 """
 
 from __future__ import annotations
@@ -18,8 +21,7 @@ from google.protobuf import timestamp_pb2
 
 SIGNATURE_HEADER: Final = "x-gophish-signature"
 SOURCE: Final = "gophish"
-# A fixed namespace so every gateway replica derives the same ids.
-EVENT_NAMESPACE: Final = uuid.UUID("6f2b1c0e-3d4a-5b6c-8d7e-9f0a1b2c3d4e")
+EVENT_ID_KEY_LABEL: Final = b"awareness.gateway.gophish.event-id.v1"
 
 # GoPhish message -> (Awareness event type, severity name).
 EVENT_TYPES: Final[dict[str, tuple[str, str]]] = {
@@ -38,6 +40,19 @@ class WebhookError(ValueError):
         super().__init__(f"{field}: {description}")
         self.field = field
         self.description = description
+
+
+def event_id_key(secret: bytes) -> bytes:
+    """The event-id key of a webhook secret (domain-separated from the signature key)."""
+    return hmac.digest(secret, EVENT_ID_KEY_LABEL, "sha256")
+
+
+def keyed_event_id(key: bytes, *parts: str) -> str:
+    """A UUID (RFC 9562 version 8) from HMAC-SHA256(key, parts joined by newlines)."""
+    digest = bytearray(hmac.digest(key, "\n".join(parts).encode("utf-8"), "sha256")[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x80  # version 8: custom
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC variant
+    return str(uuid.UUID(bytes=bytes(digest)))
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -82,8 +97,11 @@ def _text(payload: dict[str, Any], name: str) -> str:
     return value.strip()
 
 
-def map_event(payload: Any) -> MappedEvent | None:
-    """The Awareness event for a GoPhish event, or None for events Awareness does not record."""
+def map_event(payload: Any, *, id_key: bytes) -> MappedEvent | None:
+    """The Awareness event for a GoPhish event, or None for events Awareness does not record.
+
+    `id_key` is event_id_key(webhook secret).
+    """
     if not isinstance(payload, dict):
         raise WebhookError("", "payload must be a JSON object")
     message = _text(payload, "message")
@@ -101,9 +119,8 @@ def map_event(payload: Any) -> MappedEvent | None:
     except ValueError as exc:
         raise WebhookError("time", "time must be an RFC 3339 timestamp with a timezone") from exc
     event_type, severity = mapping
-    event_id = uuid.uuid5(EVENT_NAMESPACE, "\n".join((str(campaign), email, message, raw_time)))
     return MappedEvent(
-        event_id=str(event_id),
+        event_id=keyed_event_id(id_key, str(campaign), email, message, raw_time),
         type=event_type,
         severity=severity,
         subject=email,
