@@ -39,6 +39,11 @@ SECURITY_HEADERS: Final = (
 )
 NO_STORE: Final = (b"cache-control", b"no-store")
 ROUTE_KEY: Final = "awareness_route"
+# Metric labels and span names come from closed sets: the method from this list (else
+# "other"), the route from the templates the app marks (else "unmatched"), never the path.
+KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD: Final = "other"
+UNMATCHED: Final = "unmatched"
 
 
 class BodyTooLargeError(Exception):
@@ -91,7 +96,7 @@ class EdgeMiddleware:
         started = time.perf_counter()
         scope.setdefault("state", {})
         status_holder: dict[str, Any] = {"status": 500, "started": False}
-        method = str(scope.get("method", ""))
+        method = method_label(scope)
         parent = propagate.extract(carrier=_header_carrier(scope))
         with self.tracer.start_as_current_span(
             method,
@@ -208,9 +213,14 @@ class EdgeMiddleware:
 
     def _observe(self, scope: Scope, holder: dict[str, Any], started: float) -> None:
         route = _route(scope)
-        method = scope.get("method", "")
+        method = method_label(scope)
         self.requests_total.labels(route, method, str(holder["status"])).inc()
         self.duration_seconds.labels(route, method).observe(time.perf_counter() - started)
+
+
+def method_label(scope: Scope) -> str:
+    method = str(scope.get("method", ""))
+    return method if method in KNOWN_METHODS else OTHER_METHOD
 
 
 def _header_carrier(scope: Scope) -> dict[str, str]:
@@ -224,7 +234,7 @@ def _header_carrier(scope: Scope) -> dict[str, str]:
 
 def _finish_span(span: trace.Span, scope: Scope, method: str, status: int) -> None:
     route = _route(scope)
-    if route != "unmatched":
+    if route != UNMATCHED:
         span.update_name(f"{method} {route}")
         span.set_attribute("http.route", route)
     span.set_attribute("http.status_code", status)
@@ -235,7 +245,7 @@ def _finish_span(span: trace.Span, scope: Scope, method: str, status: int) -> No
 def _route(scope: Scope) -> str:
     state = scope.get("state") or {}
     route = state.get(ROUTE_KEY)
-    return str(route) if route else "unmatched"
+    return str(route) if route else UNMATCHED
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -28,9 +28,10 @@ from services.runtime.errors import (
     UnavailableError,
     UnimplementedError,
 )
-from services.runtime.metrics import ServiceMetrics
+from services.runtime.metrics import ServiceMetrics, grpc_method_label
 from services.runtime.protos import UNDECLARED, required_permission
 from services.runtime.tracing import extract_context
+from services.runtime.validation import check_request
 
 log = logging.getLogger("awareness.rpc")
 
@@ -58,8 +59,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         metrics: ServiceMetrics,
         internal_secret: bytes,
         permission_for: PermissionLookup | None = None,
+        validated_fields: frozenset[str] = frozenset(),
     ) -> None:
         self._service = service
+        self._validated_fields = validated_fields
         self._metrics = metrics
         self._secret = internal_secret
         self._permission_for = permission_for or required_permission
@@ -107,6 +110,18 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             auth.require_permission(permission, principal)
         return principal
 
+    def _checked(self, request: Any) -> Any:
+        """The request after the generic check (services.runtime.validation); a stream checks each message."""
+        if isinstance(request, Message):
+            check_request(request, skip=self._validated_fields)
+            return request
+        return self._checked_stream(request)
+
+    async def _checked_stream(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for request in requests:
+            check_request(request, skip=self._validated_fields)
+            yield request
+
     def _start(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> tuple[Any, Any]:
         carrier = {k: v for k, v in _metadata(context) if isinstance(v, str)}
         parent = extract_context(carrier)
@@ -147,8 +162,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         code = context.code()
         name = code.name if isinstance(code, grpc.StatusCode) else "OK" if code in (None, 0) else str(code)
         elapsed = time.perf_counter() - started
-        self._metrics.requests.labels(method, name).inc()
-        self._metrics.latency.labels(method).observe(elapsed)
+        label = grpc_method_label(method)
+        self._metrics.requests.labels(label, name).inc()
+        self._metrics.latency.labels(label).observe(elapsed)
         log.debug("rpc", extra={"method": method, "code": name, "duration_ms": round(elapsed * 1000, 3)})
 
     def _wrap_unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
@@ -158,7 +174,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             principal_token = None
             try:
                 principal_token = auth.set_current_principal(self._authenticate(method, context))
-                result = behavior(request, context)
+                result = behavior(self._checked(request), context)
                 if inspect.isawaitable(result):
                     result = await result
                 return result
@@ -183,7 +199,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             principal_token = None
             try:
                 principal_token = auth.set_current_principal(self._authenticate(method, context))
-                result = behavior(request, context)
+                result = behavior(self._checked(request), context)
                 if inspect.isawaitable(result):
                     result = await result
                 if hasattr(result, "__aiter__"):

@@ -6,6 +6,7 @@ global one) lets tests run several services in one process without collisions.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,20 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
+# Label value for anything outside a closed set: a label never carries caller-chosen text,
+# so callers can neither blow up the series count nor smuggle data into /metrics.
+OTHER = "other"
+_LABELLED_PREFIXES = ("/grpc.health.v1.",)
+
+
+@functools.lru_cache(maxsize=1024)
+def grpc_method_label(method: str) -> str:
+    """The method as a label if the contracts (or gRPC health) define it, else ``other``."""
+    from services.runtime.protos import find_method  # the descriptor pool, loaded lazily
+
+    if method.startswith(_LABELLED_PREFIXES) or find_method(method) is not None:
+        return method
+    return OTHER
 
 
 @dataclass

@@ -1,0 +1,61 @@
+"""The runtime's gRPC metrics label a method only from the contracts' method table."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from services.runtime import auth
+from services.runtime.config import load_settings
+from services.runtime.metrics import OTHER
+from services.runtime.server import ServiceApp, build_context, create_server
+from tests.conftest import INTERNAL_SECRET
+
+KNOWN = "/awareness.ingest.v1.IngestService/GetEvent"
+
+
+class CatchAll(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """Serves any method name: the worst case for a label taken from the call."""
+
+    def service(self, handler_call_details: Any) -> Any:
+        async def echo(request: bytes, _context: Any) -> bytes:
+            return request
+
+        return grpc.unary_unary_rpc_method_handler(echo)
+
+
+async def test_unknown_method_names_are_labelled_other(tmp_path: Path) -> None:
+    settings = load_settings(
+        "test", {"AWARENESS_DATA_DIR": str(tmp_path), "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode()}
+    )
+    context = build_context(settings, with_database=False)
+    app = ServiceApp(
+        name="test", service_names=[], register=lambda s: s.add_generic_rpc_handlers((CatchAll(),))
+    )
+    server, health, port = create_server(app, context, port=0)
+    await server.start()
+    token = uuid.uuid4().hex
+    unknown = [f"/awareness.ingest.v1.IngestService/X{token}", f"/evil{token}.Svc/Get", f"/{token}/{token}"]
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            for method in [KNOWN, *unknown]:
+                metadata = auth.sign_metadata(
+                    secret=INTERNAL_SECRET, method=method, principal=auth.Principal.for_service("test")
+                )
+                call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+                assert await call(b"", metadata=metadata, timeout=5) == b""
+    finally:
+        await health.shutdown()
+        await server.stop(0)
+    labels = [
+        dict(sample.labels)
+        for family in context.metrics.registry.collect()
+        for sample in family.samples
+        if family.name.startswith("awareness_test_grpc_server_")
+    ]
+    methods = {values["method"] for values in labels}
+    assert methods == {KNOWN, OTHER}
+    assert not any(token in value for values in labels for value in values.values())
