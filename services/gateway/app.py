@@ -533,6 +533,7 @@ def _make_limiter(settings: Settings, config: GatewayConfig, metrics: GatewayMet
         breaker=breaker,
         fallback_total=metrics.ratelimit_fallback,
         timeout_seconds=config.redis_timeout_seconds,
+        key_secret=settings.internal_secret,
     )
 
 

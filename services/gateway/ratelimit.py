@@ -10,6 +10,8 @@ process until Redis answers again: limits stay on (per replica), logged and coun
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import uuid
 from collections.abc import Sequence
@@ -30,6 +32,8 @@ from services.gateway.domain.ratelimit import (
 )
 
 log = logging.getLogger("awareness.gateway.ratelimit")
+
+RATE_KEY_LABEL: Final = b"awareness gateway rate-limit keys v1"
 
 # KEYS: one sorted set per scope. ARGV[1]: window (ms); ARGV[2]: unique member; ARGV[3..]: limits.
 # Returns {rejected scope index or 0, count_1, reset_ms_1, count_2, reset_ms_2, ...}.
@@ -85,6 +89,7 @@ class RedisRateLimiter:
         fallback_total: Counter,
         timeout_seconds: float,
         window_seconds: float = WINDOW_SECONDS,
+        key_secret: bytes = b"",
     ) -> None:
         self._client: Any = redis_asyncio.Redis.from_url(
             url,
@@ -95,6 +100,8 @@ class RedisRateLimiter:
         )
         self._script = self._client.register_script(SLIDING_WINDOW_LUA)
         self._prefix = key_prefix
+        # Scope keys name callers (a JWT subject, an address): Redis sees only a keyed digest.
+        self._key_secret = hmac.new(key_secret, RATE_KEY_LABEL, hashlib.sha256).digest()
         self._breaker = breaker
         self._fallback = InProcessLimiter(window_seconds=window_seconds)
         self._fallback_total = fallback_total
@@ -109,7 +116,7 @@ class RedisRateLimiter:
             with self._breaker.calling():
                 async with asyncio.timeout(self._timeout * 2):  # no extra task, unlike wait_for
                     raw = await self._script(
-                        keys=[f"{self._prefix}:{scope.key}" for scope in scopes],
+                        keys=[self.redis_key(scope) for scope in scopes],
                         args=[int(self._window * 1000), uuid.uuid4().hex, *(s.limit for s in scopes)],
                     )
         except (pybreaker.CircuitBreakerError, RedisError, OSError, TimeoutError) as exc:
@@ -130,6 +137,10 @@ class RedisRateLimiter:
             for i, scope in enumerate(scopes)
         ]
         return decide(states, window_seconds=self._window)
+
+    def redis_key(self, scope: Scope) -> str:
+        digest = hmac.new(self._key_secret, scope.key.encode(), hashlib.sha256).hexdigest()[:32]
+        return f"{self._prefix}:{scope.name}:{digest}"
 
     @property
     def degraded(self) -> bool:
