@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import empty_pb2
 
 from services.runtime import auth
 from services.runtime.config import load_settings
@@ -21,10 +22,14 @@ class CatchAll(grpc.GenericRpcHandler):  # type: ignore[misc]
     """Serves any method name: the worst case for a label taken from the call."""
 
     def service(self, handler_call_details: Any) -> Any:
-        async def echo(request: bytes, _context: Any) -> bytes:
+        async def echo(request: empty_pb2.Empty, _context: Any) -> empty_pb2.Empty:
             return request
 
-        return grpc.unary_unary_rpc_method_handler(echo)
+        return grpc.unary_unary_rpc_method_handler(
+            echo,
+            request_deserializer=empty_pb2.Empty.FromString,
+            response_serializer=empty_pb2.Empty.SerializeToString,
+        )
 
 
 async def test_unknown_method_names_are_labelled_other(tmp_path: Path) -> None:
