@@ -68,8 +68,15 @@ def create_db_engine(url: str, *, service: str, pool_size: int = 10, echo: bool 
 
 def ensure_schema(engine: Engine, *, service: str) -> None:
     if engine.dialect.name == "postgresql":
+        schema = schema_name(service)
         with engine.begin() as connection:
-            connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema_name(service)}"'))
+            # A per-service role owns its schema but may not create schemas, and PostgreSQL checks
+            # that privilege even for CREATE SCHEMA IF NOT EXISTS: look first.
+            found = connection.execute(
+                text("SELECT 1 FROM pg_namespace WHERE nspname = :name"), {"name": schema}
+            )
+            if found.first() is None:
+                connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
