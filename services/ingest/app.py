@@ -14,6 +14,8 @@ Settings (besides the shared ones), read once from the environment when the app 
 - AWARENESS_LOG_ORIGIN ("awareness.local/log"): the checkpoint origin line, shared with signing.
 - AWARENESS_INGEST_ENRICHMENT (true) and AWARENESS_INGEST_RECONCILE_INTERVAL_SECONDS (30).
 - AWARENESS_INGEST_ENRICHMENT_LINGER_MS (100): how long new events gather into one enrichment batch.
+- AWARENESS_INGEST_FORGET_POLL_MS (500): how often a replica applies the ForgetSubject calls that
+  reached another replica (recorded in the shared database).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from services.ingest.api import IngestServicer
 from services.ingest.bootstrap import DEV_FINGERPRINT_FILE
 from services.ingest.enrichment import Enricher, EnrichmentSettings
+from services.ingest.forgetting import ForgetFollower
 from services.ingest.integrator import Integrator, IntegratorSettings
 from services.ingest.keys import SubjectKeys
 from services.ingest.reader import EventReader
@@ -63,6 +66,7 @@ class IngestSettings:
     integrator: IntegratorSettings = field(default_factory=IntegratorSettings)
     enrichment: EnrichmentSettings = field(default_factory=EnrichmentSettings)
     enrichment_enabled: bool = True
+    forget_poll_seconds: float = 0.5
 
 
 def load_ingest_settings(settings: Settings) -> IngestSettings:
@@ -94,6 +98,7 @@ def load_ingest_settings(settings: Settings) -> IngestSettings:
             batch_linger_seconds=env_int(env, "AWARENESS_INGEST_ENRICHMENT_LINGER_MS", 100, minimum=0) / 1000,
         ),
         enrichment_enabled=env_bool(env, "AWARENESS_INGEST_ENRICHMENT", True),
+        forget_poll_seconds=env_int(env, "AWARENESS_INGEST_FORGET_POLL_MS", 500, minimum=10) / 1000,
     )
 
 
@@ -143,22 +148,40 @@ class IngestRuntime:
             on_accepted=self._accepted,
             metrics=context.metrics,
         )
+        self.forgets = ForgetFollower(
+            sessions=sessions,
+            gate=gate,
+            apply=self._forget,
+            key_ttl_seconds=settings.key_cache_seconds,
+            interval_seconds=settings.forget_poll_seconds,
+            on_poll=self.keys.evict_expired,
+        )
         self.reader = EventReader(
             sessions=sessions,
             keys=self.keys,
             gate=gate,
             page_tokens=PageTokens.from_secret(context.settings.internal_secret),
             on_forget=self.enricher.forget,
+            record_forget=self.forgets.record,
         )
         self.servicer = IngestServicer(writer=self.writer, reader=self.reader)
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _forget(self, pseudonym: str) -> None:
+        """A ForgetSubject that reached another replica: drop the keys and plaintext held here."""
+        self.keys.forget(pseudonym)
+        self.enricher.forget(pseudonym)
 
     def _accepted(self, items: list[EnrichmentItem]) -> None:
         if self.settings.enrichment_enabled:
             self.enricher.submit(items)
 
     def jobs(self) -> list[Coroutine[Any, Any, None]]:
-        jobs: list[Coroutine[Any, Any, None]] = [self.committer.run(), self.integrator.run()]
+        jobs: list[Coroutine[Any, Any, None]] = [
+            self.committer.run(),
+            self.integrator.run(),
+            self.forgets.run(),
+        ]
         if self.settings.enrichment_enabled:
             jobs += [self.enricher.run(), self.enricher.reconcile_forever()]
         return jobs

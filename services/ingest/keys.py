@@ -1,8 +1,9 @@
 """Subject pseudonyms and data keys from the gdpr service, cached in memory for a short time.
 
 Raw data keys live only in this process's memory and only for the cache TTL (the smaller of
-AWARENESS_INGEST_KEY_CACHE_SECONDS and the TTL gdpr grants). ForgetSubject drops a pseudonym's
-entries at once; other replicas drop theirs when their TTL runs out.
+AWARENESS_INGEST_KEY_CACHE_SECONDS and the TTL gdpr grants); expired entries are swept within a
+second. ForgetSubject drops a pseudonym's entries at once; other replicas drop theirs within a
+poll of the shared database (services/ingest/forgetting.py).
 
 The append-side cache is keyed by (subject, event type, UTC month of occurred_at): gdpr's key
 periods are months or years, so one month never spans two keys, and every (key, event type) pair
@@ -113,6 +114,9 @@ class SubjectKeys:
         self._generation = 0
         self._forgotten_at: dict[str, int] = {}
         self._in_flight: Counter[int] = Counter()
+        # Expired entries are swept at most this often (a raw key must not outlive its TTL in memory).
+        self._sweep_every = min(1.0, ttl_seconds) if ttl_seconds > 0 else 1.0
+        self._next_sweep = clock() + self._sweep_every
 
     @contextlib.contextmanager
     def _question(self) -> Iterator[int]:
@@ -233,6 +237,7 @@ class SubjectKeys:
                         value = ERASED  # erased while this answer was on its way
                     self._read_cache[ref] = _Entry(value, stored_at + ttl)
                     found[ref] = value
+        self._evict(now)
         return found
 
     async def lookup_pseudonym(self, subject: str) -> str | None:
@@ -266,11 +271,18 @@ class SubjectKeys:
             dropped += 1
         return dropped
 
+    def evict_expired(self) -> int:
+        """Drop every expired entry; returns how many were dropped."""
+        now = self._clock()
+        before = len(self._append_cache) + len(self._read_cache)
+        self._append_cache = {k: e for k, e in self._append_cache.items() if e.expires > now}
+        self._read_cache = {k: e for k, e in self._read_cache.items() if e.expires > now}
+        self._next_sweep = now + self._sweep_every
+        return before - len(self._append_cache) - len(self._read_cache)
+
     def _evict(self, now: float) -> None:
-        if len(self._append_cache) > 100_000:
-            self._append_cache = {k: e for k, e in self._append_cache.items() if e.expires > now}
-        if len(self._read_cache) > 100_000:
-            self._read_cache = {k: e for k, e in self._read_cache.items() if e.expires > now}
+        if now >= self._next_sweep:
+            self.evict_expired()
 
 
 def _pseudonym_of(entry: _Entry) -> str | None:

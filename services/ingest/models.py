@@ -136,3 +136,16 @@ class EventMetadata(Base):
         ),
         Index("ix_event_metadata_pending", "scoring_state", "evaluation_state"),
     )
+
+
+class ForgottenSubject(Base):
+    """A ForgetSubject call, recorded so that every replica drops its cached keys of the pseudonym
+    (the call itself reaches one). Kept only as long as a cached key could live."""
+
+    __tablename__ = "forgotten_subjects"
+
+    seq: Mapped[int] = mapped_column(BigIntegerKey, primary_key=True, autoincrement=True)
+    pseudonym: Mapped[str] = mapped_column(String(128), nullable=False)
+    recorded_us: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+    __table_args__ = (Index("ix_forgotten_subjects_recorded", "recorded_us"),)

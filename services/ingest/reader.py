@@ -100,12 +100,14 @@ class EventReader:
         gate: repository.WriteGate,
         page_tokens: PageTokens,
         on_forget: Callable[[str], object] = lambda pseudonym: None,
+        record_forget: Callable[[str], object] = lambda pseudonym: None,
     ) -> None:
         self._sessions = sessions
         self._tokens = page_tokens
         self._keys = keys
         self._gate = gate
         self._on_forget = on_forget
+        self._record_forget = record_forget  # for the other replicas, which poll the database
 
     # --- events ---------------------------------------------------------------------------------
 
@@ -488,6 +490,7 @@ class EventReader:
         self._on_forget(pseudonym)  # events still waiting for enrichment
 
         def count() -> int:
+            self._record_forget(pseudonym)
             with self._sessions() as session:
                 return repository.count_subject_events(session, pseudonym=pseudonym)
 

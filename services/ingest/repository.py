@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    delete,
     func,
     insert,
     or_,
@@ -39,7 +40,14 @@ from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
 
 from services.ingest.domain.merkle import NodeKey, perfect_subtree_hash
-from services.ingest.models import Checkpoint, EventMetadata, EventRecord, Leaf, TreeNode
+from services.ingest.models import (
+    Checkpoint,
+    EventMetadata,
+    EventRecord,
+    ForgottenSubject,
+    Leaf,
+    TreeNode,
+)
 
 RECORDS: Table = EventRecord.__table__  # type: ignore[assignment]
 METADATA: Table = EventMetadata.__table__  # type: ignore[assignment]
@@ -564,6 +572,22 @@ def count_subject_events(session: Session, *, pseudonym: str) -> int:
             select(func.count()).select_from(METADATA).where(METADATA.c.subject_pseudonym == pseudonym)
         ).scalar_one()
     )
+
+
+def record_forget(session: Session, *, pseudonym: str, now_us: int, keep_us: int) -> None:
+    """Record a ForgetSubject for the other replicas; drop records older than `keep_us`."""
+    session.execute(delete(ForgottenSubject).where(ForgottenSubject.recorded_us < now_us - keep_us))
+    session.add(ForgottenSubject(pseudonym=pseudonym, recorded_us=now_us))
+
+
+def recent_forgets(session: Session, *, since_us: int) -> list[tuple[int, str]]:
+    """(seq, pseudonym) of the forgets recorded since `since_us`."""
+    rows = session.execute(
+        select(ForgottenSubject.seq, ForgottenSubject.pseudonym).where(
+            ForgottenSubject.recorded_us >= since_us
+        )
+    )
+    return [(int(seq), str(pseudonym)) for seq, pseudonym in rows]
 
 
 # --- enrichment ------------------------------------------------------------------------------------

@@ -214,3 +214,21 @@ def test_utc_month_names_the_month_of_the_microsecond(moment: datetime) -> None:
     expected = f"{moment.year:04d}-{moment.month:02d}"
     assert utc_month(micros) == expected
     assert utc_month(micros) == expected  # the memoised answer, as computed
+
+
+async def test_expired_keys_are_evicted_not_kept_until_the_cache_is_full(gdpr: tuple[FakeGdpr, str]) -> None:
+    _fake, address = gdpr
+    clock = Clock()
+    keys, factory = keys_for(address, clock, ttl=60.0)
+    await keys.keys_for([KeyLookup(f"u{i}@x", WHEN_US, "phishing.clicked") for i in range(5)])
+    await keys.unwrap([("psn_u0@x", "2026-03")])
+    assert len(keys._append_cache) == 5 and len(keys._read_cache) == 5
+    clock.now += 61
+    # The next call sweeps: no raw key stays in memory past its TTL, however small the cache.
+    await keys.keys_for([KeyLookup("late@x", WHEN_US, "phishing.clicked")])
+    assert set(keys._append_cache) == {("late@x", "phishing.clicked", "2026-03")}
+    assert set(keys._read_cache) == {("psn_late@x", "2026-03")}
+    clock.now += 61
+    assert keys.evict_expired() == 2
+    assert not keys._append_cache and not keys._read_cache
+    await factory.close()
