@@ -9,6 +9,7 @@ in requests only: they are never logged, never put into error messages and never
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from services.gdpr.store import (
     rule_name,
 )
 from services.ingest.domain.errors import TamperedRecordError
-from services.ingest.domain.records import SealedPersonal, open_personal
+from services.ingest.domain.records import SealedPersonal, is_sealed_note, open_note, open_personal
 from services.runtime import auth
 from services.runtime.clients import TRANSIENT_CODES
 from services.runtime.db import run_db
@@ -297,6 +298,17 @@ def export_event(record: ingest_pb2.SubjectRecord, key: tuple[str, bytes] | None
                 details=fields.details,
             )
     document["metadata"] = MessageToDict(record.metadata, preserving_proto_field_name=True)
+    note = record.metadata.label_note
+    if note:
+        # Sealed under the event's data key: exported opened while the key lives, else left out.
+        document["metadata"].pop("label_note", None)
+        if key is not None and not is_sealed_note(note):
+            document["metadata"]["label_note"] = note  # written before notes were sealed
+        elif key is not None:
+            with contextlib.suppress(TamperedRecordError):  # unreadable: left out, like the fields
+                document["metadata"]["label_note"] = open_note(
+                    key=key[1], key_id=key[0], event_id=record.event_id, stored=note
+                )
     return document
 
 

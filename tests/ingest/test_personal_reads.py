@@ -127,3 +127,15 @@ async def test_filtering_by_identifier_needs_the_personal_data_permission(tmp_pa
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await running.client(roles=("auditor",)).ListEvents(request)
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_the_subjects_export_carries_the_note_opened(tmp_path: Path) -> None:
+    import json
+
+    async with suite(tmp_path) as running:
+        event = await _labelled(running)
+        gdpr = gdpr_pb2_grpc.GdprServiceStub(running.channel("gdpr", roles=("dpo",)))
+        request = gdpr_pb2.ExportSubjectRequest(subject="heidi@example.org", reason="Art. 15 request")
+        document = json.loads(b"".join([reply.data async for reply in gdpr.ExportSubject(request)]))
+        [exported] = [e for e in document["events"] if e["event_id"] == event.event_id]
+        assert exported["metadata"]["label_note"] == NOTE
