@@ -1,8 +1,10 @@
 """``awareness gdpr ...``: operator commands that call the running gdpr service over gRPC.
 
 ``awareness gdpr apply-retention`` is what the Helm CronJob runs daily; ``awareness gdpr rotate-kek``
-rotates the development KEK. Both sign their calls with the internal credential (the shared internal
-secret) as a named principal, so the audit trail says which job acted.
+rotates the development KEK, and ``awareness gdpr rotate-kek --kubernetes`` is the monthly CronJob that
+rotates the KEK in its Kubernetes Secret (services/gdpr/kekrotation.py). The gRPC commands sign their
+calls with the internal credential (the shared internal secret) as a named principal, so the audit trail
+says which job acted.
 
 ``awareness gdpr verify-audit`` is the exception: it reads the audit table straight from the gdpr database
 and recomputes the hash chain, trusting no running service.
@@ -48,6 +50,28 @@ def register(subparsers: Any) -> None:
     )
     rotate.add_argument("--reason", default="KEK rotation", help="recorded in the audit trail")
     rotate.add_argument("--request-id", default="", help="idempotency key (a UUID; generated when omitted)")
+    rotate.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help=(
+            "rotate the KEK in the gdpr keys Secret: new KEK, gdpr restarted, every key re-wrapped, old KEK "
+            "deleted from the Secret (the CronJob; needs the gdpr database and a token that may update "
+            "the Secret and restart the Deployment)"
+        ),
+    )
+    rotate.add_argument("--secret", default="", help="the Secret (default AWARENESS_KEK_SECRET_NAME)")
+    rotate.add_argument("--kek-key", default="", help="its KEK key (default AWARENESS_KEK_SECRET_KEY or kek)")
+    rotate.add_argument(
+        "--lookup-key",
+        default="",
+        help="its lookup-secret key (default AWARENESS_LOOKUP_SECRET_KEY or lookup-secret)",
+    )
+    rotate.add_argument(
+        "--deployment", default="", help="the gdpr Deployment (default AWARENESS_GDPR_DEPLOYMENT)"
+    )
+    rotate.add_argument(
+        "--rollout-timeout", type=float, default=900.0, help="seconds to wait for each restart"
+    )
     rotate.set_defaults(handler=_rotate_kek)
 
     verify = commands.add_parser(
@@ -134,6 +158,8 @@ def _apply_retention(args: argparse.Namespace) -> int:
 
 
 def _rotate_kek(args: argparse.Namespace) -> int:
+    if args.kubernetes:
+        return _rotate_kek_in_kubernetes(args)
     request = gdpr_pb2.RotateKekRequest(reason=args.reason, request_id=args.request_id or str(uuid.uuid4()))
     return _run(KEK_PRINCIPAL, "RotateKek", request)
 
@@ -173,3 +199,56 @@ def _verify_audit(args: argparse.Namespace) -> int:
         engine.dispose()
     report.print(sys.stdout)
     return 0 if report.ok else 1
+
+
+def _rotate_kek_in_kubernetes(args: argparse.Namespace) -> int:
+    import os
+
+    from services.gdpr.kekrotation import KubernetesApi, RotationError, SecretRef, rotate_in_kubernetes
+    from services.gdpr.keysource import KeyMaterial
+    from services.gdpr.store import GdprStore
+    from services.runtime import db
+    from services.runtime.config import load_settings
+    from services.runtime.logs import configure_logging
+
+    env = os.environ
+    settings = load_settings("gdpr")
+    configure_logging(service="kek-rotation", level=settings.log_level)
+    ref = SecretRef(
+        name=args.secret or env.get("AWARENESS_KEK_SECRET_NAME", ""),
+        kek_key=args.kek_key or env.get("AWARENESS_KEK_SECRET_KEY", "") or "kek",
+        lookup_key=args.lookup_key or env.get("AWARENESS_LOOKUP_SECRET_KEY", "") or "lookup-secret",
+    )
+    deployment = args.deployment or env.get("AWARENESS_GDPR_DEPLOYMENT", "")
+    if not ref.name or not deployment:
+        print("rotate-kek --kubernetes needs --secret and --deployment", file=sys.stderr)
+        return 2
+    engine = db.create_db_engine(settings.database_url, service="gdpr")
+
+    def open_store(material: KeyMaterial) -> GdprStore:
+        return GdprStore(engine=engine, sessions=db.session_factory(engine), material=material)
+
+    try:
+        report = rotate_in_kubernetes(
+            api=KubernetesApi.in_cluster(env),
+            ref=ref,
+            deployment=deployment,
+            open_store=open_store,
+            rollout_timeout=args.rollout_timeout,
+        )
+    except RotationError as exc:
+        print(f"KEK rotation stopped: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    print(
+        json.dumps(
+            {
+                "kek_id": report.kek_id,
+                "keys_rewrapped": report.keys_rewrapped,
+                "destroyed_kek_ids": report.destroyed_kek_ids,
+            },
+            sort_keys=True,
+        )
+    )
+    return 0

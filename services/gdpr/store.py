@@ -751,6 +751,24 @@ class GdprStore:
         self.compact()
         return RotationResult(kek_id=rotated.active_id, keys_rewrapped=rewrapped, retired_kek_ids=retired)
 
+    def kek_usage(self) -> dict[str, int]:
+        """How many data keys each KEK id wraps (a KEK that wraps none may be destroyed)."""
+        with self._sessions() as session:
+            return repo.key_counts_by_kek(session)
+
+    def record_kek_destroyed(self, kek_ids: list[str], *, actor: str, reason: str) -> None:
+        """Audit that ``kek_ids`` were deleted from the keyring Secret (no key is wrapped under them)."""
+        with self._write_lock, transaction(self._sessions) as session:
+            repo.append_audit(
+                session,
+                actor=actor,
+                action="kek.destroy",
+                target=",".join(f"keks/{kek_id}" for kek_id in kek_ids),
+                at=self._clock(),
+                reason=reason,
+                request_id="",
+            )
+
     def rewrap_pending(self, *, actor: str) -> int:
         """Re-wrap keys not under the active KEK (after a restart with a rotated Secret)."""
         with self._write_lock:
