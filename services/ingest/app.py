@@ -53,6 +53,13 @@ from services.runtime.paging import PageTokens
 from services.runtime.server import ServiceApp, ServiceContext
 
 SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
+# Appended events are checked one by one (LogWriter), so that one bad event refuses only itself.
+EVENT_FIELDS = frozenset(
+    {
+        ingest_pb2.AppendEventRequest.DESCRIPTOR.fields_by_name["event"].full_name,
+        ingest_pb2.AppendEventsRequest.DESCRIPTOR.fields_by_name["events"].full_name,
+    }
+)
 FINGERPRINT_SECRET = "AWARENESS_INGEST_FINGERPRINT_SECRET"  # noqa: S105 - a variable name
 
 log = logging.getLogger("awareness.ingest")
@@ -210,6 +217,7 @@ def app_for(runtime: IngestRuntime, context: ServiceContext) -> ServiceApp:
         ready=lambda: db.ping(engine),
         on_start=runtime.start,
         on_stop=runtime.stop,
+        validated_fields=EVENT_FIELDS,
     )
 
 

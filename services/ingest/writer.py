@@ -55,6 +55,7 @@ from services.ingest.tracing import batch_span, current_span_context
 from services.runtime.db import run_db, transaction
 from services.runtime.errors import AwarenessError, FieldViolation, UnavailableError
 from services.runtime.metrics import ServiceMetrics
+from services.runtime.validation import message_violations
 
 log = logging.getLogger("awareness.ingest")
 
@@ -453,6 +454,11 @@ class LogWriter:
     def _check(
         self, message: ingest_pb2.Event, *, now: datetime, prefix: str, allow_system: bool, position: int
     ) -> _Candidate | AwarenessError:
+        # Values no store can hold (NUL, unknown enum numbers, times out of range) refuse this event
+        # alone, before anything converts them (services/ingest/app.py skips events in the generic check).
+        unstorable = message_violations(message, prefix=prefix)
+        if unstorable:
+            return ValidationError(unstorable)
         event_type = EVENT_TYPES_BY_NAME.get(message.type)
         system = bool(event_type and event_type.system and allow_system)
         extra: list[FieldViolation] = []

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from grpc_status import rpc_status
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -79,24 +80,24 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(method, handler.unary_unary),
+                self._wrap_unary(method, handler.unary_unary, streamed=False),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(method, handler.unary_stream),
+                self._wrap_stream(method, handler.unary_stream, streamed=False),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(method, handler.stream_unary),
+                self._wrap_unary(method, handler.stream_unary, streamed=True),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._wrap_stream(method, handler.stream_stream),
+            self._wrap_stream(method, handler.stream_stream, streamed=True),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -110,16 +111,18 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             auth.require_permission(permission, principal)
         return principal
 
-    def _checked(self, request: Any) -> Any:
+    def _checked(self, request: Any, *, streamed: bool) -> Any:
         """The request after the generic check (services.runtime.validation); a stream checks each message."""
+        if streamed:
+            return self._checked_stream(request)
         if isinstance(request, Message):
             check_request(request, skip=self._validated_fields)
-            return request
-        return self._checked_stream(request)
+        return request
 
     async def _checked_stream(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         async for request in requests:
-            check_request(request, skip=self._validated_fields)
+            if isinstance(request, Message):
+                check_request(request, skip=self._validated_fields)
             yield request
 
     def _start(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> tuple[Any, Any]:
@@ -167,14 +170,16 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._metrics.latency.labels(label).observe(elapsed)
         log.debug("rpc", extra={"method": method, "code": name, "duration_ms": round(elapsed * 1000, 3)})
 
-    def _wrap_unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    def _wrap_unary(
+        self, method: str, behavior: Callable[..., Any], *, streamed: bool
+    ) -> Callable[..., Awaitable[Any]]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             span, token = self._start(method, context)
             principal_token = None
             try:
                 principal_token = auth.set_current_principal(self._authenticate(method, context))
-                result = behavior(self._checked(request), context)
+                result = behavior(self._checked(request, streamed=streamed), context)
                 if inspect.isawaitable(result):
                     result = await result
                 return result
@@ -192,14 +197,16 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return wrapped
 
-    def _wrap_stream(self, method: str, behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+    def _wrap_stream(
+        self, method: str, behavior: Callable[..., Any], *, streamed: bool
+    ) -> Callable[..., AsyncIterator[Any]]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             started = time.perf_counter()
             span, token = self._start(method, context)
             principal_token = None
             try:
                 principal_token = auth.set_current_principal(self._authenticate(method, context))
-                result = behavior(self._checked(request), context)
+                result = behavior(self._checked(request, streamed=streamed), context)
                 if inspect.isawaitable(result):
                     result = await result
                 if hasattr(result, "__aiter__"):

@@ -57,6 +57,9 @@ class ServiceApp:
     on_start: Callable[[], Awaitable[None]] | None = None
     on_stop: Callable[[], Awaitable[None]] | None = None
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    # Request fields the service checks item by item itself, so that one bad item refuses only
+    # that item; the generic request check (services.runtime.validation) skips them.
+    validated_fields: frozenset[str] = frozenset()
 
 
 def build_context(settings: Settings, *, with_database: bool = True, migrate: bool = True) -> ServiceContext:
@@ -118,6 +121,7 @@ def create_server(
                 metrics=context.metrics,
                 internal_secret=settings.internal_secret,
                 permission_for=app.permission_for,
+                validated_fields=app.validated_fields,
             )
         ],
         options=[

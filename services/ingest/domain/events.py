@@ -112,6 +112,7 @@ class EventInput:
     event_id: str | None = None
 
 
+NUL = "\x00"
 MAX_SUBJECT_CHARS = 256
 MAX_SOURCE_CHARS = 256
 MAX_SUMMARY_BYTES = 4 * 1024
@@ -155,6 +156,10 @@ def plainly_valid(
         and sum(len(k.encode("utf-8")) + len(v.encode("utf-8")) for k, v in details.items())
         <= MAX_DETAILS_BYTES
         and (not event_id or (canonical_event_id(event_id) == event_id and event_id != _NIL_UUID))
+        and NUL not in source
+        and NUL not in subject
+        and NUL not in summary
+        and not any(NUL in key or NUL in value for key, value in details.items())
     )
 
 
@@ -210,6 +215,12 @@ def validate_event(
         violation("details", f"keys and values must total at most {MAX_DETAILS_BYTES} bytes of UTF-8")
     if any(not key for key in event.details):
         violation("details", "keys must not be empty")
+    # PostgreSQL text cannot hold NUL: refused here, one event, never in a shared group commit.
+    for name, value in (("source", event.source), ("subject", event.subject), ("summary", event.summary)):
+        if NUL in value:
+            violation(name, "must not contain a NUL character")
+    if any(NUL in key or NUL in value for key, value in event.details.items()):
+        violation("details", "keys and values must not contain a NUL character")
 
     return [v.with_prefix(field_prefix) for v in violations]
 
