@@ -480,15 +480,21 @@ async def gophish_webhook(request: Request) -> Response:
     except RequestError as exc:
         return _request_error(exc, headers)
     try:
-        reply = await _as_principal(GOPHISH_PRINCIPAL, lambda: state.backend.unary(route, message))
+        await _as_principal(GOPHISH_PRINCIPAL, lambda: state.backend.unary(route, message))
     except (grpc.aio.AioRpcError, AwarenessError) as exc:
-        return await _backend_failure(exc, headers)
-    payload = response_payload(route, reply)
-    return JSONResponse(
-        {"status": "accepted", "eventId": mapped.event_id, "replayed": bool(payload.get("replayed", False))},
-        status_code=202,
-        headers=headers,
-    )
+        if not _already_recorded(exc):
+            return await _backend_failure(exc, headers)
+    # One answer whether the event is new, a redelivery, or a redelivery whose stored copy can no
+    # longer be compared (its subject was erased): anything else would tell the sender of a
+    # delivery for a guessed address whether that person was erased.
+    return JSONResponse({"status": "accepted", "eventId": mapped.event_id}, status_code=202, headers=headers)
+
+
+def _already_recorded(exc: Exception) -> bool:
+    """ingest's EVENT_ID_CONFLICT: an event with this delivery's id is in the log already."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return bool(exc.code() == grpc.StatusCode.ALREADY_EXISTS)
+    return isinstance(exc, AwarenessError) and exc.reason == "EVENT_ID_CONFLICT"
 
 
 def _json_bytes(value: Any) -> bytes:
