@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import message_factory
+from google.protobuf import descriptor_pb2, message_factory
 
 from services.gateway.app import TIMESTAMP_QUERY, TIMESTAMP_RPC
 from services.gateway.domain import gophish
@@ -39,6 +39,7 @@ from tests.gateway.conftest import (
     status_reason,
 )
 from tests.gateway.routes import concrete_path, contract_routes
+from tests.gdpr.suite import in_process_suite
 
 GATEWAY_ROLES = sorted(auth.ROLES - {"service"})  # no API key or token can hold "service"
 NOBODY = "(nobody)"
@@ -298,3 +299,39 @@ def test_the_gdpr_audit_trail_is_readable_by_dpo_auditor_and_admin_only() -> Non
         assert permission is not None
         readers = {role for role in GATEWAY_ROLES if permission in auth.ROLE_PERMISSIONS[role]}
         assert readers == {"admin", "auditor", "dpo"}, method
+
+
+def _read_only(method: str) -> bool:
+    found = find_method(method)
+    assert found is not None
+    return bool(found.GetOptions().idempotency_level == descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS)
+
+
+async def test_every_real_service_refuses_exactly_the_roles_the_table_refuses(tmp_path: Path) -> None:
+    """The five real services, each behind its own server: refusals for every method and role, and
+    the read-only methods (safe to call with an empty request) answered for every role that may."""
+    services = ("signing", "gdpr", "policy", "scoring", "ingest")
+    wrong: list[str] = []
+    # No bootstrap training: its thread would hold the event loop's shutdown for most of a minute.
+    no_training = {"AWARENESS_SCORING_BOOTSTRAP_MODEL": "0"}
+    async with in_process_suite(tmp_path / "suite", services=services, **no_training) as suite:
+        for method in _contract_methods():
+            permission = required_permission(method)
+            service = method.split(".")[1]
+            async with grpc.aio.insecure_channel(suite.addresses[service]) as channel:
+                code = await _call(channel, method, metadata=None)
+                if code != grpc.StatusCode.UNAUTHENTICATED:
+                    wrong.append(f"{method} without a credential: {code.name}")
+                for role in sorted(auth.ROLES):
+                    allowed = permission in auth.ROLE_PERMISSIONS[role]
+                    if allowed and not _read_only(method):
+                        continue  # a real write with an empty request; the recorder walk covers it
+                    principal = auth.Principal(subject=f"test:{role}", roles=frozenset({role}))
+                    metadata = auth.sign_metadata(secret=INTERNAL_SECRET, method=method, principal=principal)
+                    code = await _call(channel, method, metadata)
+                    refused = code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+                    if allowed == refused or (not allowed and code != grpc.StatusCode.PERMISSION_DENIED):
+                        wrong.append(
+                            f"{method} as {role} ({'has' if allowed else 'lacks'} {permission}): {code.name}"
+                        )
+    assert not wrong, "\n".join(wrong)
