@@ -491,7 +491,9 @@ class EventReader:
 
         def count() -> int:
             self._record_forget(pseudonym)
-            with self._sessions() as session:
+            with self._gate, transaction(self._sessions) as session:
+                # Notes written before notes were sealed are in clear: they go with the keys.
+                repository.drop_clear_notes(session, pseudonym=pseudonym)
                 return repository.count_subject_events(session, pseudonym=pseudonym)
 
         return ingest_pb2.ForgetSubjectResponse(event_count=await run_db(count))

@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
 
 from services.ingest.domain.merkle import NodeKey, perfect_subtree_hash
+from services.ingest.domain.records import SEALED_NOTE_PREFIX
 from services.ingest.models import (
     Checkpoint,
     EventMetadata,
@@ -572,6 +573,20 @@ def count_subject_events(session: Session, *, pseudonym: str) -> int:
             select(func.count()).select_from(METADATA).where(METADATA.c.subject_pseudonym == pseudonym)
         ).scalar_one()
     )
+
+
+def drop_clear_notes(session: Session, *, pseudonym: str) -> int:
+    """Empty the subject's label notes that are not sealed (written before notes were)."""
+    result = session.execute(
+        update(METADATA)
+        .where(
+            METADATA.c.subject_pseudonym == pseudonym,
+            METADATA.c.label_note != "",
+            ~METADATA.c.label_note.startswith(SEALED_NOTE_PREFIX),
+        )
+        .values(label_note="")
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def record_forget(session: Session, *, pseudonym: str, now_us: int, keep_us: int) -> None:

@@ -139,3 +139,29 @@ async def test_the_subjects_export_carries_the_note_opened(tmp_path: Path) -> No
         document = json.loads(b"".join([reply.data async for reply in gdpr.ExportSubject(request)]))
         [exported] = [e for e in document["events"] if e["event_id"] == event.event_id]
         assert exported["metadata"]["label_note"] == NOTE
+
+
+async def test_a_note_written_in_clear_before_sealing_goes_with_the_erasure(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    from sqlalchemy import update
+
+    async with suite(tmp_path, database_url=database_url) as running:
+        event = await _labelled(running)
+        legacy = "Heidi's manager confirmed it (written before notes were sealed)"
+        with running.ingest.writer._sessions() as session, session.begin():
+            session.execute(
+                update(EventMetadata)
+                .where(EventMetadata.event_id == event.event_id)
+                .values(label_note=legacy)
+            )
+        name = f"events/{event.event_id}"
+        read = await running.client(roles=("analyst",)).GetEvent(ingest_pb2.GetEventRequest(name=name))
+        assert read.metadata.label_note == legacy
+        gdpr = gdpr_pb2_grpc.GdprServiceStub(running.channel("gdpr", roles=("dpo",)))
+        await gdpr.EraseSubject(
+            gdpr_pb2.EraseSubjectRequest(
+                subject="heidi@example.org", reason="Art. 17 request", request_id=str(uuid.uuid4())
+            )
+        )
+        assert _stored_note(running, event.event_id) == ""
