@@ -161,6 +161,7 @@ def test_prometheus_and_the_ingress_controller_reach_only_their_ports() -> None:
             }
             ports = {p["port"] for p in rule["ports"]}
             if "monitoring" in namespaces:
-                assert ports == {8080 if component == "gateway" else 9090}
+                # The gateway's admin port (/metrics), never its public API port.
+                assert ports == {9400 if component == "gateway" else 9090}
             if "ingress-nginx" in namespaces:
                 assert component == "gateway" and ports == {8080}

@@ -106,9 +106,11 @@ def test_existing_secrets_replace_every_chart_secret() -> None:
                     referenced.add(ref["name"])
         referenced |= {v["secret"]["secretName"] for v in pod.spec["volumes"] if "secret" in v}
     assert referenced == {
-        values["database"]["existingSecret"],
+        *values["database"]["perServiceSecrets"].values(),
         values["redis"]["existingSecret"],
         values["internalSecret"]["existingSecret"],
+        values["ingestFingerprintSecret"]["existingSecret"],
+        values["gophishSecret"]["existingSecret"],
         values["gdprKeys"]["existingSecret"],
         values["pki"]["existingSecret"],
     }
@@ -121,6 +123,8 @@ def test_generated_keys_are_random_32_bytes_and_kept_on_uninstall() -> None:
         ("awareness-gdpr-keys", "kek"),
         ("awareness-gdpr-keys", "lookup-secret"),
         ("awareness-internal", "internal-secret"),
+        ("awareness-ingest-fingerprint", "fingerprint-secret"),
+        ("awareness-gophish", "gophish-secret"),
     ):
         secret = first[name]
         assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"

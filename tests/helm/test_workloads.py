@@ -43,7 +43,8 @@ def test_every_pod_and_container_runs_hardened(manifests: list[Manifest]) -> Non
         assert pod_security["runAsNonRoot"] is True, pod.owner
         assert pod_security["runAsUser"] == RUN_AS_USER, pod.owner
         assert pod_security["seccompProfile"] == {"type": "RuntimeDefault"}, pod.owner
-        assert pod.spec["automountServiceAccountToken"] is False, pod.owner
+        # Only the KEK rotation job holds a token (its Role: one Secret, one Deployment).
+        assert pod.spec["automountServiceAccountToken"] is (pod.component == "kek-rotation"), pod.owner
         tmp_volumes = {v["name"] for v in pod.spec["volumes"] if "emptyDir" in v}
         for container in pod.spec["containers"]:
             where = f"{pod.owner}/{container['name']}"
@@ -67,9 +68,10 @@ def test_cronjobs_are_hardened_too() -> None:
     assert {c["metadata"]["labels"]["app.kubernetes.io/component"] for c in cronjobs} == {
         "retrain",
         "retention",
+        "kek-rotation",
     }
     pods = pod_templates(cronjobs)
-    assert len(pods) == 2
+    assert len(pods) == 3
     for pod in pods:
         assert pod.spec["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
 
@@ -103,7 +105,8 @@ def test_services_run_the_one_image_with_serve_and_listen_on_their_ports(manifes
         images.add(container["image"])
         assert container["args"] == ["serve", component]
         env = {e["name"]: e for e in container["env"]}
-        assert "DATABASE_URL" in env
+        # The shared URL, or (production values) the service's own role only.
+        assert ("DATABASE_URL" in env) != (f"AWARENESS_{component.upper()}_DATABASE_URL" in env)
         if component != "gateway":
             assert "REDIS_URL" not in env, component
         listen_port = container["ports"][0]["containerPort"]
@@ -185,12 +188,15 @@ def test_every_object_carries_the_standard_labels(manifests: list[Manifest]) -> 
 
 
 def test_service_account_does_not_mount_a_token(manifests: list[Manifest]) -> None:
-    (account,) = [
+    accounts = [
         a
         for a in of_kind(manifests, "ServiceAccount")
         if "helm.sh/hook" not in a["metadata"].get("annotations", {})
     ]
-    assert account["automountServiceAccountToken"] is False
+    # The shared one and the KEK rotation job's; a token is mounted only where a pod asks for it.
+    assert {a["metadata"]["name"] for a in accounts} == {"awareness", "awareness-kek-rotation"}
+    for account in accounts:
+        assert account["automountServiceAccountToken"] is False
     for pod in pod_templates(manifests):
         assert pod.spec["serviceAccountName"] in {
             a["metadata"]["name"] for a in of_kind(manifests, "ServiceAccount")
@@ -277,7 +283,8 @@ def test_production_sends_traces_to_the_collector_and_exposes_tls_ingress() -> N
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": "awareness-gateway", "port": {"name": "http"}}
     (monitor,) = of_kind(manifests, "ServiceMonitor")
-    assert {e["port"] for e in monitor["spec"]["endpoints"]} == {"metrics", "http"}
+    # Every process's /metrics is on its "metrics" port (the gateway's admin port); never "http".
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} == {"metrics"}
     scraped_ports = {p["name"] for s in of_kind(manifests, "Service") for p in s["spec"]["ports"]}
     assert {"metrics", "http"} <= scraped_ports
     for service in of_kind(manifests, "Service"):
@@ -307,9 +314,13 @@ def test_key_material_is_mounted_read_only(component: str) -> None:
     assert expected_secret in secret_volumes.values()
 
 
-def test_signing_without_a_pki_secret_generates_its_development_pki_on_the_writable_volume() -> None:
-    deployment = by_name(render(), "Deployment")["awareness-signing"]
+def test_signing_without_a_pki_secret_gets_no_pki_dir_and_so_refuses_to_start() -> None:
+    # Each pod would otherwise generate a PKI of its own (services/signing/app.py refuses in Kubernetes).
+    manifests = render()
+    deployment = by_name(manifests, "Deployment")["awareness-signing"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["AWARENESS_PKI_DIR"] == "/tmp/awareness/pki"
+    assert "AWARENESS_PKI_DIR" not in env
     assert not any(m["mountPath"] == "/etc/awareness/pki" for m in container["volumeMounts"])
+    (config,) = [c for c in of_kind(manifests, "ConfigMap") if c["metadata"]["name"] == "awareness-config"]
+    assert config["data"]["AWARENESS_ENVIRONMENT"] == "kubernetes"

@@ -110,6 +110,22 @@ helm.sh/chart: {{ include "awareness.chart" .root }}
 {{- default (include "awareness.componentName" (dict "root" . "component" "gdpr-keys")) .Values.gdprKeys.existingSecret -}}
 {{- end -}}
 
+{{- define "awareness.fingerprintSecretName" -}}
+{{- default (include "awareness.componentName" (dict "root" . "component" "ingest-fingerprint")) .Values.ingestFingerprintSecret.existingSecret -}}
+{{- end -}}
+
+{{- define "awareness.gophishSecretName" -}}
+{{- default (include "awareness.componentName" (dict "root" . "component" "gophish")) .Values.gophishSecret.existingSecret -}}
+{{- end -}}
+
+{{/* "true" when some service (the migration hook migrates them all) has no database.perServiceSecrets entry. */}}
+{{- define "awareness.sharedDatabaseNeeded" -}}
+{{- $root := . -}}
+{{- range $name := list "ingest" "policy" "scoring" "signing" "gdpr" "gateway" -}}
+{{- if not (index $root.Values.database.perServiceSecrets $name) -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "awareness.pkiSecretName" -}}
 {{- default (include "awareness.componentName" (dict "root" . "component" "pki")) .Values.pki.existingSecret -}}
 {{- end -}}
@@ -153,12 +169,13 @@ policy: []
 signing: []
 retrain: [scoring, ingest]
 retention: [gdpr]
+kek-rotation: []
 migrate: []
 {{- end -}}
 
 {{/* Components that hold a database connection. */}}
 {{- define "awareness.databaseClients" -}}
-[ingest, policy, scoring, signing, gdpr, gateway, migrate]
+[ingest, policy, scoring, signing, gdpr, gateway, migrate, kek-rotation]
 {{- end -}}
 
 {{- define "awareness.podSecurityContext" -}}
@@ -185,13 +202,25 @@ Takes (dict "root" $ "services" (list names)); "secretName" overrides the Secret
 {{- define "awareness.databaseEnv" -}}
 {{- $root := .root -}}
 {{- $secretName := default (include "awareness.databaseSecretName" $root) .secretName -}}
+{{- $own := $root.Values.database.perServiceSecrets -}}
+{{- $shared := false -}}
+{{- range $service := .services }}{{- if not (index $own $service) }}{{- $shared = true }}{{- end }}{{- end }}
+{{- /* A pod whose services all have their own role gets no shared URL: it could not use another's. */}}
+{{- if $shared }}
 - name: DATABASE_URL
   valueFrom:
     secretKeyRef:
       name: {{ $secretName }}
       key: {{ ternary $root.Values.database.existingSecretKey "DATABASE_URL" (not (empty $root.Values.database.existingSecret)) }}
+{{- end }}
 {{- range $service := .services }}
-{{- if or $root.Values.database.existingSecret (index $root.Values.database.perServiceUrls $service) }}
+{{- if index $own $service }}
+- name: {{ printf "AWARENESS_%s_DATABASE_URL" (upper $service) }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ index $own $service }}
+      key: {{ $root.Values.database.perServiceSecretKey }}
+{{- else if or $root.Values.database.existingSecret (index $root.Values.database.perServiceUrls $service) }}
 {{- $overrideKey := printf "AWARENESS_%s_DATABASE_URL" (upper $service) }}
 - name: {{ $overrideKey }}
   valueFrom:
@@ -244,7 +273,8 @@ metadata:
 spec:
   restartPolicy: Never
   serviceAccountName: {{ .serviceAccountName }}
-  automountServiceAccountToken: false
+  {{- /* Only the KEK rotation job talks to the Kubernetes API (its Role: one Secret, one Deployment). */}}
+  automountServiceAccountToken: {{ .automountToken | default false }}
   {{- with $root.Values.imagePullSecrets }}
   imagePullSecrets:
     {{- toYaml . | nindent 4 }}
@@ -272,6 +302,9 @@ spec:
             name: {{ include "awareness.componentName" (dict "root" $root "component" "config") }}
       env:
         {{- include "awareness.commonEnv" (dict "root" $root "component" .component) | nindent 8 }}
+        {{- with .extraEnv }}
+        {{- . | nindent 8 }}
+        {{- end }}
       {{- end }}
       resources:
         {{- toYaml .resources | nindent 8 }}
@@ -375,7 +408,7 @@ spec:
             - name: {{ $portName }}
               containerPort: {{ $svc.port }}
               protocol: TCP
-            {{- if and $grpc (ne (int $svc.metricsPort) (int $svc.port)) }}
+            {{- if ne (int $svc.metricsPort) (int $svc.port) }}
             - name: metrics
               containerPort: {{ $svc.metricsPort }}
               protocol: TCP
@@ -393,6 +426,18 @@ spec:
             {{- else }}
             - name: AWARENESS_GATEWAY_PORT
               value: {{ $svc.port | quote }}
+            - name: AWARENESS_GATEWAY_ADMIN_PORT
+              value: {{ $svc.metricsPort | quote }}
+            {{- with $root.Values.ingress.trustedProxyCIDRs }}
+            - name: AWARENESS_GATEWAY_FORWARDED_ALLOW_IPS
+              value: {{ join "," . | quote }}
+            {{- end }}
+            - name: AWARENESS_GOPHISH_SECRET_FILE
+              value: /etc/awareness/gophish/gophish-secret
+            {{- end }}
+            {{- if eq $name "ingest" }}
+            - name: AWARENESS_INGEST_FINGERPRINT_SECRET_FILE
+              value: /etc/awareness/fingerprint/fingerprint-secret
             {{- end }}
             {{- include "awareness.databaseEnv" (dict "root" $root "services" (list $name)) | nindent 12 }}
             {{- if and (eq $name "gateway") (include "awareness.redisEnabled" $root) }}
@@ -406,10 +451,10 @@ spec:
             - name: AWARENESS_GATEWAY_JWKS_FILE
               value: /etc/awareness/jwks/jwks.json
             {{- end }}
-            {{- if eq $name "signing" }}
-            {{- /* Without a PKI Secret the development PKI is generated on the writable /tmp volume. */}}
+            {{- if and (eq $name "signing") (include "awareness.pkiEnabled" $root) }}
+            {{- /* Without a PKI Secret AWARENESS_PKI_DIR stays unset and signing refuses to start. */}}
             - name: AWARENESS_PKI_DIR
-              value: {{ ternary $root.Values.pki.mountPath (printf "%s/pki" $root.Values.config.dataDir) (eq (include "awareness.pkiEnabled" $root) "true") | quote }}
+              value: {{ $root.Values.pki.mountPath | quote }}
             {{- end }}
             {{- if eq $name "gdpr" }}
             - name: AWARENESS_KEK_FILE
@@ -485,6 +530,16 @@ spec:
               mountPath: /etc/awareness/jwks
               readOnly: true
             {{- end }}
+            {{- if eq $name "gateway" }}
+            - name: gophish-secret
+              mountPath: /etc/awareness/gophish
+              readOnly: true
+            {{- end }}
+            {{- if eq $name "ingest" }}
+            - name: fingerprint-secret
+              mountPath: /etc/awareness/fingerprint
+              readOnly: true
+            {{- end }}
       volumes:
         {{- include "awareness.commonVolumes" $root | nindent 8 }}
         {{- if and (eq $name "signing") (include "awareness.pkiEnabled" $root) }}
@@ -509,6 +564,24 @@ spec:
           configMap:
             name: {{ include "awareness.componentName" (dict "root" $root "component" "jwks") }}
         {{- end }}
+        {{- if eq $name "gateway" }}
+        - name: gophish-secret
+          secret:
+            secretName: {{ include "awareness.gophishSecretName" $root }}
+            defaultMode: 0440
+            items:
+              - key: {{ ternary $root.Values.gophishSecret.existingSecretKey "gophish-secret" (not (empty $root.Values.gophishSecret.existingSecret)) }}
+                path: gophish-secret
+        {{- end }}
+        {{- if eq $name "ingest" }}
+        - name: fingerprint-secret
+          secret:
+            secretName: {{ include "awareness.fingerprintSecretName" $root }}
+            defaultMode: 0440
+            items:
+              - key: {{ ternary $root.Values.ingestFingerprintSecret.existingSecretKey "fingerprint-secret" (not (empty $root.Values.ingestFingerprintSecret.existingSecret)) }}
+                path: fingerprint-secret
+        {{- end }}
 ---
 apiVersion: v1
 kind: Service
@@ -527,7 +600,8 @@ spec:
       targetPort: {{ $portName }}
       protocol: TCP
       appProtocol: {{ $grpc | ternary "grpc" "http" }}
-    {{- if and $grpc (ne (int $svc.metricsPort) (int $svc.port)) }}
+    {{- if ne (int $svc.metricsPort) (int $svc.port) }}
+    {{- /* The gateway's admin port: Prometheus scrapes it; the Ingress routes only the public port. */}}
     - name: metrics
       port: {{ $svc.metricsPort }}
       targetPort: metrics
