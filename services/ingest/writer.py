@@ -32,6 +32,7 @@ from services.ingest.convert import event_input
 from services.ingest.domain.errors import EventConflictError, ValidationError
 from services.ingest.domain.events import (
     EVENT_TYPES_BY_NAME,
+    MAX_PSEUDONYM_CHARS,
     Severity,
     canonical_event_id,
     new_event_id,
@@ -469,6 +470,12 @@ class LogWriter:
                 extra.append(
                     FieldViolation(
                         f"{prefix}.subject", "must be empty for system events; set subject_pseudonym instead"
+                    )
+                )
+            if len(message.subject_pseudonym) > MAX_PSEUDONYM_CHARS:
+                extra.append(
+                    FieldViolation(
+                        f"{prefix}.subject_pseudonym", f"must be at most {MAX_PSEUDONYM_CHARS} characters"
                     )
                 )
         else:

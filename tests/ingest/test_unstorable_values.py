@@ -13,8 +13,9 @@ from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
 from awareness.ingest.v1 import ingest_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_status import rpc_status
-from sqlalchemy import select
+from sqlalchemy import String, select
 
+from services.ingest.domain.events import MAX_PSEUDONYM_CHARS, MAX_SOURCE_CHARS
 from services.ingest.models import EventRecord
 from services.runtime.errors import field_violations
 from tests.ingest.harness import Suite, make_event, suite
@@ -184,3 +185,27 @@ async def test_other_requests_with_unstorable_values_are_invalid_argument_not_in
             status = rpc_status.from_call(caught.value)
             assert status is not None
             assert field in {v.field for v in field_violations(status)}, field
+
+
+async def test_a_system_event_with_an_over_long_pseudonym_is_refused_alone(
+    tmp_path: Path, fresh_postgres_db: str
+) -> None:
+    async with suite(tmp_path, database_url=fresh_postgres_db) as running:
+        erasure = make_event(event_type="gdpr.erasure", subject="", details={"erasure": "erasures/e1"})
+        erasure.subject_pseudonym = "p" * (MAX_PSEUDONYM_CHARS + 1)
+        kept = make_event(event_type="gdpr.erasure", subject="", details={"erasure": "erasures/e2"})
+        kept.subject_pseudonym = "p" * MAX_PSEUDONYM_CHARS
+        response = await running.internal().AppendEvents(
+            ingest_pb2.AppendEventsRequest(events=[erasure, kept])
+        )
+        refused, stored = response.results
+        assert {v.field for v in field_violations(refused.error)} == {"events[0].subject_pseudonym"}
+        assert stored.receipt.event_id == kept.event_id
+        assert stored_ids(running) == {kept.event_id}
+
+
+def test_the_append_limits_are_the_widths_of_their_columns() -> None:
+    columns = EventRecord.__table__.columns
+    for column, limit in (("source", MAX_SOURCE_CHARS), ("subject_pseudonym", MAX_PSEUDONYM_CHARS)):
+        kind = columns[column].type
+        assert isinstance(kind, String) and kind.length == limit, column

@@ -22,6 +22,7 @@ __all__ = [
     "EVENT_TYPES_BY_NAME",
     "MAX_DETAILS_BYTES",
     "MAX_DETAILS_ENTRIES",
+    "MAX_PSEUDONYM_CHARS",
     "MAX_SOURCE_CHARS",
     "MAX_SUBJECT_CHARS",
     "MAX_SUMMARY_BYTES",
@@ -114,7 +115,9 @@ class EventInput:
 
 NUL = "\x00"
 MAX_SUBJECT_CHARS = 256
-MAX_SOURCE_CHARS = 256
+MAX_SOURCE_CHARS = 256  # the width of EventRecord.source
+# The width of EventRecord.subject_pseudonym, which system events name directly.
+MAX_PSEUDONYM_CHARS = 128
 MAX_SUMMARY_BYTES = 4 * 1024
 MAX_DETAILS_ENTRIES = 64
 MAX_DETAILS_BYTES = 16 * 1024
