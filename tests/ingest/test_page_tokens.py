@@ -1,0 +1,62 @@
+"""Ingest's list RPCs, internal ones included, accept only page tokens they issued themselves."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import grpc
+import pytest
+from awareness.ingest.v1 import ingest_pb2
+from grpc_status import rpc_status
+
+from services.runtime.errors import error_info, field_violations
+from services.runtime.paging import PageTokens
+from tests.conftest import INTERNAL_SECRET
+from tests.ingest.harness import make_event, suite
+
+
+async def test_forged_and_foreign_tokens_are_invalid_page_token_on_every_ingest_list(tmp_path: Path) -> None:
+    async with suite(tmp_path) as running:
+        client, internal = running.client(), running.internal()
+        events = [make_event(subject="carol@example.org") for _ in range(3)]
+        await client.AppendEvents(ingest_pb2.AppendEventsRequest(events=events))
+        first = await client.ListEvents(ingest_pb2.ListEventsRequest(page_size=1))
+        assert first.next_page_token
+        # A token in the right format under a key derived from another secret: what a caller
+        # without the internal secret could make at best.
+        outsider = PageTokens.from_secret(b"not the suite's secret").encode(
+            [1, "x"], method="ingest.ListEvents"
+        )
+        forged = [
+            first.next_page_token[:-1] + ("A" if first.next_page_token[-1] != "A" else "B"),
+            base64.urlsafe_b64encode(b'[1700000000000000,"x"]').decode(),
+            outsider,
+            "not a token!",
+        ]
+        # The suite's own codec with the right key, but a position of the wrong type.
+        wrong_type = PageTokens.from_secret(INTERNAL_SECRET).encode(["x"], method="ingest.ListCheckpoints")
+        calls = [
+            *(client.ListEvents(ingest_pb2.ListEventsRequest(page_token=token)) for token in forged),
+            client.ListCheckpoints(ingest_pb2.ListCheckpointsRequest(page_token=first.next_page_token)),
+            client.ListCheckpoints(ingest_pb2.ListCheckpointsRequest(page_token=wrong_type)),
+            internal.ListSubjectRecords(
+                ingest_pb2.ListSubjectRecordsRequest(pseudonym="psn_x", page_token=first.next_page_token)
+            ),
+            internal.ListTrainingExamples(
+                ingest_pb2.ListTrainingExamplesRequest(page_token=first.next_page_token)
+            ),
+        ]
+        for call in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            status = rpc_status.from_call(caught.value)
+            assert status is not None
+            info = error_info(status)
+            assert info is not None and info.reason == "INVALID_PAGE_TOKEN"
+            assert {v.field for v in field_violations(status)} == {"page_token"}
+        second = await client.ListEvents(
+            ingest_pb2.ListEventsRequest(page_size=1, page_token=first.next_page_token)
+        )
+        assert second.events[0].event_id != first.events[0].event_id
