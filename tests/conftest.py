@@ -11,7 +11,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from tests.awareness_up import SQLITE, Backend
 from tests.resilience.harness import free_port as free_port  # one implementation, re-exported
+from tests.resilience.harness import temporary_database
 
 REQUIRE_SERVICES = os.environ.get("AWARENESS_REQUIRE_SERVICES", "") == "1"
 INTERNAL_SECRET = b"test-internal-secret-0123456789abcdef"
@@ -77,3 +79,25 @@ def redis_url() -> str:
 @pytest.fixture
 def internal_secret() -> bytes:
     return INTERNAL_SECRET
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def suite_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """Each module's suite twice: on SQLite files, then on a fresh PostgreSQL database and
+    Redis under a key prefix of its own (so suites running side by side share nothing)."""
+    if request.param == "sqlite":
+        yield SQLITE
+        return
+    server = str(request.getfixturevalue("postgres_url"))
+    redis_url = str(request.getfixturevalue("redis_url"))
+    prefix = f"awareness-test-{uuid.uuid4().hex[:12]}:ratelimit"
+    with temporary_database(server, prefix="awareness_e2e") as database_url:
+        yield Backend("postgres", database_url=database_url, redis_url=redis_url, redis_key_prefix=prefix)
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()

@@ -7,15 +7,12 @@ suite's data directory, exactly as the README tells a new user to.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,109 +27,41 @@ from grpc_status import rpc_status
 
 from services.gateway.domain import gophish
 from services.runtime import auth
-from services.runtime.config import SERVICES
 from services.runtime.errors import error_info
-from tests.conftest import free_port
+from tests.awareness_up import REPO, Backend, UpSuite, awareness_up
+from tests.gdpr.dumps import holding, needles, pg_dump, postgres_files_holding, redis_holding, scan_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parent.parent
 ISSUER, AUDIENCE = "https://idp.e2e.test", "awareness-e2e"
 
 
-@dataclass
-class Suite:
-    url: str
-    env: dict[str, str]
-    data_dir: Path
-    addresses: dict[str, str]
-    jwt_key: Any
-
-    def cli(self, *argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "services.cli", *argv],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=REPO,
-        )
-
-    def create_key(self, *roles: str) -> str:
-        argv = ["keys", "create", "--name", "e2e"]
-        for role in roles:
-            argv += ["--role", role]
-        result = self.cli(*argv)
-        assert result.returncode == 0, result.stderr
-        return result.stdout.strip()
-
-
-def _logs(data_dir: Path) -> str:
-    return "\n".join(
-        f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted((data_dir / "logs").glob("*.log"))
-    )
+@pytest.fixture(scope="module")
+def jwt_key() -> ec.EllipticCurvePrivateKey:
+    """The identity provider's signing key; the gateway trusts its public half (JWKS file)."""
+    return ec.generate_private_key(ec.SECP256R1())
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
-    data_dir = tmp_path_factory.mktemp("gateway-e2e")
-    private = ec.generate_private_key(ec.SECP256R1())
-    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
+def suite(
+    tmp_path_factory: pytest.TempPathFactory, suite_backend: Backend, jwt_key: ec.EllipticCurvePrivateKey
+) -> Iterator[UpSuite]:
+    data_dir = tmp_path_factory.mktemp(f"gateway-e2e-{suite_backend.name}")
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(jwt_key.public_key()))
     jwk.update({"kid": "e2e", "alg": "ES256", "use": "sig"})
     jwks = data_dir / "jwks.json"
     jwks.write_text(json.dumps({"keys": [jwk]}))
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "REDIS_URL") and not k.startswith("AWARENESS_")
+    extra = {
+        # Schemathesis sends thousands of requests; the limits themselves are tested elsewhere.
+        "AWARENESS_GATEWAY_RATE_PRINCIPAL_PER_MIN": "1000000",
+        "AWARENESS_GATEWAY_RATE_IP_PER_MIN": "1000000",
+        "AWARENESS_GATEWAY_RATE_GLOBAL_PER_MIN": "1000000",
+        "AWARENESS_GATEWAY_JWKS_FILE": str(jwks),
+        "AWARENESS_GATEWAY_JWT_ISSUER": ISSUER,
+        "AWARENESS_GATEWAY_JWT_AUDIENCE": AUDIENCE,
     }
-    addresses = {service: f"127.0.0.1:{free_port()}" for service in SERVICES}
-    for service, address in addresses.items():
-        env[f"AWARENESS_{service.upper()}_TARGET"] = address
-        env[f"AWARENESS_{service.upper()}_METRICS_PORT"] = str(free_port())
-    port = free_port()
-    env.update(
-        {
-            "AWARENESS_DATA_DIR": str(data_dir),
-            "AWARENESS_GATEWAY_PORT": str(port),
-            # Schemathesis sends thousands of requests; the limits themselves are tested elsewhere.
-            "AWARENESS_GATEWAY_RATE_PRINCIPAL_PER_MIN": "1000000",
-            "AWARENESS_GATEWAY_RATE_IP_PER_MIN": "1000000",
-            "AWARENESS_GATEWAY_RATE_GLOBAL_PER_MIN": "1000000",
-            "AWARENESS_GATEWAY_JWKS_FILE": str(jwks),
-            "AWARENESS_GATEWAY_JWT_ISSUER": ISSUER,
-            "AWARENESS_GATEWAY_JWT_AUDIENCE": AUDIENCE,
-            "PYTHONPATH": str(REPO),
-        }
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=REPO,
-    )
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 120
-        lines: list[str] = []
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "all services healthy" in line:
-                break
-        assert any("all services healthy" in line for line in lines), "".join(lines) + _logs(data_dir)
-        yield Suite(f"http://127.0.0.1:{port}", env, data_dir, addresses, private)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    with awareness_up(data_dir, suite_backend, extra_env=extra) as running:
+        yield running
 
 
 def _curl(*args: str) -> tuple[int, dict[str, str], bytes]:
@@ -160,7 +89,7 @@ def _reason(body: dict[str, Any]) -> str:
 
 
 @needs_curl
-def test_new_user_posts_an_event_with_curl_and_reads_it_back_with_its_receipt(suite: Suite) -> None:
+def test_new_user_posts_an_event_with_curl_and_reads_it_back_with_its_receipt(suite: UpSuite) -> None:
     key = suite.create_key("admin")
     event_id = str(uuid.uuid4())
     event = {
@@ -190,7 +119,7 @@ def test_new_user_posts_an_event_with_curl_and_reads_it_back_with_its_receipt(su
     assert json.loads(body)["eventId"] == event_id
 
 
-def test_a_new_policy_author_walks_the_lifecycle_through_the_gateway(suite: Suite) -> None:
+def test_a_new_policy_author_walks_the_lifecycle_through_the_gateway(suite: UpSuite) -> None:
     # Issue 6's walk-through over HTTP: create, submit, fail to approve as the author (who
     # also holds the approver role), approve as someone else, send a violating event, see it.
     author = suite.create_key("policy_author", "policy_approver")
@@ -250,7 +179,7 @@ def test_a_new_policy_author_walks_the_lifecycle_through_the_gateway(suite: Suit
 
 
 @needs_curl
-def test_missing_bad_revoked_and_expired_keys_get_401(suite: Suite) -> None:
+def test_missing_bad_revoked_and_expired_keys_get_401(suite: UpSuite) -> None:
     url = f"{suite.url}/v1/events"
     status, headers, body = _curl(url)
     assert status == 401 and headers["www-authenticate"].startswith("Bearer")
@@ -269,14 +198,14 @@ def test_missing_bad_revoked_and_expired_keys_get_401(suite: Suite) -> None:
     assert (status, _reason(json.loads(body))) == (401, "KEY_EXPIRED")
 
 
-def _insert_expired_key(suite: Suite) -> str:
+def _insert_expired_key(suite: UpSuite) -> str:
     """A key that expired yesterday, written to the gateway's store as the CLI would."""
     from services.gateway import repository
     from services.gateway.domain import keys
     from services.runtime import db
 
     new = keys.generate_key()
-    engine = db.create_db_engine(f"sqlite:///{suite.data_dir / 'gateway.db'}", service="gateway")
+    engine = db.create_db_engine(suite.database_url("gateway"), service="gateway")
     try:
         with db.transaction(db.session_factory(engine)) as session:
             now = datetime.now(UTC)
@@ -294,7 +223,7 @@ def _insert_expired_key(suite: Suite) -> str:
     return new.token
 
 
-def _jwt(suite: Suite, **claims: Any) -> str:
+def _jwt(key: ec.EllipticCurvePrivateKey, **claims: Any) -> str:
     now = int(time.time())
     payload = {
         "iss": ISSUER,
@@ -304,20 +233,22 @@ def _jwt(suite: Suite, **claims: Any) -> str:
         "roles": ["analyst"],
         **claims,
     }
-    return jwt.encode(payload, suite.jwt_key, algorithm="ES256", headers={"kid": "e2e"})
+    return jwt.encode(payload, key, algorithm="ES256", headers={"kid": "e2e"})
 
 
-def test_jwt_with_wrong_audience_gets_401_and_a_good_one_passes_auth(suite: Suite) -> None:
+def test_jwt_with_wrong_audience_gets_401_and_a_good_one_passes_auth(
+    suite: UpSuite, jwt_key: ec.EllipticCurvePrivateKey
+) -> None:
     with httpx.Client(base_url=suite.url, timeout=30) as client:
-        wrong = client.get("/v1/keys", headers={"Authorization": f"Bearer {_jwt(suite, aud='other')}"})
+        wrong = client.get("/v1/keys", headers={"Authorization": f"Bearer {_jwt(jwt_key, aud='other')}"})
         assert wrong.status_code == 401
         assert _reason(wrong.json()) == "BAD_AUDIENCE"
         assert "invalid_token" in wrong.headers["www-authenticate"]
-        good = client.get("/v1/keys", headers={"Authorization": f"Bearer {_jwt(suite, roles=['auditor'])}"})
+        good = client.get("/v1/keys", headers={"Authorization": f"Bearer {_jwt(jwt_key, roles=['auditor'])}"})
         assert good.status_code not in (401, 403), good.text
 
 
-def test_missing_permission_gets_403(suite: Suite) -> None:
+def test_missing_permission_gets_403(suite: UpSuite) -> None:
     key = suite.create_key("auditor")
     with httpx.Client(base_url=suite.url, timeout=30) as client:
         response = client.post(
@@ -327,7 +258,7 @@ def test_missing_permission_gets_403(suite: Suite) -> None:
     assert response.json()["details"][0]["metadata"] == {"permission": "ingest:write"}
 
 
-def test_a_service_refuses_calls_that_did_not_come_through_the_gateway(suite: Suite) -> None:
+def test_a_service_refuses_calls_that_did_not_come_through_the_gateway(suite: UpSuite) -> None:
     request = ingest_pb2.ListEventsRequest(page_size=1)
     with grpc.insecure_channel(suite.addresses["ingest"]) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
@@ -352,7 +283,7 @@ def test_a_service_refuses_calls_that_did_not_come_through_the_gateway(suite: Su
 # --- GoPhish ---------------------------------------------------------------------------------
 
 
-def _gophish(suite: Suite, body: bytes, signature: str | None) -> httpx.Response:
+def _gophish(suite: UpSuite, body: bytes, signature: str | None) -> httpx.Response:
     headers = {"Content-Type": "application/json"}
     if signature is not None:
         headers["X-Gophish-Signature"] = signature
@@ -372,13 +303,13 @@ def _gophish_body() -> bytes:
     ).encode()
 
 
-def test_gophish_bad_signature_is_refused(suite: Suite) -> None:
+def test_gophish_bad_signature_is_refused(suite: UpSuite) -> None:
     body = _gophish_body()
     assert _gophish(suite, body, None).status_code == 401
     assert _gophish(suite, body, gophish.sign(b"wrong-secret-0123456789abcdef", body)).status_code == 401
 
 
-def test_gophish_good_signature_accepted_once_then_idempotent(suite: Suite) -> None:
+def test_gophish_good_signature_accepted_once_then_idempotent(suite: UpSuite) -> None:
     secret = (suite.data_dir / "gophish-webhook-secret").read_bytes().strip()
     body = _gophish_body()
     first = _gophish(suite, body, gophish.sign(secret, body))
@@ -394,7 +325,7 @@ def test_gophish_good_signature_accepted_once_then_idempotent(suite: Suite) -> N
 
 @needs_curl
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
-def test_openssl_time_stamp_through_the_gateway_verifies(suite: Suite, tmp_path: Path) -> None:
+def test_openssl_time_stamp_through_the_gateway_verifies(suite: UpSuite, tmp_path: Path) -> None:
     key = suite.create_key("auditor")
     data = tmp_path / "evidence.txt"
     data.write_text("evidence")
@@ -436,10 +367,89 @@ def test_openssl_time_stamp_through_the_gateway_verifies(suite: Suite, tmp_path:
     assert wrong_type == 400
 
 
+# --- personal data at rest: files, PostgreSQL's data directory and WAL, Redis -------------------
+
+
+def test_personal_values_sent_through_the_gateway_are_nowhere_in_clear(
+    suite: UpSuite, jwt_key: ec.EllipticCurvePrivateKey
+) -> None:
+    """Every byte the suite keeps is read back and searched for the values sent: the data
+    directory (SQLite files, logs, keys) on either backend; on PostgreSQL also every file of the
+    server after a CHECKPOINT (data files, WAL), a pg_dump, and every key and value in Redis.
+    Values are unique to this run, because the PostgreSQL and Redis servers are shared."""
+    marker = uuid.uuid4().hex[:12]
+    values = {
+        "subject": f"zoe.{marker}@corp.example",
+        "summary": f"Zoë opened the lure {marker}-summary",
+        "details": f"https://lure.example/{marker}-details",
+        "note": f"Zoë fell for it again {marker}-note",
+        "caller": f"erin.{marker}@idp.example",  # a JWT subject is a person too
+    }
+    key = suite.create_key("admin")
+    event_id = str(uuid.uuid4())
+    with httpx.Client(base_url=suite.url, timeout=30) as http:
+        posted = http.post(
+            "/v1/events",
+            json={
+                "eventId": event_id,
+                "type": "phishing.clicked",
+                "source": "plaintext-check",
+                "subject": values["subject"],
+                "occurredAt": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                "severity": "SEVERITY_MEDIUM",
+                "summary": values["summary"],
+                "details": {"url": values["details"]},
+            },
+            headers={"Authorization": f"Bearer {_jwt(jwt_key, sub=values['caller'], roles=['admin'])}"},
+        )
+        assert posted.status_code == 200, posted.text
+        labelled = http.post(
+            f"/v1/events/{event_id}:label",
+            json={"label": "LABEL_TRUE_POSITIVE", "note": values["note"]},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert labelled.status_code == 200, labelled.text
+        read = http.get(f"/v1/events/{event_id}", headers={"Authorization": f"Bearer {key}"}).json()
+        # Stored and readable, so the search below looks for something that was really kept.
+        assert (read["subject"], read["summary"], read["details"], read["metadata"]["labelNote"]) == (
+            values["subject"],
+            values["summary"],
+            {"url": values["details"]},
+            values["note"],
+        )
+
+    wanted = needles(values.values())
+    files = [path for path in sorted(suite.data_dir.rglob("*")) if path.is_file()]
+    leaks = {f"data dir: {path.relative_to(suite.data_dir)}": scan_file(path, wanted) for path in files}
+    if suite.backend.postgres:
+        url = suite.backend.database_url
+        dump = pg_dump(url)
+        assert b"awareness_ingest" in dump and b"awareness_gdpr" in dump  # the dump covers the stores
+        leaks["pg_dump"] = holding(dump, wanted)
+        for path, found in postgres_files_holding(url, values.values()).items():
+            leaks[f"postgres: {path}"] = found
+        for name, found in redis_holding(suite.backend.redis_url, values.values()).items():
+            leaks[f"redis: {name}"] = found
+        # The gateway did keep its rate-limit state there, so Redis was really in the path.
+        assert _redis_keys(suite.backend), "the gateway kept nothing in Redis"
+    leaks = {where: found for where, found in leaks.items() if found}
+    assert not leaks, leaks
+
+
+def _redis_keys(backend: Backend) -> list[bytes]:
+    import redis
+
+    client = redis.Redis.from_url(backend.redis_url, socket_timeout=5)
+    try:
+        return list(client.scan_iter(match=f"{backend.redis_key_prefix}*", count=1000))
+    finally:
+        client.close()
+
+
 # --- the OpenAPI contract under fuzzing ------------------------------------------------------
 
 
-def test_schemathesis_finds_no_server_error_and_no_schema_violation(suite: Suite, tmp_path: Path) -> None:
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(suite: UpSuite, tmp_path: Path) -> None:
     """Bounded run: a few examples per operation, a total time budget.
 
     Allowed statuses for `not_a_server_error`: every 2xx-4xx, and 501, which backends whose
@@ -472,6 +482,4 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(suite: Suite
         capture_output=True, text=True, timeout=400, cwd=REPO,
     )  # fmt: skip
     failures = result.stdout.partition("= FAILURES =")[2].partition("= WARNINGS =")[0]
-    assert result.returncode == 0, (
-        (failures or result.stdout[-8000:]) + result.stderr[-3000:] + _logs(suite.data_dir)
-    )
+    assert result.returncode == 0, (failures or result.stdout[-8000:]) + result.stderr[-3000:] + suite.logs()

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +13,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.runtime.config import SERVICES
-from tests.conftest import free_port
+from tests.awareness_up import SQLITE, Backend, awareness_up
 
 pytestmark = pytest.mark.e2e
+
+START_UP_ONLY = {"AWARENESS_SCORING_BOOTSTRAP_MODEL": "0"}  # the model has its own tests
 
 EXPECTED = {
     "ingest": "awareness.ingest.v1.IngestService",
@@ -31,50 +29,10 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    data_dir = tmp_path_factory.mktemp("suite")
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env["AWARENESS_SCORING_BOOTSTRAP_MODEL"] = "0"  # start-up only; the model has its own tests
-    addresses = {service: f"127.0.0.1:{free_port()}" for service in SERVICES}
-    for service, address in addresses.items():
-        env[f"AWARENESS_{service.upper()}_TARGET"] = address
-        env[f"AWARENESS_{service.upper()}_METRICS_PORT"] = str(free_port())
-    gateway_port = free_port()
-    env.update({"AWARENESS_DATA_DIR": str(data_dir), "AWARENESS_GATEWAY_PORT": str(gateway_port)})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 90
-        lines: list[str] = []
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "all services healthy" in line:
-                break
-        assert any("all services healthy" in line for line in lines), "".join(lines) + _logs(data_dir)
-        yield {"gateway": f"http://127.0.0.1:{gateway_port}", **addresses}
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _logs(data_dir: Path) -> str:
-    out = []
-    for path in sorted((data_dir / "logs").glob("*.log")):
-        out.append(f"--- {path.name}\n{path.read_text()[-3000:]}")
-    return "\n".join(out)
+def suite(tmp_path_factory: pytest.TempPathFactory, suite_backend: Backend) -> Iterator[dict[str, str]]:
+    data_dir = tmp_path_factory.mktemp(f"suite-{suite_backend.name}")
+    with awareness_up(data_dir, suite_backend, extra_env=START_UP_ONLY) as running:
+        yield {"gateway": running.url, **running.addresses}
 
 
 def test_gateway_live_answers_200(suite: dict[str, str]) -> None:
@@ -116,23 +74,8 @@ def test_each_service_is_serving_and_reflects_its_methods(suite: dict[str, str],
 
 
 def test_suite_stops_cleanly_on_interrupt(tmp_path: Path) -> None:
-    # Covered by the fixture's teardown too; here we check the exit code of a short-lived suite.
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env["AWARENESS_SCORING_BOOTSTRAP_MODEL"] = "0"
-    for service in SERVICES:
-        env[f"AWARENESS_{service.upper()}_TARGET"] = f"127.0.0.1:{free_port()}"
-        env[f"AWARENESS_{service.upper()}_METRICS_PORT"] = str(free_port())
-    env.update({"AWARENESS_DATA_DIR": str(tmp_path), "AWARENESS_GATEWAY_PORT": str(free_port())})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up"], env=env, stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line or "all services healthy" in line:
-            break
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=40) == 0
-    rest = proc.stdout.read()
+    # Signals, not storage: SQLite only. The fixture stops by SIGTERM; Ctrl-C is checked here.
+    with awareness_up(tmp_path, SQLITE, extra_env=START_UP_ONLY) as running:
+        code, rest = running.stop(signal.SIGINT)
+    assert code == 0
     assert "stopped" in rest

@@ -8,11 +8,7 @@ certificate the gateway publishes on GET /v1/keys.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.runtime.config import SERVICES
-from tests.conftest import free_port
+from tests.awareness_up import SQLITE, awareness_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -37,68 +32,16 @@ class Suite:
     api_key: str = ""
 
 
-def _logs(data_dir: Path) -> str:
-    return "\n".join(
-        f"--- {path.name}\n{path.read_text()[-3000:]}" for path in sorted((data_dir / "logs").glob("*.log"))
-    )
-
-
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
-    data_dir = tmp_path_factory.mktemp("suite")
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "AWARENESS_PKI_DIR")}
-    for service in SERVICES:
-        env[f"AWARENESS_{service.upper()}_TARGET"] = f"127.0.0.1:{free_port()}"
-        env[f"AWARENESS_{service.upper()}_METRICS_PORT"] = str(free_port())
-    gateway_port = free_port()
-    env.update({"AWARENESS_DATA_DIR": str(data_dir), "AWARENESS_GATEWAY_PORT": str(gateway_port)})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + 120
-        lines: list[str] = []
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "all services healthy" in line:
-                break
-        assert any("all services healthy" in line for line in lines), "".join(lines) + _logs(data_dir)
-        suite = Suite(gateway=f"http://127.0.0.1:{gateway_port}", data_dir=data_dir, env=env)
-        created = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "services.cli",
-                "keys",
-                "create",
-                "--name",
-                "auditor",
-                "--role",
-                "auditor",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
+    # RFC 3161 does not touch the stores: SQLite only (tests/test_e2e_gateway.py runs both).
+    with awareness_up(tmp_path_factory.mktemp("suite"), SQLITE) as running:
+        yield Suite(
+            gateway=running.url,
+            data_dir=running.data_dir,
+            env=running.env,
+            api_key=running.create_key("auditor", name="auditor"),
         )
-        assert created.returncode == 0, created.stderr
-        suite.api_key = created.stdout.strip().splitlines()[-1]
-        yield suite
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def _openssl(*args: str) -> subprocess.CompletedProcess[str]:
