@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.runtime.errors import FieldViolation, InvalidArgumentError
 
@@ -77,42 +80,78 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+_STRING, _ENUM, _MESSAGE, _MAP, _OTHER = range(5)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What to check in one field, worked out once per field (the walk runs on every request)."""
+
+    kind: int
+    name: str
+    full_name: str
+    repeated: bool
+    max_length: int | None = None
+    known: frozenset[int] = frozenset()
+    key: _Plan | None = None
+    value: _Plan | None = None
+
+
+_PLANS: dict[FieldDescriptor, _Plan] = {}
+
+
+def _plan(field: FieldDescriptor) -> _Plan:
+    plan = _PLANS.get(field)
+    if plan is not None:
+        return plan
+    entry = field.message_type
+    kind, max_length, known, key, value = _OTHER, None, frozenset[int](), None, None
+    if entry is not None and entry.GetOptions().map_entry:
+        kind, key, value = _MAP, _plan(entry.fields_by_name["key"]), _plan(entry.fields_by_name["value"])
+    elif field.type == FieldDescriptor.TYPE_STRING:
+        kind, max_length = _STRING, max_length_of(field)
+    elif field.type == FieldDescriptor.TYPE_ENUM and field.enum_type is not None:
+        kind, known = _ENUM, frozenset(field.enum_type.values_by_number)
+    elif field.type == FieldDescriptor.TYPE_MESSAGE:
+        kind = _MESSAGE
+    plan = _Plan(kind, field.name, field.full_name, field.is_repeated, max_length, known, key, value)
+    _PLANS[field] = plan
+    return plan
+
+
 def _walk(message: Message, prefix: str, skip: frozenset[str], found: list[FieldViolation]) -> None:
-    if message.DESCRIPTOR.full_name == "google.protobuf.Timestamp":
+    if message.DESCRIPTOR is Timestamp.DESCRIPTOR:
         _timestamp(message, prefix, found)
         return
     for field, value in message.ListFields():
-        if field.full_name in skip:
+        plan = _PLANS.get(field) or _plan(field)
+        if plan.kind == _OTHER or (skip and plan.full_name in skip):
             continue
-        path = _join(prefix, field.name)
-        entry = field.message_type
-        if entry is not None and entry.GetOptions().map_entry:
-            key_field, value_field = entry.fields_by_name["key"], entry.fields_by_name["value"]
+        if plan.kind == _MAP:
+            assert plan.key is not None and plan.value is not None
             # Map keys may be personal data: the path names the map, never the key.
+            path = _join(prefix, plan.name)
             for key, item in value.items():
-                _value(key_field, key, path, skip, found)
-                _value(value_field, item, path, skip, found)
-        elif field.is_repeated:
+                _value(plan.key, key, path, skip, found)
+                _value(plan.value, item, path, skip, found)
+        elif plan.repeated:
+            path = _join(prefix, plan.name)
             for index, item in enumerate(value):
-                _value(field, item, f"{path}[{index}]", skip, found)
+                _value(plan, item, f"{path}[{index}]", skip, found)
         else:
-            _value(field, value, path, skip, found)
+            _value(plan, value, _join(prefix, plan.name), skip, found)
 
 
-def _value(
-    field: FieldDescriptor, value: object, path: str, skip: frozenset[str], found: list[FieldViolation]
-) -> None:
-    kind = field.type
-    if kind == FieldDescriptor.TYPE_STRING:
-        assert isinstance(value, str)
-        found.extend(text_violations(value, path, max_length=max_length_of(field)))
-    elif kind == FieldDescriptor.TYPE_MESSAGE:
-        assert isinstance(value, Message)
+def _value(plan: _Plan, value: Any, path: str, skip: frozenset[str], found: list[FieldViolation]) -> None:
+    kind = plan.kind
+    if kind == _STRING:
+        limit = plan.max_length
+        if NUL in value or (limit is not None and len(value) > limit):
+            found.extend(text_violations(value, path, max_length=limit))
+    elif kind == _MESSAGE:
         _walk(value, path, skip, found)
-    elif kind == FieldDescriptor.TYPE_ENUM:
-        known = field.enum_type.values_by_number if field.enum_type is not None else {}
-        if value not in known:
-            found.append(FieldViolation(path, f"unknown value {value}"))
+    elif kind == _ENUM and value not in plan.known:
+        found.append(FieldViolation(path, f"unknown value {value}"))
 
 
 def _timestamp(stamp: Message, path: str, found: list[FieldViolation]) -> None:
