@@ -3,7 +3,8 @@
 In order: 1 ingest events for a subject; 2 export them and find the plaintext; 3 erase the subject;
 4 export again: NOT_FOUND; 5 read the events: personal fields marked erased; 6 verify the whole log and
 every earlier receipt (inclusion proofs against signed checkpoints, consistency of the old checkpoint with
-the new); 7 a raw dump of every database holds no trace of the identifier, summary text or detail values.
+the new); 7 a raw dump of every database holds no trace of the identifier, summary text or detail values,
+and on PostgreSQL neither does any file of the server (data files and WAL, after a CHECKPOINT).
 Also: withdrawing consent stops scoring for that subject (scoring asks gdpr before it scores).
 """
 
@@ -34,7 +35,7 @@ from services.scoring.domain.training import TrainingResult, train
 from services.scoring.models import ModelStatus
 from services.scoring.training_job import register_result
 from services.signing.domain.checkpoint import CheckpointBody, NoteVerifier, verify_checkpoint
-from tests.gdpr.dumps import pg_dump
+from tests.gdpr.dumps import pg_dump, postgres_files_holding
 from tests.gdpr.suite import Suite, in_process_suite
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -150,6 +151,7 @@ async def test_erasure_end_to_end_keeps_the_log_verifiable_and_leaves_no_trace(
     identifier = f"erin.{marker[:12]}@corp.example"
     summary_text = f"summary-{marker}"
     detail_value = f"detail-{marker}"
+    note_text = f"note-{marker}"
     bystander = f"bob.{uuid.uuid4().hex[:12]}@corp.example"
     objector = f"olga.{uuid.uuid4().hex[:12]}@corp.example"
     data_dir = tmp_path / "var"
@@ -188,9 +190,11 @@ async def test_erasure_end_to_end_keeps_the_log_verifiable_and_leaves_no_trace(
         }
         await clients.events.LabelEvent(
             ingest_pb2.LabelEventRequest(
-                name=f"events/{subject_ids[0]}", label=ingest_pb2.LABEL_TRUE_POSITIVE
+                name=f"events/{subject_ids[0]}", label=ingest_pb2.LABEL_TRUE_POSITIVE, note=note_text
             )
         )
+        labelled = await clients.events.GetEvent(ingest_pb2.GetEventRequest(name=f"events/{subject_ids[0]}"))
+        assert labelled.metadata.label_note == note_text  # kept, so step 7 looks for something real
         checkpoint_before = await clients.audit.GetCheckpoint(ingest_pb2.GetCheckpointRequest())
 
         # Withdrawing consent stops scoring for that subject; the others are scored.
@@ -304,7 +308,13 @@ async def test_erasure_end_to_end_keeps_the_log_verifiable_and_leaves_no_trace(
         assert report.ok, report.failure
 
         # --- 7. no trace of the identifier, summary or detail values in any database ---
-        secrets = [identifier.encode(), summary_text.encode(), detail_value.encode(), marker.encode()]
+        secrets = [
+            identifier.encode(),
+            summary_text.encode(),
+            detail_value.encode(),
+            note_text.encode(),
+            marker.encode(),
+        ]
         files = [path for path in data_dir.rglob("*") if path.is_file()]
         assert any(path.name == "gdpr.db" for path in files) or database_url
         for path in files:
@@ -315,3 +325,6 @@ async def test_erasure_end_to_end_keeps_the_log_verifiable_and_leaves_no_trace(
             dump = pg_dump(database_url)
             assert b"awareness_gdpr" in dump and b"awareness_ingest" in dump  # the dump covers both
             assert not [value for value in secrets if value in dump]
+            # The server's own files too: dead tuples, free space and WAL outlive a dump's view.
+            files_holding = postgres_files_holding(database_url, [value.decode() for value in secrets])
+            assert not files_holding, files_holding
