@@ -43,7 +43,8 @@ class EventRecord(Base):
     nonce: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     receive_time_us: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    # HMAC of the submitted content (idempotency); keyed, so it confirms no guess of personal data.
+    # HMAC of the submitted content (idempotency), keyed with the subject's data key and the server
+    # secret: it confirms no guess of personal data, and none at all once the key is shredded.
     content_fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
     leaf_hash: Mapped[bytes] = mapped_column(LargeBinary(32), nullable=False)
     record_version: Mapped[int] = mapped_column(SmallInteger, nullable=False, default=1)

@@ -389,8 +389,10 @@ def content_fingerprint(event: EventInput, *, secret: bytes, data_key: bytes | N
     """HMAC-SHA256 (hex) over the canonical content of a submitted, already validated event.
 
     Used for idempotency: a retried event_id with the same fingerprint gets the original receipt,
-    with a different one EVENT_ID_CONFLICT. The content holds personal data, hence a keyed HMAC
-    under a server secret, never a bare hash that could be confirmed by guessing.
+    with a different one EVENT_ID_CONFLICT. The content holds personal data, hence a keyed HMAC,
+    never a bare hash that could be confirmed by guessing: client events are keyed with
+    subject_fingerprint_key(secret, data_key), so the fingerprint dies with the subject's key;
+    system events (no personal data, no key) with the server secret alone.
     """
     severity = parse_severity(event.severity)
     if event.occurred_at is None or severity is None:
