@@ -6,7 +6,7 @@ from awareness.signing.v1 import signing_pb2, signing_pb2_grpc
 
 from services.runtime import db
 from services.runtime.clients import new_breaker
-from services.runtime.config import refuse_generated_secret
+from services.runtime.config import MissingSecretError, refuse_generated_secret
 from services.runtime.paging import PageTokens
 from services.runtime.server import ServiceApp, ServiceContext
 from services.signing.api import SigningMetrics, SigningServicer
@@ -35,6 +35,11 @@ def create_app(
     if not config.pki_dir_from_environment:
         # In Kubernetes each replica would otherwise sign with a PKI of its own.
         refuse_generated_secret(settings.env, f"{PKI_DIR_ENVIRONMENT_VARIABLE} (the signing PKI Secret)")
+    elif not (config.pki_dir / MANIFEST_FILE).is_file():
+        raise MissingSecretError(
+            f"{PKI_DIR_ENVIRONMENT_VARIABLE}={config.pki_dir} holds no {MANIFEST_FILE}: "
+            "mount the PKI Secret there"
+        )
     if not config.pki_dir_from_environment and not (config.pki_dir / MANIFEST_FILE).exists():
         # `awareness serve signing` without `awareness up`: the same development PKI, made here.
         bootstrap_dev(settings.data_dir)

@@ -130,6 +130,11 @@ def _serve(service: str, tmp_path: Path, **extra: str) -> subprocess.CompletedPr
         ("policy", {}, "AWARENESS_INTERNAL_SECRET"),
         ("ingest", {"AWARENESS_INTERNAL_SECRET": SECRET}, "AWARENESS_INGEST_FINGERPRINT_SECRET"),
         ("signing", {"AWARENESS_INTERNAL_SECRET": SECRET}, "AWARENESS_PKI_DIR"),
+        (
+            "signing",
+            {"AWARENESS_INTERNAL_SECRET": SECRET, "AWARENESS_PKI_DIR": "/nonexistent/pki"},
+            "AWARENESS_PKI_DIR=/nonexistent/pki",
+        ),
         ("gdpr", {"AWARENESS_INTERNAL_SECRET": SECRET}, "AWARENESS_KEK_FILE"),
         ("gateway", {"AWARENESS_INTERNAL_SECRET": SECRET}, "AWARENESS_GOPHISH_SECRET"),
     ],
