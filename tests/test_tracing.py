@@ -1,8 +1,9 @@
 """One HTTP request through the gateway yields one trace across the suite, with database spans.
 
-Processes cannot share an in-memory exporter, so every service runs in THIS process: each
-service's ``create_app`` behind a real gRPC server on a loopback port (the same
-``create_server`` the real processes use), and the gateway's ASGI app driven through httpx.
+Processes cannot share an in-memory exporter, so every service runs in THIS process (the shared
+in-process suite, tests/gdpr/suite.py): each service's ``create_app`` behind a real gRPC server on a
+loopback port (the same ``create_server`` the real processes use), and the gateway's ASGI app driven
+through httpx.
 One TracerProvider with an InMemorySpanExporter collects every span; SQLAlchemy engines are
 instrumented as ``serve()`` does for a real process.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterable
@@ -27,10 +27,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from services.loadgen import make_event
-from services.runtime.config import SERVICES, load_settings
-from services.runtime.server import ServiceContext, build_context, create_server
+from services.runtime.config import load_settings
 from services.runtime.tracing import configure_tracing
-from tests.conftest import INTERNAL_SECRET, free_port
+from tests.conftest import INTERNAL_SECRET
+from tests.gdpr.suite import in_process_suite
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -47,19 +47,9 @@ FAST = {
     "AWARENESS_CALL_TIMEOUT_SECONDS": "10",
     # No default-model training in this process: ScoreEvents still answers (and is traced) without one.
     "AWARENESS_SCORING_BOOTSTRAP_MODEL": "0",
+    "AWARENESS_METRICS_PORT": "0",
+    "AWARENESS_GATEWAY_RATE_PRINCIPAL_PER_MIN": "100000",
 }
-
-
-def suite_env(data_dir: Path, ports: dict[str, int]) -> dict[str, str]:
-    env = {
-        "AWARENESS_DATA_DIR": str(data_dir),
-        "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
-        "AWARENESS_METRICS_PORT": "0",
-        "AWARENESS_GATEWAY_RATE_PRINCIPAL_PER_MIN": "100000",
-        **{f"AWARENESS_{name.upper()}_TARGET": f"127.0.0.1:{port}" for name, port in ports.items()},
-        **FAST,
-    }
-    return env
 
 
 def install_exporter() -> InMemorySpanExporter:
@@ -72,54 +62,27 @@ def install_exporter() -> InMemorySpanExporter:
 
 
 @contextlib.asynccontextmanager
-async def in_process_suite(
-    data_dir: Path,
-) -> AsyncIterator[httpx.AsyncClient]:
+async def traced_suite(data_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The shared in-process suite, the gateway's app in front, every engine instrumented."""
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
     from services.gateway.app import create_gateway
-    from services.launcher import prepare_data_dir
 
-    prepare_data_dir(data_dir)
-    ports = {name: free_port() for name in SERVICES}
-    env = suite_env(data_dir, ports)
-    contexts: dict[str, ServiceContext] = {}
-    stoppers: list[Any] = []
-    instrumentor = SQLAlchemyInstrumentor()
-    try:
-        for name in START_ORDER:
-            context = build_context(load_settings(name, env))
-            contexts[name] = context
-            app = importlib.import_module(f"services.{name}.app").create_app(context)
-            server, _health, _port = create_server(app, context, port=ports[name])
-            if app.on_start is not None:
-                await app.on_start()
-            await server.start()
-            tasks = [asyncio.create_task(job()) for job in app.background]
-            stoppers.append((server, tasks, app, context))
-        gateway_settings = load_settings("gateway", env)
-        gateway = create_gateway(gateway_settings)
-        engines = [c.engine for c in contexts.values() if c.engine is not None]
+    async with in_process_suite(data_dir, services=START_ORDER, **FAST) as suite:
+        gateway = create_gateway(load_settings("gateway", suite.env))
+        engines = [r.context.engine for r in suite.services.values() if r.context.engine is not None]
         engines.append(gateway.state.gateway.engine)
+        instrumentor = SQLAlchemyInstrumentor()
         instrumentor.instrument(engines=engines)
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=gateway), base_url="http://gateway.test", timeout=30
-        ) as client:
-            yield client
-        await gateway.state.gateway.channels.close()
-    finally:
-        with contextlib.suppress(Exception):
-            instrumentor.uninstrument()
-        for server, tasks, app, context in reversed(stoppers):
-            await server.stop(0)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if app.on_stop is not None:
-                await app.on_stop()
-            await context.channels.close()
-            if context.engine is not None:
-                context.engine.dispose()
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=gateway), base_url="http://gateway.test", timeout=30
+            ) as client:
+                yield client
+        finally:
+            await gateway.state.gateway.channels.close()
+            with contextlib.suppress(Exception):
+                instrumentor.uninstrument()
 
 
 def api_key(data_dir: Path) -> str:
@@ -166,7 +129,7 @@ async def wait_for(predicate: Any, *, timeout: float, what: str) -> None:
 async def test_one_request_yields_one_trace_across_every_service_with_database_spans(tmp_path: Path) -> None:
     exporter = install_exporter()
     key = await asyncio.to_thread(api_key, tmp_path)
-    async with in_process_suite(tmp_path) as client:
+    async with traced_suite(tmp_path) as client:
         exporter.clear()
         response = await client.post(
             "/v1/events", json=make_event(1), headers={"Authorization": f"Bearer {key}"}

@@ -41,6 +41,7 @@ class Suite:
     data_dir: Path
     addresses: dict[str, str]
     services: dict[str, Running] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # the services' settings, for a gateway in front
     _factories: list[ChannelFactory] = field(default_factory=list)
 
     def channel(self, service: str, principal: Principal) -> grpc.aio.Channel:
@@ -103,7 +104,9 @@ async def in_process_suite(
     }
     if database_url:
         env["DATABASE_URL"] = database_url
-    suite = Suite(data_dir=data_dir, addresses={name: f"127.0.0.1:{port}" for name, port in ports.items()})
+    suite = Suite(
+        data_dir=data_dir, addresses={name: f"127.0.0.1:{port}" for name, port in ports.items()}, env=env
+    )
     try:
         for name in services:
             suite.services[name] = await _start(name, env, ports[name])
