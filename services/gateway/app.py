@@ -195,8 +195,8 @@ async def ready(request: Request) -> Response:
     )
     degraded = [s for s, status in zip(SERVICES, statuses, strict=True) if status != "SERVING"]
     # Readiness is the gateway's own: with its key store it can authenticate and answer every
-    # route (a down backend gives that route a 503). Gating on backends would turn one
-    # service's outage into a whole-API outage, against the degradation table in DESIGN.md.
+    # route (a down backend gives that route a 503). Gating on backends would turn one service's
+    # outage into a whole-API outage, against docs/architecture.md "When a dependency fails".
     if not key_store:
         return JSONResponse(
             {"status": "not ready", "not_serving": ["key_store"], "degraded_backends": degraded},

@@ -14,21 +14,34 @@ import json
 import logging
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import pybreaker
 from grpc_status import rpc_status
 
 from services.runtime import auth
-from services.runtime.errors import DependencyUnavailableError, error_info
+from services.runtime.errors import (
+    AbortedError,
+    AlreadyExistsError,
+    AwarenessError,
+    DependencyUnavailableError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnimplementedError,
+    error_info,
+)
 from services.runtime.metrics import BREAKER_STATES, ServiceMetrics
 from services.runtime.protos import is_idempotent
 from services.runtime.tracing import inject_metadata
 
 log = logging.getLogger("awareness.clients")
+
+T = TypeVar("T")
 
 # Codes that say "the dependency could not answer", as opposed to "your request was wrong": a
 # caller maps these to UNAVAILABLE for its own client.
@@ -55,6 +68,57 @@ BREAKER_FAILURE_CODES = frozenset(
     }
 )
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+# A peer's refusal that our own client can act on keeps its meaning. Codes not listed here
+# (UNAUTHENTICATED, CANCELLED, OUT_OF_RANGE, DATA_LOSS ...) say our call to the peer was broken, which
+# our client cannot fix: they stay INTERNAL.
+_REFUSALS: dict[grpc.StatusCode, type[AwarenessError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.ABORTED: AbortedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.UNIMPLEMENTED: UnimplementedError,
+}
+
+
+def peer_error(error: grpc.aio.AioRpcError, *, target: str) -> AwarenessError:
+    """The one rule that turns a failed call to ``target`` into an error of ours.
+
+    TRANSIENT_CODES (the peer could not answer) become UNAVAILABLE, reason ``<TARGET>_UNAVAILABLE``;
+    a refusal becomes the matching error, reason ``<TARGET>_REFUSED``. The peer's own reason, if
+    it sent one, is kept in the metadata as ``peer_reason``.
+    """
+    code = error.code()
+    metadata = {"target": target, "code": code.name}
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:
+        status = None
+    info = error_info(status) if status is not None else None
+    if info is not None and info.reason:
+        metadata["peer_reason"] = info.reason
+    if code in TRANSIENT_CODES:
+        return DependencyUnavailableError(
+            f"{target} is unavailable ({code.name})",
+            reason=f"{target.upper()}_UNAVAILABLE",
+            metadata=metadata,
+        )
+    return _REFUSALS.get(code, AwarenessError)(
+        f"{target} refused the request ({code.name}): {error.details()}",
+        reason=f"{target.upper()}_REFUSED",
+        metadata=metadata,
+    )
+
+
+async def call_peer(call: Awaitable[T], *, target: str) -> T:
+    """Await a call to ``target``; any failure of it raises ``peer_error``."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as error:
+        raise peer_error(error, target=target) from error
+
 
 # Balance calls, not connections: with round_robin a channel keeps a connection to every address
 # its target resolves to (every ready pod behind a headless Service) and sends each call to the

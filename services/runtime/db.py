@@ -14,10 +14,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, Dialect, Engine, TypeDecorator, create_engine, event, text
+from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from services.runtime.errors import UnavailableError
+
 T = TypeVar("T")
+
+STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 
 
 # psycopg2 is the PostgreSQL driver, except where a service needs what only psycopg 3 has: ingest's
@@ -109,9 +114,26 @@ def ping(engine: Engine) -> bool:
         return False
 
 
+def is_store_outage(exc: BaseException) -> bool:
+    """A database error that means "cannot reach the store", not "this statement is wrong"."""
+    if isinstance(exc, sqlalchemy_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, sqlalchemy_exc.OperationalError | sqlalchemy_exc.TimeoutError)
+
+
+def store_unavailable() -> UnavailableError:
+    """The one error every service answers while its own store is down (retryable)."""
+    return UnavailableError("the service's store is unavailable; retry later", reason=STORE_UNAVAILABLE)
+
+
 async def run_db(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    """Run blocking database work off the event loop."""
-    return await asyncio.to_thread(func, *args, **kwargs)
+    """Run blocking database work off the event loop; a store outage becomes ``store_unavailable()``."""
+    try:
+        return await asyncio.to_thread(func, *args, **kwargs)
+    except Exception as exc:
+        if is_store_outage(exc):
+            raise store_unavailable() from exc
+        raise
 
 
 class Base(DeclarativeBase):

@@ -20,13 +20,12 @@ from grpc_status import rpc_status
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from sqlalchemy import exc as sqlalchemy_exc
 
 from services.runtime import auth
+from services.runtime.db import is_store_outage, store_unavailable
 from services.runtime.errors import (
     AwarenessError,
     PermissionDeniedError,
-    UnavailableError,
     UnimplementedError,
 )
 from services.runtime.metrics import ServiceMetrics, grpc_method_label
@@ -36,20 +35,12 @@ from services.runtime.validation import check_request
 
 log = logging.getLogger("awareness.rpc")
 
-STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 EXEMPT_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 PermissionLookup = Callable[[str], str | None]
 
 
 def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> list[tuple[str, str | bytes]]:
     return list(context.invocation_metadata() or ())
-
-
-def is_store_outage(exc: BaseException) -> bool:
-    """A database error that means "cannot reach the store", not "this statement is wrong"."""
-    if isinstance(exc, sqlalchemy_exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, sqlalchemy_exc.OperationalError | sqlalchemy_exc.TimeoutError)
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -144,9 +135,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             exc = UnimplementedError(f"{method} is not implemented yet")
         elif is_store_outage(exc):
             # The service's own database is unreachable: retry later (health is NOT_SERVING too).
-            exc = UnavailableError(
-                "the service's store is unavailable; retry later", reason="STORE_UNAVAILABLE"
-            )
+            exc = store_unavailable()
         if isinstance(exc, AwarenessError):
             level = logging.WARNING if exc.code == grpc.StatusCode.INTERNAL else logging.INFO
             log.log(

@@ -1,4 +1,4 @@
-"""NetworkPolicies: default deny, then exactly the calls of the DESIGN.md table between the release's pods."""
+"""NetworkPolicies: default deny, then exactly the calls of docs/architecture.md "Who calls whom"."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from tests.helm.rendering import (
 )
 
 PORTS = {"ingest": 50051, "policy": 50052, "scoring": 50053, "signing": 50054, "gdpr": 50055, "gateway": 8080}
-# DESIGN.md "main calls out", plus the CLI jobs: retraining reads labelled events from ingest and
-# registers in scoring; retention asks gdpr.
-DESIGN_CALLS = {
+# docs/architecture.md "Who calls whom", plus the CLI jobs: retraining reads labelled events from
+# ingest and registers in scoring; retention asks gdpr.
+ARCHITECTURE_CALLS = {
     "gateway": {"ingest", "policy", "scoring", "signing", "gdpr"},
     "ingest": {"gdpr", "signing", "scoring", "policy"},
     "scoring": {"gdpr"},
@@ -29,7 +29,7 @@ DESIGN_CALLS = {
 def _expected_connections(present: set[str]) -> set[tuple[str, str, int]]:
     return {
         (source, destination, PORTS[destination])
-        for source, destinations in DESIGN_CALLS.items()
+        for source, destinations in ARCHITECTURE_CALLS.items()
         for destination in destinations
         if source in present and destination in present
     }

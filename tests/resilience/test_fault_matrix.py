@@ -1,4 +1,4 @@
-"""DESIGN.md "When a dependency fails", row by row, under steady load through the gateway.
+"""docs/architecture.md "When a dependency fails", row by row, under steady load through the gateway.
 
 Each test offers open-loop load, stops one dependency (SIGKILL a service, kill the private
 redis-server, or cut the PostgreSQL proxy), keeps the load up, brings the dependency back,

@@ -22,9 +22,18 @@ from sqlalchemy import create_engine
 
 from services.runtime import auth, db
 from services.runtime import server as runtime_server
-from services.runtime.clients import ChannelFactory
+from services.runtime.clients import ChannelFactory, call_peer
 from services.runtime.config import load_settings
-from services.runtime.errors import DependencyUnavailableError, FailedPreconditionError, error_info
+from services.runtime.errors import (
+    AwarenessError,
+    DependencyUnavailableError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnauthenticatedError,
+    UnavailableError,
+    error_info,
+)
 from services.runtime.server import ServiceApp, ServiceContext, build_context, create_server
 from tests.conftest import INTERNAL_SECRET, free_port
 
@@ -485,3 +494,55 @@ def test_garbage_collector_tuning_freezes_start_up_objects_and_collects_the_youn
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+class SubjectErased(NotFoundError):
+    reason = "SUBJECT_ERASED"
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "kind", "reason"),
+    [
+        (SubjectErased("gone"), grpc.StatusCode.NOT_FOUND, NotFoundError, "SVC_REFUSED"),
+        (
+            PolicyNotInReview("no"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            FailedPreconditionError,
+            "SVC_REFUSED",
+        ),
+        (InvalidArgumentError("bad"), grpc.StatusCode.INVALID_ARGUMENT, InvalidArgumentError, "SVC_REFUSED"),
+        (
+            UnavailableError("down"),
+            grpc.StatusCode.UNAVAILABLE,
+            DependencyUnavailableError,
+            "SVC_UNAVAILABLE",
+        ),
+        (RuntimeError("bug"), grpc.StatusCode.INTERNAL, DependencyUnavailableError, "SVC_UNAVAILABLE"),
+        (UnauthenticatedError("no"), grpc.StatusCode.UNAUTHENTICATED, AwarenessError, "SVC_REFUSED"),
+    ],
+)
+async def test_every_peer_failure_becomes_one_awareness_error(
+    running: Any, raised: Exception, code: grpc.StatusCode, kind: type[AwarenessError], reason: str
+) -> None:
+    async def refuse(_request: bytes, _context: Any) -> bytes:
+        raise raised
+
+    factory = channels(await running(make_app({"Refuse": refuse})), attempts=1)
+    with pytest.raises(AwarenessError) as caught:
+        await call_peer(factory.channel("svc").unary_unary("/test.Svc/Refuse")(b""), target="svc")
+    error = caught.value
+    assert type(error) is kind and error.reason == reason
+    assert error.metadata["target"] == "svc" and error.metadata["code"] == code.name
+    assert isinstance(error.__cause__, grpc.aio.AioRpcError)
+    if isinstance(raised, AwarenessError):
+        assert error.metadata["peer_reason"] == raised.reason
+    await factory.close()
+
+
+async def test_peer_answer_passes_through_call_peer(running: Any) -> None:
+    async def echo(request: bytes, _context: Any) -> bytes:
+        return request
+
+    factory = channels(await running(make_app({"Echo": echo})))
+    assert await call_peer(factory.channel("svc").unary_unary("/test.Svc/Echo")(b"hi"), target="svc") == b"hi"
+    await factory.close()

@@ -157,7 +157,7 @@ Takes (dict "root" $ "secretName" name "key" key "value" explicit).
 {{- end -}}
 
 {{/*
-Who calls whom: the table in docs DESIGN.md ("main calls out") plus the CLI jobs.
+Who calls whom: the table in docs/architecture.md ("Who calls whom"), CLI jobs included.
 It is the allow-list the NetworkPolicies are built from, so it lives here, not in values.
 */}}
 {{- define "awareness.callGraph" -}}
