@@ -23,12 +23,8 @@ import grpc
 from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.runtime.clients import TRANSIENT_CODES
-from services.runtime.errors import (
-    AwarenessError,
-    DependencyUnavailableError,
-    FailedPreconditionError,
-)
+from services.runtime.clients import peer_error
+from services.runtime.errors import DependencyUnavailableError
 
 MAX_LOOKUPS_PER_CALL = 1000
 
@@ -76,21 +72,6 @@ ERASED = "erased"
 class _Entry:
     value: SubjectKey | str
     expires: float
-
-
-def dependency_error(error: grpc.aio.AioRpcError, *, target: str) -> AwarenessError:
-    """The error to raise when a peer call failed: UNAVAILABLE for transient codes."""
-    if error.code() in TRANSIENT_CODES:
-        return DependencyUnavailableError(
-            f"{target} is unavailable ({error.code().name})",
-            reason=f"{target.upper()}_UNAVAILABLE",
-            metadata={"target": target, "code": error.code().name},
-        )
-    return FailedPreconditionError(
-        f"{target} refused the request ({error.code().name}): {error.details()}",
-        reason=f"{target.upper()}_REFUSED",
-        metadata={"target": target, "code": error.code().name},
-    )
 
 
 class SubjectKeys:
@@ -171,7 +152,7 @@ class SubjectKeys:
                 try:
                     response = await self._gdpr().GetSubjectKeys(request)
                 except grpc.aio.AioRpcError as error:
-                    raise dependency_error(error, target="gdpr") from error
+                    raise peer_error(error, target="gdpr") from error
                 if len(response.keys) != len(chunk):
                     raise DependencyUnavailableError(
                         "gdpr answered GetSubjectKeys with the wrong number of keys",
@@ -214,7 +195,7 @@ class SubjectKeys:
                 try:
                     response = await self._gdpr().UnwrapDataKeys(request)
                 except grpc.aio.AioRpcError as error:
-                    raise dependency_error(error, target="gdpr") from error
+                    raise peer_error(error, target="gdpr") from error
                 stored_at = self._clock()
                 for ref, item in zip(chunk, response.keys, strict=True):
                     value: SubjectKey | str
@@ -251,7 +232,7 @@ class SubjectKeys:
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return None
-            raise dependency_error(error, target="gdpr") from error
+            raise peer_error(error, target="gdpr") from error
         return response.pseudonym or None
 
     def forget(self, pseudonym: str) -> int:

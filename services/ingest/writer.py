@@ -53,7 +53,7 @@ from services.ingest.domain.records import (
 from services.ingest.keys import KeyLookup, SubjectKey, SubjectKeys
 from services.ingest.repository import StoredReceipt, to_us
 from services.ingest.tracing import batch_span, current_span_context
-from services.runtime.db import run_db, transaction
+from services.runtime.db import run_db, store_unavailable, transaction
 from services.runtime.errors import AwarenessError, FieldViolation, UnavailableError
 from services.runtime.metrics import ServiceMetrics
 from services.runtime.validation import message_violations
@@ -176,11 +176,7 @@ class Committer:
                     results = await asyncio.get_running_loop().run_in_executor(self._executor, commit)
             except Exception as error:  # the database refused: every waiting append fails with it
                 log.warning("append transaction failed", extra={"error": type(error).__name__})
-                failure: BaseException = (
-                    error
-                    if isinstance(error, AwarenessError)
-                    else UnavailableError("the event store is unavailable", reason="STORE_UNAVAILABLE")
-                )
+                failure: BaseException = error if isinstance(error, AwarenessError) else store_unavailable()
                 for work in works:
                     if not work.future.done():
                         work.future.set_exception(failure)

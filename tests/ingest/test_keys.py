@@ -18,7 +18,7 @@ from services.ingest.keys import ERASED, KeyLookup, SubjectKey, SubjectKeys, utc
 from services.runtime import auth
 from services.runtime.clients import ChannelFactory
 from services.runtime.config import load_settings
-from services.runtime.errors import DependencyUnavailableError
+from services.runtime.errors import DependencyUnavailableError, UnimplementedError
 from services.runtime.server import ServiceApp, build_context, create_server
 from tests.conftest import INTERNAL_SECRET
 from tests.ingest.harness import service_env
@@ -231,4 +231,19 @@ async def test_expired_keys_are_evicted_not_kept_until_the_cache_is_full(gdpr: t
     clock.now += 61
     assert keys.evict_expired() == 2
     assert not keys._append_cache and not keys._read_cache
+    await factory.close()
+
+
+async def test_a_gdpr_refusal_keeps_its_code_by_the_runtime_rule(gdpr: tuple[FakeGdpr, str]) -> None:
+    # FakeGdpr has no LookupSubject: gdpr answers UNIMPLEMENTED, and ingest says so (not FAILED_PRECONDITION).
+    _fake, address = gdpr
+    keys, factory = keys_for(address, Clock())
+    with pytest.raises(UnimplementedError) as caught:
+        await keys.lookup_pseudonym("a@x")
+    assert caught.value.reason == "GDPR_REFUSED"
+    assert caught.value.metadata == {
+        "target": "gdpr",
+        "code": "UNIMPLEMENTED",
+        "peer_reason": "NOT_IMPLEMENTED_YET",
+    }
     await factory.close()
