@@ -10,12 +10,12 @@ from services.policy.domain import errors
 from services.policy.domain.errors import (
     EtagMismatchError,
     IllegalTransitionError,
-    InvalidArgumentError,
     InvalidRuleError,
-    PermissionDeniedError,
     PolicyError,
+    PolicyInvalidArgumentError,
+    PolicyPermissionDeniedError,
+    PolicyUnauthenticatedError,
     SeparationOfDutiesError,
-    UnauthenticatedError,
 )
 from services.policy.domain.lifecycle import (
     Permission,
@@ -185,10 +185,10 @@ def test_a_third_person_may_approve() -> None:
 
 def test_calls_without_a_principal_are_refused() -> None:
     for principal in (None, Principal(id="", roles=frozenset({"policy_admin"}))):
-        with pytest.raises(UnauthenticatedError) as caught:
+        with pytest.raises(PolicyUnauthenticatedError) as caught:
             submit_policy(version_in(PolicyState.DRAFT), principal=principal, now=at(1))
         assert caught.value.grpc_code_name == "UNAUTHENTICATED"
-        with pytest.raises(UnauthenticatedError):
+        with pytest.raises(PolicyUnauthenticatedError):
             create_policy(principal=principal, name="p", title="t", rule=RULE, severity="LOW", now=at(0))
 
 
@@ -208,7 +208,7 @@ def test_each_action_needs_its_permission(
 ) -> None:
     everything_else = frozenset(Permission) - {permission}
     lacking = Principal(id="zed", permissions=frozenset(str(other) for other in everything_else))
-    with pytest.raises(PermissionDeniedError) as caught:
+    with pytest.raises(PolicyPermissionDeniedError) as caught:
         request(action, version_in(state), principal=lacking)
     assert caught.value.reason == "MISSING_PERMISSION"
     assert caught.value.metadata == {"permission": str(permission)}
@@ -217,7 +217,7 @@ def test_each_action_needs_its_permission(
 
 
 def test_create_needs_the_author_permission() -> None:
-    with pytest.raises(PermissionDeniedError):
+    with pytest.raises(PolicyPermissionDeniedError):
         create_policy(principal=CAROL, name="p", title="t", rule=RULE, severity="LOW", now=at(0))
 
 
@@ -323,7 +323,7 @@ def test_full_lifecycle_records_history_for_every_step() -> None:
 
 def test_reject_needs_a_reason() -> None:
     for reason in ("", "   "):
-        with pytest.raises(InvalidArgumentError) as caught:
+        with pytest.raises(PolicyInvalidArgumentError) as caught:
             reject_policy(reviewed_version(), principal=CAROL, now=at(2), reason=reason)
         assert caught.value.reason == "REJECT_REASON_REQUIRED"
         assert caught.value.grpc_code_name == "INVALID_ARGUMENT"
@@ -379,7 +379,7 @@ def test_create_validates_fields(overrides: dict[str, str], reason: str) -> None
         "severity": "LOW",
         "description": "",
     } | overrides
-    with pytest.raises(InvalidArgumentError) as caught:
+    with pytest.raises(PolicyInvalidArgumentError) as caught:
         create_policy(principal=ALICE, now=at(0), **arguments)
     assert caught.value.reason == reason
 
@@ -414,12 +414,12 @@ def test_compute_etag_depends_on_name_version_and_revision() -> None:
 
 EXPECTED_CODES: dict[type[PolicyError], str] = {
     errors.InvalidRuleError: "INVALID_ARGUMENT",
-    errors.InvalidArgumentError: "INVALID_ARGUMENT",
+    errors.PolicyInvalidArgumentError: "INVALID_ARGUMENT",
     errors.IllegalTransitionError: "FAILED_PRECONDITION",
     errors.SeparationOfDutiesError: "PERMISSION_DENIED",
-    errors.PermissionDeniedError: "PERMISSION_DENIED",
+    errors.PolicyPermissionDeniedError: "PERMISSION_DENIED",
     errors.EtagMismatchError: "ABORTED",
-    errors.UnauthenticatedError: "UNAUTHENTICATED",
+    errors.PolicyUnauthenticatedError: "UNAUTHENTICATED",
     errors.RuleEvaluationError: "INTERNAL",
 }
 

@@ -2,6 +2,8 @@
 
 Every error carries an UPPER_SNAKE ``reason`` (for ``google.rpc.ErrorInfo``) and the name of the gRPC status
 code it maps to, so the transport layer translates them with a table lookup instead of per-class code.
+Each one that has a runtime counterpart also subclasses it under a ``Policy`` name of its own: one error
+root, and no runtime error name redefined.
 """
 
 from __future__ import annotations
@@ -9,7 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
-from services.runtime.errors import AwarenessError
+from services.runtime.errors import (
+    AwarenessError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
 
 
 class PolicyError(AwarenessError):
@@ -22,14 +29,14 @@ class PolicyError(AwarenessError):
         super().__init__(message, reason=reason, metadata=metadata)
 
 
-class InvalidArgumentError(PolicyError):
+class PolicyInvalidArgumentError(PolicyError, InvalidArgumentError):
     """A request field is missing or malformed (e.g. a reject without a reason, an unknown severity)."""
 
     reason = "INVALID_ARGUMENT"
     grpc_code_name = "INVALID_ARGUMENT"
 
 
-class InvalidRuleError(InvalidArgumentError):
+class InvalidRuleError(PolicyInvalidArgumentError):
     """A CEL rule failed to parse or type-check, is not boolean, or is too long.
 
     ``line`` and ``column`` are 1-based, ``offset`` is the 0-based character offset into the rule; all three
@@ -72,20 +79,20 @@ class IllegalTransitionError(PolicyError):
     grpc_code_name = "FAILED_PRECONDITION"
 
 
-class PermissionDeniedError(PolicyError):
+class PolicyPermissionDeniedError(PolicyError, PermissionDeniedError):
     """The principal lacks the permission the action needs."""
 
     reason = "PERMISSION_DENIED"
     grpc_code_name = "PERMISSION_DENIED"
 
 
-class SeparationOfDutiesError(PermissionDeniedError):
+class SeparationOfDutiesError(PolicyPermissionDeniedError):
     """The approver wrote or submitted the very version they try to approve."""
 
     reason = "SEPARATION_OF_DUTIES"
 
 
-class UnauthenticatedError(PolicyError):
+class PolicyUnauthenticatedError(PolicyError, UnauthenticatedError):
     """No principal was given."""
 
     reason = "UNAUTHENTICATED"

@@ -30,10 +30,10 @@ from services.policy.domain.cel import compile_rule
 from services.policy.domain.errors import (
     EtagMismatchError,
     IllegalTransitionError,
-    InvalidArgumentError,
-    PermissionDeniedError,
+    PolicyInvalidArgumentError,
+    PolicyPermissionDeniedError,
+    PolicyUnauthenticatedError,
     SeparationOfDutiesError,
-    UnauthenticatedError,
 )
 
 
@@ -212,10 +212,10 @@ class PolicyChange:
 
 def _authorize(principal: Principal | None, action: PolicyAction) -> Principal:
     if principal is None or not principal.id:
-        raise UnauthenticatedError("an authenticated principal is required")
+        raise PolicyUnauthenticatedError("an authenticated principal is required")
     permission = ACTION_PERMISSIONS[action]
     if not principal.has(permission):
-        raise PermissionDeniedError(
+        raise PolicyPermissionDeniedError(
             f"{action.lower()} needs the {permission} permission",
             reason="MISSING_PERMISSION",
             metadata={"permission": permission},
@@ -234,14 +234,14 @@ def _valid_severity(severity: str) -> PolicySeverity:
         return PolicySeverity(severity)
     except ValueError:
         allowed = ", ".join(PolicySeverity)
-        raise InvalidArgumentError(
+        raise PolicyInvalidArgumentError(
             f"severity must be one of {allowed}", reason="INVALID_SEVERITY", metadata={"field": "severity"}
         ) from None
 
 
 def _valid_title(title: str) -> str:
     if not title.strip() or len(title) > TITLE_MAX_CHARS:
-        raise InvalidArgumentError(
+        raise PolicyInvalidArgumentError(
             f"title must be 1..{TITLE_MAX_CHARS} characters",
             reason="INVALID_TITLE",
             metadata={"field": "title"},
@@ -251,7 +251,7 @@ def _valid_title(title: str) -> str:
 
 def _valid_description(description: str) -> str:
     if len(description) > DESCRIPTION_MAX_CHARS:
-        raise InvalidArgumentError(
+        raise PolicyInvalidArgumentError(
             f"description must be at most {DESCRIPTION_MAX_CHARS} characters",
             reason="INVALID_DESCRIPTION",
             metadata={"field": "description"},
@@ -315,7 +315,7 @@ def create_policy(
     """Version 1 of a new policy, as a DRAFT authored by ``principal``."""
     actor = _authorize(principal, PolicyAction.CREATE)
     if not _POLICY_ID.fullmatch(name):
-        raise InvalidArgumentError(
+        raise PolicyInvalidArgumentError(
             "policy name must be 1-63 lowercase letters, digits or hyphens, starting with a letter",
             reason="INVALID_POLICY_NAME",
             metadata={"field": "name"},
@@ -444,7 +444,7 @@ def reject_policy(
     check_etag(policy, etag)
     check_transition(policy.state, PolicyAction.REJECT)
     if not reason.strip():
-        raise InvalidArgumentError(
+        raise PolicyInvalidArgumentError(
             "a rejection needs a reason", reason="REJECT_REASON_REQUIRED", metadata={"field": "reason"}
         )
     after = replace(_advanced(policy, to_state=PolicyState.DRAFT, now=now), submitter_id=None)
