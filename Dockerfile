@@ -34,6 +34,7 @@ COPY clients/python ./clients/python
 RUN PATH=/opt/tools/bin:$PATH /opt/tools/bin/python scripts/gen_protos.py \
  && /opt/venv/bin/pip install -c constraints.txt --no-deps ./clients/python
 
+# Only the services: bench/ (benchmarks, load generator) and tests/ stay out of the image.
 COPY services ./services
 RUN /opt/venv/bin/pip install -c constraints.txt --no-deps . \
  && /opt/venv/bin/pip check

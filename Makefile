@@ -47,28 +47,28 @@ test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check services tests scripts
-	$(VENV)/bin/ruff format --check services tests scripts
+	$(VENV)/bin/ruff check services tests scripts bench
+	$(VENV)/bin/ruff format --check services tests scripts bench
 	$(VENV)/bin/mypy
 	npx --no-install buf lint
 
 # The whole suite on PostgreSQL and Redis, every benchmark plus end-to-end load, one table.
 bench: setup
-	$(PY) -m services.suite_bench
+	$(PY) -m bench suite
 
 bench-signing: setup
-	$(PY) -m services.bench signing
+	$(PY) -m bench signing
 
 # Against PostgreSQL, as the ingest target is stated (DATABASE_URL names another server; a
 # scratch database is created and dropped there).
 bench-ingest: setup
-	DATABASE_URL="$${DATABASE_URL:-postgresql+psycopg2://postgres@127.0.0.1:5432/test}" $(PY) -m services.bench ingest
+	DATABASE_URL="$${DATABASE_URL:-postgresql+psycopg2://postgres@127.0.0.1:5432/test}" $(PY) -m bench ingest
 
 bench-policy: setup
-	$(PY) -m services.bench policy
+	$(PY) -m bench policy
 
 bench-scoring: setup
-	$(PY) -m services.bench scoring
+	$(PY) -m bench scoring
 
 clean:
 	rm -rf $(VENV) node_modules clients/python/src build dist .pytest_cache .mypy_cache .ruff_cache

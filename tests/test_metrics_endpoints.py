@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.loadgen import LoadConfig, run_load
+from bench.loadgen import LoadConfig, run_load
 from services.runtime.config import SERVICES
 from tests.resilience.harness import (
     PrivateRedis,

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from services.loadgen import make_event
+from bench.loadgen import make_event
 from services.runtime.config import load_settings
 from services.runtime.tracing import configure_tracing
 from tests.conftest import INTERNAL_SECRET

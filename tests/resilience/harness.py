@@ -2,7 +2,7 @@
 restart any one of them; put a TCP proxy in front of PostgreSQL (or Redis) so "the database
 goes down" never touches the machine's own server.
 
-Used by the fault matrix, the metrics test and ``make bench`` (services/suite_bench.py).
+Used by the fault matrix, the metrics test and ``make bench`` (bench/suite.py).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.loadgen import LoadConfig, LoadGenerator, LoadResult, Outcome
 from services.launcher import START_ORDER, grpc_serving, http_ok, prepare_data_dir
-from services.loadgen import LoadConfig, LoadGenerator, LoadResult, Outcome
 from services.runtime.config import SERVICE_NAMES, SERVICES
 
 # Breakers cycle in seconds, calls fail fast, background jobs run often: a fault shows and

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from services.loadgen import LoadConfig, Outcome, make_event
+from bench.loadgen import LoadConfig, Outcome, make_event
 from tests.resilience.conftest import FaultSuite
 from tests.resilience.harness import (
     BackgroundLoad,

@@ -1,6 +1,6 @@
 """Benchmark: latency of judging ONE event against 10, 100 and 1,000 active CEL policies.
 
-Run with ``python -m services.policy.bench [--seconds S]``. Each scenario times the whole per-event path
+Run with ``python -m bench policy [--seconds S]``. Each scenario times the whole per-event path
 (building the activation, then evaluating every policy) and is compared with two baselines measured in the
 same run: building the activation alone, and evaluating one trivial ``true`` policy. The batched evaluator
 (rules combined into list expressions) is shown next to plain one-call-per-policy evaluation.

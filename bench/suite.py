@@ -1,9 +1,9 @@
-"""``python -m services.suite_bench`` (``make bench``): every benchmark, one table.
+"""``python -m bench suite`` (``make bench``): every benchmark, one table.
 
-1. The per-service benchmarks (``services.<name>.bench.run()``), in this process.
+1. The per-service benchmarks (``bench.<name>.run()``), in this process.
 2. The whole suite started as separate processes on PostgreSQL (a fresh database, dropped at
    the end) and Redis, and an open-loop load through the gateway at rising offered rates, the
-   load generator (services/loadgen.py) running as its own process.
+   load generator (bench/loadgen.py) running as its own process.
 
 It prints one table (throughput, p50, p99 and error rate beside what the old portal claimed,
 with the machine's core count) and writes the same as JSON to ``bench-results/<time>.json``.
@@ -32,11 +32,13 @@ from typing import Any
 SERVICE_BENCHMARKS = ("signing", "policy", "scoring", "ingest")
 DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# The bench package is not installed: its own child processes find it here, whatever their cwd.
+REPO = Path(__file__).resolve().parents[1]
 # What the old portal claimed, with nothing anyone could rerun behind it.
 CLAIMED_EVENTS_PER_SECOND = 1022.0
 CLAIMED_P50_MS = 5.0
 CLAIMED_P99_MS = 50.0
-RERUN = "make bench   (or: .venv/bin/python -m services.suite_bench --help)"
+RERUN = "make bench   (or: .venv/bin/python -m bench suite --help)"
 
 
 # Where a request's time goes: (process, histogram, labels) whose mean over a step is reported.
@@ -137,7 +139,7 @@ def service_rows(name: str, rows: Sequence[Mapping[str, Any]]) -> list[Row]:
 
 
 def ingest_rows(figures: Any) -> list[Row]:
-    """services.ingest.bench's Figures as table rows (it measures its own processes over gRPC)."""
+    """bench.ingest's Figures as table rows (it measures its own processes over gRPC)."""
     stream = f"StreamAppendEvents x{figures.batch_size}"
     return [
         Row(
@@ -182,7 +184,7 @@ def ingest_rows(figures: Any) -> list[Row]:
 
 def _ingest_arguments(seconds: float) -> argparse.Namespace:
     # The ingest benchmark's own parser, so that every option it has gets its default.
-    from services.ingest.bench import parse_arguments
+    from bench.ingest import parse_arguments
 
     return parse_arguments(["--seconds", str(max(seconds, 5.0)), "--events", "20000"])
 
@@ -192,9 +194,9 @@ def run_service_benchmarks(*, seconds: float) -> tuple[list[Row], dict[str, Any]
     raw: dict[str, Any] = {}
     for name in SERVICE_BENCHMARKS:
         try:
-            module = importlib.import_module(f"services.{name}.bench")
+            module = importlib.import_module(f"bench.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"services.{name}.bench":
+            if exc.name != f"bench.{name}":
                 raise
             raw[name] = {"skipped": "no benchmark module"}
             continue
@@ -308,7 +310,7 @@ def run_loadgen(
     command = [
         sys.executable,
         "-m",
-        "services.loadgen",
+        "bench.loadgen",
         f"--url={url}",
         f"--api-key={api_key}",
         f"--rate={rate:g}",
@@ -318,7 +320,15 @@ def run_loadgen(
         "--timeout=10",
         f"--out={out}",
     ]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120, check=False)
+    path = os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))
+    completed = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+        check=False,
+        env={**os.environ, "PYTHONPATH": path},
+    )
     lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
     if completed.returncode != 0 or not lines:
         raise RuntimeError(f"loadgen failed ({completed.returncode}): {completed.stderr[-2000:]}")
@@ -489,7 +499,7 @@ def format_table(rows: Sequence[Row], *, info: Mapping[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m services.suite_bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench suite", description=__doc__)
     parser.add_argument("--rates", default="100,200,400,800", help="offered req/s steps (100,200,400,800)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per load step (10)")
     parser.add_argument("--connections", type=int, default=16, help="load-generator connections (16)")
@@ -511,11 +521,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = datetime.now(UTC)
     database_url = args.database_url or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     if not database_url.startswith("postgresql"):
-        print(f"suite_bench: needs PostgreSQL, got {database_url!r}", file=sys.stderr)
+        print(f"bench: needs PostgreSQL, got {database_url!r}", file=sys.stderr)
         return 2
     redis_url = args.redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
     if not _redis_reachable(redis_url):
-        print(f"suite_bench: Redis at {redis_url} is not reachable; in-process limits", file=sys.stderr)
+        print(f"bench: Redis at {redis_url} is not reachable; in-process limits", file=sys.stderr)
         redis_url = None
     info: dict[str, Any] = {
         "date": f"{started:%Y-%m-%d %H:%M} UTC",

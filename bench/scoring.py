@@ -1,7 +1,7 @@
 """Scoring benchmark: onnxruntime against the same model in sklearn, single events and batches.
 
 Self-contained: trains a small model from the synthetic generator with a fixed seed, then measures.
-Run with `python -m services.scoring.bench [seconds]`.
+Run with `python -m bench scoring [seconds]`.
 """
 
 from __future__ import annotations

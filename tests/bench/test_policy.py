@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-from services.policy import bench
+from bench import policy
 from services.policy.domain.cel import compile_rule
 
 
 def test_bench_run_reports_every_scenario_against_the_baselines() -> None:
-    rows = bench.run(seconds=0.05, policy_counts=(3, 12))
+    rows = policy.run(seconds=0.05, policy_counts=(3, 12))
     assert [(row["scenario"], row["policies"]) for row in rows] == [
         ("baseline: activation only", 0),
         ("baseline: one `true` policy", 1),
@@ -23,4 +23,4 @@ def test_bench_run_reports_every_scenario_against_the_baselines() -> None:
 
 def test_bench_rules_all_compile() -> None:
     for index in range(20):
-        compile_rule(bench._rule(index))
+        compile_rule(policy._rule(index))

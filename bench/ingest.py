@@ -46,7 +46,7 @@ SERVICE_NAMES = {
     "gdpr": "awareness.gdpr.v1.GdprService",
     "ingest": "awareness.ingest.v1.IngestService",
 }
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
@@ -479,7 +479,7 @@ def run(arguments: argparse.Namespace) -> Figures:
 
 def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line of this benchmark (also what `make bench` passes to `run`)."""
-    parser = argparse.ArgumentParser(prog="python -m services.ingest.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench ingest", description=__doc__)
     parser.add_argument(
         "--seconds", type=float, default=8.0, help="duration of the unary and fixed-rate runs"
     )

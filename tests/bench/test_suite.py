@@ -1,32 +1,34 @@
-"""services.suite_bench's own arithmetic: CPU per event by process, and the table that shows it."""
+"""bench.suite's own arithmetic (CPU per event by process, the table that shows it) and its load steps."""
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
+from pathlib import Path
 
 import pytest
 
-from services import suite_bench
+from bench import suite
 
 
 def test_cpu_per_event_divides_each_process_by_the_acknowledged_events() -> None:
     before = {"ingest": 10.0, "gateway": 4.0, "idle": 1.0, "loadgen": 0.5}
     after = {"ingest": 12.0, "gateway": 5.0, "idle": 1.0, "loadgen": 0.7, "new": 3.0}
-    assert suite_bench.cpu_per_event(before, after, 1000) == "ingest 2.0 / gateway 1.0 / loadgen 0.2"
-    assert suite_bench.cpu_per_event(before, after, 0) == ""
+    assert suite.cpu_per_event(before, after, 1000) == "ingest 2.0 / gateway 1.0 / loadgen 0.2"
+    assert suite.cpu_per_event(before, after, 0) == ""
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_process_cpu_reads_live_processes_and_the_reaped_load_generator() -> None:
-    totals = suite_bench.process_cpu({"me": os.getpid(), "gone": 2**22 + 12345})
+    totals = suite.process_cpu({"me": os.getpid(), "gone": 2**22 + 12345})
     assert totals["me"] > 0
     assert "gone" not in totals
     assert totals["loadgen"] >= 0
 
 
 def test_the_table_has_a_cpu_column() -> None:
-    row = suite_bench.Row(
+    row = suite.Row(
         section="end-to-end",
         scenario="POST /v1/events",
         offered="100 events/s",
@@ -48,7 +50,7 @@ def test_the_table_has_a_cpu_column() -> None:
         },
         "store": "PostgreSQL + Redis",
     }
-    table = suite_bench.format_table([row], info=info)
+    table = suite.format_table([row], info=info)
     assert "CPU ms per event" in table
     assert "ingest 9.0 / gateway 5.0" in table
 
@@ -57,12 +59,30 @@ def test_make_bench_runs_the_ingest_benchmark_with_the_options_it_builds(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # make bench once passed the ingest benchmark a hand-made argument list that lacked an option.
-    from services.ingest import bench as ingest_bench
+    from bench import ingest
 
     monkeypatch.delenv("DATABASE_URL", raising=False)  # the embedded SQLite: quick
-    arguments = suite_bench._ingest_arguments(1.0)
+    arguments = suite._ingest_arguments(1.0)
     arguments.events, arguments.seconds, arguments.rate, arguments.concurrency = 1000, 1.0, 20.0, 4
-    figures = ingest_bench.run(arguments)
+    figures = ingest.run(arguments)
     assert figures.stream_events == 1000
     assert figures.stream_integrated_per_second > 0
-    assert [row.section for row in suite_bench.ingest_rows(figures)] == ["ingest"] * 5
+    assert [row.section for row in suite.ingest_rows(figures)] == ["ingest"] * 5
+
+
+def test_a_load_step_finds_the_generator_from_any_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # bench/ is not installed: the generator's own process must still import bench.loadgen.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    with socket.socket() as sock:  # a port nobody listens on: every request is refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "outcomes.jsonl"
+    summary = suite.run_loadgen(
+        url=f"http://127.0.0.1:{port}", api_key="k", rate=20, seconds=0.1, connections=1, batch=0, out=out
+    )
+    assert summary["requests"] == summary["events"] == 2
+    assert summary["acknowledged"] == 0
+    assert len(out.read_text().splitlines()) == 2

@@ -1,4 +1,4 @@
-"""``python -m services.loadgen``: an open-loop HTTP load generator for the gateway.
+"""``python -m bench.loadgen``: an open-loop HTTP load generator for the gateway.
 
 Requests are scheduled by the clock (request ``i`` is due at ``start + i / rate``), not sent
 when the previous one returns, and each latency is measured from the request's *scheduled*
@@ -494,7 +494,7 @@ def read_outcomes(path: Path) -> list[dict[str, Any]]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m services.loadgen",
+        prog="python -m bench.loadgen",
         description="Open-loop load on the gateway's POST /v1/events (or :batchAppend).",
     )
     parser.add_argument("--url", required=True, help="gateway base URL, e.g. http://127.0.0.1:8080")
