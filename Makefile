@@ -51,6 +51,11 @@ lint: setup
 	$(VENV)/bin/ruff format --check services tests scripts bench
 	$(VENV)/bin/mypy
 	npx --no-install buf lint
+	@# v1 contracts only grow (docs/architecture.md, Conventions); a first commit has nothing to compare.
+	@if git rev-parse --verify -q 'HEAD~1^{commit}' >/dev/null 2>&1; then \
+		echo "npx --no-install buf breaking --against '.git#ref=HEAD~1'"; \
+		npx --no-install buf breaking --against '.git#ref=HEAD~1'; \
+	else echo "buf breaking: no previous commit to compare with, skipped"; fi
 
 # The whole suite on PostgreSQL and Redis, every benchmark plus end-to-end load, one table.
 bench: setup
