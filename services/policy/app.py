@@ -6,14 +6,9 @@ from collections.abc import Mapping
 
 from awareness.policy.v1 import policy_pb2, policy_pb2_grpc
 
-from services.policy.api import (
-    ActivePolicyCache,
-    EvaluationMetrics,
-    PolicyEvaluation,
-    PolicyOperations,
-    PolicyServicer,
-)
+from services.policy.api import PolicyServicer
 from services.policy.domain.cel import PolicyEvaluator, WorkingHours
+from services.policy.service import ActivePolicyCache, EvaluationMetrics, PolicyEvaluation, PolicyOperations
 from services.runtime import db
 from services.runtime.config import ConfigError, env_float, env_int, env_str
 from services.runtime.paging import PageTokens
