@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("ingest", "policy", "scoring", "signing", "gdpr", "gateway")
@@ -151,6 +152,34 @@ def test_every_allowed_exception_is_still_needed() -> None:
         if not any(f == file and _within(m, allowed) for f, m in crossings)
     }
     assert stale == set(), "these imports are gone: remove them from ALLOWED_EXCEPTIONS"
+
+
+def documented_calls(markdown: str) -> dict[str, set[str]]:
+    """Caller -> callees from the "Who calls whom" table of docs/architecture.md."""
+    section = markdown.split("## Who calls whom\n", 1)[1].split("\n## ", 1)[0]
+    calls: dict[str, set[str]] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if not line.startswith("| ") or cells[0] == "caller" or set(cells[0]) <= {"-", " "}:
+            continue
+        callees = set() if cells[1] == "nobody" else {callee.strip() for callee in cells[1].split(",")}
+        # "retrain job (`awareness model train`)" is the chart's component "retrain".
+        for caller in cells[0].split(" (")[0].split(","):
+            calls.setdefault(caller.split()[0], set()).update(callees)
+    return calls
+
+
+def chart_calls() -> dict[str, set[str]]:
+    """The allow-list the chart builds its NetworkPolicies from ("awareness.callGraph")."""
+    helpers = (ROOT / "helm" / "awareness" / "templates" / "_helpers.tpl").read_text(encoding="utf-8")
+    body = helpers.split('{{- define "awareness.callGraph" -}}', 1)[1].split("{{- end -}}", 1)[0]
+    graph = yaml.safe_load(body)
+    return {component: set(callees) for component, callees in graph.items()}
+
+
+def test_who_calls_whom_is_the_charts_call_graph() -> None:
+    documented = documented_calls((ROOT / "docs" / "architecture.md").read_text(encoding="utf-8"))
+    assert {k: v for k, v in documented.items() if v} == {k: v for k, v in chart_calls().items() if v}
 
 
 def test_no_file_cites_the_outside_design_document() -> None:
