@@ -1,24 +1,15 @@
-"""The ScoringService servicer: batch scoring with consent and shadow scoring, and the registry RPCs."""
+"""The ScoringService servicer: transport only; each RPC calls one use case of :mod:`.service`."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-import time
 from typing import Any, Final
 
 import grpc
-import numpy as np
-import numpy.typing as npt
 from awareness.scoring.v1 import scoring_pb2, scoring_pb2_grpc
-from sqlalchemy.orm import Session, sessionmaker
 
-from services.runtime.db import run_db, transaction
 from services.runtime.errors import FieldViolation, InvalidArgumentError
 from services.runtime.paging import PageTokens, page_size
-from services.scoring import repository
-from services.scoring.consent import ConsentChecker
 from services.scoring.convert import (
     STATUS_FROM_PROTO,
     feature_input,
@@ -27,42 +18,31 @@ from services.scoring.convert import (
     timestamp_from_us,
     version_from_name,
 )
-from services.scoring.domain.errors import NoChampionModelError
-from services.scoring.domain.features import FEATURE_NAMES, FeatureInput, build_features
 from services.scoring.domain.model import risk_level
-from services.scoring.live import LiveModels, LoadedModel
-from services.scoring.metrics import ScoringMetrics
-from services.scoring.shadow import ShadowBatch, ShadowRecorder
-from services.scoring.training_job import DEFAULT_FOLDS, DEFAULT_SEED, TrainingJobs
-
-log = logging.getLogger("awareness.scoring")
+from services.scoring.service import EventScore, EventToScore, ScoringOperations
+from services.scoring.training_job import DEFAULT_FOLDS, DEFAULT_SEED
 
 MAX_INPUTS: Final = 1000
-SKIP_CONSENT_WITHDRAWN: Final = "consent withdrawn"
-# Batches up to this size are scored on the event loop: onnxruntime answers them in tens of microseconds,
-# less than a hop to a worker thread costs. Larger ones go to a thread so other calls keep flowing.
-INLINE_BATCH_LIMIT: Final = 64
+
+
+def _result_proto(result: EventScore) -> scoring_pb2.ScoringResult:
+    if result.skip_reason:
+        return scoring_pb2.ScoringResult(
+            event_id=result.event_id, skipped=True, skip_reason=result.skip_reason
+        )
+    return scoring_pb2.ScoringResult(
+        event_id=result.event_id,
+        score=result.score,
+        level=risk_level_proto(result.level),
+        model_version=result.model_version,
+        features=result.features,
+    )
 
 
 class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
-    def __init__(
-        self,
-        *,
-        sessions: sessionmaker[Session],
-        models: LiveModels,
-        consent: ConsentChecker,
-        shadow: ShadowRecorder,
-        training: TrainingJobs,
-        metrics: ScoringMetrics,
-        page_tokens: PageTokens,
-    ) -> None:
-        self._sessions = sessions
+    def __init__(self, *, operations: ScoringOperations, page_tokens: PageTokens) -> None:
+        self._operations = operations
         self._tokens = page_tokens
-        self._models = models
-        self._consent = consent
-        self._shadow = shadow
-        self._training = training
-        self._metrics = metrics
 
     # --- serving -------------------------------------------------------------------------------------
 
@@ -77,65 +57,16 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
                 reason="INVALID_BATCH_SIZE",
                 violations=[FieldViolation("inputs", message)],
             )
-        features_in = [feature_input(item, field=f"inputs[{index}]") for index, item in enumerate(inputs)]
-        # Consent first: a subject who objected to profiling is skipped whether or not a model is loaded.
-        granted = await self._consent.granted([item.subject_pseudonym for item in inputs])
-        allowed = [i for i, item in enumerate(inputs) if granted.get(item.subject_pseudonym, False)]
-        results = [
-            scoring_pb2.ScoringResult(
-                event_id=item.event_id, skipped=True, skip_reason=SKIP_CONSENT_WITHDRAWN
+        events = [
+            EventToScore(
+                event_id=item.event_id,
+                subject_pseudonym=item.subject_pseudonym,
+                features=feature_input(item, field=f"inputs[{index}]"),
             )
-            for item in inputs
+            for index, item in enumerate(inputs)
         ]
-        skipped = len(inputs) - len(allowed)
-        if skipped:
-            self._metrics.skipped.labels("consent_withdrawn").inc(skipped)
-        if not allowed:
-            return scoring_pb2.ScoreEventsResponse(results=results)
-
-        snapshot = self._models.current  # one read: the whole batch sees one champion/challenger pair
-        champion = snapshot.champion
-        if champion is None:
-            raise NoChampionModelError("no champion model is loaded yet; try again later")
-        chosen = [features_in[i] for i in allowed]
-        matrix, scores = await self._score(champion, chosen)
-        for row, index in enumerate(allowed):
-            score = float(scores[row])
-            results[index] = scoring_pb2.ScoringResult(
-                event_id=inputs[index].event_id,
-                score=score,
-                level=risk_level_proto(risk_level(score)),
-                model_version=champion.version,
-                features={name: float(value) for name, value in zip(FEATURE_NAMES, matrix[row], strict=True)},
-            )
-        self._metrics.scored.inc(len(allowed))
-        challenger = snapshot.challenger
-        if challenger is not None:
-            self._shadow.submit(
-                ShadowBatch(
-                    event_ids=tuple(inputs[i].event_id for i in allowed),
-                    features=matrix,
-                    champion_version=champion.version,
-                    champion_scores=scores,
-                    challenger=challenger,
-                    scored_at_us=repository.now_us(),
-                )
-            )
-        return scoring_pb2.ScoreEventsResponse(results=results)
-
-    async def _score(
-        self, model: LoadedModel, inputs: list[FeatureInput]
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        def compute() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-            started = time.perf_counter()
-            matrix = build_features(inputs)
-            scores = model.scorer.score(matrix)
-            self._metrics.inference_seconds.labels("champion").observe(time.perf_counter() - started)
-            return matrix, scores
-
-        if len(inputs) <= INLINE_BATCH_LIMIT:
-            return compute()
-        return await asyncio.to_thread(compute)
+        results = await self._operations.score(events)
+        return scoring_pb2.ScoreEventsResponse(results=[_result_proto(result) for result in results])
 
     # --- registry ------------------------------------------------------------------------------------
 
@@ -144,14 +75,10 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
     ) -> scoring_pb2.Model:
         version = version_from_name(request.name)
 
-        def load() -> scoring_pb2.Model:
-            with self._sessions() as session:
-                row = repository.get_model(session, version=version, with_card=True)
-                model = model_proto(row)
-                model.model_card = json.dumps(row.model_card, sort_keys=True)
-                return model
-
-        return await run_db(load)
+        row = await self._operations.get_model(version=version)
+        model = model_proto(row)
+        model.model_card = json.dumps(row.model_card, sort_keys=True)
+        return model
 
     async def ListModels(  # noqa: N802 - gRPC method name
         self, request: scoring_pb2.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -163,14 +90,9 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
             request.page_token, method="scoring.ListModels", filters=filters, shape=(int, str)
         )
 
-        def load() -> tuple[list[scoring_pb2.Model], tuple[int, str] | None]:
-            with self._sessions() as session:
-                rows = repository.list_models(session, limit=size + 1, status=status, before=before)
-                models = [model_proto(row) for row in rows[:size]]
-                last = (rows[size - 1].created_at_us, rows[size - 1].version) if len(rows) > size else None
-                return models, last
-
-        models, last = await run_db(load)
+        rows = await self._operations.list_models(limit=size + 1, status=status, before=before)
+        models = [model_proto(row) for row in rows[:size]]
+        last = (rows[size - 1].created_at_us, rows[size - 1].version) if len(rows) > size else None
         response = scoring_pb2.ListModelsResponse(models=models)
         if last is not None:
             response.next_page_token = self._tokens.encode(last, method="scoring.ListModels", filters=filters)
@@ -181,17 +103,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
     ) -> scoring_pb2.Model:
         version = version_from_name(request.name)
 
-        def promote() -> tuple[scoring_pb2.Model, bool]:
-            with transaction(self._sessions) as session:
-                row, changed = repository.promote_model(session, version=version)
-                return model_proto(row), changed
-
-        model, changed = await run_db(promote)
-        if changed:
-            log.info("model promoted to champion", extra={"model_version": version})
-            # This replica switches at once; the others within their next poll.
-            await run_db(self._models.refresh)
-        return model
+        return model_proto(await self._operations.promote(version=version))
 
     async def TrainModel(  # noqa: N802 - gRPC method name
         self, request: scoring_pb2.TrainModelRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -202,7 +114,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
                 reason="INVALID_FOLDS",
                 violations=[FieldViolation("cv_folds", "must be 0 or >= 2")],
             )
-        row = await self._training.train(
+        row = await self._operations.train(
             request_id=request.request_id,
             seed=request.seed if request.HasField("seed") else DEFAULT_SEED,
             folds=request.cv_folds or DEFAULT_FOLDS,
@@ -220,29 +132,21 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
             request.page_token, method="scoring.ListShadowScores", filters=filters, shape=(int, int)
         )
 
-        def load() -> tuple[list[scoring_pb2.ShadowScore], tuple[int, int] | None]:
-            with self._sessions() as session:
-                repository.get_model(session, version=version)  # NOT_FOUND for an unknown parent
-                rows = repository.list_shadow_scores(
-                    session, challenger_version=version, limit=size + 1, before=before
-                )
-            page = [
-                scoring_pb2.ShadowScore(
-                    event_id=row.event_id,
-                    score_time=timestamp_from_us(row.scored_at_us),
-                    champion_model_version=row.champion_version,
-                    champion_score=row.champion_score,
-                    champion_level=risk_level_proto(risk_level(row.champion_score)),
-                    challenger_model_version=row.challenger_version,
-                    challenger_score=row.challenger_score,
-                    challenger_level=risk_level_proto(risk_level(row.challenger_score)),
-                )
-                for row in rows[:size]
-            ]
-            last = (rows[size - 1].scored_at_us, rows[size - 1].id) if len(rows) > size else None
-            return page, last
-
-        page, last = await run_db(load)
+        rows = await self._operations.list_shadow_scores(version=version, limit=size + 1, before=before)
+        page = [
+            scoring_pb2.ShadowScore(
+                event_id=row.event_id,
+                score_time=timestamp_from_us(row.scored_at_us),
+                champion_model_version=row.champion_version,
+                champion_score=row.champion_score,
+                champion_level=risk_level_proto(risk_level(row.champion_score)),
+                challenger_model_version=row.challenger_version,
+                challenger_score=row.challenger_score,
+                challenger_level=risk_level_proto(risk_level(row.challenger_score)),
+            )
+            for row in rows[:size]
+        ]
+        last = (rows[size - 1].scored_at_us, rows[size - 1].id) if len(rows) > size else None
         response = scoring_pb2.ListShadowScoresResponse(shadow_scores=page)
         if last is not None:
             response.next_page_token = self._tokens.encode(

@@ -30,6 +30,7 @@ from services.scoring.domain.training import DEFAULT_DAYS, DEFAULT_PEOPLE, Train
 from services.scoring.live import LiveModels
 from services.scoring.metrics import ScoringMetrics
 from services.scoring.models import ModelStatus
+from services.scoring.service import ScoringOperations
 from services.scoring.shadow import ShadowRecorder
 from services.scoring.training_job import TrainingJobs, register_result
 
@@ -77,14 +78,16 @@ def build_service(context: ServiceContext) -> ScoringService:
         synthetic_people=env_int(env, "AWARENESS_SCORING_SYNTHETIC_PEOPLE", DEFAULT_PEOPLE, minimum=10),
         synthetic_days=env_int(env, "AWARENESS_SCORING_SYNTHETIC_DAYS", DEFAULT_DAYS, minimum=7),
     )
-    servicer = ScoringServicer(
+    operations = ScoringOperations(
         sessions=sessions,
         models=models,
         consent=ConsentChecker(gdpr=gdpr, purpose=PROFILING, ttl_seconds=consent_ttl),
         shadow=shadow,
         training=training,
         metrics=metrics,
-        page_tokens=PageTokens.from_secret(settings.internal_secret),
+    )
+    servicer = ScoringServicer(
+        operations=operations, page_tokens=PageTokens.from_secret(settings.internal_secret)
     )
     bootstrapped = asyncio.Event()
 
