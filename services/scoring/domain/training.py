@@ -253,6 +253,118 @@ def _round(value: float) -> float:
     return round(float(value), 6)
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Split:
+    """The stratified split, analyst examples appended to the training side only."""
+
+    x_train: npt.NDArray[np.float32]
+    x_test: npt.NDArray[np.float32]
+    y_train: npt.NDArray[np.int8]
+    y_test: npt.NDArray[np.int8]
+    analyst_labelled: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Search:
+    best: Pipeline
+    algorithm: str
+    params: dict[str, object]
+    cv_mean: float
+    cv_std: float
+
+
+def _split(
+    events: Sequence[FeatureInput],
+    labels: Sequence[int],
+    extra_events: Sequence[FeatureInput],
+    extra_labels: Sequence[int],
+    *,
+    folds: int,
+    seed: int,
+) -> _Split:
+    features, y = _validated_arrays(events, labels, what="events")
+    extra_features, extra_y = _validated_arrays(extra_events, extra_labels, what="extra examples")
+    class_counts = np.bincount(y, minlength=2)
+    if class_counts.min() < folds + 2:
+        raise TrainingDataError(
+            f"need at least {folds + 2} examples of each class, got {int(class_counts[0])} benign "
+            f"and {int(class_counts[1])} risky"
+        )
+    x_train, x_test, y_train, y_test = train_test_split(
+        features, y, test_size=TEST_FRACTION, stratify=y, random_state=seed
+    )
+    if extra_y.size:
+        x_train = np.concatenate([x_train, extra_features])
+        y_train = np.concatenate([y_train, extra_y])
+    if np.bincount(y_train, minlength=2).min() < folds:
+        raise TrainingDataError(f"the training split has fewer than {folds} examples of a class")
+    return _Split(
+        x_train=x_train, x_test=x_test, y_train=y_train, y_test=y_test, analyst_labelled=int(extra_y.size)
+    )
+
+
+def _grid_search(
+    split: _Split,
+    *,
+    search_space: list[dict[str, list[Any]]],
+    folds: int,
+    seed: int,
+    n_jobs: int,
+    report: Progress,
+) -> _Search:
+    pipeline = Pipeline([("preprocess", _preprocessor()), ("classifier", RandomForestClassifier())])
+    search = GridSearchCV(
+        pipeline,
+        search_space,
+        scoring=CV_SCORING,
+        cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed),
+        n_jobs=n_jobs,
+        refit=True,
+    )
+    candidates = sum(int(np.prod([len(values) for values in grid.values()])) for grid in search_space)
+    report(f"grid search: {candidates} candidates x {folds} folds")
+    search.fit(split.x_train, split.y_train)
+    best: Pipeline = search.best_estimator_
+    classifier = best.named_steps["classifier"]
+    algorithm = type(classifier).__name__
+    best_index = int(search.best_index_)
+    cv_mean = float(search.cv_results_["mean_test_score"][best_index])
+    cv_std = float(search.cv_results_["std_test_score"][best_index])
+    # Every hyper-parameter, not only the searched ones, so the card alone reproduces the model.
+    params: dict[str, object] = {
+        key: value
+        for key, value in sorted(classifier.get_params().items())
+        if value is None or isinstance(value, bool | int | float | str)
+    }
+    searched = {key.removeprefix("classifier__"): value for key, value in search.best_params_.items()}
+    searched.pop("classifier", None)
+    report(f"best: {algorithm} {searched} ({CV_SCORING} {cv_mean:.4f} ± {cv_std:.4f})")
+    return _Search(best=best, algorithm=algorithm, params=params, cv_mean=cv_mean, cv_std=cv_std)
+
+
+def _held_out(
+    best: Pipeline, split: _Split
+) -> tuple[npt.NDArray[np.float64], HeldOutMetrics, BaselineMetrics]:
+    """The model's probabilities on the held-out split, its metrics there, and the rule baseline's."""
+    y_test = split.y_test
+    sklearn_probabilities = best.predict_proba(split.x_test)[:, 1]
+    predicted = (sklearn_probabilities >= DECISION_THRESHOLD).astype(np.int8)
+    metrics = HeldOutMetrics(
+        precision=_round(precision_score(y_test, predicted, zero_division=0)),
+        recall=_round(recall_score(y_test, predicted, zero_division=0)),
+        f1=_round(f1_score(y_test, predicted, zero_division=0)),
+        roc_auc=_round(roc_auc_score(y_test, sklearn_probabilities)),
+        pr_auc=_round(average_precision_score(y_test, sklearn_probabilities)),
+    )
+    baseline_predicted = rule_based_baseline(split.x_test)
+    baseline = BaselineMetrics(
+        precision=_round(precision_score(y_test, baseline_predicted, zero_division=0)),
+        recall=_round(recall_score(y_test, baseline_predicted, zero_division=0)),
+        f1=_round(f1_score(y_test, baseline_predicted, zero_division=0)),
+    )
+    return sklearn_probabilities, metrics, baseline
+
+
 def train(
     *,
     events: Sequence[FeatureInput],
@@ -277,93 +389,88 @@ def train(
     search_space = _search_space(seed, algorithms)
     if folds < 2:
         raise TrainingDataError("folds must be >= 2")
-    features, y = _validated_arrays(events, labels, what="events")
-    extra_features, extra_y = _validated_arrays(extra_events, extra_labels, what="extra examples")
-    class_counts = np.bincount(y, minlength=2)
-    if class_counts.min() < folds + 2:
-        raise TrainingDataError(
-            f"need at least {folds + 2} examples of each class, got {int(class_counts[0])} benign "
-            f"and {int(class_counts[1])} risky"
-        )
-    x_train, x_test, y_train, y_test = train_test_split(
-        features, y, test_size=TEST_FRACTION, stratify=y, random_state=seed
-    )
-    if extra_y.size:
-        x_train = np.concatenate([x_train, extra_features])
-        y_train = np.concatenate([y_train, extra_y])
-    if np.bincount(y_train, minlength=2).min() < folds:
-        raise TrainingDataError(f"the training split has fewer than {folds} examples of a class")
+    split = _split(events, labels, extra_events, extra_labels, folds=folds, seed=seed)
     report(
-        f"training on {len(y_train)} events ({int(y_train.sum())} risky, "
-        f"{int(extra_y.size)} analyst-labelled), holding out {len(y_test)}"
+        f"training on {len(split.y_train)} events ({int(split.y_train.sum())} risky, "
+        f"{split.analyst_labelled} analyst-labelled), holding out {len(split.y_test)}"
     )
-
-    pipeline = Pipeline([("preprocess", _preprocessor()), ("classifier", RandomForestClassifier())])
-    search = GridSearchCV(
-        pipeline,
-        search_space,
-        scoring=CV_SCORING,
-        cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed),
-        n_jobs=n_jobs,
-        refit=True,
+    search = _grid_search(
+        split, search_space=search_space, folds=folds, seed=seed, n_jobs=n_jobs, report=report
     )
-    candidates = sum(int(np.prod([len(values) for values in grid.values()])) for grid in search_space)
-    report(f"grid search: {candidates} candidates x {folds} folds")
-    search.fit(x_train, y_train)
-    best: Pipeline = search.best_estimator_
-    classifier = best.named_steps["classifier"]
-    algorithm = type(classifier).__name__
-    best_index = int(search.best_index_)
-    cv_mean = float(search.cv_results_["mean_test_score"][best_index])
-    cv_std = float(search.cv_results_["std_test_score"][best_index])
-    # Every hyper-parameter, not only the searched ones, so the card alone reproduces the model.
-    params: dict[str, object] = {
-        key: value
-        for key, value in sorted(classifier.get_params().items())
-        if value is None or isinstance(value, bool | int | float | str)
-    }
-    searched = {key.removeprefix("classifier__"): value for key, value in search.best_params_.items()}
-    searched.pop("classifier", None)
-    report(f"best: {algorithm} {searched} ({CV_SCORING} {cv_mean:.4f} ± {cv_std:.4f})")
-
-    sklearn_probabilities = best.predict_proba(x_test)[:, 1]
-    predicted = (sklearn_probabilities >= DECISION_THRESHOLD).astype(np.int8)
-    metrics = HeldOutMetrics(
-        precision=_round(precision_score(y_test, predicted, zero_division=0)),
-        recall=_round(recall_score(y_test, predicted, zero_division=0)),
-        f1=_round(f1_score(y_test, predicted, zero_division=0)),
-        roc_auc=_round(roc_auc_score(y_test, sklearn_probabilities)),
-        pr_auc=_round(average_precision_score(y_test, sklearn_probabilities)),
-    )
-    baseline_predicted = rule_based_baseline(x_test)
-    baseline = BaselineMetrics(
-        precision=_round(precision_score(y_test, baseline_predicted, zero_division=0)),
-        recall=_round(recall_score(y_test, baseline_predicted, zero_division=0)),
-        f1=_round(f1_score(y_test, baseline_predicted, zero_division=0)),
-    )
+    sklearn_probabilities, metrics, baseline = _held_out(search.best, split)
     report(f"held out: {metrics}; baseline: {baseline}")
 
-    onnx_bytes = export_onnx(best)
-    max_difference = float(np.max(np.abs(onnx_probabilities(onnx_bytes, x_test) - sklearn_probabilities)))
+    onnx_bytes = export_onnx(search.best)
+    max_difference = float(
+        np.max(np.abs(onnx_probabilities(onnx_bytes, split.x_test) - sklearn_probabilities))
+    )
     if not max_difference <= PARITY_TOLERANCE:
         raise ParityError(max_abs_difference=max_difference, tolerance=PARITY_TOLERANCE)
-    report(f"onnx parity ok: max |onnx - sklearn| = {max_difference:.2e} on {len(y_test)} events")
+    report(f"onnx parity ok: max |onnx - sklearn| = {max_difference:.2e} on {len(split.y_test)} events")
 
     sha256 = hashlib.sha256(onnx_bytes).hexdigest()
-    importances = _feature_importances(best)
+    importances = _feature_importances(search.best)
     training_seconds = round(time.perf_counter() - started, 3)
-    model_card: dict[str, object] = {
+    model_card = _model_card(
+        search=search,
+        metrics=metrics,
+        baseline=baseline,
+        split=split,
+        folds=folds,
+        seed=seed,
+        data_card_version=data_card_version,
+        onnx_bytes=onnx_bytes,
+        sha256=sha256,
+        max_difference=max_difference,
+        importances=importances,
+        training_seconds=training_seconds,
+    )
+    return TrainingResult(
+        onnx_bytes=onnx_bytes,
+        sha256=sha256,
+        algorithm=search.algorithm,
+        params=search.params,
+        metrics=metrics,
+        baseline=baseline,
+        cv_scoring=CV_SCORING,
+        cv_mean=search.cv_mean,
+        cv_std=search.cv_std,
+        feature_importances=importances,
+        parity_max_abs_difference=max_difference,
+        training_seconds=training_seconds,
+        model_card=model_card,
+        estimator=search.best,
+        test_features=split.x_test,
+    )
+
+
+def _model_card(
+    *,
+    search: _Search,
+    metrics: HeldOutMetrics,
+    baseline: BaselineMetrics,
+    split: _Split,
+    folds: int,
+    seed: int,
+    data_card_version: str,
+    onnx_bytes: bytes,
+    sha256: str,
+    max_difference: float,
+    importances: tuple[tuple[str, float], ...],
+    training_seconds: float,
+) -> dict[str, object]:
+    return {
         "schema": MODEL_CARD_SCHEMA,
-        "algorithm": algorithm,
-        "params": dict(params),
+        "algorithm": search.algorithm,
+        "params": dict(search.params),
         "metrics": asdict(metrics),
         "decision_threshold": DECISION_THRESHOLD,
         "baseline": {"rule": _baseline_description(), **asdict(baseline)},
         "cross_validation": {
             "scoring": CV_SCORING,
             "folds": folds,
-            "mean": _round(cv_mean),
-            "std": _round(cv_std),
+            "mean": _round(search.cv_mean),
+            "std": _round(search.cv_std),
         },
         "feature_importances": [{"feature": name, "importance": value} for name, value in importances],
         "features": list(FEATURE_NAMES),
@@ -371,11 +478,11 @@ def train(
         "data_card_version": data_card_version,
         "seed": seed,
         "rows": {
-            "train": len(y_train),
-            "test": len(y_test),
-            "train_positives": int(y_train.sum()),
-            "test_positives": int(y_test.sum()),
-            "analyst_labelled": int(extra_y.size),
+            "train": len(split.y_train),
+            "test": len(split.y_test),
+            "train_positives": int(split.y_train.sum()),
+            "test_positives": int(split.y_test.sum()),
+            "analyst_labelled": split.analyst_labelled,
         },
         "onnx": {
             "sha256": sha256,
@@ -396,23 +503,6 @@ def train(
             "numpy": np.__version__,
         },
     }
-    return TrainingResult(
-        onnx_bytes=onnx_bytes,
-        sha256=sha256,
-        algorithm=algorithm,
-        params=params,
-        metrics=metrics,
-        baseline=baseline,
-        cv_scoring=CV_SCORING,
-        cv_mean=cv_mean,
-        cv_std=cv_std,
-        feature_importances=importances,
-        parity_max_abs_difference=max_difference,
-        training_seconds=training_seconds,
-        model_card=model_card,
-        estimator=best,
-        test_features=x_test,
-    )
 
 
 def _baseline_description() -> str:
