@@ -17,7 +17,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from services.signing.domain.checkpoint import NoteSigner, sign_checkpoint, verify_checkpoint
+from services.evidence.checkpoint import NoteSigner, sign_checkpoint, verify_checkpoint
 from services.signing.domain.pki import KeyPurpose, init_pki, load_keyring
 from services.signing.domain.tsa import TimeStampAuthority, build_timestamp_request, verify_timestamp_token
 

@@ -26,6 +26,7 @@ from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from awareness.signing.v1 import signing_pb2, signing_pb2_grpc
 from google.protobuf import timestamp_pb2
 
+from services.evidence.checkpoint import CheckpointBody, NoteVerifier, verify_checkpoint
 from services.ingest.domain.merkle import leaf_hash, verify_consistency, verify_inclusion
 from services.ingest.verify import TrustedKeys, verify_database
 from services.runtime.auth import Principal
@@ -34,7 +35,6 @@ from services.scoring.domain.generator import GeneratorConfig, generate
 from services.scoring.domain.training import TrainingResult, train
 from services.scoring.models import ModelStatus
 from services.scoring.training_job import register_result
-from services.signing.domain.checkpoint import CheckpointBody, NoteVerifier, verify_checkpoint
 from tests.gdpr.dumps import pg_dump, postgres_files_holding
 from tests.gdpr.suite import Suite, in_process_suite
 

@@ -23,10 +23,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from services.signing.domain.errors import (
+from services.evidence.errors import (
     InvalidSignatureError,
     MalformedNoteError,
-    SigningError,
+    NoteError,
     UnknownSignerError,
 )
 
@@ -247,7 +247,7 @@ def sign_note(text: str, *, signers: Sequence[NoteSigner]) -> SignedNote:
     if _CONTROL_CHARACTERS.search(text):
         raise MalformedNoteError("note text contains control characters other than newline")
     if not signers:
-        raise SigningError("a note needs at least one signer")
+        raise NoteError("a note needs at least one signer")
     message = text.encode()
     return SignedNote(
         text=text,

@@ -23,6 +23,8 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.json_format import MessageToDict
 from prometheus_client import Counter, Gauge
 
+from services.evidence.envelope import SealedPersonal, is_sealed_note, open_note, open_personal
+from services.evidence.errors import TamperedRecordError
 from services.gdpr.domain.consent import ConsentAction, current_states
 from services.gdpr.domain.export import aiter_export_json
 from services.gdpr.domain.keys import normalise_identifier
@@ -36,8 +38,6 @@ from services.gdpr.store import (
     erasure_log_event_id,
     rule_name,
 )
-from services.ingest.domain.errors import TamperedRecordError
-from services.ingest.domain.records import SealedPersonal, is_sealed_note, open_note, open_personal
 from services.runtime import auth
 from services.runtime.clients import TRANSIENT_CODES
 from services.runtime.db import run_db

@@ -9,8 +9,8 @@ from awareness.ingest.v1 import ingest_pb2
 from awareness.signing.v1 import signing_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.evidence.envelope import PersonalFields
 from services.ingest.domain.events import EventInput, Severity
-from services.ingest.domain.records import PersonalFields
 from services.ingest.models import Checkpoint, EventMetadata, EventRecord
 from services.ingest.repository import from_us
 

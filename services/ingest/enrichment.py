@@ -24,11 +24,11 @@ from awareness.scoring.v1 import scoring_pb2_grpc
 from awareness.scoring.v1.scoring_pb2 import ScoreEventsRequest
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.evidence.envelope import SealedPersonal, open_personal
+from services.evidence.errors import TamperedRecordError
 from services.ingest import aggregates, repository
 from services.ingest.convert import timestamp_from_us
-from services.ingest.domain.errors import TamperedRecordError
 from services.ingest.domain.history import SubjectHistory
-from services.ingest.domain.records import SealedPersonal, open_personal
 from services.ingest.keys import ERASED, SubjectKey, SubjectKeys
 from services.ingest.models import EventMetadata, EventRecord
 from services.ingest.reader import scoring_input

@@ -12,6 +12,14 @@ from awareness.scoring.v1 import scoring_pb2
 from awareness.signing.v1 import signing_pb2
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.evidence.envelope import (
+    PersonalFields,
+    SealedPersonal,
+    is_sealed_note,
+    open_note,
+    open_personal,
+    seal_note,
+)
 from services.ingest import aggregates, repository
 from services.ingest.convert import (
     checkpoint_message,
@@ -25,16 +33,7 @@ from services.ingest.domain.errors import InvalidProofRequestError
 from services.ingest.domain.events import MAX_SUBJECT_CHARS, Severity, canonical_event_id
 from services.ingest.domain.history import SubjectHistory
 from services.ingest.domain.merkle import consistency_proof, inclusion_proof
-from services.ingest.domain.records import (
-    PersonalFields,
-    SealedPersonal,
-    StoredRecord,
-    canonical_record_bytes,
-    is_sealed_note,
-    open_note,
-    open_personal,
-    seal_note,
-)
+from services.ingest.domain.records import StoredRecord, canonical_record_bytes
 from services.ingest.keys import ERASED, SubjectKey, SubjectKeys
 from services.ingest.models import EventRecord
 from services.ingest.repository import DatabaseNodeStore, EventFilter, StoredEvent, from_us, to_us

@@ -39,8 +39,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
 
+from services.evidence.envelope import SEALED_NOTE_PREFIX
 from services.ingest.domain.merkle import NodeKey, perfect_subtree_hash
-from services.ingest.domain.records import SEALED_NOTE_PREFIX
 from services.ingest.models import (
     Checkpoint,
     EventMetadata,

@@ -27,17 +27,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy import Engine, func, select, tuple_
 from sqlalchemy.orm import Session
 
+from services.evidence.checkpoint import NoteVerifier, parse_signed_note, verify_checkpoint
+from services.evidence.errors import NoteError
 from services.ingest.domain.merkle import leaf_hash, node_hash, verify_inclusion
 from services.ingest.domain.records import decode_canonical_record, record_leaf_hash
 from services.ingest.models import EventRecord
 from services.ingest.reader import stored_record
 from services.ingest.repository import CHECKPOINTS, COMPUTED_LEVELS, LEAVES, NODES, RECORDS
-from services.signing.domain.checkpoint import (
-    NoteVerifier,
-    parse_signed_note,
-    verify_checkpoint,
-)
-from services.signing.domain.errors import SigningError
 
 PROGRESS_EVERY = 10_000
 
@@ -175,7 +171,7 @@ def verify_proof(
     note = signed.get("note", "")
     try:
         body = verify_checkpoint(note, verifier_keys=keys.for_note(note))
-    except SigningError as error:
+    except NoteError as error:
         return report.fail(f"checkpoint signature: {error}")
     report.passed(f"checkpoint of tree size {body.tree_size} signed by a trusted key ({body.origin})")
     if body.tree_size != tree_size:
@@ -343,7 +339,7 @@ def verify_database(
             for size, checkpoint in checkpoints.items():
                 try:
                     body = verify_checkpoint(checkpoint.note, verifier_keys=keys.for_note(checkpoint.note))
-                except SigningError as error:
+                except NoteError as error:
                     return report.fail(f"checkpoint of tree size {size}: signature: {error}")
                 if body.tree_size != size or body.root_hash != bytes(checkpoint.root_hash):
                     return report.fail(f"checkpoint of tree size {size}: the signed note says otherwise")

@@ -27,6 +27,8 @@ from opentelemetry.trace import SpanContext
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.evidence.canonical import details_json
+from services.evidence.envelope import NONCE_BYTES, seal_personal
 from services.ingest import repository
 from services.ingest.convert import event_input
 from services.ingest.domain.errors import EventConflictError, ValidationError
@@ -42,12 +44,9 @@ from services.ingest.domain.events import (
 )
 from services.ingest.domain.merkle import leaf_hash
 from services.ingest.domain.records import (
-    NONCE_BYTES,
-    details_json,
     fingerprint_fields,
     format_timestamp_us,
     record_bytes,
-    seal_personal,
     subject_fingerprint_key,
 )
 from services.ingest.keys import KeyLookup, SubjectKey, SubjectKeys

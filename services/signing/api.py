@@ -31,6 +31,13 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.evidence.checkpoint import (
+    NoteVerifier,
+    parse_signed_note,
+    sign_checkpoint,
+    verify_checkpoint,
+)
+from services.evidence.errors import InvalidSignatureError, MalformedNoteError, UnknownSignerError
 from services.runtime import auth, db
 from services.runtime.errors import (
     FailedPreconditionError,
@@ -43,18 +50,7 @@ from services.runtime.metrics import ServiceMetrics
 from services.runtime.paging import PageTokens, invalid_page_token, page_size
 from services.signing import repository
 from services.signing.config import SigningConfig
-from services.signing.domain.checkpoint import (
-    NoteVerifier,
-    parse_signed_note,
-    sign_checkpoint,
-    verify_checkpoint,
-)
-from services.signing.domain.errors import (
-    InvalidSignatureError,
-    MalformedNoteError,
-    TimestampVerificationError,
-    UnknownSignerError,
-)
+from services.signing.domain.errors import TimestampVerificationError
 from services.signing.domain.pki import (
     ROOT_PRIVATE_KEY_FILE,
     KeyMaterial,

@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.evidence.checkpoint import NoteSigner, NoteVerifier
 from services.signing.config import SigningConfig
-from services.signing.domain.checkpoint import NoteSigner, NoteVerifier
 from services.signing.domain.pki import MANIFEST_FILE, KeyMaterial, KeyPurpose, Keyring, load_keyring
 from services.signing.domain.tsa import SerialSource, TimeStampAuthority
 

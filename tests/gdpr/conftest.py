@@ -22,8 +22,8 @@ from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
 from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from google.protobuf import timestamp_pb2
 
+from services.evidence.envelope import seal_personal
 from services.gdpr.app import GdprService, build_service
-from services.ingest.domain.records import seal_personal
 from services.runtime.auth import Principal
 from services.runtime.clients import ChannelFactory
 from services.runtime.config import load_settings

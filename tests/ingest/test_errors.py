@@ -17,7 +17,6 @@ ERROR_CLASSES = [
     errors.IngestError,
     errors.ValidationError,
     errors.EventConflictError,
-    errors.TamperedRecordError,
     errors.InvalidProofRequestError,
     errors.MissingTreeNodeError,
 ]

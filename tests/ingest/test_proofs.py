@@ -16,7 +16,7 @@ from awareness.signing.v1 import signing_pb2, signing_pb2_grpc
 from pymerkle import InmemoryTree
 from sqlalchemy import event
 
-from services.signing.domain.checkpoint import NoteVerifier, verify_checkpoint
+from services.evidence.checkpoint import NoteVerifier, verify_checkpoint
 from tests.ingest import rfc6962_reference as reference
 from tests.ingest.harness import eventually, make_event, suite
 

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from awareness.ingest.v1 import ingest_pb2
 
-from services.ingest.domain.records import SealedPersonal, open_personal
+from services.evidence.envelope import SealedPersonal, open_personal
 from tests.ingest.harness import make_event, suite, timestamp
 
 NOW = datetime.now(UTC).replace(microsecond=0)

@@ -17,7 +17,7 @@ from awareness.signing.v1 import signing_pb2, signing_pb2_grpc
 from cryptography.hazmat.primitives import serialization
 from google.protobuf import json_format
 
-from services.signing.domain.checkpoint import NoteVerifier
+from services.evidence.checkpoint import NoteVerifier
 from tests.ingest.harness import eventually, make_event, suite
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,7 +1,8 @@
 """Domain errors of the ingest service.
 
 Each error carries the gRPC status code name and the google.rpc.ErrorInfo reason the transport
-layer reports; the domain itself never imports gRPC.
+layer reports; the domain itself never imports gRPC. A sealed field that fails authentication
+raises ``services.evidence.errors.TamperedRecordError`` (the envelope is shared with gdpr).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ __all__ = [
     "IngestError",
     "InvalidProofRequestError",
     "MissingTreeNodeError",
-    "TamperedRecordError",
     "ValidationError",
 ]
 
@@ -49,13 +49,6 @@ class EventConflictError(IngestError):
     def __init__(self, *, event_id: str) -> None:
         self.event_id = event_id
         super().__init__(f"event {event_id} already exists with different content")
-
-
-class TamperedRecordError(IngestError):
-    """A stored ciphertext failed authentication (altered, swapped between records, or wrong key)."""
-
-    grpc_code_name: ClassVar[str] = "DATA_LOSS"
-    reason: str = "RECORD_TAMPERED"
 
 
 class InvalidProofRequestError(IngestError):

@@ -1,12 +1,12 @@
-"""The stored record: sealed personal fields, canonical bytes for the Merkle leaf, fingerprints.
+"""The stored record: canonical bytes for the Merkle leaf, fingerprints.
 
-Personal fields (subject identifier, summary, details) are sealed with AES-256-GCM under the
-subject's per-period data key (held by gdpr). The Merkle leaf covers the canonical bytes of the
-record *including the ciphertext*, so destroying the key (erasure) leaves every hash verifiable.
+Personal fields are sealed by ``services.evidence.envelope`` (shared with gdpr, which opens them for
+an export). The Merkle leaf covers the canonical bytes of the record *including the ciphertext*, so
+destroying the key (erasure) leaves every hash verifiable.
 
-Canonical record encoding, version 1 ("awareness.ingest.record.v1"): one JSON object, UTF-8, no
-insignificant whitespace, members sorted by name, strings escaped as RFC 8785 (JCS) does; for the
-value types used (strings and the integer version) this is exactly JCS output. Members:
+Canonical record encoding, version 1 ("awareness.ingest.record.v1"): the canonical JSON of
+``services.evidence.canonical`` (for the value types used, strings and the integer version,
+exactly RFC 8785 output). Members:
 
     ciphertext        base64 (RFC 4648, standard alphabet, padded) of the AES-GCM ciphertext+tag
     event_id          lower-case 8-4-4-4-12 UUID
@@ -21,11 +21,6 @@ value types used (strings and the integer version) this is exactly JCS output. M
     subject_pseudonym the subject's pseudonym (never the identifier)
     type              registered event type
     v                 1
-
-The sealed plaintext is the canonical JSON {"details": {...}, "subject": ..., "summary": ..., "v": 1}
-and the AES-GCM associated data is the canonical JSON
-{"event_id": ..., "format": "awareness.ingest.personal.v1", "key_id": ...}, which binds a ciphertext
-to its record and key: it cannot be moved to another record.
 """
 
 from __future__ import annotations
@@ -34,41 +29,18 @@ import base64
 import binascii
 import hmac
 import json
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-from services.ingest.domain.errors import TamperedRecordError
+from services.evidence.canonical import details_json, json_string
 from services.ingest.domain.events import EventInput, Severity, parse_severity
 from services.ingest.domain.merkle import leaf_hash
 
 RECORD_FORMAT = "awareness.ingest.record.v1"
-PERSONAL_FORMAT = "awareness.ingest.personal.v1"
 FINGERPRINT_FORMAT = "awareness.ingest.fingerprint.v1"
 FINGERPRINT_KEY_FORMAT = b"awareness.ingest.fingerprint-key.v1\x00"
-NOTE_FORMAT = "awareness.ingest.label-note.v1"
-SEALED_NOTE_PREFIX = "sealed1:"
-DATA_KEY_BYTES = 32
-NONCE_BYTES = 12
 MIN_FINGERPRINT_SECRET_BYTES = 16
-
-
-@dataclass(frozen=True, slots=True)
-class PersonalFields:
-    subject: str
-    summary: str
-    details: dict[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class SealedPersonal:
-    nonce: bytes
-    ciphertext: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,80 +58,6 @@ class StoredRecord:
     receive_time: datetime
     nonce: bytes
     ciphertext: bytes
-
-
-# One encoder for every canonical document: json.dumps with options builds a new one per call.
-_JCS_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True)
-_JCS_UNSORTED_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
-def canonical_json(value: Mapping[str, Any]) -> bytes:
-    """RFC 8785-compatible JSON for objects of strings, small integers and nested such objects."""
-    if _code_point_order_is_jcs(value):
-        # The common case, done in C: code-point order equals JCS's UTF-16 order for these keys.
-        return _JCS_ENCODER.encode(value).encode("utf-8")
-    return _JCS_UNSORTED_ENCODER.encode(_sorted_for_jcs(value)).encode("utf-8")
-
-
-def _code_point_order_is_jcs(value: Any) -> bool:
-    """True when every object is a dict whose keys are strings without a character at or above
-    U+D800 (where code-point and UTF-16 orders can differ): then json's own sort_keys is JCS order."""
-    pending = [value]
-    while pending:
-        current = pending.pop()
-        if type(current) is not dict:
-            return False
-        try:
-            joined = "".join(current)
-        except TypeError:  # a non-string key
-            return False
-        if joined and max(joined) >= "\ud800":
-            return False
-        for member in current.values():
-            if type(member) is not str and isinstance(member, Mapping):
-                pending.append(member)
-    return True
-
-
-# The documents of the append path have fixed shapes, so they are spelled directly: each string goes
-# through the same C escaper the JSON encoder uses, with members already in JCS order. The result
-# equals canonical_json of the same document (a property test checks it) at a fraction of the cost.
-_json_string: Callable[[str], str] = json.encoder.encode_basestring
-
-
-def details_json(details: Mapping[str, str]) -> str:
-    """The canonical JSON object of a details map (the append path spells it once per event, for
-    both the fingerprint and the sealed plaintext)."""
-    if not details:
-        return "{}"
-    names = "".join(details)
-    if names and max(names) >= "\ud800":  # UTF-16 order may differ from code-point order
-        return canonical_json(dict(details)).decode("utf-8")
-    return "{" + ",".join(f"{_json_string(k)}:{_json_string(details[k])}" for k in sorted(details)) + "}"
-
-
-def personal_plaintext(
-    *, subject: str, summary: str, details: Mapping[str, str], encoded_details: str | None = None
-) -> bytes:
-    """canonical_json({"details": ..., "subject": ..., "summary": ..., "v": 1}).
-
-    `encoded_details`, when given, is details_json(details), already spelled by the caller.
-    """
-    encoded = details_json(details) if encoded_details is None else encoded_details
-    return (
-        f'{{"details":{encoded},"subject":{_json_string(subject)},"summary":{_json_string(summary)},"v":1}}'
-    ).encode()
-
-
-def _sorted_for_jcs(value: Any) -> Any:
-    # JCS orders members by their UTF-16 code units, which differs from code-point order only
-    # for keys mixing astral characters with U+E000..U+FFFF; details keys may be anything.
-    if isinstance(value, Mapping):
-        return {
-            key: _sorted_for_jcs(value[key])
-            for key in sorted(value, key=lambda k: str(k).encode("utf-16-be"))
-        }
-    return value
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -198,113 +96,6 @@ def parse_timestamp(text: str) -> datetime:
     return moment
 
 
-def _personal_aad(*, event_id: str, key_id: str) -> bytes:
-    """canonical_json({"event_id": ..., "format": PERSONAL_FORMAT, "key_id": ...})."""
-    return (
-        f'{{"event_id":{_json_string(event_id)},"format":"{PERSONAL_FORMAT}","key_id":{_json_string(key_id)}}}'
-    ).encode()
-
-
-def seal_personal(
-    *,
-    key: bytes,
-    key_id: str,
-    event_id: str,
-    subject: str,
-    summary: str,
-    details: Mapping[str, str],
-    cipher: AESGCM | None = None,
-    encoded_details: str | None = None,
-    nonce: bytes | None = None,
-) -> SealedPersonal:
-    """Encrypt the personal fields with AES-256-GCM under a fresh random 96-bit nonce.
-
-    `cipher`, when given, is ``AESGCM(key)`` made once by the caller for many events of one key;
-    `encoded_details` is details_json(details); `nonce`, 12 bytes from os.urandom that the caller
-    drew for many events at once (never reused: each event gets its own slice).
-    """
-    if len(key) != DATA_KEY_BYTES:
-        raise ValueError(f"data keys are {DATA_KEY_BYTES} bytes (AES-256), got {len(key)}")
-    plaintext = personal_plaintext(
-        subject=subject, summary=summary, details=details, encoded_details=encoded_details
-    )
-    if nonce is None:
-        nonce = os.urandom(NONCE_BYTES)
-    elif len(nonce) != NONCE_BYTES:
-        raise ValueError(f"nonces are {NONCE_BYTES} bytes, got {len(nonce)}")
-    ciphertext = (cipher or AESGCM(key)).encrypt(
-        nonce, plaintext, _personal_aad(event_id=event_id, key_id=key_id)
-    )
-    return SealedPersonal(nonce=nonce, ciphertext=ciphertext)
-
-
-def open_personal(*, key: bytes, key_id: str, event_id: str, sealed: SealedPersonal) -> PersonalFields:
-    """Decrypt and authenticate; TamperedRecordError if anything (or the key) does not match."""
-    if len(key) != DATA_KEY_BYTES:
-        raise ValueError(f"data keys are {DATA_KEY_BYTES} bytes (AES-256), got {len(key)}")
-    try:
-        plaintext = AESGCM(key).decrypt(
-            sealed.nonce, sealed.ciphertext, _personal_aad(event_id=event_id, key_id=key_id)
-        )
-    except (InvalidTag, ValueError) as error:
-        raise TamperedRecordError(f"personal fields of event {event_id} failed authentication") from error
-    try:
-        document = json.loads(plaintext)
-        fields = PersonalFields(
-            subject=document["subject"], summary=document["summary"], details=dict(document["details"])
-        )
-    except (ValueError, KeyError, TypeError) as error:
-        raise TamperedRecordError(f"personal fields of event {event_id} are malformed") from error
-    if document.get("v") != 1 or not _all_strings(fields):
-        raise TamperedRecordError(f"personal fields of event {event_id} have an unknown layout")
-    return fields
-
-
-def _note_aad(*, event_id: str, key_id: str) -> bytes:
-    return canonical_json({"event_id": event_id, "format": NOTE_FORMAT, "key_id": key_id})
-
-
-def seal_note(*, key: bytes, key_id: str, event_id: str, note: str) -> str:
-    """An analyst's label note sealed under the event's data key, as stored (text column).
-
-    Notes are personal data: sealed like the event's personal fields, bound to the event and key,
-    so erasing the subject's key makes them unreadable. The empty note stays empty.
-    """
-    if not note:
-        return ""
-    if len(key) != DATA_KEY_BYTES:
-        raise ValueError(f"data keys are {DATA_KEY_BYTES} bytes (AES-256), got {len(key)}")
-    nonce = os.urandom(NONCE_BYTES)
-    sealed = AESGCM(key).encrypt(nonce, note.encode("utf-8"), _note_aad(event_id=event_id, key_id=key_id))
-    return SEALED_NOTE_PREFIX + base64.b64encode(nonce + sealed).decode("ascii")
-
-
-def is_sealed_note(stored: str) -> bool:
-    return stored.startswith(SEALED_NOTE_PREFIX)
-
-
-def open_note(*, key: bytes, key_id: str, event_id: str, stored: str) -> str:
-    """Inverse of seal_note; TamperedRecordError if the note or the key does not match."""
-    if not stored:
-        return ""
-    try:
-        data = base64.b64decode(stored.removeprefix(SEALED_NOTE_PREFIX), validate=True)
-        plaintext = AESGCM(key).decrypt(
-            data[:NONCE_BYTES], data[NONCE_BYTES:], _note_aad(event_id=event_id, key_id=key_id)
-        )
-        return plaintext.decode("utf-8")
-    except (InvalidTag, ValueError, binascii.Error) as error:
-        raise TamperedRecordError(f"the label note of event {event_id} failed authentication") from error
-
-
-def _all_strings(fields: PersonalFields) -> bool:
-    return (
-        isinstance(fields.subject, str)
-        and isinstance(fields.summary, str)
-        and all(isinstance(k, str) and isinstance(v, str) for k, v in fields.details.items())
-    )
-
-
 def canonical_record_bytes(record: StoredRecord) -> bytes:
     """The version-1 canonical encoding described in this module's docstring (the Merkle leaf data)."""
     return record_bytes(
@@ -337,7 +128,7 @@ def record_bytes(
     ciphertext: bytes,
 ) -> bytes:
     """canonical_record_bytes from the values; times already in format_timestamp form."""
-    j = _json_string
+    j = json_string
     return (
         f'{{"ciphertext":"{base64.b64encode(ciphertext).decode("ascii")}","event_id":{j(event_id)},'
         f'"format":"{RECORD_FORMAT}","key_id":{j(key_id)},"key_period":{j(key_period)},'
@@ -441,7 +232,7 @@ def fingerprint_fields(
     """
     if len(secret) < MIN_FINGERPRINT_SECRET_BYTES:
         raise ValueError(f"the fingerprint secret must be at least {MIN_FINGERPRINT_SECRET_BYTES} bytes")
-    j = _json_string
+    j = json_string
     encoded = details_json(details) if encoded_details is None else encoded_details
     content = (
         f'{{"details":{encoded},"format":"{FINGERPRINT_FORMAT}",'

@@ -1,4 +1,7 @@
-"""Errors the signing domain raises on purpose, each mapped to a gRPC code by the runtime."""
+"""Errors the signing domain raises on purpose, each mapped to a gRPC code by the runtime.
+
+The checkpoint-note errors live with the note format in ``services.evidence.errors``.
+"""
 
 from __future__ import annotations
 
@@ -26,24 +29,6 @@ class KeyNotFoundError(SigningError, NotFoundError):
     """No key with that id or purpose is in the keyring."""
 
     reason = "KEY_NOT_FOUND"
-
-
-class MalformedNoteError(SigningError, InvalidArgumentError):
-    """A signed note or checkpoint does not follow c2sp.org/signed-note or tlog-checkpoint."""
-
-    reason = "MALFORMED_CHECKPOINT"
-
-
-class UnknownSignerError(SigningError, FailedPreconditionError):
-    """No signature on the note comes from a key the verifier trusts."""
-
-    reason = "UNKNOWN_CHECKPOINT_SIGNER"
-
-
-class InvalidSignatureError(SigningError, InvalidArgumentError):
-    """A signature from a trusted key does not verify."""
-
-    reason = "INVALID_SIGNATURE"
 
 
 class TimestampVerificationError(SigningError, InvalidArgumentError):
