@@ -121,21 +121,19 @@ class PolicyOperations:
     ) -> None:
         repository.apply_changes(session, changes=changes, request_id=request_id)
 
-    def _reread(self, policy_id: str, version: int) -> StoredPolicy:
+    def _earlier(self, request_id: str | None) -> StoredPolicy | None:
+        """What an earlier call with this request_id stored, if any (retries answer the same)."""
+        if request_id is None:
+            return None
         with transaction(self._sessions) as session:
-            stored = repository.get_version(session, policy_id=policy_id, version=version)
-        if stored is None:  # pragma: no cover - the row was just written in a committed transaction
-            raise _not_found(policy_id)
-        return stored
+            return repository.find_by_request_id(session, request_id=request_id)
 
     def create(
         self, *, principal: Principal, policy_id: str, fields: PolicyFields, request_id: str | None
     ) -> StoredPolicy:
-        if request_id is not None:
-            with transaction(self._sessions) as session:
-                earlier = repository.find_by_request_id(session, request_id=request_id)
-            if earlier is not None:
-                return earlier
+        earlier = self._earlier(request_id)
+        if earlier is not None:
+            return earlier
         with field_errors("policy"):
             change = create_policy(
                 principal=principal,
@@ -150,11 +148,9 @@ class PolicyOperations:
             with transaction(self._sessions) as session:
                 self._write(session, [change], request_id=request_id)
         except IntegrityError:
-            if request_id is not None:  # a concurrent retry of the same call won the race
-                with transaction(self._sessions) as session:
-                    earlier = repository.find_by_request_id(session, request_id=request_id)
-                if earlier is not None:
-                    return earlier
+            earlier = self._earlier(request_id)  # a concurrent retry of the same call won the race
+            if earlier is not None:
+                return earlier
             raise AlreadyExistsError(
                 f"policy policies/{change.after.name} already exists",
                 reason="POLICY_ALREADY_EXISTS",
@@ -265,22 +261,18 @@ class PolicyOperations:
         return repository.StoredPolicy(version=change.after, retire_reason=change.history.reason)
 
     def revise(self, *, principal: Principal, policy_id: str, request_id: str | None) -> StoredPolicy:
-        if request_id is not None:
-            with transaction(self._sessions) as session:
-                earlier = repository.find_by_request_id(session, request_id=request_id)
-            if earlier is not None:
-                return earlier
+        earlier = self._earlier(request_id)
+        if earlier is not None:
+            return earlier
         try:
             with transaction(self._sessions) as session:
                 latest = self._versions(session, policy_id)[-1]
                 change = new_version(latest.version, principal=principal, now=self._clock())
                 self._write(session, [change], request_id=request_id)
         except IntegrityError:
-            if request_id is not None:
-                with transaction(self._sessions) as session:
-                    earlier = repository.find_by_request_id(session, request_id=request_id)
-                if earlier is not None:
-                    return earlier
+            earlier = self._earlier(request_id)
+            if earlier is not None:
+                return earlier
             raise AbortedError(
                 f"another revision of policies/{policy_id} was started concurrently",
                 reason="CONCURRENT_REVISION",
