@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
-from sqlalchemy.orm import Session, undefer
+from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session, undefer
 
 from services.scoring.domain.errors import ModelIntegrityError, ModelNotFoundError
 from services.scoring.models import ModelRow, ModelStatus, ShadowScoreRow
@@ -37,6 +37,14 @@ class ShadowScore:
     champion_score: float
     challenger_score: float
     scored_at_us: int
+
+
+def _after_in_newest_first(
+    time_column: InstrumentedAttribute[int], tie_column: InstrumentedAttribute[Any], before: tuple[int, Any]
+) -> ColumnElement[bool]:
+    """Rows after ``before`` (the last row of the previous page) in (time, tie) newest-first order."""
+    moment, tie = before
+    return or_(time_column < moment, and_(time_column == moment, tie_column < tie))
 
 
 def now_us() -> int:
@@ -122,13 +130,7 @@ def list_models(
     if status is not None:
         query = query.where(ModelRow.status == status.value)
     if before is not None:
-        created, version = before
-        query = query.where(
-            or_(
-                ModelRow.created_at_us < created,
-                and_(ModelRow.created_at_us == created, ModelRow.version < version),
-            )
-        )
+        query = query.where(_after_in_newest_first(ModelRow.created_at_us, ModelRow.version, before))
     query = query.order_by(ModelRow.created_at_us.desc(), ModelRow.version.desc()).limit(limit)
     return list(session.scalars(query))
 
@@ -211,12 +213,6 @@ def list_shadow_scores(
     """A challenger's shadow scores, newest first; `before` is the (scored_at_us, id) of the last row seen."""
     query = select(ShadowScoreRow).where(ShadowScoreRow.challenger_version == challenger_version)
     if before is not None:
-        scored, row_id = before
-        query = query.where(
-            or_(
-                ShadowScoreRow.scored_at_us < scored,
-                and_(ShadowScoreRow.scored_at_us == scored, ShadowScoreRow.id < row_id),
-            )
-        )
+        query = query.where(_after_in_newest_first(ShadowScoreRow.scored_at_us, ShadowScoreRow.id, before))
     query = query.order_by(ShadowScoreRow.scored_at_us.desc(), ShadowScoreRow.id.desc()).limit(limit)
     return list(session.scalars(query))
