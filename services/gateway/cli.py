@@ -1,4 +1,4 @@
-"""``awareness keys``: create, list and revoke the gateway's API keys."""
+"""``awareness keys``: create, list and revoke the gateway's API keys; ``events`` and ``policies``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
-from services.gateway import repository
+from services.gateway import remote, repository
 from services.gateway.config import KEY_CACHE_SECONDS_DEFAULT, KEY_CACHE_SECONDS_VAR
 from services.gateway.domain import keys
 from services.runtime import auth, db, migrations
@@ -117,3 +117,5 @@ def register(subparsers: Any) -> None:
     revoke = sub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id", metavar="ID")
     revoke.set_defaults(handler=_revoke)
+    # The gateway's HTTP API for analysts and policy authors (an API key, not the internal credential).
+    remote.register(subparsers)
