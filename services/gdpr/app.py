@@ -1,4 +1,4 @@
-"""Wiring of the gdpr service: secrets, store, servicer, background jobs and health probe."""
+"""Wiring of the gdpr service: secrets, store, use cases, servicer, background jobs and health probe."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
 from awareness.ingest.v1 import ingest_pb2_grpc
 
-from services.gdpr.api import GdprMetrics, GdprServicer
+from services.gdpr.api import GdprServicer
 from services.gdpr.domain.keys import PeriodGranularity
 from services.gdpr.domain.retention import DEFAULT_RETENTION_DAYS
 from services.gdpr.keysource import describe_keyring, load_key_material
-from services.gdpr.store import GdprStore, enable_secure_delete
+from services.gdpr.service.transactions import GdprStore, enable_secure_delete
+from services.gdpr.service.usecases import GdprMetrics, GdprUseCases
 from services.runtime import db
 from services.runtime.config import ConfigError, env_float, env_int, env_str
 from services.runtime.db import run_db
@@ -30,6 +31,7 @@ class GdprService:
 
     app: ServiceApp
     servicer: GdprServicer
+    use_cases: GdprUseCases
     store: GdprStore
 
 
@@ -56,10 +58,13 @@ def build_service(context: ServiceContext) -> GdprService:
         granularity=_granularity(granularity),
         default_retention_days=env_int(settings.env, "AWARENESS_GDPR_RETENTION_DAYS", DEFAULT_RETENTION_DAYS),
     )
-    servicer = GdprServicer(
+    use_cases = GdprUseCases(
         store=store,
         ingest=lambda: ingest_pb2_grpc.IngestServiceStub(context.channels.channel("ingest")),
         metrics=GdprMetrics.create(context.metrics),
+    )
+    servicer = GdprServicer(
+        gdpr=use_cases,
         key_cache_seconds=key_cache_seconds,
         page_tokens=PageTokens.from_secret(settings.internal_secret),
     )
@@ -73,7 +78,7 @@ def build_service(context: ServiceContext) -> GdprService:
     async def retry_erasure_log() -> None:
         while True:
             try:
-                await servicer.retry_pending_erasures()
+                await use_cases.retry_pending_erasures()
             except Exception:  # a bad pass must not end the retrier; the next one tries again
                 log.exception("erasure log retry pass failed")
             await asyncio.sleep(retry_seconds)
@@ -84,9 +89,9 @@ def build_service(context: ServiceContext) -> GdprService:
         register=lambda server: gdpr_pb2_grpc.add_GdprServiceServicer_to_server(servicer, server),
         ready=lambda: db.ping(engine),
         background=[rewrap_at_start, retry_erasure_log],
-        on_stop=servicer.close,
+        on_stop=use_cases.close,
     )
-    return GdprService(app=app, servicer=servicer, store=store)
+    return GdprService(app=app, servicer=servicer, use_cases=use_cases, store=store)
 
 
 def _granularity(value: str) -> PeriodGranularity:

@@ -206,7 +206,7 @@ def _rotate_kek_in_kubernetes(args: argparse.Namespace) -> int:
 
     from services.gdpr.kekrotation import KubernetesApi, RotationError, SecretRef, rotate_in_kubernetes
     from services.gdpr.keysource import KeyMaterial
-    from services.gdpr.store import GdprStore
+    from services.gdpr.service.transactions import GdprStore
     from services.runtime import db
     from services.runtime.config import load_settings
     from services.runtime.logs import configure_logging

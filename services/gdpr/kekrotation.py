@@ -33,7 +33,7 @@ from typing import Any
 
 from services.gdpr.domain.keys import Keyring
 from services.gdpr.keysource import KeyMaterial, parse_keyring
-from services.gdpr.store import GdprStore
+from services.gdpr.service.transactions import GdprStore
 
 log = logging.getLogger("awareness.gdpr.kek_rotation")
 

@@ -23,7 +23,7 @@ from services.gdpr.domain.errors import KeyUnwrapError
 from services.gdpr.domain.keys import WrappedKey, data_key_aad
 from services.gdpr.kekrotation import KubernetesApi, SecretRef, rotate_in_kubernetes
 from services.gdpr.keysource import KeyMaterial, parse_keyring
-from services.gdpr.store import GdprStore
+from services.gdpr.service.transactions import GdprStore
 from services.runtime import db
 from tests.gdpr.conftest import running_harness
 from tests.gdpr.test_service_keys_and_erasure import unique_subject

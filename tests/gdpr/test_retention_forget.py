@@ -127,9 +127,9 @@ async def test_a_large_run_answers_without_waiting_and_forgets_a_bounded_number_
     harness: Harness,
 ) -> None:
     keys = await shred_setup(harness, subjects=40)
-    servicer = harness.service.servicer
-    servicer.forget_concurrency = 4
-    servicer.forget_wait_seconds = 0.0  # answer at once; the calls go on in the background
+    use_cases = harness.service.use_cases
+    use_cases.forget_concurrency = 4
+    use_cases.forget_wait_seconds = 0.0  # answer at once; the calls go on in the background
     harness.fake_ingest.forget_delay = 0.2  # 40 calls, 4 at a time: about 2 s in all
 
     report = await harness.dpo.ApplyRetention(gdpr_pb2.ApplyRetentionRequest())
@@ -164,8 +164,8 @@ async def test_ingest_down_does_not_fail_retention_and_is_counted(harness: Harne
 async def test_forgetting_respects_the_callers_deadline(harness: Harness) -> None:
     await shred_setup(harness, subjects=3)
     harness.fake_ingest.forget_delay = 30.0  # far longer than the caller is willing to wait
-    harness.service.servicer.forget_concurrency = 1
-    harness.service.servicer.forget_wait_seconds = 60.0  # so only the deadline bounds the wait
+    harness.service.use_cases.forget_concurrency = 1
+    harness.service.use_cases.forget_wait_seconds = 60.0  # so only the deadline bounds the wait
 
     # Half of what is left of a 4-second deadline is waited for, then the report comes back.
     report = await harness.dpo.ApplyRetention(gdpr_pb2.ApplyRetentionRequest(), timeout=4.0)

@@ -10,7 +10,7 @@ from awareness.gdpr.v1 import gdpr_pb2
 from grpc_status import rpc_status
 from sqlalchemy import create_engine, text
 
-from services.gdpr.store import ERASURE_EVENT_NAMESPACE
+from services.gdpr.service.transactions import ERASURE_EVENT_NAMESPACE
 from services.runtime.errors import field_violations
 from tests.gdpr.conftest import ANALYST, Harness, timestamp
 from tests.grpc_errors import reason_of, rpc_error
@@ -192,15 +192,15 @@ async def test_erasure_with_ingest_down_shreds_now_and_appends_the_log_event_lat
         gdpr_pb2.UnwrapDataKeysRequest(keys=[gdpr_pb2.DataKeyRef(pseudonym=pseudonym, key_period="2025-03")])
     )
     assert gone.keys[0].WhichOneof("result") == "error"
-    store, servicer = harness.service.store, harness.service.servicer
+    store, use_cases = harness.service.store, harness.service.use_cases
     erasure_id = record.name.removeprefix("erasures/")
     assert store.log_attempts(erasure_id) == 1
-    assert await servicer.retry_pending_erasures() == 1  # still down: still pending
+    assert await use_cases.retry_pending_erasures() == 1  # still down: still pending
     assert store.log_attempts(erasure_id) == 2
     assert harness.metrics.registry.get_sample_value("awareness_gdpr_erasure_log_pending") == 1
 
     harness.fake_ingest.down = False
-    assert await servicer.retry_pending_erasures() == 0
+    assert await use_cases.retry_pending_erasures() == 0
     finished = await harness.dpo.GetErasureRecord(gdpr_pb2.GetErasureRecordRequest(name=record.name))
     assert finished.log_event_id == str(uuid.uuid5(ERASURE_EVENT_NAMESPACE, erasure_id))
     assert finished.events_affected == 2

@@ -1,8 +1,9 @@
-"""The gdpr service's transactional operations: domain rules applied to its own tables.
+"""The gdpr use cases that run inside one database transaction each (the units of work).
 
-Blocking (SQLAlchemy) code, called from the gRPC servicer through ``run_db``. Every state change that a
-person asked for (erase, export, consent, retention, KEK rotation) appends its audit entry in the same
-transaction as the change, so the trail cannot miss an action or record one that did not happen.
+Blocking (SQLAlchemy) code over ``repository``, called by the async use cases (``usecases``) through
+``run_db``. Every state change that a person asked for (erase, export, consent, retention, KEK rotation)
+appends its audit entry in the same transaction as the change, so the trail cannot miss an action or
+record one that did not happen.
 
 Writes that create or destroy keys take one process-wide lock: on SQLite it avoids busy retries, and it
 orders key creation against KEK rotation (a key is never wrapped under a KEK that is being retired).

@@ -31,6 +31,14 @@ _PG_ERASURE = "gdpr_erasure_write_once"
 
 
 def upgrade() -> None:
+    _create_key_tables()
+    _create_record_tables()
+    _create_erasure_and_audit_tables()
+    _create_triggers()
+
+
+def _create_key_tables() -> None:
+    """Subjects and their data keys: the rows an erasure or retention deletes."""
     op.create_table(
         "subjects",
         sa.Column("pseudonym", sa.String(64), primary_key=True),
@@ -58,6 +66,10 @@ def upgrade() -> None:
         sa.Column("key_id", sa.String(64), sa.ForeignKey("data_keys.key_id"), primary_key=True),
         sa.Column("event_type", sa.String(128), primary_key=True),
     )
+
+
+def _create_record_tables() -> None:
+    """Consents, retention rules and runs, KEK rotations: records that outlive an erasure."""
     op.create_table(
         "consent_records",
         sa.Column("id", _KEY, primary_key=True, autoincrement=True),
@@ -100,6 +112,9 @@ def upgrade() -> None:
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
         sa.UniqueConstraint("request_id", name="uq_kek_rotations_request_id"),
     )
+
+
+def _create_erasure_and_audit_tables() -> None:
     op.create_table(
         "erasure_records",
         sa.Column("erasure_id", sa.String(64), primary_key=True),
@@ -139,7 +154,6 @@ def upgrade() -> None:
     op.create_index("ix_audit_records_actor", "audit_records", ["actor"])
     op.create_index("ix_audit_records_action", "audit_records", ["action"])
     op.create_index("ix_audit_records_at", "audit_records", ["at"])
-    _create_triggers()
 
 
 def downgrade() -> None:
