@@ -138,6 +138,17 @@ def test_no_service_imports_another_service() -> None:
     )
 
 
+def test_the_shared_package_imports_no_service() -> None:
+    # services/evidence is what two services share: it may lean on the runtime, never on a service.
+    imports = {
+        module
+        for path in (ROOT / "services" / "evidence").rglob("*.py")
+        for module in imported_modules(path, ROOT)
+        if module.split(".")[:2] in [["services", service] for service in SERVICES]
+    }
+    assert imports == set()
+
+
 def test_every_allowed_exception_is_still_needed() -> None:
     crossings = cross_service_imports(ROOT)
     stale = {
