@@ -3,7 +3,9 @@
 A service listed in SHAPED has ``api.py`` (servicer), ``service.py`` (use cases), ``repository.py``,
 ``app.py`` and ``domain/``; its ``api.py`` stays under API_MAX_LINES, touches no database (no SQLAlchemy
 import), and its servicer methods define no inner functions (closures doing the work belong in the
-service layer). No function in a shaped service is longer than FUNCTION_MAX_LINES.
+service layer). No function in a shaped service is longer than FUNCTION_MAX_LINES, and none but the CLI
+(which talks to the user) catches a raw gRPC error: a failed call to a peer becomes an AwarenessError
+by the runtime's one rule (``services.runtime.clients.call_peer``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHAPED = ("policy", "scoring")
 ROLES = ("api.py", "service.py", "repository.py", "app.py", "domain/__init__.py")
+# Services whose peer calls already go through call_peer (the others are being moved to it).
+PEER_RULE = ("policy", "scoring")
 API_MAX_LINES = 450
 FUNCTION_MAX_LINES = 80
 
@@ -67,6 +71,24 @@ def long_functions(directory: Path, *, limit: int) -> list[str]:
     return found
 
 
+def raw_grpc_handlers(directory: Path, *, skip: frozenset[str] = frozenset({"cli.py"})) -> list[str]:
+    """``file:line`` of every ``except`` clause that names ``AioRpcError`` or ``RpcError``."""
+    found: list[str] = []
+    for path in sorted(directory.rglob("*.py")):
+        if path.name in skip:
+            continue
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, ast.ExceptHandler) and node.type is not None:
+                names = {
+                    part.attr if isinstance(part, ast.Attribute) else part.id
+                    for part in ast.walk(node.type)
+                    if isinstance(part, ast.Attribute | ast.Name)
+                }
+                if names & {"AioRpcError", "RpcError"}:
+                    found.append(f"{path.relative_to(directory.parent).as_posix()}:{node.lineno}")
+    return found
+
+
 @pytest.mark.parametrize("service", SHAPED)
 def test_every_role_has_its_module(service: str) -> None:
     missing = [role for role in ROLES if not (ROOT / "services" / service / role).is_file()]
@@ -86,6 +108,11 @@ def test_no_function_is_longer_than_the_limit(service: str) -> None:
     assert long_functions(ROOT / "services" / service, limit=FUNCTION_MAX_LINES) == []
 
 
+@pytest.mark.parametrize("service", PEER_RULE)
+def test_peer_failures_go_through_the_runtime_rule(service: str) -> None:
+    assert raw_grpc_handlers(ROOT / "services" / service) == []
+
+
 def test_the_checks_find_what_they_look_for(tmp_path: Path) -> None:
     api = tmp_path / "svc" / "api.py"
     api.parent.mkdir()
@@ -97,7 +124,12 @@ def test_the_checks_find_what_they_look_for(tmp_path: Path) -> None:
         "    async def Get(self) -> None:\n"
         "        def load() -> None: ...\n"
         "        key = lambda row: row\n"
-        f"def long() -> None:\n{body}\n",
+        f"def long() -> None:\n{body}\n"
+        "async def call(stub: object) -> None:\n"
+        "    try:\n"
+        "        pass\n"
+        "    except (grpc.aio.AioRpcError, KeyError):\n"
+        "        pass\n",
         encoding="utf-8",
     )
     assert persistence_imports(api) == ["sqlalchemy.orm", "sqlalchemy"]
@@ -105,3 +137,4 @@ def test_the_checks_find_what_they_look_for(tmp_path: Path) -> None:
     assert long_functions(tmp_path / "svc", limit=FUNCTION_MAX_LINES) == [
         f"svc/api.py:long ({FUNCTION_MAX_LINES + 1})"
     ]
+    assert raw_grpc_handlers(tmp_path / "svc") == [f"svc/api.py:{FUNCTION_MAX_LINES + 11}"]

@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
-import grpc
 from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
 
+from services.runtime.clients import call_peer
 from services.runtime.errors import AwarenessError, DependencyUnavailableError
 
 PROFILING: Final = "profiling"
@@ -27,6 +27,11 @@ class ConsentUnavailableError(DependencyUnavailableError):
     """gdpr could not say whether the subjects consent; nothing was scored."""
 
     reason = "CONSENT_UNAVAILABLE"
+
+
+def peer_cause(error: AwarenessError) -> str:
+    """What made a peer call fail, for logs and metadata: the peer's status code, else our reason."""
+    return error.metadata.get("code") or error.reason
 
 
 class ConsentChecker:
@@ -58,11 +63,15 @@ class ConsentChecker:
         for start in range(0, len(missing), MAX_PSEUDONYMS_PER_CALL):
             chunk = missing[start : start + MAX_PSEUDONYMS_PER_CALL]
             try:
-                response = await self._gdpr().CheckConsent(
-                    gdpr_pb2.CheckConsentRequest(pseudonyms=chunk, purpose=self.purpose)
+                response = await call_peer(
+                    self._gdpr().CheckConsent(
+                        gdpr_pb2.CheckConsentRequest(pseudonyms=chunk, purpose=self.purpose)
+                    ),
+                    target="gdpr",
                 )
-            except (grpc.aio.AioRpcError, AwarenessError) as error:
-                code = error.code().name if isinstance(error, grpc.aio.AioRpcError) else error.reason
+            except AwarenessError as error:
+                # Fails closed whatever gdpr said: nothing is scored without a known answer.
+                code = peer_cause(error)
                 raise ConsentUnavailableError(
                     f"consent to {self.purpose} cannot be checked: gdpr unavailable ({code})",
                     metadata={"purpose": self.purpose, "cause": code},

@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import grpc
 from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.runtime.clients import call_peer
 from services.runtime.db import run_db, transaction
 from services.runtime.errors import AwarenessError, InvalidArgumentError
 from services.scoring import repository
-from services.scoring.consent import ConsentChecker
+from services.scoring.consent import ConsentChecker, peer_cause
 from services.scoring.convert import feature_input
 from services.scoring.domain.features import FEATURE_SCHEMA_VERSION, FeatureInput
 from services.scoring.domain.generator import GeneratorConfig, generate
@@ -226,15 +226,18 @@ class TrainingJobs:
         token = ""
         try:
             while len(examples) < MAX_ANALYST_EXAMPLES:
-                response = await self._ingest().ListTrainingExamples(
-                    ingest_pb2.ListTrainingExamplesRequest(page_size=_PAGE_SIZE, page_token=token)
+                response = await call_peer(
+                    self._ingest().ListTrainingExamples(
+                        ingest_pb2.ListTrainingExamplesRequest(page_size=_PAGE_SIZE, page_token=token)
+                    ),
+                    target="ingest",
                 )
                 examples.extend(response.examples)
                 token = response.next_page_token
                 if not token:
                     break
-        except (grpc.aio.AioRpcError, AwarenessError) as error:
-            code = error.code().name if isinstance(error, grpc.aio.AioRpcError) else error.reason
+        except AwarenessError as error:
+            code = peer_cause(error)
             log.warning("ingest unavailable: training on the generator alone", extra={"cause": code})
             return AnalystExamples(
                 card={
