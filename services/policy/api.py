@@ -227,7 +227,11 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def _act(
         self, use_case: Callable[..., StoredPolicy], name: str, **arguments: Any
     ) -> policy_pb2.Policy:
-        """A lifecycle RPC on ``policies/{policy}``: the caller, the id, the use case, the stored result."""
+        """A lifecycle RPC on ``policies/{policy}``: the caller, the id, the use case, the stored result.
+
+        The four RPCs below differ only in the use case and its fields; their same shape is the generated
+        servicer's, one method per RPC, and is left as is (``duplicates`` reports it).
+        """
         principal = self._caller()
         policy_id = policy_id_from_name(name)
         return policy_to_proto(await run_db(use_case, principal=principal, policy_id=policy_id, **arguments))
