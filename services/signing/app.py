@@ -1,4 +1,4 @@
-"""Wiring of the signing service: keys, servicer, store, upstream TSA, metrics and health."""
+"""Wiring of the signing service: keys, use cases, servicer, store, upstream TSA, metrics and health."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from services.runtime.clients import new_breaker
 from services.runtime.config import MissingSecretError, refuse_generated_secret
 from services.runtime.paging import PageTokens
 from services.runtime.server import ServiceApp, ServiceContext
-from services.signing.api import SigningMetrics, SigningServicer
+from services.signing.api import SigningServicer
 from services.signing.bootstrap import PKI_DIR_ENVIRONMENT_VARIABLE, bootstrap_dev
 from services.signing.config import SigningConfig, load_signing_config
 from services.signing.domain.pki import MANIFEST_FILE
 from services.signing.domain.tsa import SerialSource
 from services.signing.keys import load_active_keys
+from services.signing.service import SigningMetrics, SigningService
 from services.signing.upstream import UpstreamTsa
 
 SERVICE_NAME = signing_pb2.DESCRIPTOR.services_by_name["SigningService"].full_name
@@ -59,15 +60,15 @@ def create_app(
             trusted_roots=config.upstream_trusted_roots,
             requests=metrics.upstream_requests,
         )
-    servicer = SigningServicer(
+    signing = SigningService(
         config=config,
         keys=keys,
         sessions=sessions,
         metrics=metrics,
         upstream=upstream,
         serial_source=serial_source,
-        page_tokens=PageTokens.from_secret(settings.internal_secret),
     )
+    servicer = SigningServicer(signing=signing, page_tokens=PageTokens.from_secret(settings.internal_secret))
 
     async def stop() -> None:
         if upstream is not None:
@@ -79,5 +80,5 @@ def create_app(
         register=lambda server: signing_pb2_grpc.add_SigningServiceServicer_to_server(servicer, server),
         ready=lambda: db.ping(engine),
         on_stop=stop,
-        background=[servicer.watch_keys],
+        background=[signing.watch_keys],
     )
