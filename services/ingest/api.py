@@ -11,11 +11,12 @@ from awareness.signing.v1 import signing_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2
 
-from services.ingest.convert import receipt_message, timestamp_from_us
+from services.ingest.convert import receipt_message
 from services.ingest.reader import EventReader
 from services.ingest.writer import MAX_BATCH_EVENTS, Accepted, AppendOutcome, LogWriter
 from services.runtime import auth
 from services.runtime.errors import InvalidArgumentError
+from services.runtime.timestamps import timestamp_from_us
 
 
 def _may_append_system_events() -> bool:

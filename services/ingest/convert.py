@@ -13,20 +13,10 @@ from services.evidence.envelope import PersonalFields
 from services.ingest.domain.events import EventInput, Severity
 from services.ingest.models import Checkpoint, EventMetadata, EventRecord
 from services.ingest.repository import from_us
+from services.runtime.timestamps import timestamp_from_us, timestamp_to_us
 
 Receipt = ingest_pb2.Receipt
 PersonalDataState = ingest_pb2.Event.PersonalDataState
-
-
-def timestamp_from_us(micros: int) -> Timestamp:
-    stamp = Timestamp()
-    stamp.seconds, remainder = divmod(micros, 1_000_000)
-    stamp.nanos = remainder * 1000
-    return stamp
-
-
-def timestamp_to_us(stamp: Timestamp) -> int:
-    return stamp.seconds * 1_000_000 + stamp.nanos // 1000
 
 
 def timestamp_to_datetime(stamp: Timestamp) -> datetime:

@@ -27,7 +27,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.evidence.envelope import SealedPersonal, open_personal
 from services.evidence.errors import TamperedRecordError
 from services.ingest import aggregates, repository
-from services.ingest.convert import timestamp_from_us
 from services.ingest.domain.history import SubjectHistory
 from services.ingest.keys import ERASED, SubjectKey, SubjectKeys
 from services.ingest.models import EventMetadata, EventRecord
@@ -38,6 +37,7 @@ from services.ingest.writer import EnrichmentItem
 from services.runtime.db import run_db, transaction
 from services.runtime.errors import AwarenessError
 from services.runtime.metrics import ServiceMetrics
+from services.runtime.timestamps import timestamp_from_us
 
 log = logging.getLogger("awareness.ingest.enrichment")
 

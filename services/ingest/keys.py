@@ -21,10 +21,10 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.runtime.clients import peer_error
 from services.runtime.errors import DependencyUnavailableError
+from services.runtime.timestamps import timestamp_from_us
 
 MAX_LOOKUPS_PER_CALL = 1000
 
@@ -271,8 +271,8 @@ def _pseudonym_of(entry: _Entry) -> str | None:
 
 
 def _lookup_message(lookup: KeyLookup) -> gdpr_pb2.SubjectKeyLookup:
-    occurred_at = Timestamp()
-    occurred_at.FromMicroseconds(lookup.occurred_at_us)
     return gdpr_pb2.SubjectKeyLookup(
-        subject=lookup.subject, occurred_at=occurred_at, event_type=lookup.event_type
+        subject=lookup.subject,
+        occurred_at=timestamp_from_us(lookup.occurred_at_us),
+        event_type=lookup.event_type,
     )

@@ -26,8 +26,6 @@ from services.ingest.convert import (
     event_message,
     metadata_message,
     receipt_message,
-    timestamp_from_us,
-    timestamp_to_us,
 )
 from services.ingest.domain.errors import InvalidProofRequestError
 from services.ingest.domain.events import MAX_SUBJECT_CHARS, Severity, canonical_event_id
@@ -47,6 +45,7 @@ from services.runtime.errors import (
     NotFoundError,
 )
 from services.runtime.paging import PageTokens, page_size
+from services.runtime.timestamps import timestamp_from_us, timestamp_to_us
 
 PersonalDataState = ingest_pb2.Event.PersonalDataState
 

@@ -26,3 +26,17 @@ def optional_timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | Non
 def from_timestamp(stamp: timestamp_pb2.Timestamp) -> datetime:
     """The timezone-aware UTC datetime of ``stamp``."""
     return stamp.ToDatetime(tzinfo=UTC)
+
+
+def timestamp_from_us(micros: int) -> timestamp_pb2.Timestamp:
+    """The Timestamp of a time stored as microseconds since the Unix epoch."""
+    stamp = timestamp_pb2.Timestamp()
+    # Fields set directly: this runs once per event on the read paths.
+    stamp.seconds, remainder = divmod(micros, 1_000_000)
+    stamp.nanos = remainder * 1000
+    return stamp
+
+
+def timestamp_to_us(stamp: timestamp_pb2.Timestamp) -> int:
+    """Microseconds since the Unix epoch (sub-microsecond digits are dropped)."""
+    return stamp.seconds * 1_000_000 + stamp.nanos // 1000

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
 from google.protobuf import timestamp_pb2
 
-from services.runtime.timestamps import from_timestamp, optional_timestamp, to_timestamp
+from services.runtime.timestamps import (
+    from_timestamp,
+    optional_timestamp,
+    timestamp_from_us,
+    timestamp_to_us,
+    to_timestamp,
+)
 
 
 def test_aware_datetime_keeps_its_instant() -> None:
@@ -25,3 +32,12 @@ def test_naive_datetime_is_utc_not_host_local_time() -> None:
 def test_optional_timestamp_leaves_unset_fields_unset() -> None:
     assert optional_timestamp(None) is None
     assert optional_timestamp(datetime(1970, 1, 1, tzinfo=UTC)) == timestamp_pb2.Timestamp()
+
+
+@pytest.mark.parametrize("micros", [0, 1, 999_999, 1_000_000, 1_748_779_200_123_456, -1, -1_000_001])
+def test_microseconds_round_trip_like_protobufs_own_conversion(micros: int) -> None:
+    expected = timestamp_pb2.Timestamp()
+    expected.FromMicroseconds(micros)
+    assert timestamp_from_us(micros) == expected
+    assert 0 <= timestamp_from_us(micros).nanos < 1_000_000_000
+    assert timestamp_to_us(timestamp_from_us(micros)) == micros
