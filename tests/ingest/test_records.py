@@ -15,24 +15,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.evidence import envelope
 from services.evidence.canonical import canonical_json
 from services.ingest.domain import merkle, records
 from services.ingest.domain.events import EventInput, Severity, new_event_id
+from tests.evidence.test_envelope import sealed_for
 
-KEY = bytes(range(32))
 SECRET = b"server-fingerprint-secret-0123456789"
-
-
-def sealed_for(event_id: str, *, key: bytes = KEY, key_id: str = "dk-2025-06-1") -> envelope.SealedPersonal:
-    return envelope.seal_personal(
-        key=key,
-        key_id=key_id,
-        event_id=event_id,
-        subject="alice@example.com",
-        summary="Clicked «invoice» link",
-        details={"url": "https://example.test/x", "campaign": "q2"},
-    )
 
 
 def make_record(**changes: object) -> records.StoredRecord:
