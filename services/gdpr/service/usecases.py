@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import grpc
 from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from google.protobuf.json_format import MessageToDict
 from prometheus_client import Counter, Gauge
@@ -38,7 +37,7 @@ from services.gdpr.service.transactions import (
 )
 from services.runtime.clients import call_peer
 from services.runtime.db import run_db
-from services.runtime.errors import AwarenessError, NotFoundError
+from services.runtime.errors import AlreadyExistsError, AwarenessError, NotFoundError
 from services.runtime.metrics import ServiceMetrics
 from services.runtime.timestamps import from_timestamp, to_timestamp
 
@@ -171,6 +170,11 @@ def export_event(record: ingest_pb2.SubjectRecord, key: tuple[str, bytes] | None
     return document
 
 
+def _failure_code(error: AwarenessError) -> str:
+    """What is recorded and logged of a failed call to ingest: its gRPC code, else our reason."""
+    return error.metadata.get("code") or error.reason
+
+
 class GdprUseCases:
     def __init__(self, *, store: GdprStore, ingest: IngestStubFactory, metrics: GdprMetrics) -> None:
         self.store = store
@@ -243,8 +247,9 @@ class GdprUseCases:
         stub = self._ingest()
         try:
             if record.events_affected is None:
-                forgotten = await stub.ForgetSubject(
-                    ingest_pb2.ForgetSubjectRequest(pseudonym=record.pseudonym)
+                forgotten = await call_peer(
+                    stub.ForgetSubject(ingest_pb2.ForgetSubjectRequest(pseudonym=record.pseudonym)),
+                    target="ingest",
                 )
                 record = await run_db(
                     self.store.set_events_affected,
@@ -253,17 +258,15 @@ class GdprUseCases:
                 )
             event = erasure_event(record)
             try:
-                await stub.AppendEvent(ingest_pb2.AppendEventRequest(event=event))
-            except grpc.aio.AioRpcError as exc:
+                await call_peer(stub.AppendEvent(ingest_pb2.AppendEventRequest(event=event)), target="ingest")
+            except AlreadyExistsError:
                 # Already in the log under its deterministic id: an earlier attempt got through.
-                if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
-                    raise
                 log.warning("erasure event already in the log", extra={"erasure_id": record.erasure_id})
             return await run_db(
                 self.store.set_log_event_id, erasure_id=record.erasure_id, log_event_id=event.event_id
             )
-        except (grpc.aio.AioRpcError, AwarenessError) as exc:
-            code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else exc.reason
+        except AwarenessError as exc:  # ingest's answer (by the runtime's peer rule) or an open breaker
+            code = _failure_code(exc)
             attempts = await run_db(self.store.record_log_failure, erasure_id=record.erasure_id, error=code)
             self._metrics.erasure_log_failures.inc()
             log.warning(
@@ -470,12 +473,10 @@ class GdprUseCases:
                 if failure is not None:
                     return
                 try:
-                    await stub.ForgetSubject(ingest_pb2.ForgetSubjectRequest(pseudonym=pseudonym))
-                except grpc.aio.AioRpcError as exc:
-                    failure = failure or exc.code().name
-                    return
-                except AwarenessError as exc:  # the breaker is open
-                    failure = failure or exc.reason
+                    request = ingest_pb2.ForgetSubjectRequest(pseudonym=pseudonym)
+                    await call_peer(stub.ForgetSubject(request), target="ingest")
+                except AwarenessError as exc:  # ingest's answer or an open breaker
+                    failure = failure or _failure_code(exc)
                     return
                 told += 1
 
