@@ -57,6 +57,13 @@ def _check_subject(value: str, field: str, violations: list[FieldViolation]) -> 
         violations.append(FieldViolation(field, "must name a data subject"))
 
 
+def _require_subject(value: str) -> None:
+    violations: list[FieldViolation] = []
+    _check_subject(value, "subject", violations)
+    if violations:
+        raise _invalid(violations)
+
+
 def _check_reason(reason: str, *, subject: str, field: str, violations: list[FieldViolation]) -> None:
     """Reasons are kept in records that outlive an erasure: refuse one that names the subject."""
     try:
@@ -202,10 +209,7 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
     async def LookupSubject(
         self, request: gdpr_pb2.LookupSubjectRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gdpr_pb2.LookupSubjectResponse:
-        violations: list[FieldViolation] = []
-        _check_subject(request.subject, "subject", violations)
-        if violations:
-            raise _invalid(violations)
+        _require_subject(request.subject)
         # A read of the HMAC index only (never GetSubjectKeys' get-or-create): an unknown or erased
         # person is SUBJECT_NOT_FOUND and stays unregistered.
         subject = await self._gdpr.find_subject(request.subject)
@@ -326,10 +330,7 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
     async def ListConsentHistory(
         self, request: gdpr_pb2.ListConsentHistoryRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gdpr_pb2.ListConsentHistoryResponse:
-        violations: list[FieldViolation] = []
-        _check_subject(request.subject, "subject", violations)
-        if violations:
-            raise _invalid(violations)
+        _require_subject(request.subject)
         limit = page_size(request.page_size)
         # The token's scope holds the HMAC of the identifier, never the identifier itself.
         filters = {"subject": self._gdpr.subject_ref(request.subject), "purpose": request.purpose}

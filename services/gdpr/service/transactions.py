@@ -418,16 +418,17 @@ class GdprStore:
             return repo.pending_erasures(session, limit=limit)
 
     def set_events_affected(self, *, erasure_id: str, events_affected: int) -> ErasureRecordRow:
-        with transaction(self._sessions) as session:
-            repo.set_events_affected(session, erasure_id=erasure_id, events_affected=events_affected)
-            record = repo.get_erasure(session, erasure_id=erasure_id)
-            assert record is not None
-            session.refresh(record)
-            return record
+        return self._update_erasure(repo.set_events_affected, erasure_id, events_affected=events_affected)
 
     def set_log_event_id(self, *, erasure_id: str, log_event_id: str) -> ErasureRecordRow:
+        return self._update_erasure(repo.set_log_event_id, erasure_id, log_event_id=log_event_id)
+
+    def _update_erasure(
+        self, update: Callable[..., None], erasure_id: str, **values: Any
+    ) -> ErasureRecordRow:
+        """Fill a write-once column; returns the record as stored (a value already there stays)."""
         with transaction(self._sessions) as session:
-            repo.set_log_event_id(session, erasure_id=erasure_id, log_event_id=log_event_id)
+            update(session, erasure_id=erasure_id, **values)
             record = repo.get_erasure(session, erasure_id=erasure_id)
             assert record is not None
             session.refresh(record)
