@@ -10,12 +10,12 @@ from awareness.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 
 from services.runtime.errors import FieldViolation, InvalidArgumentError
 from services.runtime.paging import PageTokens, page_size
+from services.runtime.timestamps import timestamp_from_us
 from services.scoring.convert import (
     STATUS_FROM_PROTO,
     feature_input,
     model_proto,
     risk_level_proto,
-    timestamp_from_us,
     version_from_name,
 )
 from services.scoring.domain.model import risk_level

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from services.runtime.auth import Principal
+from services.runtime.timestamps import from_timestamp
 
 MODEL_PRINCIPAL = Principal(subject="cli:model", roles=frozenset({"ml_engineer"}))
 TRAIN_TIMEOUT_SECONDS = 1800.0
@@ -225,7 +226,7 @@ def _list(args: argparse.Namespace) -> int:
     print(header)
     for model in models:
         status_name = scoring_pb2.Model.Status.Name(model.status).removeprefix("STATUS_")
-        created = model.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        created = from_timestamp(model.create_time).strftime("%Y-%m-%d %H:%M:%S")
         print(
             f"{model.name:<40} {status_name:<11} {model.algorithm:<18} "
             f"{_metric(model, 'roc_auc'):>8.4f} {_metric(model, 'f1'):>7.4f} "

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC
 
 from awareness.scoring.v1 import scoring_pb2
-from google.protobuf import timestamp_pb2
 
 from services.runtime.errors import FieldViolation, InvalidArgumentError
+from services.runtime.timestamps import from_timestamp, timestamp_from_us
 from services.scoring.domain.errors import InvalidFeatureInputError
 from services.scoring.domain.features import FeatureInput
 from services.scoring.models import ModelRow, ModelStatus
@@ -42,12 +41,6 @@ def version_from_name(name: str, *, field: str = "name") -> str:
             f"{field} {message}", reason="INVALID_MODEL_NAME", violations=[FieldViolation(field, message)]
         )
     return match.group(1)
-
-
-def timestamp_from_us(value: int) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromMicroseconds(value)
-    return stamp
 
 
 def model_proto(row: ModelRow) -> scoring_pb2.Model:
@@ -98,7 +91,7 @@ def feature_input(message: scoring_pb2.ScoringInput, *, field: str) -> FeatureIn
             event_type=message.type,
             source=message.source,
             severity=int(message.severity),
-            occurred_at=message.occurred_at.ToDatetime(tzinfo=UTC),
+            occurred_at=from_timestamp(message.occurred_at),
             summary_length=message.summary_length,
             detail_count=message.detail_count,
             events_24h=history.events_24h,
