@@ -124,6 +124,15 @@ def kek_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def secret_env(kek_file: Path) -> dict[str, str]:
+    """gdpr's secrets as the job's Secret mounts them: the KEK file it rewrites, and the lookup secret."""
+    return {
+        "AWARENESS_KEK_FILE": str(kek_file),
+        "AWARENESS_LOOKUP_SECRET_FILE": str(kek_file.parent / "lookup-secret"),
+    }
+
+
+@pytest.fixture
 def serve_fake() -> Iterator[Any]:
     servers: list[ThreadingHTTPServer] = []
 
@@ -180,13 +189,9 @@ def _run_job(api: KubernetesApi, database_url: str) -> Any:
 
 
 async def test_the_job_rotates_the_secret_rewraps_every_key_and_destroys_the_old_kek(
-    tmp_path: Path, database_url: str, kek_file: Path, serve_fake: Any
+    tmp_path: Path, database_url: str, kek_file: Path, secret_env: dict[str, str], serve_fake: Any
 ) -> None:
     data_dir = tmp_path / "var"
-    secret_env = {
-        "AWARENESS_KEK_FILE": str(kek_file),
-        "AWARENESS_LOOKUP_SECRET_FILE": str(kek_file.parent / "lookup-secret"),
-    }
     async with running_harness(data_dir, database_url, **secret_env) as before_rotation:
         keys = [
             await issue(before_rotation, unique_subject(), months_ago(m), "login.failed") for m in (0, 3, 7)
@@ -224,13 +229,9 @@ async def test_the_job_rotates_the_secret_rewraps_every_key_and_destroys_the_old
 
 
 async def test_an_interrupted_rotation_is_finished_not_started_again(
-    tmp_path: Path, database_url: str, kek_file: Path, serve_fake: Any
+    tmp_path: Path, database_url: str, kek_file: Path, secret_env: dict[str, str], serve_fake: Any
 ) -> None:
     data_dir = tmp_path / "var"
-    secret_env = {
-        "AWARENESS_KEK_FILE": str(kek_file),
-        "AWARENESS_LOOKUP_SECRET_FILE": str(kek_file.parent / "lookup-secret"),
-    }
     async with running_harness(data_dir, database_url, **secret_env) as running:
         keys = [await issue(running, unique_subject(), months_ago(m), "login.failed") for m in (0, 1)]
         plain = await readable(running, keys)
