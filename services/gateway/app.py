@@ -14,7 +14,7 @@ import json
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -548,6 +548,20 @@ def create_gateway(settings: Settings, *, tracer: trace.Tracer | None = None) ->
 
     ``tracer`` defaults to the process-wide provider's (tests pass their own).
     """
+    state = _build_state(settings)
+    app = Starlette(
+        routes=_public_routes(),
+        middleware=_middleware_stack(state, tracer),
+        exception_handlers={HTTPException: http_exception},
+        lifespan=_lifespan(state),
+    )
+    app.state.gateway = state
+    app.state.admin = create_admin_app(state)
+    return app
+
+
+def _build_state(settings: Settings) -> GatewayState:
+    """Channels, routes from the descriptor set, the migrated key store and the rate limiter."""
     config = load_gateway_config(settings)
     gateway_metrics = GatewayMetrics.create()
     channels = ChannelFactory(
@@ -567,8 +581,7 @@ def create_gateway(settings: Settings, *, tracer: trace.Tracer | None = None) ->
     engine = db.create_db_engine(settings.database_url, service="gateway")
     migrations.upgrade("gateway", engine)
     sessions = db.session_factory(engine)
-    limiter = _make_limiter(settings, config, gateway_metrics)
-    state = GatewayState(
+    return GatewayState(
         settings=settings,
         config=config,
         metrics=gateway_metrics,
@@ -581,29 +594,38 @@ def create_gateway(settings: Settings, *, tracer: trace.Tracer | None = None) ->
         ),
         openapi=build_openapi(routes, comments),
         authenticator=authn.Authenticator(sessions=sessions, config=config),
-        limiter=limiter,
+        limiter=_make_limiter(settings, config, gateway_metrics),
         engine=engine,
         sessions=sessions,
         routes_by_rpc={r.rpc: r for r in routes},
     )
-    http_requests = gateway_metrics.base.counter(
+
+
+def _public_routes() -> list[Route]:
+    api_methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+    return [
+        Route("/health/live", live, methods=["GET"]),
+        Route("/health/ready", ready, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/v1/timestamp", timestamp, methods=["POST"]),
+        Route("/v1/integrations/gophish", gophish_webhook, methods=["POST"]),
+        Route("/{path:path}", api, methods=api_methods),
+    ]
+
+
+def _middleware_stack(state: GatewayState, tracer: trace.Tracer | None) -> list[Middleware]:
+    """The edge (body limits, request metrics, tracing) first, then CORS when origins are configured."""
+    config = state.config
+    http_requests = state.metrics.base.counter(
         "http_requests_total",
         "HTTP requests by route template, method and status",
         ["route", "method", "status"],
     )
-    http_latency = gateway_metrics.base.histogram(
+    http_latency = state.metrics.base.histogram(
         "http_request_duration_seconds",
         "HTTP request latency by route template and method",
         ["route", "method"],
     )
-
-    @asynccontextmanager
-    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            await state.close()
-
     middleware = [
         Middleware(
             EdgeMiddleware,
@@ -630,23 +652,20 @@ def create_gateway(settings: Settings, *, tracer: trace.Tracer | None = None) ->
                 max_age=600,
             )
         )
-    api_methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-    app = Starlette(
-        routes=[
-            Route("/health/live", live, methods=["GET"]),
-            Route("/health/ready", ready, methods=["GET"]),
-            Route("/openapi.json", openapi, methods=["GET"]),
-            Route("/v1/timestamp", timestamp, methods=["POST"]),
-            Route("/v1/integrations/gophish", gophish_webhook, methods=["POST"]),
-            Route("/{path:path}", api, methods=api_methods),
-        ],
-        middleware=middleware,
-        exception_handlers={HTTPException: http_exception},
-        lifespan=lifespan,
-    )
-    app.state.gateway = state
-    app.state.admin = create_admin_app(state)
-    return app
+    return middleware
+
+
+def _lifespan(state: GatewayState) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
+    """Closes the state (channels, limiter, engine) when the app stops."""
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await state.close()
+
+    return lifespan
 
 
 def create_admin_app(state: GatewayState) -> Starlette:
