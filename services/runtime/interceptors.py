@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -159,30 +160,46 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._metrics.latency.labels(label).observe(elapsed)
         log.debug("rpc", extra={"method": method, "code": name, "duration_ms": round(elapsed * 1000, 3)})
 
+    @asynccontextmanager
+    async def _serving(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+        """Around one call's handler: the span, the caller's principal, error mapping and metrics."""
+        started = time.perf_counter()
+        span, token = self._start(method, context)
+        principal_token = None
+        try:
+            principal_token = auth.set_current_principal(self._authenticate(method, context))
+            yield
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # every error becomes a google.rpc.Status
+            await self._fail(method, context, exc, span)
+            raise
+        finally:
+            if principal_token is not None:
+                auth._current.reset(principal_token)
+            self._record(method, context, started)
+            span.end()
+            otel_context.detach(token)
+
+    async def _handle(
+        self,
+        behavior: Callable[..., Any],
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        *,
+        streamed: bool,
+    ) -> Any:
+        result = behavior(self._checked(request, streamed=streamed), context)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
     def _wrap_unary(
         self, method: str, behavior: Callable[..., Any], *, streamed: bool
     ) -> Callable[..., Awaitable[Any]]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            started = time.perf_counter()
-            span, token = self._start(method, context)
-            principal_token = None
-            try:
-                principal_token = auth.set_current_principal(self._authenticate(method, context))
-                result = behavior(self._checked(request, streamed=streamed), context)
-                if inspect.isawaitable(result):
-                    result = await result
-                return result
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:  # every error becomes a google.rpc.Status
-                await self._fail(method, context, exc, span)
-                raise
-            finally:
-                if principal_token is not None:
-                    auth._current.reset(principal_token)
-                self._record(method, context, started)
-                span.end()
-                otel_context.detach(token)
+            async with self._serving(method, context):
+                return await self._handle(behavior, request, context, streamed=streamed)
 
         return wrapped
 
@@ -190,30 +207,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, method: str, behavior: Callable[..., Any], *, streamed: bool
     ) -> Callable[..., AsyncIterator[Any]]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            span, token = self._start(method, context)
-            principal_token = None
-            try:
-                principal_token = auth.set_current_principal(self._authenticate(method, context))
-                result = behavior(self._checked(request, streamed=streamed), context)
-                if inspect.isawaitable(result):
-                    result = await result
+            async with self._serving(method, context):
+                result = await self._handle(behavior, request, context, streamed=streamed)
                 if hasattr(result, "__aiter__"):
                     async for item in result:
                         yield item
                 elif isinstance(result, Iterable):
                     for item in result:
                         yield item
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:
-                await self._fail(method, context, exc, span)
-                raise
-            finally:
-                if principal_token is not None:
-                    auth._current.reset(principal_token)
-                self._record(method, context, started)
-                span.end()
-                otel_context.detach(token)
 
         return wrapped
