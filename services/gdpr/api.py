@@ -156,7 +156,7 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
                 violations.append(FieldViolation(f"lookups[{index}].occurred_at", "is required"))
         if violations:
             raise _invalid(violations)
-        result = await self._gdpr.issue_keys(
+        keys = await self._gdpr.issue_keys(
             [
                 KeyRequest(
                     subject=item.subject,
@@ -175,7 +175,7 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
                     data_key=key.data_key,
                     cache_ttl=self._cache_ttl,
                 )
-                for key in result.keys
+                for key in keys
             ]
         )
 

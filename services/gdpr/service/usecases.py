@@ -18,7 +18,7 @@ from typing import Any
 
 from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from google.protobuf.json_format import MessageToDict
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.evidence.envelope import SealedPersonal, is_sealed_note, open_note, open_personal
 from services.evidence.errors import TamperedRecordError
@@ -27,6 +27,7 @@ from services.gdpr.domain.export import aiter_export_json
 from services.gdpr.models import AuditRecordRow, ConsentRecordRow, ErasureRecordRow, Subject
 from services.gdpr.service.transactions import (
     GdprStore,
+    IssuedKey,
     IssueResult,
     KeyRequest,
     RetentionReport,
@@ -35,6 +36,7 @@ from services.gdpr.service.transactions import (
     UnwrappedKey,
     erasure_log_event_id,
 )
+from services.runtime.batching import Coalescer
 from services.runtime.clients import call_peer
 from services.runtime.db import run_db
 from services.runtime.errors import AlreadyExistsError, AwarenessError, NotFoundError
@@ -51,6 +53,8 @@ ERASURE_EVENT_SOURCE = "gdpr"
 # (the rest go on in the background; ingest's cache expires within its TTL anyway).
 RETENTION_FORGET_CONCURRENCY = 8
 RETENTION_FORGET_WAIT_SECONDS = 3.0
+# The most key lookups one issuance transaction serves (a single call may bring up to 1,000).
+KEY_ISSUANCE_BATCH = 2000
 _SEVERITY_NAMES = {
     value: name.removeprefix("SEVERITY_").lower() for name, value in ingest_pb2.Severity.items()
 }
@@ -70,6 +74,7 @@ class GdprMetrics:
     erasure_log_failures: Counter
     erasure_log_pending: Gauge
     retention_forget_failures: Counter
+    key_issuance_batch: Histogram
 
     @classmethod
     def create(cls, metrics: ServiceMetrics) -> GdprMetrics:
@@ -85,6 +90,11 @@ class GdprMetrics:
                 "consent_changes_total", "Consent grants and withdrawals", ["purpose", "action"]
             ),
             kek_rotations=metrics.counter("kek_rotations_total", "Key-encryption key rotations"),
+            key_issuance_batch=metrics.histogram(
+                "key_issuance_batch_lookups",
+                "Key lookups served per store transaction (concurrent GetSubjectKeys calls share one)",
+                buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
+            ),
             erasure_log_failures=metrics.counter(
                 "erasure_log_failures_total", "Failed attempts to append an erasure record to the event log"
             ),
@@ -185,14 +195,24 @@ class GdprUseCases:
         self.forget_wait_seconds = RETENTION_FORGET_WAIT_SECONDS
         # Strong references: the event loop keeps only weak ones to running tasks.
         self._forgetting: set[asyncio.Task[int]] = set()
+        self._issuance: Coalescer[KeyRequest, IssuedKey] = Coalescer(
+            self._issue_batch, max_items=KEY_ISSUANCE_BATCH
+        )
 
     # --- keys ----------------------------------------------------------------------------------------
 
-    async def issue_keys(self, requests: Sequence[KeyRequest]) -> IssueResult:
-        result = await run_db(self.store.issue_keys, requests)
+    async def issue_keys(self, requests: Sequence[KeyRequest]) -> list[IssuedKey]:
+        """Concurrent callers' requests share one store transaction (see ``_issue_batch``)."""
+        return await self._issuance.submit(requests)
+
+    async def _issue_batch(self, requests: list[KeyRequest]) -> list[IssuedKey]:
+        # One read (and, for first sightings, one write under the store's lock) for every caller
+        # waiting: key issuance costs a transaction per batch, not per event.
+        result: IssueResult = await run_db(self.store.issue_keys, requests)
         self._metrics.keys_issued.inc(len(result.keys))
         self._metrics.data_keys_created.inc(result.keys_created)
-        return result
+        self._metrics.key_issuance_batch.observe(len(requests))
+        return result.keys
 
     async def unwrap_keys(self, refs: Sequence[tuple[str, str]]) -> list[UnwrappedKey]:
         return await run_db(self.store.unwrap_keys, refs)

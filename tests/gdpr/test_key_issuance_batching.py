@@ -1,0 +1,84 @@
+"""GetSubjectKeys under concurrency: callers share transactions, a first sighting gets one key, erasure wins.
+
+Runs on SQLite and PostgreSQL (the harness's ``database_url`` parameter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+from awareness.gdpr.v1 import gdpr_pb2
+
+from tests.gdpr.conftest import Harness, timestamp
+
+MARCH = datetime(2025, 3, 14, 9, 30, tzinfo=UTC)
+
+
+def request_for(*subjects: str) -> gdpr_pb2.GetSubjectKeysRequest:
+    return gdpr_pb2.GetSubjectKeysRequest(
+        lookups=[
+            gdpr_pb2.SubjectKeyLookup(
+                subject=subject, occurred_at=timestamp(MARCH), event_type="phishing.clicked"
+            )
+            for subject in subjects
+        ]
+    )
+
+
+def batches_observed(harness: Harness) -> tuple[float, float]:
+    """(transactions, lookups) counted by the issuance histogram so far."""
+    registry = harness.metrics.registry
+    count = registry.get_sample_value("awareness_gdpr_key_issuance_batch_lookups_count") or 0.0
+    total = registry.get_sample_value("awareness_gdpr_key_issuance_batch_lookups_sum") or 0.0
+    return count, total
+
+
+async def test_concurrent_first_sightings_of_one_person_get_one_key(harness: Harness) -> None:
+    subject = f"person-{uuid.uuid4().hex}@example.org"
+    replies = await asyncio.gather(
+        *(harness.internal.GetSubjectKeys(request_for(subject)) for _ in range(40))
+    )
+    keys = {(reply.keys[0].pseudonym, reply.keys[0].key_id, reply.keys[0].data_key) for reply in replies}
+    assert len(keys) == 1
+    assert harness.metrics.registry.get_sample_value("awareness_gdpr_data_keys_created_total") == 1
+
+
+async def test_concurrent_callers_share_transactions_and_each_gets_its_own_keys(harness: Harness) -> None:
+    people = [f"person-{uuid.uuid4().hex}@example.org" for _ in range(120)]
+    calls = [people[index : index + 2] for index in range(0, len(people), 2)]
+    before = batches_observed(harness)
+    replies = await asyncio.gather(*(harness.internal.GetSubjectKeys(request_for(*pair)) for pair in calls))
+    after = batches_observed(harness)
+    transactions, lookups = after[0] - before[0], after[1] - before[1]
+    assert lookups == len(people)
+    # 60 concurrent calls: fewer transactions than calls (how many fewer depends on the scheduler).
+    assert transactions < len(calls)
+    # Each caller's answer is about its own people, in its order: the same key when asked again alone.
+    for pair, reply in zip(calls, replies, strict=True):
+        assert [key.key_period for key in reply.keys] == ["2025-03", "2025-03"]
+        assert reply.keys[0].pseudonym != reply.keys[1].pseudonym
+        alone = await harness.internal.GetSubjectKeys(request_for(*pair))
+        assert [key.key_id for key in alone.keys] == [key.key_id for key in reply.keys]
+    assert len({key.pseudonym for reply in replies for key in reply.keys}) == len(people)
+
+
+async def test_an_erasure_racing_issuance_leaves_no_key_behind(harness: Harness) -> None:
+    subject = f"person-{uuid.uuid4().hex}@example.org"
+    first = await harness.internal.GetSubjectKeys(request_for(subject))
+    issuing = [
+        asyncio.ensure_future(harness.internal.GetSubjectKeys(request_for(subject))) for _ in range(20)
+    ]
+    erasure = await harness.dpo.EraseSubject(
+        gdpr_pb2.EraseSubjectRequest(subject=subject, reason="Art. 17 ticket", request_id=uuid.uuid4().hex)
+    )
+    await asyncio.gather(*issuing, return_exceptions=True)
+    assert erasure.pseudonym == first.keys[0].pseudonym
+    # The erased key is gone: it cannot be unwrapped again, whatever the racing calls did.
+    reply = await harness.internal.UnwrapDataKeys(
+        gdpr_pb2.UnwrapDataKeysRequest(
+            keys=[gdpr_pb2.DataKeyRef(pseudonym=first.keys[0].pseudonym, key_period="2025-03")]
+        )
+    )
+    assert reply.keys[0].HasField("error") and not reply.keys[0].data_key
