@@ -10,6 +10,12 @@ Measured: events/s of unary AppendEvent (many concurrent callers) and of StreamA
 (batches per message; the streams take batches from one shared queue, a few in flight each),
 "committed and integrated" throughput (until the tree holds every event), p50/p99 AppendEvent
 latency at a fixed offered rate, and acknowledgement -> signed checkpoint.
+
+Events are about ``--subjects`` people (bench/population.py). The stream is measured cold (people
+never seen: gdpr creates their keys) and warm (people seen before, once ingest's key cache has
+expired: the run waits the cache lifetime + 1 s after touching them, measuring the rest
+meanwhile); ``--cold`` or ``--warm`` alone measures one. The unary and fixed-rate runs use
+people whose keys are cached, as a steady stream of one tenant's events would.
 """
 
 from __future__ import annotations
@@ -36,6 +42,17 @@ from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.population import (
+    KEY_CACHE_VARIABLE,
+    Population,
+    Temperature,
+    describe,
+    ingest_key_cache_seconds,
+    run_namespace,
+    temperatures,
+    warm_ready_at,
+)
+from bench.population import add_arguments as add_population_arguments
 from services.runtime import auth
 
 OLD_PORTAL_EVENTS_PER_SECOND = 1022.0
@@ -79,9 +96,16 @@ class _Suite:
     """signing, gdpr and ingest as child processes; stops only the pids it started."""
 
     def __init__(
-        self, *, data_dir: Path, database_url: str | None, secret: str, ingest_processes: int = 1
+        self,
+        *,
+        data_dir: Path,
+        database_url: str | None,
+        secret: str,
+        ingest_processes: int = 1,
+        key_cache_seconds: float | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.key_cache_seconds = key_cache_seconds
         self.database_url = database_url
         self.secret = secret
         self.ports = {name: _free_port() for name in (*SERVICE_NAMES, "scoring", "policy")}
@@ -103,6 +127,8 @@ class _Suite:
             **{f"AWARENESS_{svc.upper()}_TARGET": f"127.0.0.1:{port}" for svc, port in self.ports.items()},
         }
         env.pop("DATABASE_URL", None)
+        if self.key_cache_seconds is not None:
+            env[KEY_CACHE_VARIABLE] = f"{self.key_cache_seconds:g}"
         if self.database_url:
             env["DATABASE_URL"] = self.database_url
         return env
@@ -151,13 +177,27 @@ class _Suite:
 
 
 @dataclass(frozen=True)
+class StreamRun:
+    """One StreamAppendEvents run over a population, cold or warm."""
+
+    temperature: Temperature
+    subjects: int
+    events: int
+    acknowledged_per_second: float
+    integrated_per_second: float
+
+    @property
+    def label(self) -> str:
+        return describe(self.subjects, self.temperature, events=self.events)
+
+
+@dataclass(frozen=True)
 class Figures:
     backend: str
     ingest_processes: int
     streams: int
     unary_events_per_second: float
-    stream_acknowledged_per_second: float
-    stream_integrated_per_second: float
+    stream_runs: tuple[StreamRun, ...]
     stream_events: int
     batch_size: int
     offered_rate: float
@@ -184,7 +224,7 @@ class _Client:
         )
 
 
-def _events(count: int, *, subjects: int = 1000) -> list[ingest_pb2.Event]:
+def _events(count: int, *, people: Population) -> list[ingest_pb2.Event]:
     # Times spread over the last minute, to the microsecond, as real senders' are: nothing per
     # event (such as formatting a time) can be done once for the whole batch.
     newest_us = (time.time_ns() // 1000) - 1_000_000
@@ -193,7 +233,7 @@ def _events(count: int, *, subjects: int = 1000) -> list[ingest_pb2.Event]:
             event_id=str(uuid.uuid4()),
             type="phishing.clicked",
             source="gophish",
-            subject=f"user{index % subjects}@example.org",
+            subject=people.subject(index),
             occurred_at=_timestamp(newest_us - (index * 7919) % 60_000_000),
             severity=ingest_pb2.SEVERITY_HIGH,
             summary="clicked the link in the simulated payroll mail",
@@ -209,9 +249,9 @@ def _timestamp(micros: int) -> Timestamp:
     return stamp
 
 
-async def _warm_up(client: _Client) -> None:
-    # Every subject's key once, so that the runs measure the steady state (keys cached for 60 s).
-    events = _events(1000)
+async def _touch(client: _Client, people: Population) -> None:
+    """Every person's key once (created in gdpr, cached in the process that answered)."""
+    events = _events(people.subjects, people=people)
     for start in range(0, len(events), 500):
         await client.stub.AppendEvents(
             ingest_pb2.AppendEventsRequest(events=events[start : start + 500]),
@@ -219,8 +259,8 @@ async def _warm_up(client: _Client) -> None:
         )
 
 
-async def _unary(client: _Client, *, seconds: float, concurrency: int) -> float:
-    events = _events(200_000)
+async def _unary(client: _Client, *, seconds: float, concurrency: int, people: Population) -> float:
+    events = _events(200_000, people=people)
     position = 0
     done = 0
     deadline = time.perf_counter() + seconds
@@ -267,8 +307,10 @@ async def _tree_size(client: _Client) -> int:
 STREAM_WINDOW = 4
 
 
-async def _stream(client: _Client, *, events: int, batch: int, streams: int) -> tuple[float, float, int]:
-    payload = _events(events)
+async def _stream(
+    client: _Client, *, events: int, batch: int, streams: int, people: Population
+) -> tuple[float, float, int]:
+    payload = _events(events, people=people)
     batches = iter([payload[i : i + batch] for i in range(0, len(payload), batch)])
     before = await _tree_size(client)
     metadata = client.metadata("StreamAppendEvents")
@@ -304,9 +346,9 @@ async def _stream(client: _Client, *, events: int, batch: int, streams: int) -> 
 
 
 async def _fixed_rate(
-    client: _Client, *, rate: float, seconds: float
+    client: _Client, *, rate: float, seconds: float, people: Population
 ) -> tuple[list[float], list[tuple[str, float]]]:
-    events = _events(int(rate * seconds) + 1)
+    events = _events(int(rate * seconds) + 1, people=people)
     latencies: list[float] = []
     acknowledgements: list[tuple[str, float]] = []
     metadata = client.metadata("AppendEvent")
@@ -354,24 +396,50 @@ def _percentile(values: Sequence[float], fraction: float) -> float:
 
 
 async def _measure(
-    addresses: Sequence[str], secret: bytes, arguments: argparse.Namespace, backend: str
+    addresses: Sequence[str],
+    secret: bytes,
+    arguments: argparse.Namespace,
+    backend: str,
+    *,
+    key_cache_seconds: float,
 ) -> Figures:
+    population = Population(arguments.subjects, run_namespace())
+    cached = population.step("cached")
     for address in addresses:  # each process its own cache of subject keys
         warm = _Client(address, secret)
         try:
-            await _warm_up(warm)
+            await _touch(warm, cached)
         finally:
             await warm.channel.close()
+    chosen = temperatures(cold=arguments.cold, warm=arguments.warm)
     client = _Client("ipv4:" + ",".join(addresses), secret)
-    try:
-        unary = await _unary(client, seconds=arguments.seconds, concurrency=arguments.concurrency)
+    runs: list[StreamRun] = []
+
+    async def stream(temperature: Temperature, people: Population) -> None:
         acknowledged, integrated, count = await _stream(
-            client, events=arguments.events, batch=arguments.batch, streams=arguments.streams
+            client, events=arguments.events, batch=arguments.batch, streams=arguments.streams, people=people
+        )
+        runs.append(StreamRun(temperature, people.subjects, count, acknowledged, integrated))
+
+    try:
+        seen = population.step("warm")
+        if "warm" in chosen:
+            await _touch(client, seen)
+        touched_at = time.monotonic()
+        if "cold" in chosen:
+            await stream("cold", population.step("cold"))
+        unary = await _unary(
+            client, seconds=arguments.seconds, concurrency=arguments.concurrency, people=cached
         )
         latencies, acknowledgements = await _fixed_rate(
-            client, rate=arguments.rate, seconds=arguments.seconds
+            client, rate=arguments.rate, seconds=arguments.seconds, people=cached
         )
         to_checkpoint = await _checkpoint_latencies(client, acknowledgements)
+        if "warm" in chosen:
+            await asyncio.sleep(
+                max(0.0, warm_ready_at(touched_at, key_cache_seconds=key_cache_seconds) - time.monotonic())
+            )
+            await stream("warm", seen)
     finally:
         await client.channel.close()
     return Figures(
@@ -379,9 +447,8 @@ async def _measure(
         ingest_processes=arguments.ingest_processes,
         streams=arguments.streams,
         unary_events_per_second=unary,
-        stream_acknowledged_per_second=acknowledged,
-        stream_integrated_per_second=integrated,
-        stream_events=count,
+        stream_runs=tuple(runs),
+        stream_events=arguments.events,
         batch_size=arguments.batch,
         offered_rate=arguments.rate,
         p50_ms=statistics.median(latencies) * 1000,
@@ -399,17 +466,23 @@ def format_table(figures: Figures) -> str:
             OLD_PORTAL_EVENTS_PER_SECOND,
             True,
         ),
-        (
-            f"streamed ({figures.batch_size}/message), acknowledged events/s",
-            f"{figures.stream_acknowledged_per_second:,.0f}",
-            OLD_PORTAL_EVENTS_PER_SECOND,
-            True,
-        ),
-        (
-            "streamed, committed + integrated events/s",
-            f"{figures.stream_integrated_per_second:,.0f}",
-            OLD_PORTAL_EVENTS_PER_SECOND,
-            True,
+        *(
+            row
+            for run in figures.stream_runs
+            for row in (
+                (
+                    f"streamed ({figures.batch_size}/message), {run.label}, acknowledged events/s",
+                    f"{run.acknowledged_per_second:,.0f}",
+                    OLD_PORTAL_EVENTS_PER_SECOND,
+                    True,
+                ),
+                (
+                    f"streamed, {run.label}, committed + integrated events/s",
+                    f"{run.integrated_per_second:,.0f}",
+                    OLD_PORTAL_EVENTS_PER_SECOND,
+                    True,
+                ),
+            )
         ),
         (
             f"AppendEvent p50 at {figures.offered_rate:,.0f}/s, ms",
@@ -464,12 +537,17 @@ def run(arguments: argparse.Namespace) -> Figures:
             database_url=url,
             secret=secret,
             ingest_processes=arguments.ingest_processes,
+            key_cache_seconds=arguments.key_cache_seconds,
         )
         stack.callback(suite.stop)
         suite.start()
         figures = asyncio.run(
             _measure(
-                [f"127.0.0.1:{port}" for port in suite.ingest_ports], secret.encode(), arguments, backend
+                [f"127.0.0.1:{port}" for port in suite.ingest_ports],
+                secret.encode(),
+                arguments,
+                backend,
+                key_cache_seconds=ingest_key_cache_seconds(suite.env("ingest")),
             )
         )
         if arguments.keep_logs:
@@ -496,6 +574,14 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--rate", type=float, default=200.0, help="offered rate of the latency run (events/s)"
+    )
+    add_population_arguments(parser)
+    parser.add_argument(
+        "--key-cache-seconds",
+        type=float,
+        default=None,
+        help=f"{KEY_CACHE_VARIABLE} of the ingest processes (default: ingest's own); the warm run"
+        " waits this long + 1 s after touching its people",
     )
     parser.add_argument("--keep-logs", type=Path, default=None, help="copy the service logs here")
     return parser.parse_args(argv)

@@ -34,18 +34,23 @@ from typing import Any, Protocol, TextIO
 
 import httpx
 
+from bench.population import DEFAULT_SUBJECTS, first_sight_share, subject_address
+
 EVENT_TYPES = ("phishing.clicked", "phishing.reported", "training.completed", "mfa.disabled", "login.failed")
 SEVERITIES = ("SEVERITY_LOW", "SEVERITY_MEDIUM", "SEVERITY_HIGH")
 
 
-def make_event(sequence: int, *, subjects: int = 50) -> dict[str, Any]:
-    """One valid event in proto3 JSON, with a client-chosen id (the idempotency key)."""
+def make_event(sequence: int, *, subjects: int = DEFAULT_SUBJECTS, namespace: str = "") -> dict[str, Any]:
+    """One valid event in proto3 JSON, with a client-chosen id (the idempotency key).
+
+    Events cycle through ``subjects`` people of ``namespace`` (bench/population.py).
+    """
     occurred = datetime.now(UTC) - timedelta(seconds=5)
     return {
         "eventId": str(uuid.uuid4()),
         "type": EVENT_TYPES[sequence % len(EVENT_TYPES)],
         "source": "loadgen",
-        "subject": f"user-{sequence % subjects}@example.org",
+        "subject": subject_address(sequence, subjects=subjects, namespace=namespace),
         "occurredAt": occurred.isoformat().replace("+00:00", "Z"),
         "severity": SEVERITIES[sequence % len(SEVERITIES)],
         "summary": f"load-generated event {sequence}",
@@ -62,7 +67,8 @@ class LoadConfig:
     connections: int = 32
     batch_size: int = 0  # 0: POST /v1/events; n > 0: POST /v1/events:batchAppend with n events
     timeout_seconds: float = 10.0
-    subjects: int = 50
+    subjects: int = DEFAULT_SUBJECTS
+    namespace: str = ""  # prefix of every subject: a fresh one means people never seen before
     client: str = "auto"  # "auto": the small client for http:// URLs; "httpx": always httpx
 
     @property
@@ -132,6 +138,9 @@ class LoadResult:
             "batch_size": self.config.batch_size,
             "seconds": self.config.seconds,
             "connections": self.config.connections,
+            "subjects": self.config.subjects,
+            "namespace": self.config.namespace,
+            "first_sight_share_if_new": round(first_sight_share(events, subjects=self.config.subjects), 4),
             "requests": len(latencies),
             "events": events,
             "acknowledged": acked,
@@ -337,7 +346,9 @@ class LoadGenerator:
     ) -> None:
         self.config = config
         self._transport = transport  # tests pass an httpx.MockTransport
-        self._event_factory = event_factory or (lambda i: make_event(i, subjects=config.subjects))
+        self._event_factory = event_factory or (
+            lambda i: make_event(i, subjects=config.subjects, namespace=config.namespace)
+        )
         self._sink = sink
         self.result = LoadResult(config=config)
 
@@ -512,7 +523,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="per-request timeout in seconds (10)")
     parser.add_argument(
-        "--subjects", type=int, default=50, help="distinct data subjects to spread events over"
+        "--subjects",
+        type=int,
+        default=DEFAULT_SUBJECTS,
+        help=f"people to spread events over, in order ({DEFAULT_SUBJECTS:,})",
+    )
+    parser.add_argument(
+        "--namespace", default="", help="prefix of every subject (a new one: people never seen before)"
     )
     parser.add_argument(
         "--client",
@@ -526,8 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.rate <= 0 or args.seconds <= 0 or args.connections <= 0 or args.batch < 0:
-        print("loadgen: --rate, --seconds and --connections must be positive", file=sys.stderr)
+    if args.rate <= 0 or args.seconds <= 0 or args.connections <= 0 or args.batch < 0 or args.subjects <= 0:
+        print("loadgen: --rate, --seconds, --connections and --subjects must be positive", file=sys.stderr)
         return 2
     config = LoadConfig(
         url=args.url.rstrip("/"),
@@ -538,6 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch,
         timeout_seconds=args.timeout,
         subjects=args.subjects,
+        namespace=args.namespace,
         client=args.client,
     )
     out: TextIO | None = args.out.open("w") if args.out else None

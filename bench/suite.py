@@ -19,15 +19,31 @@ import importlib
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from bench.external import cpu_seconds, run_measured, run_wrk, wrk_available
+from bench.population import (
+    DEFAULT_SUBJECTS,
+    Population,
+    Temperature,
+    describe,
+    ingest_key_cache_seconds,
+    run_namespace,
+    temperatures,
+    warm_ready_at,
+)
+from bench.population import (
+    add_arguments as add_population_arguments,
+)
 
 SERVICE_BENCHMARKS = ("signing", "policy", "scoring", "ingest")
 DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
@@ -73,6 +89,9 @@ class Row:
     unit: str = "events/s"
     stages: str = ""
     cpu: str = ""  # CPU ms per acknowledged event, by process (Linux)
+    loadgen_cpu: str = ""  # the load generator's own CPU during the step
+    versus_edge: str = ""  # throughput as a fraction of the edge alone's, same kind of step
+    edge_key: str = ""  # which edge row this row compares with ("" for none)
 
 
 def machine() -> dict[str, Any]:
@@ -151,16 +170,30 @@ def ingest_rows(figures: Any) -> list[Row]:
             None,
             None,
         ),
-        Row(
-            "ingest",
-            f"{stream}, acknowledged",
-            "max",
-            figures.stream_acknowledged_per_second,
-            None,
-            None,
-            None,
+        *(
+            row
+            for run in figures.stream_runs
+            for row in (
+                Row(
+                    "ingest",
+                    f"{stream}, {run.label}, acknowledged",
+                    "max",
+                    run.acknowledged_per_second,
+                    None,
+                    None,
+                    None,
+                ),
+                Row(
+                    "ingest",
+                    f"{stream}, {run.label}, integrated",
+                    "max",
+                    run.integrated_per_second,
+                    None,
+                    None,
+                    None,
+                ),
+            )
         ),
-        Row("ingest", f"{stream}, integrated", "max", figures.stream_integrated_per_second, None, None, None),
         Row(
             "ingest",
             "AppendEvent latency at a fixed rate",
@@ -182,14 +215,21 @@ def ingest_rows(figures: Any) -> list[Row]:
     ]
 
 
-def _ingest_arguments(seconds: float) -> argparse.Namespace:
+def _ingest_arguments(
+    seconds: float, *, subjects: int = DEFAULT_SUBJECTS, only: Temperature | None = None
+) -> argparse.Namespace:
     # The ingest benchmark's own parser, so that every option it has gets its default.
     from bench.ingest import parse_arguments
 
-    return parse_arguments(["--seconds", str(max(seconds, 5.0)), "--events", "20000"])
+    chosen = [f"--{only}"] if only else []
+    return parse_arguments(
+        ["--seconds", str(max(seconds, 5.0)), "--events", "20000", "--subjects", str(subjects), *chosen]
+    )
 
 
-def run_service_benchmarks(*, seconds: float) -> tuple[list[Row], dict[str, Any]]:
+def run_service_benchmarks(
+    *, seconds: float, subjects: int = DEFAULT_SUBJECTS, only: Temperature | None = None
+) -> tuple[list[Row], dict[str, Any]]:
     rows: list[Row] = []
     raw: dict[str, Any] = {}
     for name in SERVICE_BENCHMARKS:
@@ -206,7 +246,11 @@ def run_service_benchmarks(*, seconds: float) -> tuple[list[Row], dict[str, Any]
             continue
         print(f"bench: {name} benchmark ({seconds:g} s per measurement)...", file=sys.stderr, flush=True)
         try:
-            result = run(_ingest_arguments(seconds)) if name == "ingest" else run(seconds=seconds)
+            result = (
+                run(_ingest_arguments(seconds, subjects=subjects, only=only))
+                if name == "ingest"
+                else run(seconds=seconds)
+            )
         except Exception as exc:  # one broken benchmark must not hide the others
             traceback.print_exc()
             raw[name] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -237,7 +281,7 @@ def _redis_reachable(url: str) -> bool:
 
 @contextlib.contextmanager
 def fresh_database(server_url: str) -> Iterator[str]:
-    from tests.resilience.harness import temporary_database
+    from tests.support.resources import temporary_database
 
     with temporary_database(server_url, prefix="awareness_bench") as url:
         yield url
@@ -271,20 +315,11 @@ def stage_means(before: Mapping[str, tuple[float, float]], after: Mapping[str, t
     return " / ".join(parts)
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a live process (Linux /proc); None elsewhere or once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def process_cpu(pids: Mapping[str, int]) -> dict[str, float]:
     """CPU seconds used so far by each process, plus the load generator (reaped children)."""
     import resource
 
-    totals = {name: seconds for name, pid in pids.items() if (seconds := _cpu_seconds(pid)) is not None}
+    totals = {name: seconds for name, pid in pids.items() if (seconds := cpu_seconds(pid)) is not None}
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     totals["loadgen"] = children.ru_utime + children.ru_stime
     return totals
@@ -304,9 +339,18 @@ def cpu_per_event(before: Mapping[str, float], after: Mapping[str, float], event
 
 
 def run_loadgen(
-    *, url: str, api_key: str, rate: float, seconds: float, connections: int, batch: int, out: Path
+    *,
+    url: str,
+    api_key: str,
+    rate: float,
+    seconds: float,
+    connections: int,
+    batch: int,
+    out: Path,
+    subjects: int = DEFAULT_SUBJECTS,
+    namespace: str = "",
 ) -> dict[str, Any]:
-    """One load step, the generator in its own process; its JSON summary."""
+    """One load step, the generator in its own process; its JSON summary, with the CPU it used."""
     command = [
         sys.executable,
         "-m",
@@ -317,39 +361,266 @@ def run_loadgen(
         f"--seconds={seconds:g}",
         f"--connections={connections}",
         f"--batch={batch}",
+        f"--subjects={subjects}",
+        f"--namespace={namespace}",
         "--timeout=10",
         f"--out={out}",
     ]
     path = os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))
-    completed = subprocess.run(
+    finished = run_measured(
         command,
-        capture_output=True,
-        text=True,
         timeout=seconds + 120,
-        check=False,
+        work_dir=out.parent,
+        name=out.stem,
         env={**os.environ, "PYTHONPATH": path},
     )
-    lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
-    if completed.returncode != 0 or not lines:
-        raise RuntimeError(f"loadgen failed ({completed.returncode}): {completed.stderr[-2000:]}")
+    lines = [line for line in finished.stdout.splitlines() if line.startswith("{")]
+    if finished.returncode != 0 or not lines:
+        raise RuntimeError(f"loadgen failed ({finished.returncode}): {finished.stderr[-2000:]}")
     summary: dict[str, Any] = json.loads(lines[-1])
+    summary["loadgen_cpu_seconds"] = finished.cpu_seconds
+    summary["loadgen_wall_seconds"] = round(finished.wall_seconds, 3)
     return summary
 
 
+def generator_cpu(cpu: float | None, wall_seconds: float) -> str:
+    """The load generator's own CPU in a step, e.g. ``2.1 s (21% of a core)``."""
+    if cpu is None:
+        return "n/a (no /proc)"
+    share = f" ({cpu / wall_seconds:.0%} of a core)" if wall_seconds > 0 else ""
+    return f"{cpu:.1f} s{share}"
+
+
+def edge_ratio(suite_value: float | None, edge_value: float | None) -> str:
+    """The suite's throughput as a fraction of the edge alone's, e.g. ``0.42``."""
+    if suite_value is None or not edge_value:
+        return ""
+    return f"{suite_value / edge_value:.2f}"
+
+
+def with_edge_ratios(rows: Sequence[Row]) -> list[Row]:
+    """Each suite row that has an edge row of the same kind, with ``suite / edge`` filled in."""
+    edge = {row.edge_key: row.throughput for row in rows if row.section == "edge" and row.edge_key}
+    return [
+        dataclasses.replace(row, versus_edge=edge_ratio(row.throughput, edge.get(row.edge_key)))
+        if row.section == "end-to-end" and row.edge_key in edge
+        else row
+        for row in rows
+    ]
+
+
+@contextlib.contextmanager
+def edge_server(work_dir: Path) -> Iterator[tuple[str, int]]:
+    """bench/edge.py in a process of its own: (its URL, its pid); stopped (this pid only) after."""
+    from tests.support.resources import free_port
+
+    port = free_port()
+    path = os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))
+    with (work_dir / "edge.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bench.edge", f"--port={port}"],
+            env={**os.environ, "PYTHONPATH": path},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the edge app exited; see {work_dir / 'edge.log'}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the edge app did not listen within 30 s")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadPlan:
+    """What the end-to-end part offers, and to how many people."""
+
+    rates: Sequence[float]  # single events, requests (= events) per second
+    seconds: float
+    connections: int
+    batch: int  # events per :batchAppend request; 0 skips that step
+    batch_events_per_second: float
+    subjects: int
+    temperatures: Sequence[Temperature]
+    edge: bool = True
+    wrk_connections: int = 32  # 0 skips the saturation rows
+    wrk_seconds: float = 10.0
+    wrk_threads: int = 1
+
+
+@dataclass
+class _Steps:
+    """The load steps of one run and what they produced."""
+
+    plan: LoadPlan
+    work_dir: Path
+    rows: list[Row] = dataclasses.field(default_factory=list)
+    summaries: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    failed: bool = False
+
+    def offer(
+        self,
+        *,
+        section: str,
+        scenario: str,
+        edge_key: str,
+        url: str,
+        api_key: str,
+        rate: float,
+        batch: int,
+        people: Population,
+        pids: Mapping[str, int],
+        stages: Callable[[], dict[str, tuple[float, float]]] | None = None,
+        record: bool = True,
+    ) -> bool:
+        """One open-loop step by bench/loadgen.py in its own process; False if it failed."""
+        plan = self.plan
+        print(f"bench: {scenario} at {rate:g} req/s for {plan.seconds:g} s...", file=sys.stderr, flush=True)
+        before = stages() if stages else {}
+        cpu_before = process_cpu(pids)
+        name = f"{section}-{rate:g}-{batch}-{people.namespace.rstrip('-').rsplit('-', 1)[-1]}"
+        try:
+            summary = run_loadgen(
+                url=url,
+                api_key=api_key,
+                rate=rate,
+                seconds=plan.seconds,
+                connections=plan.connections,
+                batch=batch,
+                out=self.work_dir / f"{name}.jsonl",
+                subjects=people.subjects,
+                namespace=people.namespace,
+            )
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:  # keep the steps measured so far
+            print(f"bench: the {rate:g} req/s step failed: {exc}", file=sys.stderr, flush=True)
+            self.summaries.append(
+                {"scenario": scenario, "offered_rate": rate, "batch_size": batch, "error": str(exc)[-500:]}
+            )
+            return False
+        summary["scenario"] = scenario
+        summary["server_side_mean_ms"] = stage_means(before, stages()) if stages else ""
+        time.sleep(2)  # enrichment runs after the acknowledgement: count its CPU too
+        summary["cpu_ms_per_event"] = cpu_per_event(
+            cpu_before, process_cpu(pids), int(summary["acknowledged"])
+        )
+        self.summaries.append(summary)
+        if record:
+            self.rows.append(
+                Row(
+                    section=section,
+                    scenario=scenario,
+                    offered=f"{rate * max(batch, 1):g} events/s",
+                    throughput=float(summary["throughput_events_per_s"]),
+                    p50_ms=float(summary["p50_ms"]),
+                    p99_ms=float(summary["p99_ms"]),
+                    error_rate=float(summary["error_rate"]),
+                    stages=summary["server_side_mean_ms"],
+                    cpu=summary["cpu_ms_per_event"],
+                    loadgen_cpu=generator_cpu(
+                        summary["loadgen_cpu_seconds"], summary["loadgen_wall_seconds"]
+                    ),
+                    edge_key=edge_key,
+                )
+            )
+        return True
+
+    def saturate(
+        self,
+        *,
+        section: str,
+        scenario: str,
+        url: str,
+        api_key: str,
+        people: Population,
+        pids: Mapping[str, int],
+    ) -> None:
+        """Closed loop at ``wrk_connections`` by wrk (or, without wrk, by the Python generator)."""
+        plan = self.plan
+        connections = plan.wrk_connections
+        label = f"{scenario}, saturation (wrk, c={connections})"
+        if not wrk_available():
+            # The Python generator, offered far more than any server here answers, is a closed loop
+            # at `connections`: each connection sends its next request when the answer arrives.
+            fallback = dataclasses.replace(plan, connections=connections)
+            steps = _Steps(plan=fallback, work_dir=self.work_dir)
+            steps.offer(
+                section=section,
+                scenario=f"{scenario}, saturation (no wrk: Python loadgen closed loop, c={connections})",
+                edge_key="saturation",
+                url=url,
+                api_key=api_key,
+                rate=3000,
+                batch=0,
+                people=people,
+                pids=pids,
+            )
+            self.rows += steps.rows
+            self.summaries += steps.summaries
+            return
+        print(f"bench: {label} for {plan.wrk_seconds:g} s...", file=sys.stderr, flush=True)
+        cpu_before = process_cpu(pids)
+        try:
+            result = run_wrk(
+                url=f"{url}/v1/events",
+                api_key=api_key,
+                subjects=people.subjects,
+                namespace=people.namespace,
+                connections=connections,
+                seconds=plan.wrk_seconds,
+                threads=plan.wrk_threads,
+                work_dir=self.work_dir,
+                name=f"wrk-{section}",
+            )
+        except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
+            print(f"bench: {label} failed: {exc}", file=sys.stderr, flush=True)
+            self.summaries.append({"scenario": label, "error": str(exc)[-500:]})
+            return
+        time.sleep(2)
+        answered = result.requests - result.non_2xx
+        summary = {"scenario": label, **dataclasses.asdict(result), "throughput": result.throughput}
+        summary["cpu_ms_per_event"] = cpu_per_event(cpu_before, process_cpu(pids), answered)
+        self.summaries.append(summary)
+        self.rows.append(
+            Row(
+                section=section,
+                scenario=label,
+                offered="closed loop",
+                throughput=result.throughput,
+                p50_ms=result.p50_ms,
+                p99_ms=result.p99_ms,
+                error_rate=result.error_rate,
+                cpu=summary["cpu_ms_per_event"],
+                loadgen_cpu=generator_cpu(result.cpu_seconds, result.seconds),
+                edge_key="saturation",
+            )
+        )
+
+
 def run_end_to_end(
-    *,
-    database_url: str,
-    redis_url: str | None,
-    rates: Sequence[float],
-    seconds: float,
-    connections: int,
-    batch: int,
-    work_dir: Path,
+    *, database_url: str, redis_url: str | None, plan: LoadPlan, work_dir: Path
 ) -> tuple[list[Row], list[dict[str, Any]]]:
+    """The suite on a fresh database, loaded through the gateway; the edge alone beside it.
+
+    Order: every cold step (each rate its own new people), then the edge alone (while the
+    cold steps' people leave ingest's key cache), then every warm step (each rate's people
+    again, once their keys have expired from the cache), then the batch step and saturation.
+    """
     from tests.resilience.harness import ProcessSuite
 
-    rows: list[Row] = []
-    summaries: list[dict[str, Any]] = []
+    steps = _Steps(plan=plan, work_dir=work_dir)
+    population = Population(plan.subjects, run_namespace())
     with fresh_database(database_url) as url:
         suite = ProcessSuite(
             data_dir=work_dir / "data",
@@ -371,48 +642,104 @@ def run_end_to_end(
             if not suite.wait_for_champion_model(timeout=300):
                 print("bench: scoring has no champion model yet; scores stay pending", file=sys.stderr)
             key = suite.create_api_key(name="bench", roles=("admin",))
-            load = functools.partial(run_loadgen, url=suite.gateway_url, api_key=key, connections=connections)
-            load(rate=20, seconds=3, batch=0, out=work_dir / "warmup.jsonl")
-            steps = [(rate, 0) for rate in rates] + ([(max(rates) / batch, batch)] if batch else [])
-            for rate, size in steps:
-                label = f"POST /v1/events:batchAppend x{size}" if size else "POST /v1/events"
-                print(f"bench: {label} at {rate:g} req/s for {seconds:g} s...", file=sys.stderr, flush=True)
-                before = _histogram_totals(suite)
-                pids = {name: process.pid for name, process in suite.processes.items()}
-                cpu_before = process_cpu(pids)
-                try:
-                    summary = load(
-                        rate=rate,
-                        seconds=seconds,
-                        batch=size,
-                        out=work_dir / f"load-{rate:g}-{size}.jsonl",
-                    )
-                except (RuntimeError, subprocess.TimeoutExpired) as exc:  # keep the steps measured so far
-                    print(f"bench: the {rate:g} req/s step failed: {exc}", file=sys.stderr, flush=True)
-                    summaries.append({"offered_rate": rate, "batch_size": size, "error": str(exc)[-500:]})
+            key_cache_seconds = ingest_key_cache_seconds(suite.process_env("ingest"))
+            pids = {name: process.pid for name, process in suite.processes.items()}
+            gateway = functools.partial(
+                steps.offer,
+                section="end-to-end",
+                url=suite.gateway_url,
+                api_key=key,
+                pids=pids,
+                stages=functools.partial(_histogram_totals, suite),
+            )
+            run_loadgen(
+                url=suite.gateway_url,
+                api_key=key,
+                rate=20,
+                seconds=3,
+                connections=plan.connections,
+                batch=0,
+                out=work_dir / "warmup.jsonl",
+                subjects=50,
+                namespace=population.step("warmup").namespace,
+            )
+            people_of = {rate: population.step(f"r{rate:g}") for rate in plan.rates}
+            touched_at: dict[float, float] = {}
+            for rate in plan.rates:  # cold, or only the warm steps' first touch
+                cold = "cold" in plan.temperatures
+                events = round(rate * plan.seconds)
+                scenario = f"POST /v1/events, {describe(plan.subjects, 'cold', events=events)}"
+                if not gateway(
+                    scenario=scenario if cold else f"{scenario} (first touch for warm)",
+                    edge_key=f"single-{rate:g}",
+                    rate=rate,
+                    batch=0,
+                    people=people_of[rate],
+                    record=cold,
+                ):
+                    steps.failed = True
                     break
-                stages = stage_means(before, _histogram_totals(suite))
-                summary["server_side_mean_ms"] = stages
-                time.sleep(2)  # enrichment runs after the acknowledgement: count its CPU too
-                cpu = cpu_per_event(cpu_before, process_cpu(pids), int(summary["acknowledged"]))
-                summary["cpu_ms_per_event"] = cpu
-                summaries.append(summary)
-                rows.append(
-                    Row(
-                        section="end-to-end",
-                        scenario=label,
-                        offered=f"{rate * max(size, 1):g} events/s",
-                        throughput=float(summary["throughput_events_per_s"]),
-                        p50_ms=float(summary["p50_ms"]),
-                        p99_ms=float(summary["p99_ms"]),
-                        error_rate=float(summary["error_rate"]),
-                        stages=stages,
-                        cpu=cpu,
+                touched_at[rate] = time.monotonic()
+            if plan.edge:
+                with edge_server(work_dir) as (edge_url, edge_pid):
+                    edge = functools.partial(
+                        steps.offer, section="edge", url=edge_url, api_key=key, pids={"edge": edge_pid}
                     )
+                    for rate in plan.rates:
+                        edge(
+                            scenario="minimal Starlette app, POST /v1/events (json.loads + field checks)",
+                            edge_key=f"single-{rate:g}",
+                            rate=rate,
+                            batch=0,
+                            people=population.step(f"edge{rate:g}"),
+                        )
+                    if plan.wrk_connections:
+                        steps.saturate(
+                            section="edge",
+                            scenario="minimal Starlette app",
+                            url=edge_url,
+                            api_key=key,
+                            people=population.step("edgewrk"),
+                            pids={"edge": edge_pid},
+                        )
+            if "warm" in plan.temperatures and not steps.failed:
+                for rate, touched in touched_at.items():
+                    wait = warm_ready_at(touched, key_cache_seconds=key_cache_seconds) - time.monotonic()
+                    if wait > 0:
+                        print(f"bench: {wait:.0f} s until ingest's key cache expires...", file=sys.stderr)
+                        time.sleep(wait)
+                    if not gateway(
+                        scenario=f"POST /v1/events, {describe(plan.subjects, 'warm')}",
+                        edge_key=f"single-{rate:g}",
+                        rate=rate,
+                        batch=0,
+                        people=people_of[rate],
+                    ):
+                        steps.failed = True
+                        break
+            if plan.batch and not steps.failed:
+                rate = plan.batch_events_per_second / plan.batch
+                events = round(plan.batch_events_per_second * plan.seconds)
+                steps.failed = not gateway(
+                    scenario=f"POST /v1/events:batchAppend x{plan.batch}, "
+                    + describe(plan.subjects, "cold", events=events),
+                    edge_key="",
+                    rate=rate,
+                    batch=plan.batch,
+                    people=population.step("batch"),
+                )
+            if plan.wrk_connections and not steps.failed:
+                steps.saturate(
+                    section="end-to-end",
+                    scenario=f"POST /v1/events, {plan.subjects:,} people, new",
+                    url=suite.gateway_url,
+                    api_key=key,
+                    people=population.step("wrk"),
+                    pids=pids,
                 )
         finally:
             suite.stop_all()
-    return rows, summaries
+    return with_edge_ratios(steps.rows), steps.summaries
 
 
 # --- the table ----------------------------------------------------------------------------
@@ -442,8 +769,10 @@ def format_table(rows: Sequence[Row], *, info: Mapping[str, Any]) -> str:
         f"p50 ms (claim {CLAIMED_P50_MS:g})",
         f"p99 ms (claim {CLAIMED_P99_MS:g})",
         "errors",
+        "suite / edge",
         "server-side mean ms",
         "CPU ms per event",
+        "load generator CPU",
     )
     cells = []
     for row in rows:
@@ -465,8 +794,10 @@ def format_table(rows: Sequence[Row], *, info: Mapping[str, Any]) -> str:
                 _fmt(row.p99_ms, digits=3)
                 + (_versus(row.p99_ms, CLAIMED_P99_MS, higher_is_better=False) if end_to_end else ""),
                 "-" if row.error_rate is None else f"{row.error_rate * 100:.1f}%",
+                row.versus_edge or "-",
                 row.stages or "-",
                 row.cpu or "-",
+                row.loadgen_cpu or "-",
             )
         )
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
@@ -490,9 +821,17 @@ def format_table(rows: Sequence[Row], *, info: Mapping[str, Any]) -> str:
             "Old portal's claims: 1,022 events/s, 5 ms p50, 50 ms p99 (never reproducible).",
             "(Nx) = ours / claim: above 1 is better for throughput, worse for latency.",
             "End-to-end latency is measured from each request's scheduled send time (open loop).",
+            "cold: people never seen before (gdpr creates their keys); with more events than people,"
+            " each recurs after the first pass (first-sight share in brackets). warm: the same people"
+            " again once ingest's key cache has expired (their keys exist in gdpr).",
+            "edge: a minimal Starlette app under the gateway's uvicorn settings that parses the same body;"
+            " suite / edge = the suite's throughput over the edge's at the same offered load.",
+            "Saturation (wrk): closed loop, each of c connections sends when its answer arrives.",
             "Server-side mean ms: time per call inside each process during the step (from its histograms).",
             "CPU ms per event: CPU each process used during the step (and 2 s after it, for enrichment)"
             " per acknowledged event; loadgen is the load generator.",
+            "Load generator CPU: what the generator's own process used in the step (from /proc), beside"
+            " the share of one core: it runs on the same machine as what it measures.",
             f"Rerun: {RERUN}",
         ]
     )
@@ -500,10 +839,26 @@ def format_table(rows: Sequence[Row], *, info: Mapping[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench suite", description=__doc__)
-    parser.add_argument("--rates", default="100,200,400,800", help="offered req/s steps (100,200,400,800)")
+    parser.add_argument(
+        "--rates", default="250,500,1000", help="offered single events/s, one step each (250,500,1000)"
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per load step (10)")
     parser.add_argument("--connections", type=int, default=16, help="load-generator connections (16)")
     parser.add_argument("--batch", type=int, default=50, help="events per :batchAppend step (50; 0 skips it)")
+    parser.add_argument(
+        "--batch-events", type=float, default=10_000.0, help="offered events/s of the batch step (10,000)"
+    )
+    add_population_arguments(parser)
+    parser.add_argument("--skip-edge", action="store_true", help="no edge-alone rows (nor suite / edge)")
+    parser.add_argument(
+        "--wrk-connections",
+        type=int,
+        default=32,
+        help="connections of the saturation runs (32; 0 skips them)",
+    )
+    parser.add_argument(
+        "--wrk-seconds", type=float, default=None, help="seconds per saturation run (--seconds)"
+    )
     parser.add_argument("--service-seconds", type=float, default=2.0, help="seconds per service measurement")
     parser.add_argument("--skip-services", action="store_true", help="only the end-to-end load")
     parser.add_argument("--skip-suite", action="store_true", help="only the per-service benchmarks")
@@ -518,6 +873,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    plan = LoadPlan(
+        rates=rates,
+        seconds=args.seconds,
+        connections=args.connections,
+        batch=args.batch,
+        batch_events_per_second=args.batch_events,
+        subjects=args.subjects,
+        temperatures=temperatures(cold=args.cold, warm=args.warm),
+        edge=not args.skip_edge,
+        wrk_connections=args.wrk_connections,
+        wrk_seconds=args.seconds if args.wrk_seconds is None else args.wrk_seconds,
+    )
     started = datetime.now(UTC)
     database_url = args.database_url or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     if not database_url.startswith("postgresql"):
@@ -542,7 +909,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     document: dict[str, Any] = {"info": info}
     if not args.skip_services:
         os.environ["DATABASE_URL"] = database_url  # the ingest benchmark starts its own processes on it
-        service, document["services"] = run_service_benchmarks(seconds=args.service_seconds)
+        chosen = plan.temperatures
+        service, document["services"] = run_service_benchmarks(
+            seconds=args.service_seconds, subjects=args.subjects, only=chosen[0] if len(chosen) == 1 else None
+        )
         rows += service
     failed = False
     if not args.skip_suite:
@@ -551,13 +921,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="awareness-bench-") as directory:
             try:
                 e2e, document["end_to_end"] = run_end_to_end(
-                    database_url=database_url,
-                    redis_url=redis_url,
-                    rates=rates,
-                    seconds=args.seconds,
-                    connections=args.connections,
-                    batch=args.batch,
-                    work_dir=Path(directory),
+                    database_url=database_url, redis_url=redis_url, plan=plan, work_dir=Path(directory)
                 )
                 rows += e2e
             except Exception as exc:

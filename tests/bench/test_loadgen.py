@@ -9,7 +9,15 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.loadgen import LoadConfig, LoadGenerator, RawHttpClient, TransportError, percentile
+from bench.loadgen import (
+    LoadConfig,
+    LoadGenerator,
+    RawHttpClient,
+    TransportError,
+    build_parser,
+    make_event,
+    percentile,
+)
 
 
 def gateway_double(request: httpx.Request) -> httpx.Response:
@@ -58,6 +66,13 @@ async def test_load_generator_stops_when_asked() -> None:
         should_stop=lambda: True
     )
     assert result.outcomes == []
+
+
+def test_events_spread_over_the_population_of_a_namespace() -> None:
+    config = LoadConfig(url="http://gateway.test", api_key="k", rate=1, seconds=1, namespace="b1-r500-")
+    assert config.subjects == 5000
+    assert make_event(5003, namespace="b1-r500-")["subject"] == "b1-r500-user-3@example.org"
+    assert build_parser().parse_args(["--url=u", "--api-key=k"]).subjects == 5000
 
 
 def test_percentile_is_nearest_rank() -> None:

@@ -64,10 +64,16 @@ def test_make_bench_runs_the_ingest_benchmark_with_the_options_it_builds(
     monkeypatch.delenv("DATABASE_URL", raising=False)  # the embedded SQLite: quick
     arguments = suite._ingest_arguments(1.0)
     arguments.events, arguments.seconds, arguments.rate, arguments.concurrency = 1000, 1.0, 20.0, 4
+    arguments.subjects = 200
+    arguments.key_cache_seconds = 1.0  # the warm run waits the cache lifetime + 1 s
     figures = ingest.run(arguments)
     assert figures.stream_events == 1000
-    assert figures.stream_integrated_per_second > 0
-    assert [row.section for row in suite.ingest_rows(figures)] == ["ingest"] * 5
+    assert [run.temperature for run in figures.stream_runs] == ["cold", "warm"]
+    assert all(run.integrated_per_second > 0 for run in figures.stream_runs)
+    rows = suite.ingest_rows(figures)
+    assert [row.section for row in rows] == ["ingest"] * 7
+    assert any("200 people, cold (20% first sight), acknowledged" in row.scenario for row in rows)
+    assert any("200 people, warm, acknowledged" in row.scenario for row in rows)
 
 
 def test_a_load_step_finds_the_generator_from_any_working_directory(
@@ -86,3 +92,62 @@ def test_a_load_step_finds_the_generator_from_any_working_directory(
     assert summary["requests"] == summary["events"] == 2
     assert summary["acknowledged"] == 0
     assert len(out.read_text().splitlines()) == 2
+
+
+def test_suite_over_edge_compares_rows_of_the_same_kind() -> None:
+    def row(section: str, throughput: float, key: str) -> suite.Row:
+        return suite.Row(section, "s", "-", throughput, None, None, None, edge_key=key)
+
+    rows = suite.with_edge_ratios(
+        [
+            row("end-to-end", 450.0, "single-500"),
+            row("end-to-end", 300.0, "single-1000"),
+            row("end-to-end", 900.0, ""),
+            row("edge", 500.0, "single-500"),
+            row("end-to-end", 400.0, "saturation"),
+            row("edge", 1600.0, "saturation"),
+        ]
+    )
+    assert [r.versus_edge for r in rows] == ["0.90", "", "", "", "0.25", ""]
+    assert suite.edge_ratio(None, 10.0) == suite.edge_ratio(5.0, 0.0) == ""
+
+
+def test_the_load_generators_cpu_is_shown_beside_its_share_of_a_core() -> None:
+    assert suite.generator_cpu(2.5, 10.0) == "2.5 s (25% of a core)"
+    assert suite.generator_cpu(None, 10.0) == "n/a (no /proc)"
+
+
+def test_the_table_shows_suite_over_edge_and_the_generators_cpu() -> None:
+    row = suite.Row(
+        "end-to-end",
+        "POST /v1/events, 5,000 people, cold",
+        "500 events/s",
+        480.0,
+        4.0,
+        40.0,
+        0.0,
+        loadgen_cpu="1.2 s (12% of a core)",
+        versus_edge="0.96",
+    )
+    info = {
+        "date": "today",
+        "machine": {
+            "cores": 2,
+            "arch": "x86_64",
+            "system": "Linux",
+            "python": "3.11",
+            "load_average_at_start": [1.0],
+        },
+        "store": "PostgreSQL + Redis",
+    }
+    table = suite.format_table([row], info=info)
+    assert "suite / edge" in table and "| 0.96 " in table
+    assert "load generator CPU" in table and "1.2 s (12% of a core)" in table
+    assert "5,000 people, cold" in table
+
+
+def test_make_bench_options_default_to_5000_people_cold_and_warm() -> None:
+    args = suite.build_parser().parse_args([])
+    assert args.subjects == 5000 and not args.cold and not args.warm
+    assert 500.0 in [float(r) for r in args.rates.split(",")]
+    assert args.wrk_connections == 32 and args.batch == 50
