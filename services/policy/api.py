@@ -197,16 +197,18 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         after = self._tokens.decode(
             request.page_token, method="policy.ListPolicies", filters=scope, shape=(str, int)
         )
-        rows = await run_db(
-            self._operations.list_current, limit=limit + 1, after=after, state=state, severity=severity
+        rows, next_page_token = await self._tokens.fetch_page(
+            lambda fetch_limit: run_db(
+                self._operations.list_current, limit=fetch_limit, after=after, state=state, severity=severity
+            ),
+            size=limit,
+            position=lambda row: [row.version.name, row.version.version],
+            method="policy.ListPolicies",
+            filters=scope,
         )
-        response = policy_pb2.ListPoliciesResponse(policies=[policy_to_proto(row) for row in rows[:limit]])
-        if len(rows) > limit:
-            last = rows[limit - 1].version
-            response.next_page_token = self._tokens.encode(
-                [last.name, last.version], method="policy.ListPolicies", filters=scope
-            )
-        return response
+        return policy_pb2.ListPoliciesResponse(
+            policies=[policy_to_proto(row) for row in rows], next_page_token=next_page_token
+        )
 
     @override
     async def UpdatePolicy(
@@ -289,20 +291,21 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         after = self._tokens.decode(
             request.page_token, method="policy.ListPolicyHistory", filters=scope, shape=(int,)
         )
-        rows = await run_db(
-            self._operations.history,
-            policy_id=policy_id,
-            limit=limit + 1,
-            after_id=after[0] if after else None,
+        rows, next_page_token = await self._tokens.fetch_page(
+            lambda fetch_limit: run_db(
+                self._operations.history,
+                policy_id=policy_id,
+                limit=fetch_limit,
+                after_id=after[0] if after else None,
+            ),
+            size=limit,
+            position=lambda row: [row.id],
+            method="policy.ListPolicyHistory",
+            filters=scope,
         )
-        response = policy_pb2.ListPolicyHistoryResponse(
-            entries=[history_to_proto(row) for row in rows[:limit]]
+        return policy_pb2.ListPolicyHistoryResponse(
+            entries=[history_to_proto(row) for row in rows], next_page_token=next_page_token
         )
-        if len(rows) > limit:
-            response.next_page_token = self._tokens.encode(
-                [rows[limit - 1].id], method="policy.ListPolicyHistory", filters=scope
-            )
-        return response
 
     @override
     async def EvaluateEvents(

@@ -16,8 +16,8 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from services.runtime.errors import FieldViolation, InvalidArgumentError
 
@@ -33,6 +33,7 @@ MAX_TOKEN_CHARS = 1024
 _TOKEN_ALPHABET = re.compile(r"[A-Za-z0-9_-]+")
 
 Position = Sequence[int | str]
+RowT = TypeVar("RowT")
 
 
 def page_size(requested: int, *, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE) -> int:
@@ -90,6 +91,26 @@ class PageTokens:
             if type(value) is not kind:
                 raise invalid_page_token("page_token holds no position of this list")
         return tuple(position)
+
+    async def fetch_page(
+        self,
+        fetch: Callable[[int], Awaitable[Sequence[RowT]]],
+        *,
+        size: int,
+        position: Callable[[RowT], Position],
+        method: str,
+        filters: Any = None,
+    ) -> tuple[Sequence[RowT], str]:
+        """One page of at most ``size`` rows and the token of the next ("" after the last page).
+
+        ``fetch(limit)`` returns up to ``limit`` rows after the decoded position; it is asked for one
+        more than the page, so a full page tells whether another follows without a count. The
+        token holds ``position`` of the page's last row.
+        """
+        rows = await fetch(size + 1)
+        if len(rows) <= size:
+            return rows, ""
+        return rows[:size], self.encode(position(rows[size - 1]), method=method, filters=filters)
 
     def _tag(self, method: str, filters: Any, payload: bytes) -> bytes:
         scope = json.dumps(filters, sort_keys=True, separators=(",", ":"), default=str)

@@ -90,13 +90,16 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
             request.page_token, method="scoring.ListModels", filters=filters, shape=(int, str)
         )
 
-        rows = await self._operations.list_models(limit=size + 1, status=status, before=before)
-        models = [model_proto(row) for row in rows[:size]]
-        last = (rows[size - 1].created_at_us, rows[size - 1].version) if len(rows) > size else None
-        response = scoring_pb2.ListModelsResponse(models=models)
-        if last is not None:
-            response.next_page_token = self._tokens.encode(last, method="scoring.ListModels", filters=filters)
-        return response
+        rows, next_page_token = await self._tokens.fetch_page(
+            lambda limit: self._operations.list_models(limit=limit, status=status, before=before),
+            size=size,
+            position=lambda row: (row.created_at_us, row.version),
+            method="scoring.ListModels",
+            filters=filters,
+        )
+        return scoring_pb2.ListModelsResponse(
+            models=[model_proto(row) for row in rows], next_page_token=next_page_token
+        )
 
     async def PromoteModel(  # noqa: N802 - gRPC method name
         self, request: scoring_pb2.PromoteModelRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -132,7 +135,13 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
             request.page_token, method="scoring.ListShadowScores", filters=filters, shape=(int, int)
         )
 
-        rows = await self._operations.list_shadow_scores(version=version, limit=size + 1, before=before)
+        rows, next_page_token = await self._tokens.fetch_page(
+            lambda limit: self._operations.list_shadow_scores(version=version, limit=limit, before=before),
+            size=size,
+            position=lambda row: (row.scored_at_us, row.id),
+            method="scoring.ListShadowScores",
+            filters=filters,
+        )
         page = [
             scoring_pb2.ShadowScore(
                 event_id=row.event_id,
@@ -144,12 +153,6 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
                 challenger_score=row.challenger_score,
                 challenger_level=risk_level_proto(risk_level(row.challenger_score)),
             )
-            for row in rows[:size]
+            for row in rows
         ]
-        last = (rows[size - 1].scored_at_us, rows[size - 1].id) if len(rows) > size else None
-        response = scoring_pb2.ListShadowScoresResponse(shadow_scores=page)
-        if last is not None:
-            response.next_page_token = self._tokens.encode(
-                last, method="scoring.ListShadowScores", filters=filters
-            )
-        return response
+        return scoring_pb2.ListShadowScoresResponse(shadow_scores=page, next_page_token=next_page_token)

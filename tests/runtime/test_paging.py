@@ -108,3 +108,29 @@ def test_a_position_of_the_wrong_shape_is_invalid_argument_not_a_cast_error() ->
 def test_a_short_key_is_refused() -> None:
     with pytest.raises(ValueError, match="16 bytes"):
         PageTokens(b"short")
+
+
+async def test_fetch_page_asks_for_one_row_more_and_tokens_the_last_row_kept() -> None:
+    asked: list[int] = []
+
+    async def fetch(limit: int) -> list[tuple[int, str]]:
+        asked.append(limit)
+        return [(n, f"id-{n}") for n in range(min(limit, 5))]
+
+    rows, token = await TOKENS.fetch_page(
+        fetch, size=3, position=lambda row: row, method=METHOD, filters=FILTERS
+    )
+
+    assert asked == [4]
+    assert rows == [(0, "id-0"), (1, "id-1"), (2, "id-2")]
+    assert TOKENS.decode(token, method=METHOD, filters=FILTERS, shape=(int, str)) == (2, "id-2")
+
+
+async def test_fetch_page_gives_no_token_when_no_row_is_left_over() -> None:
+    async def fetch(limit: int) -> list[tuple[int, str]]:
+        return [(0, "id-0"), (1, "id-1")]
+
+    rows, token = await TOKENS.fetch_page(fetch, size=2, position=lambda row: row, method=METHOD)
+
+    assert rows == [(0, "id-0"), (1, "id-1")]
+    assert token == ""
