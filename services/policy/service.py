@@ -39,7 +39,13 @@ from services.policy.domain.lifecycle import (
 )
 from services.policy.repository import StoredHistoryEntry, StoredPolicy
 from services.runtime.db import is_store_outage, transaction
-from services.runtime.errors import AbortedError, AlreadyExistsError, FieldViolation, NotFoundError
+from services.runtime.errors import (
+    AbortedError,
+    AlreadyExistsError,
+    AwarenessError,
+    FieldViolation,
+    NotFoundError,
+)
 
 log = logging.getLogger("awareness.policy")
 
@@ -128,6 +134,14 @@ class PolicyOperations:
         with transaction(self._sessions) as session:
             return repository.find_by_request_id(session, request_id=request_id)
 
+    def _replay_or_raise(self, request_id: str | None, conflict: AwarenessError) -> StoredPolicy:
+        """After an insert lost a race: an earlier call with this request_id won it (answer as it was
+        answered), else ``conflict``."""
+        earlier = self._earlier(request_id)
+        if earlier is not None:
+            return earlier
+        raise conflict from None
+
     def create(
         self, *, principal: Principal, policy_id: str, fields: PolicyFields, request_id: str | None
     ) -> StoredPolicy:
@@ -148,14 +162,14 @@ class PolicyOperations:
             with transaction(self._sessions) as session:
                 self._write(session, [change], request_id=request_id)
         except IntegrityError:
-            earlier = self._earlier(request_id)  # a concurrent retry of the same call won the race
-            if earlier is not None:
-                return earlier
-            raise AlreadyExistsError(
-                f"policy policies/{change.after.name} already exists",
-                reason="POLICY_ALREADY_EXISTS",
-                metadata={"policy": f"policies/{change.after.name}"},
-            ) from None
+            return self._replay_or_raise(
+                request_id,
+                AlreadyExistsError(
+                    f"policy policies/{change.after.name} already exists",
+                    reason="POLICY_ALREADY_EXISTS",
+                    metadata={"policy": f"policies/{change.after.name}"},
+                ),
+            )
         return repository.StoredPolicy(version=change.after)
 
     def get(self, *, policy_id: str, version: int) -> StoredPolicy:
@@ -270,14 +284,14 @@ class PolicyOperations:
                 change = new_version(latest.version, principal=principal, now=self._clock())
                 self._write(session, [change], request_id=request_id)
         except IntegrityError:
-            earlier = self._earlier(request_id)
-            if earlier is not None:
-                return earlier
-            raise AbortedError(
-                f"another revision of policies/{policy_id} was started concurrently",
-                reason="CONCURRENT_REVISION",
-                metadata={"policy": f"policies/{policy_id}"},
-            ) from None
+            return self._replay_or_raise(
+                request_id,
+                AbortedError(
+                    f"another revision of policies/{policy_id} was started concurrently",
+                    reason="CONCURRENT_REVISION",
+                    metadata={"policy": f"policies/{policy_id}"},
+                ),
+            )
         return repository.StoredPolicy(version=change.after)
 
 

@@ -223,6 +223,16 @@ def _authorize(principal: Principal | None, action: PolicyAction) -> Principal:
     return principal
 
 
+def _authorize_change(
+    policy: PolicyVersion, *, principal: Principal | None, action: PolicyAction, etag: str | None
+) -> Principal:
+    """The actor allowed to take ``action`` on ``policy``, unchanged since ``etag``, in its current state."""
+    actor = _authorize(principal, action)
+    check_etag(policy, etag)
+    check_transition(policy.state, action)
+    return actor
+
+
 def check_etag(policy: PolicyVersion, etag: str | None) -> None:
     """An empty etag means "unconditional" (AIP-154); any other value must match the current one."""
     if etag and etag != policy.etag:
@@ -299,6 +309,59 @@ def _transition(
     return PolicyChange(before=before, after=after, history=history)
 
 
+def _new_draft(
+    *,
+    name: str,
+    version: int,
+    title: str,
+    rule: str,
+    severity: PolicySeverity,
+    description: str,
+    actor: Principal,
+    now: datetime.datetime,
+) -> PolicyVersion:
+    """Revision 1 of a new version, a DRAFT written by ``actor`` alone."""
+    return PolicyVersion(
+        name=name,
+        version=version,
+        state=PolicyState.DRAFT,
+        title=title,
+        rule=rule,
+        severity=severity,
+        description=description,
+        author_id=actor.id,
+        contributors=frozenset({actor.id}),
+        submitter_id=None,
+        approver_id=None,
+        revision=1,
+        create_time=now,
+        update_time=now,
+    )
+
+
+def _drafted(
+    draft: PolicyVersion,
+    *,
+    actor: Principal,
+    action: PolicyAction,
+    changed_fields: tuple[str, ...],
+    reason: str | None = None,
+) -> PolicyChange:
+    """The insert of a new version's first draft, with its history entry (it comes from no state)."""
+    history = HistoryEntry(
+        policy=draft.name,
+        version=draft.version,
+        actor=actor.id,
+        time=draft.create_time,
+        action=action,
+        from_state=None,
+        to_state=draft.state,
+        reason=reason,
+        changed_fields=changed_fields,
+    )
+    return PolicyChange(before=None, after=draft, history=history)
+
+
 # ------------------------------------------------------------------------------------------- actions
 
 
@@ -320,33 +383,17 @@ def create_policy(
             reason="INVALID_POLICY_NAME",
             metadata={"field": "name"},
         )
-    draft = PolicyVersion(
+    draft = _new_draft(
         name=name,
         version=1,
-        state=PolicyState.DRAFT,
         title=_valid_title(title),
         rule=_valid_rule(rule),
         severity=_valid_severity(severity),
         description=_valid_description(description),
-        author_id=actor.id,
-        contributors=frozenset({actor.id}),
-        submitter_id=None,
-        approver_id=None,
-        revision=1,
-        create_time=now,
-        update_time=now,
+        actor=actor,
+        now=now,
     )
-    history = HistoryEntry(
-        policy=name,
-        version=1,
-        actor=actor.id,
-        time=now,
-        action=PolicyAction.CREATE,
-        from_state=None,
-        to_state=PolicyState.DRAFT,
-        changed_fields=_EDITABLE_FIELDS,
-    )
-    return PolicyChange(before=None, after=draft, history=history)
+    return _drafted(draft, actor=actor, action=PolicyAction.CREATE, changed_fields=_EDITABLE_FIELDS)
 
 
 def update_draft(
@@ -361,9 +408,7 @@ def update_draft(
     description: str | None = None,
 ) -> PolicyChange:
     """Edit a DRAFT; ``None`` leaves a field unchanged. The editor becomes a contributor of the version."""
-    actor = _authorize(principal, PolicyAction.UPDATE)
-    check_etag(policy, etag)
-    check_transition(policy.state, PolicyAction.UPDATE)
+    actor = _authorize_change(policy, principal=principal, action=PolicyAction.UPDATE, etag=etag)
     after = replace(
         _advanced(policy, to_state=PolicyState.DRAFT, now=now),
         title=policy.title if title is None else _valid_title(title),
@@ -381,9 +426,7 @@ def submit_policy(
     policy: PolicyVersion, *, principal: Principal | None, now: datetime.datetime, etag: str | None = None
 ) -> PolicyChange:
     """DRAFT -> REVIEW."""
-    actor = _authorize(principal, PolicyAction.SUBMIT)
-    check_etag(policy, etag)
-    check_transition(policy.state, PolicyAction.SUBMIT)
+    actor = _authorize_change(policy, principal=principal, action=PolicyAction.SUBMIT, etag=etag)
     after = replace(_advanced(policy, to_state=PolicyState.REVIEW, now=now), submitter_id=actor.id)
     return _transition(policy, after, actor=actor, action=PolicyAction.SUBMIT)
 
@@ -401,9 +444,7 @@ def approve_policy(
     The approver may be neither a contributor to nor the submitter of this version. Apply all returned changes
     in one transaction, so exactly one version of a policy is ACTIVE at any time.
     """
-    actor = _authorize(principal, PolicyAction.APPROVE)
-    check_etag(policy, etag)
-    check_transition(policy.state, PolicyAction.APPROVE)
+    actor = _authorize_change(policy, principal=principal, action=PolicyAction.APPROVE, etag=etag)
     if currently_active is not None and (
         currently_active.name != policy.name
         or currently_active.state is not PolicyState.ACTIVE
@@ -440,9 +481,7 @@ def reject_policy(
     etag: str | None = None,
 ) -> PolicyChange:
     """REVIEW -> DRAFT with a mandatory reason; the version must be submitted again after edits."""
-    actor = _authorize(principal, PolicyAction.REJECT)
-    check_etag(policy, etag)
-    check_transition(policy.state, PolicyAction.REJECT)
+    actor = _authorize_change(policy, principal=principal, action=PolicyAction.REJECT, etag=etag)
     if not reason.strip():
         raise PolicyInvalidArgumentError(
             "a rejection needs a reason", reason="REJECT_REASON_REQUIRED", metadata={"field": "reason"}
@@ -460,9 +499,7 @@ def retire_policy(
     reason: str | None = None,
 ) -> PolicyChange:
     """ACTIVE -> RETIRED; the policy stops being evaluated."""
-    actor = _authorize(principal, PolicyAction.RETIRE)
-    check_etag(policy, etag)
-    check_transition(policy.state, PolicyAction.RETIRE)
+    actor = _authorize_change(policy, principal=principal, action=PolicyAction.RETIRE, etag=etag)
     after = _advanced(policy, to_state=PolicyState.RETIRED, now=now)
     return _transition(
         policy, after, actor=actor, action=PolicyAction.RETIRE, reason=(reason or "").strip() or None
@@ -487,31 +524,20 @@ def new_version(
     """
     actor = _authorize(principal, PolicyAction.NEW_VERSION)
     check_transition(latest.state, PolicyAction.NEW_VERSION)
-    draft = PolicyVersion(
+    draft = _new_draft(
         name=latest.name,
         version=latest.version + 1,
-        state=PolicyState.DRAFT,
         title=latest.title if title is None else _valid_title(title),
         rule=latest.rule if rule is None else _valid_rule(rule),
         severity=latest.severity if severity is None else _valid_severity(severity),
         description=latest.description if description is None else _valid_description(description),
-        author_id=actor.id,
-        contributors=frozenset({actor.id}),
-        submitter_id=None,
-        approver_id=None,
-        revision=1,
-        create_time=now,
-        update_time=now,
+        actor=actor,
+        now=now,
     )
-    history = HistoryEntry(
-        policy=latest.name,
-        version=draft.version,
-        actor=actor.id,
-        time=now,
+    return _drafted(
+        draft,
+        actor=actor,
         action=PolicyAction.NEW_VERSION,
-        from_state=None,
-        to_state=PolicyState.DRAFT,
         reason=f"based on version {latest.version}",
         changed_fields=_changed_fields(latest, draft),
     )
-    return PolicyChange(before=None, after=draft, history=history)
