@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
 
 SERVICES: Final = ("ingest", "policy", "scoring", "signing", "gdpr")
 ALL_PROCESSES: Final = (*SERVICES, "gateway")
@@ -61,27 +61,33 @@ def env_str(env: Mapping[str, str], name: str, default: str) -> str:
     return value or default
 
 
+_Number = TypeVar("_Number", int, float)
+
+
 def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return value
+    return _env_number(env, name, default, minimum=minimum, parse=int, expected="an integer")
 
 
 def env_float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+    return _env_number(env, name, default, minimum=minimum, parse=float, expected="a number")
+
+
+def _env_number(
+    env: Mapping[str, str],
+    name: str,
+    default: _Number,
+    *,
+    minimum: _Number,
+    parse: Callable[[str], _Number],
+    expected: str,
+) -> _Number:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = float(raw)
+        value = parse(raw)
     except ValueError as exc:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+        raise ConfigError(f"{name} must be {expected}, got {raw!r}") from exc
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
     return value
