@@ -28,6 +28,7 @@ from services.ingest.domain.history import (
     WEEK_US,
     SubjectHistory,
 )
+from services.ingest.models import EventMetadata
 
 # Events per statement: on SQLite, four parameters each stays under its oldest limit of 999 variables.
 CHUNK = 200
@@ -128,3 +129,12 @@ def histories(session: Session, *, queries: Sequence[HistoryQuery]) -> dict[str,
                 ),
             )
     return results
+
+
+def labelled_with_histories(
+    session: Session, *, start_us: int | None, end_us: int | None, after: tuple[int, str] | None, limit: int
+) -> tuple[list[EventMetadata], dict[str, SubjectHistory]]:
+    """A page of labelled events (repository.labelled_metadata) and each one's subject history."""
+    rows = repository.labelled_metadata(session, start_us=start_us, end_us=end_us, after=after, limit=limit)
+    queries = [HistoryQuery(m.event_id, m.subject_pseudonym, m.occurred_at_us, m.source) for m in rows]
+    return rows, histories(session, queries=queries)

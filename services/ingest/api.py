@@ -1,4 +1,5 @@
-"""The gRPC servicer of the ingest service: transport only, the work is in writer and reader."""
+"""The gRPC servicer of the ingest service: transport only, the work is in the service layer
+(``service.append`` and ``service.reads``)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ from awareness.signing.v1 import signing_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2
 
-from services.ingest.convert import receipt_message
-from services.ingest.reader import EventReader
-from services.ingest.writer import MAX_BATCH_EVENTS, Accepted, AppendOutcome, LogWriter
+from services.ingest.service import (
+    MAX_BATCH_EVENTS,
+    Accepted,
+    AppendOutcome,
+    EventReader,
+    LogWriter,
+    receipt_of,
+)
 from services.runtime import auth
 from services.runtime.errors import InvalidArgumentError
-from services.runtime.timestamps import timestamp_from_us
 
 
 def _may_append_system_events() -> bool:
@@ -27,27 +32,10 @@ def _may_append_system_events() -> bool:
 def _result(index: int, outcome: AppendOutcome, stamps: dict[int, Timestamp]) -> ingest_pb2.AppendEventResult:
     if isinstance(outcome, Accepted):
         return ingest_pb2.AppendEventResult(
-            index=index, receipt=_receipt(outcome, stamps), replayed=outcome.replayed
+            index=index, receipt=receipt_of(outcome, stamps), replayed=outcome.replayed
         )
     status: status_pb2.Status = outcome.to_status()
     return ingest_pb2.AppendEventResult(index=index, error=status)
-
-
-def _receipt(outcome: Accepted, stamps: dict[int, Timestamp] | None = None) -> ingest_pb2.Receipt:
-    """`stamps` keeps the receive times already converted in this answer (a batch shares one)."""
-    receive_time = None
-    if stamps is not None:
-        receive_time = stamps.get(outcome.receive_time_us)
-        if receive_time is None:
-            receive_time = stamps[outcome.receive_time_us] = timestamp_from_us(outcome.receive_time_us)
-    return receipt_message(
-        event_id=outcome.event_id,
-        leaf_hash=outcome.leaf_hash,
-        receive_time_us=outcome.receive_time_us,
-        leaf_index=outcome.leaf_index,
-        checkpoint=None,
-        receive_time=receive_time,
-    )
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
@@ -58,16 +46,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def AppendEvent(  # noqa: N802 - gRPC method name
         self, request: ingest_pb2.AppendEventRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ingest_pb2.AppendEventResponse:
-        [outcome] = await self._writer.append(
-            [request.event], allow_system=_may_append_system_events(), unary=True
-        )
-        if not isinstance(outcome, Accepted):
-            raise outcome
-        if outcome.replayed and outcome.leaf_index is not None:
-            receipt = await self._reader.get_receipt(f"events/{outcome.event_id}")
-        else:
-            receipt = _receipt(outcome)
-        return ingest_pb2.AppendEventResponse(receipt=receipt, replayed=outcome.replayed)
+        return await self._writer.append_event(request.event, allow_system=_may_append_system_events())
 
     async def AppendEvents(  # noqa: N802 - gRPC method name
         self, request: ingest_pb2.AppendEventsRequest, context: grpc.aio.ServicerContext[Any, Any]

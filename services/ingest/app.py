@@ -36,9 +36,8 @@ from services.ingest.enrichment import Enricher, EnrichmentSettings
 from services.ingest.forgetting import ForgetFollower
 from services.ingest.integrator import Integrator, IntegratorSettings
 from services.ingest.keys import SubjectKeys
-from services.ingest.reader import EventReader
 from services.ingest.repository import WriteGate
-from services.ingest.writer import Committer, EnrichmentItem, LogWriter
+from services.ingest.service import Committer, EnrichmentItem, EventReader, LogWriter
 from services.runtime import db
 from services.runtime.config import (
     ConfigError,

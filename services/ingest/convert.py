@@ -6,11 +6,13 @@ import json
 from datetime import datetime
 
 from awareness.ingest.v1 import ingest_pb2
+from awareness.scoring.v1 import scoring_pb2
 from awareness.signing.v1 import signing_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.evidence.envelope import PersonalFields
 from services.ingest.domain.events import EventInput, Severity
+from services.ingest.domain.history import SubjectHistory
 from services.ingest.models import Checkpoint, EventMetadata, EventRecord
 from services.ingest.repository import from_us
 from services.runtime.timestamps import timestamp_from_us, timestamp_to_us
@@ -128,3 +130,77 @@ def event_message(
         event.summary = personal.summary
         event.details.update(personal.details)
     return event
+
+
+def scoring_input(
+    *,
+    event_id: str,
+    pseudonym: str,
+    event_type: str,
+    source: str,
+    severity: int,
+    occurred_at_us: int,
+    summary_length: int,
+    detail_count: int,
+    history: SubjectHistory,
+) -> scoring_pb2.ScoringInput:
+    return scoring_pb2.ScoringInput(
+        event_id=event_id,
+        subject_pseudonym=pseudonym,
+        type=event_type,
+        source=source,
+        severity=severity,  # type: ignore[arg-type]
+        occurred_at=timestamp_from_us(occurred_at_us),
+        summary_length=summary_length,
+        detail_count=detail_count,
+        history=scoring_pb2.SubjectHistory(
+            events_24h=history.events_24h,
+            events_7d=history.events_7d,
+            violations_30d=history.violations_30d,
+            distinct_sources_24h=history.distinct_sources_24h,
+            source_is_new=history.source_is_new,
+            failed_logins_24h=history.failed_logins_24h,
+            seconds_since_previous_event=history.seconds_since_previous_event,
+        ),
+    )
+
+
+def subject_record(
+    record: EventRecord, metadata: EventMetadata, leaf_index: int | None
+) -> ingest_pb2.SubjectRecord:
+    """A stored event as gdpr reads it: sealed, never opened here."""
+    return ingest_pb2.SubjectRecord(
+        event_id=record.event_id,
+        leaf_index=leaf_index,
+        type=record.type,
+        source=record.source,
+        occurred_at=timestamp_from_us(record.occurred_at_us),
+        severity=record.severity,  # type: ignore[arg-type]
+        key_period=record.key_period,
+        nonce=bytes(record.nonce),
+        ciphertext=bytes(record.ciphertext),
+        metadata=metadata_message(metadata),
+        receive_time=timestamp_from_us(record.receive_time_us),
+        leaf_hash=bytes(record.leaf_hash),
+    )
+
+
+def training_example(metadata: EventMetadata, history: SubjectHistory) -> ingest_pb2.TrainingExample:
+    """A labelled event as scoring trains on it: its scoring input and the label."""
+    example = ingest_pb2.TrainingExample(
+        input=scoring_input(
+            event_id=metadata.event_id,
+            pseudonym=metadata.subject_pseudonym,
+            event_type=metadata.type,
+            source=metadata.source,
+            severity=metadata.severity,
+            occurred_at_us=metadata.occurred_at_us,
+            summary_length=metadata.summary_length,
+            detail_count=metadata.detail_count,
+            history=history,
+        ),
+        label=metadata.label,  # type: ignore[arg-type]
+    )
+    if metadata.label_time_us is not None:
+        example.label_time.CopyFrom(timestamp_from_us(metadata.label_time_us))
+    return example

@@ -27,13 +27,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.evidence.envelope import SealedPersonal, open_personal
 from services.evidence.errors import TamperedRecordError
 from services.ingest import aggregates, repository
+from services.ingest.convert import scoring_input
 from services.ingest.domain.history import SubjectHistory
 from services.ingest.keys import ERASED, SubjectKey, SubjectKeys
 from services.ingest.models import EventMetadata, EventRecord
-from services.ingest.reader import scoring_input
 from services.ingest.repository import to_us
+from services.ingest.service.append import EnrichmentItem
 from services.ingest.tracing import batch_span
-from services.ingest.writer import EnrichmentItem
 from services.runtime.db import run_db, transaction
 from services.runtime.errors import AwarenessError
 from services.runtime.metrics import ServiceMetrics

@@ -40,7 +40,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
 
 from services.evidence.envelope import SEALED_NOTE_PREFIX
+from services.ingest.domain.events import Severity
 from services.ingest.domain.merkle import NodeKey, perfect_subtree_hash
+from services.ingest.domain.records import StoredRecord
 from services.ingest.models import (
     Checkpoint,
     EventMetadata,
@@ -80,6 +82,23 @@ def to_us(moment: datetime) -> int:
 
 def from_us(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
+
+
+def stored_record(record: EventRecord) -> StoredRecord:
+    """The domain record of a stored row: what the leaf hash covers."""
+    return StoredRecord(
+        event_id=record.event_id,
+        type=record.type,
+        source=record.source,
+        occurred_at=from_us(record.occurred_at_us),
+        severity=Severity(record.severity),
+        subject_pseudonym=record.subject_pseudonym,
+        key_period=record.key_period,
+        key_id=record.key_id,
+        receive_time=from_us(record.receive_time_us),
+        nonce=bytes(record.nonce),
+        ciphertext=bytes(record.ciphertext),
+    )
 
 
 def is_postgres(session: Session) -> bool:
@@ -416,6 +435,13 @@ def checkpoint_of_size(session: Session, *, tree_size: int) -> Checkpoint | None
     return session.get(Checkpoint, tree_size)
 
 
+def checkpoint(session: Session, *, tree_size: int | None) -> Checkpoint | None:
+    """The checkpoint of that tree size, or the latest one for None."""
+    return (
+        latest_checkpoint(session) if tree_size is None else checkpoint_of_size(session, tree_size=tree_size)
+    )
+
+
 def covering_checkpoint(session: Session, *, leaf_index: int) -> Checkpoint | None:
     """The first (smallest) checkpoint whose tree contains the leaf."""
     return session.scalars(
@@ -460,6 +486,19 @@ def get_events(session: Session, *, event_ids: Sequence[str]) -> dict[str, Store
     return {
         record.event_id: StoredEvent(record=record, metadata=metadata, leaf_index=leaf_index)
         for record, metadata, leaf_index in rows
+    }
+
+
+def events_with_checkpoints(
+    session: Session, *, event_ids: Sequence[str]
+) -> dict[str, tuple[StoredEvent, Checkpoint | None]]:
+    """Each stored event with the first checkpoint covering its leaf (None until one does)."""
+    return {
+        event_id: (
+            event,
+            None if event.leaf_index is None else covering_checkpoint(session, leaf_index=event.leaf_index),
+        )
+        for event_id, event in get_events(session, event_ids=event_ids).items()
     }
 
 
@@ -587,6 +626,12 @@ def drop_clear_notes(session: Session, *, pseudonym: str) -> int:
         .values(label_note="")
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def forget_subject(session: Session, *, pseudonym: str) -> int:
+    """What a ForgetSubject changes here: notes still in clear go with the keys; the subject's event count."""
+    drop_clear_notes(session, pseudonym=pseudonym)
+    return count_subject_events(session, pseudonym=pseudonym)
 
 
 def record_forget(session: Session, *, pseudonym: str, now_us: int, keep_us: int) -> None:

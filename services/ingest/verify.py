@@ -32,8 +32,7 @@ from services.evidence.errors import NoteError
 from services.ingest.domain.merkle import leaf_hash, node_hash, verify_inclusion
 from services.ingest.domain.records import decode_canonical_record, record_leaf_hash
 from services.ingest.models import EventRecord
-from services.ingest.reader import stored_record
-from services.ingest.repository import CHECKPOINTS, COMPUTED_LEVELS, LEAVES, NODES, RECORDS
+from services.ingest.repository import CHECKPOINTS, COMPUTED_LEVELS, LEAVES, NODES, RECORDS, stored_record
 
 PROGRESS_EVERY = 10_000
 
@@ -263,88 +262,132 @@ def verify_database(
             row.tree_size: row
             for row in session.execute(select(CHECKPOINTS).order_by(CHECKPOINTS.c.tree_size))
         }
-        total = int(session.execute(select(func.count()).select_from(LEAVES)).scalar_one())
-        tree = _CompactRange()
-        expected_nodes: dict[tuple[int, int], bytes] = {}
-        last_seq = 0
-
-        def completed(level: int, index: int, value: bytes) -> None:
-            expected_nodes[(level, index)] = value
-
-        while True:
-            rows = session.execute(
-                select(
-                    LEAVES.c.leaf_index,
-                    LEAVES.c.leaf_hash.label("integrated_hash"),
-                    LEAVES.c.seq.label("leaf_seq"),
-                    RECORDS,
-                )
-                .select_from(LEAVES.outerjoin(RECORDS, RECORDS.c.event_id == LEAVES.c.event_id))
-                .where(LEAVES.c.leaf_index >= tree.size)
-                .order_by(LEAVES.c.leaf_index)
-                .limit(PROGRESS_EVERY)
-            ).all()
-            if not rows:
-                break
-            for row in rows:
-                if row.leaf_index != tree.size:
-                    return report.fail(
-                        f"leaf indices are not gap-free: expected {tree.size}, found {row.leaf_index}"
-                    )
-                if row.event_id is None:
-                    return report.fail(f"leaf {row.leaf_index}: its record is missing from event_records")
-                record = EventRecord(**{column.name: row._mapping[column] for column in RECORDS.columns})
-                recomputed = record_leaf_hash(stored_record(record))
-                if recomputed != bytes(row.integrated_hash) or recomputed != bytes(row.leaf_hash):
-                    return report.fail(
-                        f"record {row.event_id} (leaf index {row.leaf_index}) differs from what was logged: "
-                        "its recomputed leaf hash does not match"
-                    )
-                tree.append(recomputed, completed)
-                last_seq = max(last_seq, row.leaf_seq)
-                checkpoint = checkpoints.get(tree.size)
-                if checkpoint is not None and tree.root() != bytes(checkpoint.root_hash):
-                    return report.fail(
-                        f"checkpoint of tree size {tree.size}: its root does not match the recomputed tree"
-                    )
-            mismatch = _compare_nodes(session, expected_nodes)
-            if mismatch is not None:
-                return report.fail(f"stored Merkle node (level {mismatch[0]}, index {mismatch[1]}) differs")
-            expected_nodes.clear()
-            if progress is not None:
-                print(f"verify: {tree.size}/{total} records checked", file=progress, flush=True)
-        report.passed(f"{tree.size} records re-hashed; leaf indices 0..{tree.size - 1} gap-free")
+        replay = _replay_leaves(session, checkpoints, progress=progress)
+        if replay.failure is not None:
+            return report.fail(replay.failure)
+        size = replay.tree_size
+        report.passed(f"{size} records re-hashed; leaf indices 0..{size - 1} gap-free")
         report.passed("every stored Merkle node matches the recomputed tree")
-        covered = [size for size in checkpoints if size <= tree.size]
+        covered = [tree_size for tree_size in checkpoints if tree_size <= size]
         report.passed(f"{len(covered)} checkpoint roots match the recomputed tree")
-        beyond = [size for size in checkpoints if size > tree.size]
+        beyond = [tree_size for tree_size in checkpoints if tree_size > size]
         if beyond:
             return report.fail(f"checkpoints name tree sizes beyond the log: {beyond[:5]}")
-        orphans = session.execute(
-            select(RECORDS.c.event_id, RECORDS.c.seq)
-            .where(RECORDS.c.seq <= last_seq, ~RECORDS.c.event_id.in_(select(LEAVES.c.event_id)))
-            .order_by(RECORDS.c.seq)
-            .limit(1)
-        ).first()
-        if orphans is not None:
-            return report.fail(f"record {orphans.event_id} was skipped by the integrator (no leaf)")
-        waiting = int(
-            session.execute(
-                select(func.count()).select_from(RECORDS).where(RECORDS.c.seq > last_seq)
-            ).scalar_one()
-        )
-        if waiting:
-            report.notes.append(f"{waiting} accepted records are not integrated yet")
+        failure = _check_integrated(session, last_seq=replay.last_seq, notes=report.notes)
+        if failure is not None:
+            return report.fail(failure)
         if keys is not None:
-            for size, checkpoint in checkpoints.items():
-                try:
-                    body = verify_checkpoint(checkpoint.note, verifier_keys=keys.for_note(checkpoint.note))
-                except NoteError as error:
-                    return report.fail(f"checkpoint of tree size {size}: signature: {error}")
-                if body.tree_size != size or body.root_hash != bytes(checkpoint.root_hash):
-                    return report.fail(f"checkpoint of tree size {size}: the signed note says otherwise")
+            failure = _check_signatures(checkpoints, keys)
+            if failure is not None:
+                return report.fail(failure)
             report.passed(f"{len(checkpoints)} checkpoint signatures verify")
     return report
+
+
+@dataclass
+class _Replay:
+    """The log re-hashed leaf by leaf: how far it got, the last record seq integrated, what differed."""
+
+    tree_size: int = 0
+    last_seq: int = 0
+    failure: str | None = None
+
+
+def _replay_leaves(session: Session, checkpoints: dict[int, Any], *, progress: TextIO | None) -> _Replay:
+    """Re-hash every leaf's record in order, rebuilding the tree and checking the stored nodes
+    and every checkpoint root on the way; stops at the first difference."""
+    total = int(session.execute(select(func.count()).select_from(LEAVES)).scalar_one())
+    tree = _CompactRange()
+    expected_nodes: dict[tuple[int, int], bytes] = {}
+    replay = _Replay()
+
+    def completed(level: int, index: int, value: bytes) -> None:
+        expected_nodes[(level, index)] = value
+
+    while True:
+        rows = session.execute(
+            select(
+                LEAVES.c.leaf_index,
+                LEAVES.c.leaf_hash.label("integrated_hash"),
+                LEAVES.c.seq.label("leaf_seq"),
+                RECORDS,
+            )
+            .select_from(LEAVES.outerjoin(RECORDS, RECORDS.c.event_id == LEAVES.c.event_id))
+            .where(LEAVES.c.leaf_index >= tree.size)
+            .order_by(LEAVES.c.leaf_index)
+            .limit(PROGRESS_EVERY)
+        ).all()
+        if not rows:
+            break
+        for row in rows:
+            replay.failure = _leaf_failure(row, tree_size=tree.size)
+            if replay.failure is not None:
+                return replay
+            tree.append(bytes(row.leaf_hash), completed)
+            replay.last_seq = max(replay.last_seq, row.leaf_seq)
+            checkpoint = checkpoints.get(tree.size)
+            if checkpoint is not None and tree.root() != bytes(checkpoint.root_hash):
+                replay.failure = (
+                    f"checkpoint of tree size {tree.size}: its root does not match the recomputed tree"
+                )
+                return replay
+        mismatch = _compare_nodes(session, expected_nodes)
+        if mismatch is not None:
+            replay.failure = f"stored Merkle node (level {mismatch[0]}, index {mismatch[1]}) differs"
+            return replay
+        expected_nodes.clear()
+        if progress is not None:
+            print(f"verify: {tree.size}/{total} records checked", file=progress, flush=True)
+    replay.tree_size = tree.size
+    return replay
+
+
+def _leaf_failure(row: Any, *, tree_size: int) -> str | None:
+    """What is wrong with the next leaf of a tree of ``tree_size`` leaves, None when nothing is:
+    its index follows on, its record exists, and the record re-hashes to the logged leaf hash."""
+    if row.leaf_index != tree_size:
+        return f"leaf indices are not gap-free: expected {tree_size}, found {row.leaf_index}"
+    if row.event_id is None:
+        return f"leaf {row.leaf_index}: its record is missing from event_records"
+    record = EventRecord(**{column.name: row._mapping[column] for column in RECORDS.columns})
+    recomputed = record_leaf_hash(stored_record(record))
+    if recomputed != bytes(row.integrated_hash) or recomputed != bytes(row.leaf_hash):
+        return (
+            f"record {row.event_id} (leaf index {row.leaf_index}) differs from what was logged: "
+            "its recomputed leaf hash does not match"
+        )
+    return None
+
+
+def _check_integrated(session: Session, *, last_seq: int, notes: list[str]) -> str | None:
+    """Every record up to the last integrated one has its leaf; those after it are noted."""
+    orphans = session.execute(
+        select(RECORDS.c.event_id, RECORDS.c.seq)
+        .where(RECORDS.c.seq <= last_seq, ~RECORDS.c.event_id.in_(select(LEAVES.c.event_id)))
+        .order_by(RECORDS.c.seq)
+        .limit(1)
+    ).first()
+    if orphans is not None:
+        return f"record {orphans.event_id} was skipped by the integrator (no leaf)"
+    waiting = int(
+        session.execute(
+            select(func.count()).select_from(RECORDS).where(RECORDS.c.seq > last_seq)
+        ).scalar_one()
+    )
+    if waiting:
+        notes.append(f"{waiting} accepted records are not integrated yet")
+    return None
+
+
+def _check_signatures(checkpoints: dict[int, Any], keys: TrustedKeys) -> str | None:
+    for size, checkpoint in checkpoints.items():
+        try:
+            body = verify_checkpoint(checkpoint.note, verifier_keys=keys.for_note(checkpoint.note))
+        except NoteError as error:
+            return f"checkpoint of tree size {size}: signature: {error}"
+        if body.tree_size != size or body.root_hash != bytes(checkpoint.root_hash):
+            return f"checkpoint of tree size {size}: the signed note says otherwise"
+    return None
 
 
 def _compare_nodes(session: Session, expected: dict[tuple[int, int], bytes]) -> tuple[int, int] | None:

@@ -182,7 +182,7 @@ async def test_pending_rows_are_back_filled_and_an_erased_subject_cannot_be_eval
 async def test_an_erasure_drops_the_subjects_events_waiting_in_memory_for_enrichment() -> None:
     # Their details are plaintext in the queue; after erasure they must not reach policy.
     from services.ingest.enrichment import Enricher, EnrichmentSettings
-    from services.ingest.writer import EnrichmentItem
+    from services.ingest.service import EnrichmentItem
 
     def item(pseudonym: str) -> EnrichmentItem:
         return EnrichmentItem(

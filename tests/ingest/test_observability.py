@@ -28,8 +28,8 @@ from sqlalchemy.orm import sessionmaker
 from services.ingest.enrichment import Enricher, EnrichmentSettings
 from services.ingest.keys import SubjectKeys
 from services.ingest.repository import WriteGate
+from services.ingest.service import Committer, EnrichmentItem, PendingRow
 from services.ingest.tracing import batch_span
-from services.ingest.writer import Committer, EnrichmentItem, PendingRow
 from services.runtime.metrics import ServiceMetrics
 from services.runtime.tracing import configure_tracing
 from tests.ingest.harness import Suite, eventually, make_event, suite

@@ -27,6 +27,16 @@ _PG_FUNCTION = "ingest_refuse_change"
 
 
 def upgrade() -> None:
+    _create_event_records()
+    _create_leaves()
+    _create_tree_nodes()
+    _create_checkpoints()
+    _create_event_metadata()
+    _create_append_only_triggers()
+
+
+def _create_event_records() -> None:
+    """The log's records, append-only: what each leaf hash covers, personal fields sealed."""
     op.create_table(
         "event_records",
         sa.Column("seq", _KEY, primary_key=True, autoincrement=True),
@@ -47,6 +57,10 @@ def upgrade() -> None:
         sa.Column("system_payload", sa.Text(), nullable=True),
         sa.UniqueConstraint("event_id", name="uq_event_records_event_id"),
     )
+
+
+def _create_leaves() -> None:
+    """The integrated leaves, append-only: a record's place in the Merkle tree."""
     op.create_table(
         "leaves",
         sa.Column("leaf_index", sa.BigInteger(), primary_key=True, autoincrement=False),
@@ -56,12 +70,20 @@ def upgrade() -> None:
         sa.Column("integrate_time_us", sa.BigInteger(), nullable=False),
         sa.UniqueConstraint("event_id", name="uq_leaves_event_id"),
     )
+
+
+def _create_tree_nodes() -> None:
+    """The stored Merkle tree nodes, append-only."""
     op.create_table(
         "tree_nodes",
         sa.Column("level", sa.SmallInteger(), primary_key=True, autoincrement=False),
         sa.Column("idx", sa.BigInteger(), primary_key=True, autoincrement=False),
         sa.Column("hash", sa.LargeBinary(32), nullable=False),
     )
+
+
+def _create_checkpoints() -> None:
+    """The signed checkpoints (and their time-stamp tokens), append-only."""
     op.create_table(
         "checkpoints",
         sa.Column("tree_size", sa.BigInteger(), primary_key=True, autoincrement=False),
@@ -74,6 +96,10 @@ def upgrade() -> None:
         sa.Column("tsa", sa.String(512), nullable=False),
         sa.Column("store_time_us", sa.BigInteger(), nullable=False),
     )
+
+
+def _create_event_metadata() -> None:
+    """The mutable view of each event (enrichment, labels, triage) and its read indexes."""
     op.create_table(
         "event_metadata",
         sa.Column("event_id", sa.String(36), primary_key=True),
@@ -107,7 +133,6 @@ def upgrade() -> None:
     op.create_index("ix_event_metadata_received", "event_metadata", ["receive_time_us", "event_id"])
     op.create_index("ix_event_metadata_label", "event_metadata", ["label"])
     op.create_index("ix_event_metadata_pending", "event_metadata", ["scoring_state", "evaluation_state"])
-    _create_append_only_triggers()
 
 
 def _create_append_only_triggers() -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Concatenate, ParamSpec, TypeVar
 
 from awareness.ingest.v1 import ingest_pb2
-from awareness.scoring.v1 import scoring_pb2
 from awareness.signing.v1 import signing_pb2
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,17 +25,17 @@ from services.ingest import aggregates, repository
 from services.ingest.convert import (
     checkpoint_message,
     event_message,
-    metadata_message,
     receipt_message,
+    subject_record,
+    training_example,
 )
 from services.ingest.domain.errors import InvalidProofRequestError
-from services.ingest.domain.events import MAX_SUBJECT_CHARS, Severity, canonical_event_id
-from services.ingest.domain.history import SubjectHistory
+from services.ingest.domain.events import MAX_SUBJECT_CHARS, canonical_event_id
 from services.ingest.domain.merkle import consistency_proof, inclusion_proof
-from services.ingest.domain.records import StoredRecord, canonical_record_bytes
+from services.ingest.domain.records import canonical_record_bytes
 from services.ingest.keys import ERASED, SubjectKey, SubjectKeys
-from services.ingest.models import EventRecord
-from services.ingest.repository import DatabaseNodeStore, EventFilter, StoredEvent, from_us, to_us
+from services.ingest.models import Checkpoint, EventRecord
+from services.ingest.repository import DatabaseNodeStore, EventFilter, StoredEvent, stored_record, to_us
 from services.runtime import auth
 from services.runtime.db import run_db, transaction
 from services.runtime.errors import (
@@ -45,26 +46,11 @@ from services.runtime.errors import (
     NotFoundError,
 )
 from services.runtime.paging import PageTokens, page_size
-from services.runtime.timestamps import timestamp_from_us, timestamp_to_us
+from services.runtime.timestamps import timestamp_to_us
 
 PersonalDataState = ingest_pb2.Event.PersonalDataState
-
-
-def stored_record(record: EventRecord) -> StoredRecord:
-    """The domain record of a stored row: what the leaf hash covers."""
-    return StoredRecord(
-        event_id=record.event_id,
-        type=record.type,
-        source=record.source,
-        occurred_at=from_us(record.occurred_at_us),
-        severity=Severity(record.severity),
-        subject_pseudonym=record.subject_pseudonym,
-        key_period=record.key_period,
-        key_id=record.key_id,
-        receive_time=from_us(record.receive_time_us),
-        nonce=bytes(record.nonce),
-        ciphertext=bytes(record.ciphertext),
-    )
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def parse_event_name(name: str) -> str:
@@ -107,6 +93,20 @@ class EventReader:
         self._on_forget = on_forget
         self._record_forget = record_forget  # for the other replicas, which poll the database
 
+    async def _read(
+        self, query: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """One repository read in its own session, off the event loop."""
+        return await run_db(_in_session, self._sessions, lambda session: query(session, *args, **kwargs))
+
+    async def _write(
+        self, change: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """One repository change in its own transaction, behind the write gate, off the event loop."""
+        return await run_db(
+            _in_transaction, self._sessions, self._gate, lambda session: change(session, *args, **kwargs)
+        )
+
     # --- events ---------------------------------------------------------------------------------
 
     async def get_event(self, name: str) -> ingest_pb2.Event:
@@ -146,12 +146,7 @@ class EventReader:
         after = self._tokens.decode(
             request.page_token, method="ingest.ListEvents", filters=scope, shape=(int, str)
         )
-
-        def query() -> list[str]:
-            with self._sessions() as session:
-                return repository.list_event_ids(session, where=where, after=after, limit=size + 1)
-
-        event_ids = await run_db(query)
+        event_ids = await self._read(repository.list_event_ids, where=where, after=after, limit=size + 1)
         more = len(event_ids) > size
         events = await self._load(event_ids[:size])
         response = ingest_pb2.ListEventsResponse(events=events)
@@ -191,31 +186,22 @@ class EventReader:
             )
 
         note = await self._seal_note(event_id, request.note) if request.label and request.note else ""
-
-        def write() -> bool:
-            with self._gate, transaction(self._sessions) as session:
-                return repository.label_event(
-                    session,
-                    event_id=event_id,
-                    label=int(request.label),
-                    note=note,
-                    triage_state=int(request.triage_state),
-                    labeled_by=labeled_by,
-                    now_us=to_us(_now()),
-                )
-
-        if not await run_db(write):
+        labeled = await self._write(
+            repository.label_event,
+            event_id=event_id,
+            label=int(request.label),
+            note=note,
+            triage_state=int(request.triage_state),
+            labeled_by=labeled_by,
+            now_us=to_us(_now()),
+        )
+        if not labeled:
             raise NotFoundError(f"event {event_id} not found", reason="EVENT_NOT_FOUND")
         return await self.get_event(request.name)
 
     async def _seal_note(self, event_id: str, note: str) -> str:
         """The note sealed under the event's data key: notes about a person are personal data."""
-
-        def query() -> EventRecord | None:
-            with self._sessions() as session:
-                return repository.record_by_event(session, event_id=event_id)
-
-        record = await run_db(query)
+        record = await self._read(repository.record_by_event, event_id=event_id)
         if record is None:
             raise NotFoundError(f"event {event_id} not found", reason="EVENT_NOT_FOUND")
         if is_system_record(record):
@@ -234,13 +220,8 @@ class EventReader:
         return seal_note(key=key.data_key, key_id=record.key_id, event_id=event_id, note=note)
 
     async def _load(self, event_ids: Sequence[str]) -> list[ingest_pb2.Event]:
-        def query() -> tuple[dict[str, StoredEvent], dict[str, ingest_pb2.Receipt]]:
-            with self._sessions() as session:
-                stored = repository.get_events(session, event_ids=event_ids)
-                return stored, {event_id: _receipt(session, event) for event_id, event in stored.items()}
-
-        stored, receipts = await run_db(query)
-        ordered = [stored[event_id] for event_id in event_ids if event_id in stored]
+        stored = await self._read(repository.events_with_checkpoints, event_ids=event_ids)
+        ordered = [stored[event_id][0] for event_id in event_ids if event_id in stored]
         personal = await self._open([event.record for event in ordered], personal=may_read_personal())
         messages = []
         for event in ordered:
@@ -248,7 +229,7 @@ class EventReader:
             message = event_message(
                 record=event.record,
                 metadata=event.metadata,
-                receipt=receipts[event.record.event_id],
+                receipt=stored_receipt(*stored[event.record.event_id]),
                 personal=fields,
                 state=state,
             )
@@ -307,33 +288,14 @@ class EventReader:
     # --- receipts, checkpoints, proofs ----------------------------------------------------------
 
     async def get_receipt(self, name: str) -> ingest_pb2.Receipt:
-        event_id = parse_event_name(name)
-
-        def query() -> ingest_pb2.Receipt | None:
-            with self._sessions() as session:
-                stored = repository.get_events(session, event_ids=[event_id]).get(event_id)
-                return None if stored is None else _receipt(session, stored)
-
-        receipt = await run_db(query)
-        if receipt is None:
-            raise NotFoundError(f"event {event_id} not found", reason="EVENT_NOT_FOUND")
-        return receipt
+        return await load_receipt(self._sessions, parse_event_name(name))
 
     async def get_checkpoint(self, tree_size: int | None) -> signing_pb2.SignedCheckpoint:
-        def query() -> signing_pb2.SignedCheckpoint | None:
-            with self._sessions() as session:
-                checkpoint = (
-                    repository.latest_checkpoint(session)
-                    if tree_size is None
-                    else repository.checkpoint_of_size(session, tree_size=tree_size)
-                )
-                return None if checkpoint is None else checkpoint_message(checkpoint)
-
-        found = await run_db(query)
+        found = await self._read(repository.checkpoint, tree_size=tree_size)
         if found is None:
             what = "no checkpoint yet" if tree_size is None else f"no checkpoint of tree size {tree_size}"
             raise NotFoundError(what, reason="CHECKPOINT_NOT_FOUND")
-        return found
+        return checkpoint_message(found)
 
     async def list_checkpoints(
         self, request: ingest_pb2.ListCheckpointsRequest
@@ -341,13 +303,8 @@ class EventReader:
         size = page_size(request.page_size)
         cursor = self._tokens.decode(request.page_token, method="ingest.ListCheckpoints", shape=(int,))
         below = cursor[0] if cursor else None
-
-        def query() -> list[signing_pb2.SignedCheckpoint]:
-            with self._sessions() as session:
-                rows = repository.list_checkpoints(session, below_size=below, limit=size + 1)
-                return [checkpoint_message(row) for row in rows]
-
-        found = await run_db(query)
+        rows = await self._read(repository.list_checkpoints, below_size=below, limit=size + 1)
+        found = [checkpoint_message(row) for row in rows]
         response = ingest_pb2.ListCheckpointsResponse(checkpoints=found[:size])
         if len(found) > size:
             response.next_page_token = self._tokens.encode(
@@ -364,75 +321,14 @@ class EventReader:
         event_id = canonical_event_id(request.event_id) if which == "event_id" else None
         if which == "event_id" and event_id is None:
             raise InvalidArgumentError("event_id must be a UUID", reason="INVALID_EVENT_ID")
-
-        def query() -> ingest_pb2.GetInclusionProofResponse:
-            with self._sessions() as session:
-                if event_id is not None:
-                    leaf = repository.leaf_by_event(session, event_id=event_id)
-                    if leaf is None:
-                        if repository.record_by_event(session, event_id=event_id) is None:
-                            raise NotFoundError(f"event {event_id} not found", reason="EVENT_NOT_FOUND")
-                        raise FailedPreconditionError(
-                            f"event {event_id} is not integrated into the tree yet; retry shortly",
-                            reason="NOT_YET_INTEGRATED",
-                        )
-                else:
-                    leaf = repository.leaf_by_index(session, leaf_index=request.leaf_index)
-                    if leaf is None:
-                        raise NotFoundError(f"no leaf {request.leaf_index}", reason="LEAF_NOT_FOUND")
-                size = _resolve_size(session, request.tree_size)
-                if leaf.leaf_index >= size:
-                    raise InvalidProofRequestError(
-                        f"leaf {leaf.leaf_index} is not in the tree of size {size}"
-                    )
-                hashes = inclusion_proof(
-                    leaf_index=leaf.leaf_index, tree_size=size, store=DatabaseNodeStore(session)
-                )
-                record = repository.record_by_event(session, event_id=leaf.event_id)
-                assert record is not None
-                response = ingest_pb2.GetInclusionProofResponse(
-                    leaf_index=leaf.leaf_index,
-                    tree_size=size,
-                    leaf_hash=bytes(leaf.leaf_hash),
-                    hashes=hashes,
-                    leaf_data=canonical_record_bytes(stored_record(record)),
-                )
-                checkpoint = repository.checkpoint_of_size(session, tree_size=size)
-                if checkpoint is not None:
-                    response.checkpoint.CopyFrom(checkpoint_message(checkpoint))
-                return response
-
-        return await run_db(query)
+        return await self._read(_inclusion_answer, request, event_id=event_id)
 
     async def consistency(
         self, request: ingest_pb2.GetConsistencyProofRequest
     ) -> ingest_pb2.GetConsistencyProofResponse:
         if request.first_tree_size <= 0:
             raise InvalidProofRequestError("first_tree_size must be positive")
-
-        def query() -> ingest_pb2.GetConsistencyProofResponse:
-            with self._sessions() as session:
-                second = _resolve_size(session, request.second_tree_size)
-                if request.first_tree_size > second:
-                    raise InvalidProofRequestError(
-                        f"first_tree_size {request.first_tree_size} exceeds second_tree_size {second}"
-                    )
-                store = DatabaseNodeStore(session)
-                response = ingest_pb2.GetConsistencyProofResponse(
-                    first_tree_size=request.first_tree_size,
-                    second_tree_size=second,
-                    hashes=consistency_proof(old_size=request.first_tree_size, new_size=second, store=store),
-                )
-                for size, target in (
-                    (request.first_tree_size, response.first_checkpoint),
-                    (second, response.second_checkpoint),
-                ):
-                    checkpoint = repository.checkpoint_of_size(session, tree_size=size)
-                    if checkpoint is not None:
-                        target.CopyFrom(checkpoint_message(checkpoint))
-                return response
-
-        return await run_db(query)
+        return await self._read(_consistency_answer, request)
 
     # --- internal: gdpr and scoring -------------------------------------------------------------
 
@@ -447,37 +343,17 @@ class EventReader:
             request.page_token, method="ingest.ListSubjectRecords", filters=scope, shape=(int,)
         )
         after = cursor[0] if cursor else 0
-
-        def query() -> tuple[list[ingest_pb2.SubjectRecord], int | None]:
-            with self._sessions() as session:
-                rows = repository.subject_records(
-                    session, pseudonym=request.pseudonym, after_seq=after, limit=size + 1
-                )
-                records = [
-                    ingest_pb2.SubjectRecord(
-                        event_id=record.event_id,
-                        leaf_index=leaf_index,
-                        type=record.type,
-                        source=record.source,
-                        occurred_at=timestamp_from_us(record.occurred_at_us),
-                        severity=record.severity,  # type: ignore[arg-type]
-                        key_period=record.key_period,
-                        nonce=bytes(record.nonce),
-                        ciphertext=bytes(record.ciphertext),
-                        metadata=metadata_message(metadata),
-                        receive_time=timestamp_from_us(record.receive_time_us),
-                        leaf_hash=bytes(record.leaf_hash),
-                    )
-                    for record, metadata, leaf_index in rows[:size]
-                ]
-                next_seq = rows[size - 1][0].seq if len(rows) > size else None
-                return records, next_seq
-
-        records, next_seq = await run_db(query)
-        response = ingest_pb2.ListSubjectRecordsResponse(records=records)
-        if next_seq is not None:
+        rows = await self._read(
+            repository.subject_records, pseudonym=request.pseudonym, after_seq=after, limit=size + 1
+        )
+        response = ingest_pb2.ListSubjectRecordsResponse(
+            records=[
+                subject_record(record, metadata, leaf_index) for record, metadata, leaf_index in rows[:size]
+            ]
+        )
+        if len(rows) > size:
             response.next_page_token = self._tokens.encode(
-                [next_seq], method="ingest.ListSubjectRecords", filters=scope
+                [rows[size - 1][0].seq], method="ingest.ListSubjectRecords", filters=scope
             )
         return response
 
@@ -486,15 +362,9 @@ class EventReader:
             raise InvalidArgumentError("pseudonym is required", reason="PSEUDONYM_REQUIRED")
         self._keys.forget(pseudonym)
         self._on_forget(pseudonym)  # events still waiting for enrichment
-
-        def count() -> int:
-            self._record_forget(pseudonym)
-            with self._gate, transaction(self._sessions) as session:
-                # Notes written before notes were sealed are in clear: they go with the keys.
-                repository.drop_clear_notes(session, pseudonym=pseudonym)
-                return repository.count_subject_events(session, pseudonym=pseudonym)
-
-        return ingest_pb2.ForgetSubjectResponse(event_count=await run_db(count))
+        await run_db(self._record_forget, pseudonym)
+        event_count = await self._write(repository.forget_subject, pseudonym=pseudonym)
+        return ingest_pb2.ForgetSubjectResponse(event_count=event_count)
 
     async def training_examples(
         self, request: ingest_pb2.ListTrainingExamplesRequest
@@ -507,83 +377,20 @@ class EventReader:
             request.page_token, method="ingest.ListTrainingExamples", filters=scope, shape=(int, str)
         )
 
-        def query() -> tuple[list[ingest_pb2.TrainingExample], list[int | str] | None]:
-            with self._sessions() as session:
-                rows = repository.labelled_metadata(
-                    session, start_us=start_us, end_us=end_us, after=after, limit=size + 1
-                )
-                page = rows[:size]
-                history = aggregates.histories(
-                    session,
-                    queries=[
-                        aggregates.HistoryQuery(m.event_id, m.subject_pseudonym, m.occurred_at_us, m.source)
-                        for m in page
-                    ],
-                )
-                examples = []
-                for metadata in page:
-                    example = ingest_pb2.TrainingExample(
-                        input=scoring_input(
-                            event_id=metadata.event_id,
-                            pseudonym=metadata.subject_pseudonym,
-                            event_type=metadata.type,
-                            source=metadata.source,
-                            severity=metadata.severity,
-                            occurred_at_us=metadata.occurred_at_us,
-                            summary_length=metadata.summary_length,
-                            detail_count=metadata.detail_count,
-                            history=history[metadata.event_id],
-                        ),
-                        label=metadata.label,  # type: ignore[arg-type]
-                    )
-                    if metadata.label_time_us is not None:
-                        example.label_time.CopyFrom(timestamp_from_us(metadata.label_time_us))
-                    examples.append(example)
-                cursor_out: list[int | str] | None = None
-                if len(rows) > size:
-                    cursor_out = [page[-1].occurred_at_us, page[-1].event_id]
-                return examples, cursor_out
-
-        examples, cursor_out = await run_db(query)
+        rows, history = await self._read(
+            aggregates.labelled_with_histories, start_us=start_us, end_us=end_us, after=after, limit=size + 1
+        )
+        page = rows[:size]
+        examples = [training_example(metadata, history[metadata.event_id]) for metadata in page]
+        cursor_out: list[int | str] | None = None
+        if len(rows) > size:
+            cursor_out = [page[-1].occurred_at_us, page[-1].event_id]
         response = ingest_pb2.ListTrainingExamplesResponse(examples=examples)
         if cursor_out is not None:
             response.next_page_token = self._tokens.encode(
                 cursor_out, method="ingest.ListTrainingExamples", filters=scope
             )
         return response
-
-
-def scoring_input(
-    *,
-    event_id: str,
-    pseudonym: str,
-    event_type: str,
-    source: str,
-    severity: int,
-    occurred_at_us: int,
-    summary_length: int,
-    detail_count: int,
-    history: SubjectHistory,
-) -> scoring_pb2.ScoringInput:
-    return scoring_pb2.ScoringInput(
-        event_id=event_id,
-        subject_pseudonym=pseudonym,
-        type=event_type,
-        source=source,
-        severity=severity,  # type: ignore[arg-type]
-        occurred_at=timestamp_from_us(occurred_at_us),
-        summary_length=summary_length,
-        detail_count=detail_count,
-        history=scoring_pb2.SubjectHistory(
-            events_24h=history.events_24h,
-            events_7d=history.events_7d,
-            violations_30d=history.violations_30d,
-            distinct_sources_24h=history.distinct_sources_24h,
-            source_is_new=history.source_is_new,
-            failed_logins_24h=history.failed_logins_24h,
-            seconds_since_previous_event=history.seconds_since_previous_event,
-        ),
-    )
 
 
 def _note(event: StoredEvent, key: SubjectKey | None, state: int) -> str:
@@ -601,12 +408,8 @@ def _note(event: StoredEvent, key: SubjectKey | None, state: int) -> str:
     )
 
 
-def _receipt(session: Session, event: StoredEvent) -> ingest_pb2.Receipt:
-    checkpoint = (
-        repository.covering_checkpoint(session, leaf_index=event.leaf_index)
-        if event.leaf_index is not None
-        else None
-    )
+def stored_receipt(event: StoredEvent, checkpoint: Checkpoint | None) -> ingest_pb2.Receipt:
+    """The receipt of a stored event, with the first checkpoint covering it once there is one."""
     return receipt_message(
         event_id=event.record.event_id,
         leaf_hash=bytes(event.record.leaf_hash),
@@ -614,6 +417,89 @@ def _receipt(session: Session, event: StoredEvent) -> ingest_pb2.Receipt:
         leaf_index=event.leaf_index,
         checkpoint=checkpoint,
     )
+
+
+async def load_receipt(sessions: sessionmaker[Session], event_id: str) -> ingest_pb2.Receipt:
+    """GetReceipt's answer, also for AppendEvent replaying an integrated event."""
+    found = await run_db(
+        _in_session, sessions, functools.partial(repository.events_with_checkpoints, event_ids=[event_id])
+    )
+    if event_id not in found:
+        raise NotFoundError(f"event {event_id} not found", reason="EVENT_NOT_FOUND")
+    return stored_receipt(*found[event_id])
+
+
+def _in_session(sessions: sessionmaker[Session], query: Callable[[Session], T]) -> T:
+    with sessions() as session:
+        return query(session)
+
+
+def _in_transaction(
+    sessions: sessionmaker[Session], gate: repository.WriteGate, change: Callable[[Session], T]
+) -> T:
+    with gate, transaction(sessions) as session:
+        return change(session)
+
+
+def _inclusion_answer(
+    session: Session, request: ingest_pb2.GetInclusionProofRequest, *, event_id: str | None
+) -> ingest_pb2.GetInclusionProofResponse:
+    """The proof of one leaf (named by event id, else by index) in a tree size the log has."""
+    if event_id is not None:
+        leaf = repository.leaf_by_event(session, event_id=event_id)
+        if leaf is None:
+            if repository.record_by_event(session, event_id=event_id) is None:
+                raise NotFoundError(f"event {event_id} not found", reason="EVENT_NOT_FOUND")
+            raise FailedPreconditionError(
+                f"event {event_id} is not integrated into the tree yet; retry shortly",
+                reason="NOT_YET_INTEGRATED",
+            )
+    else:
+        leaf = repository.leaf_by_index(session, leaf_index=request.leaf_index)
+        if leaf is None:
+            raise NotFoundError(f"no leaf {request.leaf_index}", reason="LEAF_NOT_FOUND")
+    size = _resolve_size(session, request.tree_size)
+    if leaf.leaf_index >= size:
+        raise InvalidProofRequestError(f"leaf {leaf.leaf_index} is not in the tree of size {size}")
+    hashes = inclusion_proof(leaf_index=leaf.leaf_index, tree_size=size, store=DatabaseNodeStore(session))
+    record = repository.record_by_event(session, event_id=leaf.event_id)
+    assert record is not None
+    response = ingest_pb2.GetInclusionProofResponse(
+        leaf_index=leaf.leaf_index,
+        tree_size=size,
+        leaf_hash=bytes(leaf.leaf_hash),
+        hashes=hashes,
+        leaf_data=canonical_record_bytes(stored_record(record)),
+    )
+    checkpoint = repository.checkpoint_of_size(session, tree_size=size)
+    if checkpoint is not None:
+        response.checkpoint.CopyFrom(checkpoint_message(checkpoint))
+    return response
+
+
+def _consistency_answer(
+    session: Session, request: ingest_pb2.GetConsistencyProofRequest
+) -> ingest_pb2.GetConsistencyProofResponse:
+    """The proof that the first tree size is a prefix of the second (0: the latest checkpoint's)."""
+    second = _resolve_size(session, request.second_tree_size)
+    if request.first_tree_size > second:
+        raise InvalidProofRequestError(
+            f"first_tree_size {request.first_tree_size} exceeds second_tree_size {second}"
+        )
+    store = DatabaseNodeStore(session)
+    response = ingest_pb2.GetConsistencyProofResponse(
+        first_tree_size=request.first_tree_size,
+        second_tree_size=second,
+        hashes=consistency_proof(old_size=request.first_tree_size, new_size=second, store=store),
+    )
+    for size, target in (
+        (request.first_tree_size, response.first_checkpoint),
+        (second, response.second_checkpoint),
+    ):
+        checkpoint = repository.checkpoint_of_size(session, tree_size=size)
+        if checkpoint is not None:
+            target.CopyFrom(checkpoint_message(checkpoint))
+    return response
 
 
 def _resolve_size(session: Session, requested: int) -> int:

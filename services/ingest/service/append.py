@@ -23,6 +23,7 @@ from typing import Any
 
 from awareness.ingest.v1 import ingest_pb2
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.trace import SpanContext
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.evidence.canonical import details_json
 from services.evidence.envelope import NONCE_BYTES, seal_personal
 from services.ingest import repository
-from services.ingest.convert import event_input
+from services.ingest.convert import event_input, receipt_message
 from services.ingest.domain.errors import EventConflictError, ValidationError
 from services.ingest.domain.events import (
     EVENT_TYPES_BY_NAME,
@@ -51,10 +52,12 @@ from services.ingest.domain.records import (
 )
 from services.ingest.keys import KeyLookup, SubjectKey, SubjectKeys
 from services.ingest.repository import StoredReceipt, to_us
+from services.ingest.service.reads import load_receipt
 from services.ingest.tracing import batch_span, current_span_context
 from services.runtime.db import run_db, store_unavailable, transaction
 from services.runtime.errors import AwarenessError, FieldViolation, UnavailableError
 from services.runtime.metrics import ServiceMetrics
+from services.runtime.timestamps import timestamp_from_us
 from services.runtime.validation import message_violations
 
 log = logging.getLogger("awareness.ingest")
@@ -74,6 +77,24 @@ class Accepted:
 
 
 AppendOutcome = Accepted | AwarenessError
+
+
+def receipt_of(outcome: Accepted, stamps: dict[int, Timestamp] | None = None) -> ingest_pb2.Receipt:
+    """The receipt an append answers; `stamps` keeps the receive times already converted in this
+    answer (a batch shares one)."""
+    receive_time = None
+    if stamps is not None:
+        receive_time = stamps.get(outcome.receive_time_us)
+        if receive_time is None:
+            receive_time = stamps[outcome.receive_time_us] = timestamp_from_us(outcome.receive_time_us)
+    return receipt_message(
+        event_id=outcome.event_id,
+        leaf_hash=outcome.leaf_hash,
+        receive_time_us=outcome.receive_time_us,
+        leaf_index=outcome.leaf_index,
+        checkpoint=None,
+        receive_time=receive_time,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +324,23 @@ class LogWriter:
                 "Time to answer one append call (one event or one stream batch), commit included",
             )
 
+    async def append_event(
+        self, message: ingest_pb2.Event, *, allow_system: bool
+    ) -> ingest_pb2.AppendEventResponse:
+        """AppendEvent: the event's receipt, or its refusal raised.
+
+        A replay of an integrated event answers the stored receipt (with its leaf index and the
+        checkpoint covering it); a new event's receipt has neither yet.
+        """
+        [outcome] = await self.append([message], allow_system=allow_system, unary=True)
+        if not isinstance(outcome, Accepted):
+            raise outcome
+        if outcome.replayed and outcome.leaf_index is not None:
+            receipt = await load_receipt(self._sessions, outcome.event_id)
+        else:
+            receipt = receipt_of(outcome)
+        return ingest_pb2.AppendEventResponse(receipt=receipt, replayed=outcome.replayed)
+
     async def append(
         self, messages: Sequence[ingest_pb2.Event], *, allow_system: bool, unary: bool = False
     ) -> list[AppendOutcome]:
@@ -330,9 +368,48 @@ class LogWriter:
         self, messages: Sequence[ingest_pb2.Event], *, allow_system: bool, unary: bool
     ) -> list[AppendOutcome]:
         now = self._clock()
-        latest_us = to_us(now + self._clock_skew)
         origin = current_span_context()
         outcomes: list[AppendOutcome | None] = [None] * len(messages)
+        candidates, primaries = self._candidates(
+            messages, now=now, allow_system=allow_system, unary=unary, outcomes=outcomes
+        )
+        sealed = [c for c in primaries if not c.system]
+        existing: dict[str, StoredReceipt] = {}
+        if self._keys.all_cached([_lookup(c) for c in sealed]):
+            await self._resolve_keys(sealed)
+        else:
+            # gdpr must be asked: meanwhile find the replays (no failed optimistic insert for them).
+            existing, _ = await asyncio.gather(
+                run_db(self._find, [c.event_id for c in primaries]), self._resolve_keys(sealed)
+            )
+        new = [c for c in primaries if c.event_id not in existing]
+        # Fingerprints need the keys (they are keyed with them); fingerprinting, sealing and hashing
+        # are CPU work: large batches off the event loop, so calls keep flowing.
+        prepare = functools.partial(_prepare, primaries, new, to_us(now), secret=self._secret, origin=origin)
+        if len(primaries) > 16:
+            await run_db(prepare)
+        else:
+            prepare()
+        stored = await self._committer.submit([c.row for c in new if c.row is not None]) if new else []
+        answers: dict[str, StoredReceipt | None] = dict(existing)
+        answers.update({c.event_id: result for c, result in zip(new, stored, strict=True)})
+        accepted_items = _settle(primaries, candidates, answers=answers, outcomes=outcomes)
+        if accepted_items:
+            self._on_accepted(accepted_items)
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _candidates(
+        self,
+        messages: Sequence[ingest_pb2.Event],
+        *,
+        now: datetime,
+        allow_system: bool,
+        unary: bool,
+        outcomes: list[AppendOutcome | None],
+    ) -> tuple[list[_Candidate], list[_Candidate]]:
+        """Every valid event as a candidate, and the first of each event id (the primaries): later
+        copies of an id in the call follow their primary. A refused event's outcome is set here."""
+        latest_us = to_us(now + self._clock_skew)
         candidates: list[_Candidate] = []
         first_by_id: dict[str, _Candidate] = {}
         for position, message in enumerate(messages):
@@ -357,59 +434,7 @@ class LogWriter:
                 continue
             first_by_id[checked.event_id] = checked
             candidates.append(checked)
-        primaries = list(first_by_id.values())
-        sealed = [c for c in primaries if not c.system]
-        existing: dict[str, StoredReceipt] = {}
-        if self._keys.all_cached([_lookup(c) for c in sealed]):
-            await self._resolve_keys(sealed)
-        else:
-            # gdpr must be asked: meanwhile find the replays (no failed optimistic insert for them).
-            existing, _ = await asyncio.gather(
-                run_db(self._find, [c.event_id for c in primaries]), self._resolve_keys(sealed)
-            )
-        new = [c for c in primaries if c.event_id not in existing]
-        # Fingerprints need the keys (they are keyed with them); fingerprinting, sealing and hashing
-        # are CPU work: large batches off the event loop, so calls keep flowing.
-        prepare = functools.partial(_prepare, primaries, new, to_us(now), secret=self._secret, origin=origin)
-        if len(primaries) > 16:
-            await run_db(prepare)
-        else:
-            prepare()
-        stored = await self._committer.submit([c.row for c in new if c.row is not None]) if new else []
-        answers: dict[str, StoredReceipt | None] = dict(existing)
-        answers.update({c.event_id: result for c, result in zip(new, stored, strict=True)})
-        accepted_items: list[EnrichmentItem] = []
-        by_position = {c.position: c for c in candidates}
-        for candidate in primaries:
-            answer = answers[candidate.event_id]
-            if answer is None and candidate.row is not None:
-                outcomes[candidate.position] = Accepted(
-                    event_id=candidate.event_id,
-                    leaf_hash=candidate.row.leaf_hash,
-                    receive_time_us=candidate.row.receive_time_us,
-                    leaf_index=None,
-                    replayed=False,
-                )
-                if candidate.row.enrichment is not None:
-                    accepted_items.append(candidate.row.enrichment)
-                if candidate.followers is None:
-                    continue
-                original = StoredReceipt(
-                    event_id=candidate.event_id,
-                    content_fingerprint=candidate.fingerprint,
-                    leaf_hash=candidate.row.leaf_hash,
-                    receive_time_us=candidate.row.receive_time_us,
-                    leaf_index=None,
-                )
-            else:
-                assert answer is not None
-                original = answer
-                outcomes[candidate.position] = _replay_or_conflict(original, candidate.fingerprint)
-            for follower in candidate.followers or ():
-                outcomes[follower] = _replay_or_conflict(original, by_position[follower].fingerprint)
-        if accepted_items:
-            self._on_accepted(accepted_items)
-        return [outcome for outcome in outcomes if outcome is not None]
+        return candidates, list(first_by_id.values())
 
     def _plain_candidate(
         self, message: ingest_pb2.Event, *, position: int, latest_us: int
@@ -583,6 +608,47 @@ def _outcome_name(outcome: AppendOutcome) -> str:
     return "failed"
 
 
+def _settle(
+    primaries: list[_Candidate],
+    candidates: list[_Candidate],
+    *,
+    answers: dict[str, StoredReceipt | None],
+    outcomes: list[AppendOutcome | None],
+) -> list[EnrichmentItem]:
+    """Each candidate's outcome from what the commit answered for its event id (None: stored now);
+    returns what enrichment needs of the events stored now."""
+    accepted_items: list[EnrichmentItem] = []
+    by_position = {c.position: c for c in candidates}
+    for candidate in primaries:
+        answer = answers[candidate.event_id]
+        if answer is None and candidate.row is not None:
+            outcomes[candidate.position] = Accepted(
+                event_id=candidate.event_id,
+                leaf_hash=candidate.row.leaf_hash,
+                receive_time_us=candidate.row.receive_time_us,
+                leaf_index=None,
+                replayed=False,
+            )
+            if candidate.row.enrichment is not None:
+                accepted_items.append(candidate.row.enrichment)
+            if candidate.followers is None:
+                continue
+            original = StoredReceipt(
+                event_id=candidate.event_id,
+                content_fingerprint=candidate.fingerprint,
+                leaf_hash=candidate.row.leaf_hash,
+                receive_time_us=candidate.row.receive_time_us,
+                leaf_index=None,
+            )
+        else:
+            assert answer is not None
+            original = answer
+            outcomes[candidate.position] = _replay_or_conflict(original, candidate.fingerprint)
+        for follower in candidate.followers or ():
+            outcomes[follower] = _replay_or_conflict(original, by_position[follower].fingerprint)
+    return accepted_items
+
+
 def _replay_or_conflict(original: StoredReceipt, fingerprint: str) -> AppendOutcome:
     if original.content_fingerprint != fingerprint:
         return EventConflictError(event_id=original.event_id)
@@ -689,82 +755,91 @@ def _build_rows(candidates: list[_Candidate], receive_us: int, *, origin: SpanCo
         )
 
 
-def _pending_row(
-    candidate: _Candidate,
-    *,
-    receive_us: int,
-    receive_text: str,
-    cipher: AESGCM | None = None,
-    origin: SpanContext | None = None,
-    nonce: bytes | None = None,
-) -> PendingRow:
-    event_id, system = candidate.event_id, candidate.system
-    if system:
-        pseudonym, key_period, key_id, nonce, ciphertext = candidate.subject, "", "", b"", b""
-        payload: str | None = json.dumps(
-            {"summary": candidate.summary, "details": candidate.details}, sort_keys=True
-        )
-    else:
-        key = candidate.key
-        assert key is not None
-        sealed = seal_personal(
-            key=key.data_key,
-            key_id=key.key_id,
-            event_id=event_id,
-            subject=candidate.subject,
-            summary=candidate.summary,
-            details=candidate.details,
-            cipher=cipher,
-            encoded_details=candidate.encoded_details,
-            nonce=nonce,
-        )
-        pseudonym, key_period, key_id = key.pseudonym, key.key_period, key.key_id
-        nonce, ciphertext, payload = sealed.nonce, sealed.ciphertext, None
-    leaf = leaf_hash(
+@dataclass(slots=True)
+class _Sealed:
+    """What the record stores of an event's personal fields: sealed, or a system event's payload."""
+
+    pseudonym: str
+    key_period: str
+    key_id: str
+    nonce: bytes
+    ciphertext: bytes
+    payload: str | None  # system events only: their summary and details, in clear
+
+
+def _seal(candidate: _Candidate, *, cipher: AESGCM | None, nonce: bytes | None) -> _Sealed:
+    if candidate.system:
+        # System events carry no personal data: no key, and the fields stay readable.
+        payload = json.dumps({"summary": candidate.summary, "details": candidate.details}, sort_keys=True)
+        return _Sealed(candidate.subject, "", "", b"", b"", payload)
+    key = candidate.key
+    assert key is not None
+    sealed = seal_personal(
+        key=key.data_key,
+        key_id=key.key_id,
+        event_id=candidate.event_id,
+        subject=candidate.subject,
+        summary=candidate.summary,
+        details=candidate.details,
+        cipher=cipher,
+        encoded_details=candidate.encoded_details,
+        nonce=nonce,
+    )
+    return _Sealed(key.pseudonym, key.key_period, key.key_id, sealed.nonce, sealed.ciphertext, None)
+
+
+def _record_leaf_hash(candidate: _Candidate, sealed: _Sealed, *, receive_text: str) -> bytes:
+    return leaf_hash(
         record_bytes(
-            event_id=event_id,
+            event_id=candidate.event_id,
             type=candidate.type,
             source=candidate.source,
             occurred_at=candidate.occurred_text,
             severity=_SEVERITY_LABELS[candidate.severity],
-            subject_pseudonym=pseudonym,
-            key_period=key_period,
-            key_id=key_id,
+            subject_pseudonym=sealed.pseudonym,
+            key_period=sealed.key_period,
+            key_id=sealed.key_id,
             receive_time=receive_text,
-            nonce=nonce,
-            ciphertext=ciphertext,
+            nonce=sealed.nonce,
+            ciphertext=sealed.ciphertext,
         )
     )
-    occurred_us, severity = candidate.occurred_us, candidate.severity
-    summary_length, detail_count = len(candidate.summary), len(candidate.details)
-    # Tuples in repository.RECORD_COLUMNS and METADATA_COLUMNS order.
-    record = (
-        event_id,
+
+
+def _record_row(candidate: _Candidate, sealed: _Sealed, *, leaf: bytes, receive_us: int) -> tuple[Any, ...]:
+    """The event_records row, in repository.RECORD_COLUMNS order."""
+    return (
+        candidate.event_id,
         candidate.type,
         candidate.source,
-        occurred_us,
-        severity,
-        pseudonym,
-        key_period,
-        key_id,
-        nonce,
-        ciphertext,
+        candidate.occurred_us,
+        candidate.severity,
+        sealed.pseudonym,
+        sealed.key_period,
+        sealed.key_id,
+        sealed.nonce,
+        sealed.ciphertext,
         receive_us,
         candidate.fingerprint,
         leaf,
         1,  # record_version
-        payload,
+        sealed.payload,
     )
-    metadata = (
-        event_id,
+
+
+def _metadata_row(candidate: _Candidate, *, pseudonym: str, receive_us: int) -> tuple[Any, ...]:
+    """The event_metadata row of a new event, in repository.METADATA_COLUMNS order."""
+    system = candidate.system
+    return (
+        candidate.event_id,
         pseudonym,
         candidate.type,
         candidate.source,
-        occurred_us,
+        candidate.occurred_us,
         receive_us,
-        severity,
-        summary_length,
-        detail_count,
+        candidate.severity,
+        len(candidate.summary),  # summary_length
+        len(candidate.details),  # detail_count
         None,  # risk_score
         0,  # risk_level
         "",  # model_version
@@ -781,28 +856,42 @@ def _pending_row(
         None,  # label_time_us
         receive_us,  # update_time_us
     )
-    enrichment = (
-        None
-        if system
-        else EnrichmentItem(
-            event_id=event_id,
-            pseudonym=pseudonym,
-            type=candidate.type,
-            source=candidate.source,
-            severity=severity,
-            occurred_at_us=occurred_us,
-            summary_length=summary_length,
-            detail_count=detail_count,
-            details=candidate.details,
-            origin=origin,
-        )
+
+
+def _enrichment_item(candidate: _Candidate, *, pseudonym: str, origin: SpanContext | None) -> EnrichmentItem:
+    return EnrichmentItem(
+        event_id=candidate.event_id,
+        pseudonym=pseudonym,
+        type=candidate.type,
+        source=candidate.source,
+        severity=candidate.severity,
+        occurred_at_us=candidate.occurred_us,
+        summary_length=len(candidate.summary),
+        detail_count=len(candidate.details),
+        details=candidate.details,
+        origin=origin,
     )
+
+
+def _pending_row(
+    candidate: _Candidate,
+    *,
+    receive_us: int,
+    receive_text: str,
+    cipher: AESGCM | None = None,
+    origin: SpanContext | None = None,
+    nonce: bytes | None = None,
+) -> PendingRow:
+    sealed = _seal(candidate, cipher=cipher, nonce=nonce)
+    leaf = _record_leaf_hash(candidate, sealed, receive_text=receive_text)
     return PendingRow(
-        event_id=event_id,
+        event_id=candidate.event_id,
         fingerprint=candidate.fingerprint,
         leaf_hash=leaf,
         receive_time_us=receive_us,
-        record=record,
-        metadata=metadata,
-        enrichment=enrichment,
+        record=_record_row(candidate, sealed, leaf=leaf, receive_us=receive_us),
+        metadata=_metadata_row(candidate, pseudonym=sealed.pseudonym, receive_us=receive_us),
+        enrichment=None
+        if candidate.system
+        else _enrichment_item(candidate, pseudonym=sealed.pseudonym, origin=origin),
     )

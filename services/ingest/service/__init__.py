@@ -1,0 +1,26 @@
+"""The ingest service layer: the append path (``append``: validate, seal, group commit) and every
+read (``reads``: events, receipts, checkpoints, proofs, gdpr's and scoring's internal reads)."""
+
+from services.ingest.service.append import (
+    MAX_BATCH_EVENTS,
+    Accepted,
+    AppendOutcome,
+    Committer,
+    EnrichmentItem,
+    LogWriter,
+    PendingRow,
+    receipt_of,
+)
+from services.ingest.service.reads import EventReader
+
+__all__ = [
+    "MAX_BATCH_EVENTS",
+    "Accepted",
+    "AppendOutcome",
+    "Committer",
+    "EnrichmentItem",
+    "EventReader",
+    "LogWriter",
+    "PendingRow",
+    "receipt_of",
+]
