@@ -14,9 +14,9 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 from awareness.policy.v1 import policy_pb2, policy_pb2_grpc
@@ -34,12 +34,14 @@ from services.ingest.models import EventMetadata, EventRecord
 from services.ingest.repository import to_us
 from services.ingest.service.append import EnrichmentItem
 from services.ingest.tracing import batch_span
+from services.runtime.clients import call_peer
 from services.runtime.db import run_db, transaction
 from services.runtime.errors import AwarenessError
 from services.runtime.metrics import ServiceMetrics
 from services.runtime.timestamps import timestamp_from_us
 
 log = logging.getLogger("awareness.ingest.enrichment")
+T = TypeVar("T")
 
 MAX_PEER_BATCH = 500
 PEERS = ("scoring", "policy")
@@ -59,6 +61,16 @@ class EnrichmentSettings:
     batch_linger_seconds: float = 0.1
 
 
+class _Batch(NamedTuple):
+    """One enrichment round: its events, their subject histories, and the metadata changes that
+    both peers' answers fill in (per event id), stamped now_us."""
+
+    items: Sequence[EnrichmentItem]
+    histories: dict[str, SubjectHistory]
+    changes: dict[str, dict[str, Any]]
+    now_us: int
+
+
 class _Peer:
     """A peer skipped for a back-off period after a failure (its breaker does the rest)."""
 
@@ -71,12 +83,13 @@ class _Peer:
     def available(self) -> bool:
         return time.monotonic() >= self._down_until
 
-    def failed(self, error: BaseException) -> None:
+    def failed(self, error: AwarenessError) -> None:
         now = time.monotonic()
         self._down_until = now + self._backoff
         if now - self._last_warning > 60:
             self._last_warning = now
-            reason = error.code().name if isinstance(error, grpc.aio.AioRpcError) else type(error).__name__
+            # The peer's status code (services.runtime.clients.peer_error), else what refused the call.
+            reason = error.metadata.get("code", type(error).__name__)
             log.warning(
                 "enrichment peer failed; events stay pending", extra={"peer": self.name, "reason": reason}
             )
@@ -149,10 +162,16 @@ class Enricher:
         self._forgotten.add(pseudonym)
         return dropped
 
-    def _peer_failed(self, peer: _Peer, error: BaseException) -> None:
-        peer.failed(error)
-        if self._metrics is not None:
-            self._peer_failures.labels(peer.name).inc()
+    async def _ask(self, peer: _Peer, call: Callable[[], Awaitable[T]]) -> T | None:
+        """The peer's answer; None when the call failed (the peer is skipped for a while, and the
+        fields it fills stay pending for the reconciler)."""
+        try:
+            return await call_peer(call(), target=peer.name)
+        except AwarenessError as error:
+            peer.failed(error)
+            if self._metrics is not None:
+                self._peer_failures.labels(peer.name).inc()
+            return None
 
     def submit(self, items: Sequence[EnrichmentItem]) -> None:
         for item in items:
@@ -220,19 +239,19 @@ class Enricher:
                 items = [item for item in items if item.pseudonym not in self._forgotten]
                 if not items:
                     return {}
-            changes: dict[str, dict[str, Any]] = {}
-            now_us = to_us_now()
+            batch = _Batch(items, histories, changes={}, now_us=to_us_now())
             # Both peers at once: each fills its own columns of `changes` when its answer arrives
             # (a task group, so an unexpected error in one cancels the other).
             calls: dict[str, asyncio.Task[int]] = {}
             async with asyncio.TaskGroup() as group:
                 if want_scoring:
-                    calls["scoring"] = group.create_task(self._score(items, histories, changes, now_us))
+                    calls["scoring"] = group.create_task(self._score(batch))
                 if want_policy:
-                    calls["policy"] = group.create_task(self._evaluate(items, histories, changes, now_us))
+                    calls["policy"] = group.create_task(self._evaluate(batch))
             results = {peer: task.result() for peer, task in calls.items()}
-            if changes:
-                await run_db(self._store, [{"event_id": key, **values} for key, values in changes.items()])
+            if batch.changes:
+                changed = [{"event_id": key, **values} for key, values in batch.changes.items()]
+                await run_db(self._store, changed)
         return results
 
     def _histories(self, items: Sequence[EnrichmentItem]) -> dict[str, SubjectHistory]:
@@ -249,13 +268,8 @@ class Enricher:
         with self._gate, transaction(self._sessions) as session:
             repository.update_metadata(session, changes=changes)
 
-    async def _score(
-        self,
-        items: Sequence[EnrichmentItem],
-        histories: dict[str, SubjectHistory],
-        changes: dict[str, dict[str, Any]],
-        now_us: int,
-    ) -> int:
+    async def _score(self, batch: _Batch) -> int:
+        items, histories, changes, now_us = batch
         stub = scoring_pb2_grpc.ScoringServiceStub(self._scoring_channel())
         request = ScoreEventsRequest(
             inputs=[
@@ -273,10 +287,8 @@ class Enricher:
                 for i in items
             ]
         )
-        try:
-            response = await stub.ScoreEvents(request)
-        except (grpc.aio.AioRpcError, AwarenessError) as error:
-            self._peer_failed(self._scoring_peer, error)
+        response = await self._ask(self._scoring_peer, lambda: stub.ScoreEvents(request))
+        if response is None:
             return 0
         for result in response.results:
             if result.skipped:
@@ -297,13 +309,8 @@ class Enricher:
                 self._enriched.labels("scoring", "skipped" if result.skipped else "scored").inc()
         return len(response.results)
 
-    async def _evaluate(
-        self,
-        items: Sequence[EnrichmentItem],
-        histories: dict[str, SubjectHistory],
-        changes: dict[str, dict[str, Any]],
-        now_us: int,
-    ) -> int:
+    async def _evaluate(self, batch: _Batch) -> int:
+        items, histories, changes, now_us = batch
         stub = policy_pb2_grpc.PolicyServiceStub(self._policy_channel())
         request = policy_pb2.EvaluateEventsRequest(
             events=[
@@ -319,10 +326,8 @@ class Enricher:
                 for i in items
             ]
         )
-        try:
-            response = await stub.EvaluateEvents(request)
-        except (grpc.aio.AioRpcError, AwarenessError) as error:
-            self._peer_failed(self._policy_peer, error)
+        response = await self._ask(self._policy_peer, lambda: stub.EvaluateEvents(request))
+        if response is None:
             return 0
         for result in response.results:
             violations = [

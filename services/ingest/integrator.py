@@ -32,6 +32,7 @@ from services.ingest.domain.merkle import nodes_for_append, root_hash
 from services.ingest.models import Checkpoint
 from services.ingest.repository import DatabaseNodeStore
 from services.ingest.tracing import MAX_LINKS, batch_span, distinct_origins
+from services.runtime.clients import call_peer
 from services.runtime.db import transaction
 from services.runtime.errors import AwarenessError
 from services.runtime.metrics import ServiceMetrics
@@ -325,8 +326,8 @@ class Integrator:
             origin=self.settings.origin, tree_size=tree_size, root_hash=root
         )
         try:
-            response = await self._signing.SignCheckpoint(request)
-        except (grpc.aio.AioRpcError, AwarenessError) as error:
+            response = await call_peer(self._signing.SignCheckpoint(request), target="signing")
+        except AwarenessError as error:
             self._signing_failed(error)
             return False
         signed = response.checkpoint
@@ -367,7 +368,12 @@ class Integrator:
             repository.insert_checkpoint(session, values=values)
 
     def _signing_failed(self, error: BaseException) -> None:
-        reason = error.code().name if isinstance(error, grpc.aio.AioRpcError) else type(error).__name__
+        # The peer's status code (services.runtime.clients.peer_error), else what went wrong.
+        reason = (
+            error.metadata.get("code", type(error).__name__)
+            if isinstance(error, AwarenessError)
+            else type(error).__name__
+        )
         if self._metrics is not None:
             self._checkpoint_failures.labels(reason).inc()
         now = time.monotonic()

@@ -22,8 +22,8 @@ from datetime import UTC, datetime, timedelta
 import grpc
 from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
 
-from services.runtime.clients import peer_error
-from services.runtime.errors import DependencyUnavailableError
+from services.runtime.clients import call_peer
+from services.runtime.errors import DependencyUnavailableError, NotFoundError
 from services.runtime.timestamps import timestamp_from_us
 
 MAX_LOOKUPS_PER_CALL = 1000
@@ -149,10 +149,7 @@ class SubjectKeys:
                 lookups=[_lookup_message(lookups[positions[0]]) for _, positions in chunk]
             )
             with self._question() as asked_at:
-                try:
-                    response = await self._gdpr().GetSubjectKeys(request)
-                except grpc.aio.AioRpcError as error:
-                    raise peer_error(error, target="gdpr") from error
+                response = await call_peer(self._gdpr().GetSubjectKeys(request), target="gdpr")
                 if len(response.keys) != len(chunk):
                     raise DependencyUnavailableError(
                         "gdpr answered GetSubjectKeys with the wrong number of keys",
@@ -192,10 +189,7 @@ class SubjectKeys:
                 keys=[gdpr_pb2.DataKeyRef(pseudonym=p, key_period=k) for p, k in chunk]
             )
             with self._question() as asked_at:
-                try:
-                    response = await self._gdpr().UnwrapDataKeys(request)
-                except grpc.aio.AioRpcError as error:
-                    raise peer_error(error, target="gdpr") from error
+                response = await call_peer(self._gdpr().UnwrapDataKeys(request), target="gdpr")
                 stored_at = self._clock()
                 for ref, item in zip(chunk, response.keys, strict=True):
                     value: SubjectKey | str
@@ -228,11 +222,11 @@ class SubjectKeys:
         the next lookup, and ForgetSubject names only the pseudonym, never the identifier.
         """
         try:
-            response = await self._gdpr().LookupSubject(gdpr_pb2.LookupSubjectRequest(subject=subject))
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise peer_error(error, target="gdpr") from error
+            response = await call_peer(
+                self._gdpr().LookupSubject(gdpr_pb2.LookupSubjectRequest(subject=subject)), target="gdpr"
+            )
+        except NotFoundError:  # gdpr knows nobody by that identifier
+            return None
         return response.pseudonym or None
 
     def forget(self, pseudonym: str) -> int:
