@@ -47,6 +47,7 @@ from services.gateway.domain.openapi import build_openapi
 from services.gateway.domain.ratelimit import Decision, Scope
 from services.gateway.domain.transcode import RequestError, strict_json_loads
 from services.gateway.middleware import ROUTE_KEY, EdgeMiddleware
+from services.gateway.protocol import BoundedHttpToolsProtocol
 from services.gateway.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from services.gateway.responses import (
     awareness_error_response,
@@ -706,7 +707,7 @@ def run_gateway(settings: Settings) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         timeout_keep_alive=config.keep_alive_seconds,
         limit_concurrency=config.max_concurrency,
-        h11_max_incomplete_event_size=16 * 1024,
+        http=BoundedHttpToolsProtocol,
     )
     servers = [_Server(public)]
     if config.admin_port:
