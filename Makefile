@@ -57,7 +57,9 @@ lint: setup
 		npx --no-install buf breaking --against '.git#ref=HEAD~1'; \
 	else echo "buf breaking: no previous commit to compare with, skipped"; fi
 
-# The whole suite on PostgreSQL and Redis, every benchmark plus end-to-end load, one table.
+# The whole suite on PostgreSQL and Redis, every benchmark plus end-to-end load, one table:
+# 5,000 people cold and warm, the edge alone beside the suite, and wrk's saturation rows when
+# wrk is installed (apt-get install wrk; else the Python load generator, said in the row).
 bench: setup
 	$(PY) -m bench suite
 

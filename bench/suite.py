@@ -706,7 +706,8 @@ def run_end_to_end(
                 for rate, touched in touched_at.items():
                     wait = warm_ready_at(touched, key_cache_seconds=key_cache_seconds) - time.monotonic()
                     if wait > 0:
-                        print(f"bench: {wait:.0f} s until ingest's key cache expires...", file=sys.stderr)
+                        if wait >= 1:
+                            print(f"bench: {wait:.0f} s until ingest's key cache expires...", file=sys.stderr)
                         time.sleep(wait)
                     if not gateway(
                         scenario=f"POST /v1/events, {describe(plan.subjects, 'warm')}",
