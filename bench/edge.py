@@ -2,7 +2,7 @@
 
 A minimal Starlette app with the gateway's route for single events, served by uvicorn with the
 gateway's settings (services/gateway/app.py, ``run_gateway``: one process, the same loop and
-HTTP implementation, no access log, the same keep-alive and header limits). It parses the same
+HTTP protocol class, no access log, the same keep-alive and header limits). It parses the same
 JSON body and checks that the fields an event needs are there, then answers 200 with a receipt
 of the shape the gateway's: no authentication lookup, no gRPC, no database. The suite's
 throughput divided by this one's is the fraction of what the edge alone can do.
@@ -22,6 +22,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from services.gateway.protocol import BoundedHttpToolsProtocol
 
 REQUIRED_FIELDS = ("eventId", "type", "source", "subject", "occurredAt")
 KEEP_ALIVE_SECONDS = 5  # the gateway's default AWARENESS_GATEWAY_KEEP_ALIVE_SECONDS
@@ -77,7 +79,7 @@ def server_config(app: Starlette, *, host: str, port: int) -> uvicorn.Config:
         server_header=False,
         date_header=True,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        h11_max_incomplete_event_size=16 * 1024,
+        http=BoundedHttpToolsProtocol,  # the gateway's httptools, with its cap on request heads
     )
 
 

@@ -8,6 +8,7 @@ import httpx
 
 from bench.edge import create_app, event_problem, server_config
 from bench.loadgen import make_event
+from services.gateway.protocol import BoundedHttpToolsProtocol
 
 HEADERS = {"Authorization": "Bearer k", "Content-Type": "application/json"}
 
@@ -52,5 +53,5 @@ def test_the_edge_runs_under_the_gateways_uvicorn_settings() -> None:
     config = server_config(create_app(), host="127.0.0.1", port=1)
     assert (config.access_log, config.server_header, config.date_header) == (False, False, True)
     assert config.timeout_keep_alive == 5
-    assert config.h11_max_incomplete_event_size == 16 * 1024
-    assert (config.loop, config.http, config.workers) == ("auto", "auto", 1)
+    assert config.http is BoundedHttpToolsProtocol  # the gateway's own, head size capped
+    assert (config.loop, config.workers) == ("auto", 1)
