@@ -43,6 +43,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.population import (
+    BENCH_KEY_CACHE_SECONDS,
     KEY_CACHE_VARIABLE,
     Population,
     Temperature,
@@ -579,8 +580,8 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--key-cache-seconds",
         type=float,
-        default=None,
-        help=f"{KEY_CACHE_VARIABLE} of the ingest processes (default: ingest's own); the warm run"
+        default=BENCH_KEY_CACHE_SECONDS,
+        help=f"{KEY_CACHE_VARIABLE} of the ingest processes ({BENCH_KEY_CACHE_SECONDS:g}); the warm run"
         " waits this long + 1 s after touching its people",
     )
     parser.add_argument("--keep-logs", type=Path, default=None, help="copy the service logs here")

@@ -16,6 +16,7 @@ from bench.population import (
     temperatures,
     warm_ready_at,
 )
+from services.ingest.app import IngestSettings
 
 
 def test_events_cycle_through_the_population_in_order() -> None:
@@ -43,7 +44,7 @@ def test_first_sight_share_is_the_part_of_a_step_that_meets_new_people() -> None
 
 def test_warm_steps_wait_past_the_key_cache_lifetime() -> None:
     assert warm_ready_at(100.0, key_cache_seconds=60.0) == 161.0
-    assert ingest_key_cache_seconds({}) == 60.0  # ingest's own default
+    assert ingest_key_cache_seconds({}) == IngestSettings(fingerprint_secret=b"").key_cache_seconds
     assert ingest_key_cache_seconds({KEY_CACHE_VARIABLE: "5"}) == 5.0
 
 
