@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -373,16 +374,7 @@ def append_audit(
         reason=reason,
         request_id=request_id,
     )
-    row = AuditRecordRow(
-        actor=entry.actor,
-        action=entry.action,
-        target=entry.target,
-        at=entry.at,
-        reason=entry.reason,
-        request_id=entry.request_id,
-        prev_hash=entry.prev_hash,
-        entry_hash=entry.entry_hash,
-    )
+    row = AuditRecordRow(**asdict(entry))
     session.add(row)
     session.flush()
     return row

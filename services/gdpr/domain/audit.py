@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 GENESIS_HASH = bytes(32)
@@ -83,26 +83,17 @@ def new_audit_entry(
 ) -> AuditEntry:
     """The next entry of the chain after ``previous`` (``None`` for the first entry)."""
     _check_fields(target=target, at=at)
-    prev_hash = GENESIS_HASH if previous is None else previous.entry_hash
-    canonical = canonical_bytes(
+    unhashed = AuditEntry(
         actor=actor,
         action=action,
         target=target,
         at=at,
         reason=reason,
         request_id=request_id,
-        prev_hash=prev_hash,
+        prev_hash=GENESIS_HASH if previous is None else previous.entry_hash,
+        entry_hash=b"",
     )
-    return AuditEntry(
-        actor=actor,
-        action=action,
-        target=target,
-        at=at,
-        reason=reason,
-        request_id=request_id,
-        prev_hash=prev_hash,
-        entry_hash=hashlib.sha256(canonical).digest(),
-    )
+    return replace(unhashed, entry_hash=compute_entry_hash(unhashed))
 
 
 def verify_chain(
