@@ -216,16 +216,8 @@ def init_pki(directory: Path, *, common_name_prefix: str = "Awareness Dev", forc
         for purpose in KeyPurpose:
             if not any(entry.purpose is purpose and entry.state is KeyState.ACTIVE for entry in entries):
                 # Only issuing needs the root private key; a complete directory without it is fine.
-                root_certificate, root_key = _load_root_for_issuing(directory)
                 entries.append(
-                    _issue_key(
-                        directory,
-                        purpose=purpose,
-                        root_certificate=root_certificate,
-                        root_key=root_key,
-                        common_name_prefix=common_name_prefix,
-                        now=now,
-                    )
+                    _issue_key(directory, purpose=purpose, common_name_prefix=common_name_prefix, now=now)
                 )
         _write_manifest(directory, entries, common_name_prefix=common_name_prefix)
     return _paths(directory, entries)
@@ -236,16 +228,8 @@ def rotate_key(directory: Path, purpose: KeyPurpose) -> KeyInfo:
     with _directory_lock(directory):
         entries = _read_manifest(directory)
         common_name_prefix = _read_common_name_prefix(directory)
-        root_certificate, root_key = _load_root_for_issuing(directory)
         now = _now()
-        new_entry = _issue_key(
-            directory,
-            purpose=purpose,
-            root_certificate=root_certificate,
-            root_key=root_key,
-            common_name_prefix=common_name_prefix,
-            now=now,
-        )
+        new_entry = _issue_key(directory, purpose=purpose, common_name_prefix=common_name_prefix, now=now)
         updated: list[KeyInfo] = []
         destroyed: list[Path] = []
         for entry in entries:
@@ -335,11 +319,11 @@ def _issue_key(
     directory: Path,
     *,
     purpose: KeyPurpose,
-    root_certificate: x509.Certificate,
-    root_key: ec.EllipticCurvePrivateKey,
     common_name_prefix: str,
     now: datetime,
 ) -> KeyInfo:
+    """A new leaf key for ``purpose``, certified by the root kept in ``directory``."""
+    root_certificate, root_key = _load_root_for_issuing(directory)
     private_key: PrivateKey = (
         ed25519.Ed25519PrivateKey.generate()
         if purpose is KeyPurpose.CHECKPOINT
