@@ -105,29 +105,21 @@ def register(subparsers: Any) -> None:
 
 
 async def _call(principal: Principal, method: str, request: Any) -> Any:
-    from services.runtime.clients import ChannelFactory
+    from services.runtime.clients import call_from_cli
     from services.runtime.config import load_settings
 
     settings = load_settings("gdpr")
-    if not settings.internal_secret:
-        raise SystemExit(
-            "no internal secret: set AWARENESS_INTERNAL_SECRET(_FILE) or run `awareness up` first"
-        )
-    channels = ChannelFactory(
-        targets=dict(settings.targets),
+    return await call_from_cli(
+        settings,
+        service="gdpr",
+        stub_class=gdpr_pb2_grpc.GdprServiceStub,
+        method=method,
+        request=request,
         identity=principal,
-        internal_secret=settings.internal_secret,
         # Shredding or re-wrapping many keys takes longer than an ordinary call.
         timeout_seconds=max(settings.call_timeout_seconds, 600.0),
         attempts=1,
-        breaker_fail_max=settings.breaker_fail_max,
-        breaker_reset_seconds=settings.breaker_reset_seconds,
     )
-    try:
-        stub = gdpr_pb2_grpc.GdprServiceStub(channels.channel("gdpr"))
-        return await getattr(stub, method)(request)
-    finally:
-        await channels.close()
 
 
 def _run(principal: Principal, method: str, request: Any) -> int:

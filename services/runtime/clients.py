@@ -23,6 +23,7 @@ import pybreaker
 from grpc_status import rpc_status
 
 from services.runtime import auth
+from services.runtime.config import Settings
 from services.runtime.errors import (
     AbortedError,
     AlreadyExistsError,
@@ -384,3 +385,35 @@ class ChannelFactory:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+
+
+async def call_from_cli(
+    settings: Settings,
+    *,
+    service: str,
+    stub_class: Callable[[grpc.aio.Channel], Any],
+    method: str,
+    request: Any,
+    identity: auth.Principal,
+    timeout_seconds: float,
+    attempts: int,
+) -> Any:
+    """One call from an operator's command to a running ``service``, signed as ``identity``."""
+    if not settings.internal_secret:
+        raise SystemExit(
+            "no internal secret: set AWARENESS_INTERNAL_SECRET(_FILE) or run `awareness up` first"
+        )
+    channels = ChannelFactory(
+        targets=dict(settings.targets),
+        identity=identity,
+        internal_secret=settings.internal_secret,
+        timeout_seconds=timeout_seconds,
+        attempts=attempts,
+        breaker_fail_max=settings.breaker_fail_max,
+        breaker_reset_seconds=settings.breaker_reset_seconds,
+    )
+    try:
+        stub = stub_class(channels.channel(service))
+        return await getattr(stub, method)(request)
+    finally:
+        await channels.close()

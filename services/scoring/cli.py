@@ -135,28 +135,20 @@ def _train_locally(args: argparse.Namespace) -> int:
 async def _call(method: str, request: Any, *, timeout_seconds: float | None = None) -> Any:
     from awareness.scoring.v1 import scoring_pb2_grpc
 
-    from services.runtime.clients import ChannelFactory
+    from services.runtime.clients import call_from_cli
     from services.runtime.config import load_settings
 
     settings = load_settings("scoring")
-    if not settings.internal_secret:
-        raise SystemExit(
-            "no internal secret: set AWARENESS_INTERNAL_SECRET(_FILE) or run `awareness up` first"
-        )
-    channels = ChannelFactory(
-        targets=dict(settings.targets),
+    return await call_from_cli(
+        settings,
+        service="scoring",
+        stub_class=scoring_pb2_grpc.ScoringServiceStub,
+        method=method,
+        request=request,
         identity=MODEL_PRINCIPAL,
-        internal_secret=settings.internal_secret,
         timeout_seconds=timeout_seconds or settings.call_timeout_seconds,
         attempts=settings.retry_attempts,
-        breaker_fail_max=settings.breaker_fail_max,
-        breaker_reset_seconds=settings.breaker_reset_seconds,
     )
-    try:
-        stub = scoring_pb2_grpc.ScoringServiceStub(channels.channel("scoring"))
-        return await getattr(stub, method)(request)
-    finally:
-        await channels.close()
 
 
 def _run(method: str, request: Any, *, timeout_seconds: float | None = None) -> Any | None:
