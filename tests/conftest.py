@@ -1,22 +1,22 @@
 """Shared fixtures: real PostgreSQL and Redis when configured, and a rule that
-``AWARENESS_REQUIRE_SERVICES=1`` (set by CI) turns their absence into a failure."""
+``AWARENESS_REQUIRE_SERVICES=1`` (set by CI) turns their absence into a failure.
+
+The helpers themselves live in tests/support/; ``INTERNAL_SECRET`` and ``free_port`` are
+re-exported here for the modules that import them from this file."""
 
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
-from tests.awareness_up import SQLITE, Backend
-from tests.resilience.harness import free_port as free_port  # one implementation, re-exported
-from tests.resilience.harness import temporary_database
+from tests.support.resources import free_port as free_port
+from tests.support.resources import temporary_database
+from tests.support.servers import INTERNAL_SECRET as INTERNAL_SECRET
+from tests.support.suite import SQLITE, Backend, postgres_backend
 
 REQUIRE_SERVICES = os.environ.get("AWARENESS_REQUIRE_SERVICES", "") == "1"
-INTERNAL_SECRET = b"test-internal-secret-0123456789abcdef"
 
 
 def _missing(what: str) -> None:
@@ -25,37 +25,61 @@ def _missing(what: str) -> None:
     pytest.skip(f"{what} not configured")
 
 
+def _reachable(what: str, url: str, check: Callable[[str], None]) -> str:
+    """``url`` once ``check`` has reached it; otherwise a failure (CI) or a skip."""
+    try:
+        check(url)
+    except Exception as exc:
+        if REQUIRE_SERVICES:
+            pytest.fail(f"{what} is not reachable: {exc}")
+        pytest.skip(f"{what} not reachable: {exc}")
+    return url
+
+
+def _select_one(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    finally:
+        engine.dispose()
+
+
+def _ping(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=2)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     url = os.environ.get("DATABASE_URL", "")
     if not url.startswith("postgresql"):
         _missing("PostgreSQL (DATABASE_URL)")
-    try:
-        engine = create_engine(url)
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        engine.dispose()
-    except Exception as exc:
-        if REQUIRE_SERVICES:
-            pytest.fail(f"PostgreSQL at DATABASE_URL is not reachable: {exc}")
-        pytest.skip(f"PostgreSQL not reachable: {exc}")
-    return url
+    return _reachable("PostgreSQL at DATABASE_URL", url, _select_one)
 
 
 @pytest.fixture
 def fresh_postgres_db(postgres_url: str) -> Iterator[str]:
     """A brand-new PostgreSQL database for one test, dropped afterwards."""
-    name = f"awareness_t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    try:
+    with temporary_database(postgres_url, prefix="awareness_t") as url:
         yield url
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each test on both stores: "" (every service on its own SQLite file under the data
+    directory, the embedded default), then a brand-new PostgreSQL database."""
+    if request.param == "sqlite":
+        return ""
+    url: str = request.getfixturevalue("fresh_postgres_db")
+    return url
 
 
 @pytest.fixture(scope="session")
@@ -63,17 +87,7 @@ def redis_url() -> str:
     url = os.environ.get("REDIS_URL", "")
     if not url:
         _missing("Redis (REDIS_URL)")
-    import redis
-
-    try:
-        client = redis.Redis.from_url(url, socket_timeout=2)
-        client.ping()
-        client.close()
-    except Exception as exc:
-        if REQUIRE_SERVICES:
-            pytest.fail(f"Redis at REDIS_URL is not reachable: {exc}")
-        pytest.skip(f"Redis not reachable: {exc}")
-    return url
+    return _reachable("Redis at REDIS_URL", url, _ping)
 
 
 @pytest.fixture
@@ -84,20 +98,10 @@ def internal_secret() -> bytes:
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def suite_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     """Each module's suite twice: on SQLite files, then on a fresh PostgreSQL database and
-    Redis under a key prefix of its own (so suites running side by side share nothing)."""
+    Redis under a key prefix of its own (see tests/support/suite.py)."""
     if request.param == "sqlite":
         yield SQLITE
         return
     server = str(request.getfixturevalue("postgres_url"))
-    redis_url = str(request.getfixturevalue("redis_url"))
-    prefix = f"awareness-test-{uuid.uuid4().hex[:12]}:ratelimit"
-    with temporary_database(server, prefix="awareness_e2e") as database_url:
-        yield Backend("postgres", database_url=database_url, redis_url=redis_url, redis_key_prefix=prefix)
-    import redis
-
-    client = redis.Redis.from_url(redis_url, socket_timeout=5)
-    try:
-        for key in client.scan_iter(match=f"{prefix}*", count=1000):
-            client.delete(key)
-    finally:
-        client.close()
+    with postgres_backend(server, str(request.getfixturevalue("redis_url"))) as backend:
+        yield backend

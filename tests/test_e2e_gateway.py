@@ -28,8 +28,8 @@ from grpc_status import rpc_status
 from services.gateway.domain import gophish
 from services.runtime import auth
 from services.runtime.errors import error_info
-from tests.awareness_up import REPO, Backend, UpSuite, awareness_up
 from tests.gdpr.dumps import holding, needles, pg_dump, postgres_files_holding, redis_holding, scan_file
+from tests.support.suite import REPO, Backend, UpSuite, awareness_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -92,14 +92,6 @@ def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgres":
-        url: str = request.getfixturevalue("fresh_postgres_db")
-        return url
-    return ""
-
-
 class Clients:
     def __init__(self, suite: Suite) -> None:
         self.ingest = ingest_pb2_grpc.IngestServiceStub(suite.channel("ingest", INTEGRATION))

@@ -24,9 +24,9 @@ from tests.resilience.harness import (
     http_json,
     metric_value,
     parse_metrics,
-    temporary_database,
     wait_until,
 )
+from tests.support.resources import temporary_database
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
 

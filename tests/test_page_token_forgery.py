@@ -26,7 +26,8 @@ from google.protobuf.descriptor_pool import Default
 
 from services.gateway.domain.descriptors import HttpRoute
 from tests.gateway.routes import contract_routes
-from tests.resilience.harness import ProcessSuite, metric_value, parse_metrics, temporary_database, wait_until
+from tests.resilience.harness import ProcessSuite, metric_value, parse_metrics, wait_until
+from tests.support.resources import temporary_database
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.runtime.config import SERVICES
-from tests.awareness_up import SQLITE, Backend, awareness_up
+from tests.support.suite import SQLITE, Backend, awareness_up
 
 pytestmark = pytest.mark.e2e
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from services.runtime.config import load_settings
 from services.runtime.tracing import configure_tracing
 from tests.conftest import INTERNAL_SECRET
 from tests.gdpr.suite import in_process_suite
+from tests.support.suite import run_module
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -91,14 +90,8 @@ def api_key(data_dir: Path) -> str:
         "AWARENESS_DATA_DIR": str(data_dir),
         "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
     }
-    completed = subprocess.run(
-        [sys.executable, "-m", "services.cli", "keys", "create", "--name", "tracing", "--role", "admin"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    completed = run_module("services.cli", "keys", "create", "--name", "tracing", "--role", "admin", env=env)
+    assert completed.returncode == 0, completed.stderr
     return completed.stdout.strip().splitlines()[0]
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import ast
 import os
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 from setuptools import find_namespace_packages  # type: ignore[import-untyped]
+
+from tests.support.suite import run_module
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,14 +67,6 @@ def test_python_m_bench_runs_from_the_repository_root() -> None:
         (["bench", "--help"], "{signing,policy,scoring,ingest,all,suite}"),
         (["bench.loadgen", "--help"], "python -m bench.loadgen"),
     ):
-        completed = subprocess.run(
-            [sys.executable, "-m", *command],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        completed = run_module(*command, env=env, timeout=120)
         assert completed.returncode == 0, completed.stderr
         assert expected in completed.stdout

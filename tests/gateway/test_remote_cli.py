@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.awareness_up import REPO, UpSuite, awareness_up
+from tests.support.suite import UpSuite, awareness_up, run_module
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -34,14 +33,7 @@ def awareness(suite: UpSuite, key: str | None, *argv: str) -> subprocess.Complet
     if key is not None:
         env["AWARENESS_API_KEY"] = key
     command, action, *rest = argv
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli", command, action, "--gateway", suite.url, *rest],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    return run_module("services.cli", command, action, "--gateway", suite.url, *rest, env=env)
 
 
 def answer(result: subprocess.CompletedProcess[str]) -> Any:
@@ -144,13 +136,13 @@ def test_refusals_name_the_status_and_reason_and_exit_non_zero(suite: UpSuite) -
 
 
 def test_an_unreachable_gateway_is_one_line_not_a_traceback() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "services.cli", "policies", "list", "--gateway", "http://127.0.0.1:9"],
+    result = run_module(
+        "services.cli",
+        "policies",
+        "list",
+        "--gateway",
+        "http://127.0.0.1:9",
         env={**os.environ, "AWARENESS_API_KEY": "awk_x"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
     )
     assert result.returncode == 1
     assert "unreachable" in result.stderr

@@ -25,11 +25,10 @@ from google.protobuf import timestamp_pb2
 from services.evidence.envelope import seal_personal
 from services.gdpr.app import GdprService, build_service
 from services.runtime.auth import Principal
-from services.runtime.clients import ChannelFactory
 from services.runtime.config import load_settings
 from services.runtime.metrics import ServiceMetrics
-from services.runtime.server import ServiceApp, build_context, create_server
-from tests.conftest import INTERNAL_SECRET
+from services.runtime.server import build_context
+from tests.support.servers import Clients, service_env, serving, start_server
 
 DPO = Principal(subject="dpo:dana", roles=frozenset({"dpo"}))
 ADMIN = Principal(subject="admin:ada", roles=frozenset({"admin"}))
@@ -99,20 +98,10 @@ class Harness:
     address: str
     database_url: str
     metrics: ServiceMetrics
-    _factories: list[ChannelFactory] = field(default_factory=list)
+    clients: Clients
 
     def stub(self, principal: Principal) -> gdpr_pb2_grpc.GdprServiceStub:
-        factory = ChannelFactory(
-            targets={"gdpr": self.address},
-            identity=principal,
-            internal_secret=INTERNAL_SECRET,
-            timeout_seconds=20.0,
-            attempts=1,
-            breaker_fail_max=100,
-            breaker_reset_seconds=1.0,
-        )
-        self._factories.append(factory)
-        return gdpr_pb2_grpc.GdprServiceStub(factory.channel("gdpr"))
+        return gdpr_pb2_grpc.GdprServiceStub(self.clients.channel("gdpr", principal))
 
     @property
     def dpo(self) -> gdpr_pb2_grpc.GdprServiceStub:
@@ -167,78 +156,49 @@ class Harness:
         self.fake_ingest.records.setdefault(key.pseudonym, []).append(record)
         return record
 
-    async def close(self) -> None:
-        for factory in self._factories:
-            await factory.close()
-
 
 def gdpr_env(data_dir: Path, ingest_address: str, database_url: str, **extra: str) -> dict[str, str]:
-    env = {
-        "AWARENESS_DATA_DIR": str(data_dir),
-        "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
-        "AWARENESS_INGEST_TARGET": ingest_address,
-        "AWARENESS_HEALTH_PROBE_SECONDS": "0.2",
-        "AWARENESS_CALL_TIMEOUT_SECONDS": "5",
-        "AWARENESS_BREAKER_FAIL_MAX": "100",
-        **extra,
-    }
-    if database_url:
-        env["DATABASE_URL"] = database_url
-    return env
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgres":
-        url: str = request.getfixturevalue("fresh_postgres_db")
-        return url
-    return ""
+    return service_env(
+        data_dir,
+        database_url=database_url,
+        **{
+            "AWARENESS_INGEST_TARGET": ingest_address,
+            "AWARENESS_CALL_TIMEOUT_SECONDS": "5",
+            "AWARENESS_BREAKER_FAIL_MAX": "100",
+            **extra,
+        },
+    )
 
 
 @asynccontextmanager
 async def running_harness(data_dir: Path, database_url: str, **extra_env: str) -> AsyncIterator[Harness]:
-    """The gdpr service (built by its own create_app wiring) and the ingest double, both on port 0."""
+    """The gdpr service (built by its own create_app wiring) and the ingest double, both on port 0.
+
+    gdpr's background jobs do not run: the tests call the passes they need themselves."""
     fake = FakeIngest()  # type: ignore[abstract]  # only what gdpr calls; the rest is UNIMPLEMENTED
-    ingest_context = build_context(
-        load_settings("ingest", {"AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode()}), with_database=False
-    )
-    ingest_app = ServiceApp(
-        name="ingest",
-        service_names=["awareness.ingest.v1.IngestService"],
-        register=lambda server: ingest_pb2_grpc.add_IngestServiceServicer_to_server(fake, server),
-    )
-    ingest_server, ingest_health, ingest_port = create_server(ingest_app, ingest_context, port=0)
-    await ingest_server.start()
-    settings = load_settings(
-        "gdpr", gdpr_env(data_dir, f"127.0.0.1:{ingest_port}", database_url, **extra_env)
-    )
-    context = build_context(settings)
-    try:
+    async with serving(
+        "ingest",
+        lambda server: ingest_pb2_grpc.add_IngestServiceServicer_to_server(fake, server),
+        ["awareness.ingest.v1.IngestService"],
+    ) as ingest:
+        settings = load_settings("gdpr", gdpr_env(data_dir, ingest.address, database_url, **extra_env))
+        context = build_context(settings)
         service = build_service(context)
-        server, health, port = create_server(service.app, context, port=0)
-        await server.start()
+        gdpr = await start_server(service.app, context, background_jobs=False)
         running = Harness(
             data_dir=data_dir,
             service=service,
             fake_ingest=fake,
-            address=f"127.0.0.1:{port}",
+            address=gdpr.address,
             database_url=settings.database_url,
             metrics=context.metrics,
+            clients=Clients({"gdpr": gdpr.address}),
         )
         try:
             yield running
         finally:
-            await running.close()
-            await server.stop(0)
-            await health.shutdown()
-            if service.app.on_stop is not None:  # as the runtime does after the server stopped
-                await service.app.on_stop()
-    finally:
-        await context.channels.close()
-        await ingest_server.stop(0)
-        await ingest_health.shutdown()
-        assert context.engine is not None
-        context.engine.dispose()
+            await running.clients.close()
+            await gdpr.stop()
 
 
 @pytest.fixture

@@ -7,84 +7,40 @@ probe; calls between them go over real sockets with the signed internal credenti
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import importlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 
 from services.launcher import prepare_data_dir
 from services.runtime.auth import Principal
-from services.runtime.clients import ChannelFactory
-from services.runtime.config import load_settings
-from services.runtime.server import ServiceApp, ServiceContext, build_context, create_server
-from tests.conftest import INTERNAL_SECRET, free_port
-
-
-@dataclass
-class Running:
-    name: str
-    context: ServiceContext
-    app: ServiceApp
-    server: grpc.aio.Server
-    health: Any
-    tasks: list[asyncio.Task[None]]
+from services.runtime.server import ServiceApp, ServiceContext
+from tests.support.resources import free_port
+from tests.support.servers import Clients, RunningServer, service_env, start_service, targets_env
 
 
 @dataclass
 class Suite:
     data_dir: Path
     addresses: dict[str, str]
-    services: dict[str, Running] = field(default_factory=dict)
+    services: dict[str, RunningServer] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)  # the services' settings, for a gateway in front
-    _factories: list[ChannelFactory] = field(default_factory=list)
+    clients: Clients = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.clients = Clients(self.addresses, timeout_seconds=30.0, attempts=3, breaker_fail_max=1000)
 
     def channel(self, service: str, principal: Principal) -> grpc.aio.Channel:
-        factory = ChannelFactory(
-            targets=self.addresses,
-            identity=principal,
-            internal_secret=INTERNAL_SECRET,
-            timeout_seconds=30.0,
-            attempts=3,
-            breaker_fail_max=1000,
-            breaker_reset_seconds=1.0,
-        )
-        self._factories.append(factory)
-        return factory.channel(service)
+        return self.clients.channel(service, principal)
 
 
-async def _start(name: str, env: Mapping[str, str], port: int) -> Running:
-    context = build_context(load_settings(name, env))
+def _create_app(name: str) -> Callable[[ServiceContext], ServiceApp]:
     module = importlib.import_module(f"services.{name}.app")
-    app: ServiceApp = module.create_app(context)
-    server, health, _ = create_server(app, context, port=port)
-    if app.on_start is not None:
-        await app.on_start()
-    await server.start()
-    await health.check_once()
-    health.start()
-    tasks = [asyncio.create_task(job()) for job in app.background]
-    return Running(name=name, context=context, app=app, server=server, health=health, tasks=tasks)
-
-
-async def _stop(running: Running) -> None:
-    await running.health.shutdown()
-    await running.server.stop(0)
-    for task in running.tasks:
-        task.cancel()
-    for task in running.tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-    if running.app.on_stop is not None:
-        await running.app.on_stop()
-    await running.context.channels.close()
-    if running.context.engine is not None:
-        running.context.engine.dispose()
+    create_app: Callable[[ServiceContext], ServiceApp] = module.create_app
+    return create_app
 
 
 @asynccontextmanager
@@ -94,25 +50,25 @@ async def in_process_suite(
     """Start ``services`` (in dependency order) on free ports; every other target points nowhere."""
     prepare_data_dir(data_dir)  # the development keys `awareness up` creates
     ports = {name: free_port() for name in ("ingest", "policy", "scoring", "signing", "gdpr")}
-    env = {
-        "AWARENESS_DATA_DIR": str(data_dir),
-        "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
-        "AWARENESS_HEALTH_PROBE_SECONDS": "0.5",
-        "AWARENESS_BREAKER_RESET_SECONDS": "1",
-        **{f"AWARENESS_{name.upper()}_TARGET": f"127.0.0.1:{port}" for name, port in ports.items()},
-        **extra_env,
-    }
-    if database_url:
-        env["DATABASE_URL"] = database_url
-    suite = Suite(
-        data_dir=data_dir, addresses={name: f"127.0.0.1:{port}" for name, port in ports.items()}, env=env
+    addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+    env = service_env(
+        data_dir,
+        database_url=database_url,
+        **{
+            "AWARENESS_HEALTH_PROBE_SECONDS": "0.5",
+            "AWARENESS_BREAKER_RESET_SECONDS": "1",
+            **targets_env(addresses),
+            **extra_env,
+        },
     )
+    suite = Suite(data_dir=data_dir, addresses=addresses, env=env)
     try:
         for name in services:
-            suite.services[name] = await _start(name, env, ports[name])
+            suite.services[name] = await start_service(
+                name, env, _create_app(name), port=ports[name], health_loop=True
+            )
         yield suite
     finally:
-        for factory in suite._factories:
-            await factory.close()
+        await suite.clients.close()
         for name in reversed(list(suite.services)):
-            await _stop(suite.services[name])
+            await suite.services[name].stop()

@@ -21,8 +21,10 @@ from services.ingest.app import IngestRuntime, app_for, load_ingest_settings
 from services.runtime import auth
 from services.runtime.clients import ChannelFactory
 from services.runtime.config import load_settings
-from services.runtime.server import ServiceApp, ServiceContext, build_context, create_server
-from tests.conftest import INTERNAL_SECRET, free_port
+from services.runtime.server import build_context
+from tests.support.resources import free_port
+from tests.support.servers import INTERNAL_SECRET, Served, client_factory, start_server, targets_env
+from tests.support.servers import service_env as shared_service_env
 
 FAST_INGEST = {
     "AWARENESS_INGEST_INTEGRATE_INTERVAL_MS": "20",
@@ -37,41 +39,22 @@ FAST_INGEST = {
 def service_env(
     *, data_dir: Path, ports: dict[str, int], database_url: str | None = None, **extra: str
 ) -> dict[str, str]:
-    env = {
-        "AWARENESS_DATA_DIR": str(data_dir),
-        "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
-        "AWARENESS_HEALTH_PROBE_SECONDS": "0.2",
-        "AWARENESS_METRICS_PORT": "0",
-        **{f"AWARENESS_{name.upper()}_TARGET": f"127.0.0.1:{port}" for name, port in ports.items()},
-        **extra,
-    }
-    if database_url:
-        env["DATABASE_URL"] = database_url
-    return env
+    addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+    return shared_service_env(
+        data_dir,
+        database_url=database_url,
+        **{"AWARENESS_METRICS_PORT": "0", **targets_env(addresses), **extra},
+    )
 
 
 @dataclass
-class Running:
-    name: str
-    address: str
-    server: grpc.aio.Server
-    context: ServiceContext
-    app: ServiceApp
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+class Running(Served):
+    """One started service, and ingest's runtime (integrator, reconciler, ...) when it is ingest."""
+
     runtime: IngestRuntime | None = None
 
     async def stop(self) -> None:
-        await self.server.stop(0)
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self.app.on_stop is not None:
-            await self.app.on_stop()
-        await self.context.channels.close()
-        if self.context.engine is not None:
-            self.context.engine.dispose()
+        await self.running.stop()
 
 
 async def start_service(name: str, env: dict[str, str], *, port: int) -> Running:
@@ -82,20 +65,7 @@ async def start_service(name: str, env: dict[str, str], *, port: int) -> Running
         app = app_for(runtime, context)
     else:
         app = importlib.import_module(f"services.{name}.app").create_app(context)
-    server, _health, bound = create_server(app, context, port=port)
-    if app.on_start is not None:
-        await app.on_start()
-    await server.start()
-    tasks = [asyncio.create_task(job()) for job in app.background]
-    return Running(
-        name=name,
-        address=f"127.0.0.1:{bound}",
-        server=server,
-        context=context,
-        app=app,
-        tasks=tasks,
-        runtime=runtime,
-    )
+    return Running(await start_server(app, context, port=port), runtime)
 
 
 @dataclass
@@ -134,14 +104,9 @@ class Suite:
         targets = {name: f"127.0.0.1:{port}" for name, port in self.ports.items()}
         if address is not None:
             targets[service] = address
-        factory = ChannelFactory(
-            targets=targets,
-            identity=auth.Principal(subject="tester", roles=frozenset(roles)),
-            internal_secret=INTERNAL_SECRET,
-            timeout_seconds=10.0,
-            attempts=1,
-            breaker_fail_max=1000,
-            breaker_reset_seconds=0.1,
+        principal = auth.Principal(subject="tester", roles=frozenset(roles))
+        factory = client_factory(
+            targets, principal, timeout_seconds=10.0, breaker_fail_max=1000, breaker_reset_seconds=0.1
         )
         self.factories.append(factory)
         return factory.channel(service)

@@ -17,12 +17,8 @@ from grpc_status import rpc_status
 
 from services.policy.app import create_app
 from services.runtime import auth
-from services.runtime.clients import ChannelFactory
-from services.runtime.config import load_settings
 from services.runtime.errors import FieldViolation, error_info, field_violations
-from services.runtime.health import HealthReporter
-from services.runtime.server import ServiceContext, build_context, create_server
-from tests.conftest import INTERNAL_SECRET
+from tests.support.servers import Clients, Served, service_env, start_service
 
 ALICE = auth.Principal("alice", frozenset({"policy_author"}))
 BOB = auth.Principal("bob", frozenset({"policy_author"}))
@@ -36,38 +32,18 @@ AFTER_HOURS_CLICK = 'event.type == "phishing.clicked" && event.outside_hours'
 
 
 @dataclass
-class Replica:
+class Replica(Served):
     """One running policy server; ``as_(principal)`` gives a stub calling it as that principal."""
 
-    server: grpc.aio.Server
-    health: HealthReporter
-    context: ServiceContext
-    address: str
-    _factories: dict[auth.Principal, ChannelFactory] = field(default_factory=dict)
+    clients: Clients
 
     def as_(self, principal: auth.Principal) -> policy_pb2_grpc.PolicyServiceAsyncStub:
-        factory = self._factories.get(principal)
-        if factory is None:
-            factory = ChannelFactory(
-                targets={"policy": self.address},
-                identity=principal,
-                internal_secret=INTERNAL_SECRET,
-                timeout_seconds=20.0,
-                attempts=1,
-                breaker_fail_max=1000,
-                breaker_reset_seconds=1.0,
-            )
-            self._factories[principal] = factory
-        return policy_pb2_grpc.PolicyServiceStub(factory.channel("policy"))  # type: ignore[return-value]
+        channel = self.clients.channel("policy", principal)
+        return policy_pb2_grpc.PolicyServiceStub(channel)  # type: ignore[return-value]
 
     async def stop(self) -> None:
-        for factory in self._factories.values():
-            await factory.close()
-        self._factories.clear()
-        await self.health.shutdown()
-        await self.server.stop(0)
-        if self.context.engine is not None:
-            self.context.engine.dispose()
+        await self.clients.close()
+        await self.running.stop()
 
 
 @dataclass
@@ -79,22 +55,12 @@ class PolicyStore:
     replicas: list[Replica] = field(default_factory=list)
 
     async def start(self, **extra_env: str) -> Replica:
-        env = {
-            "AWARENESS_DATA_DIR": str(self.data_dir),
-            "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
-            "AWARENESS_POLICY_DATABASE_URL": self.url,
-            "AWARENESS_HEALTH_PROBE_SECONDS": "0.2",
-            "AWARENESS_METRICS_PORT": "0",
-            **extra_env,
-        }
-        context = build_context(load_settings("policy", env))
-        app = create_app(context)
-        server, health, port = create_server(app, context, port=0)
-        if app.on_start is not None:
-            await app.on_start()
-        await server.start()
-        await health.check_once()
-        replica = Replica(server=server, health=health, context=context, address=f"127.0.0.1:{port}")
+        env = service_env(
+            self.data_dir,
+            **{"AWARENESS_POLICY_DATABASE_URL": self.url, "AWARENESS_METRICS_PORT": "0", **extra_env},
+        )
+        running = await start_service("policy", env, create_app)
+        replica = Replica(running, Clients({"policy": running.address}, breaker_fail_max=1000))
         self.replicas.append(replica)
         return replica
 

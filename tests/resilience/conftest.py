@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.resilience.harness import PrivateRedis, ProcessSuite, TcpProxy, temporary_database
+from tests.resilience.harness import PrivateRedis, ProcessSuite, TcpProxy
+from tests.support.resources import temporary_database
 
 KEEP_LOGS = "AWARENESS_RESILIENCE_LOG_DIR"  # where to copy the services' logs (a CI artifact)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import signal
 import socket
@@ -21,8 +20,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,8 @@ from typing import Any
 from bench.loadgen import LoadConfig, LoadGenerator, LoadResult, Outcome
 from services.launcher import START_ORDER, grpc_serving, http_ok, prepare_data_dir
 from services.runtime.config import SERVICE_NAMES, SERVICES
+from tests.support.resources import free_port
+from tests.support.suite import outside_environment, run_module
 
 # Breakers cycle in seconds, calls fail fast, background jobs run often: a fault shows and
 # heals within a test's time budget.
@@ -51,24 +51,6 @@ FAST_SUITE_ENV: Mapping[str, str] = {
     "AWARENESS_LOG_LEVEL": "INFO",
     "PYTHONUNBUFFERED": "1",
 }
-
-
-_HANDED_OUT_PORTS: set[int] = set()
-
-
-def free_port() -> int:
-    """A port free right now and never handed out before by this process.
-
-    The kernel may offer a just-released port again, and a suite asks for a dozen ports before
-    any process binds one: without the memory, two services can be given the same port.
-    """
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port not in _HANDED_OUT_PORTS:
-            _HANDED_OUT_PORTS.add(port)
-            return port
 
 
 def wait_until(probe: Callable[[], Any], *, timeout: float, interval: float = 0.2, what: str) -> Any:
@@ -250,10 +232,7 @@ class ProcessSuite:
     # environment ------------------------------------------------------------------------
 
     def base_env(self) -> dict[str, str]:
-        keep = {k: v for k, v in os.environ.items() if not k.startswith("AWARENESS_")}
-        keep.pop("DATABASE_URL", None)
-        keep.pop("REDIS_URL", None)
-        env = {**keep, **self.tuning, **self.extra_env}
+        env = {**outside_environment(), **self.tuning, **self.extra_env}
         env["AWARENESS_DATA_DIR"] = str(self.data_dir)
         env["AWARENESS_GATEWAY_PORT"] = str(self.gateway_port)
         env["AWARENESS_GATEWAY_ADMIN_PORT"] = str(self.gateway_admin_port)
@@ -405,14 +384,7 @@ class ProcessSuite:
 
     def cli(self, *args: str, timeout: float = 60.0, env: Mapping[str, str] | None = None) -> str:
         """Run ``awareness <args>`` against this suite's store; stdout, or AssertionError."""
-        completed = subprocess.run(
-            [sys.executable, "-m", "services.cli", *args],
-            env={**self.base_env(), **(env or {})},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        completed = run_module("services.cli", *args, env={**self.base_env(), **(env or {})}, timeout=timeout)
         if completed.returncode != 0:
             command = " ".join(args)
             raise AssertionError(
@@ -541,23 +513,3 @@ def metric_value(
         for sample_labels, value in samples.get(name, [])
         if all(sample_labels.get(k) == v for k, v in labels.items())
     )
-
-
-@contextlib.contextmanager
-def temporary_database(server_url: str, *, prefix: str = "awareness_r") -> Iterator[str]:
-    """A brand-new PostgreSQL database on the server of ``server_url``, dropped afterwards."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()

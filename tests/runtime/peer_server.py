@@ -11,6 +11,7 @@ import grpc
 
 from services.runtime.config import load_settings
 from services.runtime.server import ServiceApp, ServiceContext, serve
+from tests.support.servers import unary_app
 
 
 def create_app(context: ServiceContext) -> ServiceApp:
@@ -25,18 +26,7 @@ def create_app(context: ServiceContext) -> ServiceApp:
         await asyncio.sleep(float(request.decode() or "1"))
         return f"{port}|{os.getpid()}|{peer}".encode()
 
-    handler = grpc.method_handlers_generic_handler(
-        "test.Peer",
-        {
-            "Who": grpc.unary_unary_rpc_method_handler(who),
-            "Sleep": grpc.unary_unary_rpc_method_handler(sleep),
-        },
-    )
-    return ServiceApp(
-        name="test",
-        service_names=["test.Peer"],
-        register=lambda server: server.add_generic_rpc_handlers((handler,)),
-    )
+    return unary_app("test.Peer", {"Who": who, "Sleep": sleep})
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import grpc
 
 from services.runtime.config import load_settings
 from services.runtime.server import ServiceApp, ServiceContext, serve
+from tests.support.servers import unary_app
 
 
 def create_app(_context: ServiceContext) -> ServiceApp:
@@ -16,14 +17,7 @@ def create_app(_context: ServiceContext) -> ServiceApp:
         await asyncio.sleep(float(request.decode() or "1"))
         return b"done:" + request
 
-    handler = grpc.method_handlers_generic_handler(
-        "test.Slow", {"Sleep": grpc.unary_unary_rpc_method_handler(sleep)}
-    )
-    return ServiceApp(
-        name="test",
-        service_names=["test.Slow"],
-        register=lambda server: server.add_generic_rpc_handlers((handler,)),
-    )
+    return unary_app("test.Slow", {"Sleep": sleep})
 
 
 if __name__ == "__main__":

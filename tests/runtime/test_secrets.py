@@ -6,9 +6,7 @@ Unit tests of the one rule (services.runtime.config) and of each secret's loader
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,8 +22,8 @@ from services.runtime.config import (
     load_settings,
     with_internal_secret,
 )
+from tests.support.suite import outside_environment, run_module
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = {"KUBERNETES_SERVICE_HOST": "10.96.0.1"}
 SECRET = "s" * 32
 
@@ -104,24 +102,12 @@ def test_in_kubernetes_gdpr_refuses_to_generate_a_kek(tmp_path: Path) -> None:
 
 
 def _serve(service: str, tmp_path: Path, **extra: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("AWARENESS_") and key not in {"DATABASE_URL", "REDIS_URL"}
-    }
+    env = outside_environment()
     env.update(
         KUBERNETES, AWARENESS_DATA_DIR=str(tmp_path), AWARENESS_GRPC_PORT="0", AWARENESS_METRICS_PORT="0"
     )
     env.update(extra)
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli", "serve", service],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_module("services.cli", "serve", service, env=env)
 
 
 @pytest.mark.parametrize(

@@ -34,8 +34,9 @@ from services.runtime.errors import (
     UnavailableError,
     error_info,
 )
-from services.runtime.server import ServiceApp, ServiceContext, build_context, create_server
+from services.runtime.server import ServiceApp, ServiceContext, build_context
 from tests.conftest import INTERNAL_SECRET, free_port
+from tests.support.servers import RunningServer, start_server, unary_app
 
 Handler = Callable[[bytes, Any], Any]
 
@@ -45,15 +46,7 @@ class PolicyNotInReview(FailedPreconditionError):
 
 
 def make_app(handlers: dict[str, Handler], *, ready: Callable[[], bool] = lambda: True) -> ServiceApp:
-    generic = grpc.method_handlers_generic_handler(
-        "test.Svc", {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in handlers.items()}
-    )
-    return ServiceApp(
-        name="test",
-        service_names=["test.Svc"],
-        register=lambda server: server.add_generic_rpc_handlers((generic,)),
-        ready=ready,
-    )
+    return unary_app("test.Svc", handlers, ready=ready)
 
 
 def make_settings(tmp_path: Path, **extra: str) -> Any:
@@ -66,12 +59,8 @@ def make_settings(tmp_path: Path, **extra: str) -> Any:
     return load_settings("test", env)
 
 
-async def start(app: ServiceApp, context: ServiceContext) -> tuple[grpc.aio.Server, Any, str]:
-    server, health, port = create_server(app, context, port=0)
-    await server.start()
-    await health.check_once()
-    health.start()
-    return server, health, f"127.0.0.1:{port}"
+async def start(app: ServiceApp, context: ServiceContext) -> RunningServer:
+    return await start_server(app, context, health_loop=True)
 
 
 def channels(address: str, **overrides: Any) -> ChannelFactory:
@@ -90,18 +79,15 @@ def channels(address: str, **overrides: Any) -> ChannelFactory:
 
 @pytest.fixture
 async def running(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    servers: list[tuple[grpc.aio.Server, Any]] = []
+    servers: list[RunningServer] = []
 
     async def _run(app: ServiceApp) -> str:
-        context = build_context(make_settings(tmp_path), with_database=False)
-        server, health, address = await start(app, context)
-        servers.append((server, health))
-        return address
+        servers.append(await start(app, build_context(make_settings(tmp_path), with_database=False)))
+        return servers[-1].address
 
     yield _run
-    for server, health in servers:
-        await health.shutdown()
-        await server.stop(0)
+    for running_server in servers:
+        await running_server.stop()
 
 
 async def test_domain_error_reaches_client_with_code_and_error_info(running: Any) -> None:
@@ -201,6 +187,14 @@ async def test_breaker_opens_after_threshold_and_closes_after_reset(running: Any
     await factory.close()
 
 
+async def _refused_every_time(method: Any, request: bytes, code: grpc.StatusCode, *, times: int) -> None:
+    """Each of ``times`` calls fails with ``code`` from the callee (never with an open breaker)."""
+    for _ in range(times):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await method(request)
+        assert caught.value.code() == code
+
+
 async def test_business_errors_do_not_open_the_breaker(running: Any) -> None:
     async def invalid(_request: bytes, context: Any) -> bytes:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad input")
@@ -208,10 +202,7 @@ async def test_business_errors_do_not_open_the_breaker(running: Any) -> None:
 
     factory = channels(await running(make_app({"Invalid": invalid})), breaker_fail_max=2)
     method = factory.channel("svc").unary_unary("/test.Svc/Invalid")
-    for _ in range(5):
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await method(b"")
-        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await _refused_every_time(method, b"", grpc.StatusCode.INVALID_ARGUMENT, times=5)
     assert factory.breaker_states()["svc"] == "closed"
     await factory.close()
 
@@ -228,10 +219,7 @@ async def test_a_callee_failing_on_one_requests_content_keeps_the_breaker_closed
 
     factory = channels(await running(make_app({"Poisoned": poisoned})), breaker_fail_max=2, attempts=1)
     method = factory.channel("svc").unary_unary("/test.Svc/Poisoned")
-    for _ in range(6):  # three times fail_max
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await method(b"poison")
-        assert caught.value.code() == code
+    await _refused_every_time(method, b"poison", code, times=6)  # three times fail_max
     assert factory.breaker_states()["svc"] == "closed"
     assert await method(b"fine") == b"ok"
     await factory.close()
@@ -262,10 +250,7 @@ async def test_an_outage_behind_the_callee_does_not_open_the_callers_breaker(run
 
     factory = channels(await running(make_app({"Append": dependency_down})), breaker_fail_max=2, attempts=1)
     method = factory.channel("svc").unary_unary("/test.Svc/Append")
-    for _ in range(5):
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await method(b"")
-        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    await _refused_every_time(method, b"", grpc.StatusCode.UNAVAILABLE, times=5)
     assert factory.breaker_states()["svc"] == "closed"
     await factory.close()
 
@@ -379,9 +364,9 @@ def _health_case(tmp_path: Path, url: str, break_db: Callable[[], None]) -> None
             channels=channels("unused"),
             engine=engine,
         )
-        server, health, address = await start(make_app({}, ready=lambda: db.ping(engine)), context)
+        running_server = await start(make_app({}, ready=lambda: db.ping(engine)), context)
         try:
-            async with grpc.aio.insecure_channel(address) as channel:
+            async with grpc.aio.insecure_channel(running_server.address) as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
                 request = health_pb2.HealthCheckRequest(service="test.Svc")
                 assert (await stub.Check(request)).status == health_pb2.HealthCheckResponse.SERVING
@@ -398,9 +383,7 @@ def _health_case(tmp_path: Path, url: str, break_db: Callable[[], None]) -> None
                 live = await stub.Check(health_pb2.HealthCheckRequest(service=""))
                 assert live.status == health_pb2.HealthCheckResponse.SERVING
         finally:
-            await health.shutdown()
-            await server.stop(0)
-            engine.dispose()
+            await running_server.stop()  # disposes the engine too
 
     asyncio.run(scenario())
 

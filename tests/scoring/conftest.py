@@ -34,12 +34,3 @@ def small_trained() -> TrainingResult:
         folds=2,
         algorithms=("gradient_boosting",),
     )
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest) -> str:
-    """Empty for the per-test SQLite file under the data dir, or a brand-new PostgreSQL database."""
-    if request.param == "postgres":
-        url: str = request.getfixturevalue("fresh_postgres_db")
-        return url
-    return ""

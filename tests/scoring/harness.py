@@ -10,7 +10,6 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-import grpc
 from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
 from awareness.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from google.protobuf import timestamp_pb2
@@ -19,13 +18,14 @@ from services.runtime import auth
 from services.runtime.clients import ChannelFactory
 from services.runtime.config import load_settings
 from services.runtime.db import transaction
-from services.runtime.server import ServiceApp, ServiceContext, build_context, create_server
+from services.runtime.server import build_context
 from services.scoring.app import ScoringService, build_service
 from services.scoring.domain.features import FeatureInput
 from services.scoring.domain.training import TrainingResult
 from services.scoring.models import ModelStatus
 from services.scoring.training_job import register_result
-from tests.conftest import INTERNAL_SECRET, free_port
+from tests.support.resources import free_port
+from tests.support.servers import Served, client_factory, service_env, serving, start_server
 
 ML_ENGINEER = auth.Principal(subject="test:ml", roles=frozenset({"ml_engineer"}))
 
@@ -57,54 +57,38 @@ class FakeGdpr(gdpr_pb2_grpc.GdprServiceServicer):
 @asynccontextmanager
 async def fake_gdpr() -> AsyncIterator[tuple[FakeGdpr, str]]:
     servicer = FakeGdpr()  # type: ignore[abstract]  # only CheckConsent is served
-    context = build_context(
-        load_settings("gdpr", {"AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode()}), with_database=False
-    )
-    app = ServiceApp(
-        name="gdpr",
-        service_names=["awareness.gdpr.v1.GdprService"],
-        register=lambda server: gdpr_pb2_grpc.add_GdprServiceServicer_to_server(servicer, server),
-    )
-    server, health, port = create_server(app, context, port=0)
-    await server.start()
-    try:
-        yield servicer, f"127.0.0.1:{port}"
-    finally:
-        await server.stop(0)
-        await health.shutdown()
+    async with serving(
+        "gdpr",
+        lambda server: gdpr_pb2_grpc.add_GdprServiceServicer_to_server(servicer, server),
+        ["awareness.gdpr.v1.GdprService"],
+    ) as gdpr:
+        yield servicer, gdpr.address
 
 
 def scoring_env(
     data_dir: Path, *, database_url: str, gdpr_address: str, ingest_address: str = "", **extra: str
 ) -> dict[str, str]:
-    env = {
-        "AWARENESS_DATA_DIR": str(data_dir),
-        "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
-        "AWARENESS_GDPR_TARGET": gdpr_address,
-        # Nothing listens there unless a test says otherwise: ingest is down.
-        "AWARENESS_INGEST_TARGET": ingest_address or f"127.0.0.1:{free_port()}",
-        "AWARENESS_HEALTH_PROBE_SECONDS": "0.2",
-        "AWARENESS_CALL_TIMEOUT_SECONDS": "5",
-        "AWARENESS_RETRY_ATTEMPTS": "1",
-        "AWARENESS_SCORING_BOOTSTRAP_MODEL": "0",
-        "AWARENESS_SCORING_RELOAD_SECONDS": "0.2",
-        **extra,
-    }
-    if database_url:
-        env["DATABASE_URL"] = database_url
-    return env
+    return service_env(
+        data_dir,
+        database_url=database_url,
+        **{
+            "AWARENESS_GDPR_TARGET": gdpr_address,
+            # Nothing listens there unless a test says otherwise: ingest is down.
+            "AWARENESS_INGEST_TARGET": ingest_address or f"127.0.0.1:{free_port()}",
+            "AWARENESS_CALL_TIMEOUT_SECONDS": "5",
+            "AWARENESS_RETRY_ATTEMPTS": "1",
+            "AWARENESS_SCORING_BOOTSTRAP_MODEL": "0",
+            "AWARENESS_SCORING_RELOAD_SECONDS": "0.2",
+            **extra,
+        },
+    )
 
 
 @dataclass
-class Replica:
+class Replica(Served):
     """One running scoring server and its parts."""
 
     service: ScoringService
-    context: ServiceContext
-    address: str
-    server: grpc.aio.Server
-    health: Any
-    tasks: list[asyncio.Task[None]]
     client: ChannelFactory
 
     @property
@@ -117,41 +101,20 @@ class Replica:
 
 
 def client_for(address: str, principal: auth.Principal = ML_ENGINEER) -> ChannelFactory:
-    return ChannelFactory(
-        targets={"scoring": address},
-        identity=principal,
-        internal_secret=INTERNAL_SECRET,
-        timeout_seconds=120.0,
-        attempts=1,
-        breaker_fail_max=100,
-        breaker_reset_seconds=1.0,
-    )
+    return client_factory({"scoring": address}, principal, timeout_seconds=120.0)
 
 
 async def start_replica(env: dict[str, str]) -> Replica:
     """Like `awareness serve scoring`, in this process: migrations, wiring, on_start, background tasks."""
     context = build_context(load_settings("scoring", env))
     service = build_service(context)
-    server, health, port = create_server(service.app, context, port=0)
-    if service.app.on_start is not None:
-        await service.app.on_start()
-    await server.start()
-    await health.check_once()
-    tasks = [asyncio.create_task(job()) for job in service.app.background]
-    address = f"127.0.0.1:{port}"
-    return Replica(service, context, address, server, health, tasks, client_for(address))
+    running = await start_server(service.app, context)
+    return Replica(running, service, client_for(running.address))
 
 
 async def stop_replica(replica: Replica) -> None:
     await replica.client.close()
-    await replica.health.shutdown()
-    await replica.server.stop(0)
-    for task in replica.tasks:
-        task.cancel()
-    await asyncio.gather(*replica.tasks, return_exceptions=True)
-    await replica.context.channels.close()
-    assert replica.context.engine is not None
-    replica.context.engine.dispose()
+    await replica.running.stop()
 
 
 @asynccontextmanager

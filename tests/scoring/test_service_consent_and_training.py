@@ -22,13 +22,11 @@ from services.gdpr.app import build_service as build_gdpr_service
 from services.gdpr.bootstrap import bootstrap_dev as gdpr_bootstrap_dev
 from services.runtime import auth
 from services.runtime.clients import ChannelFactory
-from services.runtime.config import load_settings
-from services.runtime.server import ServiceApp, build_context, create_server
 from services.scoring import app as scoring_app
 from services.scoring.domain.generator import GeneratorConfig, SyntheticDataset, generate
 from services.scoring.domain.training import TrainingResult
 from services.scoring.models import ModelStatus
-from tests.conftest import INTERNAL_SECRET, free_port
+from tests.conftest import INTERNAL_SECRET
 from tests.grpc_errors import reason_of
 from tests.scoring.harness import (
     fake_gdpr,
@@ -40,6 +38,8 @@ from tests.scoring.harness import (
     wait_for,
 )
 from tests.scoring.test_service import champion_loaded
+from tests.support.resources import free_port
+from tests.support.servers import client_factory, service_env, serving, start_service
 
 pytestmark = pytest.mark.slow
 
@@ -48,41 +48,21 @@ SMALL_TRAINING_ENV = {"AWARENESS_SCORING_SYNTHETIC_PEOPLE": "60", "AWARENESS_SCO
 
 
 def channels(address: str, principal: auth.Principal, name: str) -> ChannelFactory:
-    return ChannelFactory(
-        targets={name: address},
-        identity=principal,
-        internal_secret=INTERNAL_SECRET,
-        timeout_seconds=30.0,
-        attempts=1,
-        breaker_fail_max=100,
-        breaker_reset_seconds=1.0,
-    )
+    return client_factory({name: address}, principal, timeout_seconds=30.0)
 
 
 @asynccontextmanager
 async def real_gdpr(data_dir: Path) -> AsyncIterator[str]:
     """The real gdpr service (its own create_app wiring, dev keys, SQLite) on port 0."""
     gdpr_bootstrap_dev(data_dir)
-    settings = load_settings(
-        "gdpr",
-        {
-            "AWARENESS_DATA_DIR": str(data_dir),
-            "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
-            "AWARENESS_INGEST_TARGET": f"127.0.0.1:{free_port()}",
-        },
+    env = service_env(data_dir, AWARENESS_INGEST_TARGET=f"127.0.0.1:{free_port()}")
+    gdpr = await start_service(
+        "gdpr", env, lambda context: build_gdpr_service(context).app, background_jobs=False
     )
-    context = build_context(settings)
-    service = build_gdpr_service(context)
-    server, health, port = create_server(service.app, context, port=0)
-    await server.start()
     try:
-        yield f"127.0.0.1:{port}"
+        yield gdpr.address
     finally:
-        await server.stop(0)
-        await health.shutdown()
-        await context.channels.close()
-        assert context.engine is not None
-        context.engine.dispose()
+        await gdpr.stop()
 
 
 async def test_subjects_who_withdrew_consent_are_not_scored(
@@ -187,21 +167,12 @@ class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
 @asynccontextmanager
 async def fake_ingest(examples: list[ingest_pb2.TrainingExample]) -> AsyncIterator[str]:
     servicer = FakeIngest(examples)  # type: ignore[abstract]  # only ListTrainingExamples is served
-    context = build_context(
-        load_settings("ingest", {"AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode()}), with_database=False
-    )
-    app = ServiceApp(
-        name="ingest",
-        service_names=["awareness.ingest.v1.IngestService"],
-        register=lambda server: ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server),
-    )
-    server, health, port = create_server(app, context, port=0)
-    await server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await server.stop(0)
-        await health.shutdown()
+    async with serving(
+        "ingest",
+        lambda server: ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server),
+        ["awareness.ingest.v1.IngestService"],
+    ) as ingest:
+        yield ingest.address
 
 
 def analyst_examples() -> list[ingest_pb2.TrainingExample]:

@@ -2,24 +2,20 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
 from awareness.signing.v1 import signing_pb2_grpc
 from sqlalchemy import Engine
 
 from services.runtime import auth
-from services.runtime.clients import ChannelFactory
-from services.runtime.config import load_settings
-from services.runtime.health import HealthReporter
 from services.runtime.metrics import ServiceMetrics
-from services.runtime.server import ServiceApp, build_context, create_server
+from services.runtime.server import ServiceApp
 from services.signing.app import create_app
 from services.signing.domain.pki import Keyring, PkiPaths, init_pki, load_keyring
 from services.signing.domain.tsa import SerialSource
-from tests.conftest import INTERNAL_SECRET
+from tests.support.servers import Clients, Served, service_env, start_service
 
 
 @pytest.fixture(scope="module")
@@ -46,41 +42,37 @@ TEST_ORIGIN = "awareness.test/log"
 
 
 @dataclass
-class SigningHarness:
+class SigningHarness(Served):
     """One signing service on a real port, and clients that call it as a given role."""
 
-    address: str
     data_dir: Path
     pki_dir: Path
-    engine: Engine
-    metrics: ServiceMetrics
-    app: ServiceApp
-    _factories: list[ChannelFactory] = field(default_factory=list)
+    clients: Clients
+
+    @property
+    def engine(self) -> Engine:
+        assert self.context.engine is not None
+        return self.context.engine
+
+    @property
+    def metrics(self) -> ServiceMetrics:
+        return self.context.metrics
+
+    @property
+    def app(self) -> ServiceApp:
+        return self.running.app
 
     @property
     def root_certificate(self) -> Path:
         return self.pki_dir / "root-ca.pem"
 
     def stub(self, role: str = "service") -> signing_pb2_grpc.SigningServiceStub:
-        factory = ChannelFactory(
-            targets={"signing": self.address},
-            identity=auth.Principal(subject=f"test-{role}", roles=frozenset({role})),
-            internal_secret=INTERNAL_SECRET,
-            timeout_seconds=20.0,
-            attempts=1,
-            breaker_fail_max=100,
-            breaker_reset_seconds=1.0,
-        )
-        self._factories.append(factory)
-        return signing_pb2_grpc.SigningServiceStub(factory.channel("signing"))
+        principal = auth.Principal(subject=f"test-{role}", roles=frozenset({role}))
+        return signing_pb2_grpc.SigningServiceStub(self.clients.channel("signing", principal))
 
     def metric(self, name: str, **labels: str) -> float:
         value = self.metrics.registry.get_sample_value(name, labels)
         return 0.0 if value is None else value
-
-    async def close_clients(self) -> None:
-        for factory in self._factories:
-            await factory.close()
 
 
 StartSigning = Callable[..., Awaitable[SigningHarness]]
@@ -88,8 +80,10 @@ StartSigning = Callable[..., Awaitable[SigningHarness]]
 
 @pytest.fixture
 async def start_signing(tmp_path: Path) -> AsyncIterator[StartSigning]:
-    """Start signing services (each with its own data dir unless one is given); all stopped after."""
-    running: list[tuple[grpc.aio.Server, HealthReporter, SigningHarness]] = []
+    """Start signing services (each with its own data dir unless one is given); all stopped after.
+
+    The key watcher (signing's background job) does not run: a test that needs it starts it."""
+    started: list[SigningHarness] = []
 
     async def _start(
         *,
@@ -98,42 +92,29 @@ async def start_signing(tmp_path: Path) -> AsyncIterator[StartSigning]:
         serial_source: SerialSource | None = None,
         **env_extra: str,
     ) -> SigningHarness:
-        directory = data_dir or tmp_path / f"signing-{len(running)}"
-        env = {
-            "AWARENESS_DATA_DIR": str(directory),
-            "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
-            "AWARENESS_HEALTH_PROBE_SECONDS": "0.2",
-            "AWARENESS_LOG_ORIGIN": TEST_ORIGIN,
-            **env_extra,
-        }
+        directory = data_dir or tmp_path / f"signing-{len(started)}"
+        env = service_env(directory, **{"AWARENESS_LOG_ORIGIN": TEST_ORIGIN, **env_extra})
         if database_url is not None:
             env["AWARENESS_SIGNING_DATABASE_URL"] = database_url
-        settings = load_settings("signing", env)
-        context = build_context(settings)
-        app = create_app(context, serial_source=serial_source)
-        server, health, port = create_server(app, context, port=0)
-        await server.start()
-        await health.check_once()
-        assert context.engine is not None
+        running = await start_service(
+            "signing",
+            env,
+            lambda context: create_app(context, serial_source=serial_source),
+            background_jobs=False,
+        )
         harness = SigningHarness(
-            address=f"127.0.0.1:{port}",
+            running=running,
             data_dir=directory,
             pki_dir=Path(env.get("AWARENESS_PKI_DIR") or directory / "pki"),
-            engine=context.engine,
-            metrics=context.metrics,
-            app=app,
+            clients=Clients({"signing": running.address}),
         )
-        running.append((server, health, harness))
+        started.append(harness)
         return harness
 
     yield _start
-    for server, health, harness in running:
-        await harness.close_clients()
-        await health.shutdown()
-        await server.stop(0)
-        if harness.app.on_stop is not None:
-            await harness.app.on_stop()
-        harness.engine.dispose()
+    for harness in started:
+        await harness.clients.close()
+        await harness.running.stop()
 
 
 @pytest.fixture
@@ -141,13 +122,10 @@ async def signing(start_signing: StartSigning) -> SigningHarness:
     return await start_signing()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
+@pytest.fixture
+def store_url(database_url: str) -> str | None:
     """None (the embedded SQLite file) or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return None
-    url: str = request.getfixturevalue("fresh_postgres_db")
-    return url
+    return database_url or None
 
 
 def copy_pki(source: Path, destination: Path) -> Path:

@@ -8,7 +8,6 @@ certificate the gateway publishes on GET /v1/keys.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.awareness_up import SQLITE, awareness_up
+from tests.signing.openssl_ts import assert_verified_then_refused_once_changed, make_query, openssl
+from tests.support.suite import SQLITE, awareness_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-OPENSSL_TIMEOUT = 60
 EVIDENCE = b"an auditor's evidence file\n" * 10
 
 
@@ -42,10 +41,6 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
             env=running.env,
             api_key=running.create_key("auditor", name="auditor"),
         )
-
-
-def _openssl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=OPENSSL_TIMEOUT)
 
 
 def _post_query(suite: Suite, query: bytes) -> httpx.Response:
@@ -84,8 +79,7 @@ def test_openssl_timestamp_through_the_gateway(
     data = tmp_path / "evidence.bin"
     data.write_bytes(EVIDENCE)
     query = tmp_path / "request.tsq"
-    created = _openssl("ts", "-query", "-data", str(data), *query_options, "-out", str(query))
-    assert created.returncode == 0, created.stderr
+    make_query(data, query, *query_options)
 
     reply = _post_query(suite, query.read_bytes())
     assert reply.status_code == 200, reply.text
@@ -93,26 +87,16 @@ def test_openssl_timestamp_through_the_gateway(
     response = tmp_path / "response.tsr"
     response.write_bytes(reply.content)
 
-    verify = ("ts", "-verify", "-data", str(data), "-in", str(response), "-CAfile", str(published_root))
-    verified = _openssl(*verify)
-    assert verified.returncode == 0, verified.stderr
-    assert "Verification: OK" in verified.stdout
-
-    changed = bytearray(EVIDENCE)
-    changed[3] ^= 0x01
-    data.write_bytes(bytes(changed))
-    refused = _openssl(*verify)
-    assert refused.returncode != 0
-    assert "Verification: OK" not in refused.stdout
+    assert_verified_then_refused_once_changed(data, response, published_root, flipped_byte=3)
 
 
 def test_bad_queries_get_rejection_replies_through_the_gateway(suite: Suite, tmp_path: Path) -> None:
     data = tmp_path / "evidence.bin"
     data.write_bytes(EVIDENCE)
     sha1_query = tmp_path / "sha1.tsq"
-    assert _openssl("ts", "-query", "-data", str(data), "-sha1", "-out", str(sha1_query)).returncode == 0
+    assert openssl("ts", "-query", "-data", str(data), "-sha1", "-out", str(sha1_query)).returncode == 0
     good_query = tmp_path / "good.tsq"
-    assert _openssl("ts", "-query", "-data", str(data), "-sha256", "-out", str(good_query)).returncode == 0
+    assert openssl("ts", "-query", "-data", str(data), "-sha256", "-out", str(good_query)).returncode == 0
     for name, query in {
         "sha1": sha1_query.read_bytes(),
         "truncated": good_query.read_bytes()[:-6],
@@ -123,7 +107,7 @@ def test_bad_queries_get_rejection_replies_through_the_gateway(suite: Suite, tmp
         assert reply.headers["content-type"].startswith("application/timestamp-reply"), name
         response = tmp_path / f"{name}.tsr"
         response.write_bytes(reply.content)
-        shown = _openssl("ts", "-reply", "-in", str(response), "-text")
+        shown = openssl("ts", "-reply", "-in", str(response), "-text")
         assert shown.returncode == 0, (name, shown.stderr)
         assert "Status: Rejected." in shown.stdout, name
 

@@ -3,39 +3,24 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
 from pathlib import Path
 
 import grpc
 import pytest
 import rfc3161_client
-from asn1crypto import core, tsp
+from asn1crypto import tsp
 from awareness.signing.v1 import signing_pb2
 from cryptography import x509
 
 from tests.signing.conftest import SigningHarness
+from tests.signing.openssl_ts import (
+    assert_verified_then_refused_once_changed,
+    make_query,
+    openssl,
+    reply_status,
+)
 
-OPENSSL_TIMEOUT = 60
 EVIDENCE = b"checkpoint awareness.test/log 42\n" * 3
-
-
-class _Response(core.Sequence):  # type: ignore[misc]
-    # RFC 3161 TimeStampResp written out here, so the test does not parse with the code under test.
-    _fields = [("status", tsp.PKIStatusInfo), ("time_stamp_token", core.Any, {"optional": True})]
-
-
-def _status(der: bytes) -> tuple[str, set[str], bool]:
-    response = _Response.load(der, strict=True)
-    status = response["status"]
-    return (
-        status["status"].native,
-        set(status["fail_info"].native or ()),
-        not isinstance(response["time_stamp_token"], core.Void),
-    )
-
-
-def _openssl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=OPENSSL_TIMEOUT)
 
 
 async def _timestamp(harness: SigningHarness, query: bytes, *, role: str = "auditor") -> bytes:
@@ -55,31 +40,11 @@ async def test_openssl_verifies_rpc_token_and_rejects_changed_data(
     data = tmp_path / "evidence.bin"
     data.write_bytes(EVIDENCE)
     query = tmp_path / "request.tsq"
-    created = _openssl("ts", "-query", "-data", str(data), *query_options, "-out", str(query))
-    assert created.returncode == 0, created.stderr
+    make_query(data, query, *query_options)
     response = tmp_path / "response.tsr"
     response.write_bytes(await _timestamp(signing, query.read_bytes()))
 
-    verify = (
-        "ts",
-        "-verify",
-        "-data",
-        str(data),
-        "-in",
-        str(response),
-        "-CAfile",
-        str(signing.root_certificate),
-    )
-    verified = _openssl(*verify)
-    assert verified.returncode == 0, verified.stderr
-    assert "Verification: OK" in verified.stdout
-
-    changed = bytearray(EVIDENCE)
-    changed[7] ^= 0x01
-    data.write_bytes(bytes(changed))
-    refused = _openssl(*verify)
-    assert refused.returncode != 0
-    assert "Verification: OK" not in refused.stdout
+    assert_verified_then_refused_once_changed(data, response, signing.root_certificate, flipped_byte=7)
     assert signing.metric("awareness_signing_timestamps_issued_total", status="granted") == 1
 
 
@@ -87,7 +52,7 @@ def _sha1_query(tmp_path: Path) -> bytes:
     data = tmp_path / "sha1.bin"
     data.write_bytes(b"x")
     query = tmp_path / "sha1.tsq"
-    assert _openssl("ts", "-query", "-data", str(data), "-sha1", "-out", str(query)).returncode == 0
+    assert openssl("ts", "-query", "-data", str(data), "-sha1", "-out", str(query)).returncode == 0
     return query.read_bytes()
 
 
@@ -107,7 +72,7 @@ async def test_bad_requests_get_rejection_responses_not_transport_errors(
     data = tmp_path / "evidence.bin"
     data.write_bytes(EVIDENCE)
     valid = tmp_path / "valid.tsq"
-    assert _openssl("ts", "-query", "-data", str(data), "-sha256", "-out", str(valid)).returncode == 0
+    assert openssl("ts", "-query", "-data", str(data), "-sha256", "-out", str(valid)).returncode == 0
     cases = {
         "malformed": (b"this is not a TimeStampReq", "bad_data_format"),
         "truncated": (valid.read_bytes()[:-7], "bad_data_format"),
@@ -117,14 +82,14 @@ async def test_bad_requests_get_rejection_responses_not_transport_errors(
     }
     for name, (query, failure) in cases.items():
         response = await _timestamp(signing, query)  # an RPC error would raise here
-        status, failures, has_token = _status(response)
+        status, failures, has_token = reply_status(response)
         assert (status, failures, has_token) == ("rejection", {failure}, False), name
     assert signing.metric("awareness_signing_timestamps_issued_total", status="bad_alg") == 1
     assert signing.metric("awareness_signing_timestamps_issued_total", status="bad_data_format") == 4
 
     reply = tmp_path / "sha1.tsr"
     reply.write_bytes(await _timestamp(signing, _sha1_query(tmp_path)))
-    shown = _openssl("ts", "-reply", "-in", str(reply), "-text")
+    shown = openssl("ts", "-reply", "-in", str(reply), "-text")
     assert shown.returncode == 0, shown.stderr
     assert "Status: Rejected." in shown.stdout
 
@@ -151,7 +116,7 @@ async def test_verify_timestamp_rpc(signing: SigningHarness, tmp_path: Path) -> 
     data.write_bytes(EVIDENCE)
     query = tmp_path / "request.tsq"
     # Without -cert the token carries no certificate: the service supplies its published ones.
-    assert _openssl("ts", "-query", "-data", str(data), "-sha384", "-out", str(query)).returncode == 0
+    assert openssl("ts", "-query", "-data", str(data), "-sha384", "-out", str(query)).returncode == 0
     response = await _timestamp(signing, query.read_bytes())
     stub = signing.stub("auditor")
 

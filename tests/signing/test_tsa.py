@@ -26,24 +26,10 @@ from services.signing.domain.tsa import (
     parse_timestamp_response,
     verify_timestamp_token,
 )
+from tests.signing.openssl_ts import reply_status
 
 DATA = b"checkpoint awareness.example/log 42\n"
 EXTRA_POLICY = "1.3.6.1.4.1.4146.1.2.3"
-
-
-class _Response(core.Sequence):  # type: ignore[misc]
-    # RFC 3161 TimeStampResp, written out here so tests do not rely on the code under test.
-    _fields = [("status", tsp.PKIStatusInfo), ("time_stamp_token", core.Any, {"optional": True})]
-
-
-def _status(der: bytes) -> tuple[str, set[str], bool]:
-    response = _Response.load(der, strict=True)
-    status = response["status"]
-    return (
-        status["status"].native,
-        set(status["fail_info"].native or ()),
-        not isinstance(response["time_stamp_token"], core.Void),
-    )
 
 
 def _tst_info(der: bytes) -> tsp.TSTInfo:
@@ -85,7 +71,7 @@ def authority(keyring: Keyring) -> TimeStampAuthority:
 def test_granted_token_contents(authority: TimeStampAuthority, keyring: Keyring) -> None:
     before = datetime.now(UTC).replace(microsecond=0)
     response = authority.respond(_request(nonce=123456789))
-    assert _status(response) == ("granted", set(), True)
+    assert reply_status(response) == ("granted", set(), True)
     tst_info = _tst_info(response)
     assert tst_info["policy"].dotted == DEFAULT_POLICY_OID
     assert tst_info["nonce"].native == 123456789
@@ -98,7 +84,7 @@ def test_granted_token_contents(authority: TimeStampAuthority, keyring: Keyring)
 
 def test_requested_policy_is_used_when_accepted(authority: TimeStampAuthority) -> None:
     response = authority.respond(_request(policy=EXTRA_POLICY))
-    assert _status(response)[0] == "granted"
+    assert reply_status(response)[0] == "granted"
     assert _tst_info(response)["policy"].dotted == EXTRA_POLICY
 
 
@@ -148,7 +134,7 @@ def test_certificate_only_when_requested(authority: TimeStampAuthority) -> None:
 def test_bad_requests_get_rejection_responses(
     authority: TimeStampAuthority, request_der: bytes, expected_failure: str
 ) -> None:
-    status, failures, has_token = _status(authority.respond(request_der))
+    status, failures, has_token = reply_status(authority.respond(request_der))
     assert status == "rejection"
     assert failures == {expected_failure}
     assert not has_token
@@ -160,7 +146,7 @@ def test_unknown_hash_oid_is_bad_alg(authority: TimeStampAuthority) -> None:
         bytes.fromhex("0609608648016503040201"), bytes.fromhex("06092a0304050607080901")
     )
     assert unknown != request
-    assert _status(authority.respond(unknown))[:2] == ("rejection", {"bad_alg"})
+    assert reply_status(authority.respond(unknown))[:2] == ("rejection", {"bad_alg"})
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -175,7 +161,7 @@ def test_respond_never_raises(authority: TimeStampAuthority, sample: bytes | tup
         request = bytearray(_request())
         request[position % len(request)] = value
         sample = bytes(request)
-    status, _, has_token = _status(authority.respond(sample))
+    status, _, has_token = reply_status(authority.respond(sample))
     assert status in {"granted", "rejection"}
     assert has_token == (status == "granted")
 

@@ -10,12 +10,7 @@ from cryptography.x509.oid import NameOID
 
 from services.signing.domain.pki import KeyPurpose, Keyring, PkiPaths, init_pki
 from services.signing.domain.tsa import DEFAULT_POLICY_OID, CountingSerialSource, TimeStampAuthority
-
-OPENSSL_TIMEOUT = 60
-
-
-def _openssl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=OPENSSL_TIMEOUT)
+from tests.signing.openssl_ts import assert_verified_then_refused_once_changed, make_query, openssl, verify
 
 
 @pytest.fixture(scope="module")
@@ -27,25 +22,14 @@ def _stamp(authority: TimeStampAuthority, directory: Path, *query_options: str) 
     data = directory / "evidence.bin"
     data.write_bytes(b"checkpoint awareness.example/log 42\n" * 3)
     query = directory / "request.tsq"
-    created = _openssl("ts", "-query", "-data", str(data), *query_options, "-out", str(query))
-    assert created.returncode == 0, created.stderr
+    make_query(data, query, *query_options)
     response = directory / "response.tsr"
     response.write_bytes(authority.respond(query.read_bytes()))
     return data, response
 
 
 def _verify(data: Path, response: Path, paths: PkiPaths, *extra: str) -> subprocess.CompletedProcess[str]:
-    return _openssl(
-        "ts",
-        "-verify",
-        "-data",
-        str(data),
-        "-in",
-        str(response),
-        "-CAfile",
-        str(paths.root_certificate),
-        *extra,
-    )
+    return verify(data, response, paths.root_certificate, *extra)
 
 
 @pytest.mark.parametrize(
@@ -63,16 +47,9 @@ def test_openssl_verifies_token_and_rejects_changed_data(
 ) -> None:
     data, response = _stamp(authority, tmp_path, *query_options)
 
-    verified = _verify(data, response, pki_paths)
-    assert verified.returncode == 0, verified.stderr
-    assert "Verification: OK" in verified.stdout
-
-    changed = bytearray(data.read_bytes())
-    changed[5] ^= 0x01
-    data.write_bytes(bytes(changed))
-    refused = _verify(data, response, pki_paths)
-    assert refused.returncode != 0
-    assert "Verification: OK" not in refused.stdout
+    refused = assert_verified_then_refused_once_changed(
+        data, response, pki_paths.root_certificate, flipped_byte=5
+    )
     assert "message imprint mismatch" in refused.stderr
 
 
@@ -102,11 +79,11 @@ def test_openssl_reply_text_shows_policy_nonce_and_tsa(
     authority: TimeStampAuthority, keyring: Keyring, tmp_path: Path
 ) -> None:
     _, response = _stamp(authority, tmp_path, "-sha256", "-cert")
-    query_text = _openssl("ts", "-query", "-in", str(tmp_path / "request.tsq"), "-text")
+    query_text = openssl("ts", "-query", "-in", str(tmp_path / "request.tsq"), "-text")
     assert query_text.returncode == 0, query_text.stderr
     nonce_line = next(line for line in query_text.stdout.splitlines() if line.startswith("Nonce:"))
 
-    reply = _openssl("ts", "-reply", "-in", str(response), "-text")
+    reply = openssl("ts", "-reply", "-in", str(response), "-text")
     assert reply.returncode == 0, reply.stderr
     assert "Status: Granted." in reply.stdout
     assert f"Policy OID: {DEFAULT_POLICY_OID}" in reply.stdout
@@ -121,10 +98,10 @@ def test_openssl_reads_rejections(authority: TimeStampAuthority, tmp_path: Path)
     data = tmp_path / "evidence.bin"
     data.write_bytes(b"x")
     query = tmp_path / "request.tsq"
-    assert _openssl("ts", "-query", "-data", str(data), "-sha1", "-out", str(query)).returncode == 0
+    assert openssl("ts", "-query", "-data", str(data), "-sha1", "-out", str(query)).returncode == 0
     response = tmp_path / "response.tsr"
     response.write_bytes(authority.respond(query.read_bytes()))
-    reply = _openssl("ts", "-reply", "-in", str(response), "-text")
+    reply = openssl("ts", "-reply", "-in", str(response), "-text")
     assert reply.returncode == 0, reply.stderr
     assert "Status: Rejected." in reply.stdout
     assert "unrecognized or unsupported algorithm identifier" in reply.stdout

@@ -9,7 +9,6 @@ circuit breaker after repeated failures so that the upstream is no longer called
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from sqlalchemy import text
 from services.signing.domain.pki import init_pki, load_keyring
 from services.signing.domain.tsa import TimeStampAuthority, build_timestamp_request
 from tests.signing.conftest import StartSigning
+from tests.signing.openssl_ts import verify
 
 ROOT = hashlib.sha256(b"root").digest()
 
@@ -39,6 +39,14 @@ class FakeUpstream:
     requests: int = 0
     content_types: list[str] = field(default_factory=list)
     url: str = ""
+
+    def settings(self, *, timeout_seconds: float) -> dict[str, str]:
+        """What points a signing service at this TSA (and makes it trust its root)."""
+        return {
+            "AWARENESS_UPSTREAM_TSA_URL": self.url,
+            "AWARENESS_UPSTREAM_TSA_CA_FILE": str(self.root_certificate),
+            "AWARENESS_UPSTREAM_TSA_TIMEOUT_SECONDS": str(timeout_seconds),
+        }
 
     def answer(self, body: bytes) -> tuple[int, bytes]:
         self.requests += 1
@@ -99,11 +107,7 @@ async def _checkpoint(stub: object, size: int) -> signing_pb2.SignedCheckpoint:
 def _openssl_verifies(note: str, token: bytes, *, root: Path, directory: Path) -> bool:
     (directory / "note.txt").write_bytes(note.encode())
     (directory / "token.tst").write_bytes(token)
-    result = subprocess.run(
-        ["openssl", "ts", "-verify", "-data", str(directory / "note.txt"),
-         "-in", str(directory / "token.tst"), "-token_in", "-CAfile", str(root)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    result = verify(directory / "note.txt", directory / "token.tst", root, "-token_in")
     return result.returncode == 0 and "Verification: OK" in result.stdout
 
 
@@ -111,9 +115,7 @@ async def test_upstream_token_then_fallback_and_breaker_opening(
     start_signing: StartSigning, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     harness = await start_signing(
-        AWARENESS_UPSTREAM_TSA_URL=upstream.url,
-        AWARENESS_UPSTREAM_TSA_CA_FILE=str(upstream.root_certificate),
-        AWARENESS_UPSTREAM_TSA_TIMEOUT_SECONDS="2",
+        **upstream.settings(timeout_seconds=2),
         AWARENESS_BREAKER_FAIL_MAX="2",
         AWARENESS_BREAKER_RESET_SECONDS="60",
     )
@@ -182,12 +184,7 @@ async def test_upstream_token_then_fallback_and_breaker_opening(
 async def test_unusable_upstream_answers_fall_back_to_the_internal_tsa(
     start_signing: StartSigning, upstream: FakeUpstream, mode: str
 ) -> None:
-    harness = await start_signing(
-        AWARENESS_UPSTREAM_TSA_URL=upstream.url,
-        AWARENESS_UPSTREAM_TSA_CA_FILE=str(upstream.root_certificate),
-        AWARENESS_UPSTREAM_TSA_TIMEOUT_SECONDS="0.3",
-        AWARENESS_BREAKER_FAIL_MAX="5",
-    )
+    harness = await start_signing(**upstream.settings(timeout_seconds=0.3), AWARENESS_BREAKER_FAIL_MAX="5")
     upstream.mode = mode
     checkpoint = await _checkpoint(harness.stub("service"), 10)
     assert checkpoint.tsa == "internal" and checkpoint.timestamp_token

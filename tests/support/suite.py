@@ -2,8 +2,8 @@
 
 One start-up for every end-to-end test that goes through the gateway, on either backend:
 SQLite files under the data directory (the default a new user gets), or PostgreSQL and Redis
-(a fresh database and a Redis key prefix of its own per suite, see ``suite_backend`` in
-tests/conftest.py).
+(a fresh database and a Redis key prefix of its own per suite: ``postgres_backend``, which the
+``suite_backend`` fixture of tests/conftest.py hands out).
 """
 
 from __future__ import annotations
@@ -14,15 +14,42 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.runtime.config import SERVICES
-from tests.resilience.harness import free_port
+from tests.support.resources import free_port, temporary_database
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 READY = "all services healthy"
+
+
+def outside_environment() -> dict[str, str]:
+    """This process's environment without what would point a child at another suite or store
+    (``AWARENESS_*``, ``DATABASE_URL``, ``REDIS_URL``)."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("DATABASE_URL", "REDIS_URL") and not key.startswith("AWARENESS_")
+    }
+
+
+def run_module(
+    *argv: str, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``python -m <argv>`` from the repository root (where ``services``, ``bench`` and ``tests``
+    are found uninstalled), its output as text; the caller checks the exit code."""
+    return subprocess.run(
+        [sys.executable, "-m", *argv],
+        env=None if env is None else dict(env),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -51,6 +78,23 @@ class Backend:
 SQLITE = Backend("sqlite")
 
 
+@contextlib.contextmanager
+def postgres_backend(server_url: str, redis_url: str) -> Iterator[Backend]:
+    """A fresh database on ``server_url`` and a Redis key prefix of its own, both gone afterwards
+    (so suites running side by side share nothing)."""
+    import redis
+
+    prefix = f"awareness-test-{uuid.uuid4().hex[:12]}:ratelimit"
+    with temporary_database(server_url, prefix="awareness_e2e") as database_url:
+        yield Backend("postgres", database_url=database_url, redis_url=redis_url, redis_key_prefix=prefix)
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+
+
 @dataclass
 class UpSuite:
     url: str
@@ -62,14 +106,7 @@ class UpSuite:
     output: list[str] = field(default_factory=list)
 
     def cli(self, *argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "services.cli", *argv],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=REPO,
-        )
+        return run_module("services.cli", *argv, env=self.env)
 
     def create_key(self, *roles: str, name: str = "e2e") -> str:
         argv = ["keys", "create", "--name", name]
@@ -109,11 +146,7 @@ def suite_env(
     data_dir: Path, backend: Backend, extra: Mapping[str, str]
 ) -> tuple[dict[str, str], dict[str, str]]:
     """The environment of one suite on free ports (nothing inherited that names another store)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "REDIS_URL") and not k.startswith("AWARENESS_")
-    }
+    env = outside_environment()
     addresses = {service: f"127.0.0.1:{free_port()}" for service in SERVICES}
     for service, address in addresses.items():
         env[f"AWARENESS_{service.upper()}_TARGET"] = address

@@ -1,0 +1,2 @@
+"""What every test directory shares: the suite as processes (``suite``), in-process servers
+(``servers``) and the ports and databases a test borrows (``resources``)."""
