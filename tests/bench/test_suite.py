@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 
 from bench import suite
+from tests.support.resources import free_port
+
+# What format_table is told about the run and the machine.
+RUN_INFO = {
+    "date": "today",
+    "machine": {
+        "cores": 2,
+        "arch": "x86_64",
+        "system": "Linux",
+        "python": "3.11",
+        "load_average_at_start": [1.0],
+    },
+    "store": "PostgreSQL + Redis",
+}
 
 
 def test_cpu_per_event_divides_each_process_by_the_acknowledged_events() -> None:
@@ -39,18 +52,7 @@ def test_the_table_has_a_cpu_column() -> None:
         stages="gateway 6.0 / ingest 4.0",
         cpu="ingest 9.0 / gateway 5.0",
     )
-    info = {
-        "date": "today",
-        "machine": {
-            "cores": 2,
-            "arch": "x86_64",
-            "system": "Linux",
-            "python": "3.11",
-            "load_average_at_start": [1.0],
-        },
-        "store": "PostgreSQL + Redis",
-    }
-    table = suite.format_table([row], info=info)
+    table = suite.format_table([row], info=RUN_INFO)
     assert "CPU ms per event" in table
     assert "ingest 9.0 / gateway 5.0" in table
 
@@ -82,9 +84,7 @@ def test_a_load_step_finds_the_generator_from_any_working_directory(
     # bench/ is not installed: the generator's own process must still import bench.loadgen.
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PYTHONPATH", raising=False)
-    with socket.socket() as sock:  # a port nobody listens on: every request is refused
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nobody listens there: every request is refused
     out = tmp_path / "outcomes.jsonl"
     summary = suite.run_loadgen(
         url=f"http://127.0.0.1:{port}", api_key="k", rate=20, seconds=0.1, connections=1, batch=0, out=out
@@ -129,18 +129,7 @@ def test_the_table_shows_suite_over_edge_and_the_generators_cpu() -> None:
         loadgen_cpu="1.2 s (12% of a core)",
         versus_edge="0.96",
     )
-    info = {
-        "date": "today",
-        "machine": {
-            "cores": 2,
-            "arch": "x86_64",
-            "system": "Linux",
-            "python": "3.11",
-            "load_average_at_start": [1.0],
-        },
-        "store": "PostgreSQL + Redis",
-    }
-    table = suite.format_table([row], info=info)
+    table = suite.format_table([row], info=RUN_INFO)
     assert "suite / edge" in table and "| 0.96 " in table
     assert "load generator CPU" in table and "1.2 s (12% of a core)" in table
     assert "5,000 people, cold" in table

@@ -7,7 +7,8 @@ gateway sends is verified exactly as in production; each fake records what it re
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,7 @@ from services.gateway.app import create_gateway
 from services.runtime import auth
 from services.runtime.config import SERVICES, load_settings
 from services.runtime.errors import FailedPreconditionError, FieldViolation, NotFoundError
-from services.runtime.server import ServiceApp, build_context, create_server
-from tests.conftest import INTERNAL_SECRET
+from tests.support.servers import INTERNAL_SECRET, serving
 
 EXPORT_CHUNKS = (b'{"subject": ', b'"alice@example.org", ', b'"events": []}')
 
@@ -121,23 +121,22 @@ class FakeSigning(signing_pb2_grpc.SigningServiceServicer):
         return signing_pb2.TimestampResponse(response=b"reply:" + request.request)
 
 
-def fake_app(seen: Seen) -> ServiceApp:
+def register_fakes(seen: Seen) -> Callable[[grpc.aio.Server], None]:
     def register(server: grpc.aio.Server) -> None:
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(FakeIngest(seen), server)  # type: ignore[abstract]
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(FakePolicy(seen), server)  # type: ignore[abstract]
         gdpr_pb2_grpc.add_GdprServiceServicer_to_server(FakeGdpr(seen), server)  # type: ignore[abstract]
         signing_pb2_grpc.add_SigningServiceServicer_to_server(FakeSigning(seen), server)  # type: ignore[abstract]
 
-    return ServiceApp(
-        name="fakes",
-        service_names=[
-            "awareness.ingest.v1.IngestService",
-            "awareness.policy.v1.PolicyService",
-            "awareness.gdpr.v1.GdprService",
-            "awareness.signing.v1.SigningService",
-        ],
-        register=register,
-    )
+    return register
+
+
+FAKE_SERVICE_NAMES = (
+    "awareness.ingest.v1.IngestService",
+    "awareness.policy.v1.PolicyService",
+    "awareness.gdpr.v1.GdprService",
+    "awareness.signing.v1.SigningService",
+)
 
 
 GOPHISH_SECRET = "gophish-test-secret-0123456789abcdef"
@@ -155,6 +154,16 @@ def gateway_env(tmp_path: Path, backend: str, **extra: str) -> dict[str, str]:
     return env
 
 
+class FakeClock:
+    """A clock that moves only when a test sets ``now``."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @dataclass
 class Harness:
     client: httpx.AsyncClient
@@ -170,19 +179,9 @@ def seen() -> Seen:
 
 
 @pytest.fixture
-async def backend(seen: Seen, tmp_path: Path) -> AsyncIterator[str]:
-    settings = load_settings(
-        "test", {"AWARENESS_DATA_DIR": str(tmp_path), "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode()}
-    )
-    context = build_context(settings, with_database=False)
-    server, health, port = create_server(fake_app(seen), context, port=0)
-    await server.start()
-    await health.check_once()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await health.shutdown()
-        await server.stop(0)
+async def backend(seen: Seen) -> AsyncIterator[str]:
+    async with serving("test", register_fakes(seen), FAKE_SERVICE_NAMES) as fakes:
+        yield fakes.address
 
 
 async def open_harness(tmp_path: Path, backend: str, seen: Seen, **extra: str) -> Harness:
@@ -204,13 +203,20 @@ async def close_harness(harness: Harness) -> None:
     await harness.app.state.gateway.close()
 
 
-@pytest.fixture
-async def gateway(tmp_path: Path, backend: str, seen: Seen) -> AsyncIterator[Harness]:
-    harness = await open_harness(tmp_path, backend, seen)
+@asynccontextmanager
+async def running_gateway(tmp_path: Path, backend: str, seen: Seen, **extra: str) -> AsyncIterator[Harness]:
+    """The gateway app (settings ``extra`` on top of the harness's) in front of the fakes at ``backend``."""
+    harness = await open_harness(tmp_path, backend, seen, **extra)
     try:
         yield harness
     finally:
         await close_harness(harness)
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path, backend: str, seen: Seen) -> AsyncIterator[Harness]:
+    async with running_gateway(tmp_path, backend, seen) as harness:
+        yield harness
 
 
 def run_cli(harness_env: dict[str, str], *argv: str) -> tuple[int, str]:

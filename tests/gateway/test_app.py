@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -21,10 +22,9 @@ from tests.gateway.conftest import (
     Seen,
     admin_get,
     bearer,
-    close_harness,
     create_key,
-    open_harness,
     run_cli,
+    running_gateway,
     status_reason,
 )
 
@@ -111,18 +111,15 @@ def _token(private: Any, **claims: Any) -> str:
 @pytest.fixture
 async def jwt_gateway(tmp_path: Path, backend: str, seen: Seen) -> Any:
     private, path = _jwks(tmp_path)
-    harness = await open_harness(
+    async with running_gateway(
         tmp_path,
         backend,
         seen,
         AWARENESS_GATEWAY_JWKS_FILE=str(path),
         AWARENESS_GATEWAY_JWT_ISSUER="https://idp.test",
         AWARENESS_GATEWAY_JWT_AUDIENCE="awareness",
-    )
-    try:
+    ) as harness:
         yield harness, private
-    finally:
-        await close_harness(harness)
 
 
 async def test_jwt_with_roles_claim_is_accepted(jwt_gateway: tuple[Harness, Any]) -> None:
@@ -350,22 +347,19 @@ async def test_internal_methods_are_not_routed(gateway: Harness) -> None:
 async def test_backend_down_gives_503_then_breaker_open_503(tmp_path: Path, seen: Seen) -> None:
     from tests.conftest import free_port
 
-    harness = await open_harness(
+    async with running_gateway(
         tmp_path,
         f"127.0.0.1:{free_port()}",
         seen,
         AWARENESS_BREAKER_FAIL_MAX="1",
         AWARENESS_CALL_TIMEOUT_SECONDS="1",
-    )
-    try:
+    ) as harness:
         key = create_key(harness.env, "admin")
         first = await harness.client.post("/v1/events", json=EVENT, headers=bearer(key))
         assert first.status_code == 503
         second = await harness.client.post("/v1/events", json=EVENT, headers=bearer(key))
         assert second.status_code == 503
         assert status_reason(second.json()) == "CIRCUIT_OPEN"
-    finally:
-        await close_harness(harness)
 
 
 # --- hardening ------------------------------------------------------------------------
@@ -391,8 +385,9 @@ async def test_security_headers_and_no_server_banner(gateway: Harness) -> None:
 
 
 async def test_cors_only_for_configured_origins(tmp_path: Path, backend: str, seen: Seen) -> None:
-    harness = await open_harness(tmp_path, backend, seen, AWARENESS_GATEWAY_CORS_ORIGINS="https://ui.test")
-    try:
+    async with running_gateway(
+        tmp_path, backend, seen, AWARENESS_GATEWAY_CORS_ORIGINS="https://ui.test"
+    ) as harness:
         headers = {"Access-Control-Request-Method": "GET"}
         allowed = await harness.client.options("/v1/events", headers={"Origin": "https://ui.test", **headers})
         assert allowed.headers["access-control-allow-origin"] == "https://ui.test"
@@ -400,13 +395,10 @@ async def test_cors_only_for_configured_origins(tmp_path: Path, backend: str, se
             "/v1/events", headers={"Origin": "https://evil.test", **headers}
         )
         assert "access-control-allow-origin" not in refused.headers
-    finally:
-        await close_harness(harness)
 
 
 async def test_body_over_the_limit_gets_413(tmp_path: Path, backend: str, seen: Seen) -> None:
-    harness = await open_harness(tmp_path, backend, seen, AWARENESS_GATEWAY_MAX_BODY_BYTES="1000")
-    try:
+    async with running_gateway(tmp_path, backend, seen, AWARENESS_GATEWAY_MAX_BODY_BYTES="1000") as harness:
         key = create_key(harness.env, "admin")
         big = {**EVENT, "summary": "x" * 2000}
         response = await harness.client.post("/v1/events", json=big, headers=bearer(key))
@@ -421,8 +413,6 @@ async def test_body_over_the_limit_gets_413(tmp_path: Path, backend: str, seen: 
             "/v1/events", content=chunks(), headers={**bearer(key), "Content-Type": "application/json"}
         )
         assert streamed.status_code == 413
-    finally:
-        await close_harness(harness)
 
 
 async def test_unexpected_error_is_500_status_json_without_trace(gateway: Harness, monkeypatch: Any) -> None:
@@ -444,34 +434,35 @@ async def test_unexpected_error_is_500_status_json_without_trace(gateway: Harnes
 # --- time-stamping ----------------------------------------------------------------------
 
 
-async def test_timestamp_takes_and_returns_raw_der(gateway: Harness) -> None:
-    key = create_key(gateway.env, "auditor")
-    response = await gateway.client.post(
-        "/v1/timestamp",
-        content=b"\x30\x03\x02\x01\x01",
-        headers={**bearer(key), "Content-Type": "application/timestamp-query"},
+async def _post_timestamp(
+    gateway: Harness,
+    query: bytes,
+    *,
+    role: str = "auditor",
+    content_type: str = "application/timestamp-query",
+) -> httpx.Response:
+    """POST /v1/timestamp with a new key of ``role``."""
+    key = create_key(gateway.env, role)
+    return await gateway.client.post(
+        "/v1/timestamp", content=query, headers={**bearer(key), "Content-Type": content_type}
     )
+
+
+async def test_timestamp_takes_and_returns_raw_der(gateway: Harness) -> None:
+    response = await _post_timestamp(gateway, b"\x30\x03\x02\x01\x01")
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/timestamp-reply"
     assert response.content == b"reply:\x30\x03\x02\x01\x01"
 
 
 async def test_timestamp_with_wrong_content_type_gets_400(gateway: Harness) -> None:
-    key = create_key(gateway.env, "auditor")
-    response = await gateway.client.post(
-        "/v1/timestamp", content=b"\x30\x00", headers={**bearer(key), "Content-Type": "application/json"}
-    )
+    response = await _post_timestamp(gateway, b"\x30\x00", content_type="application/json")
     assert response.status_code == 400
     assert status_reason(response.json()) == "UNSUPPORTED_MEDIA_TYPE"
 
 
 async def test_timestamp_needs_its_permission(gateway: Harness) -> None:
-    key = create_key(gateway.env, "policy_author")
-    response = await gateway.client.post(
-        "/v1/timestamp",
-        content=b"\x30\x00",
-        headers={**bearer(key), "Content-Type": "application/timestamp-query"},
-    )
+    response = await _post_timestamp(gateway, b"\x30\x00", role="policy_author")
     assert response.status_code == 403
 
 
@@ -487,10 +478,7 @@ async def test_timestamp_accepts_an_openssl_query(gateway: Harness, tmp_path: Pa
         check=True,
         timeout=30,
     ).stdout
-    key = create_key(gateway.env, "auditor")
-    response = await gateway.client.post(
-        "/v1/timestamp", content=query, headers={**bearer(key), "Content-Type": "application/timestamp-query"}
-    )
+    response = await _post_timestamp(gateway, query)
     assert response.status_code == 200
     assert gateway.seen.requests[-1].request == query
 
@@ -581,15 +569,12 @@ async def test_ready_stays_200_when_a_backend_is_down_and_names_it(tmp_path: Pat
     # One backend's outage must not take the whole API out of the load balancer.
     from tests.conftest import free_port
 
-    harness = await open_harness(tmp_path, f"127.0.0.1:{free_port()}", seen)
-    try:
+    async with running_gateway(tmp_path, f"127.0.0.1:{free_port()}", seen) as harness:
         response = await harness.client.get("/health/ready")
         assert response.status_code == 200
         assert "ingest" in response.json()["degraded_backends"]
         dependencies = (await admin_get(harness, "/health/dependencies")).json()
         assert dependencies["ingest"]["health"].startswith("UNREACHABLE")
-    finally:
-        await close_harness(harness)
 
 
 async def test_openapi_is_served(gateway: Harness) -> None:

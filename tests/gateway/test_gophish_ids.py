@@ -8,7 +8,11 @@ import uuid
 from pathlib import Path
 
 from services.gateway.domain import gophish
-from tests.gateway.conftest import GOPHISH_SECRET, Seen, close_harness, open_harness
+from tests.gateway.conftest import (
+    GOPHISH_SECRET,
+    Seen,
+    running_gateway,
+)
 
 DELIVERY = {
     "campaign_id": 7,
@@ -22,8 +26,7 @@ OLD_NAMESPACE = uuid.UUID("6f2b1c0e-3d4a-5b6c-8d7e-9f0a1b2c3d4e")
 
 async def _deliver(tmp_path: Path, backend: str, seen: Seen, secret: str) -> dict[str, object]:
     tmp_path.mkdir(parents=True, exist_ok=True)
-    harness = await open_harness(tmp_path, backend, seen, AWARENESS_GOPHISH_SECRET=secret)
-    try:
+    async with running_gateway(tmp_path, backend, seen, AWARENESS_GOPHISH_SECRET=secret) as harness:
         body = json.dumps(DELIVERY).encode()
         response = await harness.client.post(
             "/v1/integrations/gophish",
@@ -36,8 +39,6 @@ async def _deliver(tmp_path: Path, backend: str, seen: Seen, secret: str) -> dic
         assert response.status_code == 202, response.text
         answer: dict[str, object] = response.json()
         return answer
-    finally:
-        await close_harness(harness)
 
 
 async def test_replicas_sharing_the_secret_derive_the_same_keyed_id(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,27 +22,19 @@ from services.gateway.app import create_gateway
 from services.gateway.domain.keycache import TtlCache
 from services.runtime.config import load_settings
 from tests.gateway.conftest import (
+    FakeClock,
     Harness,
     Seen,
     bearer,
-    close_harness,
     create_key,
     gateway_env,
-    open_harness,
     run_cli,
+    running_gateway,
     status_reason,
 )
 
 CALLER_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN_ID = "00f067aa0ba902b7"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _use_cache_clock(harness: Harness, clock: FakeClock) -> None:
@@ -115,24 +109,22 @@ async def test_revocation_takes_effect_when_the_cached_entry_expires(gateway: Ha
 
 
 async def test_revocation_is_immediate_with_the_cache_off(tmp_path: Path, backend: str, seen: Seen) -> None:
-    harness = await open_harness(tmp_path, backend, seen, AWARENESS_GATEWAY_KEY_CACHE_SECONDS="0")
-    try:
+    async with running_gateway(tmp_path, backend, seen, AWARENESS_GATEWAY_KEY_CACHE_SECONDS="0") as harness:
         key = create_key(harness.env, "analyst")
         assert (await harness.client.get("/v1/events", headers=bearer(key))).status_code == 200
         code, out = run_cli(harness.env, "keys", "revoke", key.split("_")[1])
         assert code == 0 and "key cache" not in out
         response = await harness.client.get("/v1/events", headers=bearer(key))
         assert (response.status_code, status_reason(response.json())) == (401, "KEY_REVOKED")
-    finally:
-        await close_harness(harness)
 
 
 @pytest.mark.slow
 async def test_key_store_down_gives_503_and_cached_keys_keep_working(
     tmp_path: Path, backend: str, seen: Seen, fresh_postgres_db: str
 ) -> None:
-    harness = await open_harness(tmp_path, backend, seen, AWARENESS_GATEWAY_DATABASE_URL=fresh_postgres_db)
-    try:
+    async with running_gateway(
+        tmp_path, backend, seen, AWARENESS_GATEWAY_DATABASE_URL=fresh_postgres_db
+    ) as harness:
         assert harness.app.state.gateway.engine.dialect.name == "postgresql"
         verified = create_key(harness.env, "analyst")
         never_seen = create_key(harness.env, "analyst")
@@ -153,13 +145,13 @@ async def test_key_store_down_gives_503_and_cached_keys_keep_working(
         assert status_reason(response.json()) == "KEY_STORE_UNAVAILABLE"
         assert "www-authenticate" not in response.headers
         assert (await harness.client.get("/v1/events", headers=bearer(verified))).status_code == 200
-    finally:
-        await close_harness(harness)
 
 
-async def test_request_runs_in_a_server_span_propagated_to_the_backend(
-    tmp_path: Path, backend: str, seen: Seen
-) -> None:
+@asynccontextmanager
+async def _traced_gateway(
+    tmp_path: Path, backend: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str], InMemorySpanExporter]]:
+    """A gateway whose spans go to an in-memory exporter: its client, settings and the exporter."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -167,12 +159,19 @@ async def test_request_runs_in_a_server_span_propagated_to_the_backend(
     app = create_gateway(load_settings("gateway", env), tracer=provider.get_tracer("test"))
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test")
     try:
-        key = create_key(env, "analyst")
-        headers = {**bearer(key), "traceparent": f"00-{CALLER_TRACE_ID}-{CALLER_SPAN_ID}-01"}
-        assert (await client.get("/v1/events", headers=headers)).status_code == 200
+        yield client, env, exporter
     finally:
         await client.aclose()
         await app.state.gateway.close()
+
+
+async def test_request_runs_in_a_server_span_propagated_to_the_backend(
+    tmp_path: Path, backend: str, seen: Seen
+) -> None:
+    async with _traced_gateway(tmp_path, backend) as (client, env, exporter):
+        key = create_key(env, "analyst")
+        headers = {**bearer(key), "traceparent": f"00-{CALLER_TRACE_ID}-{CALLER_SPAN_ID}-01"}
+        assert (await client.get("/v1/events", headers=headers)).status_code == 200
 
     (span,) = exporter.get_finished_spans()
     assert span.kind == SpanKind.SERVER
@@ -191,18 +190,8 @@ async def test_request_runs_in_a_server_span_propagated_to_the_backend(
 async def test_unauthenticated_request_is_traced_with_its_status(
     tmp_path: Path, backend: str, seen: Seen
 ) -> None:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    app = create_gateway(
-        load_settings("gateway", gateway_env(tmp_path, backend)), tracer=provider.get_tracer("test")
-    )
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test")
-    try:
+    async with _traced_gateway(tmp_path, backend) as (client, _env, exporter):
         assert (await client.get("/v1/events")).status_code == 401
-    finally:
-        await client.aclose()
-        await app.state.gateway.close()
     (span,) = exporter.get_finished_spans()
     assert span.parent is None  # no traceparent: a new trace starts here
     assert (span.attributes or {})["http.status_code"] == 401

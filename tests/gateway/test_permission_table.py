@@ -33,9 +33,8 @@ from tests.gateway.conftest import (
     Harness,
     Seen,
     bearer,
-    close_harness,
     create_key,
-    open_harness,
+    running_gateway,
     status_reason,
 )
 from tests.gateway.routes import concrete_path, contract_routes
@@ -137,11 +136,8 @@ async def table_gateway(tmp_path: Path, recording_backend: Backend) -> AsyncIter
         f"AWARENESS_GATEWAY_RATE_{scope}_PER_MIN": "1000000"
         for scope in ("PRINCIPAL", "IP", "GLOBAL", "AUTH_FAILURES")
     }
-    harness = await open_harness(tmp_path, recording_backend.address, Seen(), **limits)
-    try:
+    async with running_gateway(tmp_path, recording_backend.address, Seen(), **limits) as harness:
         yield harness
-    finally:
-        await close_harness(harness)
 
 
 def _expected(role: str, permission: str) -> str:

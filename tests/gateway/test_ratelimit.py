@@ -9,7 +9,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
@@ -20,12 +19,13 @@ from services.gateway.ratelimit import RedisRateLimiter
 from services.runtime.clients import new_breaker
 from tests.conftest import free_port
 from tests.gateway.conftest import (
+    FakeClock,
+    Harness,
     Seen,
     admin_get,
     bearer,
-    close_harness,
     create_key,
-    open_harness,
+    running_gateway,
     status_reason,
 )
 
@@ -33,16 +33,8 @@ EVENTS = "/v1/events"
 GOPHISH = "/v1/integrations/gophish"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_in_process_window_admits_the_limit_then_refuses_until_the_oldest_expires() -> None:
-    clock = Clock()
+    clock = FakeClock()
     limiter = InProcessLimiter(window_seconds=60, clock=clock)
     scope = [Scope("principal", "p:alice", 3)]
     decisions = []
@@ -62,7 +54,7 @@ def test_in_process_window_admits_the_limit_then_refuses_until_the_oldest_expire
 
 
 def test_a_request_is_recorded_only_when_every_scope_has_room() -> None:
-    limiter = InProcessLimiter(window_seconds=60, clock=Clock())
+    limiter = InProcessLimiter(window_seconds=60, clock=FakeClock())
     tight = Scope("principal", "p:bob", 1)
     loose = Scope("ip", "ip:1", 10)
     assert limiter.check([tight, loose]).allowed
@@ -190,7 +182,7 @@ async def test_gateway_limits_through_redis_then_falls_back_when_it_stops(
     own_redis: tuple[str, subprocess.Popen[bytes]], tmp_path: Path, backend: str, seen: Seen
 ) -> None:
     url, proc = own_redis
-    harness = await open_harness(
+    async with running_gateway(
         tmp_path,
         backend,
         seen,
@@ -198,8 +190,7 @@ async def test_gateway_limits_through_redis_then_falls_back_when_it_stops(
         AWARENESS_GATEWAY_RATE_PRINCIPAL_PER_MIN="3",
         AWARENESS_GATEWAY_RATE_KEY_PREFIX=f"test:{uuid.uuid4().hex}",
         AWARENESS_BREAKER_FAIL_MAX="1",
-    )
-    try:
+    ) as harness:
         key = create_key(harness.env, "analyst")
         assert (await harness.client.get(EVENTS, headers=bearer(key))).status_code == 200
         dependencies = (await admin_get(harness, "/health/dependencies")).json()
@@ -215,25 +206,20 @@ async def test_gateway_limits_through_redis_then_falls_back_when_it_stops(
         metrics = (await admin_get(harness, "/metrics")).text
         assert "awareness_gateway_ratelimit_fallback_total 4.0" in metrics
         assert 'awareness_gateway_ratelimit_rejections_total{scope="principal"} 1.0' in metrics
-    finally:
-        await close_harness(harness)
 
 
 @pytest.mark.redis
 async def test_gateway_429_with_headers_against_real_redis(
     redis_url: str, tmp_path: Path, backend: str, seen: Seen
 ) -> None:
-    harness = await open_harness(
+    async with running_gateway(
         tmp_path,
         backend,
         seen,
-        REDIS_URL=redis_url,
         AWARENESS_GATEWAY_RATE_PRINCIPAL_PER_MIN="3",
         AWARENESS_GATEWAY_RATE_IP_PER_MIN="1000",
-        AWARENESS_GATEWAY_RATE_KEY_PREFIX=f"test:{uuid.uuid4().hex}",
-        AWARENESS_GATEWAY_REDIS_TIMEOUT_SECONDS="2",
-    )
-    try:
+        **limits_in_redis(redis_url),
+    ) as harness:
         key = create_key(harness.env, "analyst")
         responses = [await harness.client.get(EVENTS, headers=bearer(key)) for _ in range(4)]
         assert [r.status_code for r in responses] == [200, 200, 200, 429]
@@ -252,12 +238,33 @@ async def test_gateway_429_with_headers_against_real_redis(
         metrics = (await admin_get(harness, "/metrics")).text
         assert 'awareness_gateway_ratelimit_rejections_total{scope="principal"} 1.0' in metrics
         assert "awareness_gateway_ratelimit_fallback_total 0.0" in metrics
-    finally:
-        await close_harness(harness)
 
 
-async def _flood_then_valid(harness: Any) -> None:
-    """Bad keys and bad webhook signatures from one address, then a valid key from it."""
+def limits_in_redis(redis_url: str) -> dict[str, str]:
+    """The gateway's limiter on ``redis_url``, under a key prefix of the test's own."""
+    return {
+        "REDIS_URL": redis_url,
+        "AWARENESS_GATEWAY_RATE_KEY_PREFIX": f"test:{uuid.uuid4().hex}",
+        "AWARENESS_GATEWAY_REDIS_TIMEOUT_SECONDS": "2",
+    }
+
+
+async def _flood_then_valid(tmp_path: Path, backend: str, seen: Seen, **limiter_env: str) -> str:
+    """Bad keys and bad webhook signatures from one address, then a valid key from it, through a
+    gateway allowing 3 failed authentications and 5 requests a minute per address; its metrics."""
+    async with running_gateway(
+        tmp_path,
+        backend,
+        seen,
+        AWARENESS_GATEWAY_RATE_AUTH_FAILURES_PER_MIN="3",
+        AWARENESS_GATEWAY_RATE_IP_PER_MIN="5",
+        **limiter_env,
+    ) as harness:
+        await _assert_failures_spend_their_own_bucket(harness)
+        return (await admin_get(harness, "/metrics")).text
+
+
+async def _assert_failures_spend_their_own_bucket(harness: Harness) -> None:
     bad = [(await harness.client.get(EVENTS, headers=bearer("awk_bad"))).status_code for _ in range(3)]
     bad += [
         (await harness.client.post(GOPHISH, content=b"{}", headers={SIGNATURE: "sha256=00"})).status_code
@@ -279,37 +286,13 @@ async def _flood_then_valid(harness: Any) -> None:
 async def test_failed_authentication_has_its_own_bucket_in_process(
     tmp_path: Path, backend: str, seen: Seen
 ) -> None:
-    harness = await open_harness(
-        tmp_path,
-        backend,
-        seen,
-        AWARENESS_GATEWAY_RATE_AUTH_FAILURES_PER_MIN="3",
-        AWARENESS_GATEWAY_RATE_IP_PER_MIN="5",
-    )
-    try:
-        await _flood_then_valid(harness)
-    finally:
-        await close_harness(harness)
+    await _flood_then_valid(tmp_path, backend, seen)
 
 
 @pytest.mark.redis
 async def test_failed_authentication_has_its_own_bucket_in_redis(
     redis_url: str, tmp_path: Path, backend: str, seen: Seen
 ) -> None:
-    harness = await open_harness(
-        tmp_path,
-        backend,
-        seen,
-        REDIS_URL=redis_url,
-        AWARENESS_GATEWAY_RATE_AUTH_FAILURES_PER_MIN="3",
-        AWARENESS_GATEWAY_RATE_IP_PER_MIN="5",
-        AWARENESS_GATEWAY_RATE_KEY_PREFIX=f"test:{uuid.uuid4().hex}",
-        AWARENESS_GATEWAY_REDIS_TIMEOUT_SECONDS="2",
-    )
-    try:
-        await _flood_then_valid(harness)
-        metrics = (await admin_get(harness, "/metrics")).text
-        assert "awareness_gateway_ratelimit_fallback_total 0.0" in metrics  # Redis decided, not the fallback
-        assert 'awareness_gateway_ratelimit_rejections_total{scope="auth_failures"} 4.0' in metrics
-    finally:
-        await close_harness(harness)
+    metrics = await _flood_then_valid(tmp_path, backend, seen, **limits_in_redis(redis_url))
+    assert "awareness_gateway_ratelimit_fallback_total 0.0" in metrics  # Redis decided, not the fallback
+    assert 'awareness_gateway_ratelimit_rejections_total{scope="auth_failures"} 4.0' in metrics

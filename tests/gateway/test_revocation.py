@@ -13,11 +13,10 @@ from services.runtime.config import ConfigError, load_settings
 from tests.gateway.conftest import (
     Seen,
     bearer,
-    close_harness,
     create_key,
     gateway_env,
-    open_harness,
     run_cli,
+    running_gateway,
     status_reason,
 )
 
@@ -29,9 +28,10 @@ async def test_a_key_revoked_through_the_cli_is_refused_by_every_replica_within_
     tmp_path: Path, backend: str, seen: Seen
 ) -> None:
     # Two gateway apps on one key store: replicas behind one load balancer.
-    first = await open_harness(tmp_path, backend, seen)
-    second = await open_harness(tmp_path, backend, seen)
-    try:
+    async with (
+        running_gateway(tmp_path, backend, seen) as first,
+        running_gateway(tmp_path, backend, seen) as second,
+    ):
         key = create_key(first.env, "analyst")
         for replica in (first, second):  # both have verified (and cached) the key
             assert (await replica.client.get(EVENTS, headers=bearer(key))).status_code == 200
@@ -47,9 +47,6 @@ async def test_a_key_revoked_through_the_cli_is_refused_by_every_replica_within_
                 # Accepted at or after the bound: a replica outlived the revocation.
                 assert started < deadline, "a replica accepted a revoked key past the 5 s bound"
                 await asyncio.sleep(0.1)
-    finally:
-        await close_harness(second)
-        await close_harness(first)
 
 
 def test_key_cache_longer_than_the_revocation_bound_is_refused_at_start(tmp_path: Path) -> None:

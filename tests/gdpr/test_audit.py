@@ -91,24 +91,13 @@ def test_a_later_segment_verifies_from_an_anchor() -> None:
     assert verify_chain(entries[5:]) == 0
 
 
-def test_target_must_not_be_an_email_and_time_must_be_aware() -> None:
+@pytest.mark.parametrize(
+    ("target", "at"),
+    [("alice@example.com", T0), ("psn_a", datetime(2026, 1, 1))],
+    ids=["email-target", "naive-time"],
+)
+def test_target_must_not_be_an_email_and_time_must_be_aware(target: str, at: datetime) -> None:
     with pytest.raises(ValueError):
         new_audit_entry(
-            previous=None,
-            actor="dpo",
-            action="erase",
-            target="alice@example.com",
-            at=T0,
-            reason="",
-            request_id="r",
-        )
-    with pytest.raises(ValueError):
-        new_audit_entry(
-            previous=None,
-            actor="dpo",
-            action="erase",
-            target="psn_a",
-            at=datetime(2026, 1, 1),
-            reason="",
-            request_id="r",
+            previous=None, actor="dpo", action="erase", target=target, at=at, reason="", request_id="r"
         )

@@ -25,9 +25,10 @@ from services.policy.domain.lifecycle import (
     update_draft,
 )
 from services.policy.models import Base, PolicyHistoryRow
-from services.runtime import auth, db, migrations
+from services.runtime import auth, db
 from services.runtime.errors import UnauthenticatedError
 from services.runtime.paging import page_size
+from tests.support.resources import migrated_engine
 
 T0 = datetime.datetime(2024, 6, 1, 9, 0, tzinfo=datetime.UTC)
 AUTHOR = Principal(id="alice", permissions=frozenset({Permission.AUTHOR, Permission.SUBMIT}))
@@ -37,10 +38,8 @@ APPROVER = Principal(id="carol", permissions=frozenset({Permission.APPROVE, Perm
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
-    created = db.create_db_engine(database_url, service="policy")
-    migrations.upgrade("policy", created)
-    yield created
-    created.dispose()
+    with migrated_engine(database_url, "policy") as created:
+        yield created
 
 
 @pytest.fixture

@@ -19,6 +19,18 @@ from services.scoring.domain.features import (
 COLUMN = {name: index for index, name in enumerate(FEATURE_NAMES)}
 
 
+# Counts a feature takes over as they are: the same name in the input and in the matrix.
+COUNTS = {
+    "summary_length": 120,
+    "detail_count": 4,
+    "events_24h": 6,
+    "events_7d": 14,
+    "violations_30d": 2,
+    "distinct_sources_24h": 3,
+    "failed_logins_24h": 5,
+}
+
+
 def make_input(**overrides: object) -> FeatureInput:
     values: dict[str, object] = {
         "event_type": "phishing.clicked",
@@ -26,14 +38,8 @@ def make_input(**overrides: object) -> FeatureInput:
         "severity": 3,
         # Wednesday 8 January 2025, 21:30 UTC: a weekday evening, outside working hours.
         "occurred_at": datetime(2025, 1, 8, 21, 30, tzinfo=UTC),
-        "summary_length": 120,
-        "detail_count": 4,
-        "events_24h": 6,
-        "events_7d": 14,
-        "violations_30d": 2,
-        "distinct_sources_24h": 3,
+        **COUNTS,
         "source_is_new": True,
-        "failed_logins_24h": 5,
         "seconds_since_previous_event": 3600.0,
     }
     values.update(overrides)
@@ -58,14 +64,8 @@ def test_hand_made_input_gives_the_expected_values() -> None:
         "day_of_week": 2,  # Wednesday
         "outside_working_hours": 1,
         "is_weekend": 0,
-        "summary_length": 120,
-        "detail_count": 4,
-        "events_24h": 6,
-        "events_7d": 14,
-        "violations_30d": 2,
-        "distinct_sources_24h": 3,
+        **COUNTS,
         "source_is_new": 1,
-        "failed_logins_24h": 5,
         "log_seconds_since_previous_event": round(math.log1p(3600.0), 3),
         "has_previous_event": 1,
         "burst_ratio_24h_vs_7d": round(6 / (14 / 7 + 1), 3),

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.runtime import db, migrations
+from services.runtime import db
 from services.runtime.config import default_database_url
 from services.runtime.db import transaction
 from services.runtime.metrics import ServiceMetrics
@@ -22,17 +22,15 @@ from services.scoring.live import LiveModels
 from services.scoring.metrics import ScoringMetrics
 from services.scoring.models import ModelStatus
 from services.scoring.training_job import register_result
+from tests.support.resources import migrated_engine
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def engine(tmp_path: Path, database_url: str) -> Iterator[Engine]:
-    url = database_url or default_database_url(tmp_path, "scoring")
-    engine = db.create_db_engine(url, service="scoring")
-    migrations.upgrade("scoring", engine)
-    yield engine
-    engine.dispose()
+    with migrated_engine(database_url or default_database_url(tmp_path, "scoring"), "scoring") as engine:
+        yield engine
 
 
 @pytest.fixture
