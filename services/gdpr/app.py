@@ -46,7 +46,7 @@ def build_service(context: ServiceContext) -> GdprService:
     granularity = env_str(settings.env, "AWARENESS_GDPR_KEY_PERIOD", "month")
     if granularity not in ("month", "year"):
         raise ConfigError(f"AWARENESS_GDPR_KEY_PERIOD must be month or year, got {granularity!r}")
-    key_cache_seconds = env_int(settings.env, "AWARENESS_GDPR_KEY_CACHE_SECONDS", 60)
+    key_cache_seconds = env_int(settings.env, "AWARENESS_GDPR_KEY_CACHE_SECONDS", 900)
     retry_seconds = env_float(settings.env, "AWARENESS_GDPR_ERASURE_RETRY_SECONDS", 10.0, minimum=0.05)
     material = load_key_material(env=settings.env, data_dir=settings.data_dir)
     log.info("gdpr keyring loaded", extra={"keyring": describe_keyring(material.keyring)})

@@ -5,7 +5,8 @@ Settings (besides the shared ones), read once from the environment when the app 
 - AWARENESS_INGEST_FINGERPRINT_SECRET / _FILE: HMAC secret of the idempotency fingerprints (every
   replica must share it; its own secret, never derived from another). Unset: ./var's dev file, created
   on first run; in Kubernetes the pod refuses to start.
-- AWARENESS_INGEST_KEY_CACHE_SECONDS (60): how long gdpr data keys stay cached in memory.
+- AWARENESS_INGEST_KEY_CACHE_SECONDS (900) / AWARENESS_INGEST_KEY_CACHE_ENTRIES (200000): how long
+  and how many gdpr data keys stay cached in memory (an erasure does not wait for either: see keys.py).
 - AWARENESS_INGEST_CLOCK_SKEW_SECONDS (300): how far in the future occurred_at may be.
 - AWARENESS_INGEST_INTEGRATE_INTERVAL_MS (200) / AWARENESS_INGEST_INTEGRATE_AFTER_LEAVES (1000):
   the integrator runs every T ms, or sooner once N new records wait.
@@ -35,7 +36,7 @@ from services.ingest.bootstrap import DEV_FINGERPRINT_FILE
 from services.ingest.enrichment import Enricher, EnrichmentSettings
 from services.ingest.forgetting import ForgetFollower
 from services.ingest.integrator import Integrator, IntegratorSettings
-from services.ingest.keys import SubjectKeys
+from services.ingest.keys import DEFAULT_KEY_CACHE_SECONDS, DEFAULT_MAX_ENTRIES, SubjectKeys
 from services.ingest.repository import WriteGate
 from services.ingest.service import Committer, EnrichmentItem, EventReader, LogWriter
 from services.runtime import db
@@ -67,7 +68,8 @@ log = logging.getLogger("awareness.ingest")
 @dataclass(frozen=True)
 class IngestSettings:
     fingerprint_secret: bytes
-    key_cache_seconds: float = 60.0
+    key_cache_seconds: float = DEFAULT_KEY_CACHE_SECONDS
+    key_cache_entries: int = DEFAULT_MAX_ENTRIES
     clock_skew: timedelta = timedelta(minutes=5)
     integrator: IntegratorSettings = field(default_factory=IntegratorSettings)
     enrichment: EnrichmentSettings = field(default_factory=EnrichmentSettings)
@@ -84,7 +86,8 @@ def load_ingest_settings(settings: Settings) -> IngestSettings:
         raise ConfigError("AWARENESS_LOG_ORIGIN must not contain spaces or '+'")
     return IngestSettings(
         fingerprint_secret=secret,
-        key_cache_seconds=env_float(env, "AWARENESS_INGEST_KEY_CACHE_SECONDS", 60.0),
+        key_cache_seconds=env_float(env, "AWARENESS_INGEST_KEY_CACHE_SECONDS", DEFAULT_KEY_CACHE_SECONDS),
+        key_cache_entries=env_int(env, "AWARENESS_INGEST_KEY_CACHE_ENTRIES", DEFAULT_MAX_ENTRIES, minimum=1),
         clock_skew=timedelta(seconds=env_float(env, "AWARENESS_INGEST_CLOCK_SKEW_SECONDS", 300.0)),
         integrator=IntegratorSettings(
             interval_seconds=env_int(env, "AWARENESS_INGEST_INTEGRATE_INTERVAL_MS", 200, minimum=1) / 1000,
@@ -119,7 +122,9 @@ class IngestRuntime:
         self.settings = settings
         gate = WriteGate(engine)
         self.keys = SubjectKeys(
-            channel=lambda: channels.channel("gdpr"), ttl_seconds=settings.key_cache_seconds
+            channel=lambda: channels.channel("gdpr"),
+            ttl_seconds=settings.key_cache_seconds,
+            max_entries=settings.key_cache_entries,
         )
         self.integrator = Integrator(
             engine=engine,

@@ -1,9 +1,13 @@
-"""Subject pseudonyms and data keys from the gdpr service, cached in memory for a short time.
+"""Subject pseudonyms and data keys from the gdpr service, cached in memory.
 
 Raw data keys live only in this process's memory and only for the cache TTL (the smaller of
-AWARENESS_INGEST_KEY_CACHE_SECONDS and the TTL gdpr grants); expired entries are swept within a
-second. ForgetSubject drops a pseudonym's entries at once; other replicas drop theirs within a
-poll of the shared database (services/ingest/forgetting.py).
+AWARENESS_INGEST_KEY_CACHE_SECONDS, 15 minutes by default, and the TTL gdpr grants); expired entries
+are swept within a second, and each cache holds at most AWARENESS_INGEST_KEY_CACHE_ENTRIES. The TTL
+does not bound erasure: ForgetSubject drops a pseudonym's entries at once, and other replicas drop
+theirs within a poll of the shared database (services/ingest/forgetting.py, 500 ms). A TTL much
+shorter than the time between a person's events would turn a steady stream over thousands of people
+into a stream of misses (one gdpr call per event); 15 minutes keeps a month's key for everyone seen
+recently. Misses of concurrent appends are asked of gdpr together, in one call.
 
 The append-side cache is keyed by (subject, event type, UTC month of occurred_at): gdpr's key
 periods are months or years, so one month never spans two keys, and every (key, event type) pair
@@ -18,15 +22,21 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
 
+from services.runtime.batching import Coalescer
 from services.runtime.clients import call_peer
 from services.runtime.errors import DependencyUnavailableError, NotFoundError
 from services.runtime.timestamps import timestamp_from_us
 
 MAX_LOOKUPS_PER_CALL = 1000
+DEFAULT_KEY_CACHE_SECONDS = 900.0
+# Entries per cache (append side and read side each): a month of 100,000 people's keys for two
+# event types; the oldest entries go first when it is full.
+DEFAULT_MAX_ENTRIES = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +92,15 @@ class SubjectKeys:
         *,
         channel: Callable[[], grpc.aio.Channel],
         ttl_seconds: float,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._channel = channel
         self._ttl = ttl_seconds
+        self._max_entries = max(1, max_entries)
+        self._fetching: Coalescer[KeyLookup, SubjectKey] = Coalescer(
+            self._fetch, max_items=4 * MAX_LOOKUPS_PER_CALL, max_running=2
+        )
         self._clock = clock
         self._append_cache: dict[tuple[str, str, str], _Entry] = {}
         self._read_cache: dict[tuple[str, str], _Entry] = {}
@@ -142,12 +157,30 @@ class SubjectKeys:
                 results[position] = entry.value
             else:
                 missing.setdefault(lookup.cache_key, []).append(position)
-        unique = list(missing.items())
+        if missing:
+            # Concurrent appends' misses go to gdpr together (one call, not one per request).
+            fetched = await self._fetching.submit([lookups[positions[0]] for positions in missing.values()])
+            for positions, key in zip(missing.values(), fetched, strict=True):
+                for position in positions:
+                    results[position] = key
+        self._evict(now)
+        return [key for key in results if key is not None]
+
+    async def _fetch(self, lookups: list[KeyLookup]) -> list[SubjectKey]:
+        """Keys for every waiting caller's misses: one GetSubjectKeys per 1,000 distinct lookups."""
+        now = self._clock()
+        found: dict[tuple[str, str, str], SubjectKey] = {}
+        wanted: dict[tuple[str, str, str], KeyLookup] = {}
+        for lookup in lookups:
+            entry = self._append_cache.get(lookup.cache_key)
+            if entry is not None and entry.expires > now and isinstance(entry.value, SubjectKey):
+                found[lookup.cache_key] = entry.value  # stored by a batch that ran meanwhile
+            else:
+                wanted.setdefault(lookup.cache_key, lookup)
+        unique = list(wanted.items())
         for start in range(0, len(unique), MAX_LOOKUPS_PER_CALL):
             chunk = unique[start : start + MAX_LOOKUPS_PER_CALL]
-            request = gdpr_pb2.GetSubjectKeysRequest(
-                lookups=[_lookup_message(lookups[positions[0]]) for _, positions in chunk]
-            )
+            request = gdpr_pb2.GetSubjectKeysRequest(lookups=[_lookup_message(lookup) for _, lookup in chunk])
             with self._question() as asked_at:
                 response = await call_peer(self._gdpr().GetSubjectKeys(request), target="gdpr")
                 if len(response.keys) != len(chunk):
@@ -156,21 +189,28 @@ class SubjectKeys:
                         reason="GDPR_BAD_RESPONSE",
                     )
                 stored_at = self._clock()
-                for (cache_key, positions), message in zip(chunk, response.keys, strict=True):
+                for (cache_key, _), message in zip(chunk, response.keys, strict=True):
                     key = SubjectKey(
                         pseudonym=message.pseudonym,
                         key_period=message.key_period,
                         key_id=message.key_id,
                         data_key=bytes(message.data_key),
                     )
-                    ttl = self._ttl_for(message.cache_ttl.ToTimedelta().total_seconds())
+                    expires = stored_at + self._ttl_for(message.cache_ttl.ToTimedelta().total_seconds())
                     if not self._forgotten_since(key.pseudonym, asked_at):
-                        self._append_cache[cache_key] = _Entry(key, stored_at + ttl)
-                        self._read_cache[(key.pseudonym, key.key_period)] = _Entry(key, stored_at + ttl)
-                    for position in positions:
-                        results[position] = key
-        self._evict(now)
-        return [key for key in results if key is not None]
+                        self._remember(self._append_cache, cache_key, _Entry(key, expires))
+                        self._remember(
+                            self._read_cache, (key.pseudonym, key.key_period), _Entry(key, expires)
+                        )
+                    found[cache_key] = key
+        return [found[lookup.cache_key] for lookup in lookups]
+
+    def _remember(self, cache: dict[Any, _Entry], key: Any, entry: _Entry) -> None:
+        """Store an entry; past ``max_entries`` the oldest stored go first (dicts keep insertion order)."""
+        cache.pop(key, None)
+        cache[key] = entry
+        while len(cache) > self._max_entries:
+            del cache[next(iter(cache))]
 
     async def unwrap(self, refs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], SubjectKey | str]:
         """Data key, or ERASED, per (pseudonym, key period); raises when gdpr cannot be reached."""
@@ -210,7 +250,7 @@ class SubjectKeys:
                         )
                     if self._forgotten_since(ref[0], asked_at):
                         value = ERASED  # erased while this answer was on its way
-                    self._read_cache[ref] = _Entry(value, stored_at + ttl)
+                    self._remember(self._read_cache, ref, _Entry(value, stored_at + ttl))
                     found[ref] = value
         self._evict(now)
         return found

@@ -32,6 +32,7 @@ class FakeGdpr(gdpr_pb2_grpc.GdprServiceServicer):
 
     def __init__(self) -> None:
         self.lookups: list[gdpr_pb2.SubjectKeyLookup] = []
+        self.key_calls = 0
         self.erased: set[str] = set()
         self.unwrap_gate: asyncio.Event | None = None  # holds UnwrapDataKeys answers back while set
 
@@ -39,6 +40,8 @@ class FakeGdpr(gdpr_pb2_grpc.GdprServiceServicer):
         self, request: gdpr_pb2.GetSubjectKeysRequest, context: Any
     ) -> gdpr_pb2.GetSubjectKeysResponse:
         self.lookups.extend(request.lookups)
+        self.key_calls += 1
+        await asyncio.sleep(0.02)  # a round trip, so that concurrent callers overlap
         return gdpr_pb2.GetSubjectKeysResponse(
             keys=[
                 gdpr_pb2.SubjectKey(
@@ -100,7 +103,9 @@ async def gdpr(tmp_path: Path) -> AsyncIterator[tuple[FakeGdpr, str]]:
     await server.stop(0)
 
 
-def keys_for(address: str, clock: Clock, ttl: float = 60.0) -> tuple[SubjectKeys, ChannelFactory]:
+def keys_for(
+    address: str, clock: Clock, ttl: float = 60.0, max_entries: int = 1000
+) -> tuple[SubjectKeys, ChannelFactory]:
     factory = ChannelFactory(
         targets={"gdpr": address},
         identity=auth.Principal.for_service("ingest"),
@@ -110,7 +115,10 @@ def keys_for(address: str, clock: Clock, ttl: float = 60.0) -> tuple[SubjectKeys
         breaker_fail_max=100,
         breaker_reset_seconds=0.1,
     )
-    return SubjectKeys(channel=lambda: factory.channel("gdpr"), ttl_seconds=ttl, clock=clock), factory
+    keys = SubjectKeys(
+        channel=lambda: factory.channel("gdpr"), ttl_seconds=ttl, max_entries=max_entries, clock=clock
+    )
+    return keys, factory
 
 
 async def test_lookups_are_batched_deduplicated_and_cached(gdpr: tuple[FakeGdpr, str]) -> None:
@@ -246,4 +254,36 @@ async def test_a_gdpr_refusal_keeps_its_code_by_the_runtime_rule(gdpr: tuple[Fak
         "code": "UNIMPLEMENTED",
         "peer_reason": "NOT_IMPLEMENTED_YET",
     }
+    await factory.close()
+
+
+async def test_concurrent_misses_share_gdpr_calls_and_each_caller_gets_its_own_keys(
+    gdpr: tuple[FakeGdpr, str],
+) -> None:
+    fake, address = gdpr
+    keys, factory = keys_for(address, Clock())
+    people = [f"person{number}@x" for number in range(100)]
+    answers = await asyncio.gather(
+        *(keys.keys_for([KeyLookup(person, WHEN_US, "phishing.clicked")]) for person in people)
+    )
+    assert [answer[0].pseudonym for answer in answers] == [f"psn_{person}" for person in people]
+    assert len(fake.lookups) == len(people)  # each person asked once
+    assert fake.key_calls < len(people) / 4  # in a few calls, not one per caller
+    # The same person asked by many callers at once: one lookup.
+    again = await asyncio.gather(*(keys.keys_for([KeyLookup("new@x", WHEN_US, "t")]) for _ in range(20)))
+    assert {answer[0].pseudonym for answer in again} == {"psn_new@x"}
+    assert len(fake.lookups) == len(people) + 1
+    await factory.close()
+
+
+async def test_the_cache_holds_at_most_max_entries_oldest_out_first(gdpr: tuple[FakeGdpr, str]) -> None:
+    fake, address = gdpr
+    keys, factory = keys_for(address, Clock(), max_entries=10)
+    await keys.keys_for([KeyLookup(f"p{number}@x", WHEN_US, "t") for number in range(15)])
+    assert len(keys._append_cache) == 10 and len(keys._read_cache) == 10
+    asked = len(fake.lookups)
+    await keys.keys_for([KeyLookup("p14@x", WHEN_US, "t")])  # among the newest: cached
+    assert len(fake.lookups) == asked
+    await keys.keys_for([KeyLookup("p0@x", WHEN_US, "t")])  # the oldest went first: asked again
+    assert len(fake.lookups) == asked + 1
     await factory.close()

@@ -54,6 +54,7 @@ from services.ingest.keys import KeyLookup, SubjectKey, SubjectKeys
 from services.ingest.repository import StoredReceipt, to_us
 from services.ingest.service.reads import load_receipt
 from services.ingest.tracing import batch_span, current_span_context
+from services.runtime.batching import Coalescer
 from services.runtime.db import run_db, store_unavailable, transaction
 from services.runtime.errors import AwarenessError, FieldViolation, UnavailableError
 from services.runtime.metrics import ServiceMetrics
@@ -313,6 +314,8 @@ class LogWriter:
         self._on_accepted = on_accepted
         self._clock = clock
         self._metrics = metrics
+        # Replays are looked for once per batch of concurrent appends, not once per request.
+        self._replays: Coalescer[str, StoredReceipt | None] = Coalescer(self._find_batch, max_items=5000)
         if metrics is not None:
             self._appended = metrics.counter(
                 "events_appended_total", "Events submitted to the log, by outcome", ["outcome"]
@@ -379,9 +382,9 @@ class LogWriter:
             await self._resolve_keys(sealed)
         else:
             # gdpr must be asked: meanwhile find the replays (no failed optimistic insert for them).
-            existing, _ = await asyncio.gather(
-                run_db(self._find, [c.event_id for c in primaries]), self._resolve_keys(sealed)
-            )
+            ids = [c.event_id for c in primaries]
+            stored, _ = await asyncio.gather(self._replays.submit(ids), self._resolve_keys(sealed))
+            existing = {event_id: receipt for event_id, receipt in zip(ids, stored, strict=True) if receipt}
         new = [c for c in primaries if c.event_id not in existing]
         # Fingerprints need the keys (they are keyed with them); fingerprinting, sealing and hashing
         # are CPU work: large batches off the event loop, so calls keep flowing.
@@ -575,6 +578,10 @@ class LogWriter:
             else "",
             system=system,
         )
+
+    async def _find_batch(self, event_ids: list[str]) -> list[StoredReceipt | None]:
+        found = await run_db(self._find, event_ids)
+        return [found.get(event_id) for event_id in event_ids]
 
     def _find(self, event_ids: list[str]) -> dict[str, StoredReceipt]:
         with self._sessions() as session:
