@@ -61,9 +61,13 @@ class PageTokens:
 
     def encode(self, position: Position, *, method: str, filters: Any = None) -> str:
         """An opaque token for ``position``, valid only for ``method`` with the same ``filters``."""
-        payload = json.dumps(list(position), separators=(",", ":")).encode()
+        payload = json.dumps(list(position), separators=(",", ":"), ensure_ascii=False).encode()
         token = base64.urlsafe_b64encode(payload + self._tag(method, filters, payload)).decode("ascii")
-        return token.rstrip("=")
+        token = token.rstrip("=")
+        if len(token) > MAX_TOKEN_CHARS:
+            # decode() would refuse it: a position this long is a bug in the caller, not input.
+            raise ValueError(f"a page position must encode to at most {MAX_TOKEN_CHARS} characters")
+        return token
 
     def decode(
         self, token: str, *, method: str, filters: Any = None, shape: Sequence[type[int] | type[str]]

@@ -81,14 +81,24 @@ def test_any_one_character_changed_is_refused(index: int, replacement: str) -> N
     refused(token[:index] + replacement + token[index + 1 :])
 
 
+# Positions are ids, names and 64-bit numbers: up to four of them, names of up to 32 characters
+# from anywhere in Unicode.
+POSITION_VALUES = st.one_of(st.integers(min_value=-(2**63), max_value=2**63 - 1), st.text(max_size=32))
+
+
 @given(
-    position=st.lists(st.one_of(st.integers(), st.text()), max_size=4),
+    position=st.lists(POSITION_VALUES, max_size=4),
     filters=st.dictionaries(st.text(), st.text()),
 )
 def test_every_issued_position_decodes_to_itself(position: list[int | str], filters: dict[str, str]) -> None:
     shape = tuple(type(value) for value in position)
     token = TOKENS.encode(position, method=METHOD, filters=filters)
     assert TOKENS.decode(token, method=METHOD, filters=filters, shape=shape) == tuple(position)
+
+
+def test_a_position_too_long_to_decode_is_never_issued() -> None:
+    with pytest.raises(ValueError, match="at most 1024 characters"):
+        TOKENS.encode(["\U0001d4d1" * 200], method=METHOD)
 
 
 def test_a_position_of_the_wrong_shape_is_invalid_argument_not_a_cast_error() -> None:
