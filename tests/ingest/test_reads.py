@@ -22,33 +22,15 @@ async def test_list_events_filters_and_pages(tmp_path: Path) -> None:
         client = running.client()
         events = [
             make_event(
-                subject="dave@example.org",
-                event_type="phishing.clicked",
-                occurred_at=NOW - timedelta(hours=5),
-            ),
-            make_event(
-                subject="dave@example.org",
-                event_type="phishing.reported",
-                occurred_at=NOW - timedelta(hours=4),
-            ),
-            make_event(
-                subject="erin@example.org",
-                event_type="phishing.clicked",
-                source="okta",
-                occurred_at=NOW - timedelta(hours=3),
-            ),
-            make_event(
-                subject="erin@example.org",
-                event_type="mfa.disabled",
-                source="okta",
-                occurred_at=NOW - timedelta(hours=2),
-            ),
-            make_event(
-                subject="dave@example.org",
-                event_type="login.failed",
-                source="okta",
-                occurred_at=NOW - timedelta(hours=1),
-            ),
+                subject=subject, event_type=kind, source=source, occurred_at=NOW - timedelta(hours=hours)
+            )
+            for subject, kind, source, hours in (
+                ("dave@example.org", "phishing.clicked", "gophish", 5),
+                ("dave@example.org", "phishing.reported", "gophish", 4),
+                ("erin@example.org", "phishing.clicked", "okta", 3),
+                ("erin@example.org", "mfa.disabled", "okta", 2),
+                ("dave@example.org", "login.failed", "okta", 1),
+            )
         ]
         for event in events:  # one by one: a distinct receive time each, newest last
             await client.AppendEvent(ingest_pb2.AppendEventRequest(event=event))
