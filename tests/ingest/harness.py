@@ -18,6 +18,7 @@ from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.ingest.app import IngestRuntime, app_for, load_ingest_settings
+from services.ingest.domain.events import EventInput, new_event_id
 from services.runtime import auth
 from services.runtime.clients import ChannelFactory
 from services.runtime.config import load_settings
@@ -173,6 +174,26 @@ def timestamp(moment: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(moment)
     return stamp
+
+
+INPUT_NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)  # the "now" an event_input() is valid at
+
+
+def event_input(**changes: object) -> EventInput:
+    """An event as ingest's domain receives it, valid at INPUT_NOW, with ``changes`` applied."""
+    event = EventInput(
+        event_id=new_event_id(),
+        type="phishing.clicked",
+        source="gophish",
+        subject="alice@example.com",
+        occurred_at=INPUT_NOW - timedelta(minutes=1),
+        severity="high",
+        summary="clicked the campaign link",
+        details={"campaign": "q2", "url": "https://example.test/x"},
+    )
+    for name, value in changes.items():
+        setattr(event, name, value)
+    return event
 
 
 def make_event(

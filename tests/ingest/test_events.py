@@ -7,24 +7,8 @@ import pytest
 
 from services.ingest.domain import events
 from services.ingest.domain.events import EventInput, FieldViolation, Severity, validate_event
-
-NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-
-
-def good_event(**changes: object) -> EventInput:
-    event = EventInput(
-        event_id=events.new_event_id(),
-        type="phishing.clicked",
-        source="gophish",
-        subject="alice@example.com",
-        occurred_at=NOW - timedelta(minutes=1),
-        severity="high",
-        summary="clicked the campaign link",
-        details={"campaign": "q2", "url": "https://example.test/x"},
-    )
-    for name, value in changes.items():
-        setattr(event, name, value)
-    return event
+from tests.ingest.harness import INPUT_NOW as NOW
+from tests.ingest.harness import event_input as good_event
 
 
 def fields(violations: list[FieldViolation]) -> list[str]:

@@ -19,6 +19,7 @@ from services.evidence.canonical import canonical_json
 from services.ingest.domain import merkle, records
 from services.ingest.domain.events import EventInput, Severity, new_event_id
 from tests.evidence.test_envelope import sealed_for
+from tests.ingest.harness import event_input
 
 SECRET = b"server-fingerprint-secret-0123456789"
 
@@ -116,19 +117,14 @@ def test_canonical_record_decodes_back_and_rejects_non_canonical_bytes():
 
 
 def fingerprint_event(**changes: object) -> EventInput:
-    event = EventInput(
-        event_id=None,
-        type="phishing.clicked",
-        source="gophish",
-        subject="alice@example.com",
-        occurred_at=datetime(2025, 6, 1, 12, 0, tzinfo=UTC),
-        severity="high",
-        summary="clicked",
-        details={"a": "1", "b": "2"},
-    )
-    for name, value in changes.items():
-        setattr(event, name, value)
-    return event
+    """The event the fingerprint tests vary: no event id (the fingerprint ignores it), two details."""
+    fixed: dict[str, object] = {
+        "event_id": None,
+        "occurred_at": datetime(2025, 6, 1, 12, 0, tzinfo=UTC),
+        "summary": "clicked",
+        "details": {"a": "1", "b": "2"},
+    }
+    return event_input(**{**fixed, **changes})
 
 
 def test_fingerprint_ignores_spelling_but_not_content():
