@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from services.runtime.server import build_context
 from tests.support.resources import free_port
 from tests.support.servers import INTERNAL_SECRET, Served, client_factory, start_server, targets_env
 from tests.support.servers import service_env as shared_service_env
+from tests.support.suite import REPO, run_module
 
 FAST_INGEST = {
     "AWARENESS_INGEST_INTEGRATE_INTERVAL_MS": "20",
@@ -174,6 +177,14 @@ def timestamp(moment: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(moment)
     return stamp
+
+
+def awareness_verify(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``awareness verify <args>`` in a child process, as an auditor runs it; the caller checks
+    its exit code and output."""
+    return run_module(
+        "services.cli", "verify", *map(str, args), env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120
+    )
 
 
 INPUT_NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)  # the "now" an event_input() is valid at

@@ -4,9 +4,7 @@ a tampered record, and a raw dump holds no plaintext personal data (SQLite and P
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +16,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from services.ingest.models import APPEND_ONLY_TABLES
-from tests.ingest.harness import eventually, make_event, suite
+from tests.ingest.harness import awareness_verify, eventually, make_event, suite
 
-REPO = Path(__file__).resolve().parents[2]
 SECRET_SUBJECT = "carol.secret-subject@example.org"
 SECRET_SUMMARY = "Carol typed her password into the fake-sso page"
 SECRET_DETAIL = "https://evil-sso.example/carol-landing"
@@ -53,18 +50,6 @@ def ingest_engine(running: Any) -> Engine:
 
 def ingest_url(running: Any) -> str:
     return str(ingest_engine(running).url.render_as_string(hide_password=False))
-
-
-def run_verify(url: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli", "verify", "--database", url],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 async def test_triggers_refuse_update_and_delete_on_every_log_table(
@@ -128,7 +113,7 @@ async def test_verify_names_the_first_record_changed_behind_the_log(
     async with suite(tmp_path, database_url=database_url) as running:
         event_ids = await append_and_checkpoint(running, 8)
         url = ingest_url(running)
-        clean = await asyncio.to_thread(run_verify, url)
+        clean = await asyncio.to_thread(awareness_verify, "--database", url)
         assert clean.returncode == 0, clean.stdout + clean.stderr
         assert "8 records re-hashed" in clean.stdout and "FAIL" not in clean.stdout
 
@@ -143,7 +128,7 @@ async def test_verify_names_the_first_record_changed_behind_the_log(
         await asyncio.to_thread(tamper, engine, event_id=later)
         await asyncio.to_thread(tamper, engine, event_id=first)
 
-        broken = await asyncio.to_thread(run_verify, url)
+        broken = await asyncio.to_thread(awareness_verify, "--database", url)
         assert broken.returncode == 1
         assert f"record {first} (leaf index 3)" in broken.stdout, broken.stdout
         assert later not in broken.stdout

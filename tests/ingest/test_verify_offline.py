@@ -6,9 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -18,21 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from google.protobuf import json_format
 
 from services.evidence.checkpoint import NoteVerifier
+from tests.ingest.harness import awareness_verify as verify
 from tests.ingest.harness import eventually, make_event, suite
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def verify(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli", "verify", *map(str, args)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 async def test_receipt_and_proof_verify_offline_down_to_the_timestamp_token(tmp_path: Path) -> None:
