@@ -6,13 +6,11 @@ import base64
 from pathlib import Path
 
 import grpc
-import pytest
 from awareness.ingest.v1 import ingest_pb2
-from grpc_status import rpc_status
 
-from services.runtime.errors import error_info, field_violations
 from services.runtime.paging import PageTokens
 from tests.conftest import INTERNAL_SECRET
+from tests.grpc_errors import reason_of, rpc_error, violated_fields
 from tests.ingest.harness import make_event, suite
 
 
@@ -48,14 +46,10 @@ async def test_forged_and_foreign_tokens_are_invalid_page_token_on_every_ingest_
             ),
         ]
         for call in calls:
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await call
-            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            status = rpc_status.from_call(caught.value)
-            assert status is not None
-            info = error_info(status)
-            assert info is not None and info.reason == "INVALID_PAGE_TOKEN"
-            assert {v.field for v in field_violations(status)} == {"page_token"}
+            error = await rpc_error(call)
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert reason_of(error) == "INVALID_PAGE_TOKEN"
+            assert violated_fields(error) == {"page_token"}
         second = await client.ListEvents(
             ingest_pb2.ListEventsRequest(page_size=1, page_token=first.next_page_token)
         )

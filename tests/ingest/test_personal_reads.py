@@ -9,11 +9,10 @@ import grpc
 import pytest
 from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
 from awareness.ingest.v1 import ingest_pb2
-from grpc_status import rpc_status
 from sqlalchemy import select
 
 from services.ingest.models import EventMetadata
-from services.runtime.errors import error_info, field_violations
+from tests.grpc_errors import reason_of, rpc_error, violated_fields
 from tests.ingest.harness import Suite, make_event, suite
 
 State = ingest_pb2.Event.PersonalDataState
@@ -105,18 +104,16 @@ async def test_system_events_take_no_note(tmp_path: Path) -> None:
         erasure = make_event(event_type="gdpr.erasure", subject="", summary="subject erased", details={})
         erasure.subject_pseudonym = "psn_erased0000000000000000000"
         await running.internal().AppendEvent(ingest_pb2.AppendEventRequest(event=erasure))
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await running.client(roles=("analyst",)).LabelEvent(
+        error = await rpc_error(
+            running.client(roles=("analyst",)).LabelEvent(
                 ingest_pb2.LabelEventRequest(
                     name=f"events/{erasure.event_id}", label=ingest_pb2.LABEL_TRUE_POSITIVE, note="about x"
                 )
             )
-        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        status = rpc_status.from_call(caught.value)
-        assert status is not None
-        info = error_info(status)
-        assert info is not None and info.reason == "NOTE_NOT_ALLOWED"
-        assert {v.field for v in field_violations(status)} == {"note"}
+        )
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert reason_of(error) == "NOTE_NOT_ALLOWED"
+        assert violated_fields(error) == {"note"}
 
 
 async def test_filtering_by_identifier_needs_the_personal_data_permission(tmp_path: Path) -> None:
