@@ -82,11 +82,16 @@ def test_every_declared_variable_is_usable_in_a_rule() -> None:
         assert compile_rule(probe).evaluate(activation) is True, variable.name
 
 
-def test_syntax_error_is_refused_with_message_and_position() -> None:
-    source = "event.nope +"
+def refusal(source: str) -> InvalidRuleError:
+    """The error ``compile_rule`` must refuse ``source`` with."""
     with pytest.raises(InvalidRuleError) as caught:
         compile_rule(source)
-    error = caught.value
+    return caught.value
+
+
+def test_syntax_error_is_refused_with_message_and_position() -> None:
+    source = "event.nope +"
+    error = refusal(source)
     assert error.reason == "INVALID_RULE"
     assert error.grpc_code_name == "INVALID_ARGUMENT"
     assert "Syntax error" in error.message
@@ -97,9 +102,7 @@ def test_syntax_error_is_refused_with_message_and_position() -> None:
 
 def test_type_error_is_refused_with_position_of_the_operator() -> None:
     source = "event.type == 1"
-    with pytest.raises(InvalidRuleError) as caught:
-        compile_rule(source)
-    error = caught.value
+    error = refusal(source)
     assert "no matching overload" in error.message
     assert error.offset is not None
     assert source[error.offset : error.offset + 2] == "=="
@@ -107,9 +110,7 @@ def test_type_error_is_refused_with_position_of_the_operator() -> None:
 
 def test_position_on_a_later_line_maps_to_the_right_offset() -> None:
     source = 'event.type == "x"\n  && subject.nope > 1'
-    with pytest.raises(InvalidRuleError) as caught:
-        compile_rule(source)
-    error = caught.value
+    error = refusal(source)
     assert "undeclared reference" in error.message
     assert error.line == 2
     assert error.offset is not None and error.column is not None
@@ -119,9 +120,7 @@ def test_position_on_a_later_line_maps_to_the_right_offset() -> None:
 
 @pytest.mark.parametrize("source", ["event.hour + 1", "event.details", 'event.type + "x"', "dyn(event.hour)"])
 def test_non_boolean_rule_is_refused(source: str) -> None:
-    with pytest.raises(InvalidRuleError) as caught:
-        compile_rule(source)
-    assert caught.value.reason == "RULE_NOT_BOOLEAN"
+    assert refusal(source).reason == "RULE_NOT_BOOLEAN"
 
 
 def test_rule_length_is_capped() -> None:
@@ -130,16 +129,13 @@ def test_rule_length_is_capped() -> None:
         return prefix + "a" * (total_bytes - len(prefix) - len(suffix)) + suffix
 
     assert compile_rule(rule_of(RULE_MAX_BYTES)).source == rule_of(RULE_MAX_BYTES)
-    with pytest.raises(InvalidRuleError) as caught:
-        compile_rule(rule_of(RULE_MAX_BYTES + 1))
-    assert caught.value.reason == "RULE_TOO_LONG"
+    assert refusal(rule_of(RULE_MAX_BYTES + 1)).reason == "RULE_TOO_LONG"
 
 
 def test_excessive_nesting_is_refused_even_without_a_position() -> None:
-    with pytest.raises(InvalidRuleError) as caught:
-        compile_rule("(" * 100 + "true" + ")" * 100)
-    assert "recursion" in caught.value.message
-    assert caught.value.line is None
+    error = refusal("(" * 100 + "true" + ")" * 100)
+    assert "recursion" in error.message
+    assert error.line is None
 
 
 # ---------------------------------------------------------------------------------------- runtime
