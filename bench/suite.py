@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import profile
 from bench.external import cpu_seconds, run_measured, run_wrk, wrk_available
 from bench.population import (
     BENCH_KEY_CACHE_SECONDS,
@@ -483,6 +484,7 @@ class LoadPlan:
     wrk_seconds: float = 10.0
     wrk_threads: int = 1
     key_cache_seconds: float = BENCH_KEY_CACHE_SECONDS  # ingest's, while benchmarked
+    profile: bool = False  # py-spy every suite process during each load step
 
 
 @dataclass
@@ -516,18 +518,25 @@ class _Steps:
         before = stages() if stages else {}
         cpu_before = process_cpu(pids)
         name = f"{section}-{rate:g}-{batch}-{people.namespace.rstrip('-').rsplit('-', 1)[-1]}"
+        empty: dict[str, Path] = {}
+        spying: contextlib.AbstractContextManager[dict[str, Path]] = (
+            profile.recording(pids, seconds=plan.seconds, out_dir=self.work_dir / "profiles", step=name)
+            if plan.profile
+            else contextlib.nullcontext(empty)
+        )
         try:
-            summary = run_loadgen(
-                url=url,
-                api_key=api_key,
-                rate=rate,
-                seconds=plan.seconds,
-                connections=plan.connections,
-                batch=batch,
-                out=self.work_dir / f"{name}.jsonl",
-                subjects=people.subjects,
-                namespace=people.namespace,
-            )
+            with spying as profile_paths:
+                summary = run_loadgen(
+                    url=url,
+                    api_key=api_key,
+                    rate=rate,
+                    seconds=plan.seconds,
+                    connections=plan.connections,
+                    batch=batch,
+                    out=self.work_dir / f"{name}.jsonl",
+                    subjects=people.subjects,
+                    namespace=people.namespace,
+                )
         except (RuntimeError, subprocess.TimeoutExpired) as exc:  # keep the steps measured so far
             print(f"bench: the {rate:g} req/s step failed: {exc}", file=sys.stderr, flush=True)
             self.summaries.append(
@@ -540,6 +549,10 @@ class _Steps:
         summary["cpu_ms_per_event"] = cpu_per_event(
             cpu_before, process_cpu(pids), int(summary["acknowledged"])
         )
+        if profile_paths:
+            profiles = profile.profiles_of(profile_paths)
+            print(profile.format_profiles(scenario, profiles), file=sys.stderr, flush=True)
+            summary["profile"] = [dataclasses.asdict(each) for each in profiles]
         self.summaries.append(summary)
         if record:
             self.rows.append(
@@ -900,6 +913,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--wrk-seconds", type=float, default=None, help="seconds per saturation run (--seconds)"
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy every suite process during each load step; print where its CPU went",
+    )
     parser.add_argument("--service-seconds", type=float, default=2.0, help="seconds per service measurement")
     parser.add_argument("--skip-services", action="store_true", help="only the end-to-end load")
     parser.add_argument("--skip-suite", action="store_true", help="only the per-service benchmarks")
@@ -926,6 +944,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wrk_connections=args.wrk_connections,
         wrk_seconds=args.seconds if args.wrk_seconds is None else args.wrk_seconds,
         key_cache_seconds=args.key_cache_seconds,
+        profile=args.profile,
     )
     started = datetime.now(UTC)
     database_url = args.database_url or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
