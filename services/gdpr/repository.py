@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Row, delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -95,6 +95,59 @@ def find_data_keys(session: Session, *, pairs: Sequence[tuple[str, str]]) -> dic
     for chunk in _chunks(list(dict.fromkeys(pairs))):
         query = select(DataKey).where(tuple_(DataKey.pseudonym, DataKey.period).in_(list(chunk)))
         found.update({(key.pseudonym, key.period): key for key in session.scalars(query)})
+    return found
+
+
+class StoredKey(NamedTuple):
+    """A data key's row as the issuance read path sees it, with the event types it protects."""
+
+    key_id: str
+    pseudonym: str
+    period: str
+    kek_id: str
+    nonce: bytes
+    wrapped: bytes
+    event_types: frozenset[str]
+
+
+def find_keys_by_lookup(
+    session: Session, *, lookup_hashes: Sequence[bytes], periods: Sequence[str]
+) -> dict[tuple[bytes, str], StoredKey]:
+    """The existing keys of the subjects with these lookup hashes, for these periods: one query.
+
+    Core rows, not ORM objects: this is the read behind every event whose key ingest has not
+    cached, so it skips the identity map and runs one statement where the write path runs three.
+    """
+    subjects, keys, types = Subject.__table__, DataKey.__table__, DataKeyEventType.__table__
+    found: dict[tuple[bytes, str], StoredKey] = {}
+    wanted_periods = list(dict.fromkeys(periods))
+    for chunk in _chunks(list(dict.fromkeys(lookup_hashes))):
+        query = (
+            select(
+                subjects.c.lookup_hash,
+                keys.c.key_id,
+                keys.c.pseudonym,
+                keys.c.period,
+                keys.c.kek_id,
+                keys.c.nonce,
+                keys.c.wrapped,
+                types.c.event_type,
+            )
+            .select_from(subjects.join(keys, keys.c.pseudonym == subjects.c.pseudonym))
+            .outerjoin(types, types.c.key_id == keys.c.key_id)
+            .where(subjects.c.lookup_hash.in_(list(chunk)), keys.c.period.in_(wanted_periods))
+        )
+        event_types: dict[tuple[bytes, str], set[str]] = {}
+        for row in session.connection().execute(query):
+            where = (row.lookup_hash, row.period)
+            if where not in found:
+                found[where] = StoredKey(
+                    row.key_id, row.pseudonym, row.period, row.kek_id, row.nonce, row.wrapped, frozenset()
+                )
+            if row.event_type is not None:
+                event_types.setdefault(where, set()).add(row.event_type)
+        for where, known in event_types.items():
+            found[where] = found[where]._replace(event_types=frozenset(known))
     return found
 
 

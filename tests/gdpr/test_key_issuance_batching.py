@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC, datetime
 
 from awareness.gdpr.v1 import gdpr_pb2
+from sqlalchemy import create_engine, text
 
 from tests.gdpr.conftest import Harness, timestamp
 
@@ -82,3 +83,56 @@ async def test_an_erasure_racing_issuance_leaves_no_key_behind(harness: Harness)
         )
     )
     assert reply.keys[0].HasField("error") and not reply.keys[0].data_key
+
+
+def event_types_recorded(harness: Harness, key_id: str) -> set[str]:
+    engine = create_engine(harness.database_url)
+    try:
+        with engine.connect() as connection:
+            if engine.dialect.name == "postgresql":
+                connection.execute(text("SET search_path TO awareness_gdpr"))
+            rows = connection.execute(
+                text("SELECT event_type FROM data_key_event_types WHERE key_id = :key_id"), {"key_id": key_id}
+            )
+            return {row.event_type for row in rows}
+    finally:
+        engine.dispose()
+
+
+async def test_a_known_key_is_read_back_and_a_new_event_type_is_recorded_on_it(harness: Harness) -> None:
+    subject = f"person-{uuid.uuid4().hex}@example.org"
+    created = harness.metrics.registry.get_sample_value("awareness_gdpr_data_keys_created_total") or 0.0
+    first = (await harness.internal.GetSubjectKeys(request_for(subject))).keys[0]
+    again = (await harness.internal.GetSubjectKeys(request_for(subject, subject))).keys
+    assert {(key.key_id, key.data_key) for key in again} == {(first.key_id, first.data_key)}
+    assert event_types_recorded(harness, first.key_id) == {"phishing.clicked"}
+
+    # The same person's same month under another event type: the same key, the type recorded too
+    # (retention keeps a key as long as its longest-kept event type needs it).
+    reported = gdpr_pb2.GetSubjectKeysRequest(
+        lookups=[
+            gdpr_pb2.SubjectKeyLookup(
+                subject=subject, occurred_at=timestamp(MARCH), event_type="phishing.reported"
+            )
+        ]
+    )
+    other = (await harness.internal.GetSubjectKeys(reported)).keys[0]
+    assert (other.key_id, other.data_key) == (first.key_id, first.data_key)
+    assert event_types_recorded(harness, first.key_id) == {"phishing.clicked", "phishing.reported"}
+    # Another month is another key; April's and March's both come back from one mixed call.
+    april = datetime(2025, 4, 2, tzinfo=UTC)
+    mixed = gdpr_pb2.GetSubjectKeysRequest(
+        lookups=[
+            gdpr_pb2.SubjectKeyLookup(
+                subject=subject, occurred_at=timestamp(april), event_type="phishing.clicked"
+            ),
+            gdpr_pb2.SubjectKeyLookup(
+                subject=subject, occurred_at=timestamp(MARCH), event_type="phishing.clicked"
+            ),
+        ]
+    )
+    april_key, march_key = (await harness.internal.GetSubjectKeys(mixed)).keys
+    assert (april_key.key_period, march_key.key_period) == ("2025-04", "2025-03")
+    assert march_key.key_id == first.key_id and april_key.key_id != first.key_id
+    after = harness.metrics.registry.get_sample_value("awareness_gdpr_data_keys_created_total") or 0.0
+    assert after - created == 2  # March's and April's, each once

@@ -231,32 +231,47 @@ class GdprStore:
             for item in requests
         ]
         with self._sessions() as session:
-            # Fast path: everything exists already (the usual case), no write and no lock.
-            found = self._resolve(session, prepared, create=False)
-        if found is not None:
-            return IssueResult(keys=found[0], keys_created=0)
+            # Fast path: everything exists already (the usual case): one read, no write, no lock.
+            existing = self._existing(session, prepared)
+        if existing is not None:
+            return IssueResult(keys=existing, keys_created=0)
         for attempt in range(_CREATE_ATTEMPTS):
             try:
                 with self._write_lock, transaction(self._sessions) as session:
-                    created = self._resolve(session, prepared, create=True)
-                assert created is not None
-                return IssueResult(keys=created[0], keys_created=created[1])
+                    issued, created = self._resolve(session, prepared)
+                return IssueResult(keys=issued, keys_created=created)
             except IntegrityError:
                 # A subject erased between our read and our insert (foreign key): start over.
                 if attempt + 1 == _CREATE_ATTEMPTS:
                     raise
         raise AssertionError("unreachable")
 
+    def _existing(
+        self, session: Session, prepared: Sequence[tuple[bytes, str, str]]
+    ) -> list[IssuedKey] | None:
+        """The keys when every subject, key and event type exists already; None if one is missing."""
+        stored = repo.find_keys_by_lookup(
+            session,
+            lookup_hashes=[lookup_hash for lookup_hash, _, _ in prepared],
+            periods=[period for _, period, _ in prepared],
+        )
+        rows = []
+        for lookup_hash, period, event_type in prepared:
+            row = stored.get((lookup_hash, period))
+            if row is None or (event_type and event_type not in row.event_types):
+                return None
+            rows.append(row)
+        return self._issued(rows)
+
     def _resolve(
-        self, session: Session, prepared: Sequence[tuple[bytes, str, str]], *, create: bool
-    ) -> tuple[list[IssuedKey], int] | None:
+        self, session: Session, prepared: Sequence[tuple[bytes, str, str]]
+    ) -> tuple[list[IssuedKey], int]:
+        """Create what is missing (subjects, keys, event types) and return every request's key."""
         now = self._clock()
         hashes = [lookup_hash for lookup_hash, _, _ in prepared]
         pseudonyms = repo.find_pseudonyms(session, lookup_hashes=hashes)
         missing_subjects = [h for h in dict.fromkeys(hashes) if h not in pseudonyms]
         if missing_subjects:
-            if not create:
-                return None
             repo.insert_subjects_if_absent(
                 session,
                 rows=[
@@ -270,8 +285,6 @@ class GdprStore:
         missing_pairs = [pair for pair in pairs if pair not in keys]
         created = 0
         if missing_pairs:
-            if not create:
-                return None
             rows = []
             for pseudonym, period in missing_pairs:
                 key_id = new_key_id()
@@ -302,23 +315,27 @@ class GdprStore:
             known = repo.event_types_of(session, key_ids=[key_id for key_id, _ in wanted_types])
             missing_types = [(k, t) for k, t in wanted_types if t not in known.get(k, set())]
             if missing_types:
-                if not create:
-                    return None
                 repo.add_event_types_if_absent(session, pairs=missing_types)
+        return self._issued([keys[(pseudonyms[h], period)] for h, period, _ in prepared]), created
+
+    def _issued(self, rows: Sequence[DataKey | repo.StoredKey]) -> list[IssuedKey]:
+        """One issued key per row, each distinct key unwrapped once."""
         unwrapped: dict[str, bytes] = {}
         issued = []
-        for lookup_hash, period, _ in prepared:
-            row = keys[(pseudonyms[lookup_hash], period)]
+        for row in rows:
             if row.key_id not in unwrapped:
                 unwrapped[row.key_id] = self._unwrap(row)
             issued.append(
                 IssuedKey(
-                    pseudonym=row.pseudonym, period=period, key_id=row.key_id, data_key=unwrapped[row.key_id]
+                    pseudonym=row.pseudonym,
+                    period=row.period,
+                    key_id=row.key_id,
+                    data_key=unwrapped[row.key_id],
                 )
             )
-        return issued, created
+        return issued
 
-    def _unwrap(self, row: DataKey) -> bytes:
+    def _unwrap(self, row: DataKey | repo.StoredKey) -> bytes:
         return self._keyring.unwrap(
             WrappedKey(kek_id=row.kek_id, nonce=row.nonce, ciphertext=row.wrapped),
             aad=data_key_aad(pseudonym=row.pseudonym, period=row.period, key_id=row.key_id),
