@@ -1,11 +1,11 @@
 """Where each process's CPU goes during a load step: py-spy samples, summarised by function.
 
-``python -m bench suite --profile`` runs ``py-spy record`` (a dev dependency) against every suite
-process for the length of each load step, keeps the collapsed stacks in the work directory's
-``profiles/`` and prints, per process, the functions with the largest inclusive share of the
-samples. Only busy samples count (py-spy leaves out threads that wait), so a process's shares say
-where its CPU went, not where its requests waited. py-spy needs ptrace rights over the processes:
-root, or ``kernel.yama.ptrace_scope=0``.
+``python -m bench suite --profile`` runs ``py-spy record --gil`` (a dev dependency) against every
+suite process for the length of each load step and prints, per process, the seconds of samples
+that held the GIL (the Python CPU of the process: threads that wait on a socket or a lock release
+it), per event, and the functions that took them: the innermost frames (``own``) and the
+project's own functions with what they called (``incl``). py-spy needs ptrace rights over the
+processes: root, or ``kernel.yama.ptrace_scope=0``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ from pathlib import Path
 
 SAMPLES_PER_SECOND = 100
 # py-spy names a frame "function (module/path.py:line)"; the bench groups by "path:function".
+# Frames that run others' work: what is below them is the work (an event-loop callback, a pool job).
+DISPATCHERS = frozenset(
+    {"asyncio/events.py:Handle._run", "concurrent/futures/thread.py:_WorkItem.run", "threading.py:Thread.run"}
+)
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<path>[^()]*?)(?::\d+)?\)$")
 
 
@@ -36,7 +40,12 @@ class FrameShare:
 class ProcessProfile:
     process: str
     samples: int
-    top: list[FrameShare]
+    hottest: list[FrameShare]  # by own share: where the CPU was spent
+    project: list[FrameShare]  # the project's functions (services/...) by inclusive share
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / SAMPLES_PER_SECOND
 
 
 def py_spy() -> str | None:
@@ -52,8 +61,8 @@ def frame_name(frame: str) -> str:
     return f"{match['path']}:{match['function']}"
 
 
-def summarise(collapsed: str, *, process: str, limit: int = 12) -> ProcessProfile:
-    """The ``limit`` functions with the largest inclusive share of py-spy's collapsed stacks."""
+def summarise(collapsed: str, *, process: str, limit: int = 8, project: str = "services/") -> ProcessProfile:
+    """The hottest functions of py-spy's collapsed stacks, and the project's heaviest ones."""
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
     total = 0
@@ -65,19 +74,26 @@ def summarise(collapsed: str, *, process: str, limit: int = 12) -> ProcessProfil
         frames = [frame_name(frame) for frame in stack.split(";")]
         total += count
         own[frames[-1]] += count
-        for name in set(frames):
+        below = max((index for index, name in enumerate(frames) if name in DISPATCHERS), default=-1)
+        for name in set(frames[below + 1 :]):
             inclusive[name] += count
     if total == 0:
-        return ProcessProfile(process=process, samples=0, top=[])
-    ranked = sorted(inclusive, key=lambda name: (-inclusive[name], -own[name], name))
-    # The entry points (the event loop, the thread pool's worker) hold nearly every sample; what
-    # matters is below them, so keep frames that are not on more than 95 % of the stacks.
-    informative = [name for name in ranked if inclusive[name] <= 0.95 * total] or ranked
-    top = [
-        FrameShare(frame=name, inclusive=inclusive[name] / total, own=own[name] / total)
-        for name in informative[:limit]
-    ]
-    return ProcessProfile(process=process, samples=total, top=top)
+        return ProcessProfile(process=process, samples=0, hottest=[], project=[])
+
+    def share(name: str) -> FrameShare:
+        return FrameShare(frame=name, inclusive=inclusive[name] / total, own=own[name] / total)
+
+    hottest = sorted(own, key=lambda name: (-own[name], name))[:limit]
+    # Only frames below the innermost dispatcher count as work: a server's main function is on
+    # every stack of its event loop, and says nothing about where the CPU went.
+    ours = [name for name in inclusive if name.startswith(project)]
+    ours.sort(key=lambda name: (-inclusive[name], name))
+    return ProcessProfile(
+        process=process,
+        samples=total,
+        hottest=[share(name) for name in hottest],
+        project=[share(name) for name in ours[:limit]],
+    )
 
 
 @contextlib.contextmanager
@@ -94,7 +110,7 @@ def recording(
         subprocess.Popen(
             [
                 binary, "record", "--pid", str(pid), "--duration", f"{max(1, round(seconds))}",
-                "--rate", str(SAMPLES_PER_SECOND), "--function", "--nonblocking",
+                "--rate", str(SAMPLES_PER_SECOND), "--gil", "--function", "--nonblocking",
                 "--format", "raw", "--output", str(outputs[name]),
             ],
             stdout=subprocess.DEVNULL,
@@ -115,18 +131,23 @@ def recording(
                 print(f"bench: py-spy failed: {errors.decode(errors='replace')[-300:]}", file=sys.stderr)
 
 
-def profiles_of(outputs: Mapping[str, Path], *, limit: int = 12) -> list[ProcessProfile]:
-    return [
-        summarise(path.read_text(), process=name, limit=limit)
-        for name, path in outputs.items()
-        if path.exists()
-    ]
+def profiles_of(outputs: Mapping[str, Path]) -> list[ProcessProfile]:
+    return [summarise(path.read_text(), process=name) for name, path in outputs.items() if path.exists()]
 
 
-def format_profiles(step: str, profiles: list[ProcessProfile]) -> str:
-    lines = [f"profile of {step} (py-spy, busy samples at {SAMPLES_PER_SECOND}/s):"]
+def format_profiles(step: str, profiles: list[ProcessProfile], *, events: int) -> str:
+    """Per process: GIL-held seconds, per event, then its hottest and its heaviest own functions."""
+    per_event = max(events, 1)
+    lines = [f"profile of {step}: {events:,} events; GIL-held samples (py-spy --gil, {SAMPLES_PER_SECOND}/s)"]
     for profile in sorted(profiles, key=lambda p: -p.samples):
-        lines.append(f"  {profile.process}: {profile.samples} samples")
-        for share in profile.top:
-            lines.append(f"    {share.inclusive:6.1%} incl  {share.own:6.1%} own  {share.frame}")
+        lines.append(
+            f"  {profile.process}: {profile.seconds:.2f} s, {1000 * profile.seconds / per_event:.2f} ms/event"
+        )
+        for kind, shares in (("own", profile.hottest), ("incl", profile.project)):
+            for item in shares:
+                value = item.own if kind == "own" else item.inclusive
+                lines.append(
+                    f"    {kind:>4} {value:6.1%} {1000 * value * profile.seconds / per_event:6.3f} ms/event"
+                    f"  {item.frame}"
+                )
     return "\n".join(lines)

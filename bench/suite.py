@@ -484,7 +484,7 @@ class LoadPlan:
     wrk_seconds: float = 10.0
     wrk_threads: int = 1
     key_cache_seconds: float = BENCH_KEY_CACHE_SECONDS  # ingest's, while benchmarked
-    profile: bool = False  # py-spy every suite process during each load step
+    profile_dir: Path | None = None  # py-spy every suite process during each load step, stacks here
 
 
 @dataclass
@@ -520,8 +520,8 @@ class _Steps:
         name = f"{section}-{rate:g}-{batch}-{people.namespace.rstrip('-').rsplit('-', 1)[-1]}"
         empty: dict[str, Path] = {}
         spying: contextlib.AbstractContextManager[dict[str, Path]] = (
-            profile.recording(pids, seconds=plan.seconds, out_dir=self.work_dir / "profiles", step=name)
-            if plan.profile
+            profile.recording(pids, seconds=plan.seconds, out_dir=plan.profile_dir, step=name)
+            if plan.profile_dir is not None
             else contextlib.nullcontext(empty)
         )
         try:
@@ -551,7 +551,11 @@ class _Steps:
         )
         if profile_paths:
             profiles = profile.profiles_of(profile_paths)
-            print(profile.format_profiles(scenario, profiles), file=sys.stderr, flush=True)
+            print(
+                profile.format_profiles(scenario, profiles, events=int(summary["acknowledged"])),
+                file=sys.stderr,
+                flush=True,
+            )
             summary["profile"] = [dataclasses.asdict(each) for each in profiles]
         self.summaries.append(summary)
         if record:
@@ -916,7 +920,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="py-spy every suite process during each load step; print where its CPU went",
+        help="py-spy every suite process during each load step; print where its CPU went and keep "
+        "the collapsed stacks beside the JSON (flamegraph.pl or speedscope read them)",
     )
     parser.add_argument("--service-seconds", type=float, default=2.0, help="seconds per service measurement")
     parser.add_argument("--skip-services", action="store_true", help="only the end-to-end load")
@@ -944,9 +949,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         wrk_connections=args.wrk_connections,
         wrk_seconds=args.seconds if args.wrk_seconds is None else args.wrk_seconds,
         key_cache_seconds=args.key_cache_seconds,
-        profile=args.profile,
     )
     started = datetime.now(UTC)
+    if args.profile:
+        plan = dataclasses.replace(plan, profile_dir=args.out_dir / f"{started:%Y%m%dT%H%M%SZ}-profiles")
     database_url = args.database_url or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     if not database_url.startswith("postgresql"):
         print(f"bench: needs PostgreSQL, got {database_url!r}", file=sys.stderr)
