@@ -35,6 +35,29 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# The servers the suite stores in, by their processes' names (/proc/<pid>/comm).
+STORE_PROCESSES = {"postgres": "postgres", "redis-server": "redis"}
+
+
+def store_cpu_seconds() -> dict[str, float]:
+    """CPU seconds of every PostgreSQL and Redis process on the machine, by store (Linux /proc).
+
+    A PostgreSQL backend that exits between two readings takes its CPU with it, so the difference
+    can only undercount: the suite keeps pooled connections, and the bench runs nothing else.
+    """
+    totals: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            store = STORE_PROCESSES.get((entry / "comm").read_text().strip())
+        except OSError:
+            continue
+        if store is not None and (seconds := cpu_seconds(int(entry.name))) is not None:
+            totals[store] = totals.get(store, 0.0) + seconds
+    return totals
+
+
 @dataclass(frozen=True)
 class Finished:
     returncode: int

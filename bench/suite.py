@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import profile
-from bench.external import cpu_seconds, run_measured, run_wrk, wrk_available
+from bench.external import cpu_seconds, run_measured, run_wrk, store_cpu_seconds, wrk_available
 from bench.population import (
     BENCH_KEY_CACHE_SECONDS,
     DEFAULT_SUBJECTS,
@@ -340,26 +340,34 @@ def stage_means(before: Mapping[str, tuple[float, float]], after: Mapping[str, t
     return " / ".join(parts)
 
 
-def process_cpu(pids: Mapping[str, int]) -> dict[str, float]:
-    """CPU seconds used so far by each process, plus the load generator (reaped children)."""
+def process_cpu(pids: Mapping[str, int], *, stores: bool = True) -> dict[str, float]:
+    """CPU seconds used so far by each process, the stores (PostgreSQL, Redis) unless ``stores`` is
+    False, and the load generator (reaped children): with the stores, all an event costs here."""
     import resource
 
     totals = {name: seconds for name, pid in pids.items() if (seconds := cpu_seconds(pid)) is not None}
+    if stores:
+        totals.update(store_cpu_seconds())
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     totals["loadgen"] = children.ru_utime + children.ru_stime
     return totals
 
 
 def cpu_per_event(before: Mapping[str, float], after: Mapping[str, float], events: int) -> str:
-    """CPU ms per acknowledged event of each process that used any, e.g. ``ingest 9.8 / gateway 5.1``.
+    """CPU ms per acknowledged event of each process that used any, their total, and the rate that
+    total allows on this machine's cores, e.g. ``ingest 3.1 / gateway 1.6 / total 4.7 (425/s)``.
 
     On a shared, noisy machine this is steadier than throughput: it says what an event costs, not
-    how much CPU happened to be left over.
+    how much CPU happened to be left over. The ceiling assumes every core busy with nothing else.
     """
     if events <= 0:
         return ""
     spent = {name: after[name] - before[name] for name in after if name in before}
-    parts = [f"{name} {seconds / events * 1000:.1f}" for name, seconds in spent.items() if seconds > 0]
+    costs = {name: seconds / events * 1000 for name, seconds in spent.items() if seconds > 0}
+    parts = [f"{name} {ms:.1f}" for name, ms in costs.items()]
+    total = sum(costs.values())
+    if total > 0:
+        parts.append(f"total {total:.1f} ({(os.cpu_count() or 1) * 1000 / total:,.0f}/s)")
     return " / ".join(parts)
 
 
@@ -516,8 +524,10 @@ class _Steps:
         plan = self.plan
         print(f"bench: {scenario} at {rate:g} req/s for {plan.seconds:g} s...", file=sys.stderr, flush=True)
         before = stages() if stages else {}
-        cpu_before = process_cpu(pids)
-        name = f"{section}-{rate:g}-{batch}-{people.namespace.rstrip('-').rsplit('-', 1)[-1]}"
+        stores = section != "edge"  # the edge app alone uses no store
+        cpu_before = process_cpu(pids, stores=stores)
+        people_name = people.namespace.rstrip("-").rsplit("-", 1)[-1]
+        name = f"{len(self.summaries):02d}-{section}-{rate:g}-{batch}-{people_name}"  # warm reuses people
         empty: dict[str, Path] = {}
         spying: contextlib.AbstractContextManager[dict[str, Path]] = (
             profile.recording(pids, seconds=plan.seconds, out_dir=plan.profile_dir, step=name)
@@ -547,7 +557,7 @@ class _Steps:
         summary["server_side_mean_ms"] = stage_means(before, stages()) if stages else ""
         time.sleep(2)  # enrichment runs after the acknowledgement: count its CPU too
         summary["cpu_ms_per_event"] = cpu_per_event(
-            cpu_before, process_cpu(pids), int(summary["acknowledged"])
+            cpu_before, process_cpu(pids, stores=stores), int(summary["acknowledged"])
         )
         if profile_paths:
             profiles = profile.profiles_of(profile_paths)
@@ -612,7 +622,8 @@ class _Steps:
             self.summaries += steps.summaries
             return
         print(f"bench: {label} for {plan.wrk_seconds:g} s...", file=sys.stderr, flush=True)
-        cpu_before = process_cpu(pids)
+        stores = section != "edge"
+        cpu_before = process_cpu(pids, stores=stores)
         try:
             result = run_wrk(
                 url=f"{url}/v1/events",
@@ -632,7 +643,7 @@ class _Steps:
         time.sleep(2)
         answered = result.requests - result.non_2xx
         summary = {"scenario": label, **dataclasses.asdict(result), "throughput": result.throughput}
-        summary["cpu_ms_per_event"] = cpu_per_event(cpu_before, process_cpu(pids), answered)
+        summary["cpu_ms_per_event"] = cpu_per_event(cpu_before, process_cpu(pids, stores=stores), answered)
         self.summaries.append(summary)
         self.rows.append(
             Row(
@@ -873,7 +884,9 @@ def format_table(rows: Sequence[Row], *, info: Mapping[str, Any]) -> str:
             "Saturation (wrk): closed loop, each of c connections sends when its answer arrives.",
             "Server-side mean ms: time per call inside each process during the step (from its histograms).",
             "CPU ms per event: CPU each process used during the step (and 2 s after it, for enrichment)"
-            " per acknowledged event; loadgen is the load generator.",
+            " per acknowledged event; postgres and redis are every process of those servers, loadgen"
+            " the load generator. total (N/s): their sum, and the events/s it allows with every core"
+            " busy: the ceiling this machine puts on that step.",
             "Load generator CPU: what the generator's own process used in the step (from /proc), beside"
             " the share of one core: it runs on the same machine as what it measures.",
             *(

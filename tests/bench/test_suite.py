@@ -25,10 +25,17 @@ RUN_INFO = {
 }
 
 
-def test_cpu_per_event_divides_each_process_by_the_acknowledged_events() -> None:
+def test_cpu_per_event_divides_each_process_by_the_acknowledged_events(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     before = {"ingest": 10.0, "gateway": 4.0, "idle": 1.0, "loadgen": 0.5}
     after = {"ingest": 12.0, "gateway": 5.0, "idle": 1.0, "loadgen": 0.7, "new": 3.0}
-    assert suite.cpu_per_event(before, after, 1000) == "ingest 2.0 / gateway 1.0 / loadgen 0.2"
+    # 3.2 ms per event in all: two cores doing nothing else could serve 2,000 / 3.2 = 625 events/s.
+    assert (
+        suite.cpu_per_event(before, after, 1000)
+        == "ingest 2.0 / gateway 1.0 / loadgen 0.2 / total 3.2 (625/s)"
+    )
     assert suite.cpu_per_event(before, after, 0) == ""
 
 
@@ -38,6 +45,9 @@ def test_process_cpu_reads_live_processes_and_the_reaped_load_generator() -> Non
     assert totals["me"] > 0
     assert "gone" not in totals
     assert totals["loadgen"] >= 0
+    if os.environ.get("AWARENESS_REQUIRE_SERVICES") == "1":  # PostgreSQL and Redis run here
+        assert totals["postgres"] > 0 and totals["redis"] > 0
+    assert {"postgres", "redis"}.isdisjoint(suite.process_cpu({"me": os.getpid()}, stores=False))
 
 
 def test_the_table_has_a_cpu_column() -> None:
