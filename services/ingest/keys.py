@@ -84,6 +84,49 @@ class _Entry:
     expires: float
 
 
+class _ExpiringEntries(dict[Any, _Entry]):
+    """Cache entries kept in expiry order, so that a sweep reads only what it drops.
+
+    Entries usually all live one TTL, so storing in time order is storing in expiry order, and
+    the expired ones are at the front: a sweep stops at the first live entry. An entry that
+    expires sooner than the one stored before it (gdpr granted a shorter TTL) breaks the order;
+    the next sweep then reads everything once and restores it. A full sweep of 200,000 entries
+    twice a second would hold the event loop for tens of milliseconds each time.
+    """
+
+    def __init__(self, *, max_entries: int) -> None:
+        super().__init__()
+        self._max_entries = max_entries
+        self._in_order = True
+
+    def remember(self, key: Any, entry: _Entry) -> None:
+        """Store an entry; past ``max_entries`` the front ones (the oldest stored) go first."""
+        self.pop(key, None)
+        if self and entry.expires < next(reversed(self.values())).expires:
+            self._in_order = False
+        self[key] = entry
+        while len(self) > self._max_entries:
+            del self[next(iter(self))]
+
+    def sweep(self, now: float) -> int:
+        """Drop every entry expired at ``now``; returns how many were dropped."""
+        before = len(self)
+        if self._in_order:
+            while self:
+                first = next(iter(self))
+                if self[first].expires > now:
+                    break
+                del self[first]
+        else:
+            live = sorted(
+                ((k, e) for k, e in self.items() if e.expires > now), key=lambda item: item[1].expires
+            )
+            self.clear()
+            self.update(live)
+            self._in_order = True
+        return before - len(self)
+
+
 class SubjectKeys:
     """GetSubjectKeys / UnwrapDataKeys (TTL-cached) and LookupSubject through the guarded gdpr channel."""
 
@@ -102,8 +145,8 @@ class SubjectKeys:
             self._fetch, max_items=4 * MAX_LOOKUPS_PER_CALL, max_running=2
         )
         self._clock = clock
-        self._append_cache: dict[tuple[str, str, str], _Entry] = {}
-        self._read_cache: dict[tuple[str, str], _Entry] = {}
+        self._append_cache = _ExpiringEntries(max_entries=self._max_entries)
+        self._read_cache = _ExpiringEntries(max_entries=self._max_entries)
         self._stub: gdpr_pb2_grpc.GdprServiceStub | None = None
         # A gdpr answer in flight while its subject is forgotten must not be cached (or, for
         # reads, used) afterwards: `forget` stamps the pseudonym with a generation number.
@@ -198,19 +241,10 @@ class SubjectKeys:
                     )
                     expires = stored_at + self._ttl_for(message.cache_ttl.ToTimedelta().total_seconds())
                     if not self._forgotten_since(key.pseudonym, asked_at):
-                        self._remember(self._append_cache, cache_key, _Entry(key, expires))
-                        self._remember(
-                            self._read_cache, (key.pseudonym, key.key_period), _Entry(key, expires)
-                        )
+                        self._append_cache.remember(cache_key, _Entry(key, expires))
+                        self._read_cache.remember((key.pseudonym, key.key_period), _Entry(key, expires))
                     found[cache_key] = key
         return [found[lookup.cache_key] for lookup in lookups]
-
-    def _remember(self, cache: dict[Any, _Entry], key: Any, entry: _Entry) -> None:
-        """Store an entry; past ``max_entries`` the oldest stored go first (dicts keep insertion order)."""
-        cache.pop(key, None)
-        cache[key] = entry
-        while len(cache) > self._max_entries:
-            del cache[next(iter(cache))]
 
     async def unwrap(self, refs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], SubjectKey | str]:
         """Data key, or ERASED, per (pseudonym, key period); raises when gdpr cannot be reached."""
@@ -250,7 +284,7 @@ class SubjectKeys:
                         )
                     if self._forgotten_since(ref[0], asked_at):
                         value = ERASED  # erased while this answer was on its way
-                    self._remember(self._read_cache, ref, _Entry(value, stored_at + ttl))
+                    self._read_cache.remember(ref, _Entry(value, stored_at + ttl))
                     found[ref] = value
         self._evict(now)
         return found
@@ -289,11 +323,8 @@ class SubjectKeys:
     def evict_expired(self) -> int:
         """Drop every expired entry; returns how many were dropped."""
         now = self._clock()
-        before = len(self._append_cache) + len(self._read_cache)
-        self._append_cache = {k: e for k, e in self._append_cache.items() if e.expires > now}
-        self._read_cache = {k: e for k, e in self._read_cache.items() if e.expires > now}
         self._next_sweep = now + self._sweep_every
-        return before - len(self._append_cache) - len(self._read_cache)
+        return self._append_cache.sweep(now) + self._read_cache.sweep(now)
 
     def _evict(self, now: float) -> None:
         if now >= self._next_sweep:

@@ -14,7 +14,15 @@ from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, status_pb2
 
-from services.ingest.keys import ERASED, KeyLookup, SubjectKey, SubjectKeys, utc_month
+from services.ingest.keys import (
+    ERASED,
+    KeyLookup,
+    SubjectKey,
+    SubjectKeys,
+    _Entry,
+    _ExpiringEntries,
+    utc_month,
+)
 from services.runtime import auth
 from services.runtime.clients import ChannelFactory
 from services.runtime.config import load_settings
@@ -287,3 +295,37 @@ async def test_the_cache_holds_at_most_max_entries_oldest_out_first(gdpr: tuple[
     await keys.keys_for([KeyLookup("p0@x", WHEN_US, "t")])  # the oldest went first: asked again
     assert len(fake.lookups) == asked + 1
     await factory.close()
+
+
+def entries_expiring_at(*moments: float, max_entries: int = 100) -> _ExpiringEntries:
+    entries = _ExpiringEntries(max_entries=max_entries)
+    for number, moment in enumerate(moments):
+        entries.remember(f"k{number}", _Entry(ERASED, moment))
+    return entries
+
+
+def test_a_sweep_drops_exactly_the_expired_entries_in_expiry_order() -> None:
+    entries = entries_expiring_at(*range(1, 11))
+    assert entries.sweep(5.5) == 5
+    assert list(entries) == ["k5", "k6", "k7", "k8", "k9"]
+    assert entries.sweep(5.5) == 0
+
+
+def test_an_entry_granted_a_shorter_ttl_is_still_swept_on_time() -> None:
+    # k1 expires before k0, stored before it: not at the front, and a raw key must not outlive its
+    # TTL in memory all the same.
+    entries = entries_expiring_at(10.0, 3.0, 12.0)
+    assert entries.sweep(5.0) == 1
+    assert list(entries) == ["k0", "k2"]
+    entries.remember("k3", _Entry(ERASED, 20.0))  # in order again: the front-only sweep resumes
+    assert entries.sweep(11.0) == 1
+    assert list(entries) == ["k2", "k3"]
+
+
+def test_storing_again_moves_an_entry_to_its_new_expiry_and_the_oldest_go_past_the_cap() -> None:
+    entries = entries_expiring_at(1.0, 2.0, 3.0, max_entries=3)
+    entries.remember("k0", _Entry(ERASED, 4.0))  # refreshed: now the last to expire
+    assert list(entries) == ["k1", "k2", "k0"]
+    entries.remember("k9", _Entry(ERASED, 5.0))
+    assert list(entries) == ["k2", "k0", "k9"]  # k1, the first to expire, went
+    assert entries.sweep(3.5) == 1 and list(entries) == ["k0", "k9"]
