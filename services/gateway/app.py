@@ -34,6 +34,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from services.gateway import authn
+from services.gateway.admission import Admission, RefusedError, rate_limited
 from services.gateway.config import GatewayConfig, load_gateway_config
 from services.gateway.domain import gophish
 from services.gateway.domain.descriptors import (
@@ -44,7 +45,7 @@ from services.gateway.domain.descriptors import (
     load_descriptor_set,
 )
 from services.gateway.domain.openapi import build_openapi
-from services.gateway.domain.ratelimit import Decision, Scope
+from services.gateway.domain.ratelimit import Decision
 from services.gateway.domain.transcode import RequestError, strict_json_loads
 from services.gateway.middleware import ROUTE_KEY, EdgeMiddleware
 from services.gateway.protocol import BoundedHttpToolsProtocol
@@ -59,7 +60,7 @@ from services.gateway.transcoder import Backend, MediaTypeError, Router, parse_h
 from services.runtime import auth, db, migrations
 from services.runtime.clients import ChannelFactory, new_breaker
 from services.runtime.config import SERVICE_NAMES, SERVICES, Settings, with_internal_secret
-from services.runtime.errors import AwarenessError, PermissionDeniedError, UnauthenticatedError
+from services.runtime.errors import AwarenessError
 from services.runtime.logs import configure_logging
 from services.runtime.metrics import ServiceMetrics
 from services.runtime.tracing import configure_tracing, shutdown_tracing
@@ -108,8 +109,7 @@ class GatewayState:
     router: Router
     backend: Backend
     openapi: dict[str, Any]
-    authenticator: authn.Authenticator
-    limiter: RateLimiter
+    admission: Admission
     engine: Engine
     sessions: sessionmaker[Session]
     routes_by_rpc: dict[str, HttpRoute]
@@ -122,7 +122,7 @@ class GatewayState:
             await channel.close()
         self.health_channels.clear()
         self.health_stubs.clear()
-        await self.limiter.close()
+        await self.admission.limiter.close()
         self.engine.dispose()
 
 
@@ -176,7 +176,7 @@ async def dependencies(request: Request) -> Response:
         for service, status in zip(SERVICES, statuses, strict=True)
     }
     body["key_store"] = {"health": "SERVING" if key_store else "UNREACHABLE"}
-    limiter = state.limiter
+    limiter = state.admission.limiter
     if isinstance(limiter, RedisRateLimiter):
         body["rate_limiter"] = {
             "backend": "redis",
@@ -223,44 +223,16 @@ def _client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def _scopes(state: GatewayState, *, ip: str, principal: auth.Principal | None) -> list[Scope]:
-    config = state.config
-    scopes: list[Scope] = []
-    if principal is not None and config.rate_principal_per_min > 0:
-        scopes.append(Scope("principal", f"principal:{principal.subject}", config.rate_principal_per_min))
-    if config.rate_ip_per_min > 0:
-        scopes.append(Scope("ip", f"ip:{ip}", config.rate_ip_per_min))
-    if config.rate_global_per_min > 0:
-        scopes.append(Scope("global", "global", config.rate_global_per_min))
-    return scopes
-
-
 async def _limit(state: GatewayState, request: Request, principal: auth.Principal | None) -> Decision:
-    decision = await state.limiter.check(_scopes(state, ip=_client_ip(request), principal=principal))
-    if not decision.allowed:
-        state.metrics.ratelimit_rejections.labels(decision.rejected_scope or "unknown").inc()
-    return decision
+    return await state.admission.limit(ip=_client_ip(request), principal=principal)
 
 
 async def _limit_failed_auth(state: GatewayState, request: Request) -> Decision:
-    """A refused credential counts only in its address's own bucket, so a flood of bad keys
-    never spends the IP and global budgets that valid keys from that address rely on."""
-    limit = state.config.rate_auth_failures_per_min
-    scopes = [Scope("auth_failures", f"authfail:{_client_ip(request)}", limit)] if limit > 0 else []
-    decision = await state.limiter.check(scopes)
-    if not decision.allowed:
-        state.metrics.ratelimit_rejections.labels("auth_failures").inc()
-    return decision
+    return await state.admission.limit_failed_auth(ip=_client_ip(request))
 
 
 def _too_many(decision: Decision) -> Response:
-    return error_response(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        f"rate limit exceeded ({decision.rejected_scope}); retry after {decision.retry_after_seconds}s",
-        reason="RATE_LIMITED",
-        metadata={"scope": decision.rejected_scope or "", "limit": str(decision.limit)},
-        headers=rate_limit_headers(decision),
-    )
+    return awareness_error_response(rate_limited(decision), headers=rate_limit_headers(decision))
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,28 +244,13 @@ class Admitted:
 async def _admit(state: GatewayState, request: Request, permission: str) -> Admitted | Response:
     """Authenticate, rate limit, authorize: an Admitted caller or the refusal to send."""
     try:
-        principal = await state.authenticator.authenticate(request.headers.get("authorization"))
-    except AwarenessError as exc:
-        if isinstance(exc, UnauthenticatedError):
-            state.metrics.auth_failures.labels(exc.reason).inc()
-            decision = await _limit_failed_auth(state, request)
-        else:
-            decision = await _limit(state, request, None)
-        if not decision.allowed:
-            return _too_many(decision)
-        return awareness_error_response(exc, headers=rate_limit_headers(decision))
-    decision = await _limit(state, request, principal)
-    headers = rate_limit_headers(decision)
-    if not decision.allowed:
-        return _too_many(decision)
-    if not principal.has(permission):
-        error = PermissionDeniedError(
-            f"{principal.subject} lacks permission {permission}",
-            reason="MISSING_PERMISSION",
-            metadata={"permission": permission},
+        admitted = await state.admission.admit(
+            authorization=request.headers.get("authorization"), ip=_client_ip(request), permission=permission
         )
-        return awareness_error_response(error, headers=headers)
-    return Admitted(principal=principal, headers=headers)
+    except RefusedError as refused:
+        headers = rate_limit_headers(refused.decision) if refused.decision is not None else {}
+        return awareness_error_response(refused.error, headers=headers)
+    return Admitted(principal=admitted.principal, headers=rate_limit_headers(admitted.decision))
 
 
 async def _as_principal(principal: auth.Principal, call: Callable[[], Awaitable[Any]]) -> Any:
@@ -594,8 +551,13 @@ def _build_state(settings: Settings) -> GatewayState:
             method_timeouts=config.method_timeouts,
         ),
         openapi=build_openapi(routes, comments),
-        authenticator=authn.Authenticator(sessions=sessions, config=config),
-        limiter=_make_limiter(settings, config, gateway_metrics),
+        admission=Admission(
+            config=config,
+            authenticator=authn.Authenticator(sessions=sessions, config=config),
+            limiter=_make_limiter(settings, config, gateway_metrics),
+            rejections=gateway_metrics.ratelimit_rejections,
+            auth_failures=gateway_metrics.auth_failures,
+        ),
         engine=engine,
         sessions=sessions,
         routes_by_rpc={r.rpc: r for r in routes},

@@ -86,7 +86,7 @@ async def test_expired_key_gets_401(gateway: Harness) -> None:
     from datetime import UTC, datetime, timedelta
 
     state = gateway.app.state.gateway
-    state.authenticator._clock = lambda: datetime.now(UTC) + timedelta(days=2)
+    state.admission.authenticator._clock = lambda: datetime.now(UTC) + timedelta(days=2)
     response = await gateway.client.get("/v1/events", headers=bearer(key))
     assert response.status_code == 401
     assert status_reason(response.json()) == "KEY_EXPIRED"

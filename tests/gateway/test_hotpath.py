@@ -39,7 +39,9 @@ CALLER_SPAN_ID = "00f067aa0ba902b7"
 
 def _use_cache_clock(harness: Harness, clock: FakeClock) -> None:
     state = harness.app.state.gateway
-    state.authenticator = authn.Authenticator(sessions=state.sessions, config=state.config, cache_clock=clock)
+    state.admission.authenticator = authn.Authenticator(
+        sessions=state.sessions, config=state.config, cache_clock=clock
+    )
 
 
 def _count_key_reads(harness: Harness) -> list[str]:
