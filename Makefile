@@ -47,8 +47,8 @@ test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check services tests scripts bench
-	$(VENV)/bin/ruff format --check services tests scripts bench
+	$(VENV)/bin/ruff check services tests scripts bench clients/python/src/awareness_client
+	$(VENV)/bin/ruff format --check services tests scripts bench clients/python/src/awareness_client
 	$(VENV)/bin/mypy
 	npx --no-install buf lint
 	@# v1 contracts only grow (docs/architecture.md, Conventions); a first commit has nothing to compare.

@@ -19,10 +19,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.runtime.config import (
     ALL_PROCESSES,
     DEFAULT_GATEWAY_ADMIN_PORT,
+    DEFAULT_GATEWAY_GRPC_PORT,
     DEFAULT_GATEWAY_PORT,
     DEFAULT_GRPC_PORTS,
     DEFAULT_METRICS_PORTS,
     GATEWAY_ADMIN_PORT_VAR,
+    GATEWAY_GRPC_PORT_VAR,
     SERVICE_NAMES,
     ensure_dev_secret,
 )
@@ -159,6 +161,9 @@ def run_suite(*, data_dir: str | None, gateway_port: int | None, ready_timeout: 
             f"metrics (admin port): http://127.0.0.1:{admin_port}/metrics",
             flush=True,
         )
+        door_port = env.get(GATEWAY_GRPC_PORT_VAR) or DEFAULT_GATEWAY_GRPC_PORT
+        if str(door_port) != "0":
+            print(f"  gRPC door (awareness-client stubs): 127.0.0.1:{door_port}", flush=True)
         print("  create an API key: .venv/bin/awareness keys create --name me --role admin", flush=True)
         print("  press Ctrl-C to stop", flush=True)
         while True:

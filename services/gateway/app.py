@@ -16,6 +16,7 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -41,12 +42,14 @@ from services.gateway.domain.descriptors import (
     HttpRoute,
     build_routes,
     collect_comments,
+    door_methods,
     import_generated_modules,
     load_descriptor_set,
 )
 from services.gateway.domain.openapi import build_openapi
 from services.gateway.domain.ratelimit import Decision
 from services.gateway.domain.transcode import RequestError, strict_json_loads
+from services.gateway.door import GrpcDoor, create_door_server
 from services.gateway.middleware import ROUTE_KEY, EdgeMiddleware
 from services.gateway.protocol import BoundedHttpToolsProtocol
 from services.gateway.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
@@ -113,6 +116,7 @@ class GatewayState:
     engine: Engine
     sessions: sessionmaker[Session]
     routes_by_rpc: dict[str, HttpRoute]
+    door: GrpcDoor
     health_stubs: dict[str, health_pb2_grpc.HealthStub] = field(default_factory=dict)
     health_channels: list[grpc.aio.Channel] = field(default_factory=list)
 
@@ -539,6 +543,14 @@ def _build_state(settings: Settings) -> GatewayState:
     engine = db.create_db_engine(settings.database_url, service="gateway")
     migrations.upgrade("gateway", engine)
     sessions = db.session_factory(engine)
+    limiter = _make_limiter(settings, config, gateway_metrics)
+    admission = Admission(
+        config=config,
+        authenticator=authn.Authenticator(sessions=sessions, config=config),
+        limiter=limiter,
+        rejections=gateway_metrics.ratelimit_rejections,
+        auth_failures=gateway_metrics.auth_failures,
+    )
     return GatewayState(
         settings=settings,
         config=config,
@@ -551,16 +563,18 @@ def _build_state(settings: Settings) -> GatewayState:
             method_timeouts=config.method_timeouts,
         ),
         openapi=build_openapi(routes, comments),
-        admission=Admission(
-            config=config,
-            authenticator=authn.Authenticator(sessions=sessions, config=config),
-            limiter=_make_limiter(settings, config, gateway_metrics),
-            rejections=gateway_metrics.ratelimit_rejections,
-            auth_failures=gateway_metrics.auth_failures,
-        ),
+        admission=admission,
         engine=engine,
         sessions=sessions,
         routes_by_rpc={r.rpc: r for r in routes},
+        door=GrpcDoor(
+            methods=door_methods(descriptor_set),
+            channels=channels,
+            admission=admission,
+            timeout_seconds=settings.call_timeout_seconds,
+            method_timeouts=config.method_timeouts,
+            metrics=gateway_metrics.base,
+        ),
     )
 
 
@@ -685,8 +699,9 @@ def run_gateway(settings: Settings) -> None:
             limit_concurrency=16,
         )
         servers.append(_Server(admin))
+    door = _door_server(app.state.gateway, settings.host) if config.grpc_port else None
     try:
-        asyncio.run(_serve_all(servers))
+        asyncio.run(_serve_all(servers, door, grace_seconds=settings.shutdown_grace_seconds))
     finally:
         shutdown_tracing()
 
@@ -699,8 +714,26 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _serve_all(servers: list[_Server]) -> None:
-    """Run the public and admin servers; SIGTERM/SIGINT or either one stopping stops both."""
+def _door_server(state: GatewayState, host: str) -> Callable[[], grpc.aio.Server]:
+    """Builds the gRPC door's server inside the serving loop (grpc.aio binds to the running loop)."""
+    config = state.config
+    tls = None
+    if config.grpc_tls_cert_file:
+        tls = (Path(config.grpc_tls_cert_file).read_bytes(), Path(config.grpc_tls_key_file).read_bytes())
+
+    def build() -> grpc.aio.Server:
+        server, bound = create_door_server(state.door, host=host, port=config.grpc_port, tls=tls)
+        log.info("gRPC door listening", extra={"port": bound, "tls": tls is not None})
+        return server
+
+    return build
+
+
+async def _serve_all(
+    servers: list[_Server], door: Callable[[], grpc.aio.Server] | None, *, grace_seconds: float
+) -> None:
+    """Run the public and admin servers and the gRPC door; SIGTERM/SIGINT or either HTTP server
+    stopping stops them all (the door drains its calls for the grace period)."""
 
     def stop() -> None:
         for server in servers:
@@ -709,10 +742,15 @@ async def _serve_all(servers: list[_Server]) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop)
+    door_server = door() if door is not None else None
+    if door_server is not None:
+        await door_server.start()
     tasks = [asyncio.create_task(server.serve()) for server in servers]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         stop()
+        if door_server is not None:
+            await door_server.stop(grace_seconds)
         await asyncio.gather(*tasks)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):

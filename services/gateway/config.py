@@ -8,7 +8,9 @@ from pathlib import Path
 
 from services.runtime.config import (
     DEFAULT_GATEWAY_ADMIN_PORT,
+    DEFAULT_GATEWAY_GRPC_PORT,
     GATEWAY_ADMIN_PORT_VAR,
+    GATEWAY_GRPC_PORT_VAR,
     ConfigError,
     Settings,
     env_float,
@@ -56,6 +58,10 @@ class GatewayConfig:
     # /metrics and /health/dependencies listen on this port only (0: not served at all).
     admin_port: int = DEFAULT_GATEWAY_ADMIN_PORT
     rate_auth_failures_per_min: int = 60
+    # The gRPC door (0: not served), and its TLS certificate chain and key (PEM files; both or none).
+    grpc_port: int = DEFAULT_GATEWAY_GRPC_PORT
+    grpc_tls_cert_file: str = ""
+    grpc_tls_key_file: str = ""
 
     @property
     def jwt_enabled(self) -> bool:
@@ -96,11 +102,19 @@ def load_gateway_config(settings: Settings) -> GatewayConfig:
         admin_port=env_int(env, GATEWAY_ADMIN_PORT_VAR, DEFAULT_GATEWAY_ADMIN_PORT),
         # Failed authentications per client address, a bucket of their own (0 = off).
         rate_auth_failures_per_min=env_int(env, "AWARENESS_GATEWAY_RATE_AUTH_FAILURES_PER_MIN", 60),
+        grpc_port=env_int(env, GATEWAY_GRPC_PORT_VAR, DEFAULT_GATEWAY_GRPC_PORT),
+        grpc_tls_cert_file=env_str(env, "AWARENESS_GATEWAY_GRPC_TLS_CERT_FILE", ""),
+        grpc_tls_key_file=env_str(env, "AWARENESS_GATEWAY_GRPC_TLS_KEY_FILE", ""),
     )
     if config.key_cache_seconds > KEY_CACHE_SECONDS_MAX:
         raise ConfigError(
             f"{KEY_CACHE_SECONDS_VAR} must be <= {KEY_CACHE_SECONDS_MAX:g} (the revocation bound), "
             f"got {config.key_cache_seconds:g}"
+        )
+    if bool(config.grpc_tls_cert_file) != bool(config.grpc_tls_key_file):
+        raise ConfigError(
+            "the gRPC door's TLS needs both AWARENESS_GATEWAY_GRPC_TLS_CERT_FILE and "
+            "AWARENESS_GATEWAY_GRPC_TLS_KEY_FILE"
         )
     if config.jwt_enabled and not (config.jwt_issuer and config.jwt_audience):
         raise ConfigError(

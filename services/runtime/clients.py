@@ -149,6 +149,10 @@ def is_business_error(exc: BaseException) -> bool:
     attached an ErrorInfo) that something *behind* it is unavailable: counting that against
     the callee would cascade one service's outage into its callers' breakers.
     """
+    if isinstance(exc, asyncio.CancelledError):
+        # Our own caller gave up (a client's deadline or disconnect): no evidence about the peer,
+        # and a client that cancels on purpose must not open a breaker every caller shares.
+        return True
     if not isinstance(exc, grpc.aio.AioRpcError):
         return False
     if exc.code() not in BREAKER_FAILURE_CODES:

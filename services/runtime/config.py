@@ -44,6 +44,8 @@ DEFAULT_GATEWAY_PORT: Final = 8080
 # The gateway's /metrics and /health/dependencies: a port of their own, never routed by the ingress.
 DEFAULT_GATEWAY_ADMIN_PORT: Final = 9400
 GATEWAY_ADMIN_PORT_VAR: Final = "AWARENESS_GATEWAY_ADMIN_PORT"
+DEFAULT_GATEWAY_GRPC_PORT: Final = 8081
+GATEWAY_GRPC_PORT_VAR: Final = "AWARENESS_GATEWAY_GRPC_PORT"
 
 # The longest deadline any caller in the suite sets (the retraining job's TrainModel call, 1800 s):
 # a connection that reaches its maximum age must not cut a call that is still within its deadline.

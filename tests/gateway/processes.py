@@ -55,6 +55,7 @@ def gateway_process(data_dir: Path, **extra_env: str) -> Iterator[GatewayProcess
         AWARENESS_DATA_DIR=str(data_dir),
         AWARENESS_GATEWAY_PORT=str(public_port),
         AWARENESS_GATEWAY_ADMIN_PORT=str(admin_port),
+        AWARENESS_GATEWAY_GRPC_PORT=str(free_port()),
         AWARENESS_INTERNAL_SECRET=INTERNAL_SECRET.decode(),
         AWARENESS_SHUTDOWN_GRACE_SECONDS="2",
     )

@@ -155,7 +155,7 @@ def test_prometheus_and_the_ingress_controller_reach_only_their_ports() -> None:
         component = policy["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/component")
         for rule in policy["spec"].get("ingress") or []:
             namespaces = {
-                peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                peer["namespaceSelector"].get("matchLabels", {}).get("kubernetes.io/metadata.name", "*")
                 for peer in rule["from"]
                 if "namespaceSelector" in peer
             }
@@ -165,3 +165,5 @@ def test_prometheus_and_the_ingress_controller_reach_only_their_ports() -> None:
                 assert ports == {9400 if component == "gateway" else 9090}
             if "ingress-nginx" in namespaces:
                 assert component == "gateway" and ports == {8080}
+            if "*" in namespaces:  # every namespace: the gRPC door's peers, to its port only
+                assert component == "gateway" and ports == {8081}

@@ -131,7 +131,7 @@ def test_the_ingress_routes_only_the_public_port_and_no_operator_path() -> None:
     (ingress,) = of_kind(manifests, "Ingress")
     service = by_name(manifests, "Service")["awareness-gateway"]
     ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
-    assert ports == {"http": 8080, "metrics": ADMIN_PORT}
+    assert ports == {"http": 8080, "metrics": ADMIN_PORT, "grpc-door": 8081}
     for rule in ingress["spec"]["rules"]:
         for path in rule["http"]["paths"]:
             assert "metrics" not in path["path"] and "health" not in path["path"]

@@ -220,6 +220,7 @@ class ProcessSuite:
     metrics_ports: dict[str, int] = field(default_factory=dict)
     gateway_port: int = 0
     gateway_admin_port: int = 0
+    gateway_grpc_port: int = 0
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -227,6 +228,7 @@ class ProcessSuite:
         self.metrics_ports = self.metrics_ports or {s: free_port() for s in SERVICES}
         self.gateway_port = self.gateway_port or free_port()
         self.gateway_admin_port = self.gateway_admin_port or free_port()
+        self.gateway_grpc_port = self.gateway_grpc_port or free_port()
         self.data_dir = self.data_dir.resolve()
 
     # environment ------------------------------------------------------------------------
@@ -236,6 +238,7 @@ class ProcessSuite:
         env["AWARENESS_DATA_DIR"] = str(self.data_dir)
         env["AWARENESS_GATEWAY_PORT"] = str(self.gateway_port)
         env["AWARENESS_GATEWAY_ADMIN_PORT"] = str(self.gateway_admin_port)
+        env["AWARENESS_GATEWAY_GRPC_PORT"] = str(self.gateway_grpc_port)
         for service in SERVICES:
             env[f"AWARENESS_{service.upper()}_TARGET"] = f"127.0.0.1:{self.grpc_ports[service]}"
             env[f"AWARENESS_{service.upper()}_METRICS_PORT"] = str(self.metrics_ports[service])

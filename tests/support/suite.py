@@ -105,6 +105,11 @@ class UpSuite:
     process: subprocess.Popen[str]
     output: list[str] = field(default_factory=list)
 
+    @property
+    def door(self) -> str:
+        """The gateway's gRPC door, as a channel target."""
+        return f"127.0.0.1:{self.env['AWARENESS_GATEWAY_GRPC_PORT']}"
+
     def cli(self, *argv: str) -> subprocess.CompletedProcess[str]:
         return run_module("services.cli", *argv, env=self.env)
 
@@ -156,6 +161,7 @@ def suite_env(
             "AWARENESS_DATA_DIR": str(data_dir),
             "AWARENESS_GATEWAY_PORT": str(free_port()),
             "AWARENESS_GATEWAY_ADMIN_PORT": str(free_port()),
+            "AWARENESS_GATEWAY_GRPC_PORT": str(free_port()),
             "PYTHONPATH": str(REPO),
             **backend.env(),
             **extra,

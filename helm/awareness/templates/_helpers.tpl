@@ -331,6 +331,14 @@ spec:
 One service: Deployment + Service (+ headless Service for gRPC) + HorizontalPodAutoscaler + PodDisruptionBudget.
 Takes (dict "root" $ "name" <service name> "svc" <its values block>).
 */}}
+{{- /* The gateway's gRPC door port, or "" when this component has none (or it is off). */}}
+{{- define "awareness.doorPort" -}}
+{{- $svc := index .root.Values.services .component -}}
+{{- if and (eq .component "gateway") (gt (int ($svc.grpcDoorPort | default 0)) 0) -}}
+{{- $svc.grpcDoorPort -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "awareness.service" -}}
 {{- $root := .root -}}
 {{- $name := .name -}}
@@ -413,6 +421,11 @@ spec:
               containerPort: {{ $svc.metricsPort }}
               protocol: TCP
             {{- end }}
+            {{- if include "awareness.doorPort" $context }}
+            - name: grpc-door
+              containerPort: {{ include "awareness.doorPort" $context }}
+              protocol: TCP
+            {{- end }}
           envFrom:
             - configMapRef:
                 name: {{ include "awareness.componentName" (dict "root" $root "component" "config") }}
@@ -428,12 +441,20 @@ spec:
               value: {{ $svc.port | quote }}
             - name: AWARENESS_GATEWAY_ADMIN_PORT
               value: {{ $svc.metricsPort | quote }}
+            - name: AWARENESS_GATEWAY_GRPC_PORT
+              value: {{ include "awareness.doorPort" $context | default "0" | quote }}
             {{- with $root.Values.ingress.trustedProxyCIDRs }}
             - name: AWARENESS_GATEWAY_FORWARDED_ALLOW_IPS
               value: {{ join "," . | quote }}
             {{- end }}
             - name: AWARENESS_GOPHISH_SECRET_FILE
               value: /etc/awareness/gophish/gophish-secret
+            {{- if and (include "awareness.doorPort" $context) $root.Values.gatewayDoorTLS.secretName }}
+            - name: AWARENESS_GATEWAY_GRPC_TLS_CERT_FILE
+              value: /etc/awareness/door-tls/tls.crt
+            - name: AWARENESS_GATEWAY_GRPC_TLS_KEY_FILE
+              value: /etc/awareness/door-tls/tls.key
+            {{- end }}
             {{- end }}
             {{- if eq $name "ingest" }}
             - name: AWARENESS_INGEST_FINGERPRINT_SECRET_FILE
@@ -535,6 +556,11 @@ spec:
               mountPath: /etc/awareness/gophish
               readOnly: true
             {{- end }}
+            {{- if and (include "awareness.doorPort" $context) $root.Values.gatewayDoorTLS.secretName }}
+            - name: door-tls
+              mountPath: /etc/awareness/door-tls
+              readOnly: true
+            {{- end }}
             {{- if eq $name "ingest" }}
             - name: fingerprint-secret
               mountPath: /etc/awareness/fingerprint
@@ -573,6 +599,17 @@ spec:
               - key: {{ ternary $root.Values.gophishSecret.existingSecretKey "gophish-secret" (not (empty $root.Values.gophishSecret.existingSecret)) }}
                 path: gophish-secret
         {{- end }}
+        {{- if and (include "awareness.doorPort" $context) $root.Values.gatewayDoorTLS.secretName }}
+        - name: door-tls
+          secret:
+            secretName: {{ $root.Values.gatewayDoorTLS.secretName }}
+            defaultMode: 0440
+            items:
+              - key: tls.crt
+                path: tls.crt
+              - key: tls.key
+                path: tls.key
+        {{- end }}
         {{- if eq $name "ingest" }}
         - name: fingerprint-secret
           secret:
@@ -607,6 +644,14 @@ spec:
       targetPort: metrics
       protocol: TCP
       appProtocol: http
+    {{- end }}
+    {{- if include "awareness.doorPort" $context }}
+    {{- /* The gateway's gRPC door: internal systems' stubs, authenticated like the HTTP API. */}}
+    - name: grpc-door
+      port: {{ include "awareness.doorPort" $context }}
+      targetPort: grpc-door
+      protocol: TCP
+      appProtocol: grpc
     {{- end }}
 {{- if $grpc }}
 ---

@@ -226,5 +226,39 @@ def build_routes(descriptor_set: descriptor_pb2.FileDescriptorSet, comments: Com
     return routes
 
 
+@dataclass(frozen=True, slots=True)
+class DoorMethod:
+    """One RPC the gRPC door serves."""
+
+    rpc: str  # "/awareness.ingest.v1.IngestService/StreamAppendEvents"
+    service: str  # backend short name: "ingest"
+    permission: str
+    client_streaming: bool
+    server_streaming: bool
+
+
+def door_methods(descriptor_set: descriptor_pb2.FileDescriptorSet) -> list[DoorMethod]:
+    """Every method a caller's role can be granted: the HTTP routes' rule without the need for an
+    HTTP binding, so client-streaming methods are in. Not served: ``internal:call`` methods and
+    methods without a declared permission (fail closed)."""
+    methods: list[DoorMethod] = []
+    for file in descriptor_set.file:
+        for service in file.service:
+            for method in service.method:
+                permission = required_permission_of(method.options)
+                if not permission or permission == INTERNAL_PERMISSION:
+                    continue
+                methods.append(
+                    DoorMethod(
+                        rpc=f"/{file.package}.{service.name}/{method.name}",
+                        service=_backend_name(file.package),
+                        permission=permission,
+                        client_streaming=method.client_streaming,
+                        server_streaming=method.server_streaming,
+                    )
+                )
+    return methods
+
+
 def field_behaviors(options: descriptor_pb2.FieldOptions) -> set[int]:
     return set(options.Extensions[field_behavior_pb2.field_behavior])
