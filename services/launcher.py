@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.gateway.config import DOOR_TLS_CERT_VAR, DOOR_TLS_DIR
 from services.runtime.config import (
     ALL_PROCESSES,
     DEFAULT_GATEWAY_ADMIN_PORT,
@@ -163,7 +164,13 @@ def run_suite(*, data_dir: str | None, gateway_port: int | None, ready_timeout: 
         )
         door_port = env.get(GATEWAY_GRPC_PORT_VAR) or DEFAULT_GATEWAY_GRPC_PORT
         if str(door_port) != "0":
-            print(f"  gRPC door (awareness-client stubs): 127.0.0.1:{door_port}", flush=True)
+            ca = directory / DOOR_TLS_DIR / "ca.crt"
+            trust = (
+                f"TLS, trust {ca}"
+                if ca.exists() and not env.get(DOOR_TLS_CERT_VAR)
+                else "see docs/gateway.md"
+            )
+            print(f"  gRPC door (awareness-client stubs): 127.0.0.1:{door_port} ({trust})", flush=True)
         print("  create an API key: .venv/bin/awareness keys create --name me --role admin", flush=True)
         print("  press Ctrl-C to stop", flush=True)
         while True:

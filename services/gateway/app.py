@@ -719,7 +719,7 @@ def _door_server(state: GatewayState, host: str) -> Callable[[], grpc.aio.Server
     config = state.config
     tls = None
     if config.grpc_tls_cert_file:
-        tls = (Path(config.grpc_tls_cert_file).read_bytes(), Path(config.grpc_tls_key_file).read_bytes())
+        tls = (Path(config.grpc_tls_cert_file), Path(config.grpc_tls_key_file))
 
     def build() -> grpc.aio.Server:
         server, bound = create_door_server(state.door, host=host, port=config.grpc_port, tls=tls)

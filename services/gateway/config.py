@@ -30,6 +30,11 @@ KEY_CACHE_SECONDS_MAX = 5.0
 KEY_CACHE_SECONDS_VAR = "AWARENESS_GATEWAY_KEY_CACHE_SECONDS"
 GOPHISH_SECRET_FILE = "gophish-webhook-secret"  # noqa: S105 - a file name, not a secret
 GOPHISH_SECRET_VAR = "AWARENESS_GOPHISH_SECRET"  # noqa: S105 - a variable name
+DOOR_TLS_CERT_VAR = "AWARENESS_GATEWAY_GRPC_TLS_CERT_FILE"
+DOOR_TLS_KEY_VAR = "AWARENESS_GATEWAY_GRPC_TLS_KEY_FILE"
+# Outside Kubernetes, `awareness up` issues the door's certificate here from the development CA.
+DOOR_TLS_DIR = "door-tls"
+DOOR_TLS_NAME = "door"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,8 +108,8 @@ def load_gateway_config(settings: Settings) -> GatewayConfig:
         # Failed authentications per client address, a bucket of their own (0 = off).
         rate_auth_failures_per_min=env_int(env, "AWARENESS_GATEWAY_RATE_AUTH_FAILURES_PER_MIN", 60),
         grpc_port=env_int(env, GATEWAY_GRPC_PORT_VAR, DEFAULT_GATEWAY_GRPC_PORT),
-        grpc_tls_cert_file=env_str(env, "AWARENESS_GATEWAY_GRPC_TLS_CERT_FILE", ""),
-        grpc_tls_key_file=env_str(env, "AWARENESS_GATEWAY_GRPC_TLS_KEY_FILE", ""),
+        grpc_tls_cert_file=env_str(env, DOOR_TLS_CERT_VAR, _dev_door_file(env, settings, "crt")),
+        grpc_tls_key_file=env_str(env, DOOR_TLS_KEY_VAR, _dev_door_file(env, settings, "key")),
     )
     if config.key_cache_seconds > KEY_CACHE_SECONDS_MAX:
         raise ConfigError(
@@ -112,15 +117,20 @@ def load_gateway_config(settings: Settings) -> GatewayConfig:
             f"got {config.key_cache_seconds:g}"
         )
     if bool(config.grpc_tls_cert_file) != bool(config.grpc_tls_key_file):
-        raise ConfigError(
-            "the gRPC door's TLS needs both AWARENESS_GATEWAY_GRPC_TLS_CERT_FILE and "
-            "AWARENESS_GATEWAY_GRPC_TLS_KEY_FILE"
-        )
+        raise ConfigError(f"the gRPC door's TLS needs both {DOOR_TLS_CERT_VAR} and {DOOR_TLS_KEY_VAR}")
     if config.jwt_enabled and not (config.jwt_issuer and config.jwt_audience):
         raise ConfigError(
             "JWT authentication needs AWARENESS_GATEWAY_JWT_ISSUER and AWARENESS_GATEWAY_JWT_AUDIENCE"
         )
     return config
+
+
+def _dev_door_file(env: Mapping[str, str], settings: Settings, suffix: str) -> str:
+    """The development certificate or key of the door, when `awareness up` issued one here."""
+    if in_kubernetes(env) or env.get(DOOR_TLS_CERT_VAR):
+        return ""
+    path = Path(settings.data_dir) / DOOR_TLS_DIR / f"{DOOR_TLS_NAME}.{suffix}"
+    return str(path) if path.exists() else ""
 
 
 def _gophish_secret(env: Mapping[str, str], data_dir: Path) -> bytes | None:

@@ -22,10 +22,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeAlias
 
 import grpc
 from grpc_status import rpc_status
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.gateway.admission import Admission, Admitted, RefusedError, rate_limited
 from services.gateway.domain.descriptors import DoorMethod
@@ -80,6 +84,7 @@ class GrpcDoor(grpc.GenericRpcHandler):  # type: ignore[misc]
         self._latency = metrics.histogram(
             "door_request_duration_seconds", "gRPC door call latency by method", ["method"]
         )
+        self._tracer = trace.get_tracer("awareness.gateway")
         self._handlers = {method.rpc: self._method_handler(method) for method in methods}
 
     @property
@@ -112,21 +117,26 @@ class GrpcDoor(grpc.GenericRpcHandler):  # type: ignore[misc]
         """Admit the caller and sign its backend calls as it; turn every failure into a status."""
         started = time.perf_counter()
         ip = peer_ip(context.peer())
-        call: _Call | None = None
         code = grpc.StatusCode.OK
         token = None
+        metadata = [
+            (key, value) for key, value in context.invocation_metadata() or () if isinstance(value, str)
+        ]
+        span = self._tracer.start_span(
+            method.rpc,
+            # A caller's own trace continues here, as over HTTP; its other metadata goes nowhere.
+            context=propagate.extract(carrier=dict(metadata)),
+            kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.method": method.rpc},
+        )
+        attached = otel_context.attach(trace.set_span_in_context(span))
         try:
-            authorization = next(
-                (value for key, value in context.invocation_metadata() or () if key == "authorization"), None
-            )
+            authorization = next((value for key, value in metadata if key == "authorization"), None)
             admitted = await self._admission.admit(
-                authorization=authorization if isinstance(authorization, str) else None,
-                ip=ip,
-                permission=method.permission,
+                authorization=authorization, ip=ip, permission=method.permission
             )
-            call = _Call(admitted, ip)
             token = auth.set_current_principal(admitted.principal)
-            yield call
+            yield _Call(admitted, ip)
         except RefusedError as refused:
             code = refused.error.code
             await context.abort_with_status(rpc_status.to_status(refused.error.to_status()))
@@ -142,6 +152,11 @@ class GrpcDoor(grpc.GenericRpcHandler):  # type: ignore[misc]
         finally:
             if token is not None:
                 auth.set_current_principal(None)
+            if code != grpc.StatusCode.OK:
+                span.set_status(Status(StatusCode.ERROR, code.name))
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            span.end()
+            otel_context.detach(attached)
             label = grpc_method_label(method.rpc)
             self._requests.labels(label, code.name).inc()
             self._latency.labels(label).observe(time.perf_counter() - started)
@@ -216,16 +231,41 @@ class GrpcDoor(grpc.GenericRpcHandler):  # type: ignore[misc]
         return relay
 
 
+def renewing_server_credentials(chain_file: Path, key_file: Path) -> grpc.ServerCredentials:
+    """TLS credentials that pick up a renewed certificate (cert-manager rewrites the Secret's files)
+    at the next handshake after the files change, without a restart."""
+
+    def load() -> tuple[tuple[int, int], Any]:
+        stamps = (chain_file.stat().st_mtime_ns, key_file.stat().st_mtime_ns)
+        pair = (key_file.read_bytes(), chain_file.read_bytes())
+        return stamps, grpc.ssl_server_certificate_configuration([pair])
+
+    current = [load()]
+
+    def fetch() -> Any:
+        try:
+            stamps = (chain_file.stat().st_mtime_ns, key_file.stat().st_mtime_ns)
+            if stamps == current[0][0]:
+                return None  # unchanged: keep serving the one loaded
+            current[0] = load()
+        except (OSError, ValueError) as error:  # half-written during a renewal: retry next handshake
+            log.warning("could not reload the door's certificate", extra={"error": str(error)})
+            return None
+        log.info("the door's certificate was reloaded")
+        return current[0][1]
+
+    return grpc.dynamic_ssl_server_credentials(current[0][1], fetch)
+
+
 def create_door_server(
-    door: GrpcDoor, *, host: str, port: int, tls: tuple[bytes, bytes] | None
+    door: GrpcDoor, *, host: str, port: int, tls: tuple[Path, Path] | None
 ) -> tuple[grpc.aio.Server, int]:
-    """The door's server (not started) and the port it bound; ``tls`` is (certificate chain, key), PEM."""
+    """The door's server (not started) and its bound port; ``tls``: (certificate chain, key) PEM files."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 32 * 1024 * 1024)])
     server.add_generic_rpc_handlers([door])
     address = f"{host}:{port}"
     if tls is None:
         bound = server.add_insecure_port(address)
     else:
-        chain, key = tls
-        bound = server.add_secure_port(address, grpc.ssl_server_credentials([(key, chain)]))
+        bound = server.add_secure_port(address, renewing_server_credentials(*tls))
     return server, bound

@@ -107,7 +107,7 @@ def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
         "var",
         "node_modules",
         ".git",
-        "clients/python/src",
+        "clients/python/src/awareness",
         ".pytest_cache",
         ".mypy_cache",
     } <= patterns
