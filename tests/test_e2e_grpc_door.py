@@ -6,30 +6,59 @@ the door, with its own API key: the same roles, permissions and rate limits as o
 
 from __future__ import annotations
 
+import ast
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import awareness_client
 import grpc
+import jwt
 import pytest
 from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
 from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_status import rpc_status
 
 from services.runtime.errors import error_info
 from tests.ingest.harness import make_event
-from tests.support.suite import Backend, UpSuite, awareness_up
+from tests.support.suite import REPO, Backend, UpSuite, awareness_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 PRINCIPAL_LIMIT = 40  # requests per minute per key: a stream of 20 messages fits, 41 calls do not
-EVENTS, BATCH = 10_000, 500
+
+
+ISSUER, AUDIENCE = "https://idp.door.test", "awareness-door"
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory, suite_backend: Backend) -> Iterator[UpSuite]:
+def idp_key() -> ec.EllipticCurvePrivateKey:
+    """The identity provider's signing key; the gateway trusts its public half (a JWKS file)."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture(scope="module")
+def suite(
+    tmp_path_factory: pytest.TempPathFactory, suite_backend: Backend, idp_key: ec.EllipticCurvePrivateKey
+) -> Iterator[UpSuite]:
     data_dir = tmp_path_factory.mktemp(f"door-e2e-{suite_backend.name}")
-    extra = {"AWARENESS_GATEWAY_RATE_PRINCIPAL_PER_MIN": str(PRINCIPAL_LIMIT)}
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(idp_key.public_key()))
+    jwk.update({"kid": "door", "alg": "ES256", "use": "sig"})
+    jwks = data_dir / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [jwk]}))
+    extra = {
+        "AWARENESS_GATEWAY_RATE_PRINCIPAL_PER_MIN": str(PRINCIPAL_LIMIT),
+        "AWARENESS_GATEWAY_JWKS_FILE": str(jwks),
+        "AWARENESS_GATEWAY_JWT_ISSUER": ISSUER,
+        "AWARENESS_GATEWAY_JWT_AUDIENCE": AUDIENCE,
+    }
     with awareness_up(data_dir, suite_backend, extra_env=extra) as running:
         yield running
 
@@ -41,49 +70,140 @@ def _reason(error: grpc.RpcError) -> str:
     return info.reason if info is not None else ""
 
 
-def test_an_internal_system_streams_ten_thousand_events_and_an_analyst_reads_them_back(
-    suite: UpSuite,
-) -> None:
-    source = f"door-{uuid.uuid4().hex[:8]}"
-    events = [
-        make_event(subject=f"person-{n % 2_000}@example.org", source=source, summary="reported")
-        for n in range(EVENTS)
-    ]
-    batches = [ingest_pb2.AppendEventsRequest(events=events[i : i + BATCH]) for i in range(0, EVENTS, BATCH)]
-    with awareness_client.connect(suite.door, api_key=suite.create_key("integration"), tls=False) as channel:
-        answers = list(
-            ingest_pb2_grpc.IngestServiceStub(channel).StreamAppendEvents(iter(batches), timeout=120)
-        )
-    results = [result for answer in answers for result in answer.results]
-    assert len(results) == EVENTS
-    refused = [result.error.message for result in results if result.WhichOneof("result") != "receipt"]
-    assert refused == []
-    receipt_ids = {result.receipt.event_id for result in results}
-    assert receipt_ids == {event.event_id for event in events}
+@pytest.fixture(scope="module")
+def client_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The interpreter of a new virtualenv holding only the `awareness-client` wheel, built as
+    `make dist` builds it. Its dependencies (grpcio, protobuf, googleapis-common-protos) are read
+    from this interpreter's site-packages through a path file, so nothing is downloaded; that
+    directory's own path files (the repo's editable installs) are not processed there, so no
+    module of this repository is importable: only the wheel's."""
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--wheel", "--outdir", str(out), "clients/python"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = out.glob("awareness_client-*.whl")
+    directory = tmp_path_factory.mktemp("client-venv")
+    subprocess.run([sys.executable, "-m", "venv", str(directory)], check=True, timeout=120)
+    python = directory / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
+        check=True,
+        timeout=300,
+    )
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    (Path(purelib) / "awareness-test-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
 
-    seen: set[str] = set()
-    with awareness_client.connect(suite.door, api_key=suite.create_key("analyst"), tls=False) as channel:
+
+def _run_client(python: Path, argv: list[str], env: dict[str, str], cwd: Path) -> str:
+    ran = subprocess.run(
+        [str(python), "-I", *argv],
+        env={"PATH": os.environ.get("PATH", ""), **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert ran.returncode == 0, ran.stderr
+    return ran.stdout
+
+
+def test_an_internal_system_with_the_wheel_streams_ten_thousand_events_and_reads_them_back(
+    suite: UpSuite, client_python: Path, tmp_path: Path
+) -> None:
+    keys = {
+        "AWARENESS_DOOR_INTEGRATION_KEY": suite.create_key("integration"),
+        "AWARENESS_DOOR_ANALYST_KEY": suite.create_key("analyst"),
+    }
+    script = REPO / "tests" / "support" / "door_client.py"
+    argv = [str(script), "--target", suite.door, "--ca", str(suite.door_ca)]
+    seen = json.loads(_run_client(client_python, argv, keys, tmp_path))
+    venv = str(client_python.parent.parent)
+    assert seen["client_module"].startswith(venv) and seen["stubs_module"].startswith(venv), seen
+    assert (seen["sent"], seen["results"], seen["refused"]) == (10_000, 10_000, [])
+    assert seen["receipts_match"] and seen["read_back_match"], seen
+
+
+def test_the_client_readme_example_runs_as_written(
+    suite: UpSuite, client_python: Path, tmp_path: Path
+) -> None:
+    readme = (REPO / "clients" / "python" / "README.md").read_text()
+    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "127.0.0.1:8081" in example and "var/door-tls/ca.crt" in example
+    example = example.replace("127.0.0.1:8081", suite.door).replace("var/door-tls/ca.crt", str(suite.door_ca))
+    (tmp_path / "example.py").write_text(example)
+    printed = _run_client(
+        client_python, ["example.py"], {"AWARENESS_API_KEY": suite.create_key("integration")}, tmp_path
+    )
+    (receipt_id,) = ast.literal_eval(printed.strip())
+    uuid.UUID(receipt_id)  # a receipt, not a refusal's message
+
+
+def test_an_analyst_reads_personal_fields_through_the_door(suite: UpSuite) -> None:
+    event = make_event(subject="door.reader@example.org")
+    with _connect(suite, "integration") as channel:
+        ingest_pb2_grpc.IngestServiceStub(channel).AppendEvent(
+            ingest_pb2.AppendEventRequest(event=event), timeout=30
+        )
+    with _connect(suite, "analyst") as channel:
+        stored = ingest_pb2_grpc.IngestServiceStub(channel).GetEvent(
+            ingest_pb2.GetEventRequest(name=f"events/{event.event_id}"), timeout=30
+        )
+    assert stored.subject == "door.reader@example.org"
+
+
+def test_a_jwt_from_the_identity_provider_opens_the_door_with_its_roles(
+    suite: UpSuite, idp_key: ec.EllipticCurvePrivateKey
+) -> None:
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "edr-connector", "exp": int(time.time()) + 300}
+    analyst = jwt.encode(
+        {**claims, "roles": ["analyst"]}, idp_key, algorithm="ES256", headers={"kid": "door"}
+    )
+    ca = suite.door_ca.read_bytes()
+    with awareness_client.connect(suite.door, token=analyst, tls=ca) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
-        token = ""
-        while True:
-            page = stub.ListEvents(
-                ingest_pb2.ListEventsRequest(source=source, page_size=1000, page_token=token), timeout=30
-            )
-            seen.update(event.event_id for event in page.events)
-            token = page.next_page_token
-            if not token:
-                break
-        one = stub.GetEvent(ingest_pb2.GetEventRequest(name=f"events/{events[0].event_id}"), timeout=30)
-    assert seen == receipt_ids
-    assert one.subject == events[0].subject  # the analyst may read personal fields
+        stub.ListEvents(ingest_pb2.ListEventsRequest(page_size=1), timeout=30)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.AppendEvent(ingest_pb2.AppendEventRequest(event=make_event()), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    wrong = jwt.encode({**claims, "aud": "another-api", "roles": ["admin"]}, idp_key, algorithm="ES256")
+    with (
+        awareness_client.connect(suite.door, token=wrong, tls=ca) as channel,
+        pytest.raises(grpc.RpcError) as bad,
+    ):
+        ingest_pb2_grpc.IngestServiceStub(channel).ListEvents(ingest_pb2.ListEventsRequest(), timeout=30)
+    assert bad.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_plaintext_client_cannot_talk_to_the_tls_door(suite: UpSuite) -> None:
+    plaintext = awareness_client.connect(suite.door, api_key=suite.create_key("analyst"), tls=False)
+    with plaintext, pytest.raises(grpc.RpcError) as refused:
+        ingest_pb2_grpc.IngestServiceStub(plaintext).ListEvents(ingest_pb2.ListEventsRequest(), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def _connect(suite: UpSuite, role: str) -> grpc.Channel:
+    return awareness_client.connect(
+        suite.door, api_key=suite.create_key(role), tls=suite.door_ca.read_bytes()
+    )
 
 
 def _refused(suite: UpSuite, role: str | None, call: Callable[[grpc.Channel], object]) -> grpc.RpcError:
     """The refusal of ``call`` through the door, with a key of ``role`` (None: no key at all)."""
     if role is None:
-        channel = grpc.insecure_channel(suite.door)
+        credentials = grpc.ssl_channel_credentials(suite.door_ca.read_bytes())
+        channel = grpc.secure_channel(suite.door, credentials)
     else:
-        channel = awareness_client.connect(suite.door, api_key=suite.create_key(role), tls=False)
+        channel = _connect(suite, role)
     with channel, pytest.raises(grpc.RpcError) as refused:
         call(channel)
     return refused.value
@@ -134,7 +254,7 @@ def test_a_bad_event_is_the_services_own_invalid_argument(suite: UpSuite) -> Non
 
 
 def test_past_the_limit_calls_are_resource_exhausted(suite: UpSuite) -> None:
-    with awareness_client.connect(suite.door, api_key=suite.create_key("analyst"), tls=False) as channel:
+    with _connect(suite, "analyst") as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         for _ in range(PRINCIPAL_LIMIT):
             stub.ListEvents(ingest_pb2.ListEventsRequest(page_size=1), timeout=30)

@@ -110,6 +110,11 @@ class UpSuite:
         """The gateway's gRPC door, as a channel target."""
         return f"127.0.0.1:{self.env['AWARENESS_GATEWAY_GRPC_PORT']}"
 
+    @property
+    def door_ca(self) -> Path:
+        """The development CA the door's certificate chains to (issued by `awareness up`)."""
+        return self.data_dir / "door-tls" / "ca.crt"
+
     def cli(self, *argv: str) -> subprocess.CompletedProcess[str]:
         return run_module("services.cli", *argv, env=self.env)
 
