@@ -16,6 +16,14 @@ never seen: gdpr creates their keys) and warm (people seen before, once ingest's
 expired: the run waits the cache lifetime + 1 s after touching them, measuring the rest
 meanwhile); ``--cold`` or ``--warm`` alone measures one. The unary and fixed-rate runs use
 people whose keys are cached, as a steady stream of one tenant's events would.
+
+With the warm run, its streams are sent once more, right after it, through the gateway's gRPC
+door: a gateway process in front of the same ingest processes, an integration API key in
+``authorization`` metadata, rate limits raised out of the way (in Redis, REDIS_URL or the local
+server, as in production; in process when there is none), TLS when the gateway issued the door a
+certificate (trusting ``<data dir>/door-tls/ca.crt``), else plaintext. Its people are as many, of
+their own, touched with the warm run's: warm in the same sense. Printed as the row "streamed via
+the gateway's gRPC door" under the direct one, and "door / direct" under the table.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import awareness_client
 import grpc
 from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -178,6 +187,62 @@ class _Suite:
 
 
 @dataclass(frozen=True)
+class _Door:
+    """Where the gateway's gRPC door listens and what a caller presents to it."""
+
+    target: str
+    api_key: str
+    tls: bool | bytes
+    description: str  # for the table's header
+
+
+def _start_door(suite: _Suite, stack: contextlib.ExitStack) -> _Door:
+    """A gateway process in front of ``suite`` (stopped by ``stack``) and an integration API key for
+    its gRPC door; the harness of the resilience tests starts it as ``awareness up`` would."""
+    from bench.suite import DEFAULT_REDIS_URL, redis_reachable
+    from services.gateway.config import DOOR_TLS_DIR
+    from tests.resilience.harness import ProcessSuite
+
+    # Rate limits in Redis, as in production, when there is one to reach.
+    wanted = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    redis_url = wanted if redis_reachable(wanted) else None
+    ingest = ",".join(f"127.0.0.1:{port}" for port in suite.ingest_ports)
+    gateway = ProcessSuite(
+        data_dir=suite.data_dir,
+        database_url=suite.database_url,
+        redis_url=redis_url,
+        tuning={},  # production defaults, except that the limits below must not cap the bench
+        extra_env={
+            "PYTHONPATH": str(REPO),
+            "AWARENESS_INTERNAL_SECRET": suite.secret,
+            "AWARENESS_LOG_LEVEL": "WARNING",
+            "AWARENESS_GATEWAY_RATE_PRINCIPAL_PER_MIN": "100000000",
+            "AWARENESS_GATEWAY_RATE_IP_PER_MIN": "100000000",
+            "AWARENESS_GATEWAY_RATE_GLOBAL_PER_MIN": "100000000",
+            "AWARENESS_GATEWAY_RATE_KEY_PREFIX": f"awareness-bench-ingest-{uuid.uuid4().hex[:12]}",
+        },
+        grpc_ports=dict(suite.ports),
+        # Every ingest process, a call each in turn: the streams spread as the direct client's do.
+        service_env={"gateway": {"AWARENESS_INGEST_TARGET": f"ipv4:{ingest}"}},
+    )
+    stack.callback(gateway.stop_all)
+    gateway.start("gateway")
+    gateway.wait_healthy(("gateway",))  # the door listens before the HTTP servers answer
+    api_key = gateway.create_api_key(name="bench", roles=("integration",))
+    # The door may serve TLS under the development CA of the data directory; plaintext otherwise.
+    ca = suite.data_dir / DOOR_TLS_DIR / "ca.crt"
+    tls: bool | bytes = ca.read_bytes() if ca.exists() else False
+    return _Door(
+        target=f"127.0.0.1:{gateway.gateway_grpc_port}",
+        api_key=api_key,
+        tls=tls,
+        description="one gateway process in front of the same ingest process(es), an integration API key,"
+        f" rate limits raised (in {'Redis' if redis_url else 'process memory'}),"
+        f" {'TLS' if tls else 'plaintext'}",
+    )
+
+
+@dataclass(frozen=True)
 class StreamRun:
     """One StreamAppendEvents run over a population, cold or warm."""
 
@@ -206,18 +271,38 @@ class Figures:
     p99_ms: float
     checkpoint_p50_ms: float
     checkpoint_p99_ms: float
+    # The warm stream again through the gateway's gRPC door (None without a warm run), and how.
+    door_run: StreamRun | None = None
+    door: str = ""
+
+
+CHANNEL_OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.lb_policy_name", "round_robin")]
 
 
 class _Client:
-    def __init__(self, address: str, secret: bytes) -> None:
-        self.channel = grpc.aio.insecure_channel(
-            address,
-            options=[("grpc.max_send_message_length", 64 << 20), ("grpc.lb_policy_name", "round_robin")],
-        )
+    """Ingest's stub; calls carry the internal credential, as another service's do, unless the
+    channel authenticates them itself (the door's, with an API key)."""
+
+    def __init__(self, channel: grpc.aio.Channel, secret: bytes | None) -> None:
+        self.channel = channel
         self.stub = ingest_pb2_grpc.IngestServiceStub(self.channel)
         self._secret = secret
 
+    @classmethod
+    def direct(cls, address: str, secret: bytes) -> _Client:
+        return cls(grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS), secret)
+
+    @classmethod
+    def through(cls, door: _Door) -> _Client:
+        # The same channel options as direct: only the path differs.
+        channel = awareness_client.connect_aio(
+            door.target, api_key=door.api_key, tls=door.tls, options=CHANNEL_OPTIONS
+        )
+        return cls(channel, None)
+
     def metadata(self, method: str, roles: Sequence[str] = ("integration",)) -> list[tuple[str, str]]:
+        if self._secret is None:  # the channel adds the API key to every call
+            return []
         return auth.sign_metadata(
             secret=self._secret,
             method=f"/awareness.ingest.v1.IngestService/{method}",
@@ -309,12 +394,21 @@ STREAM_WINDOW = 4
 
 
 async def _stream(
-    client: _Client, *, events: int, batch: int, streams: int, people: Population
+    client: _Client,
+    *,
+    events: int,
+    batch: int,
+    streams: int,
+    people: Population,
+    via: _Client | None = None,
 ) -> tuple[float, float, int]:
+    """Acknowledged and integrated events/s, and how many; sent through ``via`` when given (the
+    door), while the tree is read from ``client`` either way."""
     payload = _events(events, people=people)
     batches = iter([payload[i : i + batch] for i in range(0, len(payload), batch)])
     before = await _tree_size(client)
-    metadata = client.metadata("StreamAppendEvents")
+    sender = via or client
+    metadata = sender.metadata("StreamAppendEvents")
     acknowledged = 0
 
     async def one_stream() -> None:
@@ -331,7 +425,7 @@ async def _stream(
                     return
                 yield ingest_pb2.AppendEventsRequest(events=chunk)
 
-        async for answer in client.stub.StreamAppendEvents(requests(), metadata=metadata):
+        async for answer in sender.stub.StreamAppendEvents(requests(), metadata=metadata):
             acknowledged += len(answer.results)
             window.release()
 
@@ -403,32 +497,45 @@ async def _measure(
     backend: str,
     *,
     key_cache_seconds: float,
+    door: _Door | None = None,
 ) -> Figures:
     population = Population(arguments.subjects, run_namespace())
     cached = population.step("cached")
     for address in addresses:  # each process its own cache of subject keys
-        warm = _Client(address, secret)
+        warm = _Client.direct(address, secret)
         try:
             await _touch(warm, cached)
         finally:
             await warm.channel.close()
     chosen = temperatures(cold=arguments.cold, warm=arguments.warm)
-    client = _Client("ipv4:" + ",".join(addresses), secret)
+    client = _Client.direct("ipv4:" + ",".join(addresses), secret)
+    door_client = _Client.through(door) if door is not None else None
     runs: list[StreamRun] = []
+    door_run: StreamRun | None = None
 
-    async def stream(temperature: Temperature, people: Population) -> None:
+    async def stream(temperature: Temperature, people: Population, via: _Client | None = None) -> StreamRun:
         acknowledged, integrated, count = await _stream(
-            client, events=arguments.events, batch=arguments.batch, streams=arguments.streams, people=people
+            client,
+            events=arguments.events,
+            batch=arguments.batch,
+            streams=arguments.streams,
+            people=people,
+            via=via,
         )
-        runs.append(StreamRun(temperature, people.subjects, count, acknowledged, integrated))
+        return StreamRun(temperature, people.subjects, count, acknowledged, integrated)
 
     try:
         seen = population.step("warm")
+        # The door's people of their own (a second run over the same ones would find their keys
+        # cached), touched with the direct run's so that they are warm in the same sense.
+        door_seen = population.step("door")
         if "warm" in chosen:
             await _touch(client, seen)
+        if door_client is not None:
+            await _touch(client, door_seen)
         touched_at = time.monotonic()
         if "cold" in chosen:
-            await stream("cold", population.step("cold"))
+            runs.append(await stream("cold", population.step("cold")))
         unary = await _unary(
             client, seconds=arguments.seconds, concurrency=arguments.concurrency, people=cached
         )
@@ -440,9 +547,13 @@ async def _measure(
             await asyncio.sleep(
                 max(0.0, warm_ready_at(touched_at, key_cache_seconds=key_cache_seconds) - time.monotonic())
             )
-            await stream("warm", seen)
+            runs.append(await stream("warm", seen))
+            if door_client is not None:
+                door_run = await stream("warm", door_seen, via=door_client)
     finally:
         await client.channel.close()
+        if door_client is not None:
+            await door_client.channel.close()
     return Figures(
         backend=backend,
         ingest_processes=arguments.ingest_processes,
@@ -456,35 +567,55 @@ async def _measure(
         p99_ms=_percentile(latencies, 0.99) * 1000,
         checkpoint_p50_ms=_percentile(to_checkpoint, 0.5) * 1000,
         checkpoint_p99_ms=_percentile(to_checkpoint, 0.99) * 1000,
+        door_run=door_run,
+        door=door.description if door is not None and door_run is not None else "",
     )
 
 
-def format_table(figures: Figures) -> str:
-    rows = [
-        (
-            "unary AppendEvent, events/s",
-            f"{figures.unary_events_per_second:,.0f}",
-            OLD_PORTAL_EVENTS_PER_SECOND,
-            True,
-        ),
-        *(
-            row
-            for run in figures.stream_runs
-            for row in (
-                (
-                    f"streamed ({figures.batch_size}/message), {run.label}, acknowledged events/s",
-                    f"{run.acknowledged_per_second:,.0f}",
-                    OLD_PORTAL_EVENTS_PER_SECOND,
-                    True,
-                ),
-                (
-                    f"streamed, {run.label}, committed + integrated events/s",
-                    f"{run.integrated_per_second:,.0f}",
-                    OLD_PORTAL_EVENTS_PER_SECOND,
-                    True,
-                ),
+# A table row: metric, measured (as printed), the old portal's figure, whether higher is better.
+_Row = tuple[str, str, float | None, bool]
+
+
+def _throughput(name: str, per_second: float) -> _Row:
+    return (name, f"{per_second:,.0f}", OLD_PORTAL_EVENTS_PER_SECOND, True)
+
+
+def door_compared(figures: Figures) -> tuple[StreamRun, StreamRun] | None:
+    """The door's run and the direct run of the same temperature it is compared with, if both ran."""
+    door = figures.door_run
+    direct = next((run for run in figures.stream_runs if door and run.temperature == door.temperature), None)
+    return (door, direct) if door is not None and direct is not None else None
+
+
+def _stream_rows(figures: Figures) -> list[_Row]:
+    compared = door_compared(figures)
+    rows: list[_Row] = []
+    for run in figures.stream_runs:
+        rows.append(
+            _throughput(
+                f"streamed ({figures.batch_size}/message), {run.label}, acknowledged events/s",
+                run.acknowledged_per_second,
             )
-        ),
+        )
+        if compared is not None and compared[1] is run:  # beside the direct row it is compared with
+            door = compared[0]
+            rows.append(
+                _throughput(
+                    f"streamed via the gateway's gRPC door ({figures.batch_size}/message), {door.label},"
+                    " acknowledged events/s",
+                    door.acknowledged_per_second,
+                )
+            )
+        rows.append(
+            _throughput(f"streamed, {run.label}, committed + integrated events/s", run.integrated_per_second)
+        )
+    return rows
+
+
+def format_table(figures: Figures) -> str:
+    rows: list[_Row] = [
+        _throughput("unary AppendEvent, events/s", figures.unary_events_per_second),
+        *_stream_rows(figures),
         (
             f"AppendEvent p50 at {figures.offered_rate:,.0f}/s, ms",
             f"{figures.p50_ms:.1f}",
@@ -505,17 +636,27 @@ def format_table(figures: Figures) -> str:
         f" real signing, gdpr and {figures.ingest_processes} ingest process(es);"
         f" {figures.streams} streams;",
         "every event validated, encrypted, committed before its ack, integrated into the Merkle tree)",
-        "",
-        f"{'metric':<52} {'measured':>10} {'old portal':>11} {'ratio':>8}",
     ]
+    if figures.door:
+        lines.append(f"gRPC door: {figures.door}")
+    # The door's label is the longest: widen the column rather than shift that row's figures.
+    width = max(52, *(len(row[0]) for row in rows))
+    lines += ["", f"{'metric':<{width}} {'measured':>10} {'old portal':>11} {'ratio':>8}"]
     for name, measured, claim, higher_is_better in rows:
         if claim is None:
-            lines.append(f"{name:<52} {measured:>10} {'-':>11} {'-':>8}")
+            lines.append(f"{name:<{width}} {measured:>10} {'-':>11} {'-':>8}")
             continue
         value = float(measured.replace(",", ""))
         ratio = value / claim if higher_is_better else claim / value if value else float("inf")
-        lines.append(f"{name:<52} {measured:>10} {claim:>11,.0f} {ratio:>7.2f}x")
+        lines.append(f"{name:<{width}} {measured:>10} {claim:>11,.0f} {ratio:>7.2f}x")
     lines.append("(ratio > 1 is better than the old portal; the target is 10,000 events/s streamed)")
+    compared = door_compared(figures)
+    if compared is not None:
+        door, direct = compared
+        lines.append(
+            f"door / direct ({door.label}, acknowledged, same run):"
+            f" {door.acknowledged_per_second / direct.acknowledged_per_second:.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -542,6 +683,12 @@ def run(arguments: argparse.Namespace) -> Figures:
         )
         stack.callback(suite.stop)
         suite.start()
+        # The door's run repeats the warm one.
+        door = (
+            _start_door(suite, stack)
+            if "warm" in temperatures(cold=arguments.cold, warm=arguments.warm)
+            else None
+        )
         figures = asyncio.run(
             _measure(
                 [f"127.0.0.1:{port}" for port in suite.ingest_ports],
@@ -549,6 +696,7 @@ def run(arguments: argparse.Namespace) -> Figures:
                 arguments,
                 backend,
                 key_cache_seconds=ingest_key_cache_seconds(suite.env("ingest")),
+                door=door,
             )
         )
         if arguments.keep_logs:
@@ -563,7 +711,9 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--seconds", type=float, default=8.0, help="duration of the unary and fixed-rate runs"
     )
     parser.add_argument("--concurrency", type=int, default=64, help="concurrent unary callers")
-    parser.add_argument("--events", type=int, default=100_000, help="events in the streamed run")
+    parser.add_argument(
+        "--events", type=int, default=100_000, help="events in each streamed run (the door's too)"
+    )
     parser.add_argument("--batch", type=int, default=500, help="events per stream message")
     parser.add_argument("--streams", type=int, default=4, help="concurrent streams")
     parser.add_argument(

@@ -163,6 +163,22 @@ def service_rows(name: str, rows: Sequence[Mapping[str, Any]]) -> list[Row]:
 def ingest_rows(figures: Any) -> list[Row]:
     """bench.ingest's Figures as table rows (it measures its own processes over gRPC)."""
     stream = f"StreamAppendEvents x{figures.batch_size}"
+    door = figures.door_run  # the warm stream again, through the gateway's gRPC door
+    door_rows = (
+        []
+        if door is None
+        else [
+            Row(
+                "ingest",
+                f"{stream} via the gateway's gRPC door, {door.label}, acknowledged",
+                "max",
+                door.acknowledged_per_second,
+                None,
+                None,
+                None,
+            )
+        ]
+    )
     return [
         Row(
             "ingest",
@@ -197,6 +213,7 @@ def ingest_rows(figures: Any) -> list[Row]:
                 ),
             )
         ),
+        *door_rows,
         Row(
             "ingest",
             "AppendEvent latency at a fixed rate",
@@ -292,7 +309,7 @@ def run_service_benchmarks(
 # --- the suite under load -----------------------------------------------------------------
 
 
-def _redis_reachable(url: str) -> bool:
+def redis_reachable(url: str) -> bool:
     import redis
 
     try:
@@ -971,7 +988,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench: needs PostgreSQL, got {database_url!r}", file=sys.stderr)
         return 2
     redis_url = args.redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
-    if not _redis_reachable(redis_url):
+    if not redis_reachable(redis_url):
         print(f"bench: Redis at {redis_url} is not reachable; in-process limits", file=sys.stderr)
         redis_url = None
     info: dict[str, Any] = {
@@ -991,6 +1008,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     document: dict[str, Any] = {"info": info}
     if not args.skip_services:
         os.environ["DATABASE_URL"] = database_url  # the ingest benchmark starts its own processes on it
+        if redis_url:
+            os.environ["REDIS_URL"] = redis_url  # and its gateway's rate limits in this Redis
         chosen = plan.temperatures
         service, document["services"] = run_service_benchmarks(
             seconds=args.service_seconds,

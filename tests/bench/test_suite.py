@@ -82,10 +82,16 @@ def test_make_bench_runs_the_ingest_benchmark_with_the_options_it_builds(
     assert figures.stream_events == 1000
     assert [run.temperature for run in figures.stream_runs] == ["cold", "warm"]
     assert all(run.integrated_per_second > 0 for run in figures.stream_runs)
+    # The warm stream again through the gateway's gRPC door, in the same run.
+    assert figures.door_run is not None
+    assert figures.door_run.temperature == "warm"
+    assert figures.door_run.events == 1000
+    assert figures.door_run.acknowledged_per_second > 0
     rows = suite.ingest_rows(figures)
-    assert [row.section for row in rows] == ["ingest"] * 7
+    assert [row.section for row in rows] == ["ingest"] * 8
     assert any("200 people, cold (20% first sight), acknowledged" in row.scenario for row in rows)
     assert any("200 people, warm, acknowledged" in row.scenario for row in rows)
+    assert any("via the gateway's gRPC door, 200 people, warm, acknowledged" in row.scenario for row in rows)
 
 
 def test_a_load_step_finds_the_generator_from_any_working_directory(
