@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.support.idp import IdentityProvider
 from tests.support.resources import free_port as free_port
 from tests.support.resources import temporary_database
 from tests.support.servers import INTERNAL_SECRET as INTERNAL_SECRET
@@ -105,3 +106,9 @@ def suite_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     server = str(request.getfixturevalue("postgres_url"))
     with postgres_backend(server, str(request.getfixturevalue("redis_url"))) as backend:
         yield backend
+
+
+@pytest.fixture(scope="module")
+def idp() -> IdentityProvider:
+    """An identity provider whose tokens a suite's gateway trusts once given ``idp.gateway_env``."""
+    return IdentityProvider(issuer="https://idp.e2e.test", audience="awareness-e2e")

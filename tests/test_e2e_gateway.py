@@ -19,46 +19,31 @@ from typing import Any
 
 import grpc
 import httpx
-import jwt
 import pytest
 from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_status import rpc_status
 
 from services.gateway.domain import gophish
 from services.runtime import auth
 from services.runtime.errors import error_info
 from tests.gdpr.dumps import holding, needles, pg_dump, postgres_files_holding, redis_holding, scan_file
+from tests.support.idp import IdentityProvider
 from tests.support.suite import REPO, Backend, UpSuite, awareness_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-ISSUER, AUDIENCE = "https://idp.e2e.test", "awareness-e2e"
-
-
-@pytest.fixture(scope="module")
-def jwt_key() -> ec.EllipticCurvePrivateKey:
-    """The identity provider's signing key; the gateway trusts its public half (JWKS file)."""
-    return ec.generate_private_key(ec.SECP256R1())
-
 
 @pytest.fixture(scope="module")
 def suite(
-    tmp_path_factory: pytest.TempPathFactory, suite_backend: Backend, jwt_key: ec.EllipticCurvePrivateKey
+    tmp_path_factory: pytest.TempPathFactory, suite_backend: Backend, idp: IdentityProvider
 ) -> Iterator[UpSuite]:
     data_dir = tmp_path_factory.mktemp(f"gateway-e2e-{suite_backend.name}")
-    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(jwt_key.public_key()))
-    jwk.update({"kid": "e2e", "alg": "ES256", "use": "sig"})
-    jwks = data_dir / "jwks.json"
-    jwks.write_text(json.dumps({"keys": [jwk]}))
     extra = {
         # Schemathesis sends thousands of requests; the limits themselves are tested elsewhere.
         "AWARENESS_GATEWAY_RATE_PRINCIPAL_PER_MIN": "1000000",
         "AWARENESS_GATEWAY_RATE_IP_PER_MIN": "1000000",
         "AWARENESS_GATEWAY_RATE_GLOBAL_PER_MIN": "1000000",
-        "AWARENESS_GATEWAY_JWKS_FILE": str(jwks),
-        "AWARENESS_GATEWAY_JWT_ISSUER": ISSUER,
-        "AWARENESS_GATEWAY_JWT_AUDIENCE": AUDIENCE,
+        **idp.gateway_env(data_dir),
     }
     with awareness_up(data_dir, suite_backend, extra_env=extra) as running:
         yield running
@@ -223,28 +208,15 @@ def _insert_expired_key(suite: UpSuite) -> str:
     return new.token
 
 
-def _jwt(key: ec.EllipticCurvePrivateKey, **claims: Any) -> str:
-    now = int(time.time())
-    payload = {
-        "iss": ISSUER,
-        "aud": AUDIENCE,
-        "sub": "erin",
-        "exp": now + 300,
-        "roles": ["analyst"],
-        **claims,
-    }
-    return jwt.encode(payload, key, algorithm="ES256", headers={"kid": "e2e"})
-
-
 def test_jwt_with_wrong_audience_gets_401_and_a_good_one_passes_auth(
-    suite: UpSuite, jwt_key: ec.EllipticCurvePrivateKey
+    suite: UpSuite, idp: IdentityProvider
 ) -> None:
     with httpx.Client(base_url=suite.url, timeout=30) as client:
-        wrong = client.get("/v1/keys", headers={"Authorization": f"Bearer {_jwt(jwt_key, aud='other')}"})
+        wrong = client.get("/v1/keys", headers={"Authorization": f"Bearer {idp.token(aud='other')}"})
         assert wrong.status_code == 401
         assert _reason(wrong.json()) == "BAD_AUDIENCE"
         assert "invalid_token" in wrong.headers["www-authenticate"]
-        good = client.get("/v1/keys", headers={"Authorization": f"Bearer {_jwt(jwt_key, roles=['auditor'])}"})
+        good = client.get("/v1/keys", headers={"Authorization": f"Bearer {idp.token(roles=['auditor'])}"})
         assert good.status_code not in (401, 403), good.text
 
 
@@ -371,7 +343,7 @@ def test_openssl_time_stamp_through_the_gateway_verifies(suite: UpSuite, tmp_pat
 
 
 def test_personal_values_sent_through_the_gateway_are_nowhere_in_clear(
-    suite: UpSuite, jwt_key: ec.EllipticCurvePrivateKey
+    suite: UpSuite, idp: IdentityProvider
 ) -> None:
     """Every byte the suite keeps is read back and searched for the values sent: the data
     directory (SQLite files, logs, keys) on either backend; on PostgreSQL also every file of the
@@ -400,7 +372,7 @@ def test_personal_values_sent_through_the_gateway_are_nowhere_in_clear(
                 "summary": values["summary"],
                 "details": {"url": values["details"]},
             },
-            headers={"Authorization": f"Bearer {_jwt(jwt_key, sub=values['caller'], roles=['admin'])}"},
+            headers={"Authorization": f"Bearer {idp.token(sub=values['caller'], roles=['admin'])}"},
         )
         assert posted.status_code == 200, posted.text
         labelled = http.post(

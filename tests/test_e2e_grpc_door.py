@@ -12,22 +12,21 @@ import os
 import subprocess
 import sys
 import sysconfig
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import awareness_client
 import grpc
-import jwt
 import pytest
 from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
 from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from cryptography.hazmat.primitives.asymmetric import ec
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from services.runtime.errors import error_info
 from tests.ingest.harness import make_event
+from tests.support.idp import IdentityProvider
 from tests.support.suite import REPO, Backend, UpSuite, awareness_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -35,30 +34,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 PRINCIPAL_LIMIT = 40  # requests per minute per key: a stream of 20 messages fits, 41 calls do not
 
 
-ISSUER, AUDIENCE = "https://idp.door.test", "awareness-door"
-
-
-@pytest.fixture(scope="module")
-def idp_key() -> ec.EllipticCurvePrivateKey:
-    """The identity provider's signing key; the gateway trusts its public half (a JWKS file)."""
-    return ec.generate_private_key(ec.SECP256R1())
-
-
 @pytest.fixture(scope="module")
 def suite(
-    tmp_path_factory: pytest.TempPathFactory, suite_backend: Backend, idp_key: ec.EllipticCurvePrivateKey
+    tmp_path_factory: pytest.TempPathFactory, suite_backend: Backend, idp: IdentityProvider
 ) -> Iterator[UpSuite]:
     data_dir = tmp_path_factory.mktemp(f"door-e2e-{suite_backend.name}")
-    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(idp_key.public_key()))
-    jwk.update({"kid": "door", "alg": "ES256", "use": "sig"})
-    jwks = data_dir / "jwks.json"
-    jwks.write_text(json.dumps({"keys": [jwk]}))
-    extra = {
-        "AWARENESS_GATEWAY_RATE_PRINCIPAL_PER_MIN": str(PRINCIPAL_LIMIT),
-        "AWARENESS_GATEWAY_JWKS_FILE": str(jwks),
-        "AWARENESS_GATEWAY_JWT_ISSUER": ISSUER,
-        "AWARENESS_GATEWAY_JWT_AUDIENCE": AUDIENCE,
-    }
+    extra = {"AWARENESS_GATEWAY_RATE_PRINCIPAL_PER_MIN": str(PRINCIPAL_LIMIT), **idp.gateway_env(data_dir)}
     with awareness_up(data_dir, suite_backend, extra_env=extra) as running:
         yield running
 
@@ -162,20 +143,16 @@ def test_an_analyst_reads_personal_fields_through_the_door(suite: UpSuite) -> No
 
 
 def test_a_jwt_from_the_identity_provider_opens_the_door_with_its_roles(
-    suite: UpSuite, idp_key: ec.EllipticCurvePrivateKey
+    suite: UpSuite, idp: IdentityProvider
 ) -> None:
-    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "edr-connector", "exp": int(time.time()) + 300}
-    analyst = jwt.encode(
-        {**claims, "roles": ["analyst"]}, idp_key, algorithm="ES256", headers={"kid": "door"}
-    )
     ca = suite.door_ca.read_bytes()
-    with awareness_client.connect(suite.door, token=analyst, tls=ca) as channel:
+    with awareness_client.connect(suite.door, token=idp.token(roles=["analyst"]), tls=ca) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         stub.ListEvents(ingest_pb2.ListEventsRequest(page_size=1), timeout=30)
         with pytest.raises(grpc.RpcError) as refused:
             stub.AppendEvent(ingest_pb2.AppendEventRequest(event=make_event()), timeout=30)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    wrong = jwt.encode({**claims, "aud": "another-api", "roles": ["admin"]}, idp_key, algorithm="ES256")
+    wrong = idp.token(aud="another-api", roles=["admin"])
     with (
         awareness_client.connect(suite.door, token=wrong, tls=ca) as channel,
         pytest.raises(grpc.RpcError) as bad,
@@ -275,3 +252,13 @@ def test_a_stream_past_the_limit_ends_resource_exhausted_after_its_answers(suite
     refused = _refused(suite, "integration", stream)
     assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert len(answers) == PRINCIPAL_LIMIT  # every message within the limit was answered
+
+
+def test_reflection_lists_the_public_services_for_grpcurl(suite: UpSuite) -> None:
+    credentials = grpc.ssl_channel_credentials(suite.door_ca.read_bytes())
+    with grpc.secure_channel(suite.door, credentials) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        (answer,) = list(stub.ServerReflectionInfo(iter([request]), timeout=30))
+    names = {service.name for service in answer.list_services_response.service}
+    assert {"awareness.ingest.v1.IngestService", "awareness.gdpr.v1.GdprService"} <= names

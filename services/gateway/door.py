@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import grpc
+from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -90,6 +91,11 @@ class GrpcDoor(grpc.GenericRpcHandler):  # type: ignore[misc]
     @property
     def methods(self) -> list[str]:
         return sorted(self._handlers)
+
+    @property
+    def services(self) -> list[str]:
+        """The full names of the services with a method at the door."""
+        return sorted({rpc.strip("/").split("/", 1)[0] for rpc in self._handlers})
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         return self._handlers.get(handler_call_details.method)
@@ -263,6 +269,8 @@ def create_door_server(
     """The door's server (not started) and its bound port; ``tls``: (certificate chain, key) PEM files."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 32 * 1024 * 1024)])
     server.add_generic_rpc_handlers([door])
+    # Reflection shows the contracts (as public as the client wheel), so grpcurl works unaided.
+    reflection.enable_server_reflection((*door.services, reflection.SERVICE_NAME), server)
     address = f"{host}:{port}"
     if tls is None:
         bound = server.add_insecure_port(address)
