@@ -18,8 +18,10 @@ use the generated stubs of the ``awareness-client`` wheel instead of HTTP/JSON.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -155,6 +157,15 @@ class GrpcDoor(grpc.GenericRpcHandler):  # type: ignore[misc]
                 (key, value) for key, value in error.trailing_metadata() or () if key == STATUS_DETAILS_KEY
             )
             await context.abort(code, error.details() or "", trailing_metadata=trailing)
+        except asyncio.CancelledError:  # the caller gave up
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:  # a bug of ours: say so with a reference, never with its text
+            code = grpc.StatusCode.INTERNAL
+            reference = uuid.uuid4().hex[:12]
+            log.exception("door call failed", extra={"method": method.rpc, "error_reference": reference})
+            internal = AwarenessError(f"internal error (reference {reference})", reason="INTERNAL_ERROR")
+            await context.abort_with_status(rpc_status.to_status(internal.to_status()))
         finally:
             if token is not None:
                 auth.set_current_principal(None)
