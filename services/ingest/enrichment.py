@@ -33,12 +33,12 @@ from services.ingest.keys import ERASED, SubjectKey, SubjectKeys
 from services.ingest.models import EventMetadata, EventRecord
 from services.ingest.repository import to_us
 from services.ingest.service.append import EnrichmentItem
-from services.ingest.tracing import batch_span
 from services.runtime.clients import call_peer
 from services.runtime.db import run_db, transaction
 from services.runtime.errors import AwarenessError
 from services.runtime.metrics import ServiceMetrics
 from services.runtime.timestamps import timestamp_from_us
+from services.runtime.tracing import batch_span
 
 log = logging.getLogger("awareness.ingest.enrichment")
 T = TypeVar("T")
@@ -231,6 +231,7 @@ class Enricher:
             return {}
         with batch_span(
             "ingest.enrich",
+            service="ingest",
             origins=(item.origin for item in items),
             attributes={"awareness.events": len(items)},
         ):
@@ -366,7 +367,9 @@ class Enricher:
         if not rows:
             return 0
         # A round of its own: the enrichment batches it sends are its children.
-        with batch_span("ingest.reconcile", origins=(), attributes={"awareness.events": len(rows)}):
+        with batch_span(
+            "ingest.reconcile", service="ingest", origins=(), attributes={"awareness.events": len(rows)}
+        ):
             await self._backfill(rows, records)
         return len(rows)
 

@@ -31,11 +31,11 @@ from services.ingest import repository
 from services.ingest.domain.merkle import nodes_for_append, root_hash
 from services.ingest.models import Checkpoint
 from services.ingest.repository import DatabaseNodeStore
-from services.ingest.tracing import MAX_LINKS, batch_span, distinct_origins
 from services.runtime.clients import call_peer
 from services.runtime.db import transaction
 from services.runtime.errors import AwarenessError
 from services.runtime.metrics import ServiceMetrics
+from services.runtime.tracing import MAX_LINKS, batch_span, distinct_origins
 
 log = logging.getLogger("awareness.ingest.integrator")
 T = TypeVar("T")
@@ -311,6 +311,7 @@ class Integrator:
     async def checkpoint(self, *, tree_size: int, root: bytes) -> bool:
         with batch_span(
             "ingest.checkpoint",
+            service="ingest",
             origins=self._integrated_origins,
             attributes={"awareness.tree_size": tree_size},
         ):

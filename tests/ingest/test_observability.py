@@ -29,9 +29,8 @@ from services.ingest.enrichment import Enricher, EnrichmentSettings
 from services.ingest.keys import SubjectKeys
 from services.ingest.repository import WriteGate
 from services.ingest.service import Committer, EnrichmentItem, PendingRow
-from services.ingest.tracing import batch_span
 from services.runtime.metrics import ServiceMetrics
-from services.runtime.tracing import configure_tracing
+from services.runtime.tracing import batch_span, configure_tracing
 from tests.ingest.harness import Suite, eventually, make_event, suite
 from tests.ingest.test_enrichment import start_scoring
 
@@ -215,9 +214,9 @@ def _context(trace_id: int, span_id: int) -> SpanContext:
 
 def test_a_batch_from_several_traces_links_to_each(exporter: InMemorySpanExporter) -> None:
     first, second = _context(0xA1, 0x1), _context(0xB2, 0x2)
-    with batch_span("ingest.enrich", origins=[first, second, first, None]):
+    with batch_span("ingest.enrich", service="ingest", origins=[first, second, first, None]):
         pass
-    with batch_span("ingest.enrich", origins=[second]):
+    with batch_span("ingest.enrich", service="ingest", origins=[second]):
         pass
     linked, child = [s for s in exporter.get_finished_spans() if s.name == "ingest.enrich"][-2:]
     assert linked.parent is None

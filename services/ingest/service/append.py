@@ -53,12 +53,12 @@ from services.ingest.domain.records import (
 from services.ingest.keys import KeyLookup, SubjectKey, SubjectKeys
 from services.ingest.repository import StoredReceipt, to_us
 from services.ingest.service.reads import load_receipt
-from services.ingest.tracing import batch_span, current_span_context
 from services.runtime.batching import Coalescer
 from services.runtime.db import run_db, store_unavailable, transaction
 from services.runtime.errors import AwarenessError, FieldViolation, UnavailableError
 from services.runtime.metrics import ServiceMetrics
 from services.runtime.timestamps import timestamp_from_us
+from services.runtime.tracing import batch_span, current_span_context
 from services.runtime.validation import message_violations
 
 log = logging.getLogger("awareness.ingest")
@@ -190,7 +190,10 @@ class Committer:
             origins = [work.origin for work in works if work.origin is not None]
             try:
                 with batch_span(
-                    "ingest.group_commit", origins=origins, attributes={"awareness.events": count}
+                    "ingest.group_commit",
+                    service="ingest",
+                    origins=origins,
+                    attributes={"awareness.events": count},
                 ):
                     # The thread runs in a copy of this context, so its database spans join the batch span.
                     commit = functools.partial(contextvars.copy_context().run, self._commit, rows, origins)
