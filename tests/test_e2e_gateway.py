@@ -6,6 +6,7 @@ suite's data directory, exactly as the README tells a new user to.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -250,6 +251,70 @@ def test_a_service_refuses_calls_that_did_not_come_through_the_gateway(suite: Up
         with pytest.raises(grpc.RpcError) as spoofed:
             stub.ListEvents(request, metadata=forged, timeout=10)
         assert spoofed.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+# --- single events from many producers at once --------------------------------------------
+
+
+def _crowd_event(index: int, **changes: str) -> dict[str, str]:
+    event = {
+        "eventId": str(uuid.uuid4()),
+        "type": "phishing.clicked",
+        "source": "crowd",
+        "subject": f"crowd-{index}@example.org",
+        "occurredAt": "2024-05-01T12:00:00Z",
+        "severity": "SEVERITY_LOW",
+    }
+    event.update(changes)
+    return event
+
+
+def _events_per_call(suite: UpSuite) -> tuple[float, float]:
+    """awareness_gateway_append_events_per_call: (calls, events) so far."""
+    port = suite.env["AWARENESS_GATEWAY_ADMIN_PORT"]
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("awareness_gateway_append_events_per_call_")
+    }
+    return values.get("awareness_gateway_append_events_per_call_count", 0.0), values.get(
+        "awareness_gateway_append_events_per_call_sum", 0.0
+    )
+
+
+def test_concurrent_single_events_share_calls_and_each_gets_its_own_answer(suite: UpSuite) -> None:
+    key = suite.create_key("integration")
+    headers = {"Authorization": f"Bearer {key}"}
+    bad = _crowd_event(0, type="no.such.type", occurredAt="2999-01-01T00:00:00Z")
+    with httpx.Client(base_url=suite.url, timeout=30) as client:
+        alone = client.post("/v1/events", json=bad, headers=headers)  # idle: sent as AppendEvent
+    assert alone.status_code == 400, alone.text
+    calls_before, events_before = _events_per_call(suite)
+    events = [_crowd_event(i) for i in range(1, 120)]
+    events[60]["eventId"] = events[59]["eventId"]  # a retry racing its original
+    events[60]["subject"] = events[59]["subject"]
+    crowd = [*events[:80], bad, *events[80:]]
+
+    async def post_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=suite.url, timeout=60) as http:
+            return await asyncio.gather(*(http.post("/v1/events", json=e, headers=headers) for e in crowd))
+
+    answers = asyncio.run(post_all())
+    calls_after, events_after = _events_per_call(suite)
+    # The crowd went in fewer calls than requests: some calls carried several events.
+    assert events_after - events_before == len(crowd)
+    assert calls_after - calls_before < len(crowd)
+    # The refused event is answered word for word as when it was sent alone.
+    refused = answers[80]
+    assert refused.status_code == 400
+    assert refused.json() == alone.json()
+    fields = {v["field"] for v in alone.json()["details"][1]["fieldViolations"]}
+    assert "event.type" in fields and len(fields) == 2 and all(f.startswith("event.") for f in fields)
+    for event, answer in zip(events, [*answers[:80], *answers[81:]], strict=True):
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["receipt"]["eventId"] == event["eventId"]
+    assert answers[60].json()["receipt"]["leafHash"] == answers[59].json()["receipt"]["leafHash"]
 
 
 # --- GoPhish ---------------------------------------------------------------------------------

@@ -21,9 +21,10 @@ from typing import Any
 
 import grpc
 import uvicorn
+from awareness.ingest.v1 import ingest_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import trace
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
@@ -36,6 +37,7 @@ from starlette.routing import Route
 
 from services.gateway import authn
 from services.gateway.admission import Admission, RefusedError, rate_limited
+from services.gateway.appends import AppendCoalescer
 from services.gateway.config import GatewayConfig, load_gateway_config
 from services.gateway.domain import gophish
 from services.gateway.domain.descriptors import (
@@ -72,6 +74,7 @@ log = logging.getLogger("awareness.gateway")
 
 TIMESTAMP_RPC = "/awareness.signing.v1.SigningService/Timestamp"
 APPEND_EVENT_RPC = "/awareness.ingest.v1.IngestService/AppendEvent"
+APPEND_EVENTS_RPC = "/awareness.ingest.v1.IngestService/AppendEvents"
 TIMESTAMP_QUERY = "application/timestamp-query"
 TIMESTAMP_REPLY = "application/timestamp-reply"
 GOPHISH_PRINCIPAL = auth.Principal(subject="integration:gophish", roles=frozenset({"integration"}))
@@ -85,6 +88,7 @@ class GatewayMetrics:
     ratelimit_fallback: Counter
     ratelimit_rejections: Counter
     auth_failures: Counter
+    append_events_per_call: Histogram
 
     @classmethod
     def create(cls) -> GatewayMetrics:
@@ -99,6 +103,11 @@ class GatewayMetrics:
             ),
             auth_failures=base.counter(
                 "auth_failures_total", "Requests refused with 401, by reason", ["reason"]
+            ),
+            append_events_per_call=base.histogram(
+                "append_events_per_call",
+                "Single events per call to ingest: concurrent POST /v1/events of one principal share one",
+                buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500),
             ),
         )
 
@@ -117,6 +126,7 @@ class GatewayState:
     sessions: sessionmaker[Session]
     routes_by_rpc: dict[str, HttpRoute]
     door: GrpcDoor
+    appends: AppendCoalescer | None  # None: every append is its own call
     health_stubs: dict[str, health_pb2_grpc.HealthStub] = field(default_factory=dict)
     health_channels: list[grpc.aio.Channel] = field(default_factory=list)
 
@@ -335,10 +345,17 @@ async def api(request: Request) -> Response:
             return StreamingResponse(
                 _prepend(first, rest), media_type="application/json", headers=admitted.headers
             )
-        response = await _as_principal(admitted.principal, lambda: state.backend.unary(route, message))
+        response = await _as_principal(admitted.principal, lambda: _unary(state, route, message))
     except (grpc.aio.AioRpcError, AwarenessError) as exc:
         return await _backend_failure(exc, admitted.headers)
     return JSONResponse(response_payload(route, response), headers=admitted.headers)
+
+
+async def _unary(state: GatewayState, route: HttpRoute, message: Any) -> Any:
+    """The route's call; a single append may share its call with others (services/gateway/appends.py)."""
+    if route.rpc == APPEND_EVENT_RPC and state.appends is not None:
+        return await state.appends.append(message)
+    return await state.backend.unary(route, message)
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -442,7 +459,7 @@ async def gophish_webhook(request: Request) -> Response:
     except RequestError as exc:
         return _request_error(exc, headers)
     try:
-        await _as_principal(GOPHISH_PRINCIPAL, lambda: state.backend.unary(route, message))
+        await _as_principal(GOPHISH_PRINCIPAL, lambda: _unary(state, route, message))
     except (grpc.aio.AioRpcError, AwarenessError) as exc:
         if not _already_recorded(exc):
             return await _backend_failure(exc, headers)
@@ -551,22 +568,25 @@ def _build_state(settings: Settings) -> GatewayState:
         rejections=gateway_metrics.ratelimit_rejections,
         auth_failures=gateway_metrics.auth_failures,
     )
+    backend = Backend(
+        channels=channels,
+        timeout_seconds=settings.call_timeout_seconds,
+        method_timeouts=config.method_timeouts,
+    )
+    routes_by_rpc = {r.rpc: r for r in routes}
     return GatewayState(
         settings=settings,
         config=config,
         metrics=gateway_metrics,
         channels=channels,
         router=Router([r for r in routes if r.rpc != TIMESTAMP_RPC]),
-        backend=Backend(
-            channels=channels,
-            timeout_seconds=settings.call_timeout_seconds,
-            method_timeouts=config.method_timeouts,
-        ),
+        backend=backend,
         openapi=build_openapi(routes, comments),
         admission=admission,
         engine=engine,
         sessions=sessions,
-        routes_by_rpc={r.rpc: r for r in routes},
+        routes_by_rpc=routes_by_rpc,
+        appends=_append_coalescer(config, backend, routes_by_rpc, gateway_metrics),
         door=GrpcDoor(
             methods=door_methods(descriptor_set),
             channels=channels,
@@ -575,6 +595,31 @@ def _build_state(settings: Settings) -> GatewayState:
             method_timeouts=config.method_timeouts,
             metrics=gateway_metrics.base,
         ),
+    )
+
+
+def _append_coalescer(
+    config: GatewayConfig, backend: Backend, routes_by_rpc: dict[str, HttpRoute], metrics: GatewayMetrics
+) -> AppendCoalescer | None:
+    if config.append_calls_in_flight == 0:
+        return None
+    one, many = routes_by_rpc[APPEND_EVENT_RPC], routes_by_rpc[APPEND_EVENTS_RPC]
+
+    async def append_one(request: ingest_pb2.AppendEventRequest) -> ingest_pb2.AppendEventResponse:
+        response = await backend.unary(one, request)
+        assert isinstance(response, ingest_pb2.AppendEventResponse)
+        return response
+
+    async def append_many(request: ingest_pb2.AppendEventsRequest) -> ingest_pb2.AppendEventsResponse:
+        response = await backend.unary(many, request)
+        assert isinstance(response, ingest_pb2.AppendEventsResponse)
+        return response
+
+    return AppendCoalescer(
+        append_one=append_one,
+        append_many=append_many,
+        calls_in_flight=config.append_calls_in_flight,
+        events_per_call=metrics.append_events_per_call,
     )
 
 

@@ -67,6 +67,9 @@ class GatewayConfig:
     grpc_port: int = DEFAULT_GATEWAY_GRPC_PORT
     grpc_tls_cert_file: str = ""
     grpc_tls_key_file: str = ""
+    # Single appends of one principal sent to ingest together (services/gateway/appends.py): how
+    # many of that principal's AppendEvents calls may be in flight at once (0: each request alone).
+    append_calls_in_flight: int = 2
 
     @property
     def jwt_enabled(self) -> bool:
@@ -110,6 +113,7 @@ def load_gateway_config(settings: Settings) -> GatewayConfig:
         grpc_port=env_int(env, GATEWAY_GRPC_PORT_VAR, DEFAULT_GATEWAY_GRPC_PORT),
         grpc_tls_cert_file=env_str(env, DOOR_TLS_CERT_VAR, _dev_door_file(env, settings, "crt")),
         grpc_tls_key_file=env_str(env, DOOR_TLS_KEY_VAR, _dev_door_file(env, settings, "key")),
+        append_calls_in_flight=env_int(env, "AWARENESS_GATEWAY_APPEND_CALLS_IN_FLIGHT", 2, minimum=0),
     )
     if config.key_cache_seconds > KEY_CACHE_SECONDS_MAX:
         raise ConfigError(

@@ -50,6 +50,11 @@ class Coalescer(Generic[Item, Result]):
     def waiting_items(self) -> int:
         return sum(len(entry.items) for entry in self._waiting)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing waits and no batch runs."""
+        return not self._waiting and self._running == 0
+
     async def submit(self, items: Sequence[Item]) -> list[Result]:
         """The batch function's results for ``items``, in order."""
         if not items:

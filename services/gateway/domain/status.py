@@ -13,7 +13,7 @@ import grpc
 from google.protobuf import any_pb2, json_format
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from services.runtime.errors import ERROR_DOMAIN
+from services.runtime.errors import ERROR_DOMAIN, AwarenessError, error_info, field_violations
 
 HTTP_STATUS_BY_CODE: Final[Mapping[grpc.StatusCode, int]] = {
     grpc.StatusCode.OK: 200,
@@ -80,3 +80,58 @@ def status_json(status: status_pb2.Status) -> dict[str, Any]:
         except (json_format.SerializeToJsonError, TypeError, KeyError):
             body["details"].append({"@type": detail.type_url})
     return body
+
+
+class StatusError(AwarenessError):
+    """A ``google.rpc.Status`` a service answered for one item of a batch, as that item's error."""
+
+    def __init__(self, status: status_pb2.Status) -> None:
+        info = error_info(status)
+        super().__init__(
+            status.message,
+            reason=info.reason if info is not None else "UNKNOWN",
+            metadata=dict(info.metadata) if info is not None else None,
+            violations=field_violations(status),
+        )
+        self.status = status
+
+    @property
+    def code(self) -> grpc.StatusCode:
+        return code_from_number(self.status.code)
+
+    def to_status(self, *, domain: str = ERROR_DOMAIN) -> status_pb2.Status:
+        return self.status
+
+
+def as_single_item(
+    status: status_pb2.Status, *, index: int, batch_field: str, single_field: str
+) -> status_pb2.Status:
+    """Item ``index``'s error in a batch call, worded as the one-item call would word it.
+
+    A batch names the item's fields ``events[3].type``; the one-item call names them
+    ``event.type``. Field violations and the message are rewritten; other details are kept.
+    """
+    batch_prefix, single_prefix = f"{batch_field}[{index}]", single_field
+    single = status_pb2.Status(
+        code=status.code, message=_renamed(status.message, batch_prefix, single_prefix)
+    )
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            for violation in bad_request.field_violations:
+                violation.field = _renamed_path(violation.field, batch_prefix, single_prefix)
+            single.details.add().Pack(bad_request)
+        else:
+            single.details.add().CopyFrom(detail)
+    return single
+
+
+def _renamed_path(path: str, old: str, new: str) -> str:
+    if path == old or path.startswith((old + ".", old + "[")):
+        return new + path[len(old) :]
+    return path
+
+
+def _renamed(message: str, old: str, new: str) -> str:
+    return message.replace(old + ".", new + ".").replace(old + "[", new + "[")
