@@ -19,9 +19,9 @@ PORTS = {"ingest": 50051, "policy": 50052, "scoring": 50053, "signing": 50054, "
 ARCHITECTURE_CALLS = {
     "gateway": {"ingest", "policy", "scoring", "signing", "gdpr"},
     "ingest": {"gdpr", "signing", "scoring", "policy"},
-    "scoring": {"gdpr"},
+    "scoring": {"gdpr", "ingest"},
     "gdpr": {"ingest"},
-    "retrain": {"scoring", "ingest"},
+    "retrain": {"scoring"},
     "retention": {"gdpr"},
 }
 

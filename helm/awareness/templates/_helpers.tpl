@@ -163,11 +163,11 @@ It is the allow-list the NetworkPolicies are built from, so it lives here, not i
 {{- define "awareness.callGraph" -}}
 gateway: [ingest, policy, scoring, signing, gdpr]
 ingest: [gdpr, signing, scoring, policy]
-scoring: [gdpr]
+scoring: [gdpr, ingest]
 gdpr: [ingest]
 policy: []
 signing: []
-retrain: [scoring, ingest]
+retrain: [scoring]
 retention: [gdpr]
 kek-rotation: []
 migrate: []
