@@ -187,6 +187,27 @@ def test_who_calls_whom_is_the_charts_call_graph() -> None:
     assert {k: v for k, v in documented.items() if v} == {k: v for k, v in chart_calls().items() if v}
 
 
+def test_every_caller_an_internal_method_names_is_in_who_calls_whom() -> None:
+    from google.protobuf import descriptor_pool
+
+    from services.runtime.protos import allowed_callers, required_permission
+
+    documented = documented_calls((ROOT / "docs" / "architecture.md").read_text(encoding="utf-8"))
+    named: set[tuple[str, str]] = set()
+    for service in ("gdpr", "ingest", "policy", "scoring", "signing"):
+        full_name = f"awareness.{service}.v1.{service.capitalize()}Service"
+        required_permission(f"/{full_name}/Any")  # loads the generated descriptors
+        for method in descriptor_pool.Default().FindServiceByName(full_name).methods:
+            path = f"/{full_name}/{method.name}"
+            for caller in allowed_callers(path) or ():
+                named.add((caller, service))
+                assert method.name in (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+            assert required_permission(path) != "internal:call" or allowed_callers(path), path
+    assert named, "internal methods name their callers"
+    missing = {(caller, service) for caller, service in named if service not in documented.get(caller, set())}
+    assert missing == set()
+
+
 def test_no_file_cites_the_outside_design_document() -> None:
     assert files_citing(ROOT, OUTSIDE_DESIGN_DOC) == []
 

@@ -24,6 +24,7 @@ ROLES_HEADER: Final = "x-awareness-roles"
 TIMESTAMP_HEADER: Final = "x-awareness-timestamp"
 SIGNATURE_HEADER: Final = "x-awareness-signature"
 MAX_CLOCK_SKEW_SECONDS: Final = 300
+SERVICE_SUBJECT_PREFIX: Final = "service:"
 
 PERMISSIONS: Final = frozenset(
     {
@@ -111,6 +112,13 @@ class Principal:
     def for_service(cls, service: str) -> Principal:
         return cls(subject=f"service:{service}", roles=frozenset({"service"}))
 
+    @property
+    def service(self) -> str | None:
+        """The service this principal is, when it is one (not a person or integration)."""
+        if "service" in self.roles and self.subject.startswith(SERVICE_SUBJECT_PREFIX):
+            return self.subject.removeprefix(SERVICE_SUBJECT_PREFIX)
+        return None
+
 
 _current: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
     "awareness_principal", default=None
@@ -123,6 +131,16 @@ def current_principal() -> Principal | None:
 
 def set_current_principal(principal: Principal | None) -> contextvars.Token[Principal | None]:
     return _current.set(principal)
+
+
+def require_caller(method: str, allowed: frozenset[str], principal: Principal) -> None:
+    """Refuse ``principal`` unless it is one of the services ``allowed`` to call ``method``."""
+    if principal.service not in allowed:
+        raise PermissionDeniedError(
+            f"{principal.subject} may not call {method}: only {', '.join(sorted(allowed))}",
+            reason="CALLER_NOT_ALLOWED",
+            metadata={"allowed_callers": ",".join(sorted(allowed))},
+        )
 
 
 def require_permission(permission: str, principal: Principal | None = None) -> Principal:

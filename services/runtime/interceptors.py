@@ -30,13 +30,14 @@ from services.runtime.errors import (
     UnimplementedError,
 )
 from services.runtime.metrics import ServiceMetrics, grpc_method_label
-from services.runtime.protos import UNDECLARED, required_permission
+from services.runtime.protos import UNDECLARED, allowed_callers, required_permission
 from services.runtime.tracing import extract_context
 from services.runtime.validation import check_request
 
 log = logging.getLogger("awareness.rpc")
 
 EXEMPT_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+INTERNAL_PERMISSION = "internal:call"
 PermissionLookup = Callable[[str], str | None]
 
 
@@ -101,6 +102,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             raise PermissionDeniedError(f"{method} declares no permission", reason="PERMISSION_UNDECLARED")
         if permission:
             auth.require_permission(permission, principal)
+        callers = allowed_callers(method)
+        if callers is None and permission == INTERNAL_PERMISSION:
+            raise PermissionDeniedError(f"{method} names no allowed callers", reason="CALLERS_UNDECLARED")
+        if callers is not None:
+            auth.require_caller(method, callers, principal)
         return principal
 
     def _checked(self, request: Any, *, streamed: bool) -> Any:

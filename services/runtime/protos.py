@@ -1,6 +1,7 @@
-"""What the protos say about a method: its required permission and its idempotency.
+"""What the protos say about a method: its required permission, the services that may call it,
+and its idempotency.
 
-Both are method options in the contracts, so the gateway and every service read one
+All are method options in the contracts, so the gateway and every service read one
 source of truth instead of keeping their own tables.
 """
 
@@ -60,3 +61,15 @@ def is_idempotent(method: str) -> bool:
         descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS,
         descriptor_pb2.MethodOptions.IDEMPOTENT,
     )
+
+
+@functools.lru_cache(maxsize=512)
+def allowed_callers(method: str) -> frozenset[str] | None:
+    """The services that may call the method directly; None when the method names none."""
+    from awareness.api.v1 import annotations_pb2
+
+    found = find_method(method)
+    if found is None:
+        return None
+    names = list(found.GetOptions().Extensions[annotations_pb2.allowed_callers])
+    return frozenset(names) if names else None

@@ -25,7 +25,7 @@ from services.gateway.domain.descriptors import load_descriptor_set
 from services.runtime import auth
 from services.runtime.config import load_settings
 from services.runtime.metrics import ServiceMetrics
-from services.runtime.protos import UNDECLARED, find_method, required_permission
+from services.runtime.protos import UNDECLARED, allowed_callers, find_method, required_permission
 from services.runtime.server import ServiceApp, build_context, create_server
 from tests.conftest import INTERNAL_SECRET
 from tests.gateway.conftest import (
@@ -43,6 +43,14 @@ from tests.gdpr.suite import in_process_suite
 GATEWAY_ROLES = sorted(auth.ROLES - {"service"})  # no API key or token can hold "service"
 NOBODY = "(nobody)"
 INTERNAL = "internal:call"
+
+
+def principal_of(role: str, method: str) -> auth.Principal:
+    """A caller holding `role`; as the service role, one of the services the method lets call it."""
+    callers = allowed_callers(method)
+    if role == "service" and callers:
+        return auth.Principal.for_service(sorted(callers)[0])
+    return auth.Principal(subject=f"test:{role}", roles=frozenset({role}))
 
 
 class RecordingBackend(grpc.GenericRpcHandler):  # type: ignore[misc]
@@ -275,7 +283,7 @@ async def test_every_grpc_method_answers_as_the_permission_table_says_for_every_
             if code != grpc.StatusCode.UNAUTHENTICATED:
                 wrong.append(f"{method} without a credential: {code.name}")
             for role in sorted(auth.ROLES):
-                principal = auth.Principal(subject=f"test:{role}", roles=frozenset({role}))
+                principal = principal_of(role, method)
                 metadata = auth.sign_metadata(secret=INTERNAL_SECRET, method=method, principal=principal)
                 before = recording_backend.recorder.calls[method]
                 code = await _call(channel, method, metadata)
@@ -285,6 +293,39 @@ async def test_every_grpc_method_answers_as_the_permission_table_says_for_every_
                     wrong.append(f"{method} as {role} (has {permission}): {code.name}")
                 if not allowed and (code != grpc.StatusCode.PERMISSION_DENIED or reached):
                     wrong.append(f"{method} as {role} (lacks {permission}): {code.name}, reached={reached}")
+    assert not wrong, "\n".join(wrong)
+
+
+async def test_a_service_may_call_only_the_internal_methods_that_name_it(
+    recording_backend: Backend,
+) -> None:
+    """Every internal method names its callers; any other service identity is refused before the
+    method runs, whatever it holds, so scoring cannot unwrap data keys nor make ingest forget."""
+    internal = [m for m in _contract_methods() if required_permission(m) == INTERNAL]
+    named = {m.rsplit("/", 1)[1]: allowed_callers(m) for m in internal}
+    assert all(named.values()), f"internal methods without allowed_callers: {named}"
+    assert named["UnwrapDataKeys"] == named["GetSubjectKeys"] == frozenset({"ingest"})
+    assert named["ForgetSubject"] == frozenset({"gdpr"})
+    wrong: list[str] = []
+    everyone = {"gateway", "ingest", "policy", "scoring", "signing", "gdpr"}
+    async with grpc.aio.insecure_channel(recording_backend.address) as channel:
+        for method in internal:
+            callers = allowed_callers(method) or frozenset()
+            for service in sorted(everyone):
+                metadata = auth.sign_metadata(
+                    secret=INTERNAL_SECRET, method=method, principal=auth.Principal.for_service(service)
+                )
+                before = recording_backend.recorder.calls[method]
+                code = await _call(channel, method, metadata)
+                reached = recording_backend.recorder.calls[method] > before
+                if (service in callers) != (code == grpc.StatusCode.OK and reached):
+                    wrong.append(f"{method} as {service}: {code.name}, reached={reached}")
+        # Holding every permission (the service role) under a name that is not a service is refused too.
+        unwrap = "/awareness.gdpr.v1.GdprService/UnwrapDataKeys"
+        claimed = auth.Principal(subject="ingest", roles=frozenset({"service"}))
+        metadata = auth.sign_metadata(secret=INTERNAL_SECRET, method=unwrap, principal=claimed)
+        code = await _call(channel, unwrap, metadata)
+        assert code == grpc.StatusCode.PERMISSION_DENIED
     assert not wrong, "\n".join(wrong)
 
 
@@ -322,7 +363,7 @@ async def test_every_real_service_refuses_exactly_the_roles_the_table_refuses(tm
                     allowed = permission in auth.ROLE_PERMISSIONS[role]
                     if allowed and not _read_only(method):
                         continue  # a real write with an empty request; the recorder walk covers it
-                    principal = auth.Principal(subject=f"test:{role}", roles=frozenset({role}))
+                    principal = principal_of(role, method)
                     metadata = auth.sign_metadata(secret=INTERNAL_SECRET, method=method, principal=principal)
                     code = await _call(channel, method, metadata)
                     refused = code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)

@@ -103,12 +103,22 @@ class Suite:
         return runtime
 
     def channel(
-        self, service: str = "ingest", *, roles: Iterable[str] = ("admin",), address: str | None = None
+        self,
+        service: str = "ingest",
+        *,
+        roles: Iterable[str] = ("admin",),
+        address: str | None = None,
+        caller: str | None = None,
     ) -> grpc.aio.Channel:
+        """A channel to `service` as a tester with `roles`, or as the service `caller` itself."""
         targets = {name: f"127.0.0.1:{port}" for name, port in self.ports.items()}
         if address is not None:
             targets[service] = address
-        principal = auth.Principal(subject="tester", roles=frozenset(roles))
+        principal = (
+            auth.Principal.for_service(caller)
+            if caller is not None
+            else auth.Principal(subject="tester", roles=frozenset(roles))
+        )
         factory = client_factory(
             targets, principal, timeout_seconds=10.0, breaker_fail_max=1000, breaker_reset_seconds=0.1
         )
@@ -121,8 +131,9 @@ class Suite:
         """An ingest stub (of this suite's replica, or of another replica at `address`)."""
         return ingest_pb2_grpc.IngestServiceStub(self.channel("ingest", roles=roles, address=address))
 
-    def internal(self) -> ingest_pb2_grpc.IngestServiceStub:
-        return self.client(roles=("service",))
+    def internal(self, caller: str = "gdpr") -> ingest_pb2_grpc.IngestServiceStub:
+        """An ingest stub as the service `caller` (gdpr, which erases and exports, by default)."""
+        return ingest_pb2_grpc.IngestServiceStub(self.channel("ingest", caller=caller))
 
     async def stream(
         self, batches: Iterable[list[ingest_pb2.Event]], *, roles: Iterable[str] = ("integration",)

@@ -41,7 +41,7 @@ async def test_forged_and_foreign_tokens_are_invalid_page_token_on_every_ingest_
             internal.ListSubjectRecords(
                 ingest_pb2.ListSubjectRecordsRequest(pseudonym="psn_x", page_token=first.next_page_token)
             ),
-            internal.ListTrainingExamples(
+            running.internal("scoring").ListTrainingExamples(
                 ingest_pb2.ListTrainingExamplesRequest(page_token=first.next_page_token)
             ),
         ]

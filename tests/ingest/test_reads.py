@@ -93,7 +93,9 @@ async def test_list_events_filters_and_pages(tmp_path: Path) -> None:
             await client.LabelEvent(ingest_pb2.LabelEventRequest(name=f"events/{events[0].event_id}"))
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
-        examples = await running.internal().ListTrainingExamples(ingest_pb2.ListTrainingExamplesRequest())
+        examples = await running.internal("scoring").ListTrainingExamples(
+            ingest_pb2.ListTrainingExamplesRequest()
+        )
         [example] = examples.examples
         assert example.label == ingest_pb2.LABEL_TRUE_POSITIVE
         assert example.input.event_id == events[2].event_id and example.input.type == "phishing.clicked"
@@ -105,7 +107,9 @@ async def test_list_events_filters_and_pages(tmp_path: Path) -> None:
                 name=f"events/{events[4].event_id}", label=ingest_pb2.LABEL_FALSE_POSITIVE
             )
         )
-        examples = await running.internal().ListTrainingExamples(ingest_pb2.ListTrainingExamplesRequest())
+        examples = await running.internal("scoring").ListTrainingExamples(
+            ingest_pb2.ListTrainingExamplesRequest()
+        )
         dave_login = next(e for e in examples.examples if e.input.event_id == events[4].event_id)
         history = dave_login.input.history
         # dave's two earlier events, 4 h and 3 h before; the login source (okta) is new for him.
@@ -137,9 +141,7 @@ async def test_subject_records_are_ciphertext_and_forget_subject_counts(tmp_path
         assert [r.event_id for r in records] == [e.event_id for e in events]  # oldest first
         assert all(b"frank" not in r.ciphertext for r in records)
         # gdpr decrypts them with its key and the published format (what an export does).
-        keys = await gdpr_pb2_grpc.GdprServiceStub(
-            running.channel("gdpr", roles=("service",))
-        ).UnwrapDataKeys(
+        keys = await gdpr_pb2_grpc.GdprServiceStub(running.channel("gdpr", caller="ingest")).UnwrapDataKeys(
             gdpr_pb2.UnwrapDataKeysRequest(
                 keys=[gdpr_pb2.DataKeyRef(pseudonym=pseudonym, key_period=records[0].key_period)]
             )

@@ -91,7 +91,7 @@ async def test_subject_filter_lists_only_that_persons_events(
         empty = await analyst.ListEvents(ingest_pb2.ListEventsRequest(subject=stranger))
         assert list(empty.events) == [] and empty.next_page_token == ""
         assert registered_subjects(running) == subjects_before == 2
-        gdpr = gdpr_pb2_grpc.GdprServiceStub(running.channel("gdpr", roles=("service",)))
+        gdpr = gdpr_pb2_grpc.GdprServiceStub(running.channel("gdpr", caller="ingest"))
         unknown = await rpc_error(gdpr.LookupSubject(gdpr_pb2.LookupSubjectRequest(subject=stranger)))
         assert unknown.code() == grpc.StatusCode.NOT_FOUND
 

@@ -67,7 +67,12 @@ class SigningHarness(Served):
         return self.pki_dir / "root-ca.pem"
 
     def stub(self, role: str = "service") -> signing_pb2_grpc.SigningServiceStub:
-        principal = auth.Principal(subject=f"test-{role}", roles=frozenset({role}))
+        # The service role calls as ingest: the one service the protos let sign checkpoints.
+        principal = (
+            auth.Principal.for_service("ingest")
+            if role == "service"
+            else auth.Principal(subject=f"test-{role}", roles=frozenset({role}))
+        )
         return signing_pb2_grpc.SigningServiceStub(self.clients.channel("signing", principal))
 
     def metric(self, name: str, **labels: str) -> float:
