@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Row, delete, func, select, text, tuple_, update
+from sqlalchemy import Row, Table, delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -37,19 +37,37 @@ def _chunks(values: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[A
         yield values[start : start + size]
 
 
+def _insert_skipping_conflicts(session: Session, target: Any) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING into ``target`` (a model or a table), in this dialect."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return pg_insert(target).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite_insert(target).on_conflict_do_nothing()
+    raise RuntimeError(f"unsupported dialect {dialect}: SQLite and PostgreSQL only")  # pragma: no cover
+
+
 def _insert_ignoring_conflicts(
     session: Session, model: type[Base], rows: Sequence[Mapping[str, Any]]
 ) -> None:
     """INSERT ... ON CONFLICT DO NOTHING: concurrent creators agree on whichever row landed first."""
+    if rows:
+        session.execute(_insert_skipping_conflicts(session, model), list(rows))
+
+
+def _insert_returning_created(
+    session: Session, model: type[Base], rows: Sequence[Mapping[str, Any]], column: str
+) -> set[Any]:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING ``column``: the rows this statement created.
+
+    Rows another writer created first are skipped and not returned. One statement for every row
+    (SQLAlchemy's "insertmanyvalues"), on Core, so no ORM objects are built for rows never read.
+    """
     if not rows:
-        return
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        session.execute(pg_insert(model).on_conflict_do_nothing(), list(rows))
-    elif dialect == "sqlite":
-        session.execute(sqlite_insert(model).on_conflict_do_nothing(), list(rows))
-    else:  # pragma: no cover - the suite supports SQLite and PostgreSQL only
-        raise RuntimeError(f"unsupported dialect {dialect}: SQLite and PostgreSQL only")
+        return set()
+    table = cast(Table, model.__table__)
+    statement = _insert_skipping_conflicts(session, table).returning(table.c[column])
+    return {row[0] for row in session.connection().execute(statement, list(rows))}
 
 
 # --- subjects ----------------------------------------------------------------------------------------
@@ -72,6 +90,11 @@ def find_subject(session: Session, *, lookup_hash: bytes) -> Subject | None:
 
 def insert_subjects_if_absent(session: Session, *, rows: Sequence[Mapping[str, Any]]) -> None:
     _insert_ignoring_conflicts(session, Subject, rows)
+
+
+def create_subjects(session: Session, *, rows: Sequence[Mapping[str, Any]]) -> set[bytes]:
+    """Insert the subjects not there yet: the lookup hashes of those this call created."""
+    return _insert_returning_created(session, Subject, rows, "lookup_hash")
 
 
 def existing_pseudonyms(session: Session, *, pseudonyms: Sequence[str]) -> set[str]:
@@ -151,8 +174,9 @@ def find_keys_by_lookup(
     return found
 
 
-def insert_data_keys_if_absent(session: Session, *, rows: Sequence[Mapping[str, Any]]) -> None:
-    _insert_ignoring_conflicts(session, DataKey, rows)
+def create_data_keys(session: Session, *, rows: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Insert the data keys whose (pseudonym, period) has none yet: the key ids this call created."""
+    return _insert_returning_created(session, DataKey, rows, "key_id")
 
 
 def event_types_of(session: Session, *, key_ids: Sequence[str]) -> dict[str, set[str]]:

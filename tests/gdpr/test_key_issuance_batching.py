@@ -12,6 +12,9 @@ from datetime import UTC, datetime
 from awareness.gdpr.v1 import gdpr_pb2
 from sqlalchemy import create_engine, text
 
+from services.gdpr.keysource import load_key_material
+from services.gdpr.service.transactions import GdprStore, KeyRequest
+from services.runtime import db
 from tests.gdpr.conftest import Harness, timestamp
 
 MARCH = datetime(2025, 3, 14, 9, 30, tzinfo=UTC)
@@ -136,3 +139,30 @@ async def test_a_known_key_is_read_back_and_a_new_event_type_is_recorded_on_it(h
     assert march_key.key_id == first.key_id and april_key.key_id != first.key_id
     after = harness.metrics.registry.get_sample_value("awareness_gdpr_data_keys_created_total") or 0.0
     assert after - created == 2  # March's and April's, each once
+
+
+async def test_two_replicas_creating_the_same_people_at_once_agree_on_one_key_each(harness: Harness) -> None:
+    """Each replica's write lock serialises only its own issuance: two replicas meet in the
+    database, where the one that inserts second gets nothing back and reads the first's rows."""
+    material = load_key_material(env={}, data_dir=harness.data_dir)
+    engines = [db.create_db_engine(harness.database_url, service="gdpr") for _ in range(2)]
+    replicas = [GdprStore(engine=e, sessions=db.session_factory(e), material=material) for e in engines]
+    people = [f"person-{uuid.uuid4().hex}@example.org" for _ in range(300)]
+    requests = [KeyRequest(subject=p, occurred_at=MARCH, event_type="phishing.clicked") for p in people]
+    try:
+        # Each replica asks for everyone, in its own order, from its own thread.
+        first, second = await asyncio.gather(
+            asyncio.to_thread(replicas[0].issue_keys, requests),
+            asyncio.to_thread(replicas[1].issue_keys, list(reversed(requests))),
+        )
+    finally:
+        for engine in engines:
+            engine.dispose()
+    by_person = dict(zip(people, first.keys, strict=True))
+    for person, key in zip(reversed(people), second.keys, strict=True):
+        mine = by_person[person]
+        assert (key.pseudonym, key.key_id, key.data_key) == (mine.pseudonym, mine.key_id, mine.data_key)
+    assert first.keys_created + second.keys_created == len(people)
+    # What the service answers is the same key too: nothing else was created.
+    reply = await harness.internal.GetSubjectKeys(request_for(people[0]))
+    assert reply.keys[0].key_id == by_person[people[0]].key_id

@@ -266,57 +266,110 @@ class GdprStore:
     def _resolve(
         self, session: Session, prepared: Sequence[tuple[bytes, str, str]]
     ) -> tuple[list[IssuedKey], int]:
-        """Create what is missing (subjects, keys, event types) and return every request's key."""
+        """Create what is missing (subjects, keys, event types) and return every request's key.
+
+        Under the write lock, in one transaction: one read of the subjects, one of their keys with
+        their event types, and one ``INSERT ... RETURNING`` per kind of row missing. A row another
+        replica created between the read and the insert is not returned by it, and is read again.
+        """
         now = self._clock()
-        hashes = [lookup_hash for lookup_hash, _, _ in prepared]
+        hashes = list(dict.fromkeys(lookup_hash for lookup_hash, _, _ in prepared))
         pseudonyms = repo.find_pseudonyms(session, lookup_hashes=hashes)
-        missing_subjects = [h for h in dict.fromkeys(hashes) if h not in pseudonyms]
-        if missing_subjects:
-            repo.insert_subjects_if_absent(
-                session,
-                rows=[
-                    {"pseudonym": new_pseudonym(), "lookup_hash": h, "created_at": now}
-                    for h in missing_subjects
-                ],
-            )
-            pseudonyms = repo.find_pseudonyms(session, lookup_hashes=hashes)
-        pairs = list(dict.fromkeys((pseudonyms[h], period) for h, period, _ in prepared))
-        keys = repo.find_data_keys(session, pairs=pairs)
-        missing_pairs = [pair for pair in pairs if pair not in keys]
-        created = 0
-        if missing_pairs:
-            rows = []
-            for pseudonym, period in missing_pairs:
-                key_id = new_key_id()
-                wrapped = self._keyring.wrap(
-                    new_data_key(), aad=data_key_aad(pseudonym=pseudonym, period=period, key_id=key_id)
-                )
-                rows.append(
-                    {
-                        "key_id": key_id,
-                        "pseudonym": pseudonym,
-                        "period": period,
-                        "kek_id": wrapped.kek_id,
-                        "nonce": wrapped.nonce,
-                        "wrapped": wrapped.ciphertext,
-                        "created_at": now,
-                        "rewrapped_at": None,
-                    }
-                )
-            repo.insert_data_keys_if_absent(session, rows=rows)
-            keys = repo.find_data_keys(session, pairs=pairs)
-            created = len(missing_pairs)
+        new_subjects = self._create_subjects(session, [h for h in hashes if h not in pseudonyms], now)
+        pseudonyms.update(new_subjects)
+        known = [h for h in hashes if h not in new_subjects]  # a new subject has no key yet
+        stored = repo.find_keys_by_lookup(
+            session, lookup_hashes=known, periods=[period for _, period, _ in prepared]
+        )
+        keys: dict[tuple[str, str], DataKey | repo.StoredKey] = {
+            (row.pseudonym, row.period): row for row in stored.values()
+        }
+        types: dict[str, frozenset[str]] = {row.key_id: row.event_types for row in stored.values()}
+        pairs = dict.fromkeys((pseudonyms[h], period) for h, period, _ in prepared)
+        created = self._create_keys(session, [pair for pair in pairs if pair not in keys], now, keys, types)
         wanted_types = {
             (keys[(pseudonyms[h], period)].key_id, event_type)
             for h, period, event_type in prepared
             if event_type
         }
-        if wanted_types:
-            known = repo.event_types_of(session, key_ids=[key_id for key_id, _ in wanted_types])
-            missing_types = [(k, t) for k, t in wanted_types if t not in known.get(k, set())]
-            if missing_types:
-                repo.add_event_types_if_absent(session, pairs=missing_types)
+        missing_types = [(k, t) for k, t in wanted_types if t not in types.get(k, frozenset())]
+        if missing_types:
+            repo.add_event_types_if_absent(session, pairs=missing_types)
         return self._issued([keys[(pseudonyms[h], period)] for h, period, _ in prepared]), created
+
+    def _create_subjects(self, session: Session, hashes: Sequence[bytes], now: datetime) -> dict[bytes, str]:
+        """Pseudonyms of the subjects with these lookup hashes, created unless another writer was first."""
+        if not hashes:
+            return {}
+        chosen = {h: new_pseudonym() for h in hashes}
+        rows = [
+            {"pseudonym": pseudonym, "lookup_hash": h, "created_at": now} for h, pseudonym in chosen.items()
+        ]
+        landed = repo.create_subjects(session, rows=rows)
+        pseudonyms = {h: pseudonym for h, pseudonym in chosen.items() if h in landed}
+        if len(landed) < len(rows):
+            pseudonyms.update(
+                repo.find_pseudonyms(session, lookup_hashes=[h for h in hashes if h not in landed])
+            )
+        return pseudonyms
+
+    def _create_keys(
+        self,
+        session: Session,
+        pairs: Sequence[tuple[str, str]],
+        now: datetime,
+        keys: dict[tuple[str, str], DataKey | repo.StoredKey],
+        types: dict[str, frozenset[str]],
+    ) -> int:
+        """Create a data key for each (pseudonym, period) into ``keys``; how many this call created."""
+        if not pairs:
+            return 0
+        rows = []
+        for pseudonym, period in pairs:
+            key_id = new_key_id()
+            wrapped = self._keyring.wrap(
+                new_data_key(), aad=data_key_aad(pseudonym=pseudonym, period=period, key_id=key_id)
+            )
+            rows.append(
+                repo.StoredKey(
+                    key_id, pseudonym, period, wrapped.kek_id, wrapped.nonce, wrapped.ciphertext, frozenset()
+                )
+            )
+        landed = repo.create_data_keys(
+            session,
+            rows=[
+                {
+                    "key_id": row.key_id,
+                    "pseudonym": row.pseudonym,
+                    "period": row.period,
+                    "kek_id": row.kek_id,
+                    "nonce": row.nonce,
+                    "wrapped": row.wrapped,
+                    "created_at": now,
+                    "rewrapped_at": None,
+                }
+                for row in rows
+            ],
+        )
+        lost = []
+        for row in rows:
+            if row.key_id in landed:
+                keys[(row.pseudonym, row.period)] = row
+                types[row.key_id] = frozenset()
+            else:
+                lost.append((row.pseudonym, row.period))
+        if lost:  # another writer created these first: theirs is the key
+            found = repo.find_data_keys(session, pairs=lost)
+            keys.update(found)
+            types.update(
+                {
+                    k: frozenset(v)
+                    for k, v in repo.event_types_of(
+                        session, key_ids=[r.key_id for r in found.values()]
+                    ).items()
+                }
+            )
+        return len(landed)
 
     def _issued(self, rows: Sequence[DataKey | repo.StoredKey]) -> list[IssuedKey]:
         """One issued key per row, each distinct key unwrapped once."""
