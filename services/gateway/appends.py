@@ -30,6 +30,9 @@ from services.runtime.tracing import batch_span, current_span_context
 
 # ingest's limit per AppendEvents call.
 MAX_EVENTS_PER_CALL: Final = 500
+# A larger event goes alone, so that a call of MAX_EVENTS_PER_CALL stays far below the 32 MiB
+# message ingest accepts (16 MiB at most), whatever the events' sizes.
+MAX_SHARED_EVENT_BYTES: Final = 32 * 1024
 # Principals whose idle coalescers are kept before the idle ones are dropped.
 MAX_IDLE_PRINCIPALS: Final = 1024
 
@@ -71,8 +74,8 @@ class AppendCoalescer:
     async def append(self, request: ingest_pb2.AppendEventRequest) -> ingest_pb2.AppendEventResponse:
         """AppendEvent for the current principal (whose identity the batch call carries)."""
         principal = auth.current_principal()
-        if principal is None:  # nothing to group by: the call is made alone
-            return await self._append_one(request)
+        if principal is None or request.ByteSize() > MAX_SHARED_EVENT_BYTES:
+            return await self._append_one(request)  # nothing to group by, or too large to share
         [outcome] = await self._coalescer(principal).submit([_Pending(request, current_span_context())])
         if isinstance(outcome, StatusError):
             raise outcome

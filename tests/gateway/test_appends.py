@@ -12,7 +12,7 @@ import pytest
 from awareness.ingest.v1 import ingest_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from services.gateway.appends import AppendCoalescer
+from services.gateway.appends import MAX_SHARED_EVENT_BYTES, AppendCoalescer
 from services.gateway.domain.status import StatusError, as_single_item
 from services.runtime import auth
 from services.runtime.errors import ERROR_DOMAIN, error_info, field_violations
@@ -231,3 +231,21 @@ def test_a_batch_items_error_is_renamed_only_where_it_names_that_item() -> None:
     assert single.code == code_pb2.INVALID_ARGUMENT
     info = error_info(single)
     assert info is not None and info.reason == "EVENT_INVALID"
+
+
+async def test_a_large_event_goes_alone_so_a_shared_call_stays_small() -> None:
+    ingest = FakeIngest()
+    coalescer = _coalescer(ingest)
+    ingest.release.clear()
+    first = asyncio.ensure_future(_as(ANALYST, coalescer, _request("first")))
+    await asyncio.sleep(0)
+    large = _request("large")
+    large.event.summary = "x" * (MAX_SHARED_EVENT_BYTES + 1)
+    crowd = [
+        asyncio.ensure_future(_as(ANALYST, coalescer, request)) for request in (large, _request("small"))
+    ]
+    await asyncio.sleep(0.01)
+    ingest.release.set()
+    await asyncio.gather(first, *crowd)
+    assert sorted(event_id for _, event_id in ingest.single) == ["first", "large", "small"]
+    assert ingest.batches == []
