@@ -275,9 +275,13 @@ class GdprStore:
         now = self._clock()
         hashes = list(dict.fromkeys(lookup_hash for lookup_hash, _, _ in prepared))
         pseudonyms = repo.find_pseudonyms(session, lookup_hashes=hashes)
-        new_subjects = self._create_subjects(session, [h for h in hashes if h not in pseudonyms], now)
-        pseudonyms.update(new_subjects)
-        known = [h for h in hashes if h not in new_subjects]  # a new subject has no key yet
+        created_subjects = self._create_subjects(session, [h for h in hashes if h not in pseudonyms], now)
+        pseudonyms.update(created_subjects)
+        lost = [h for h in hashes if h not in pseudonyms]
+        if lost:  # another writer created these subjects first: theirs are the pseudonyms
+            pseudonyms.update(repo.find_pseudonyms(session, lookup_hashes=lost))
+        # A subject this call created has no key yet; one another writer created first may have.
+        known = [h for h in hashes if h not in created_subjects]
         stored = repo.find_keys_by_lookup(
             session, lookup_hashes=known, periods=[period for _, period, _ in prepared]
         )
@@ -298,7 +302,8 @@ class GdprStore:
         return self._issued([keys[(pseudonyms[h], period)] for h, period, _ in prepared]), created
 
     def _create_subjects(self, session: Session, hashes: Sequence[bytes], now: datetime) -> dict[bytes, str]:
-        """Pseudonyms of the subjects with these lookup hashes, created unless another writer was first."""
+        """The pseudonyms of the subjects this call created; those another writer created first are
+        left out (the caller reads them with the rest)."""
         if not hashes:
             return {}
         chosen = {h: new_pseudonym() for h in hashes}
@@ -306,12 +311,7 @@ class GdprStore:
             {"pseudonym": pseudonym, "lookup_hash": h, "created_at": now} for h, pseudonym in chosen.items()
         ]
         landed = repo.create_subjects(session, rows=rows)
-        pseudonyms = {h: pseudonym for h, pseudonym in chosen.items() if h in landed}
-        if len(landed) < len(rows):
-            pseudonyms.update(
-                repo.find_pseudonyms(session, lookup_hashes=[h for h in hashes if h not in landed])
-            )
-        return pseudonyms
+        return {h: pseudonym for h, pseudonym in chosen.items() if h in landed}
 
     def _create_keys(
         self,
