@@ -11,6 +11,10 @@ Measured: events/s of unary AppendEvent (many concurrent callers) and of StreamA
 "committed and integrated" throughput (until the tree holds every event), p50/p99 AppendEvent
 latency at a fixed offered rate, and acknowledgement -> signed checkpoint.
 
+The client calls ingest as the gateway does: over mTLS with the gateway's certificate from the
+suite's mTLS directory (``<data dir>/mtls``, issued with every service's before anything starts),
+naming the principal it acts for in the principal headers.
+
 Events are about ``--subjects`` people (bench/population.py). The stream is measured cold (people
 never seen: gdpr creates their keys) and warm (people seen before, once ingest's key cache has
 expired: the run waits the cache lifetime + 1 s after touching them, measuring the rest
@@ -32,7 +36,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import secrets
 import shutil
 import signal
 import statistics
@@ -49,7 +52,6 @@ import awareness_client
 import grpc
 from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.population import (
     BENCH_KEY_CACHE_SECONDS,
@@ -63,7 +65,16 @@ from bench.population import (
     warm_ready_at,
 )
 from bench.population import add_arguments as add_population_arguments
+from services.launcher import grpc_serving
 from services.runtime import auth
+from services.runtime.config import (
+    MTLS_DIR_VAR,
+    MTLS_FILE_VARS,
+    SERVICE_SECRET_VAR,
+    load_settings,
+    with_identity,
+)
+from services.runtime.identity import MtlsFiles, channel_options
 
 OLD_PORTAL_EVENTS_PER_SECOND = 1022.0
 OLD_PORTAL_P50_MS = 5.0
@@ -102,33 +113,52 @@ def _scratch_postgres(url: str) -> Iterator[str]:
         admin.dispose()
 
 
+# Where a child would otherwise take its certificate or service secret from this process's
+# environment: the bench's processes use their own, under the scratch data directory.
+_IDENTITY_VARIABLES = (
+    *MTLS_FILE_VARS,
+    MTLS_DIR_VAR,
+    SERVICE_SECRET_VAR,
+    f"{SERVICE_SECRET_VAR}_FILE",
+)
+
+
 class _Suite:
-    """signing, gdpr and ingest as child processes; stops only the pids it started."""
+    """signing, gdpr and ingest as child processes; stops only the pids it started.
+
+    Every process (the gateway's door and the bench's client included) takes its mTLS certificate
+    from ``mtls_dir``, under one development CA, and its own service secret from the data directory.
+    """
 
     def __init__(
         self,
         *,
         data_dir: Path,
         database_url: str | None,
-        secret: str,
         ingest_processes: int = 1,
         key_cache_seconds: float | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.mtls_dir = data_dir / "mtls"
         self.key_cache_seconds = key_cache_seconds
         self.database_url = database_url
-        self.secret = secret
         self.ports = {name: _free_port() for name in (*SERVICE_NAMES, "scoring", "policy")}
         # Extra ingest processes (replicas on one machine), each on its own port.
         self.ingest_ports = [self.ports["ingest"], *(_free_port() for _ in range(ingest_processes - 1))]
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
+    def _identity_env(self) -> dict[str, str]:
+        """This process's environment, with the suite's data and mTLS directories in place of any it names."""
+        return {
+            **{key: value for key, value in os.environ.items() if key not in _IDENTITY_VARIABLES},
+            "AWARENESS_DATA_DIR": str(self.data_dir),
+            MTLS_DIR_VAR: str(self.mtls_dir),
+        }
+
     def env(self, name: str) -> dict[str, str]:
         env = {
-            **os.environ,
+            **self._identity_env(),
             "PYTHONPATH": str(REPO),
-            "AWARENESS_DATA_DIR": str(self.data_dir),
-            "AWARENESS_INTERNAL_SECRET": self.secret,
             "AWARENESS_GRPC_PORT": str(self.ports[name]),
             "AWARENESS_METRICS_PORT": "0",
             "AWARENESS_LOG_LEVEL": "WARNING",
@@ -143,7 +173,15 @@ class _Suite:
             env["DATABASE_URL"] = self.database_url
         return env
 
+    def identity(self, name: str) -> MtlsFiles:
+        """``name``'s certificate in ``mtls_dir`` (and its service secret), issued on first use."""
+        return with_identity(load_settings(name, self._identity_env())).identity
+
     def start(self) -> None:
+        # Every identity before any process starts, as ``awareness up`` does: no two processes
+        # ever race to create the CA.
+        for name in (*SERVICE_NAMES, "gateway"):
+            self.identity(name)
         for name in SERVICE_NAMES:
             ports = self.ingest_ports if name == "ingest" else [self.ports[name]]
             for number, port in enumerate(ports, start=1):
@@ -156,22 +194,17 @@ class _Suite:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                 )
-                self._wait(label, service=SERVICE_NAMES[name], port=port)
+                self._wait(label, name=name, port=port)
 
-    def _wait(self, label: str, *, service: str, port: int) -> None:
+    def _wait(self, label: str, *, name: str, port: int) -> None:
+        # Asked as the service itself, as the launcher does: the bench runs beside it.
+        mtls = self.identity(name)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.processes[label].poll() is not None:
                 raise RuntimeError(f"{label} exited; see {self.data_dir / f'{label}.log'}")
-            try:
-                with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-                    reply = health_pb2_grpc.HealthStub(channel).Check(
-                        health_pb2.HealthCheckRequest(service=service), timeout=1
-                    )
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
+            if grpc_serving(f"127.0.0.1:{port}", mtls=mtls, server=name, service=SERVICE_NAMES[name]):
+                return
             time.sleep(0.2)
         raise RuntimeError(f"{label} did not become healthy")
 
@@ -214,7 +247,8 @@ def _start_door(suite: _Suite, stack: contextlib.ExitStack) -> _Door:
         tuning={},  # production defaults, except that the limits below must not cap the bench
         extra_env={
             "PYTHONPATH": str(REPO),
-            "AWARENESS_INTERNAL_SECRET": suite.secret,
+            # The certificates the suite issued, under the same CA (the data directory's default).
+            MTLS_DIR_VAR: str(suite.mtls_dir),
             "AWARENESS_LOG_LEVEL": "WARNING",
             "AWARENESS_GATEWAY_RATE_PRINCIPAL_PER_MIN": "100000000",
             "AWARENESS_GATEWAY_RATE_IP_PER_MIN": "100000000",
@@ -280,17 +314,22 @@ CHANNEL_OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.lb_policy_
 
 
 class _Client:
-    """Ingest's stub; calls carry the internal credential, as another service's do, unless the
-    channel authenticates them itself (the door's, with an API key)."""
+    """Ingest's stub. Direct, it calls as the gateway does: over mTLS with the gateway's certificate,
+    naming the principal it acts for in each call's metadata. Through the door, the channel
+    authenticates the calls itself (with an API key)."""
 
-    def __init__(self, channel: grpc.aio.Channel, secret: bytes | None) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, delegates: bool) -> None:
         self.channel = channel
         self.stub = ingest_pb2_grpc.IngestServiceStub(self.channel)
-        self._secret = secret
+        self._delegates = delegates
 
     @classmethod
-    def direct(cls, address: str, secret: bytes) -> _Client:
-        return cls(grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS), secret)
+    def direct(cls, address: str, gateway: MtlsFiles) -> _Client:
+        """To ingest at ``address`` (one or several, ``ipv4:a,b``) with the gateway's certificate."""
+        channel = grpc.aio.secure_channel(
+            address, gateway.channel_credentials(), options=[*CHANNEL_OPTIONS, *channel_options("ingest")]
+        )
+        return cls(channel, delegates=True)
 
     @classmethod
     def through(cls, door: _Door) -> _Client:
@@ -298,16 +337,14 @@ class _Client:
         channel = awareness_client.connect_aio(
             door.target, api_key=door.api_key, tls=door.tls, options=CHANNEL_OPTIONS
         )
-        return cls(channel, None)
+        return cls(channel, delegates=False)
 
-    def metadata(self, method: str, roles: Sequence[str] = ("integration",)) -> list[tuple[str, str]]:
-        if self._secret is None:  # the channel adds the API key to every call
+    def metadata(self, roles: Sequence[str] = ("integration",)) -> list[tuple[str, str]]:
+        """What a call carries: the principal ``bench`` with ``roles``, as the gateway names it, or
+        nothing when the channel adds the API key itself."""
+        if not self._delegates:
             return []
-        return auth.sign_metadata(
-            secret=self._secret,
-            method=f"/awareness.ingest.v1.IngestService/{method}",
-            principal=auth.Principal("bench", frozenset(roles)),
-        )
+        return auth.principal_metadata(auth.Principal("bench", frozenset(roles)))
 
 
 def _events(count: int, *, people: Population) -> list[ingest_pb2.Event]:
@@ -341,7 +378,7 @@ async def _touch(client: _Client, people: Population) -> None:
     for start in range(0, len(events), 500):
         await client.stub.AppendEvents(
             ingest_pb2.AppendEventsRequest(events=events[start : start + 500]),
-            metadata=client.metadata("AppendEvents"),
+            metadata=client.metadata(),
         )
 
 
@@ -350,7 +387,7 @@ async def _unary(client: _Client, *, seconds: float, concurrency: int, people: P
     position = 0
     done = 0
     deadline = time.perf_counter() + seconds
-    metadata = client.metadata("AppendEvent")
+    metadata = client.metadata()
 
     async def worker() -> None:
         nonlocal position, done
@@ -370,7 +407,7 @@ async def _has_leaves(client: _Client, size: int) -> bool:
     try:
         await client.stub.GetInclusionProof(
             ingest_pb2.GetInclusionProofRequest(leaf_index=size - 1, tree_size=size),
-            metadata=client.metadata("GetInclusionProof", ("auditor",)),
+            metadata=client.metadata(("auditor",)),
         )
         return True
     except grpc.aio.AioRpcError:
@@ -408,7 +445,7 @@ async def _stream(
     batches = iter([payload[i : i + batch] for i in range(0, len(payload), batch)])
     before = await _tree_size(client)
     sender = via or client
-    metadata = sender.metadata("StreamAppendEvents")
+    metadata = sender.metadata()
     acknowledged = 0
 
     async def one_stream() -> None:
@@ -446,7 +483,7 @@ async def _fixed_rate(
     events = _events(int(rate * seconds) + 1, people=people)
     latencies: list[float] = []
     acknowledgements: list[tuple[str, float]] = []
-    metadata = client.metadata("AppendEvent")
+    metadata = client.metadata()
 
     async def send(event: ingest_pb2.Event) -> None:
         began = time.perf_counter()
@@ -467,7 +504,7 @@ async def _fixed_rate(
 
 
 async def _checkpoint_latencies(client: _Client, acknowledgements: list[tuple[str, float]]) -> list[float]:
-    metadata = client.metadata("GetReceipt", ("auditor",))
+    metadata = client.metadata(("auditor",))
     sample = acknowledgements[:: max(1, len(acknowledgements) // 200)]
     deadline = time.monotonic() + 60
     latencies = []
@@ -492,7 +529,7 @@ def _percentile(values: Sequence[float], fraction: float) -> float:
 
 async def _measure(
     addresses: Sequence[str],
-    secret: bytes,
+    gateway: MtlsFiles,
     arguments: argparse.Namespace,
     backend: str,
     *,
@@ -502,13 +539,13 @@ async def _measure(
     population = Population(arguments.subjects, run_namespace())
     cached = population.step("cached")
     for address in addresses:  # each process its own cache of subject keys
-        warm = _Client.direct(address, secret)
+        warm = _Client.direct(address, gateway)
         try:
             await _touch(warm, cached)
         finally:
             await warm.channel.close()
     chosen = temperatures(cold=arguments.cold, warm=arguments.warm)
-    client = _Client.direct("ipv4:" + ",".join(addresses), secret)
+    client = _Client.direct("ipv4:" + ",".join(addresses), gateway)
     door_client = _Client.through(door) if door is not None else None
     runs: list[StreamRun] = []
     door_run: StreamRun | None = None
@@ -662,7 +699,6 @@ def format_table(figures: Figures) -> str:
 
 def run(arguments: argparse.Namespace) -> Figures:
     database = os.environ.get("DATABASE_URL", "")
-    secret = secrets.token_hex(32)
     with contextlib.ExitStack() as stack:
         data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="awareness-bench-")))
         if database.startswith("postgresql"):
@@ -677,7 +713,6 @@ def run(arguments: argparse.Namespace) -> Figures:
         suite = _Suite(
             data_dir=data_dir,
             database_url=url,
-            secret=secret,
             ingest_processes=arguments.ingest_processes,
             key_cache_seconds=arguments.key_cache_seconds,
         )
@@ -692,7 +727,7 @@ def run(arguments: argparse.Namespace) -> Figures:
         figures = asyncio.run(
             _measure(
                 [f"127.0.0.1:{port}" for port in suite.ingest_ports],
-                secret.encode(),
+                suite.identity("gateway"),
                 arguments,
                 backend,
                 key_cache_seconds=ingest_key_cache_seconds(suite.env("ingest")),

@@ -27,16 +27,23 @@ from services.runtime.config import (
     GATEWAY_ADMIN_PORT_VAR,
     GATEWAY_GRPC_PORT_VAR,
     SERVICE_NAMES,
-    ensure_dev_secret,
+    load_settings,
+    with_identity,
 )
+from services.runtime.identity import MtlsFiles, channel_options
 
 # Started in dependency order: nothing calls a service that is started after it.
 START_ORDER = ("signing", "gdpr", "policy", "scoring", "ingest", "gateway")
 
 
-def grpc_serving(address: str, *, service: str = "", timeout: float = 1.0) -> bool:
+def grpc_serving(
+    address: str, *, mtls: MtlsFiles, server: str, service: str = "", timeout: float = 1.0
+) -> bool:
+    """Whether ``server`` at ``address`` reports ``service`` SERVING, asked over mTLS as ``mtls``."""
     try:
-        with grpc.insecure_channel(address) as channel:
+        with grpc.secure_channel(
+            address, mtls.channel_credentials(), options=channel_options(server)
+        ) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
@@ -53,11 +60,11 @@ def http_ok(url: str, *, timeout: float = 1.0) -> bool:
 
 
 def prepare_data_dir(data_dir: Path) -> None:
-    """First-run set-up: development secrets and PKI, generated locally, never committed."""
+    """First-run set-up: development secrets, mTLS identities and PKI, generated locally, never committed."""
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "logs").mkdir(exist_ok=True)
-    ensure_dev_secret(data_dir / "internal-secret")
     for service in ALL_PROCESSES:
+        with_identity(load_settings(service, {**os.environ, "AWARENESS_DATA_DIR": str(data_dir)}))
         with contextlib.suppress(ModuleNotFoundError):
             module = importlib.import_module(f"services.{service}.bootstrap")
             module.bootstrap_dev(data_dir)
@@ -101,7 +108,13 @@ class Suite:
     def healthy(self, service: str) -> bool:
         if service == "gateway":
             return http_ok(f"http://127.0.0.1:{self.gateway_port}/health/ready")
-        return grpc_serving(self.address(service), service=SERVICE_NAMES[service])
+        return grpc_serving(
+            self.address(service), mtls=self.identity(service), server=service, service=SERVICE_NAMES[service]
+        )
+
+    def identity(self, service: str) -> MtlsFiles:
+        """The service's own certificate: the launcher runs beside it and probes it as itself."""
+        return load_settings(service, self.env).identity
 
     def dead(self) -> list[str]:
         return [name for name, proc in self.processes.items() if proc.poll() is not None]

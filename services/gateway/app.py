@@ -62,10 +62,11 @@ from services.gateway.responses import (
     rpc_error_response,
 )
 from services.gateway.transcoder import Backend, MediaTypeError, Router, parse_http_request, response_payload
-from services.runtime import auth, db, migrations
+from services.runtime import auth, db, identity, migrations
 from services.runtime.clients import ChannelFactory, new_breaker
-from services.runtime.config import SERVICE_NAMES, SERVICES, Settings, with_internal_secret
+from services.runtime.config import SERVICE_NAMES, SERVICES, Settings, with_identity
 from services.runtime.errors import AwarenessError
+from services.runtime.identity import MtlsFiles
 from services.runtime.logs import configure_logging
 from services.runtime.metrics import ServiceMetrics
 from services.runtime.tracing import configure_tracing, shutdown_tracing
@@ -161,7 +162,7 @@ async def _backend_health(state: GatewayState, service: str) -> str:
     stub = state.health_stubs.get(service)
     if stub is None:
         # A plain channel: probes must not trip (or be blocked by) the API calls' breaker.
-        channel = grpc.aio.insecure_channel(state.settings.targets.get(service, service))
+        channel = state.channels.probe_channel(service)
         state.health_channels.append(channel)
         stub = health_pb2_grpc.HealthStub(channel)
         state.health_stubs[service] = stub
@@ -518,7 +519,7 @@ def _make_limiter(settings: Settings, config: GatewayConfig, metrics: GatewayMet
         breaker=breaker,
         fallback_total=metrics.ratelimit_fallback,
         timeout_seconds=config.redis_timeout_seconds,
-        key_secret=settings.internal_secret,
+        key_secret=settings.service_secret,
     )
 
 
@@ -527,7 +528,7 @@ def create_gateway(settings: Settings, *, tracer: trace.Tracer | None = None) ->
 
     ``tracer`` defaults to the process-wide provider's (tests pass their own).
     """
-    state = _build_state(settings)
+    state = _build_state(with_identity(settings))
     app = Starlette(
         routes=_public_routes(),
         middleware=_middleware_stack(state, tracer),
@@ -545,8 +546,9 @@ def _build_state(settings: Settings) -> GatewayState:
     gateway_metrics = GatewayMetrics.create()
     channels = ChannelFactory(
         targets=dict(settings.targets),
+        service="gateway",
         identity=lambda: auth.current_principal() or ANONYMOUS_GATEWAY,
-        internal_secret=settings.internal_secret,
+        mtls=settings.identity,
         timeout_seconds=settings.call_timeout_seconds,
         attempts=settings.retry_attempts,
         breaker_fail_max=settings.breaker_fail_max,
@@ -707,7 +709,7 @@ def create_admin_app(state: GatewayState) -> Starlette:
 
 
 def run_gateway(settings: Settings) -> None:
-    settings = with_internal_secret(settings)
+    settings = with_identity(settings)
     from services.gateway.bootstrap import bootstrap_dev
 
     bootstrap_dev(settings.data_dir)  # idempotent; a no-op in Kubernetes or when the secret is configured
@@ -746,7 +748,11 @@ def run_gateway(settings: Settings) -> None:
         servers.append(_Server(admin))
     door = _door_server(app.state.gateway, settings.host) if config.grpc_port else None
     try:
-        asyncio.run(_serve_all(servers, door, grace_seconds=settings.shutdown_grace_seconds))
+        asyncio.run(
+            _serve_all(
+                servers, door, grace_seconds=settings.shutdown_grace_seconds, renewal=settings.identity
+            )
+        )
     finally:
         shutdown_tracing()
 
@@ -775,10 +781,15 @@ def _door_server(state: GatewayState, host: str) -> Callable[[], grpc.aio.Server
 
 
 async def _serve_all(
-    servers: list[_Server], door: Callable[[], grpc.aio.Server] | None, *, grace_seconds: float
+    servers: list[_Server],
+    door: Callable[[], grpc.aio.Server] | None,
+    *,
+    grace_seconds: float,
+    renewal: MtlsFiles | None = None,
 ) -> None:
-    """Run the public and admin servers and the gRPC door; SIGTERM/SIGINT or either HTTP server
-    stopping stops them all (the door drains its calls for the grace period)."""
+    """Run the public and admin servers and the gRPC door; SIGTERM/SIGINT, either HTTP server
+    stopping, or a renewed mTLS certificate stops them all (the door drains its calls for the grace
+    period)."""
 
     def stop() -> None:
         for server in servers:
@@ -791,12 +802,15 @@ async def _serve_all(
     if door_server is not None:
         await door_server.start()
     tasks = [asyncio.create_task(server.serve()) for server in servers]
+    watch = asyncio.create_task(identity.renewed(renewal)) if renewal is not None else None
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([*tasks, *([watch] if watch else [])], return_when=asyncio.FIRST_COMPLETED)
         stop()
         if door_server is not None:
             await door_server.stop(grace_seconds)
         await asyncio.gather(*tasks)
     finally:
+        if watch is not None:
+            watch.cancel()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -117,5 +117,5 @@ def register(subparsers: Any) -> None:
     revoke = sub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id", metavar="ID")
     revoke.set_defaults(handler=_revoke)
-    # The gateway's HTTP API for analysts and policy authors (an API key, not the internal credential).
+    # The gateway's HTTP API for analysts and policy authors (an API key, not a service certificate).
     remote.register(subparsers)

@@ -1,6 +1,6 @@
 """``awareness events`` and ``awareness policies``: the gateway's HTTP API from a terminal.
 
-For analysts and policy authors, who hold an API key, not the internal credential: every call
+For analysts and policy authors, who hold an API key, not a service certificate: every call
 goes through the gateway (authentication, rate limits, permissions) like any other client's.
 The key is read from ``AWARENESS_API_KEY`` or ``--api-key-file``, never from an argument, so it
 stays out of the process list and the shell history. Answers are printed as the gateway's JSON;

@@ -66,7 +66,7 @@ def build_service(context: ServiceContext) -> GdprService:
     servicer = GdprServicer(
         gdpr=use_cases,
         key_cache_seconds=key_cache_seconds,
-        page_tokens=PageTokens.from_secret(settings.internal_secret),
+        page_tokens=PageTokens.from_secret(settings.service_secret),
     )
 
     async def rewrap_at_start() -> None:

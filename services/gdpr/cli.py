@@ -2,9 +2,9 @@
 
 ``awareness gdpr apply-retention`` is what the Helm CronJob runs daily; ``awareness gdpr rotate-kek``
 rotates the development KEK, and ``awareness gdpr rotate-kek --kubernetes`` is the monthly CronJob that
-rotates the KEK in its Kubernetes Secret (services/gdpr/kekrotation.py). The gRPC commands sign their
-calls with the internal credential (the shared internal secret) as a named principal, so the audit trail
-says which job acted.
+rotates the KEK in its Kubernetes Secret (services/gdpr/kekrotation.py). The gRPC commands call over
+mTLS with gdpr's own certificate (they run beside it), which may name the principal they act for, so the
+audit trail says which job acted.
 
 ``awareness gdpr verify-audit`` is the exception: it reads the audit table straight from the gdpr database
 and recomputes the hash chain, trusting no running service.

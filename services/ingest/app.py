@@ -171,7 +171,7 @@ class IngestRuntime:
             sessions=sessions,
             keys=self.keys,
             gate=gate,
-            page_tokens=PageTokens.from_secret(context.settings.internal_secret),
+            page_tokens=PageTokens.from_secret(context.settings.service_secret),
             on_forget=self.enricher.forget,
             record_forget=self.forgets.record,
         )

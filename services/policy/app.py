@@ -66,7 +66,7 @@ def create_app(context: ServiceContext) -> ServiceApp:
     servicer = PolicyServicer(
         operations=PolicyOperations(sessions=sessions, on_active_set_change=cache.invalidate),
         evaluation=PolicyEvaluation(cache=cache, evaluator=evaluator, metrics=evaluation_metrics),
-        page_tokens=PageTokens.from_secret(context.settings.internal_secret),
+        page_tokens=PageTokens.from_secret(context.settings.service_secret),
     )
 
     async def warm_up() -> None:

@@ -1,18 +1,14 @@
-"""Principals, roles and permissions, and the internal call credential.
+"""Principals, roles and permissions, and who a call acts for.
 
-The gateway authenticates callers and forwards the principal and roles in gRPC
-metadata. Every hop signs that metadata with an HMAC under the shared internal
-secret, and every service verifies it, so a pod that can reach a service cannot
-simply claim to be the gateway. Services check permissions again with the same
-table the gateway uses.
+The gateway authenticates people and integrations and forwards the principal and roles in
+gRPC metadata. Every hop is mTLS with a certificate per service (services.runtime.identity),
+so the callee knows which service called; only the gateway's certificate may name another
+principal. Services check permissions again with the same table the gateway uses.
 """
 
 from __future__ import annotations
 
 import contextvars
-import hashlib
-import hmac
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -21,9 +17,8 @@ from services.runtime.errors import PermissionDeniedError, UnauthenticatedError
 
 PRINCIPAL_HEADER: Final = "x-awareness-principal"
 ROLES_HEADER: Final = "x-awareness-roles"
-TIMESTAMP_HEADER: Final = "x-awareness-timestamp"
-SIGNATURE_HEADER: Final = "x-awareness-signature"
-MAX_CLOCK_SKEW_SECONDS: Final = 300
+# The one service whose calls may act for people and integrations.
+DELEGATING_SERVICE: Final = "gateway"
 SERVICE_SUBJECT_PREFIX: Final = "service:"
 
 PERMISSIONS: Final = frozenset(
@@ -157,55 +152,48 @@ def require_permission(permission: str, principal: Principal | None = None) -> P
     return who
 
 
-def _signing_input(method: str, subject: str, roles: str, timestamp: str) -> bytes:
-    return "\n".join((method, subject, roles, timestamp)).encode()
+def principal_metadata(principal: Principal) -> list[tuple[str, str]]:
+    """The metadata that names the principal a delegating caller acts for."""
+    return [(PRINCIPAL_HEADER, principal.subject), (ROLES_HEADER, ",".join(sorted(principal.roles)))]
 
 
-def sign_metadata(
-    *, secret: bytes, method: str, principal: Principal, now: float | None = None
-) -> list[tuple[str, str]]:
-    """Metadata that proves this call comes from a holder of the internal secret."""
-    roles = ",".join(sorted(principal.roles))
-    timestamp = str(int(time.time() if now is None else now))
-    signature = hmac.new(
-        secret, _signing_input(method, principal.subject, roles, timestamp), hashlib.sha256
-    ).hexdigest()
-    return [
-        (PRINCIPAL_HEADER, principal.subject),
-        (ROLES_HEADER, roles),
-        (TIMESTAMP_HEADER, timestamp),
-        (SIGNATURE_HEADER, signature),
-    ]
-
-
-def verify_metadata(
-    *, secret: bytes, method: str, metadata: Iterable[tuple[str, str | bytes]], now: float | None = None
+def principal_of_call(
+    *, caller: str | None, callee: str, metadata: Iterable[tuple[str, str | bytes]]
 ) -> Principal:
+    """Who a call acts for: the calling service itself, or the principal a delegating caller names.
+
+    ``caller`` is the service proven by the client certificate. Only the gateway (the door for people
+    and integrations) and the callee's own identity (its CLI, run beside it) may name another
+    principal; any other service acts as itself, and a claim to be someone else is refused.
+    """
+    if caller is None:
+        raise UnauthenticatedError(
+            "no client certificate: services are reached over mTLS, by the gateway or another service",
+            reason="MISSING_CLIENT_CERTIFICATE",
+        )
     values: dict[str, str] = {}
     for key, value in metadata:
-        values[key.lower()] = value.decode() if isinstance(value, bytes) else value
+        if key in (PRINCIPAL_HEADER, ROLES_HEADER):
+            values[key] = value.decode() if isinstance(value, bytes) else value
     subject = values.get(PRINCIPAL_HEADER)
-    signature = values.get(SIGNATURE_HEADER)
-    timestamp = values.get(TIMESTAMP_HEADER, "")
-    roles = values.get(ROLES_HEADER, "")
-    if not subject or not signature:
-        raise UnauthenticatedError(
-            "missing internal credential: calls must come through the gateway or another service",
-            reason="MISSING_INTERNAL_CREDENTIAL",
+    if subject is None:
+        return Principal.for_service(caller)
+    if caller not in (DELEGATING_SERVICE, callee):
+        raise PermissionDeniedError(
+            f"service:{caller} may not act for {subject}: only the gateway carries other principals",
+            reason="PRINCIPAL_NOT_DELEGABLE",
+            metadata={"caller": caller},
         )
-    expected = hmac.new(secret, _signing_input(method, subject, roles, timestamp), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, signature):
-        raise UnauthenticatedError("invalid internal credential", reason="BAD_INTERNAL_CREDENTIAL")
-    try:
-        skew = abs((time.time() if now is None else now) - int(timestamp))
-    except ValueError as exc:
-        raise UnauthenticatedError("invalid credential timestamp", reason="BAD_INTERNAL_CREDENTIAL") from exc
-    if skew > MAX_CLOCK_SKEW_SECONDS:
-        raise UnauthenticatedError("internal credential expired", reason="EXPIRED_INTERNAL_CREDENTIAL")
-    role_set = frozenset(r for r in roles.split(",") if r)
+    role_set = frozenset(r for r in values.get(ROLES_HEADER, "").split(",") if r)
     unknown = role_set - ROLES
     if unknown:
         raise UnauthenticatedError(f"unknown roles {sorted(unknown)}", reason="UNKNOWN_ROLE")
+    if "service" in role_set and subject != f"{SERVICE_SUBJECT_PREFIX}{caller}":
+        raise PermissionDeniedError(
+            f"service:{caller} may not claim to be {subject}: a service proves itself by its certificate",
+            reason="PRINCIPAL_NOT_DELEGABLE",
+            metadata={"caller": caller},
+        )
     return Principal(subject=subject, roles=role_set)
 
 

@@ -23,7 +23,7 @@ import pybreaker
 from grpc_status import rpc_status
 
 from services.runtime import auth
-from services.runtime.config import Settings
+from services.runtime.config import Settings, with_identity
 from services.runtime.errors import (
     AbortedError,
     AlreadyExistsError,
@@ -36,6 +36,7 @@ from services.runtime.errors import (
     UnimplementedError,
     error_info,
 )
+from services.runtime.identity import MtlsFiles, channel_options
 from services.runtime.metrics import BREAKER_STATES, ServiceMetrics
 from services.runtime.protos import is_idempotent
 from services.runtime.tracing import inject_metadata
@@ -215,17 +216,24 @@ IdentitySource = auth.Principal | Callable[[], auth.Principal]
 
 
 class _Metadata:
-    def __init__(self, *, secret: bytes, identity: IdentitySource) -> None:
-        self._secret = secret
+    """The principal a call acts for, and its trace context.
+
+    A service acting as itself sends no principal: its certificate says who it is.
+    """
+
+    def __init__(self, *, service: str, identity: IdentitySource) -> None:
+        self._service = service
         self._identity = identity
 
     def principal(self) -> auth.Principal:
         return self._identity if isinstance(self._identity, auth.Principal) else self._identity()
 
-    def build(self, method: str, existing: Sequence[tuple[str, str | bytes]] | None) -> grpc.aio.Metadata:
+    def build(self, existing: Sequence[tuple[str, str | bytes]] | None) -> grpc.aio.Metadata:
         metadata = grpc.aio.Metadata(*(existing or ()))
-        for key, value in auth.sign_metadata(secret=self._secret, method=method, principal=self.principal()):
-            metadata.add(key, value)
+        principal = self.principal()
+        if principal.service != self._service:
+            for key, value in auth.principal_metadata(principal):
+                metadata.add(key, value)
         carrier: dict[str, str] = {}
         inject_metadata(carrier)
         for key, value in carrier.items():
@@ -265,7 +273,7 @@ class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
             details = grpc.aio.ClientCallDetails(
                 method=client_call_details.method,
                 timeout=timeout,
-                metadata=self._signer.build(method, client_call_details.metadata),
+                metadata=self._signer.build(client_call_details.metadata),
                 credentials=client_call_details.credentials,
                 wait_for_ready=client_call_details.wait_for_ready,
             )
@@ -312,7 +320,7 @@ class _StreamingBase:
         return grpc.aio.ClientCallDetails(
             method=details.method,
             timeout=details.timeout or self._policy.timeout_seconds,
-            metadata=self._signer.build(_method_name(details), details.metadata),
+            metadata=self._signer.build(details.metadata),
             credentials=details.credentials,
             wait_for_ready=details.wait_for_ready,
         )
@@ -340,8 +348,9 @@ class ChannelFactory:
         self,
         *,
         targets: dict[str, str] | Any,
+        service: str,
         identity: IdentitySource,
-        internal_secret: bytes,
+        mtls: MtlsFiles,
         timeout_seconds: float,
         attempts: int,
         breaker_fail_max: int,
@@ -349,7 +358,8 @@ class ChannelFactory:
         metrics: ServiceMetrics | None = None,
     ) -> None:
         self._targets = dict(targets)
-        self._signer = _Metadata(secret=internal_secret, identity=identity)
+        self._signer = _Metadata(service=service, identity=identity)
+        self._credentials = mtls.channel_credentials()
         self._policy = CallPolicy(timeout_seconds=timeout_seconds, attempts=attempts)
         self._fail_max = breaker_fail_max
         self._reset_seconds = breaker_reset_seconds
@@ -364,8 +374,9 @@ class ChannelFactory:
                 target=name, fail_max=self._fail_max, reset_seconds=self._reset_seconds, metrics=self._metrics
             )
             self.breakers[name] = breaker
-            self._channels[name] = grpc.aio.insecure_channel(
+            self._channels[name] = grpc.aio.secure_channel(
                 address,
+                self._credentials,
                 interceptors=[
                     _UnaryUnary(
                         target=name,
@@ -378,9 +389,16 @@ class ChannelFactory:
                     _StreamUnary(policy=self._policy, signer=self._signer),
                     _StreamStream(policy=self._policy, signer=self._signer),
                 ],
-                options=list(CHANNEL_OPTIONS),
+                options=[*CHANNEL_OPTIONS, *channel_options(name)],
             )
         return self._channels[name]
+
+    def probe_channel(self, name: str) -> grpc.aio.Channel:
+        """A new channel to ``name`` with this process's certificate but no breaker, retries or
+        principal: health probes must not trip (or be blocked by) the calls' breaker. The caller closes it."""
+        return grpc.aio.secure_channel(
+            self._targets.get(name, name), self._credentials, options=channel_options(name)
+        )
 
     def breaker_states(self) -> dict[str, str]:
         return {name: str(b.current_state) for name, b in self.breakers.items()}
@@ -402,15 +420,17 @@ async def call_from_cli(
     timeout_seconds: float,
     attempts: int,
 ) -> Any:
-    """One call from an operator's command to a running ``service``, signed as ``identity``."""
-    if not settings.internal_secret:
-        raise SystemExit(
-            "no internal secret: set AWARENESS_INTERNAL_SECRET(_FILE) or run `awareness up` first"
-        )
+    """One call from an operator's command to the running ``service``, acting as ``identity``.
+
+    The command runs beside the service (on its machine, or in its pod) and proves itself with
+    that service's own certificate, which may name the principal it acts for.
+    """
+    settings = with_identity(settings)
     channels = ChannelFactory(
         targets=dict(settings.targets),
+        service=settings.service,
         identity=identity,
-        internal_secret=settings.internal_secret,
+        mtls=settings.identity,
         timeout_seconds=timeout_seconds,
         attempts=attempts,
         breaker_fail_max=settings.breaker_fail_max,

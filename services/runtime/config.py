@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final, Literal, TypeVar
 
+from services.runtime.identity import MtlsFiles
+
 SERVICES: Final = ("ingest", "policy", "scoring", "signing", "gdpr")
 ALL_PROCESSES: Final = (*SERVICES, "gateway")
 
@@ -159,12 +161,44 @@ def load_secret(
     return ensure_dev_secret(dev_file, nbytes=nbytes)
 
 
-def with_internal_secret(settings: Settings) -> Settings:
-    """Settings whose internal secret is set: configured, or the dev file outside Kubernetes."""
-    if settings.internal_secret:
+MTLS_DIR_VAR: Final = "AWARENESS_MTLS_DIR"
+MTLS_FILE_VARS: Final = ("AWARENESS_MTLS_CERT_FILE", "AWARENESS_MTLS_KEY_FILE", "AWARENESS_MTLS_CA_FILE")
+SERVICE_SECRET_VAR: Final = "AWARENESS_SERVICE_SECRET"  # noqa: S105 - a variable name
+
+
+def _mtls_files(env: Mapping[str, str], data_dir: Path, service: str) -> MtlsFiles | None:
+    """The configured certificate files; else, outside Kubernetes, the development layout."""
+    cert, key, ca = (env.get(name, "").strip() for name in MTLS_FILE_VARS)
+    if cert or key or ca:
+        if not (cert and key and ca):
+            raise ConfigError(f"set all of {', '.join(MTLS_FILE_VARS)}, or none")
+        return MtlsFiles(Path(cert), Path(key), Path(ca))
+    if in_kubernetes(env):
+        return None
+    return MtlsFiles.in_directory(Path(env_str(env, MTLS_DIR_VAR, str(data_dir / "mtls"))), service)
+
+
+def _dev_service_secret_file(data_dir: Path, service: str) -> Path:
+    return data_dir / "service-secrets" / service
+
+
+def with_identity(settings: Settings) -> Settings:
+    """Settings whose mTLS identity and service secret exist: configured, or, outside Kubernetes,
+    made for development on first use (``awareness up`` makes them all before starting anything)."""
+    mtls = settings.mtls
+    if mtls is None or not mtls.exist():
+        what = f"the mTLS certificate of {settings.service} ({', '.join(MTLS_FILE_VARS)})"
+        refuse_generated_secret(settings.env, what)
+        if mtls is None or any(settings.env.get(name, "").strip() for name in MTLS_FILE_VARS):
+            raise MissingSecretError(f"{what}: the files do not exist")
+        from services.runtime.devtls import ensure_identity_certificate
+
+        ensure_identity_certificate(mtls.cert_file.parent, settings.service)
+    if settings.service_secret:
         return settings
-    refuse_generated_secret(settings.env, "AWARENESS_INTERNAL_SECRET (or AWARENESS_INTERNAL_SECRET_FILE)")
-    return replace(settings, internal_secret=ensure_dev_secret(settings.data_dir / "internal-secret"))
+    refuse_generated_secret(settings.env, f"{SERVICE_SECRET_VAR} (or {SERVICE_SECRET_VAR}_FILE)")
+    secret = ensure_dev_secret(_dev_service_secret_file(settings.data_dir, settings.service))
+    return replace(settings, service_secret=secret)
 
 
 def ensure_dev_secret(path: Path, *, nbytes: int = 32) -> bytes:
@@ -186,6 +220,8 @@ class Settings:
     service: str
     host: str = "127.0.0.1"
     grpc_port: int = 0
+    # A plaintext port serving only grpc.health.v1, for kubelet's probes (0 = none).
+    health_port: int = 0
     metrics_port: int = 0
     data_dir: Path = Path("var")
     database_url: str = ""
@@ -204,13 +240,24 @@ class Settings:
     grpc_max_connection_age_seconds: float = 0.0
     # Calls in flight when the age is reached may finish within this grace.
     grpc_max_connection_age_grace_seconds: float = DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS
-    internal_secret: bytes = b""
+    # This process's mTLS identity (services.runtime.identity); None only in Kubernetes when unset.
+    mtls: MtlsFiles | None = None
+    # Known only to the replicas of this service: the key of its page tokens (and the gateway's
+    # API-key pepper). No other service holds it.
+    service_secret: bytes = b""
     require_services: bool = False
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def is_postgres(self) -> bool:
         return self.database_url.startswith("postgresql")
+
+    @property
+    def identity(self) -> MtlsFiles:
+        """The mTLS identity ``with_identity`` made sure of."""
+        if self.mtls is None or not self.mtls.exist():
+            raise MissingSecretError(f"{self.service} has no mTLS identity; load it with with_identity")
+        return self.mtls
 
     def target(self, service: str) -> str:
         return self.targets[service]
@@ -240,8 +287,8 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
     if exporter not in ("none", "console", "otlp", "memory"):
         raise ConfigError(f"AWARENESS_TRACES_EXPORTER must be none, console or otlp, got {exporter!r}")
     # In Kubernetes a file under the data directory could only be one a pod generated: ignore it.
-    dev_secret = None if in_kubernetes(source) else data_dir / "internal-secret"
-    secret = read_secret(source, "AWARENESS_INTERNAL_SECRET", default_file=dev_secret)
+    dev_secret = None if in_kubernetes(source) else _dev_service_secret_file(data_dir, service)
+    secret = read_secret(source, SERVICE_SECRET_VAR, default_file=dev_secret)
     if service == "gateway":
         default_port = env_int(source, "AWARENESS_GATEWAY_PORT", DEFAULT_GATEWAY_PORT)
         default_metrics = 0
@@ -252,6 +299,7 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         service=service,
         host=env_str(source, "AWARENESS_HOST", "127.0.0.1"),
         grpc_port=env_int(source, "AWARENESS_GRPC_PORT", default_port),
+        health_port=env_int(source, "AWARENESS_HEALTH_PORT", 0),
         metrics_port=env_int(source, "AWARENESS_METRICS_PORT", default_metrics),
         data_dir=data_dir,
         database_url=database_url,
@@ -271,7 +319,8 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
             "AWARENESS_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS",
             DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS,
         ),
-        internal_secret=secret or b"",
+        mtls=_mtls_files(source, data_dir, service),
+        service_secret=secret or b"",
         require_services=env_bool(source, "AWARENESS_REQUIRE_SERVICES", False),
         env=source,
     )

@@ -1,4 +1,6 @@
-"""Development TLS under ``awareness up``: a local CA and server certificates issued by it.
+"""Development TLS under ``awareness up``: a local CA and the certificates it issues.
+
+Server certificates for the gateway's doors, and each service's mTLS identity.
 
 Only for a suite on one machine (``make run``). In Kubernetes certificates come from Secrets
 (cert-manager or the operator), and nothing here runs. The CA's key stays under the data
@@ -18,6 +20,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from services.runtime import identity
 
 CA_LIFETIME = timedelta(days=3650)
 CERTIFICATE_LIFETIME = timedelta(days=365)
@@ -98,6 +102,34 @@ def ensure_server_certificate(
     directory: Path, name: str, *, now: datetime | None = None
 ) -> ServerCertificate:
     """``<name>.crt``/``<name>.key`` for localhost under ``directory``, issued by its CA (made once)."""
+    return _ensure_certificate(directory, name, uris=(), dns_names=(), client=False, now=now)
+
+
+def ensure_service_certificate(
+    directory: Path, service: str, *, spiffe_id: str, dns_name: str, now: datetime | None = None
+) -> ServerCertificate:
+    """A service's mTLS identity under ``directory``: its SPIFFE ID as URI SAN, for server and client use."""
+    return _ensure_certificate(
+        directory, service, uris=(spiffe_id,), dns_names=(dns_name,), client=True, now=now
+    )
+
+
+def ensure_identity_certificate(directory: Path, service: str) -> ServerCertificate:
+    """``service``'s development mTLS identity in the layout ``identity.MtlsFiles.in_directory`` reads."""
+    return ensure_service_certificate(
+        directory, service, spiffe_id=identity.spiffe_id(service), dns_name=identity.server_name(service)
+    )
+
+
+def _ensure_certificate(
+    directory: Path,
+    name: str,
+    *,
+    uris: tuple[str, ...],
+    dns_names: tuple[str, ...],
+    client: bool,
+    now: datetime | None,
+) -> ServerCertificate:
     now = now or datetime.now(UTC)
     result = ServerCertificate(
         chain_file=directory / f"{name}.crt", key_file=directory / f"{name}.key", ca_file=directory / "ca.crt"
@@ -111,8 +143,10 @@ def ensure_server_certificate(
         except (ValueError, TypeError, InvalidSignature):
             pass  # the CA was made again: issue anew
     key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = [x509.DNSName(n) for n in LOCAL_NAMES]
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
+    names += [x509.DNSName(n) for n in (*dns_names, *LOCAL_NAMES)]
     names += [x509.IPAddress(ipaddress.ip_address(a)) for a in LOCAL_ADDRESSES]
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, *([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])]
     certificate = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"awareness {name} (development)")]))
@@ -123,7 +157,7 @@ def ensure_server_certificate(
         .not_valid_after(now + CERTIFICATE_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     _write_private(result.key_file, _pem_key(key))

@@ -1,7 +1,7 @@
 """The server interceptor every service uses: auth, tracing, metrics, logs and error mapping.
 
 One interceptor (not five) keeps a single wrapper on the hot path. Order inside it:
-verify the internal credential, open the server span from the incoming W3C context,
+take the caller's identity from its certificate, open the server span from the incoming W3C context,
 run the handler, map any error to ``google.rpc.Status``, record metrics and a log line.
 """
 
@@ -22,7 +22,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from services.runtime import auth
+from services.runtime import auth, identity
 from services.runtime.db import is_store_outage, store_unavailable
 from services.runtime.errors import (
     AwarenessError,
@@ -51,14 +51,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         *,
         service: str,
         metrics: ServiceMetrics,
-        internal_secret: bytes,
         permission_for: PermissionLookup | None = None,
         validated_fields: frozenset[str] = frozenset(),
     ) -> None:
         self._service = service
         self._validated_fields = validated_fields
         self._metrics = metrics
-        self._secret = internal_secret
         self._permission_for = permission_for or required_permission
         self._tracer = trace.get_tracer("awareness.grpc.server")
 
@@ -96,7 +94,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         )
 
     def _authenticate(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> auth.Principal:
-        principal = auth.verify_metadata(secret=self._secret, method=method, metadata=_metadata(context))
+        principal = auth.principal_of_call(
+            caller=identity.peer_service(context), callee=self._service, metadata=_metadata(context)
+        )
         permission = self._permission_for(method)
         if permission == UNDECLARED:
             raise PermissionDeniedError(f"{method} declares no permission", reason="PERMISSION_UNDECLARED")

@@ -1,7 +1,7 @@
 """AIP-158 pagination: page sizes and the suite's one page-token codec.
 
 A page token is ``base64url(json(position) || tag)`` where the tag is a truncated
-HMAC-SHA256, under a key derived from the internal secret every replica shares, over the
+HMAC-SHA256, under a key derived from the service's own secret every replica shares, over the
 list method, the request's filters and the position. A client can read nothing it did not
 already see (positions are ids and times of rows it was given), and can change nothing: a
 forged, altered, truncated, other-filter or other-method token is INVALID_ARGUMENT
@@ -24,7 +24,7 @@ from services.runtime.errors import FieldViolation, InvalidArgumentError
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
-# Domain separation: the page-token key is never the internal secret itself, nor any other
+# Domain separation: the page-token key is never the service secret itself, nor any other
 # key derived from it.
 PAGE_TOKEN_KEY_LABEL = b"awareness page token key v1"
 TAG_BYTES = 16
@@ -55,9 +55,9 @@ class PageTokens:
         self._key = key
 
     @classmethod
-    def from_secret(cls, internal_secret: bytes) -> PageTokens:
-        """The codec keyed by HMAC(internal secret, label): every replica derives the same key."""
-        return cls(hmac.new(internal_secret, PAGE_TOKEN_KEY_LABEL, hashlib.sha256).digest())
+    def from_secret(cls, service_secret: bytes) -> PageTokens:
+        """The codec keyed by HMAC(service secret, label): every replica of a service derives the same key."""
+        return cls(hmac.new(service_secret, PAGE_TOKEN_KEY_LABEL, hashlib.sha256).digest())
 
     def encode(self, position: Position, *, method: str, filters: Any = None) -> str:
         """An opaque token for ``position``, valid only for ``method`` with the same ``filters``."""

@@ -22,9 +22,9 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.runtime import auth, db, migrations
+from services.runtime import auth, db, identity, migrations
 from services.runtime.clients import ChannelFactory
-from services.runtime.config import Settings, with_internal_secret
+from services.runtime.config import Settings, with_identity
 from services.runtime.health import HealthReporter
 from services.runtime.interceptors import PermissionLookup, ServerInterceptor
 from services.runtime.logs import configure_logging
@@ -63,11 +63,13 @@ class ServiceApp:
 
 
 def build_context(settings: Settings, *, with_database: bool = True, migrate: bool = True) -> ServiceContext:
+    settings = with_identity(settings)
     metrics = ServiceMetrics(settings.service)
     channels = ChannelFactory(
         targets=dict(settings.targets),
+        service=settings.service,
         identity=auth.Principal.for_service(settings.service),
-        internal_secret=settings.internal_secret,
+        mtls=settings.identity,
         timeout_seconds=settings.call_timeout_seconds,
         attempts=settings.retry_attempts,
         breaker_fail_max=settings.breaker_fail_max,
@@ -119,7 +121,6 @@ def create_server(
             ServerInterceptor(
                 service=app.name,
                 metrics=context.metrics,
-                internal_secret=settings.internal_secret,
                 permission_for=app.permission_for,
                 validated_fields=app.validated_fields,
             )
@@ -141,16 +142,26 @@ def create_server(
     reflection.enable_server_reflection(
         (*app.service_names, "grpc.health.v1.Health", reflection.SERVICE_NAME), server
     )
-    bound = server.add_insecure_port(f"{settings.host}:{settings.grpc_port if port is None else port}")
+    address = f"{settings.host}:{settings.grpc_port if port is None else port}"
+    bound = server.add_secure_port(address, settings.identity.server_credentials())
     if bound == 0:
-        raise OSError(f"cannot bind {settings.host}:{settings.grpc_port}")
+        raise OSError(f"cannot bind {address}")
+    # Plaintext for kubelet's gRPC probes, which cannot present a certificate. Every other method
+    # is refused on it: the interceptor finds no client certificate.
+    if settings.health_port and server.add_insecure_port(f"{settings.host}:{settings.health_port}") == 0:
+        raise OSError(f"cannot bind {settings.host}:{settings.health_port}")
     return server, health, bound
 
 
 async def run_server(
-    app: ServiceApp, context: ServiceContext, *, stop_event: asyncio.Event | None = None
+    app: ServiceApp,
+    context: ServiceContext,
+    *,
+    stop_event: asyncio.Event | None = None,
+    renewal_check_seconds: float = identity.RENEWAL_CHECK_SECONDS,
+    renewal_spread_seconds: float = identity.RENEWAL_SPREAD_SECONDS,
 ) -> None:
-    """Start, report health, wait for a stop signal, then drain in-flight calls."""
+    """Start, report health, wait for a stop signal (or a renewed certificate), then drain in-flight calls."""
     settings = context.settings
     server, health, bound = create_server(app, context)
     stop = stop_event or asyncio.Event()
@@ -166,6 +177,15 @@ async def run_server(
     tasks: list[asyncio.Task[None]] = [
         asyncio.create_task(job(), name=getattr(job, "__name__", "job")) for job in app.background
     ]
+    renewal = asyncio.create_task(
+        identity.renewed(
+            settings.identity,
+            interval_seconds=renewal_check_seconds,
+            spread_seconds=renewal_spread_seconds,
+        )
+    )
+    renewal.add_done_callback(lambda _: stop.set())
+    tasks.append(renewal)
     log.info(
         "serving",
         extra={
@@ -191,7 +211,6 @@ def serve(
     settings: Settings, factory: Callable[[ServiceContext], ServiceApp], *, with_database: bool = True
 ) -> None:
     """The whole life of one service process (``awareness serve <service>``)."""
-    settings = with_internal_secret(settings)
     configure_logging(service=settings.service, level=settings.log_level)
     configure_tracing(service=settings.service, exporter=settings.traces_exporter)
     context = build_context(settings, with_database=with_database)

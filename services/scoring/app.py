@@ -87,7 +87,7 @@ def build_service(context: ServiceContext) -> ScoringService:
         metrics=metrics,
     )
     servicer = ScoringServicer(
-        operations=operations, page_tokens=PageTokens.from_secret(settings.internal_secret)
+        operations=operations, page_tokens=PageTokens.from_secret(settings.service_secret)
     )
     bootstrapped = asyncio.Event()
 

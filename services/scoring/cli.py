@@ -8,8 +8,8 @@ fetches from ingest and register the result as CHALLENGER; the command prints el
 waits, and the service logs each stage. ``awareness model promote NAME`` makes a model champion; every
 replica switches within seconds.
 
-Calls are signed with the internal credential (AWARENESS_INTERNAL_SECRET or var/internal-secret) as the
-principal ``cli:model`` with the ``ml_engineer`` role.
+Calls go over mTLS with the scoring service's own certificate (AWARENESS_MTLS_* or var/mtls/scoring.*),
+which may name the principal ``cli:model`` with the ``ml_engineer`` role.
 """
 
 from __future__ import annotations

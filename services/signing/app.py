@@ -68,7 +68,7 @@ def create_app(
         upstream=upstream,
         serial_source=serial_source,
     )
-    servicer = SigningServicer(signing=signing, page_tokens=PageTokens.from_secret(settings.internal_secret))
+    servicer = SigningServicer(signing=signing, page_tokens=PageTokens.from_secret(settings.service_secret))
 
     async def stop() -> None:
         if upstream is not None:
