@@ -1,12 +1,13 @@
 """Shared fixtures: real PostgreSQL and Redis when configured, and a rule that
 ``AWARENESS_REQUIRE_SERVICES=1`` (set by CI) turns their absence into a failure.
 
-The helpers themselves live in tests/support/; ``INTERNAL_SECRET`` and ``free_port`` are
+The helpers themselves live in tests/support/; ``IDENTITY_ENV`` and ``free_port`` are
 re-exported here for the modules that import them from this file."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -14,7 +15,8 @@ import pytest
 from tests.support.idp import IdentityProvider
 from tests.support.resources import free_port as free_port
 from tests.support.resources import temporary_database
-from tests.support.servers import INTERNAL_SECRET as INTERNAL_SECRET
+from tests.support.servers import IDENTITY_ENV as IDENTITY_ENV
+from tests.support.servers import MTLS_DIR, issue_test_identities
 from tests.support.suite import SQLITE, Backend, postgres_backend
 
 REQUIRE_SERVICES = os.environ.get("AWARENESS_REQUIRE_SERVICES", "") == "1"
@@ -91,9 +93,12 @@ def redis_url() -> str:
     return _reachable("Redis at REDIS_URL", url, _ping)
 
 
-@pytest.fixture
-def internal_secret() -> bytes:
-    return INTERNAL_SECRET
+@pytest.fixture(scope="session", autouse=True)
+def _test_identities() -> Iterator[None]:
+    """One development CA and a certificate per service for the whole run (tests/support/servers.py)."""
+    issue_test_identities()
+    yield
+    shutil.rmtree(MTLS_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])

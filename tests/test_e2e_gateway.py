@@ -26,9 +26,12 @@ from grpc_status import rpc_status
 
 from services.gateway.domain import gophish
 from services.runtime import auth
+from services.runtime.config import load_settings
 from services.runtime.errors import error_info
+from services.runtime.identity import channel_options
 from tests.gdpr.dumps import holding, needles, pg_dump, postgres_files_holding, redis_holding, scan_file
 from tests.support.idp import IdentityProvider
+from tests.support.servers import identity_of
 from tests.support.suite import REPO, Backend, UpSuite, awareness_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -231,26 +234,55 @@ def test_missing_permission_gets_403(suite: UpSuite) -> None:
     assert response.json()["details"][0]["metadata"] == {"permission": "ingest:write"}
 
 
-def test_a_service_refuses_calls_that_did_not_come_through_the_gateway(suite: UpSuite) -> None:
+def _ingest_refusal(
+    suite: UpSuite, credentials: grpc.ChannelCredentials, metadata: list[tuple[str, str]] | None = None
+) -> tuple[grpc.StatusCode, str]:
+    """ListEvents on the suite's ingest over ``credentials``: the code and ErrorInfo reason of its refusal."""
     request = ingest_pb2.ListEventsRequest(page_size=1)
+    with (
+        grpc.secure_channel(
+            suite.addresses["ingest"], credentials, options=channel_options("ingest")
+        ) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        ingest_pb2_grpc.IngestServiceStub(channel).ListEvents(request, metadata=metadata, timeout=10)
+    status = rpc_status.from_call(refused.value)
+    info = error_info(status) if status is not None else None
+    return refused.value.code(), info.reason if info is not None else ""
+
+
+def test_a_service_refuses_calls_that_did_not_come_through_the_gateway(suite: UpSuite) -> None:
+    mallory = auth.principal_metadata(auth.Principal(subject="mallory", roles=frozenset({"admin"})))
+    request = ingest_pb2.ListEventsRequest(page_size=1)
+    # Plaintext never gets past the handshake: every hop is mTLS.
     with grpc.insecure_channel(suite.addresses["ingest"]) as channel:
-        stub = ingest_pb2_grpc.IngestServiceStub(channel)
         with pytest.raises(grpc.RpcError) as bare:
-            stub.ListEvents(request, timeout=10)
-        assert bare.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        status = rpc_status.from_call(bare.value)
-        assert status is not None
-        info = error_info(status)
-        assert info is not None and info.reason == "MISSING_INTERNAL_CREDENTIAL"
-        # Claiming to be an admin with a made-up secret is refused too.
-        forged = auth.sign_metadata(
-            secret=b"not-the-internal-secret-0123456789",
-            method="/awareness.ingest.v1.IngestService/ListEvents",
-            principal=auth.Principal(subject="mallory", roles=frozenset({"admin"})),
-        )
-        with pytest.raises(grpc.RpcError) as spoofed:
-            stub.ListEvents(request, metadata=forged, timeout=10)
-        assert spoofed.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            ingest_pb2_grpc.IngestServiceStub(channel).ListEvents(request, timeout=10)
+        assert bare.value.code() == grpc.StatusCode.UNAVAILABLE
+    suite_ca = load_settings("gateway", suite.env).identity.ca_file.read_bytes()
+    # TLS that trusts ingest but shows no certificate of its own: refused by the handshake.
+    anonymous = grpc.ssl_channel_credentials(root_certificates=suite_ca)
+    assert _ingest_refusal(suite, anonymous, mallory)[0] == grpc.StatusCode.UNAVAILABLE
+    # A "gateway" certificate from a CA this suite does not trust (the test run's own): refused too.
+    stranger = identity_of("gateway")
+    foreign = grpc.ssl_channel_credentials(
+        root_certificates=suite_ca,
+        private_key=stranger.key_file.read_bytes(),
+        certificate_chain=stranger.cert_file.read_bytes(),
+    )
+    assert _ingest_refusal(suite, foreign, mallory)[0] == grpc.StatusCode.UNAVAILABLE
+    # The suite's own scoring certificate may act only as scoring, not for an admin it names.
+    scoring = load_settings("scoring", suite.env).identity.channel_credentials()
+    assert _ingest_refusal(suite, scoring, mallory) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "PRINCIPAL_NOT_DELEGABLE",
+    )
+    # The same call from the suite's gateway certificate is an admin's: the refusals were about the caller.
+    gateway = load_settings("gateway", suite.env).identity.channel_credentials()
+    with grpc.secure_channel(
+        suite.addresses["ingest"], gateway, options=channel_options("ingest")
+    ) as channel:
+        ingest_pb2_grpc.IngestServiceStub(channel).ListEvents(request, metadata=mallory, timeout=10)
 
 
 # --- single events from many producers at once --------------------------------------------

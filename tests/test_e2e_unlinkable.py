@@ -27,7 +27,7 @@ import pytest
 from services.gateway.app import create_gateway
 from services.gateway.domain import gophish
 from services.runtime.config import load_settings
-from tests.conftest import INTERNAL_SECRET
+from tests.conftest import IDENTITY_ENV
 from tests.gateway.conftest import bearer, create_key
 from tests.gdpr.dumps import pg_dump
 from tests.gdpr.suite import in_process_suite
@@ -113,7 +113,7 @@ async def api(tmp_path: Path, backend: tuple[str, str]) -> AsyncIterator[Api]:
     async with in_process_suite(tmp_path, services=SERVICES, database_url=database_url, **QUIET) as suite:
         env = {
             "AWARENESS_DATA_DIR": str(tmp_path),
-            "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
+            **IDENTITY_ENV,
             "AWARENESS_GOPHISH_SECRET": GOPHISH_SECRET,
             "AWARENESS_GATEWAY_RATE_PRINCIPAL_PER_MIN": "100000",
             "AWARENESS_GATEWAY_RATE_IP_PER_MIN": "100000",

@@ -1,4 +1,5 @@
-"""`awareness up` starts every service as its own process; each reports SERVING with reflection."""
+"""`awareness up` starts every service as its own process; each reports SERVING with reflection, over
+mTLS with the certificates `awareness up` issued under its data directory, and refuses plaintext."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from services.runtime.config import SERVICES
-from tests.support.suite import SQLITE, Backend, awareness_up
+from services.runtime.config import SERVICES, load_settings
+from services.runtime.identity import channel_options
+from tests.support.suite import SQLITE, Backend, UpSuite, awareness_up
 
 pytestmark = pytest.mark.e2e
 
@@ -29,20 +31,30 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory, suite_backend: Backend) -> Iterator[dict[str, str]]:
+def suite(tmp_path_factory: pytest.TempPathFactory, suite_backend: Backend) -> Iterator[UpSuite]:
     data_dir = tmp_path_factory.mktemp(f"suite-{suite_backend.name}")
     with awareness_up(data_dir, suite_backend, extra_env=START_UP_ONLY) as running:
-        yield {"gateway": running.url, **running.addresses}
+        yield running
 
 
-def test_gateway_live_answers_200(suite: dict[str, str]) -> None:
-    with urllib.request.urlopen(suite["gateway"] + "/health/live", timeout=5) as response:
+def test_gateway_live_answers_200(suite: UpSuite) -> None:
+    with urllib.request.urlopen(suite.url + "/health/live", timeout=5) as response:
         assert response.status == 200
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_each_service_is_serving_and_reflects_its_methods(suite: dict[str, str], service: str) -> None:
-    with grpc.insecure_channel(suite[service]) as channel:
+def test_each_service_is_serving_and_reflects_its_methods(suite: UpSuite, service: str) -> None:
+    # The gateway's certificate, as `awareness up` issued it under the suite's data directory.
+    gateway = load_settings("gateway", suite.env).identity
+    assert gateway.cert_file.is_relative_to(suite.data_dir)
+    address = suite.addresses[service]
+    with grpc.insecure_channel(address) as plaintext:
+        with pytest.raises(grpc.RpcError) as refused:
+            health_pb2_grpc.HealthStub(plaintext).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    with grpc.secure_channel(
+        address, gateway.channel_credentials(), options=channel_options(service)
+    ) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for name in ("", EXPECTED[service]):
             reply = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)

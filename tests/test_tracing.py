@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanKind
 from bench.loadgen import make_event
 from services.runtime.config import load_settings
 from services.runtime.tracing import configure_tracing
-from tests.conftest import INTERNAL_SECRET
+from tests.conftest import IDENTITY_ENV
 from tests.gdpr.suite import in_process_suite
 from tests.support.suite import run_module
 
@@ -88,7 +88,7 @@ def api_key(data_dir: Path) -> str:
     env = {
         "PATH": "/usr/bin:/bin",
         "AWARENESS_DATA_DIR": str(data_dir),
-        "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
+        **IDENTITY_ENV,
     }
     completed = run_module("services.cli", "keys", "create", "--name", "tracing", "--role", "admin", env=env)
     assert completed.returncode == 0, completed.stderr

@@ -1,14 +1,16 @@
-"""In-process fixtures: the real gateway app in front of fake backends on a real gRPC port.
+"""In-process fixtures: the real gateway app in front of fake backends on real gRPC ports.
 
-The fakes run behind the runtime's real server interceptor, so the signed principal the
-gateway sends is verified exactly as in production; each fake records what it received.
+The fakes run behind the runtime's real server interceptor, one per service and each with that
+service's certificate (the gateway's channel to ingest accepts only ingest's), so the gateway's
+certificate and the principal it names are checked exactly as in production; each fake records
+what it received.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from services.gateway.app import create_gateway
 from services.runtime import auth
 from services.runtime.config import SERVICES, load_settings
 from services.runtime.errors import FailedPreconditionError, FieldViolation, NotFoundError
-from tests.support.servers import INTERNAL_SECRET, serving
+from tests.support.servers import IDENTITY_ENV, serving
 
 EXPORT_CHUNKS = (b'{"subject": ', b'"alice@example.org", ', b'"events": []}')
 
@@ -121,34 +123,59 @@ class FakeSigning(signing_pb2_grpc.SigningServiceServicer):
         return signing_pb2.TimestampResponse(response=b"reply:" + request.request)
 
 
-def register_fakes(seen: Seen) -> Callable[[grpc.aio.Server], None]:
+def register_fakes(service: str, seen: Seen) -> Callable[[grpc.aio.Server], None]:
+    """The fake of ``service``'s API (none for scoring: its calls are UNIMPLEMENTED)."""
+
     def register(server: grpc.aio.Server) -> None:
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(FakeIngest(seen), server)  # type: ignore[abstract]
-        policy_pb2_grpc.add_PolicyServiceServicer_to_server(FakePolicy(seen), server)  # type: ignore[abstract]
-        gdpr_pb2_grpc.add_GdprServiceServicer_to_server(FakeGdpr(seen), server)  # type: ignore[abstract]
-        signing_pb2_grpc.add_SigningServiceServicer_to_server(FakeSigning(seen), server)  # type: ignore[abstract]
+        if service == "ingest":
+            ingest_pb2_grpc.add_IngestServiceServicer_to_server(FakeIngest(seen), server)  # type: ignore[abstract]
+        elif service == "policy":
+            policy_pb2_grpc.add_PolicyServiceServicer_to_server(FakePolicy(seen), server)  # type: ignore[abstract]
+        elif service == "gdpr":
+            gdpr_pb2_grpc.add_GdprServiceServicer_to_server(FakeGdpr(seen), server)  # type: ignore[abstract]
+        elif service == "signing":
+            signing_pb2_grpc.add_SigningServiceServicer_to_server(FakeSigning(seen), server)  # type: ignore[abstract]
 
     return register
 
 
-FAKE_SERVICE_NAMES = (
-    "awareness.ingest.v1.IngestService",
-    "awareness.policy.v1.PolicyService",
-    "awareness.gdpr.v1.GdprService",
-    "awareness.signing.v1.SigningService",
-)
+FAKE_SERVICE_NAMES: Mapping[str, tuple[str, ...]] = {
+    "ingest": ("awareness.ingest.v1.IngestService",),
+    "policy": ("awareness.policy.v1.PolicyService",),
+    "gdpr": ("awareness.gdpr.v1.GdprService",),
+    "signing": ("awareness.signing.v1.SigningService",),
+    "scoring": (),
+}
+
+# Where the gateway finds each backend: one address per service, or one address for all of them
+# (where nothing listens, or nothing the gateway's channels would accept).
+Backends = Mapping[str, str] | str
+
+
+@asynccontextmanager
+async def fake_backends(seen: Seen) -> AsyncIterator[dict[str, str]]:
+    """One fake server per service, each served under that service's name and certificate."""
+    async with AsyncExitStack() as stack:
+        addresses: dict[str, str] = {}
+        for service in SERVICES:
+            fake = await stack.enter_async_context(
+                serving(service, register_fakes(service, seen), FAKE_SERVICE_NAMES[service])
+            )
+            addresses[service] = fake.address
+        yield addresses
 
 
 GOPHISH_SECRET = "gophish-test-secret-0123456789abcdef"
 
 
-def gateway_env(tmp_path: Path, backend: str, **extra: str) -> dict[str, str]:
+def gateway_env(tmp_path: Path, backend: Backends, **extra: str) -> dict[str, str]:
+    addresses = {s: backend for s in SERVICES} if isinstance(backend, str) else dict(backend)
     env = {
         "AWARENESS_DATA_DIR": str(tmp_path),
-        "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
+        **IDENTITY_ENV,
         "AWARENESS_GOPHISH_SECRET": GOPHISH_SECRET,
         "AWARENESS_BREAKER_RESET_SECONDS": "30",
-        **{f"AWARENESS_{s.upper()}_TARGET": backend for s in SERVICES},
+        **{f"AWARENESS_{s.upper()}_TARGET": address for s, address in addresses.items()},
     }
     env.update(extra)
     return env
@@ -179,12 +206,12 @@ def seen() -> Seen:
 
 
 @pytest.fixture
-async def backend(seen: Seen) -> AsyncIterator[str]:
-    async with serving("test", register_fakes(seen), FAKE_SERVICE_NAMES) as fakes:
-        yield fakes.address
+async def backend(seen: Seen) -> AsyncIterator[dict[str, str]]:
+    async with fake_backends(seen) as addresses:
+        yield addresses
 
 
-async def open_harness(tmp_path: Path, backend: str, seen: Seen, **extra: str) -> Harness:
+async def open_harness(tmp_path: Path, backend: Backends, seen: Seen, **extra: str) -> Harness:
     env = gateway_env(tmp_path, backend, **extra)
     app = create_gateway(load_settings("gateway", env))
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test")
@@ -204,7 +231,9 @@ async def close_harness(harness: Harness) -> None:
 
 
 @asynccontextmanager
-async def running_gateway(tmp_path: Path, backend: str, seen: Seen, **extra: str) -> AsyncIterator[Harness]:
+async def running_gateway(
+    tmp_path: Path, backend: Backends, seen: Seen, **extra: str
+) -> AsyncIterator[Harness]:
     """The gateway app (settings ``extra`` on top of the harness's) in front of the fakes at ``backend``."""
     harness = await open_harness(tmp_path, backend, seen, **extra)
     try:
@@ -214,7 +243,7 @@ async def running_gateway(tmp_path: Path, backend: str, seen: Seen, **extra: str
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path, backend: str, seen: Seen) -> AsyncIterator[Harness]:
+async def gateway(tmp_path: Path, backend: Backends, seen: Seen) -> AsyncIterator[Harness]:
     async with running_gateway(tmp_path, backend, seen) as harness:
         yield harness
 

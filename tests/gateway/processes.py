@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import INTERNAL_SECRET, free_port
+from tests.conftest import IDENTITY_ENV, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_SECONDS = 60.0
@@ -56,9 +56,9 @@ def gateway_process(data_dir: Path, **extra_env: str) -> Iterator[GatewayProcess
         AWARENESS_GATEWAY_PORT=str(public_port),
         AWARENESS_GATEWAY_ADMIN_PORT=str(admin_port),
         AWARENESS_GATEWAY_GRPC_PORT=str(free_port()),
-        AWARENESS_INTERNAL_SECRET=INTERNAL_SECRET.decode(),
         AWARENESS_SHUTDOWN_GRACE_SECONDS="2",
     )
+    env.update(IDENTITY_ENV)
     env.update(extra_env)
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / "gateway.log"

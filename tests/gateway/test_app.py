@@ -1,4 +1,4 @@
-"""The gateway app in process, in front of fake backends on a real gRPC port."""
+"""The gateway app in process, in front of fake backends (one per service) on real gRPC ports."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from services.gateway.domain import gophish
 from tests.gateway.conftest import (
     EXPORT_CHUNKS,
     GOPHISH_SECRET,
+    Backends,
     Harness,
     Seen,
     admin_get,
@@ -109,7 +110,7 @@ def _token(private: Any, **claims: Any) -> str:
 
 
 @pytest.fixture
-async def jwt_gateway(tmp_path: Path, backend: str, seen: Seen) -> Any:
+async def jwt_gateway(tmp_path: Path, backend: Backends, seen: Seen) -> Any:
     private, path = _jwks(tmp_path)
     async with running_gateway(
         tmp_path,
@@ -384,7 +385,7 @@ async def test_security_headers_and_no_server_banner(gateway: Harness) -> None:
     )
 
 
-async def test_cors_only_for_configured_origins(tmp_path: Path, backend: str, seen: Seen) -> None:
+async def test_cors_only_for_configured_origins(tmp_path: Path, backend: Backends, seen: Seen) -> None:
     async with running_gateway(
         tmp_path, backend, seen, AWARENESS_GATEWAY_CORS_ORIGINS="https://ui.test"
     ) as harness:
@@ -397,7 +398,7 @@ async def test_cors_only_for_configured_origins(tmp_path: Path, backend: str, se
         assert "access-control-allow-origin" not in refused.headers
 
 
-async def test_body_over_the_limit_gets_413(tmp_path: Path, backend: str, seen: Seen) -> None:
+async def test_body_over_the_limit_gets_413(tmp_path: Path, backend: Backends, seen: Seen) -> None:
     async with running_gateway(tmp_path, backend, seen, AWARENESS_GATEWAY_MAX_BODY_BYTES="1000") as harness:
         key = create_key(harness.env, "admin")
         big = {**EVENT, "summary": "x" * 2000}

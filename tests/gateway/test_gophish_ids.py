@@ -10,6 +10,7 @@ from pathlib import Path
 from services.gateway.domain import gophish
 from tests.gateway.conftest import (
     GOPHISH_SECRET,
+    Backends,
     Seen,
     running_gateway,
 )
@@ -24,7 +25,7 @@ DELIVERY = {
 OLD_NAMESPACE = uuid.UUID("6f2b1c0e-3d4a-5b6c-8d7e-9f0a1b2c3d4e")
 
 
-async def _deliver(tmp_path: Path, backend: str, seen: Seen, secret: str) -> dict[str, object]:
+async def _deliver(tmp_path: Path, backend: Backends, seen: Seen, secret: str) -> dict[str, object]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     async with running_gateway(tmp_path, backend, seen, AWARENESS_GOPHISH_SECRET=secret) as harness:
         body = json.dumps(DELIVERY).encode()
@@ -42,7 +43,7 @@ async def _deliver(tmp_path: Path, backend: str, seen: Seen, secret: str) -> dic
 
 
 async def test_replicas_sharing_the_secret_derive_the_same_keyed_id(
-    tmp_path: Path, backend: str, seen: Seen
+    tmp_path: Path, backend: Backends, seen: Seen
 ) -> None:
     first = await _deliver(tmp_path / "replica-a", backend, seen, GOPHISH_SECRET)
     second = await _deliver(tmp_path / "replica-b", backend, seen, GOPHISH_SECRET)

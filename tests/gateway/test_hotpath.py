@@ -22,6 +22,7 @@ from services.gateway.app import create_gateway
 from services.gateway.domain.keycache import TtlCache
 from services.runtime.config import load_settings
 from tests.gateway.conftest import (
+    Backends,
     FakeClock,
     Harness,
     Seen,
@@ -110,7 +111,9 @@ async def test_revocation_takes_effect_when_the_cached_entry_expires(gateway: Ha
     assert (response.status_code, status_reason(response.json())) == (401, "KEY_REVOKED")
 
 
-async def test_revocation_is_immediate_with_the_cache_off(tmp_path: Path, backend: str, seen: Seen) -> None:
+async def test_revocation_is_immediate_with_the_cache_off(
+    tmp_path: Path, backend: Backends, seen: Seen
+) -> None:
     async with running_gateway(tmp_path, backend, seen, AWARENESS_GATEWAY_KEY_CACHE_SECONDS="0") as harness:
         key = create_key(harness.env, "analyst")
         assert (await harness.client.get("/v1/events", headers=bearer(key))).status_code == 200
@@ -122,7 +125,7 @@ async def test_revocation_is_immediate_with_the_cache_off(tmp_path: Path, backen
 
 @pytest.mark.slow
 async def test_key_store_down_gives_503_and_cached_keys_keep_working(
-    tmp_path: Path, backend: str, seen: Seen, fresh_postgres_db: str
+    tmp_path: Path, backend: Backends, seen: Seen, fresh_postgres_db: str
 ) -> None:
     async with running_gateway(
         tmp_path, backend, seen, AWARENESS_GATEWAY_DATABASE_URL=fresh_postgres_db
@@ -151,7 +154,7 @@ async def test_key_store_down_gives_503_and_cached_keys_keep_working(
 
 @asynccontextmanager
 async def _traced_gateway(
-    tmp_path: Path, backend: str
+    tmp_path: Path, backend: Backends
 ) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str], InMemorySpanExporter]]:
     """A gateway whose spans go to an in-memory exporter: its client, settings and the exporter."""
     exporter = InMemorySpanExporter()
@@ -168,7 +171,7 @@ async def _traced_gateway(
 
 
 async def test_request_runs_in_a_server_span_propagated_to_the_backend(
-    tmp_path: Path, backend: str, seen: Seen
+    tmp_path: Path, backend: Backends, seen: Seen
 ) -> None:
     async with _traced_gateway(tmp_path, backend) as (client, env, exporter):
         key = create_key(env, "analyst")
@@ -190,7 +193,7 @@ async def test_request_runs_in_a_server_span_propagated_to_the_backend(
 
 
 async def test_unauthenticated_request_is_traced_with_its_status(
-    tmp_path: Path, backend: str, seen: Seen
+    tmp_path: Path, backend: Backends, seen: Seen
 ) -> None:
     async with _traced_gateway(tmp_path, backend) as (client, _env, exporter):
         assert (await client.get("/v1/events")).status_code == 401

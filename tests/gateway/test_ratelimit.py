@@ -19,6 +19,7 @@ from services.gateway.ratelimit import RedisRateLimiter
 from services.runtime.clients import new_breaker
 from tests.conftest import free_port
 from tests.gateway.conftest import (
+    Backends,
     FakeClock,
     Harness,
     Seen,
@@ -179,7 +180,7 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
 
 
 async def test_gateway_limits_through_redis_then_falls_back_when_it_stops(
-    own_redis: tuple[str, subprocess.Popen[bytes]], tmp_path: Path, backend: str, seen: Seen
+    own_redis: tuple[str, subprocess.Popen[bytes]], tmp_path: Path, backend: Backends, seen: Seen
 ) -> None:
     url, proc = own_redis
     async with running_gateway(
@@ -210,7 +211,7 @@ async def test_gateway_limits_through_redis_then_falls_back_when_it_stops(
 
 @pytest.mark.redis
 async def test_gateway_429_with_headers_against_real_redis(
-    redis_url: str, tmp_path: Path, backend: str, seen: Seen
+    redis_url: str, tmp_path: Path, backend: Backends, seen: Seen
 ) -> None:
     async with running_gateway(
         tmp_path,
@@ -249,7 +250,7 @@ def limits_in_redis(redis_url: str) -> dict[str, str]:
     }
 
 
-async def _flood_then_valid(tmp_path: Path, backend: str, seen: Seen, **limiter_env: str) -> str:
+async def _flood_then_valid(tmp_path: Path, backend: Backends, seen: Seen, **limiter_env: str) -> str:
     """Bad keys and bad webhook signatures from one address, then a valid key from it, through a
     gateway allowing 3 failed authentications and 5 requests a minute per address; its metrics."""
     async with running_gateway(
@@ -284,14 +285,14 @@ async def _assert_failures_spend_their_own_bucket(harness: Harness) -> None:
 
 
 async def test_failed_authentication_has_its_own_bucket_in_process(
-    tmp_path: Path, backend: str, seen: Seen
+    tmp_path: Path, backend: Backends, seen: Seen
 ) -> None:
     await _flood_then_valid(tmp_path, backend, seen)
 
 
 @pytest.mark.redis
 async def test_failed_authentication_has_its_own_bucket_in_redis(
-    redis_url: str, tmp_path: Path, backend: str, seen: Seen
+    redis_url: str, tmp_path: Path, backend: Backends, seen: Seen
 ) -> None:
     metrics = await _flood_then_valid(tmp_path, backend, seen, **limits_in_redis(redis_url))
     assert "awareness_gateway_ratelimit_fallback_total 0.0" in metrics  # Redis decided, not the fallback

@@ -11,6 +11,7 @@ import pytest
 from services.gateway.config import KEY_CACHE_SECONDS_MAX, load_gateway_config
 from services.runtime.config import ConfigError, load_settings
 from tests.gateway.conftest import (
+    Backends,
     Seen,
     bearer,
     create_key,
@@ -25,7 +26,7 @@ REVOCATION_BOUND_SECONDS = 5.0  # what docs/gateway.md promises
 
 
 async def test_a_key_revoked_through_the_cli_is_refused_by_every_replica_within_5_s(
-    tmp_path: Path, backend: str, seen: Seen
+    tmp_path: Path, backend: Backends, seen: Seen
 ) -> None:
     # Two gateway apps on one key store: replicas behind one load balancer.
     async with (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from awareness.gdpr.v1 import gdpr_pb2
 
-from tests.conftest import INTERNAL_SECRET
+from tests.conftest import IDENTITY_ENV
 from tests.gdpr.conftest import running_harness
 from tests.gdpr.test_service_keys_and_erasure import unique_subject
 from tests.gdpr.test_service_retention_and_kek import issue, months_ago, readable
@@ -20,7 +20,7 @@ async def awareness(*args: str, address: str, data_dir: Path) -> tuple[int, str,
     env = {
         **os.environ,
         "AWARENESS_GDPR_TARGET": address,
-        "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
+        **IDENTITY_ENV,
         "AWARENESS_DATA_DIR": str(data_dir),
     }
     process = await asyncio.create_subprocess_exec(

@@ -19,8 +19,13 @@ from tests.helm.rendering import (
 )
 
 # Custom resources have no schema in kubernetes-validate (it bundles only the core API), so they are
-# the one thing left out of schema validation; the test below proves the library really cannot check them.
-CUSTOM_RESOURCE_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+# the one thing left out of schema validation; the test below proves the library really cannot check
+# them (tests/helm/test_mtls.py checks the cert-manager objects' fields instead).
+CUSTOM_RESOURCE_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("cert-manager.io/v1", "Certificate"),
+    ("cert-manager.io/v1", "Issuer"),
+}
 
 SERVICES = ("ingest", "policy", "scoring", "signing", "gdpr", "gateway")
 
@@ -63,12 +68,15 @@ def test_strict_validation_rejects_an_unknown_field() -> None:
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
 
 
-def test_service_monitor_is_the_only_kind_without_a_bundled_schema() -> None:
+def test_custom_resources_are_the_only_kinds_without_a_bundled_schema() -> None:
     manifests = render(load_values(*SCENARIOS["production"]))
-    monitors = [m for m in manifests if (m["apiVersion"], m["kind"]) in CUSTOM_RESOURCE_KINDS]
-    assert len(monitors) == 1
-    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
-        kubernetes_validate.validate(monitors[0], KUBERNETES_VERSION, strict=True)
+    custom = [m for m in manifests if (m["apiVersion"], m["kind"]) in CUSTOM_RESOURCE_KINDS]
+    # Production renders each of them: the ServiceMonitor, the service Certificates and the CA Issuers.
+    assert {(m["apiVersion"], m["kind"]) for m in custom} == CUSTOM_RESOURCE_KINDS
+    assert len(of_kind(custom, "ServiceMonitor")) == 1
+    for manifest in custom:
+        with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+            kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
 
 
 def test_default_render_has_one_of_each_service_and_no_service_monitor(manifests: list[Manifest]) -> None:

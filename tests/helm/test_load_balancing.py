@@ -115,7 +115,7 @@ def test_headless_services_publish_no_port_the_service_monitor_scrapes() -> None
 
 def test_the_runtime_reads_the_rendered_targets_and_connection_age() -> None:
     config = _config(render())
-    settings = load_settings("ingest", {**config, "AWARENESS_INTERNAL_SECRET": "x" * 32})
+    settings = load_settings("ingest", config)
     assert settings.target("gdpr") == "dns:///awareness-gdpr-headless.awareness.svc.cluster.local:50055"
     assert dict(connection_age_options(settings)) == {
         "grpc.max_connection_age_ms": 300_000,
@@ -136,7 +136,7 @@ def test_connection_age_can_be_turned_off_and_the_cluster_domain_changed() -> No
     manifests = render({"grpc": {"maxConnectionAgeSeconds": 0, "clusterDomain": "corp.example"}})
     config = _config(manifests)
     assert config["AWARENESS_GRPC_MAX_CONNECTION_AGE_SECONDS"] == "0"
-    settings = load_settings("gateway", {**config, "AWARENESS_INTERNAL_SECRET": "x" * 32})
+    settings = load_settings("gateway", config)
     assert connection_age_options(settings) == []
     assert (
         config["AWARENESS_INGEST_TARGET"]

@@ -17,11 +17,13 @@ from tests.helm.rendering import (
     secret_plaintexts,
 )
 
+SERVICES = ("ingest", "policy", "scoring", "signing", "gdpr", "gateway")
+
 KNOWN_SECRETS = {
     "database": "postgresql://awareness:db-S3cret-7f1c@db.internal:5432/awareness",
     "ingest_database": "postgresql://ingest:ingest-S3cret-0a9d@db.internal:5432/ingest",
     "redis": "rediss://:redis-S3cret-55e2@redis.internal:6378/0",
-    "internal": "internal-hmac-S3cret-c0ffee",
+    "gophish": "gophish-hmac-S3cret-c0ffee",
     "kek": base64.b64encode(b"k" * 32).decode(),
     "lookup": base64.b64encode(b"l" * 32).decode(),
     "pki": "-----BEGIN PRIVATE KEY-----\npki-S3cret-d00d\n-----END PRIVATE KEY-----\n",
@@ -33,7 +35,7 @@ SECRET_VALUES = {
         "perServiceUrls": {"ingest": KNOWN_SECRETS["ingest_database"]},
     },
     "redis": {"url": KNOWN_SECRETS["redis"]},
-    "internalSecret": {"value": KNOWN_SECRETS["internal"]},
+    "gophishSecret": {"value": KNOWN_SECRETS["gophish"]},
     "gdprKeys": {"kek": KNOWN_SECRETS["kek"], "lookupSecret": KNOWN_SECRETS["lookup"]},
     "pki": {"files": {"tsa-key.pem": KNOWN_SECRETS["pki"]}},
 }
@@ -67,19 +69,25 @@ def test_known_secrets_land_in_secrets_and_nowhere_else() -> None:
 def test_the_leak_check_would_see_a_secret_in_a_configmap() -> None:
     # Extra env is meant for non-secrets; putting a password there is the mistake the check must catch.
     manifests = render(
-        {**SECRET_VALUES, "services": {"gateway": {"env": {"LEAK": KNOWN_SECRETS["internal"]}}}}
+        {**SECRET_VALUES, "services": {"gateway": {"env": {"LEAK": KNOWN_SECRETS["gophish"]}}}}
     )
     leaked = [
         m
         for m in manifests
-        if m["kind"] != "Secret" and _containers_anywhere(_text(m), KNOWN_SECRETS["internal"])
+        if m["kind"] != "Secret" and _containers_anywhere(_text(m), KNOWN_SECRETS["gophish"])
     ]
     assert leaked
+
+
+def _certificate_secrets(manifests: list[Manifest]) -> set[str]:
+    """The Secrets cert-manager writes for the services' Certificates (the CA's is mounted nowhere)."""
+    return {c["spec"]["secretName"] for c in of_kind(manifests, "Certificate") if c["spec"].get("uris")}
 
 
 def test_services_read_secrets_by_reference() -> None:
     manifests = render(SECRET_VALUES)
     secret_names = {s["metadata"]["name"] for s in of_kind(manifests, "Secret")}
+    secret_names |= _certificate_secrets(manifests)
     for pod in pod_templates(manifests):
         for container in pod.spec["containers"]:
             for env in container.get("env", []):
@@ -105,10 +113,14 @@ def test_existing_secrets_replace_every_chart_secret() -> None:
                 if ref:
                     referenced.add(ref["name"])
         referenced |= {v["secret"]["secretName"] for v in pod.spec["volumes"] if "secret" in v}
+    # The service certificates' Secrets are written by cert-manager, from the chart's Certificates.
+    certificates = _certificate_secrets(manifests)
+    assert certificates
     assert referenced == {
+        *certificates,
         *values["database"]["perServiceSecrets"].values(),
+        *values["serviceSecrets"]["existingSecrets"].values(),
         values["redis"]["existingSecret"],
-        values["internalSecret"]["existingSecret"],
         values["ingestFingerprintSecret"]["existingSecret"],
         values["gophishSecret"]["existingSecret"],
         values["gdprKeys"]["existingSecret"],
@@ -122,7 +134,7 @@ def test_generated_keys_are_random_32_bytes_and_kept_on_uninstall() -> None:
     for name, key in (
         ("awareness-gdpr-keys", "kek"),
         ("awareness-gdpr-keys", "lookup-secret"),
-        ("awareness-internal", "internal-secret"),
+        *((f"awareness-{service}-service-secret", "service-secret") for service in SERVICES),
         ("awareness-ingest-fingerprint", "fingerprint-secret"),
         ("awareness-gophish", "gophish-secret"),
     ):
@@ -132,3 +144,8 @@ def test_generated_keys_are_random_32_bytes_and_kept_on_uninstall() -> None:
         assert len(base64.b64decode(file_content)) == 32
         # Offline renders cannot look up the cluster, so each render draws fresh bytes.
         assert secret["data"][key] != second[name]["data"][key]
+    # Every service has a secret of its own: no two are equal.
+    service_secrets = {
+        first[f"awareness-{service}-service-secret"]["data"]["service-secret"] for service in SERVICES
+    }
+    assert len(service_secrets) == len(SERVICES)

@@ -27,6 +27,7 @@ STANDARD_LABELS = (
     "helm.sh/chart",
 )
 GRPC_PORTS = {"ingest": 50051, "policy": 50052, "scoring": 50053, "signing": 50054, "gdpr": 50055}
+HEALTH_PORT = 8086
 
 
 def _deployment_component(deployment: Manifest) -> str:
@@ -90,8 +91,10 @@ def test_deployment_containers_have_startup_liveness_and_readiness_probes(manife
                 expected_path = "/health/ready" if probe_name == "readinessProbe" else "/health/live"
                 assert probe["httpGet"]["path"] == expected_path
             else:
-                # Native gRPC probes against grpc.health.v1 on the service port.
-                assert probe["grpc"]["port"] == GRPC_PORTS[component] == container_ports["grpc"]
+                # Native gRPC probes against grpc.health.v1 on the plaintext health port: the gRPC
+                # port is mTLS only, and kubelet's gRPC probes cannot do TLS.
+                assert probe["grpc"]["port"] == HEALTH_PORT == container_ports["health"], probe_name
+                assert container_ports["grpc"] == GRPC_PORTS[component]
         if component != "gateway":
             assert container["livenessProbe"]["grpc"]["service"] == ""
             assert container["readinessProbe"]["grpc"]["service"].startswith(f"awareness.{component}.v1.")
@@ -305,7 +308,8 @@ def test_key_material_is_mounted_read_only(component: str) -> None:
         if component == "signing"
         else ["AWARENESS_KEK_FILE", "AWARENESS_LOOKUP_SECRET_FILE"]
     )
-    for var in [*file_vars, "AWARENESS_INTERNAL_SECRET_FILE"]:
+    identity_vars = ["AWARENESS_SERVICE_SECRET_FILE", "AWARENESS_MTLS_KEY_FILE", "AWARENESS_MTLS_CERT_FILE"]
+    for var in [*file_vars, *identity_vars]:
         path = env[var]
         assert path is not None
         mount = next(m for p, m in mounts.items() if path == p or path.startswith(p + "/"))

@@ -1,5 +1,5 @@
 """Run the REAL ingest, gdpr and signing services in-process (each its own server, store and
-settings, talking over 127.0.0.1), and make signed clients for them."""
+settings, talking mTLS over 127.0.0.1), and make clients for them with the suite's certificates."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from services.runtime.clients import ChannelFactory
 from services.runtime.config import load_settings
 from services.runtime.server import build_context
 from tests.support.resources import free_port
-from tests.support.servers import INTERNAL_SECRET, Served, client_factory, start_server, targets_env
+from tests.support.servers import Served, client_factory, mtls_channel, start_server, targets_env
 from tests.support.servers import service_env as shared_service_env
 from tests.support.suite import REPO, run_module
 
@@ -110,7 +110,8 @@ class Suite:
         address: str | None = None,
         caller: str | None = None,
     ) -> grpc.aio.Channel:
-        """A channel to `service` as a tester with `roles`, or as the service `caller` itself."""
+        """A channel to `service` as a tester with `roles` (carried by the gateway's certificate), or
+        as the service `caller` itself (with its own certificate)."""
         targets = {name: f"127.0.0.1:{port}" for name, port in self.ports.items()}
         if address is not None:
             targets[service] = address
@@ -138,20 +139,17 @@ class Suite:
     async def stream(
         self, batches: Iterable[list[ingest_pb2.Event]], *, roles: Iterable[str] = ("integration",)
     ) -> list[ingest_pb2.AppendEventsResponse]:
-        """StreamAppendEvents over a plain channel with signed metadata (the runtime's guarded
-        channel does not carry its credential on streaming calls yet)."""
-        method = "/awareness.ingest.v1.IngestService/StreamAppendEvents"
-        metadata = auth.sign_metadata(
-            secret=INTERNAL_SECRET, method=method, principal=auth.Principal("tester", frozenset(roles))
-        )
+        """StreamAppendEvents on a bare mTLS channel: the gateway's certificate, carrying a tester
+        with ``roles`` in the principal headers."""
+        principal = auth.Principal("tester", frozenset(roles))
 
         async def requests() -> AsyncIterator[ingest_pb2.AppendEventsRequest]:
             for batch in batches:
                 yield ingest_pb2.AppendEventsRequest(events=batch)
 
-        async with grpc.aio.insecure_channel(self.services["ingest"].address) as channel:
+        async with mtls_channel(self.services["ingest"].address, server="ingest") as channel:
             call = ingest_pb2_grpc.IngestServiceStub(channel).StreamAppendEvents(
-                requests(), metadata=metadata
+                requests(), metadata=auth.principal_metadata(principal)
             )
             return [answer async for answer in call]
 

@@ -20,9 +20,11 @@ from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.runtime import auth
-from tests.conftest import INTERNAL_SECRET, free_port
+from services.runtime.identity import channel_options
+from tests.conftest import IDENTITY_ENV, free_port
 from tests.ingest import rfc6962_reference as reference
 from tests.ingest.harness import make_event
+from tests.support.servers import identity_of, mtls_channel
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE_NAMES = {
@@ -45,7 +47,7 @@ class Processes:
             **os.environ,
             "PYTHONPATH": str(REPO),
             "AWARENESS_DATA_DIR": str(self.data_dir),
-            "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
+            **IDENTITY_ENV,
             "AWARENESS_GRPC_PORT": str(self.ports[name]),
             "AWARENESS_METRICS_PORT": "0",
             "AWARENESS_HEALTH_PROBE_SECONDS": "0.2",
@@ -77,7 +79,10 @@ class Processes:
             if process.poll() is not None:
                 raise AssertionError(f"{name} exited: {(self.data_dir / f'{name}.log').read_text()[-3000:]}")
             try:
-                with grpc.insecure_channel(address) as channel:
+                # Probed as the service itself, as the launcher does.
+                with grpc.secure_channel(
+                    address, identity_of(name).channel_credentials(), options=channel_options(name)
+                ) as channel:
                     reply = health_pb2_grpc.HealthStub(channel).Check(
                         health_pb2.HealthCheckRequest(service=SERVICE_NAMES[name]), timeout=1
                     )
@@ -116,12 +121,10 @@ def processes(tmp_path: Path, database_url: str | None) -> Iterator[Processes]:
         running.stop_all()
 
 
-def metadata(method: str, roles: frozenset[str] = frozenset({"integration"})) -> list[tuple[str, str]]:
-    return auth.sign_metadata(
-        secret=INTERNAL_SECRET,
-        method=f"/awareness.ingest.v1.IngestService/{method}",
-        principal=auth.Principal("t", roles),
-    )
+def metadata(roles: frozenset[str] = frozenset({"integration"})) -> list[tuple[str, str]]:
+    """The principal ``t`` with ``roles``, as the gateway (whose certificate the channel carries)
+    names it."""
+    return auth.principal_metadata(auth.Principal("t", roles))
 
 
 async def test_sigkill_mid_stream_loses_no_acknowledged_event(processes: Processes) -> None:
@@ -144,10 +147,10 @@ async def test_sigkill_mid_stream_loses_no_acknowledged_event(processes: Process
         killed.set()
 
     killer = asyncio.create_task(kill_after_some_acknowledgements())
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with mtls_channel(address, server="ingest") as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         with contextlib.suppress(grpc.aio.AioRpcError):
-            async for answer in stub.StreamAppendEvents(requests(), metadata=metadata("StreamAppendEvents")):
+            async for answer in stub.StreamAppendEvents(requests(), metadata=metadata()):
                 for result in answer.results:
                     assert result.WhichOneof("result") == "receipt"
                     acknowledged.append(result.receipt.event_id)
@@ -157,13 +160,13 @@ async def test_sigkill_mid_stream_loses_no_acknowledged_event(processes: Process
     assert 15 <= sent_batches < len(batches), "the stream must have been cut in the middle"
 
     await asyncio.to_thread(processes.start, "ingest")
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with mtls_channel(address, server="ingest") as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         reader = frozenset({"auditor", "analyst"})
         for event_id in acknowledged:
             receipt = await stub.GetReceipt(
                 ingest_pb2.GetReceiptRequest(name=f"events/{event_id}"),
-                metadata=metadata("GetReceipt", reader),
+                metadata=metadata(reader),
             )
             assert receipt.event_id == event_id
         # Re-sending everything that was sent (acknowledged or not) stores each event once.
@@ -171,7 +174,7 @@ async def test_sigkill_mid_stream_loses_no_acknowledged_event(processes: Process
         for start in range(0, len(resend), 200):
             answer = await stub.AppendEvents(
                 ingest_pb2.AppendEventsRequest(events=resend[start : start + 200]),
-                metadata=metadata("AppendEvents"),
+                metadata=metadata(),
             )
             for event, result in zip(resend[start : start + 200], answer.results, strict=True):
                 assert result.receipt.event_id == event.event_id
@@ -182,7 +185,7 @@ async def test_sigkill_mid_stream_loses_no_acknowledged_event(processes: Process
         async def latest() -> Any:
             try:
                 checkpoint = await stub.GetCheckpoint(
-                    ingest_pb2.GetCheckpointRequest(), metadata=metadata("GetCheckpoint", reader)
+                    ingest_pb2.GetCheckpointRequest(), metadata=metadata(reader)
                 )
             except grpc.aio.AioRpcError:
                 return None
@@ -200,13 +203,13 @@ async def test_sigkill_mid_stream_loses_no_acknowledged_event(processes: Process
         for leaf_index in range(expected):
             proof = await stub.GetInclusionProof(
                 ingest_pb2.GetInclusionProofRequest(leaf_index=leaf_index, tree_size=expected),
-                metadata=metadata("GetInclusionProof", reader),
+                metadata=metadata(reader),
             )
             leaves[leaf_index] = proof.leaf_data
         assert reference.mth([leaves[i] for i in range(expected)]) == checkpoint.root_hash
         sample = await stub.GetInclusionProof(
             ingest_pb2.GetInclusionProofRequest(event_id=acknowledged[-1], tree_size=expected),
-            metadata=metadata("GetInclusionProof", reader),
+            metadata=metadata(reader),
         )
         assert reference.verify_path(
             leaf_hash=sample.leaf_hash,

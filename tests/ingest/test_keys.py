@@ -28,8 +28,8 @@ from services.runtime.clients import ChannelFactory
 from services.runtime.config import load_settings
 from services.runtime.errors import DependencyUnavailableError, UnimplementedError
 from services.runtime.server import ServiceApp, build_context, create_server
-from tests.conftest import INTERNAL_SECRET
 from tests.ingest.harness import service_env
+from tests.support.servers import client_factory
 
 WHEN = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
 WHEN_US = int(WHEN.timestamp()) * 1_000_000
@@ -114,10 +114,9 @@ async def gdpr(tmp_path: Path) -> AsyncIterator[tuple[FakeGdpr, str]]:
 def keys_for(
     address: str, clock: Clock, ttl: float = 60.0, max_entries: int = 1000
 ) -> tuple[SubjectKeys, ChannelFactory]:
-    factory = ChannelFactory(
-        targets={"gdpr": address},
-        identity=auth.Principal.for_service("ingest"),
-        internal_secret=INTERNAL_SECRET,
+    factory = client_factory(
+        {"gdpr": address},
+        auth.Principal.for_service("ingest"),
         timeout_seconds=2,
         attempts=1,
         breaker_fail_max=100,

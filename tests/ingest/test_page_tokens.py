@@ -9,9 +9,9 @@ import grpc
 from awareness.ingest.v1 import ingest_pb2
 
 from services.runtime.paging import PageTokens
-from tests.conftest import INTERNAL_SECRET
 from tests.grpc_errors import reason_of, rpc_error, violated_fields
 from tests.ingest.harness import make_event, suite
+from tests.support.servers import SERVICE_SECRET
 
 
 async def test_forged_and_foreign_tokens_are_invalid_page_token_on_every_ingest_list(tmp_path: Path) -> None:
@@ -22,7 +22,7 @@ async def test_forged_and_foreign_tokens_are_invalid_page_token_on_every_ingest_
         first = await client.ListEvents(ingest_pb2.ListEventsRequest(page_size=1))
         assert first.next_page_token
         # A token in the right format under a key derived from another secret: what a caller
-        # without the internal secret could make at best.
+        # without ingest's own service secret (every other service, every client) could make at best.
         outsider = PageTokens.from_secret(b"not the suite's secret").encode(
             [1, "x"], method="ingest.ListEvents"
         )
@@ -33,7 +33,7 @@ async def test_forged_and_foreign_tokens_are_invalid_page_token_on_every_ingest_
             "not a token!",
         ]
         # The suite's own codec with the right key, but a position of the wrong type.
-        wrong_type = PageTokens.from_secret(INTERNAL_SECRET).encode(["x"], method="ingest.ListCheckpoints")
+        wrong_type = PageTokens.from_secret(SERVICE_SECRET).encode(["x"], method="ingest.ListCheckpoints")
         calls = [
             *(client.ListEvents(ingest_pb2.ListEventsRequest(page_token=token)) for token in forged),
             client.ListCheckpoints(ingest_pb2.ListCheckpointsRequest(page_token=first.next_page_token)),

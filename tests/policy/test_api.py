@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
@@ -10,7 +11,8 @@ from awareness.policy.v1 import policy_pb2, policy_pb2_grpc
 from google.protobuf import field_mask_pb2
 
 from services.runtime import auth
-from tests.conftest import INTERNAL_SECRET
+from services.runtime.devtls import ensure_identity_certificate
+from services.runtime.identity import channel_options
 from tests.policy.conftest import (
     AFTER_HOURS_CLICK,
     ALICE,
@@ -26,6 +28,7 @@ from tests.policy.conftest import (
     name_of,
     refused,
 )
+from tests.support.servers import identity_of, mtls_channel
 
 State = policy_pb2.Policy
 Action = policy_pb2.PolicyHistoryEntry
@@ -257,32 +260,42 @@ async def test_separation_of_duties(replica: Replica) -> None:
     assert (refusal.code, refusal.reason) == (grpc.StatusCode.PERMISSION_DENIED, "MISSING_PERMISSION")
 
 
-async def test_call_without_principal_is_refused(replica: Replica) -> None:
+async def test_only_the_gateways_certificate_may_name_a_principal(replica: Replica, tmp_path: Path) -> None:
     request = policy_pb2.CreatePolicyRequest(
         policy_id="anonymous",
         policy=policy_pb2.Policy(title="t", rule="true", severity=policy_pb2.SEVERITY_LOW),
     )
-    async with grpc.aio.insecure_channel(replica.address) as channel:
+    alice = auth.principal_metadata(ALICE)
+    # A service's own certificate acts as that service, not for the person it names.
+    async with mtls_channel(replica.address, server="policy", caller="scoring") as channel:
         stub = policy_pb2_grpc.PolicyServiceStub(channel)
-        refusal = await refused(stub.CreatePolicy(request))
-        assert refusal.code == grpc.StatusCode.UNAUTHENTICATED
-        refusal = await refused(stub.ListPolicies(policy_pb2.ListPoliciesRequest()))
-        assert refusal.code == grpc.StatusCode.UNAUTHENTICATED
-        refusal = await refused(stub.EvaluateEvents(policy_pb2.EvaluateEventsRequest(events=[event("e1")])))
-        assert refusal.code == grpc.StatusCode.UNAUTHENTICATED
-        # A principal signed with another secret is no principal either.
-        forged = auth.sign_metadata(
-            secret=b"not-the-internal-secret-000000",
-            method="/awareness.policy.v1.PolicyService/CreatePolicy",
-            principal=ALICE,
+        for call in (
+            stub.CreatePolicy(request, metadata=alice),
+            stub.ListPolicies(policy_pb2.ListPoliciesRequest(), metadata=alice),
+            stub.EvaluateEvents(policy_pb2.EvaluateEventsRequest(events=[event("e1")]), metadata=alice),
+        ):
+            refusal = await refused(call)
+            assert (refusal.code, refusal.reason) == (
+                grpc.StatusCode.PERMISSION_DENIED,
+                "PRINCIPAL_NOT_DELEGABLE",
+            )
+    # A certificate the service's CA did not issue never gets past the handshake.
+    stranger = ensure_identity_certificate(tmp_path / "another-ca", "gateway")
+    foreign = grpc.ssl_channel_credentials(
+        root_certificates=identity_of("gateway").ca_file.read_bytes(),
+        private_key=stranger.key_file.read_bytes(),
+        certificate_chain=stranger.chain_file.read_bytes(),
+    )
+    async with grpc.aio.secure_channel(
+        replica.address, foreign, options=channel_options("policy")
+    ) as channel:
+        refusal = await refused(
+            policy_pb2_grpc.PolicyServiceStub(channel).CreatePolicy(request, metadata=alice)
         )
-        refusal = await refused(stub.CreatePolicy(request, metadata=forged))
-        assert refusal.code == grpc.StatusCode.UNAUTHENTICATED
-        # The same request with a valid credential succeeds: the refusals above were about the principal.
-        signed = auth.sign_metadata(
-            secret=INTERNAL_SECRET, method="/awareness.policy.v1.PolicyService/CreatePolicy", principal=ALICE
-        )
-        created = await stub.CreatePolicy(request, metadata=signed)
+        assert refusal.code == grpc.StatusCode.UNAVAILABLE
+    # The same request from the gateway's certificate is alice's: the refusals above were about the caller.
+    async with mtls_channel(replica.address, server="policy", caller="gateway") as channel:
+        created = await policy_pb2_grpc.PolicyServiceStub(channel).CreatePolicy(request, metadata=alice)
         assert created.author == "alice"
 
 

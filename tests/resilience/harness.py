@@ -27,7 +27,8 @@ from typing import Any
 
 from bench.loadgen import LoadConfig, LoadGenerator, LoadResult, Outcome
 from services.launcher import START_ORDER, grpc_serving, http_ok, prepare_data_dir
-from services.runtime.config import SERVICE_NAMES, SERVICES
+from services.runtime.config import SERVICE_NAMES, SERVICES, load_settings
+from services.runtime.identity import MtlsFiles, channel_options
 from tests.support.resources import free_port
 from tests.support.suite import outside_environment, run_module
 
@@ -294,7 +295,14 @@ class ProcessSuite:
     def healthy(self, service: str) -> bool:
         if service == "gateway":
             return http_ok(f"{self.gateway_url}/health/ready")
-        return grpc_serving(self.address(service), service=SERVICE_NAMES[service])
+        return grpc_serving(
+            self.address(service), mtls=self.identity(service), server=service, service=SERVICE_NAMES[service]
+        )
+
+    def identity(self, service: str) -> MtlsFiles:
+        """As services.launcher.Suite.identity: the service's own certificate, issued under the data
+        directory by ``prepare``; the harness runs beside it and asks as the service itself."""
+        return load_settings(service, self.process_env(service)).identity
 
     def serving_status(self, service: str) -> str:
         """SERVING / NOT_SERVING / UNREACHABLE for the full service name (what the probes ask)."""
@@ -302,7 +310,11 @@ class ProcessSuite:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         try:
-            with grpc.insecure_channel(self.address(service)) as channel:
+            with grpc.secure_channel(
+                self.address(service),
+                self.identity(service).channel_credentials(),
+                options=channel_options(service),
+            ) as channel:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(service=SERVICE_NAMES[service]), timeout=1.0
                 )

@@ -30,5 +30,5 @@ def create_app(context: ServiceContext) -> ServiceApp:
 
 
 if __name__ == "__main__":
-    serve(load_settings("test_peer"), create_app, with_database=False)
+    serve(load_settings("test"), create_app, with_database=False)
     sys.exit(0)

@@ -21,5 +21,5 @@ def create_app(_context: ServiceContext) -> ServiceApp:
 
 
 if __name__ == "__main__":
-    serve(load_settings("test_slow"), create_app, with_database=False)
+    serve(load_settings("test"), create_app, with_database=False)
     sys.exit(0)

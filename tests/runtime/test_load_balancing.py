@@ -26,8 +26,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.runtime import auth
 from services.runtime.clients import CHANNEL_OPTIONS, ChannelFactory
 from services.runtime.config import ConfigError, load_settings
+from services.runtime.identity import channel_options
 from services.runtime.server import connection_age_options
-from tests.conftest import INTERNAL_SECRET, free_port
+from tests.conftest import IDENTITY_ENV, free_port
+from tests.support.servers import identity_of, mtls_channel
 
 WHO = "/test.Peer/Who"
 SLEEP = "/test.Peer/Sleep"
@@ -51,7 +53,9 @@ def _wait_serving(peer: Peer, deadline: float) -> None:
     while time.monotonic() < deadline:
         if peer.proc.poll() is not None:
             raise AssertionError(f"peer server on {peer.port} exited with {peer.proc.returncode}")
-        with grpc.insecure_channel(peer.address) as probe:
+        with grpc.secure_channel(
+            peer.address, identity_of("test").channel_credentials(), options=channel_options("test")
+        ) as probe:
             try:
                 health_pb2_grpc.HealthStub(probe).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
                 return
@@ -74,7 +78,7 @@ def peers(tmp_path: Path) -> Iterator[StartPeers]:
                 env={
                     **os.environ,
                     "AWARENESS_DATA_DIR": str(tmp_path),
-                    "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
+                    **IDENTITY_ENV,
                     "AWARENESS_HOST": "127.0.0.1",
                     "AWARENESS_GRPC_PORT": str(port),
                     "AWARENESS_METRICS_PORT": "0",
@@ -106,9 +110,10 @@ def peers(tmp_path: Path) -> Iterator[StartPeers]:
 
 def factory_for(target: str, **overrides: Any) -> ChannelFactory:
     options: dict[str, Any] = {
-        "targets": {"svc": target},
+        "targets": {"test": target},
+        "service": "gateway",
         "identity": auth.Principal.for_service("gateway"),
-        "internal_secret": INTERNAL_SECRET,
+        "mtls": identity_of("gateway"),
         "timeout_seconds": 5.0,
         "attempts": 1,
         "breaker_fail_max": 5,
@@ -125,7 +130,7 @@ def parse(answer: bytes) -> tuple[int, str]:
 
 
 async def who(factory: ChannelFactory) -> tuple[int, str]:
-    return parse(await factory.channel("svc").unary_unary(WHO)(b""))
+    return parse(await factory.channel("test").unary_unary(WHO)(b""))
 
 
 def multi_address_target(*peers: Peer) -> str:
@@ -137,13 +142,13 @@ def multi_address_target(*peers: Peer) -> str:
 
 
 def test_connection_age_is_off_by_default_and_read_from_the_environment() -> None:
-    default = load_settings("test", {"AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode()})
+    default = load_settings("test", IDENTITY_ENV)
     assert default.grpc_max_connection_age_seconds == 0
     assert connection_age_options(default) == []
     configured = load_settings(
         "test",
         {
-            "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
+            **IDENTITY_ENV,
             "AWARENESS_GRPC_MAX_CONNECTION_AGE_SECONDS": "300",
             "AWARENESS_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS": "1800",
         },
@@ -156,7 +161,7 @@ def test_connection_age_is_off_by_default_and_read_from_the_environment() -> Non
     only_age = load_settings(
         "test",
         {
-            "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
+            **IDENTITY_ENV,
             "AWARENESS_GRPC_MAX_CONNECTION_AGE_SECONDS": "60",
         },
     )
@@ -205,12 +210,9 @@ async def test_unary_calls_are_spread_over_every_address_of_a_target(peers: Star
 async def test_without_round_robin_every_call_sticks_to_one_server(peers: StartPeers) -> None:
     """The problem being fixed: gRPC's default policy (pick_first) on the same two addresses."""
     first, second = peers(2)
-    metadata = auth.sign_metadata(
-        secret=INTERNAL_SECRET, method=WHO, principal=auth.Principal.for_service("gateway")
-    )
-    async with grpc.aio.insecure_channel(multi_address_target(first, second)) as channel:
+    async with mtls_channel(multi_address_target(first, second), server="test", caller="gateway") as channel:
         call = channel.unary_unary(WHO)
-        answers = [parse(await call(b"", metadata=metadata, timeout=5)) for _ in range(20)]
+        answers = [parse(await call(b"", timeout=5)) for _ in range(20)]
     assert len({port for port, _ in answers}) == 1
 
 
@@ -221,7 +223,7 @@ async def test_a_dead_address_is_skipped_without_failing_calls(peers: StartPeers
     try:
         answers = [await who(factory) for _ in range(20)]
         assert {port for port, _ in answers} == {alive.port}
-        assert factory.breaker_states()["svc"] == "closed"
+        assert factory.breaker_states()["test"] == "closed"
     finally:
         await factory.close()
 
@@ -283,8 +285,8 @@ async def test_a_call_longer_than_the_age_finishes_within_the_grace(peers: Start
         # A 2 s call opened on a fresh connection outlives its 0.5 s age: the generous grace lets
         # it finish, a grace shorter than the call cuts it. This is why the chart's grace covers
         # the longest deadline in the suite.
-        slow_ok = generous_factory.channel("svc").unary_unary(SLEEP)(b"2", timeout=10)
-        slow_cut = stingy_factory.channel("svc").unary_unary(SLEEP)(b"2", timeout=10)
+        slow_ok = generous_factory.channel("test").unary_unary(SLEEP)(b"2", timeout=10)
+        slow_cut = stingy_factory.channel("test").unary_unary(SLEEP)(b"2", timeout=10)
         results: tuple[Any, Any] = await asyncio.gather(slow_ok, slow_cut, return_exceptions=True)
         ok, cut = results
         assert isinstance(ok, bytes) and parse(ok)[0] == generous.port

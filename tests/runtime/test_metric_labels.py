@@ -9,11 +9,11 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2
 
-from services.runtime import auth
 from services.runtime.config import load_settings
 from services.runtime.metrics import OTHER
 from services.runtime.server import ServiceApp, build_context, create_server
-from tests.conftest import INTERNAL_SECRET
+from tests.conftest import IDENTITY_ENV
+from tests.support.servers import mtls_channel
 
 KNOWN = "/awareness.ingest.v1.IngestService/GetEvent"
 
@@ -33,9 +33,7 @@ class CatchAll(grpc.GenericRpcHandler):  # type: ignore[misc]
 
 
 async def test_unknown_method_names_are_labelled_other(tmp_path: Path) -> None:
-    settings = load_settings(
-        "test", {"AWARENESS_DATA_DIR": str(tmp_path), "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode()}
-    )
+    settings = load_settings("test", {"AWARENESS_DATA_DIR": str(tmp_path), **IDENTITY_ENV})
     context = build_context(settings, with_database=False)
     app = ServiceApp(
         name="test", service_names=[], register=lambda s: s.add_generic_rpc_handlers((CatchAll(),))
@@ -45,13 +43,10 @@ async def test_unknown_method_names_are_labelled_other(tmp_path: Path) -> None:
     token = uuid.uuid4().hex
     unknown = [f"/awareness.ingest.v1.IngestService/X{token}", f"/evil{token}.Svc/Get", f"/{token}/{token}"]
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with mtls_channel(f"127.0.0.1:{port}", server="test", caller="test") as channel:
             for method in [KNOWN, *unknown]:
-                metadata = auth.sign_metadata(
-                    secret=INTERNAL_SECRET, method=method, principal=auth.Principal.for_service("test")
-                )
                 call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
-                assert await call(b"", metadata=metadata, timeout=5) == b""
+                assert await call(b"", timeout=5) == b""
     finally:
         await health.shutdown()
         await server.stop(0)

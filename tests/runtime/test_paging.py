@@ -34,14 +34,14 @@ def test_a_token_round_trips_and_an_empty_one_is_the_first_page() -> None:
     assert TOKENS.decode("", method=METHOD, filters=FILTERS, shape=(int, str)) is None
 
 
-def test_replicas_sharing_the_internal_secret_accept_each_others_tokens() -> None:
+def test_replicas_sharing_the_service_secret_accept_each_others_tokens() -> None:
     token = TOKENS.encode([7], method=METHOD)
     assert PageTokens.from_secret(b"s" * 32).decode(token, method=METHOD, shape=(int,)) == (7,)
     with pytest.raises(InvalidArgumentError):
         PageTokens.from_secret(b"t" * 32).decode(token, method=METHOD, shape=(int,))
 
 
-def test_the_key_is_not_the_internal_secret() -> None:
+def test_the_key_is_not_the_service_secret() -> None:
     # A token tagged with the bare secret (what a holder of another derived key could make) is refused.
     forged = PageTokens(b"s" * 32).encode([7], method=METHOD)
     refused(forged, shape=(int,), filters=None)

@@ -24,6 +24,7 @@ from services.runtime import auth, db
 from services.runtime import server as runtime_server
 from services.runtime.clients import ChannelFactory, call_peer
 from services.runtime.config import load_settings
+from services.runtime.devtls import ensure_identity_certificate
 from services.runtime.errors import (
     AwarenessError,
     DependencyUnavailableError,
@@ -34,9 +35,10 @@ from services.runtime.errors import (
     UnavailableError,
     error_info,
 )
+from services.runtime.identity import channel_options
 from services.runtime.server import ServiceApp, ServiceContext, build_context
-from tests.conftest import INTERNAL_SECRET, free_port
-from tests.support.servers import RunningServer, start_server, unary_app
+from tests.conftest import IDENTITY_ENV, free_port
+from tests.support.servers import RunningServer, identity_of, mtls_channel, start_server, unary_app
 
 Handler = Callable[[bytes, Any], Any]
 
@@ -52,7 +54,7 @@ def make_app(handlers: dict[str, Handler], *, ready: Callable[[], bool] = lambda
 def make_settings(tmp_path: Path, **extra: str) -> Any:
     env = {
         "AWARENESS_DATA_DIR": str(tmp_path),
-        "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
+        **IDENTITY_ENV,
         "AWARENESS_HEALTH_PROBE_SECONDS": "0.1",
         **extra,
     }
@@ -65,9 +67,10 @@ async def start(app: ServiceApp, context: ServiceContext) -> RunningServer:
 
 def channels(address: str, **overrides: Any) -> ChannelFactory:
     options: dict[str, Any] = {
-        "targets": {"svc": address},
+        "targets": {"test": address},
+        "service": "gateway",
         "identity": auth.Principal(subject="alice", roles=frozenset({"analyst"})),
-        "internal_secret": INTERNAL_SECRET,
+        "mtls": identity_of("gateway"),
         "timeout_seconds": 2.0,
         "attempts": 3,
         "breaker_fail_max": 2,
@@ -95,7 +98,7 @@ async def test_domain_error_reaches_client_with_code_and_error_info(running: Any
         raise PolicyNotInReview("policy policies/p1 is not in review", metadata={"policy": "policies/p1"})
 
     factory = channels(await running(make_app({"Refuse": refuse})))
-    call = factory.channel("svc").unary_unary("/test.Svc/Refuse")
+    call = factory.channel("test").unary_unary("/test.Svc/Refuse")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call(b"")
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -113,7 +116,7 @@ async def test_unexpected_exception_is_internal_without_stack_trace(running: Any
 
     factory = channels(await running(make_app({"Crash": crash})))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await factory.channel("svc").unary_unary("/test.Svc/Crash")(b"")
+        await factory.channel("test").unary_unary("/test.Svc/Crash")(b"")
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert "secret detail" not in (caught.value.details() or "")
     assert "Traceback" not in (caught.value.details() or "")
@@ -134,7 +137,7 @@ async def test_unreachable_store_is_unavailable_not_internal(running: Any, tmp_p
 
     factory = channels(await running(make_app({"Read": read})), attempts=1)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await factory.channel("svc").unary_unary("/test.Svc/Read")(b"")
+        await factory.channel("test").unary_unary("/test.Svc/Read")(b"")
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     status = rpc_status.from_call(caught.value)
     assert status is not None
@@ -151,7 +154,7 @@ async def test_expired_deadline_surfaces_as_deadline_exceeded(running: Any) -> N
 
     factory = channels(await running(make_app({"Slow": slow})), timeout_seconds=0.2, attempts=1)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await factory.channel("svc").unary_unary("/test.Svc/Slow")(b"")
+        await factory.channel("test").unary_unary("/test.Svc/Slow")(b"")
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     await factory.close()
 
@@ -168,13 +171,13 @@ async def test_breaker_opens_after_threshold_and_closes_after_reset(running: Any
     factory = channels(
         await running(make_app({"Flaky": flaky})), breaker_fail_max=2, breaker_reset_seconds=0.3
     )
-    method = factory.channel("svc").unary_unary("/test.Svc/Flaky")
+    method = factory.channel("test").unary_unary("/test.Svc/Flaky")
     with pytest.raises(grpc.aio.AioRpcError):
         await method(b"")
     # The second failure reaches the threshold and trips the breaker.
     with pytest.raises((grpc.aio.AioRpcError, DependencyUnavailableError)):
         await method(b"")
-    assert factory.breaker_states()["svc"] == "open"
+    assert factory.breaker_states()["test"] == "open"
     reached_server = calls["count"]
     with pytest.raises(DependencyUnavailableError) as caught:
         await method(b"")
@@ -183,7 +186,7 @@ async def test_breaker_opens_after_threshold_and_closes_after_reset(running: Any
     calls["healthy"] = True
     await asyncio.sleep(0.4)
     assert await method(b"") == b"ok"
-    assert factory.breaker_states()["svc"] == "closed"
+    assert factory.breaker_states()["test"] == "closed"
     await factory.close()
 
 
@@ -201,9 +204,9 @@ async def test_business_errors_do_not_open_the_breaker(running: Any) -> None:
         return b""
 
     factory = channels(await running(make_app({"Invalid": invalid})), breaker_fail_max=2)
-    method = factory.channel("svc").unary_unary("/test.Svc/Invalid")
+    method = factory.channel("test").unary_unary("/test.Svc/Invalid")
     await _refused_every_time(method, b"", grpc.StatusCode.INVALID_ARGUMENT, times=5)
-    assert factory.breaker_states()["svc"] == "closed"
+    assert factory.breaker_states()["test"] == "closed"
     await factory.close()
 
 
@@ -218,9 +221,9 @@ async def test_a_callee_failing_on_one_requests_content_keeps_the_breaker_closed
         return b"ok"
 
     factory = channels(await running(make_app({"Poisoned": poisoned})), breaker_fail_max=2, attempts=1)
-    method = factory.channel("svc").unary_unary("/test.Svc/Poisoned")
+    method = factory.channel("test").unary_unary("/test.Svc/Poisoned")
     await _refused_every_time(method, b"poison", code, times=6)  # three times fail_max
-    assert factory.breaker_states()["svc"] == "closed"
+    assert factory.breaker_states()["test"] == "closed"
     assert await method(b"fine") == b"ok"
     await factory.close()
 
@@ -235,11 +238,11 @@ async def test_failures_of_the_peer_open_the_breaker(running: Any, code: grpc.St
         return b""
 
     factory = channels(await running(make_app({"Failing": failing})), breaker_fail_max=2, attempts=1)
-    method = factory.channel("svc").unary_unary("/test.Svc/Failing")
+    method = factory.channel("test").unary_unary("/test.Svc/Failing")
     for _ in range(2):
         with pytest.raises((grpc.aio.AioRpcError, DependencyUnavailableError)):
             await method(b"")
-    assert factory.breaker_states()["svc"] == "open"
+    assert factory.breaker_states()["test"] == "open"
     await factory.close()
 
 
@@ -249,9 +252,9 @@ async def test_an_outage_behind_the_callee_does_not_open_the_callers_breaker(run
         raise DependencyUnavailableError("gdpr is unavailable", reason="CIRCUIT_OPEN")
 
     factory = channels(await running(make_app({"Append": dependency_down})), breaker_fail_max=2, attempts=1)
-    method = factory.channel("svc").unary_unary("/test.Svc/Append")
+    method = factory.channel("test").unary_unary("/test.Svc/Append")
     await _refused_every_time(method, b"", grpc.StatusCode.UNAVAILABLE, times=5)
-    assert factory.breaker_states()["svc"] == "closed"
+    assert factory.breaker_states()["test"] == "closed"
     await factory.close()
 
 
@@ -265,7 +268,7 @@ async def test_non_idempotent_methods_are_not_retried(running: Any) -> None:
 
     factory = channels(await running(make_app({"Write": unavailable})), attempts=3, breaker_fail_max=10)
     with pytest.raises(grpc.aio.AioRpcError):
-        await factory.channel("svc").unary_unary("/test.Svc/Write")(b"")
+        await factory.channel("test").unary_unary("/test.Svc/Write")(b"")
     assert calls["count"] == 1
     await factory.close()
 
@@ -299,7 +302,7 @@ async def test_streaming_calls_carry_the_internal_credential(running: Any) -> No
         name="test", service_names=["test.Stream"], register=lambda s: s.add_generic_rpc_handlers((generic,))
     )
     factory = channels(await running(app))
-    channel = factory.channel("svc")
+    channel = factory.channel("test")
 
     async def two() -> Any:
         yield b"a"
@@ -311,33 +314,91 @@ async def test_streaming_calls_carry_the_internal_credential(running: Any) -> No
     await factory.close()
 
 
-async def test_call_without_internal_credential_is_refused(running: Any) -> None:
+async def test_only_a_certificate_from_the_project_ca_reaches_a_method(running: Any, tmp_path: Path) -> None:
     async def echo(request: bytes, _context: Any) -> bytes:
         principal = auth.current_principal()
         assert principal is not None
         return principal.subject.encode()
 
     address = await running(make_app({"Echo": echo}))
-    async with grpc.aio.insecure_channel(address) as raw:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await raw.unary_unary("/test.Svc/Echo")(b"")
-        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        forged = auth.sign_metadata(
-            secret=b"not-the-secret-0123456789",
-            method="/test.Svc/Echo",
-            principal=auth.Principal("gw", frozenset()),
-        )
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await raw.unary_unary("/test.Svc/Echo")(b"", metadata=forged)
-        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    stranger = ensure_identity_certificate(tmp_path / "another-ca", "gateway")
+    refused = [
+        grpc.aio.insecure_channel(address),
+        # TLS, trusting the server, but without a client certificate.
+        grpc.aio.secure_channel(
+            address,
+            grpc.ssl_channel_credentials(root_certificates=identity_of("test").ca_file.read_bytes()),
+            options=channel_options("test"),
+        ),
+        # A certificate naming the gateway, from a CA the suite does not trust.
+        grpc.aio.secure_channel(
+            address,
+            grpc.ssl_channel_credentials(
+                root_certificates=identity_of("test").ca_file.read_bytes(),
+                private_key=stranger.key_file.read_bytes(),
+                certificate_chain=stranger.chain_file.read_bytes(),
+            ),
+            options=channel_options("test"),
+        ),
+    ]
+    for channel in refused:
+        async with channel:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await channel.unary_unary("/test.Svc/Echo")(b"", timeout=5)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     factory = channels(address)
-    assert await factory.channel("svc").unary_unary("/test.Svc/Echo")(b"") == b"alice"
+    assert await factory.channel("test").unary_unary("/test.Svc/Echo")(b"") == b"alice"
     await factory.close()
+
+
+async def test_only_the_gateway_may_act_for_another_principal(running: Any) -> None:
+    async def echo(request: bytes, _context: Any) -> bytes:
+        principal = auth.current_principal()
+        assert principal is not None
+        return f"{principal.subject}/{','.join(sorted(principal.roles))}".encode()
+
+    address = await running(make_app({"Echo": echo}))
+    alice = auth.principal_metadata(auth.Principal("alice", frozenset({"analyst"})))
+    async with mtls_channel(address, server="test", caller="scoring") as scoring:
+        assert await scoring.unary_unary("/test.Svc/Echo")(b"") == b"service:scoring/service"
+        for claim in (alice, auth.principal_metadata(auth.Principal.for_service("ingest"))):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await scoring.unary_unary("/test.Svc/Echo")(b"", metadata=claim)
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "PRINCIPAL_NOT_DELEGABLE" in str(rpc_status.from_call(caught.value))
+    async with mtls_channel(address, server="test", caller="gateway") as gateway:
+        assert await gateway.unary_unary("/test.Svc/Echo")(b"", metadata=alice) == b"alice/analyst"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            forged = auth.principal_metadata(auth.Principal.for_service("ingest"))
+            await gateway.unary_unary("/test.Svc/Echo")(b"", metadata=forged)
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # The service itself (its CLI, beside it) may name the principal it acts for.
+    async with mtls_channel(address, server="test", caller="test") as itself:
+        assert await itself.unary_unary("/test.Svc/Echo")(b"", metadata=alice) == b"alice/analyst"
+
+
+async def test_the_plaintext_health_port_serves_health_and_nothing_else(tmp_path: Path) -> None:
+    async def echo(request: bytes, _context: Any) -> bytes:
+        return request
+
+    health_port = free_port()
+    settings = make_settings(tmp_path, AWARENESS_HEALTH_PORT=str(health_port))
+    running_server = await start(make_app({"Echo": echo}), build_context(settings, with_database=False))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{health_port}") as plain:
+            reply = await health_pb2_grpc.HealthStub(plain).Check(health_pb2.HealthCheckRequest())
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await plain.unary_unary("/test.Svc/Echo")(b"x")
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "MISSING_CLIENT_CERTIFICATE" in str(rpc_status.from_call(caught.value))
+    finally:
+        await running_server.stop()
 
 
 async def test_health_and_reflection(running: Any) -> None:
     address = await running(make_app({}))
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with mtls_channel(address, server="test") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for name in ("", "test.Svc"):
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=name))
@@ -366,7 +427,7 @@ def _health_case(tmp_path: Path, url: str, break_db: Callable[[], None]) -> None
         )
         running_server = await start(make_app({}, ready=lambda: db.ping(engine)), context)
         try:
-            async with grpc.aio.insecure_channel(running_server.address) as channel:
+            async with mtls_channel(running_server.address, server="test") as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
                 request = health_pb2.HealthCheckRequest(service="test.Svc")
                 assert (await stub.Check(request)).status == health_pb2.HealthCheckResponse.SERVING
@@ -423,12 +484,18 @@ def test_health_turns_not_serving_when_postgres_database_goes_away(tmp_path: Pat
         admin.dispose()
 
 
+def _test_channel(address: str) -> grpc.Channel:
+    return grpc.secure_channel(
+        address, identity_of("test").channel_credentials(), options=channel_options("test")
+    )
+
+
 def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
     port = free_port()
     env = {
         **os.environ,
         "AWARENESS_DATA_DIR": str(tmp_path),
-        "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
+        **IDENTITY_ENV,
         "AWARENESS_GRPC_PORT": str(port),
         "AWARENESS_METRICS_PORT": "0",
         "AWARENESS_SHUTDOWN_GRACE_SECONDS": "10",
@@ -443,18 +510,15 @@ def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
         address = f"127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            with grpc.insecure_channel(address) as probe:
+            with _test_channel(address) as probe:
                 try:
                     health_pb2_grpc.HealthStub(probe).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
                     break
                 except grpc.RpcError:
                     time.sleep(0.1)
-        metadata = auth.sign_metadata(
-            secret=INTERNAL_SECRET, method="/test.Slow/Sleep", principal=auth.Principal.for_service("test")
-        )
-        with grpc.insecure_channel(address) as channel:
+        with _test_channel(address) as channel:
             sleep = channel.unary_unary("/test.Slow/Sleep")
-            in_flight = sleep.future(b"1.5", metadata=metadata, timeout=20)
+            in_flight = sleep.future(b"1.5", timeout=20)
             time.sleep(0.5)
             proc.send_signal(signal.SIGTERM)
             assert in_flight.result(timeout=20) == b"done:1.5"
@@ -486,22 +550,22 @@ class SubjectErased(NotFoundError):
 @pytest.mark.parametrize(
     ("raised", "code", "kind", "reason"),
     [
-        (SubjectErased("gone"), grpc.StatusCode.NOT_FOUND, NotFoundError, "SVC_REFUSED"),
+        (SubjectErased("gone"), grpc.StatusCode.NOT_FOUND, NotFoundError, "TEST_REFUSED"),
         (
             PolicyNotInReview("no"),
             grpc.StatusCode.FAILED_PRECONDITION,
             FailedPreconditionError,
-            "SVC_REFUSED",
+            "TEST_REFUSED",
         ),
-        (InvalidArgumentError("bad"), grpc.StatusCode.INVALID_ARGUMENT, InvalidArgumentError, "SVC_REFUSED"),
+        (InvalidArgumentError("bad"), grpc.StatusCode.INVALID_ARGUMENT, InvalidArgumentError, "TEST_REFUSED"),
         (
             UnavailableError("down"),
             grpc.StatusCode.UNAVAILABLE,
             DependencyUnavailableError,
-            "SVC_UNAVAILABLE",
+            "TEST_UNAVAILABLE",
         ),
-        (RuntimeError("bug"), grpc.StatusCode.INTERNAL, DependencyUnavailableError, "SVC_UNAVAILABLE"),
-        (UnauthenticatedError("no"), grpc.StatusCode.UNAUTHENTICATED, AwarenessError, "SVC_REFUSED"),
+        (RuntimeError("bug"), grpc.StatusCode.INTERNAL, DependencyUnavailableError, "TEST_UNAVAILABLE"),
+        (UnauthenticatedError("no"), grpc.StatusCode.UNAUTHENTICATED, AwarenessError, "TEST_REFUSED"),
     ],
 )
 async def test_every_peer_failure_becomes_one_awareness_error(
@@ -512,10 +576,10 @@ async def test_every_peer_failure_becomes_one_awareness_error(
 
     factory = channels(await running(make_app({"Refuse": refuse})), attempts=1)
     with pytest.raises(AwarenessError) as caught:
-        await call_peer(factory.channel("svc").unary_unary("/test.Svc/Refuse")(b""), target="svc")
+        await call_peer(factory.channel("test").unary_unary("/test.Svc/Refuse")(b""), target="test")
     error = caught.value
     assert type(error) is kind and error.reason == reason
-    assert error.metadata["target"] == "svc" and error.metadata["code"] == code.name
+    assert error.metadata["target"] == "test" and error.metadata["code"] == code.name
     assert isinstance(error.__cause__, grpc.aio.AioRpcError)
     if isinstance(raised, AwarenessError):
         assert error.metadata["peer_reason"] == raised.reason
@@ -527,5 +591,24 @@ async def test_peer_answer_passes_through_call_peer(running: Any) -> None:
         return request
 
     factory = channels(await running(make_app({"Echo": echo})))
-    assert await call_peer(factory.channel("svc").unary_unary("/test.Svc/Echo")(b"hi"), target="svc") == b"hi"
+    assert (
+        await call_peer(factory.channel("test").unary_unary("/test.Svc/Echo")(b"hi"), target="test") == b"hi"
+    )
     await factory.close()
+
+
+async def test_a_renewed_certificate_stops_the_server_gracefully(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, AWARENESS_MTLS_DIR=str(tmp_path / "mtls"))
+    context = build_context(settings, with_database=False)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(
+        runtime_server.run_server(
+            make_app({}), context, stop_event=stop, renewal_check_seconds=0.05, renewal_spread_seconds=0.1
+        )
+    )
+    await asyncio.sleep(0.3)
+    assert not serving.done()
+    certificate = context.settings.identity.cert_file
+    os.utime(certificate, (time.time() + 5, time.time() + 5))  # what a renewal by cert-manager does
+    await asyncio.wait_for(serving, timeout=10)
+    assert stop.is_set()

@@ -26,7 +26,7 @@ from services.scoring import app as scoring_app
 from services.scoring.domain.generator import GeneratorConfig, SyntheticDataset, generate
 from services.scoring.domain.training import TrainingResult
 from services.scoring.models import ModelStatus
-from tests.conftest import INTERNAL_SECRET
+from tests.conftest import IDENTITY_ENV
 from tests.grpc_errors import reason_of
 from tests.scoring.harness import (
     fake_gdpr,
@@ -292,7 +292,8 @@ async def test_cli_lists_shows_promotes_and_trains_through_the_service(
             champion = register(replica, trained, status=ModelStatus.CHAMPION)
             challenger = register(replica, small_trained)
             monkeypatch.setenv("AWARENESS_SCORING_TARGET", replica.address)
-            monkeypatch.setenv("AWARENESS_INTERNAL_SECRET", INTERNAL_SECRET.decode())
+            for name, value in IDENTITY_ENV.items():
+                monkeypatch.setenv(name, value)
             monkeypatch.setenv("AWARENESS_DATA_DIR", str(tmp_path))
 
             async def run(*argv: str) -> tuple[int, str]:

@@ -1,13 +1,18 @@
 """One in-process server harness for every service's tests.
 
 A service (its real wiring, or a test double's registration) is served by the runtime's own
-``create_server`` (so its interceptors check the signed internal credential as in production) on
-127.0.0.1, port 0 unless given, and reached through the runtime's ``ChannelFactory``.
+``create_server`` (mTLS, and its interceptor authorising by the caller's certificate as in
+production) on 127.0.0.1, port 0 unless given, and reached through the runtime's ``ChannelFactory``.
+
+Every process of a test run takes its certificate from one directory, ``MTLS_DIR``, made once per
+run by :func:`issue_test_identities` (the ``_test_identities`` fixture in tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -17,19 +22,46 @@ import grpc
 
 from services.runtime.auth import Principal
 from services.runtime.clients import ChannelFactory
-from services.runtime.config import load_settings
+from services.runtime.config import ALL_PROCESSES, MTLS_DIR_VAR, SERVICE_SECRET_VAR, load_settings
+from services.runtime.devtls import ensure_identity_certificate
 from services.runtime.health import HealthReporter
+from services.runtime.identity import MtlsFiles, channel_options
 from services.runtime.server import ServiceApp, ServiceContext, build_context, create_server
 
-INTERNAL_SECRET = b"test-internal-secret-0123456789abcdef"
+SERVICE_SECRET = b"test-service-secret-0123456789abcdef"
+MTLS_DIR = Path(tempfile.gettempdir()) / f"awareness-tests-{os.getpid()}-mtls"
+# What every process of a test run is given to prove who it is: its certificate and service secret.
+IDENTITY_ENV = {MTLS_DIR_VAR: str(MTLS_DIR), SERVICE_SECRET_VAR: SERVICE_SECRET.decode()}
+# Services the tests serve besides the real ones.
+TEST_IDENTITIES = (*ALL_PROCESSES, "test")
+
+
+def issue_test_identities() -> None:
+    """Every identity a test may serve or call as, before any process of the run needs one."""
+    for name in TEST_IDENTITIES:
+        ensure_identity_certificate(MTLS_DIR, name)
+
+
+def identity_of(service: str) -> MtlsFiles:
+    """``service``'s test certificate (issued now if it is not one of ``TEST_IDENTITIES``)."""
+    ensure_identity_certificate(MTLS_DIR, service)
+    return MtlsFiles.in_directory(MTLS_DIR, service)
+
+
+def mtls_channel(address: str, *, server: str, caller: str = "gateway") -> grpc.aio.Channel:
+    """A bare channel to ``server`` at ``address``, proving itself as ``caller``: no principal is
+    added, so a test sends exactly the metadata it means to."""
+    return grpc.aio.secure_channel(
+        address, identity_of(caller).channel_credentials(), options=channel_options(server)
+    )
 
 
 def service_env(data_dir: Path, *, database_url: str | None = None, **extra: str) -> dict[str, str]:
-    """What every in-process service is given: its data directory, the tests' internal secret and a
+    """What every in-process service is given: its data directory, the tests' identities and a
     quick health probe; ``DATABASE_URL`` when one is given (else its SQLite file), then ``extra``."""
     env = {
         "AWARENESS_DATA_DIR": str(data_dir),
-        "AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode(),
+        **IDENTITY_ENV,
         "AWARENESS_HEALTH_PROBE_SECONDS": "0.2",
         **extra,
     }
@@ -52,11 +84,14 @@ def client_factory(
     breaker_fail_max: int = 100,
     breaker_reset_seconds: float = 1.0,
 ) -> ChannelFactory:
-    """Channels that call ``targets`` as ``principal``, signed with the tests' internal secret."""
+    """Channels that call ``targets`` as ``principal``: a service with its own certificate, anyone
+    else carried by the gateway's."""
+    caller = principal.service or "gateway"
     return ChannelFactory(
         targets=dict(targets),
+        service=caller,
         identity=principal,
-        internal_secret=INTERNAL_SECRET,
+        mtls=identity_of(caller),
         timeout_seconds=timeout_seconds,
         attempts=attempts,
         breaker_fail_max=breaker_fail_max,
@@ -183,9 +218,7 @@ async def serving(
     name: str, register: Callable[[grpc.aio.Server], None], service_names: Iterable[str]
 ) -> AsyncIterator[RunningServer]:
     """A test double (``register`` adds its servicers) behind the runtime's server, without a store."""
-    context = build_context(
-        load_settings(name, {"AWARENESS_INTERNAL_SECRET": INTERNAL_SECRET.decode()}), with_database=False
-    )
+    context = build_context(load_settings(name, IDENTITY_ENV), with_database=False)
     app = ServiceApp(name=name, service_names=list(service_names), register=register)
     running = await start_server(app, context)
     try:
