@@ -102,8 +102,69 @@ helm.sh/chart: {{ include "awareness.chart" .root }}
 {{- default (include "awareness.componentName" (dict "root" . "component" "datastores")) .Values.redis.existingSecret -}}
 {{- end -}}
 
-{{- define "awareness.internalSecretName" -}}
-{{- default (include "awareness.componentName" (dict "root" . "component" "internal")) .Values.internalSecret.existingSecret -}}
+{{/*
+Service identities. Every service holds its own mTLS certificate (SPIFFE ID
+spiffe://awareness.internal/service/<component> as URI SAN) and its own service secret; a CLI job
+carries the identity of the service it belongs to. Nothing is shared between components.
+*/}}
+{{- define "awareness.identityComponents" -}}
+[gateway, ingest, gdpr, policy, scoring, signing]
+{{- end -}}
+
+{{/*
+Whose identity a workload carries. Takes (dict "root" $ "component" name): a service its own, the
+retraining job scoring's, the retention job gdpr's. Empty for the jobs that call no service (the
+migration hook and the KEK rotation job, which reach only the database and the API server).
+*/}}
+{{- define "awareness.identity" -}}
+{{- $jobs := dict "retrain" "scoring" "retention" "gdpr" -}}
+{{- if has .component (include "awareness.identityComponents" . | fromYamlArray) -}}
+{{- .component -}}
+{{- else -}}
+{{- index $jobs .component | default "" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The SPIFFE ID and DNS name in a component's certificate. Takes (dict "component" name). */}}
+{{- define "awareness.spiffeId" -}}
+{{- printf "spiffe://awareness.internal/service/%s" .component -}}
+{{- end -}}
+
+{{- define "awareness.identityDnsName" -}}
+{{- printf "%s.awareness.internal" .component -}}
+{{- end -}}
+
+{{/*
+The kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt) holding a component's certificate: the one
+named in mtls.existingSecrets, else the one its cert-manager Certificate writes. With cert-manager off
+and no Secret named, rendering fails. Takes (dict "root" $ "component" name).
+*/}}
+{{- define "awareness.mtlsSecretName" -}}
+{{- $existing := index (.root.Values.mtls.existingSecrets | default dict) .component -}}
+{{- if $existing -}}
+{{- $existing -}}
+{{- else if .root.Values.mtls.certManager.enabled -}}
+{{- include "awareness.componentName" (dict "root" .root "component" (printf "%s-mtls" .component)) -}}
+{{- else -}}
+{{- $root := .root -}}
+{{- $missing := list -}}
+{{- range $component := include "awareness.identityComponents" . | fromYamlArray -}}
+{{- if and (index $root.Values.services $component).enabled (not (index ($root.Values.mtls.existingSecrets | default dict) $component)) -}}
+{{- $missing = append $missing (printf "mtls.existingSecrets.%s" $component) -}}
+{{- end -}}
+{{- end -}}
+{{- fail (printf "mtls.certManager.enabled is false, so each service's certificate must come from a kubernetes.io/tls Secret you name (keys tls.crt, tls.key, ca.crt; URI SAN spiffe://awareness.internal/service/<component>); missing: %s" (join ", " $missing)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when the chart's cert-manager Certificate makes this component's certificate. */}}
+{{- define "awareness.mtlsCertificateRendered" -}}
+{{- if and .root.Values.mtls.certManager.enabled (not (index (.root.Values.mtls.existingSecrets | default dict) .component)) -}}true{{- end -}}
+{{- end -}}
+
+{{/* A component's service secret: the one named in serviceSecrets.existingSecrets, else the chart's. */}}
+{{- define "awareness.serviceSecretName" -}}
+{{- default (include "awareness.componentName" (dict "root" .root "component" (printf "%s-service-secret" .component))) (index (.root.Values.serviceSecrets.existingSecrets | default dict) .component) -}}
 {{- end -}}
 
 {{- define "awareness.gdprKeysSecretName" -}}
@@ -186,13 +247,23 @@ migrate: []
 {{ toYaml .Values.securityContext }}
 {{- end -}}
 
-{{/* Environment every workload shares. Takes (dict "root" $ "component" name). */}}
+{{/*
+Environment every workload shares. Takes (dict "root" $ "component" name). A workload with an
+identity (awareness.identity) gets its own certificate and service secret as files.
+*/}}
 {{- define "awareness.commonEnv" -}}
-{{- $root := .root -}}
 - name: OTEL_SERVICE_NAME
   value: {{ printf "awareness-%s" .component | quote }}
-- name: AWARENESS_INTERNAL_SECRET_FILE
-  value: /etc/awareness/internal/internal-secret
+{{- if include "awareness.identity" . }}
+- name: AWARENESS_MTLS_CERT_FILE
+  value: /etc/awareness/mtls/tls.crt
+- name: AWARENESS_MTLS_KEY_FILE
+  value: /etc/awareness/mtls/tls.key
+- name: AWARENESS_MTLS_CA_FILE
+  value: /etc/awareness/mtls/ca.crt
+- name: AWARENESS_SERVICE_SECRET_FILE
+  value: /etc/awareness/service/service-secret
+{{- end }}
 {{- end -}}
 
 {{/*
@@ -232,25 +303,51 @@ Takes (dict "root" $ "services" (list names)); "secretName" overrides the Secret
 {{- end }}
 {{- end -}}
 
+{{/*
+/tmp, plus the identity's certificate and service secret. Whole-Secret mounts, never subPath: the
+kubelet then swaps in a renewed certificate, and the process, which watches the file, exits
+gracefully to be restarted with it. Both take (dict "root" $ "component" name).
+*/}}
 {{- define "awareness.commonVolumeMounts" -}}
 - name: tmp
   mountPath: /tmp
-- name: internal-secret
-  mountPath: /etc/awareness/internal
+{{- if include "awareness.identity" . }}
+- name: mtls
+  mountPath: /etc/awareness/mtls
   readOnly: true
+- name: service-secret
+  mountPath: /etc/awareness/service
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{- define "awareness.commonVolumes" -}}
+{{- $root := .root -}}
+{{- $identity := include "awareness.identity" . -}}
 - name: tmp
   emptyDir:
-    sizeLimit: {{ .Values.tmpSizeLimit }}
-- name: internal-secret
+    sizeLimit: {{ $root.Values.tmpSizeLimit }}
+{{- if $identity }}
+{{- $context := dict "root" $root "component" $identity }}
+- name: mtls
   secret:
-    secretName: {{ include "awareness.internalSecretName" . }}
+    secretName: {{ include "awareness.mtlsSecretName" $context }}
     defaultMode: 0440
     items:
-      - key: {{ ternary .Values.internalSecret.existingSecretKey "internal-secret" (not (empty .Values.internalSecret.existingSecret)) }}
-        path: internal-secret
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+      - key: ca.crt
+        path: ca.crt
+- name: service-secret
+  secret:
+    secretName: {{ include "awareness.serviceSecretName" $context }}
+    defaultMode: 0440
+    items:
+      - key: {{ ternary $root.Values.serviceSecrets.existingSecretKey "service-secret" (not (empty (index ($root.Values.serviceSecrets.existingSecrets | default dict) $identity))) }}
+        path: service-secret
+{{- end }}
 {{- end -}}
 
 {{/* Annotations that roll pods when settings or chart-managed secrets change. */}}
@@ -263,7 +360,7 @@ checksum/secrets: {{ include (print .Template.BasePath "/secrets.yaml") . | sha2
 A CLI job's pod template (the CronJobs and the migration hook share it).
 Takes (dict "root" $ "component" name "args" list "resources" map "serviceAccountName" name
 "migrationHook" bool "databaseSecretName" name-or-empty). The hook runs before the release's ConfigMap and Secrets exist, so it
-gets its settings inline, its own database Secret copy and no internal-secret volume.
+gets its settings inline, its own database Secret copy and no identity (it calls no service).
 */}}
 {{- define "awareness.jobPodTemplate" -}}
 {{- $root := .root -}}
@@ -315,7 +412,7 @@ spec:
         - name: tmp
           mountPath: /tmp
         {{- else }}
-        {{- include "awareness.commonVolumeMounts" $root | nindent 8 }}
+        {{- include "awareness.commonVolumeMounts" (dict "root" $root "component" .component) | nindent 8 }}
         {{- end }}
   volumes:
     {{- if .migrationHook }}
@@ -323,7 +420,7 @@ spec:
       emptyDir:
         sizeLimit: {{ $root.Values.tmpSizeLimit }}
     {{- else }}
-    {{- include "awareness.commonVolumes" $root | nindent 4 }}
+    {{- include "awareness.commonVolumes" (dict "root" $root "component" .component) | nindent 4 }}
     {{- end }}
 {{- end -}}
 
@@ -347,6 +444,11 @@ Takes (dict "root" $ "name" <service name> "svc" <its values block>).
 {{- $context := dict "root" $root "component" $name -}}
 {{- $grpc := eq $svc.protocol "grpc" -}}
 {{- $portName := $grpc | ternary "grpc" "http" -}}
+{{- /* The plaintext grpc.health.v1 port of a gRPC service: kubelet's gRPC probes cannot speak TLS. */}}
+{{- $healthPort := int $root.Values.grpc.healthPort -}}
+{{- if and $grpc (has $healthPort (list (int $svc.port) (int $svc.metricsPort))) -}}
+{{- fail (printf "grpc.healthPort (%d) must differ from services.%s.port and .metricsPort" $healthPort $name) -}}
+{{- end -}}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -426,6 +528,11 @@ spec:
               containerPort: {{ include "awareness.doorPort" $context }}
               protocol: TCP
             {{- end }}
+            {{- if $grpc }}
+            - name: health
+              containerPort: {{ $healthPort }}
+              protocol: TCP
+            {{- end }}
           envFrom:
             - configMapRef:
                 name: {{ include "awareness.componentName" (dict "root" $root "component" "config") }}
@@ -436,6 +543,8 @@ spec:
               value: {{ $svc.port | quote }}
             - name: AWARENESS_METRICS_PORT
               value: {{ $svc.metricsPort | quote }}
+            - name: AWARENESS_HEALTH_PORT
+              value: {{ $healthPort | quote }}
             {{- else }}
             - name: AWARENESS_GATEWAY_PORT
               value: {{ $svc.port | quote }}
@@ -488,22 +597,23 @@ spec:
               value: {{ $value | quote }}
             {{- end }}
           {{- if $grpc }}
+          {{- /* On the plaintext health port (a gRPC probe takes a number, not a port name): the gRPC port is mTLS only. */}}
           startupProbe:
             grpc:
-              port: {{ $svc.port }}
+              port: {{ $healthPort }}
               service: ""
             periodSeconds: 2
             failureThreshold: 60
           livenessProbe:
             grpc:
-              port: {{ $svc.port }}
+              port: {{ $healthPort }}
               service: ""
             periodSeconds: 10
             timeoutSeconds: 5
             failureThreshold: 3
           readinessProbe:
             grpc:
-              port: {{ $svc.port }}
+              port: {{ $healthPort }}
               service: {{ $svc.readinessService | quote }}
             periodSeconds: 5
             timeoutSeconds: 3
@@ -535,7 +645,7 @@ spec:
           securityContext:
             {{- include "awareness.containerSecurityContext" $root | nindent 12 }}
           volumeMounts:
-            {{- include "awareness.commonVolumeMounts" $root | nindent 12 }}
+            {{- include "awareness.commonVolumeMounts" $context | nindent 12 }}
             {{- if and (eq $name "signing") (include "awareness.pkiEnabled" $root) }}
             - name: pki
               mountPath: {{ $root.Values.pki.mountPath }}
@@ -567,7 +677,7 @@ spec:
               readOnly: true
             {{- end }}
       volumes:
-        {{- include "awareness.commonVolumes" $root | nindent 8 }}
+        {{- include "awareness.commonVolumes" $context | nindent 8 }}
         {{- if and (eq $name "signing") (include "awareness.pkiEnabled" $root) }}
         - name: pki
           secret:
