@@ -9,6 +9,7 @@ client package.
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +40,7 @@ EXPECTED_METHODS: dict[str, set[str]] = {
         "ListSubjectRecords",
         "ForgetSubject",
         "ListTrainingExamples",
+        "ListAccessRecords",
     },
     "awareness.policy.v1.PolicyService": {
         "CreatePolicy",
@@ -369,3 +371,29 @@ def test_buf_lint_is_clean() -> None:
     )
     assert lint.returncode == 0, lint.stdout + lint.stderr
     assert lint.stdout == ""
+
+
+# Public methods that change state but leave no access record, and why.
+NOT_AUDITED = {
+    # The appended event is itself the record, with its own receipt and proof.
+    "awareness.ingest.v1.IngestService.AppendEvent": "the event is the record",
+    "awareness.ingest.v1.IngestService.AppendEvents": "the events are the record",
+    "awareness.ingest.v1.IngestService.StreamAppendEvents": "the events are the record",
+    # Issues a token over a digest it is given; the token (with its serial) is the record.
+    "awareness.signing.v1.SigningService.Timestamp": "the token is the record",
+}
+
+
+def test_every_public_method_that_changes_state_declares_its_access_record(contracts: _Contracts) -> None:
+    from services.runtime.protos import audit_action
+
+    for name, method, _ in contracts.methods():
+        service, _, short = name.rpartition(".")
+        action = audit_action(f"/{service}/{short}")
+        if action is not None:
+            assert re.fullmatch(r"[a-z_]+\.[a-z_]+", action), f"{name}: {action!r}"
+            assert name not in INTERNAL_METHODS, f"{name} is internal: services act as themselves there"
+        if name in INTERNAL_METHODS or name in NOT_AUDITED:
+            continue
+        read_only = method.options.idempotency_level == descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS
+        assert read_only or action, f"{name} changes state but declares no audit_action"

@@ -1,8 +1,9 @@
-"""The server interceptor every service uses: auth, tracing, metrics, logs and error mapping.
+"""The server interceptor every service uses: auth, tracing, metrics, logs, error mapping, audit.
 
-One interceptor (not five) keeps a single wrapper on the hot path. Order inside it:
+One interceptor (not six) keeps a single wrapper on the hot path. Order inside it:
 take the caller's identity from its certificate, open the server span from the incoming W3C context,
-run the handler, map any error to ``google.rpc.Status``, record metrics and a log line.
+run the handler, map any error to ``google.rpc.Status``, record metrics and a log line, and queue
+an access record when the proto declares the method audited.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from services.runtime import auth, identity
+from services.runtime import audit, auth, identity
 from services.runtime.db import is_store_outage, store_unavailable
 from services.runtime.errors import (
     AwarenessError,
@@ -30,7 +31,7 @@ from services.runtime.errors import (
     UnimplementedError,
 )
 from services.runtime.metrics import ServiceMetrics, grpc_method_label
-from services.runtime.protos import UNDECLARED, allowed_callers, required_permission
+from services.runtime.protos import UNDECLARED, allowed_callers, audit_action, required_permission
 from services.runtime.tracing import extract_context
 from services.runtime.validation import check_request
 
@@ -53,8 +54,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         metrics: ServiceMetrics,
         permission_for: PermissionLookup | None = None,
         validated_fields: frozenset[str] = frozenset(),
+        recorder: audit.AuditRecorder | None = None,
     ) -> None:
         self._service = service
+        self._recorder = recorder
         self._validated_fields = validated_fields
         self._metrics = metrics
         self._permission_for = permission_for or required_permission
@@ -93,10 +96,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             response_serializer=handler.response_serializer,
         )
 
-    def _authenticate(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> auth.Principal:
-        principal = auth.principal_of_call(
+    def _identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> auth.Principal:
+        return auth.principal_of_call(
             caller=identity.peer_service(context), callee=self._service, metadata=_metadata(context)
         )
+
+    def _authorize(self, method: str, principal: auth.Principal) -> None:
         permission = self._permission_for(method)
         if permission == UNDECLARED:
             raise PermissionDeniedError(f"{method} declares no permission", reason="PERMISSION_UNDECLARED")
@@ -107,7 +112,6 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             raise PermissionDeniedError(f"{method} names no allowed callers", reason="CALLERS_UNDECLARED")
         if callers is not None:
             auth.require_caller(method, callers, principal)
-        return principal
 
     def _checked(self, request: Any, *, streamed: bool) -> Any:
         """The request after the generic check (services.runtime.validation); a stream checks each message."""
@@ -157,23 +161,59 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         internal = AwarenessError(f"internal error (reference {reference})", reason="INTERNAL_ERROR")
         await context.abort_with_status(rpc_status.to_status(internal.to_status()))
 
-    def _record(self, method: str, context: grpc.aio.ServicerContext[Any, Any], started: float) -> None:
-        code = context.code()
-        name = code.name if isinstance(code, grpc.StatusCode) else "OK" if code in (None, 0) else str(code)
+    def _record(self, method: str, name: str, started: float) -> None:
         elapsed = time.perf_counter() - started
         label = grpc_method_label(method)
         self._metrics.requests.labels(label, name).inc()
         self._metrics.latency.labels(label).observe(elapsed)
         log.debug("rpc", extra={"method": method, "code": name, "duration_ms": round(elapsed * 1000, 3)})
 
+    def _audit(
+        self,
+        method: str,
+        action: str,
+        principal: auth.Principal,
+        notes: audit.AuditNotes,
+        request: Any,
+        outcome: str,
+    ) -> None:
+        if notes.skipped or self._recorder is None:
+            return
+        self._recorder.record(
+            audit.AccessRecord(
+                principal=principal.subject,
+                action=action,
+                method=method,
+                # What the handler vouched for; else the request's name, as typed only when the
+                # call succeeded (a refused caller may have typed anything, an e-mail address too).
+                resource=notes.resource
+                or (
+                    audit.resource_of(request)
+                    if outcome == "OK"
+                    else audit.refused_resource(audit.resource_of(request))
+                ),
+                outcome=outcome,
+                time=audit.now(),
+                pseudonyms=tuple(notes.pseudonyms),
+                details=notes.details,
+            )
+        )
+
     @asynccontextmanager
-    async def _serving(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
-        """Around one call's handler: the span, the caller's principal, error mapping and metrics."""
+    async def _serving(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any], request: Any = None
+    ) -> AsyncIterator[None]:
+        """Around one call's handler: the span, the caller's principal, error mapping, metrics, audit."""
         started = time.perf_counter()
         span, token = self._start(method, context)
+        action = audit_action(method) if self._recorder is not None else None
+        notes_token = audit.begin() if action else None
+        principal: auth.Principal | None = None
         principal_token = None
         try:
-            principal_token = auth.set_current_principal(self._authenticate(method, context))
+            principal = self._identify(context)
+            self._authorize(method, principal)
+            principal_token = auth.set_current_principal(principal)
             yield
         except grpc.aio.AbortError:
             raise
@@ -183,7 +223,16 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         finally:
             if principal_token is not None:
                 auth._current.reset(principal_token)
-            self._record(method, context, started)
+            code = context.code()
+            name = (
+                code.name if isinstance(code, grpc.StatusCode) else "OK" if code in (None, 0) else str(code)
+            )
+            if notes_token is not None:
+                notes = audit.end(notes_token)
+                # An unauthenticated call names nobody to hold to account; refusing it is enough.
+                if action and principal is not None:
+                    self._audit(method, action, principal, notes, request, name)
+            self._record(method, name, started)
             span.end()
             otel_context.detach(token)
 
@@ -204,7 +253,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, method: str, behavior: Callable[..., Any], *, streamed: bool
     ) -> Callable[..., Awaitable[Any]]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            async with self._serving(method, context):
+            async with self._serving(method, context, None if streamed else request):
                 return await self._handle(behavior, request, context, streamed=streamed)
 
         return wrapped
@@ -213,7 +262,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, method: str, behavior: Callable[..., Any], *, streamed: bool
     ) -> Callable[..., AsyncIterator[Any]]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            async with self._serving(method, context):
+            async with self._serving(method, context, None if streamed else request):
                 result = await self._handle(behavior, request, context, streamed=streamed)
                 if hasattr(result, "__aiter__"):
                     async for item in result:

@@ -1,5 +1,5 @@
 """What the protos say about a method: its required permission, the services that may call it,
-and its idempotency.
+its idempotency, and the action its access records name.
 
 All are method options in the contracts, so the gateway and every service read one
 source of truth instead of keeping their own tables.
@@ -73,3 +73,15 @@ def allowed_callers(method: str) -> frozenset[str] | None:
         return None
     names = list(found.GetOptions().Extensions[annotations_pb2.allowed_callers])
     return frozenset(names) if names else None
+
+
+@functools.lru_cache(maxsize=512)
+def audit_action(method: str) -> str | None:
+    """The action an access record names for the method; None when the method is not audited."""
+    from awareness.api.v1 import annotations_pb2
+
+    found = find_method(method)
+    if found is None:
+        return None
+    value: str = found.GetOptions().Extensions[annotations_pb2.audit_action]
+    return value or None

@@ -22,7 +22,8 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.runtime import auth, db, identity, migrations
+from services.runtime import audit, auth, db, identity, migrations
+from services.runtime.audit import AuditRecorder
 from services.runtime.clients import ChannelFactory
 from services.runtime.config import Settings, with_identity
 from services.runtime.health import HealthReporter
@@ -43,6 +44,7 @@ class ServiceContext:
     channels: ChannelFactory
     engine: Engine | None = None
     sessions: sessionmaker[Session] | None = None
+    audit: AuditRecorder | None = None
 
 
 @dataclass
@@ -60,6 +62,8 @@ class ServiceApp:
     # Request fields the service checks item by item itself, so that one bad item refuses only
     # that item; the generic request check (services.runtime.validation) skips them.
     validated_fields: frozenset[str] = frozenset()
+    # Where the service's access records go instead of ingest's AppendEvents (ingest's own writer).
+    audit_sink: audit.Sink | None = None
 
 
 def build_context(settings: Settings, *, with_database: bool = True, migrate: bool = True) -> ServiceContext:
@@ -76,7 +80,13 @@ def build_context(settings: Settings, *, with_database: bool = True, migrate: bo
         breaker_reset_seconds=settings.breaker_reset_seconds,
         metrics=metrics,
     )
-    context = ServiceContext(settings=settings, metrics=metrics, channels=channels)
+    recorder = AuditRecorder(
+        source=settings.service,
+        # Without an ingest target (a unit under test, or ingest itself) the app may give its own sink.
+        sink=audit.ingest_sink(lambda: channels.channel("ingest")) if "ingest" in settings.targets else None,
+        metrics=metrics,
+    )
+    context = ServiceContext(settings=settings, metrics=metrics, channels=channels, audit=recorder)
     if with_database:
         context.engine = db.create_db_engine(settings.database_url, service=settings.service)
         if migrate:
@@ -123,6 +133,7 @@ def create_server(
                 metrics=context.metrics,
                 permission_for=app.permission_for,
                 validated_fields=app.validated_fields,
+                recorder=context.audit,
             )
         ],
         options=[
@@ -169,6 +180,8 @@ async def run_server(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread (tests)
             loop.add_signal_handler(sig, stop.set)
+    if app.audit_sink is not None and context.audit is not None:
+        context.audit.sink = app.audit_sink
     if app.on_start is not None:
         await app.on_start()
     await server.start()
@@ -177,6 +190,7 @@ async def run_server(
     tasks: list[asyncio.Task[None]] = [
         asyncio.create_task(job(), name=getattr(job, "__name__", "job")) for job in app.background
     ]
+    recording = asyncio.create_task(context.audit.run(), name="audit") if context.audit is not None else None
     renewal = asyncio.create_task(
         identity.renewed(
             settings.identity,
@@ -198,6 +212,12 @@ async def run_server(
     log.info("draining", extra={"grace_seconds": settings.shutdown_grace_seconds})
     await health.shutdown()
     await server.stop(settings.shutdown_grace_seconds)
+    if recording is not None and context.audit is not None:
+        # After the last call, and while the service's own jobs still run (ingest's writer): the
+        # records queued, and any that waited for ingest, go out before anything closes.
+        recording.cancel()
+        await asyncio.gather(recording, return_exceptions=True)
+        await context.audit.drain(timeout_seconds=settings.shutdown_grace_seconds)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -83,6 +83,14 @@ COLUMNS = {
     "awareness.scoring.v1.TrainModelRequest.request_id": ("scoring", "ModelRow", "request_id"),
     "awareness.signing.v1.SignCheckpointRequest.origin": ("signing", "SignedCheckpointRow", "origin"),
     "awareness.signing.v1.RotateKeyRequest.request_id": ("signing", "KeyRotationRow", "request_id"),
+    "awareness.ingest.v1.ListAccessRecordsRequest.principal": ("ingest", "AccessRecordIndex", "principal"),
+    "awareness.ingest.v1.ListAccessRecordsRequest.action": ("ingest", "AccessRecordIndex", "action"),
+    "awareness.ingest.v1.ListAccessRecordsRequest.resource": ("ingest", "AccessRecordIndex", "resource"),
+    "awareness.ingest.v1.ListAccessRecordsRequest.subject_pseudonym": (
+        "ingest",
+        "AccessRecordIndex",
+        "pseudonym",
+    ),
 }
 
 

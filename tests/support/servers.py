@@ -140,15 +140,20 @@ class RunningServer:
     health: HealthReporter
     port: int
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    recording: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     async def stop(self) -> None:
-        """As ``run_server`` drains, without grace: health, server, jobs, on_stop, peers, store."""
+        """As ``run_server`` drains, without grace: health, server, records, jobs, on_stop, peers, store."""
         await self.health.shutdown()
         await self.server.stop(0)
+        if self.recording is not None and self.context.audit is not None:
+            self.recording.cancel()
+            await asyncio.gather(self.recording, return_exceptions=True)
+            await self.context.audit.drain(timeout_seconds=1.0)
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -185,6 +190,8 @@ async def start_server(
     """Serve ``app`` as ``run_server`` does: on_start, the server, a first health check, then (unless
     a test drives them itself) the app's background jobs; the periodic probe only on request."""
     server, health, bound = create_server(app, context, port=port)
+    if app.audit_sink is not None and context.audit is not None:
+        context.audit.sink = app.audit_sink
     if app.on_start is not None:
         await app.on_start()
     await server.start()
@@ -193,7 +200,10 @@ async def start_server(
         health.start()
     jobs = app.background if background_jobs else []
     tasks = [asyncio.create_task(job()) for job in jobs]
-    return RunningServer(app=app, context=context, server=server, health=health, port=bound, tasks=tasks)
+    recording = asyncio.create_task(context.audit.run()) if context.audit is not None else None
+    return RunningServer(
+        app=app, context=context, server=server, health=health, port=bound, tasks=tasks, recording=recording
+    )
 
 
 async def start_service(
