@@ -20,6 +20,7 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.orm import Session
 
 from services.ingest import repository
+from services.ingest.domain.access import AUDIT_EVENT_TYPE
 from services.ingest.domain.history import (
     DAY_US,
     FAILED_LOGIN_TYPES,
@@ -49,8 +50,10 @@ def _sql_literal(value: str) -> str:
 def _aggregate_query(events: str) -> TextClause:
     """The aggregates of the events that the CTE text `events` lists as (event_id, pseudonym,
     at_us, source): one row per event. The window join walks the index on (subject_pseudonym,
-    occurred_at_us); "previous" and "source seen" look beyond the 30 days, through the same index."""
+    occurred_at_us); "previous" and "source seen" look beyond the 30 days, through the same index.
+    Access records about the subject (audit.action) are someone else's actions: none counts."""
     table = repository.METADATA.name
+    audit = _sql_literal(AUDIT_EVENT_TYPE)
     failed = ", ".join(_sql_literal(kind) for kind in sorted(FAILED_LOGIN_TYPES))
     return text(f"""
 WITH q(event_id, pseudonym, at_us, source) AS ({events})
@@ -62,13 +65,16 @@ SELECT q.event_id,
   SUM(CASE WHEN m.occurred_at_us >= q.at_us - {DAY_US} AND m.type IN ({failed}) THEN 1 ELSE 0 END)
     AS failed_logins_24h,
   (SELECT MAX(p.occurred_at_us) FROM {table} p
-     WHERE p.subject_pseudonym = q.pseudonym AND p.occurred_at_us < q.at_us) AS previous_us,
+     WHERE p.subject_pseudonym = q.pseudonym AND p.occurred_at_us < q.at_us AND p.type <> {audit})
+    AS previous_us,
   CASE WHEN EXISTS (SELECT 1 FROM {table} s
-     WHERE s.subject_pseudonym = q.pseudonym AND s.source = q.source AND s.occurred_at_us < q.at_us)
+     WHERE s.subject_pseudonym = q.pseudonym AND s.source = q.source AND s.occurred_at_us < q.at_us
+       AND s.type <> {audit})
     THEN 1 ELSE 0 END AS source_seen
 FROM q LEFT JOIN {table} m
   ON m.subject_pseudonym = q.pseudonym
   AND m.occurred_at_us >= q.at_us - {MONTH_US} AND m.occurred_at_us < q.at_us
+  AND m.type <> {audit}
 GROUP BY q.event_id, q.pseudonym, q.at_us, q.source
 """)
 

@@ -15,6 +15,7 @@ from google.rpc import status_pb2
 from services.ingest.service import (
     MAX_BATCH_EVENTS,
     Accepted,
+    AccessRecordReader,
     AppendOutcome,
     EventReader,
     LogWriter,
@@ -39,9 +40,10 @@ def _result(index: int, outcome: AppendOutcome, stamps: dict[int, Timestamp]) ->
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    def __init__(self, *, writer: LogWriter, reader: EventReader) -> None:
+    def __init__(self, *, writer: LogWriter, reader: EventReader, access: AccessRecordReader) -> None:
         self._writer = writer
         self._reader = reader
+        self._access = access
 
     async def AppendEvent(  # noqa: N802 - gRPC method name
         self, request: ingest_pb2.AppendEventRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -129,3 +131,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.ListTrainingExamplesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ingest_pb2.ListTrainingExamplesResponse:
         return await self._reader.training_examples(request)
+
+    async def ListAccessRecords(  # noqa: N802 - gRPC method name
+        self, request: ingest_pb2.ListAccessRecordsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingest_pb2.ListAccessRecordsResponse:
+        return await self._access.list_records(request)

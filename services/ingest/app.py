@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -38,8 +38,15 @@ from services.ingest.forgetting import ForgetFollower
 from services.ingest.integrator import Integrator, IntegratorSettings
 from services.ingest.keys import DEFAULT_KEY_CACHE_SECONDS, DEFAULT_MAX_ENTRIES, SubjectKeys
 from services.ingest.repository import WriteGate
-from services.ingest.service import Committer, EnrichmentItem, EventReader, LogWriter
-from services.runtime import db
+from services.ingest.service import (
+    Accepted,
+    AccessRecordReader,
+    Committer,
+    EnrichmentItem,
+    EventReader,
+    LogWriter,
+)
+from services.runtime import audit, db
 from services.runtime.config import (
     ConfigError,
     Settings,
@@ -167,21 +174,35 @@ class IngestRuntime:
             interval_seconds=settings.forget_poll_seconds,
             on_poll=self.keys.evict_expired,
         )
+        page_tokens = PageTokens.from_secret(context.settings.service_secret)
         self.reader = EventReader(
             sessions=sessions,
             keys=self.keys,
             gate=gate,
-            page_tokens=PageTokens.from_secret(context.settings.service_secret),
+            page_tokens=page_tokens,
             on_forget=self.enricher.forget,
             record_forget=self.forgets.record,
         )
-        self.servicer = IngestServicer(writer=self.writer, reader=self.reader)
+        self.access = AccessRecordReader(sessions=sessions, page_tokens=page_tokens)
+        self.servicer = IngestServicer(writer=self.writer, reader=self.reader, access=self.access)
         self._tasks: list[asyncio.Task[None]] = []
 
     def _forget(self, pseudonym: str) -> None:
         """A ForgetSubject that reached another replica: drop the keys and plaintext held here."""
         self.keys.forget(pseudonym)
         self.enricher.forget(pseudonym)
+
+    async def append_access_records(self, events: Sequence[ingest_pb2.Event]) -> None:
+        """The audit sink of ingest's own access records: its writer, not a call to itself.
+
+        Runs until the recorder is drained at shutdown, which is before on_stop stops the committer.
+        A failure to store raises (the recorder keeps the records and retries with the same ids);
+        a refusal is for good.
+        """
+        outcomes = await self.writer.append(events, allow_system=True)
+        refused = [outcome for outcome in outcomes if not isinstance(outcome, Accepted)]
+        if refused:
+            raise audit.RejectedRecordsError(len(refused), str(refused[0]))
 
     def _accepted(self, items: list[EnrichmentItem]) -> None:
         if self.settings.enrichment_enabled:
@@ -222,6 +243,7 @@ def app_for(runtime: IngestRuntime, context: ServiceContext) -> ServiceApp:
         on_start=runtime.start,
         on_stop=runtime.stop,
         validated_fields=EVENT_FIELDS,
+        audit_sink=runtime.append_access_records,
     )
 
 

@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="verify a receipt and inclusion proof offline, or recompute a whole event log database",
         description=(
             "With --proof: check leaf data -> leaf hash -> audit path -> checkpoint root -> checkpoint "
-            "signature -> RFC 3161 token, offline, given the public keys (--keys). "
+            "signature -> RFC 3161 token, offline, given the public keys (--keys); for a system event's "
+            "version-2 record (access, erasure records) also list the summary and details its leaf covers. "
             "With --database (or neither): recompute every leaf hash, Merkle node and checkpoint root "
             "of the ingest database and name the first record that differs."
         ),

@@ -2,7 +2,8 @@
 
 Append-only (database triggers, created by the migrations, refuse UPDATE and DELETE):
 ``event_records`` (what was received, personal fields sealed), ``leaves`` (gap-free leaf indices,
-written only by the integrator), ``tree_nodes`` (the Merkle node store) and ``checkpoints``.
+written only by the integrator), ``tree_nodes`` (the Merkle node store), ``checkpoints`` and
+``access_records`` (the index of the ``audit.action`` events, written with them).
 ``event_metadata`` is what was concluded about an event (scores, violations, labels) and may change.
 
 Times are stored as integer microseconds since the Unix epoch (UTC): exact, portable between SQLite
@@ -17,7 +18,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
 BigIntegerKey = BigInteger().with_variant(Integer(), "sqlite")
 
-APPEND_ONLY_TABLES = ("event_records", "leaves", "tree_nodes", "checkpoints")
+APPEND_ONLY_TABLES = ("event_records", "leaves", "tree_nodes", "checkpoints", "access_records")
 
 
 class Base(DeclarativeBase):
@@ -150,3 +151,35 @@ class ForgottenSubject(Base):
     recorded_us: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
     __table_args__ = (Index("ix_forgotten_subjects_recorded", "recorded_us"),)
+
+
+class AccessRecordIndex(Base):
+    """The index of the access records (``audit.action`` system events), written in the transaction
+    that stores the event: one row per (event, pseudonym), pseudonym '' when none is concerned.
+
+    ``ordinal`` is the pseudonym's position in the record: a list without a pseudonym filter reads
+    the rows of ordinal 0 only, one per record. Every index ends in (time_us, event_id), the order
+    ListAccessRecords pages in (newest first).
+    """
+
+    __tablename__ = "access_records"
+
+    event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    pseudonym: Mapped[str] = mapped_column(String(128), primary_key=True)
+    ordinal: Mapped[int] = mapped_column(Integer, nullable=False)
+    principal: Mapped[str] = mapped_column(String(256), nullable=False)
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    resource: Mapped[str] = mapped_column(String(256), nullable=False)
+    outcome: Mapped[str] = mapped_column(String(64), nullable=False)
+    # The service that recorded it (the event's source).
+    service: Mapped[str] = mapped_column(String(256), nullable=False)
+    # When the call finished (the event's occurred_at).
+    time_us: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+    __table_args__ = (
+        Index("ix_access_records_time", "ordinal", "time_us", "event_id"),
+        Index("ix_access_records_principal", "principal", "ordinal", "time_us", "event_id"),
+        Index("ix_access_records_action", "action", "ordinal", "time_us", "event_id"),
+        Index("ix_access_records_resource", "resource", "ordinal", "time_us", "event_id"),
+        Index("ix_access_records_pseudonym", "pseudonym", "time_us", "event_id"),
+    )

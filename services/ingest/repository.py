@@ -40,10 +40,12 @@ from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
 
 from services.evidence.envelope import SEALED_NOTE_PREFIX
+from services.ingest.domain.access import AUDIT_EVENT_TYPE
 from services.ingest.domain.events import Severity
 from services.ingest.domain.merkle import NodeKey, perfect_subtree_hash
-from services.ingest.domain.records import StoredRecord
+from services.ingest.domain.records import RECORD_VERSIONS, StoredRecord
 from services.ingest.models import (
+    AccessRecordIndex,
     Checkpoint,
     EventMetadata,
     EventRecord,
@@ -57,6 +59,7 @@ METADATA: Table = EventMetadata.__table__  # type: ignore[assignment]
 LEAVES: Table = Leaf.__table__  # type: ignore[assignment]
 NODES: Table = TreeNode.__table__  # type: ignore[assignment]
 CHECKPOINTS: Table = Checkpoint.__table__  # type: ignore[assignment]
+ACCESS: Table = AccessRecordIndex.__table__  # type: ignore[assignment]
 
 # PostgreSQL advisory lock keys (64-bit, derived from names so they do not collide by accident).
 LEADER_LOCK_KEY = int.from_bytes(
@@ -85,7 +88,14 @@ def from_us(micros: int) -> datetime:
 
 
 def stored_record(record: EventRecord) -> StoredRecord:
-    """The domain record of a stored row: what the leaf hash covers."""
+    """The domain record of a stored row: what the leaf hash covers, in the row's record_version
+    (2: the system payload too). ValueError for a version no encoding has, or a version-2 row
+    without its payload."""
+    version = record.record_version
+    if version not in RECORD_VERSIONS:
+        raise ValueError(f"record {record.event_id} has unknown record version {version}")
+    if version == 2 and record.system_payload is None:
+        raise ValueError(f"record {record.event_id} is of version 2 but has no system payload")
     return StoredRecord(
         event_id=record.event_id,
         type=record.type,
@@ -98,6 +108,7 @@ def stored_record(record: EventRecord) -> StoredRecord:
         receive_time=from_us(record.receive_time_us),
         nonce=bytes(record.nonce),
         ciphertext=bytes(record.ciphertext),
+        payload=record.system_payload if version == 2 else None,
     )
 
 
@@ -215,6 +226,17 @@ METADATA_COLUMNS = (
     "label_time_us",
     "update_time_us",
 )
+ACCESS_COLUMNS = (
+    "event_id",
+    "pseudonym",
+    "ordinal",
+    "principal",
+    "action",
+    "resource",
+    "outcome",
+    "service",
+    "time_us",
+)
 LEAF_COLUMNS = ("leaf_index", "event_id", "seq", "leaf_hash", "integrate_time_us")
 NODE_COLUMNS = ("level", "idx", "hash")
 
@@ -284,11 +306,17 @@ def bulk_insert(
 
 
 def insert_events(
-    session: Session, *, records: Sequence[Sequence[Any]], metadata: Sequence[Sequence[Any]]
+    session: Session,
+    *,
+    records: Sequence[Sequence[Any]],
+    metadata: Sequence[Sequence[Any]],
+    access: Sequence[Sequence[Any]] = (),
 ) -> None:
-    """Records and their metadata rows, as tuples in RECORD_COLUMNS / METADATA_COLUMNS order."""
+    """Records, their metadata rows and the access records' index rows, as tuples in RECORD_COLUMNS /
+    METADATA_COLUMNS / ACCESS_COLUMNS order (no access rows: no statement)."""
     bulk_insert(session, RECORDS, RECORD_COLUMNS, records)
     bulk_insert(session, METADATA, METADATA_COLUMNS, metadata)
+    bulk_insert(session, ACCESS, ACCESS_COLUMNS, access)
 
 
 # --- integration -----------------------------------------------------------------------------------
@@ -541,6 +569,10 @@ def list_event_ids(
     meta = METADATA.c
     if where.type:
         conditions.append(meta.type == where.type)
+    else:
+        # Access records are listed by ListAccessRecords (or by asking for their type), never
+        # among people's events.
+        conditions.append(meta.type != AUDIT_EVENT_TYPE)
     if where.source:
         conditions.append(meta.source == where.source)
     if where.subject_pseudonym:
@@ -599,7 +631,11 @@ def subject_records(
         select(EventRecord, EventMetadata, Leaf.leaf_index)
         .join(EventMetadata, EventMetadata.event_id == EventRecord.event_id)
         .outerjoin(Leaf, Leaf.seq == EventRecord.seq)
-        .where(EventMetadata.subject_pseudonym == pseudonym, EventRecord.seq > after_seq)
+        .where(
+            EventMetadata.subject_pseudonym == pseudonym,
+            EventMetadata.type != AUDIT_EVENT_TYPE,  # records of reading the data, not the data
+            EventRecord.seq > after_seq,
+        )
         .order_by(EventRecord.seq)
         .limit(limit)
     )
@@ -607,9 +643,12 @@ def subject_records(
 
 
 def count_subject_events(session: Session, *, pseudonym: str) -> int:
+    """The subject's events (access records about the subject are not the subject's events)."""
     return int(
         session.execute(
-            select(func.count()).select_from(METADATA).where(METADATA.c.subject_pseudonym == pseudonym)
+            select(func.count())
+            .select_from(METADATA)
+            .where(METADATA.c.subject_pseudonym == pseudonym, METADATA.c.type != AUDIT_EVENT_TYPE)
         ).scalar_one()
     )
 
@@ -705,7 +744,7 @@ def records_by_ids(session: Session, *, event_ids: Sequence[str]) -> dict[str, E
 def labelled_metadata(
     session: Session, *, start_us: int | None, end_us: int | None, after: tuple[int, str] | None, limit: int
 ) -> list[EventMetadata]:
-    statement = select(EventMetadata).where(EventMetadata.label != 0)
+    statement = select(EventMetadata).where(EventMetadata.label != 0, EventMetadata.type != AUDIT_EVENT_TYPE)
     if start_us is not None:
         statement = statement.where(EventMetadata.occurred_at_us >= start_us)
     if end_us is not None:
@@ -720,3 +759,80 @@ def labelled_metadata(
     return list(
         session.scalars(statement.order_by(EventMetadata.occurred_at_us, EventMetadata.event_id).limit(limit))
     )
+
+
+# --- access records --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccessFilter:
+    principal: str = ""
+    action: str = ""
+    resource: str = ""
+    subject_pseudonym: str = ""
+    start_us: int | None = None
+    end_us: int | None = None
+
+    def fingerprint(self) -> str:
+        """Stable digest of the filter, bound into page tokens (AIP-158: other fields must match)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def list_access_records(
+    session: Session, *, where: AccessFilter, after: tuple[int, str] | None, limit: int
+) -> list[tuple[int, str]]:
+    """(time_us, event_id) of the access records matching the filter, newest first, after the cursor.
+
+    With a pseudonym filter the rows of that pseudonym (one per record); without, each record's
+    first row (ordinal 0). Either way one index range, read in order (see models.AccessRecordIndex).
+    """
+    table = ACCESS.c
+    conditions = []
+    if where.subject_pseudonym:
+        conditions.append(table.pseudonym == where.subject_pseudonym)
+    else:
+        conditions.append(table.ordinal == 0)
+    if where.principal:
+        conditions.append(table.principal == where.principal)
+    if where.action:
+        conditions.append(table.action == where.action)
+    if where.resource:
+        conditions.append(table.resource == where.resource)
+    if where.start_us is not None:
+        conditions.append(table.time_us >= where.start_us)
+    if where.end_us is not None:
+        conditions.append(table.time_us < where.end_us)
+    if after is not None:
+        time_us, event_id = after
+        conditions.append(
+            or_(table.time_us < time_us, and_(table.time_us == time_us, table.event_id < event_id))
+        )
+    statement = (
+        select(table.time_us, table.event_id)
+        .where(*conditions)
+        .order_by(table.time_us.desc(), table.event_id.desc())
+        .limit(limit)
+    )
+    return [(int(row.time_us), str(row.event_id)) for row in session.execute(statement)]
+
+
+def access_records_by_ids(
+    session: Session, *, event_ids: Sequence[str]
+) -> dict[str, tuple[EventRecord, list[str]]]:
+    """The stored events of these access records and each one's pseudonyms (in recorded order)."""
+    if not event_ids:
+        return {}
+    ids = list(event_ids)
+    records = {
+        record.event_id: record
+        for record in session.scalars(select(EventRecord).where(EventRecord.event_id.in_(ids)))
+    }
+    pseudonyms: dict[str, list[str]] = {event_id: [] for event_id in records}
+    rows = session.execute(
+        select(ACCESS.c.event_id, ACCESS.c.pseudonym)
+        .where(ACCESS.c.event_id.in_(ids), ACCESS.c.pseudonym != "")
+        .order_by(ACCESS.c.event_id, ACCESS.c.ordinal)
+    )
+    for row in rows:
+        pseudonyms.setdefault(row.event_id, []).append(row.pseudonym)
+    return {event_id: (record, pseudonyms[event_id]) for event_id, record in records.items()}

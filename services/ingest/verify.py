@@ -3,8 +3,12 @@
 Offline: a receipt and its inclusion proof (JSON exactly as the API returns them) are checked leaf
 data -> leaf hash -> RFC 6962 audit path -> root -> checkpoint signature (Ed25519, C2SP signed
 note) -> RFC 3161 time-stamp token over the note (``openssl ts -verify``, when a CA is given).
+The leaf data is decoded (record version 1 or 2, services/ingest/domain/records.py): for a version-2
+record, a system event's, the report says the payload is covered and lists its summary and details
+(an access record's principal, action, resource and outcome).
 
-Database: every stored record is re-encoded and re-hashed, leaves are checked gap-free, every
+Database: every stored record is re-encoded in its record_version (version 2 with the stored
+system payload) and re-hashed, leaves are checked gap-free, every
 stored Merkle node and every checkpoint root is recomputed; the first record that differs is
 named (event id and leaf index).
 """
@@ -29,8 +33,17 @@ from sqlalchemy.orm import Session
 
 from services.evidence.checkpoint import NoteVerifier, parse_signed_note, verify_checkpoint
 from services.evidence.errors import NoteError
+from services.ingest.domain.events import EVENT_TYPES_BY_NAME
 from services.ingest.domain.merkle import leaf_hash, node_hash, verify_inclusion
-from services.ingest.domain.records import decode_canonical_record, record_leaf_hash
+from services.ingest.domain.records import (
+    StoredRecord,
+    SystemPayload,
+    decode_canonical_record,
+    decode_system_payload,
+    format_timestamp,
+    record_format,
+    record_leaf_hash,
+)
 from services.ingest.models import EventRecord
 from services.ingest.repository import CHECKPOINTS, COMPUTED_LEVELS, LEAVES, NODES, RECORDS, stored_record
 
@@ -39,15 +52,40 @@ PROGRESS_EVERY = 10_000
 
 @dataclass
 class Report:
-    """What a verification found: passed checks, the first failure, and notes."""
+    """What a verification found: passed checks, the first failure, and notes.
+
+    An offline proof check with leaf data also gives the record the leaf covers and, for a
+    version-2 record (a system event: an access or erasure record), its decoded payload: the
+    summary and details (an access record's principal, action, resource, outcome) the proof covers.
+    """
 
     checks: list[str] = field(default_factory=list)
     failure: str | None = None
     notes: list[str] = field(default_factory=list)
+    record: StoredRecord | None = None
+    payload: SystemPayload | None = None
 
     @property
     def ok(self) -> bool:
         return self.failure is None
+
+    def covered(self) -> list[tuple[str, str]]:
+        """What the leaf data says, field by field (values as decoded, for display)."""
+        record = self.record
+        if record is None:
+            return []
+        fields = [
+            ("format", record_format(record.version)),
+            ("event_id", record.event_id),
+            ("type", record.type),
+            ("source", record.source),
+            ("occurred_at", format_timestamp(record.occurred_at)),
+            ("subject_pseudonym", record.subject_pseudonym),
+        ]
+        if self.payload is not None:
+            fields.append(("summary", self.payload.summary))
+            fields.extend((f"details.{name}", value) for name, value in sorted(self.payload.details.items()))
+        return fields
 
     def passed(self, what: str) -> None:
         self.checks.append(what)
@@ -62,6 +100,8 @@ class Report:
             print(f"ok    {check}", file=out)
         for note in self.notes:
             print(f"note  {note}", file=out)
+        for name, value in self.covered():
+            print(f"leaf  {name} {json.dumps(value, ensure_ascii=False)}", file=out)
         if self.failure is not None:
             print(f"FAIL  {self.failure}", file=out)
 
@@ -149,6 +189,8 @@ def verify_proof(
         except ValueError as error:
             return report.fail(f"the leaf data is not a canonical record: {error}")
         report.passed(f"leaf data of event {record.event_id} hashes to the leaf hash")
+        report.record = record
+        _describe_coverage(report, record)
     else:
         record = None
         report.notes.append("no leaf data in the proof: the leaf hash is taken as given")
@@ -195,6 +237,24 @@ def verify_proof(
             f"RFC 3161 token over the checkpoint note verifies (openssl ts; tsa {signed.get('tsa', '')})"
         )
     return report
+
+
+def _describe_coverage(report: Report, record: StoredRecord) -> None:
+    """Say what the leaf covers: a version-2 record its payload (decoded into the report), a
+    version-1 system event not its summary and details."""
+    if record.payload is not None:
+        report.payload = decode_system_payload(record.payload)  # decode_canonical_record checked it
+        report.passed(
+            f"the leaf is an {record_format(2)} record: it covers the event's payload "
+            f"(summary and {len(report.payload.details)} details, listed below)"
+        )
+        return
+    event_type = EVENT_TYPES_BY_NAME.get(record.type)
+    if event_type is not None and event_type.system:
+        report.notes.append(
+            f"the leaf is an {record_format(1)} record of a {record.type} system event (stored before "
+            "version 2): it does not cover the event's summary and details"
+        )
 
 
 def openssl_verify_token(*, openssl: str, token: bytes, data: bytes, ca_pem: Sequence[str]) -> str | None:
@@ -350,7 +410,10 @@ def _leaf_failure(row: Any, *, tree_size: int) -> str | None:
     if row.event_id is None:
         return f"leaf {row.leaf_index}: its record is missing from event_records"
     record = EventRecord(**{column.name: row._mapping[column] for column in RECORDS.columns})
-    recomputed = record_leaf_hash(stored_record(record))
+    try:
+        recomputed = record_leaf_hash(stored_record(record))
+    except ValueError as error:
+        return f"record {row.event_id} (leaf index {row.leaf_index}) cannot be re-encoded: {error}"
     if recomputed != bytes(row.integrated_hash) or recomputed != bytes(row.leaf_hash):
         return (
             f"record {row.event_id} (leaf index {row.leaf_index}) differs from what was logged: "

@@ -17,10 +17,10 @@ def fields(violations: list[FieldViolation]) -> list[str]:
 
 def test_registry_holds_the_documented_types_with_descriptions():
     names = [t.name for t in events.EVENT_TYPES]
-    assert len(names) == len(set(names)) == 16
-    assert {"phishing.clicked", "mfa.disabled", "login.failed", "gdpr.erasure"} <= set(names)
+    assert len(names) == len(set(names)) == 17
+    assert {"phishing.clicked", "mfa.disabled", "login.failed", "gdpr.erasure", "audit.action"} <= set(names)
     assert all(t.description for t in events.EVENT_TYPES)
-    assert [t.name for t in events.EVENT_TYPES if t.system] == ["gdpr.erasure"]
+    assert [t.name for t in events.EVENT_TYPES if t.system] == ["gdpr.erasure", "audit.action"]
 
 
 def test_valid_event_has_no_violations():

@@ -58,7 +58,15 @@ async def test_triggers_refuse_update_and_delete_on_every_log_table(
     async with suite(tmp_path, database_url=database_url) as running:
         # 16 leaves: the smallest tree with a stored node (lower levels are computed from leaves).
         [event_id, *_] = await append_and_checkpoint(running, 16)
+        # A read of personal data leaves an access record (an event and its index rows).
+        await running.client().GetEvent(ingest_pb2.GetEventRequest(name=f"events/{event_id}"))
+        await eventually(lambda: access_rows(ingest_engine(running)), what="the read's access record")
         await asyncio.to_thread(check_triggers, ingest_engine(running), event_id)
+
+
+def access_rows(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(text("SELECT count(*) FROM access_records")).scalar_one())
 
 
 def check_triggers(engine: Engine, event_id: str) -> None:
@@ -68,6 +76,7 @@ def check_triggers(engine: Engine, event_id: str) -> None:
         "leaves": "SET leaf_index = leaf_index + 100",
         "tree_nodes": "SET idx = idx + 100",
         "checkpoints": "SET note = 'forged'",
+        "access_records": "SET principal = 'someone else'",
     }
     assert set(changes) == set(APPEND_ONLY_TABLES)
     for table, assignment in changes.items():
@@ -80,7 +89,7 @@ def check_triggers(engine: Engine, event_id: str) -> None:
                 connection.execute(text(f"TRUNCATE {table}"))
     with engine.begin() as connection:
         rows = connection.execute(text("SELECT count(*) FROM event_records")).scalar_one()
-        assert rows == 16
+        assert rows == 17  # and the access record
         # The metadata beside the log stays mutable.
         updated = connection.execute(
             text("UPDATE event_metadata SET triage_state = 2 WHERE event_id = :id"), {"id": event_id}

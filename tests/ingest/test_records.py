@@ -98,6 +98,7 @@ def test_canonical_bytes_change_with_every_field():
         "receive_time": datetime(2025, 6, 1, 12, 0, 2, tzinfo=UTC),
         "nonce": b"\x00" * 12,
         "ciphertext": b"\x01" * 40,
+        "payload": records.system_payload_json(summary="", details={}),
     }
     assert set(changes) == {f.name for f in dataclasses.fields(records.StoredRecord)}
     for name, value in changes.items():
@@ -114,6 +115,108 @@ def test_canonical_record_decodes_back_and_rejects_non_canonical_bytes():
         records.decode_canonical_record(reordered)
     with pytest.raises(ValueError):
         records.decode_canonical_record(data.replace(b".000005Z", b".5Z", 1))
+
+
+ACCESS_DETAILS = {
+    "principal": "key:auditor-1",
+    "action": "event.read",
+    "method": "/awareness.ingest.v1.IngestService/GetEvent",
+    "resource": "events/0197a0b2-7c4e-7a1b-8f00-123456789abc",
+    "outcome": "OK",
+}
+
+
+def make_system_record(**changes: object) -> records.StoredRecord:
+    """An access record as version 2 stores it: no key, no ciphertext, its payload in clear."""
+    record = make_record(
+        type="audit.action",
+        source="ingest",
+        key_period="",
+        key_id="",
+        nonce=b"",
+        ciphertext=b"",
+        payload=records.system_payload_json(summary="", details=ACCESS_DETAILS),
+    )
+    return dataclasses.replace(record, **changes)  # type: ignore[arg-type]
+
+
+def test_version_2_bytes_are_version_1_plus_the_payload_as_stored():
+    record = make_system_record()
+    assert record.version == 2 and make_record().version == 1
+    data = records.canonical_record_bytes(record)
+    document = json.loads(data)
+    assert list(document) == sorted(document)
+    assert (document["format"], document["v"]) == ("awareness.ingest.record.v2", 2)
+    assert document["payload"] == record.payload  # the stored characters, as a JSON string
+    assert json.loads(document["payload"]) == {"summary": "", "details": ACCESS_DETAILS}
+    assert document["payload"].encode() == canonical_json({"summary": "", "details": ACCESS_DETAILS})
+    # Without its payload member (and as version 1) the document is exactly the version-1 encoding.
+    v1 = {**document, "format": "awareness.ingest.record.v1", "v": 1}
+    del v1["payload"]
+    assert canonical_json(v1) == records.canonical_record_bytes(dataclasses.replace(record, payload=None))
+
+
+def test_a_version_2_leaf_changes_with_its_payload():
+    baseline = records.record_leaf_hash(make_system_record())
+    for change in (
+        {**ACCESS_DETAILS, "outcome": "PERMISSION_DENIED"},
+        {**ACCESS_DETAILS, "principal": "key:someone-else"},
+        {**ACCESS_DETAILS, "resource": "events/0197a0b2-7c4e-7a1b-8f00-123456789abd"},
+        {key: value for key, value in ACCESS_DETAILS.items() if key != "action"},
+    ):
+        payload = records.system_payload_json(summary="", details=change)
+        assert records.record_leaf_hash(make_system_record(payload=payload)) != baseline, change
+    summary = records.system_payload_json(summary="x", details=ACCESS_DETAILS)
+    assert records.record_leaf_hash(make_system_record(payload=summary)) != baseline
+    # The same record without the payload member (version 1) is another leaf too.
+    assert records.record_leaf_hash(make_system_record(payload=None)) != baseline
+
+
+def test_the_system_payload_is_canonical_whatever_the_order_of_its_details():
+    forwards = records.system_payload_json(summary="s", details={"a": "1", "é": "ü", "b": "\n"})
+    backwards = records.system_payload_json(summary="s", details={"b": "\n", "é": "ü", "a": "1"})
+    assert forwards == backwards == '{"details":{"a":"1","b":"\\n","é":"ü"},"summary":"s"}'
+    assert records.decode_system_payload(forwards) == records.SystemPayload(
+        summary="s", details={"a": "1", "b": "\n", "é": "ü"}
+    )
+    # The spelling system payloads had before version 2 (json.dumps, sorted) is not canonical.
+    legacy = json.dumps({"summary": "s", "details": {"a": "1", "é": "ü"}}, sort_keys=True)
+    for payload in (
+        legacy,
+        '{"summary":"s","details":{}}',  # members out of order
+        '{"details":{},"summary":"s","extra":"x"}',
+        '{"details":{"a":1},"summary":"s"}',
+        '{"details":[],"summary":"s"}',
+        '{"details":{},"summary":"s"',
+        '"text"',
+        "[" * 100_000,
+    ):
+        with pytest.raises(ValueError):
+            records.decode_system_payload(payload)
+
+
+def test_version_2_records_decode_back_and_reject_what_is_not_canonical():
+    record = make_system_record()
+    data = records.canonical_record_bytes(record)
+    assert records.decode_canonical_record(data) == record
+    assert records.record_leaf_hash(record) == merkle.leaf_hash(data)
+    document = json.loads(data)
+    spaced = json.dumps({"details": ACCESS_DETAILS, "summary": ""}, sort_keys=True)
+    bad_documents = [
+        {**document, "payload": spaced},  # the payload spelled otherwise
+        {**document, "format": "awareness.ingest.record.v1"},  # version and format disagree
+        {**document, "v": 1},
+        {**document, "v": 3, "format": "awareness.ingest.record.v3"},
+        {key: value for key, value in document.items() if key != "payload"},  # v2 without payload
+        {**document, "payload": {"details": ACCESS_DETAILS, "summary": ""}},  # an object, not a string
+        {
+            **json.loads(records.canonical_record_bytes(make_record())),
+            "payload": record.payload,
+        },  # v1 + payload
+    ]
+    for bad in bad_documents:
+        with pytest.raises(ValueError):
+            records.decode_canonical_record(canonical_json(bad))
 
 
 def fingerprint_event(**changes: object) -> EventInput:
@@ -163,26 +266,28 @@ def test_fingerprint_is_keyed():
 
 _any_text = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=24)
 _details = st.dictionaries(_any_text, _any_text, max_size=6)
+# Every text member of a record document, each any text.
+_record_values = st.fixed_dictionaries(
+    {
+        name: _any_text
+        for name in (
+            "event_id",
+            "type",
+            "source",
+            "occurred_at",
+            "severity",
+            "subject_pseudonym",
+            "key_period",
+            "key_id",
+            "receive_time",
+        )
+    }
+)
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    values=st.fixed_dictionaries(
-        {
-            name: _any_text
-            for name in (
-                "event_id",
-                "type",
-                "source",
-                "occurred_at",
-                "severity",
-                "subject_pseudonym",
-                "key_period",
-                "key_id",
-                "receive_time",
-            )
-        }
-    ),
+    values=_record_values,
     nonce=st.binary(max_size=12),
     ciphertext=st.binary(max_size=64),
 )
@@ -212,3 +317,77 @@ def test_fingerprint_is_the_hmac_of_the_canonical_content(
     content = canonical_json({**values, "details": details, "format": records.FINGERPRINT_FORMAT})
     expected = hmac.new(SECRET, content, hashlib.sha256).hexdigest()
     assert records.fingerprint_fields(secret=SECRET, details=details, **values) == expected
+
+
+_timestamps = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.fixed_dictionaries(
+        {
+            name: _any_text
+            for name in ("event_id", "type", "source", "subject_pseudonym", "key_period", "key_id")
+        }
+    ),
+    occurred_at=_timestamps,
+    receive_time=_timestamps,
+    severity=st.sampled_from(list(Severity)),
+    nonce=st.binary(max_size=12),
+    ciphertext=st.binary(max_size=64),
+    payload=st.none() | st.tuples(_any_text, _details),
+)
+def test_records_of_either_version_round_trip_through_their_canonical_bytes(
+    values: dict[str, str],
+    occurred_at: datetime,
+    receive_time: datetime,
+    severity: Severity,
+    nonce: bytes,
+    ciphertext: bytes,
+    payload: tuple[str, dict[str, str]] | None,
+) -> None:
+    stored = None if payload is None else records.system_payload_json(summary=payload[0], details=payload[1])
+    record = records.StoredRecord(
+        **values,
+        occurred_at=occurred_at,
+        receive_time=receive_time,
+        severity=severity,
+        nonce=nonce,
+        ciphertext=ciphertext,
+        payload=stored,
+    )
+    data = records.canonical_record_bytes(record)
+    decoded = records.decode_canonical_record(data)
+    assert decoded == record
+    assert records.canonical_record_bytes(decoded) == data
+    assert json.loads(data)["v"] == record.version == (1 if payload is None else 2)
+    if payload is not None:
+        assert records.decode_system_payload(json.loads(data)["payload"]) == records.SystemPayload(
+            summary=payload[0], details=payload[1]
+        )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=_record_values,
+    summary=_any_text,
+    details=_details,
+)
+def test_version_2_bytes_are_the_canonical_json_of_the_record_document(
+    values: dict[str, str], summary: str, details: dict[str, str]
+) -> None:
+    payload = records.system_payload_json(summary=summary, details=details)
+    assert payload.encode() == canonical_json({"summary": summary, "details": details})
+    document = {
+        **values,
+        "ciphertext": "",
+        "nonce": "",
+        "payload": payload,
+        "format": records.RECORD_FORMAT_V2,
+        "v": 2,
+    }
+    assert records.record_bytes(**values, nonce=b"", ciphertext=b"", payload=payload) == canonical_json(
+        document
+    )

@@ -45,6 +45,9 @@ class EventType:
     description: str
     # System types are written by the services themselves (erasure records), never by clients.
     system: bool = False
+    # Whether an event of the type is about one subject. Only a system type may be about none (an
+    # access record of an action that concerned nobody, or several, names them in its details).
+    needs_subject: bool = True
 
 
 EVENT_TYPES: tuple[EventType, ...] = (
@@ -65,6 +68,14 @@ EVENT_TYPES: tuple[EventType, ...] = (
     EventType("login.failed", "A sign-in attempt for the subject failed."),
     EventType(
         "gdpr.erasure", "A data subject was erased (keys destroyed); holds no personal data.", system=True
+    ),
+    EventType(
+        "audit.action",
+        "An access record: who read personal data or changed state, what, on which resource and with "
+        "what outcome; subjects appear only as pseudonyms. Written by the services, listed by "
+        "ListAccessRecords.",
+        system=True,
+        needs_subject=False,
     ),
 )
 
@@ -199,7 +210,9 @@ def validate_event(
         violation("source", f"must be at most {MAX_SOURCE_CHARS} characters")
 
     if not event.subject.strip():
-        violation("subject", "must not be empty")
+        # Whitespace is never a subject; nothing at all is one only for types about nobody.
+        if event.subject or event_type is None or event_type.needs_subject:
+            violation("subject", "must not be empty")
     elif len(event.subject) > MAX_SUBJECT_CHARS:
         violation("subject", f"must be at most {MAX_SUBJECT_CHARS} characters")
 

@@ -21,6 +21,22 @@ exactly RFC 8785 output). Members:
     subject_pseudonym the subject's pseudonym (never the identifier)
     type              registered event type
     v                 1
+
+Version 2 ("awareness.ingest.record.v2"), the encoding of system events (types registered with
+``system=True``: erasure and access records) appended since it was introduced: the same canonical
+JSON, with "format" "awareness.ingest.record.v2", "v" 2 and one more member,
+
+    payload           the event's system payload exactly as stored (``event_records.system_payload``):
+                      a JSON string whose value is the canonical JSON (as above) of
+                      {"details": {name: value, ...}, "summary": "..."}
+
+so the leaf covers who did what, on which resource, with which outcome, not only that a record
+about a pseudonym existed. System events carry no personal data, hence no key and no ciphertext:
+their ciphertext, nonce, key_id and key_period are empty. Client events stay version 1 (their
+personal fields are in the ciphertext). A record's version is in ``event_records.record_version``;
+records stored as version 1 keep their version-1 leaf, and system events stored as version 1 (before
+version 2) are covered without their payload. Decoders accept both versions and insist the bytes,
+and a version-2 payload, re-encode identically.
 """
 
 from __future__ import annotations
@@ -38,9 +54,16 @@ from services.ingest.domain.events import EventInput, Severity, parse_severity
 from services.ingest.domain.merkle import leaf_hash
 
 RECORD_FORMAT = "awareness.ingest.record.v1"
+RECORD_FORMAT_V2 = "awareness.ingest.record.v2"
+RECORD_VERSIONS = (1, 2)
 FINGERPRINT_FORMAT = "awareness.ingest.fingerprint.v1"
 FINGERPRINT_KEY_FORMAT = b"awareness.ingest.fingerprint-key.v1\x00"
 MIN_FINGERPRINT_SECRET_BYTES = 16
+
+
+def record_format(version: int) -> str:
+    """The "format" member of a record of that encoding version."""
+    return {1: RECORD_FORMAT, 2: RECORD_FORMAT_V2}[version]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +81,55 @@ class StoredRecord:
     receive_time: datetime
     nonce: bytes
     ciphertext: bytes
+    # Version 2 (system events appended since it exists): the stored system payload the leaf covers;
+    # None for a version-1 record.
+    payload: str | None = None
+
+    @property
+    def version(self) -> int:
+        """The record encoding version: 2 when the leaf covers a payload, else 1."""
+        return 1 if self.payload is None else 2
+
+
+@dataclass(frozen=True, slots=True)
+class SystemPayload:
+    """A system event's non-personal summary and details, as its stored payload spells them."""
+
+    summary: str
+    details: Mapping[str, str]
+
+
+def system_payload_json(
+    *, summary: str, details: Mapping[str, str], encoded_details: str | None = None
+) -> str:
+    """The stored payload of a system event: canonical JSON of {"details": ..., "summary": ...}.
+
+    One spelling per content (members sorted, no insignificant whitespace, RFC 8785 escapes), so a
+    version-2 leaf, which covers these exact characters, can be rebuilt and checked by anyone.
+    `encoded_details`, when given, is details_json(details), already spelled by the caller.
+    """
+    encoded = details_json(details) if encoded_details is None else encoded_details
+    return f'{{"details":{encoded},"summary":{json_string(summary)}}}'
+
+
+def decode_system_payload(payload: str) -> SystemPayload:
+    """Parse a version-2 payload and insist it is the canonical spelling of summary and details."""
+    try:
+        document = json.loads(payload)
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise ValueError(f"the payload is not JSON: {error!r}") from error
+    if not isinstance(document, dict) or set(document) != {"details", "summary"}:
+        raise ValueError("the payload must be an object of exactly summary and details")
+    summary, details = document["summary"], document["details"]
+    if (
+        not isinstance(summary, str)
+        or not isinstance(details, dict)
+        or not all(isinstance(value, str) for value in details.values())
+    ):
+        raise ValueError("the payload's summary and detail values must be strings")
+    if system_payload_json(summary=summary, details=details) != payload:
+        raise ValueError("the payload is not in canonical form")
+    return SystemPayload(summary=summary, details=details)
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -97,7 +169,8 @@ def parse_timestamp(text: str) -> datetime:
 
 
 def canonical_record_bytes(record: StoredRecord) -> bytes:
-    """The version-1 canonical encoding described in this module's docstring (the Merkle leaf data)."""
+    """The canonical encoding described in this module's docstring (the Merkle leaf data): version 2
+    when the record has a payload, else version 1."""
     return record_bytes(
         event_id=record.event_id,
         type=record.type,
@@ -110,6 +183,7 @@ def canonical_record_bytes(record: StoredRecord) -> bytes:
         receive_time=format_timestamp(record.receive_time),
         nonce=record.nonce,
         ciphertext=record.ciphertext,
+        payload=record.payload,
     )
 
 
@@ -126,15 +200,23 @@ def record_bytes(
     receive_time: str,
     nonce: bytes,
     ciphertext: bytes,
+    payload: str | None = None,
 ) -> bytes:
-    """canonical_record_bytes from the values; times already in format_timestamp form."""
+    """canonical_record_bytes from the values; times already in format_timestamp form.
+
+    Without a payload: version 1. With one (a system event's stored payload): version 2.
+    """
     j = json_string
+    if payload is None:
+        name, middle, version = RECORD_FORMAT, "", 1
+    else:
+        name, middle, version = RECORD_FORMAT_V2, f'"payload":{j(payload)},', 2
     return (
         f'{{"ciphertext":"{base64.b64encode(ciphertext).decode("ascii")}","event_id":{j(event_id)},'
-        f'"format":"{RECORD_FORMAT}","key_id":{j(key_id)},"key_period":{j(key_period)},'
-        f'"nonce":"{base64.b64encode(nonce).decode("ascii")}","occurred_at":{j(occurred_at)},'
+        f'"format":"{name}","key_id":{j(key_id)},"key_period":{j(key_period)},'
+        f'"nonce":"{base64.b64encode(nonce).decode("ascii")}","occurred_at":{j(occurred_at)},{middle}'
         f'"receive_time":{j(receive_time)},"severity":{j(severity)},"source":{j(source)},'
-        f'"subject_pseudonym":{j(subject_pseudonym)},"type":{j(type)},"v":1}}'
+        f'"subject_pseudonym":{j(subject_pseudonym)},"type":{j(type)},"v":{version}}}'
     ).encode()
 
 
@@ -144,15 +226,22 @@ def record_leaf_hash(record: StoredRecord) -> bytes:
 
 
 def decode_canonical_record(data: bytes) -> StoredRecord:
-    """Parse canonical record bytes (e.g. from an export) and insist they re-encode identically."""
+    """Parse canonical record bytes of either version (e.g. an inclusion proof's leaf data) and
+    insist they re-encode identically; a version-2 payload must be canonical too."""
     try:
         document = json.loads(data.decode("utf-8"))
-        if (
-            not isinstance(document, dict)
-            or document.get("format") != RECORD_FORMAT
-            or document.get("v") != 1
-        ):
-            raise ValueError("not an awareness.ingest.record.v1 document")
+        if not isinstance(document, dict):
+            raise ValueError("not an awareness.ingest.record document")
+        version = document.get("v")
+        if version == 1 and document.get("format") == RECORD_FORMAT:
+            payload = None
+        elif version == 2 and document.get("format") == RECORD_FORMAT_V2:
+            payload = document["payload"]
+            if not isinstance(payload, str):
+                raise ValueError("the payload member must be a string")
+            decode_system_payload(payload)
+        else:
+            raise ValueError("not an awareness.ingest.record.v1 or .v2 document")
         severity = parse_severity(document["severity"])
         if severity is None:
             raise ValueError(f"unknown severity {document['severity']!r}")
@@ -168,8 +257,9 @@ def decode_canonical_record(data: bytes) -> StoredRecord:
             receive_time=parse_timestamp(document["receive_time"]),
             nonce=base64.b64decode(document["nonce"], validate=True),
             ciphertext=base64.b64decode(document["ciphertext"], validate=True),
+            payload=payload,
         )
-    except (UnicodeDecodeError, KeyError, TypeError, AttributeError, binascii.Error) as error:
+    except (UnicodeDecodeError, KeyError, TypeError, AttributeError, RecursionError, binascii.Error) as error:
         raise ValueError(f"malformed canonical record: {error}") from error
     if canonical_record_bytes(record) != data:
         raise ValueError("record bytes are not in canonical form")

@@ -1,6 +1,8 @@
 """The ingest service layer: the append path (``append``: validate, seal, group commit) and every
-read (``reads``: events, receipts, checkpoints, proofs, gdpr's and scoring's internal reads)."""
+read (``reads``: events, receipts, checkpoints, proofs, gdpr's and scoring's internal reads;
+``access``: the access records)."""
 
+from services.ingest.service.access import AccessRecordReader
 from services.ingest.service.append import (
     MAX_BATCH_EVENTS,
     Accepted,
@@ -16,6 +18,7 @@ from services.ingest.service.reads import EventReader
 __all__ = [
     "MAX_BATCH_EVENTS",
     "Accepted",
+    "AccessRecordReader",
     "AppendOutcome",
     "Committer",
     "EnrichmentItem",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import json
 import logging
 import os
 import time
@@ -32,6 +31,7 @@ from services.evidence.canonical import details_json
 from services.evidence.envelope import NONCE_BYTES, seal_personal
 from services.ingest import repository
 from services.ingest.convert import event_input, receipt_message
+from services.ingest.domain.access import AUDIT_EVENT_TYPE, access_facts, access_violations
 from services.ingest.domain.errors import EventConflictError, ValidationError
 from services.ingest.domain.events import (
     EVENT_TYPES_BY_NAME,
@@ -49,6 +49,7 @@ from services.ingest.domain.records import (
     format_timestamp_us,
     record_bytes,
     subject_fingerprint_key,
+    system_payload_json,
 )
 from services.ingest.keys import KeyLookup, SubjectKey, SubjectKeys
 from services.ingest.repository import StoredReceipt, to_us
@@ -124,6 +125,8 @@ class PendingRow:
     record: tuple[Any, ...]  # in repository.RECORD_COLUMNS order
     metadata: tuple[Any, ...]  # in repository.METADATA_COLUMNS order
     enrichment: EnrichmentItem | None
+    # Access records (audit.action events) only: their index rows, in repository.ACCESS_COLUMNS order.
+    access: tuple[tuple[Any, ...], ...] = ()
 
 
 @dataclass
@@ -247,6 +250,7 @@ class Committer:
                         session,
                         records=[rows[i].record for i in fresh],
                         metadata=[rows[i].metadata for i in fresh],
+                        access=[entry for i in fresh if rows[i].access for entry in rows[i].access],
                     )
                     if fresh:
                         self._on_storing(origins)  # before the commit: see Integrator.storing
@@ -517,6 +521,10 @@ class LogWriter:
                 for v in violations
             ]
         violations.extend(extra)
+        if system and event.type == AUDIT_EVENT_TYPE:
+            violations.extend(
+                access_violations(subject_pseudonym=event.subject, details=event.details, field_prefix=prefix)
+            )
         if violations:
             return ValidationError(violations)
         event_id = canonical_event_id(event.event_id) if event.event_id else new_event_id()
@@ -779,8 +787,11 @@ class _Sealed:
 
 def _seal(candidate: _Candidate, *, cipher: AESGCM | None, nonce: bytes | None) -> _Sealed:
     if candidate.system:
-        # System events carry no personal data: no key, and the fields stay readable.
-        payload = json.dumps({"summary": candidate.summary, "details": candidate.details}, sort_keys=True)
+        # System events carry no personal data: no key, and the fields stay readable, spelled
+        # canonically, since their (version-2) leaf covers these exact characters.
+        payload = system_payload_json(
+            summary=candidate.summary, details=candidate.details, encoded_details=candidate.encoded_details
+        )
         return _Sealed(candidate.subject, "", "", b"", b"", payload)
     key = candidate.key
     assert key is not None
@@ -812,6 +823,7 @@ def _record_leaf_hash(candidate: _Candidate, sealed: _Sealed, *, receive_text: s
             receive_time=receive_text,
             nonce=sealed.nonce,
             ciphertext=sealed.ciphertext,
+            payload=sealed.payload,  # system events: version 2, the leaf covers their payload
         )
     )
 
@@ -832,7 +844,7 @@ def _record_row(candidate: _Candidate, sealed: _Sealed, *, leaf: bytes, receive_
         receive_us,
         candidate.fingerprint,
         leaf,
-        1,  # record_version
+        1 if sealed.payload is None else 2,  # record_version: see services/ingest/domain/records.py
         sealed.payload,
     )
 
@@ -904,4 +916,25 @@ def _pending_row(
         enrichment=None
         if candidate.system
         else _enrichment_item(candidate, pseudonym=sealed.pseudonym, origin=origin),
+        access=_access_rows(candidate) if candidate.system and candidate.type == AUDIT_EVENT_TYPE else (),
+    )
+
+
+def _access_rows(candidate: _Candidate) -> tuple[tuple[Any, ...], ...]:
+    """The index rows of an access record, in repository.ACCESS_COLUMNS order: one per pseudonym
+    concerned ('' when none), stored in the transaction that stores the event."""
+    facts = access_facts(subject_pseudonym=candidate.subject, details=candidate.details)
+    return tuple(
+        (
+            candidate.event_id,
+            pseudonym,
+            ordinal,
+            facts.principal,
+            facts.action,
+            facts.resource,
+            facts.outcome,
+            candidate.source,
+            candidate.occurred_us,
+        )
+        for ordinal, pseudonym in enumerate(facts.pseudonyms or ("",))
     )

@@ -7,7 +7,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from awareness.ingest.v1 import ingest_pb2
 from awareness.signing.v1 import signing_pb2
@@ -36,7 +36,7 @@ from services.ingest.domain.records import canonical_record_bytes
 from services.ingest.keys import ERASED, SubjectKey, SubjectKeys
 from services.ingest.models import Checkpoint, EventRecord
 from services.ingest.repository import DatabaseNodeStore, EventFilter, StoredEvent, stored_record, to_us
-from services.runtime import auth
+from services.runtime import audit, auth
 from services.runtime.db import run_db, transaction
 from services.runtime.errors import (
     DependencyUnavailableError,
@@ -110,13 +110,16 @@ class EventReader:
     # --- events ---------------------------------------------------------------------------------
 
     async def get_event(self, name: str) -> ingest_pb2.Event:
+        personal = _audited_read()
         event_id = parse_event_name(name)
-        events = await self._load([event_id])
+        events, opened = await self._load([event_id], personal=personal)
         if not events:
             raise NotFoundError(f"event {event_id} not found", reason="EVENT_NOT_FOUND")
+        _note_read(opened)
         return events[0]
 
     async def list_events(self, request: ingest_pb2.ListEventsRequest) -> ingest_pb2.ListEventsResponse:
+        personal = _audited_read()
         size = page_size(request.page_size)
         start_us = timestamp_to_us(request.start_time) if request.HasField("start_time") else None
         end_us = timestamp_to_us(request.end_time) if request.HasField("end_time") else None
@@ -128,6 +131,7 @@ class EventReader:
             if found is None or (pseudonym and pseudonym != found):
                 # Nobody by that identifier (unknown or erased), or another person than the pseudonym
                 # filter names: nothing matches, and gdpr registered no one.
+                _note_read([])
                 return ingest_pb2.ListEventsResponse()
             pseudonym = found
         where = EventFilter(
@@ -148,7 +152,8 @@ class EventReader:
         )
         event_ids = await self._read(repository.list_event_ids, where=where, after=after, limit=size + 1)
         more = len(event_ids) > size
-        events = await self._load(event_ids[:size])
+        events, opened = await self._load(event_ids[:size], personal=personal)
+        _note_read(opened, resource="events")
         response = ingest_pb2.ListEventsResponse(events=events)
         if more and events:
             last = events[-1]
@@ -178,6 +183,17 @@ class EventReader:
     async def label_event(
         self, request: ingest_pb2.LabelEventRequest, *, labeled_by: str
     ) -> ingest_pb2.Event:
+        # What was set, by enum name; never the note, which is personal data.
+        audit.note(
+            details={
+                key: value
+                for key, value in (
+                    ("label", _enum_name(ingest_pb2.Label, request.label)),
+                    ("triage_state", _enum_name(ingest_pb2.TriageState, request.triage_state)),
+                )
+                if value
+            }
+        )
         event_id = parse_event_name(request.name)
         if not request.label and not request.triage_state:
             raise InvalidArgumentError(
@@ -197,13 +213,19 @@ class EventReader:
         )
         if not labeled:
             raise NotFoundError(f"event {event_id} not found", reason="EVENT_NOT_FOUND")
-        return await self.get_event(request.name)
+        # The labelled event as its labeller may read it; the label's record is the record of this.
+        events, _ = await self._load([event_id], personal=may_read_personal())
+        if not events:
+            raise NotFoundError(f"event {event_id} not found", reason="EVENT_NOT_FOUND")
+        audit.note(pseudonyms=[events[0].subject_pseudonym])
+        return events[0]
 
     async def _seal_note(self, event_id: str, note: str) -> str:
         """The note sealed under the event's data key: notes about a person are personal data."""
         record = await self._read(repository.record_by_event, event_id=event_id)
         if record is None:
             raise NotFoundError(f"event {event_id} not found", reason="EVENT_NOT_FOUND")
+        audit.note(pseudonyms=[record.subject_pseudonym])  # also on the refusals below
         if is_system_record(record):
             raise InvalidArgumentError(
                 "system events carry no personal data and take no note",
@@ -219,13 +241,20 @@ class EventReader:
             )
         return seal_note(key=key.data_key, key_id=record.key_id, event_id=event_id, note=note)
 
-    async def _load(self, event_ids: Sequence[str]) -> list[ingest_pb2.Event]:
+    async def _load(
+        self, event_ids: Sequence[str], *, personal: bool
+    ) -> tuple[list[ingest_pb2.Event], list[str]]:
+        """The events, in the order asked, and the pseudonym of each one whose personal fields were
+        decrypted (for the call's access record)."""
         stored = await self._read(repository.events_with_checkpoints, event_ids=event_ids)
         ordered = [stored[event_id][0] for event_id in event_ids if event_id in stored]
-        personal = await self._open([event.record for event in ordered], personal=may_read_personal())
+        opened = await self._open([event.record for event in ordered], personal=personal)
         messages = []
+        decrypted = []
         for event in ordered:
-            fields, state, key = personal[event.record.event_id]
+            fields, state, key = opened[event.record.event_id]
+            if key is not None:
+                decrypted.append(event.record.subject_pseudonym)
             message = event_message(
                 record=event.record,
                 metadata=event.metadata,
@@ -235,7 +264,7 @@ class EventReader:
             )
             message.metadata.label_note = _note(event, key, state)
             messages.append(message)
-        return messages
+        return messages, decrypted
 
     async def _open(
         self, records: Sequence[EventRecord], *, personal: bool = True
@@ -391,6 +420,35 @@ class EventReader:
                 cursor_out, method="ingest.ListTrainingExamples", filters=scope
             )
         return response
+
+
+def _audited_read() -> bool:
+    """Whether this read may decrypt personal data; if not, it is not recorded. Decided first, so
+    that no refusal of a pseudonymous read (which reads nobody's data) is recorded either."""
+    personal = may_read_personal()
+    if not personal:
+        audit.skip()
+    return personal
+
+
+def _note_read(pseudonyms: Sequence[str], *, resource: str | None = None) -> None:
+    """The access record of a read: the subjects whose personal fields it decrypted, and how many
+    events; a read that decrypted nothing (erased, withheld, only system events) is not recorded."""
+    if not pseudonyms:
+        audit.skip()
+        return
+    audit.note(resource=resource, pseudonyms=pseudonyms, details={"events": str(len(pseudonyms))})
+
+
+def _enum_name(enum: Any, number: int) -> str:
+    """The enum value's name ("LABEL_TRUE_POSITIVE"), its number for one this build does not know,
+    "" for unset."""
+    if not number:
+        return ""
+    try:
+        return str(enum.Name(number))
+    except ValueError:
+        return str(number)
 
 
 def _note(event: StoredEvent, key: SubjectKey | None, state: int) -> str:
