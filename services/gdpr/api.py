@@ -5,6 +5,10 @@ Permissions are enforced by the runtime's interceptor from each method's proto o
 are the DPO's); here the calling principal is only read to record who acted. Subject identifiers appear
 in requests only: they are never logged, never put into error messages and never stored (only their HMAC).
 The use cases and the erasure saga are in ``services.gdpr.service.usecases``.
+
+Access records (``services.runtime.audit``): no audited request here has a ``name`` or ``parent``, so each
+handler names its resource itself, and a subject only by the pseudonym it resolved, once it did (an unknown
+subject's record names none). Reasons are free text typed by people and are never copied into a record.
 """
 
 from __future__ import annotations
@@ -17,17 +21,22 @@ import grpc
 from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
 from google.protobuf import duration_pb2
 
+from services.gdpr.convert import audit_proto, consent_proto, erasure_proto, rule_proto
 from services.gdpr.domain.consent import ConsentAction
 from services.gdpr.domain.keys import normalise_identifier
-from services.gdpr.models import AuditRecordRow, ConsentRecordRow, ErasureRecordRow
-from services.gdpr.service.transactions import KeyRequest, RuleView, rule_name
+from services.gdpr.models import ConsentRecordRow
+from services.gdpr.service.transactions import KeyRequest
 from services.gdpr.service.usecases import GdprUseCases
-from services.runtime import auth
+from services.runtime import audit, auth
 from services.runtime.errors import FieldViolation, InvalidArgumentError, NotFoundError
 from services.runtime.paging import PageTokens, invalid_page_token, page_size
 from services.runtime.timestamps import from_timestamp, optional_timestamp
 
 MAX_BATCH = 1000
+# Access-record resources of calls that name no single item (or before the item exists).
+ERASURES = "erasures"
+RETENTION_RULES = "retentionRules"
+KEKS = "keks"
 
 
 def _token_time(text: str) -> datetime:
@@ -81,60 +90,6 @@ def _check_batch(count: int, field: str, violations: list[FieldViolation]) -> No
         violations.append(FieldViolation(field, "must not be empty"))
     elif count > MAX_BATCH:
         violations.append(FieldViolation(field, f"at most {MAX_BATCH} items"))
-
-
-def erasure_proto(record: ErasureRecordRow) -> gdpr_pb2.ErasureRecord:
-    return gdpr_pb2.ErasureRecord(
-        name=f"erasures/{record.erasure_id}",
-        pseudonym=record.pseudonym,
-        erase_time=optional_timestamp(record.erase_time),
-        events_affected=record.events_affected or 0,
-        actor=record.actor,
-        reason=record.reason,
-        log_event_id=record.log_event_id or "",
-        keys_shredded=record.keys_shredded,
-        request_id=record.request_id,
-    )
-
-
-def consent_proto(row: ConsentRecordRow) -> gdpr_pb2.ConsentRecord:
-    action = (
-        gdpr_pb2.ConsentRecord.ACTION_GRANT
-        if row.action == ConsentAction.GRANT.value
-        else gdpr_pb2.ConsentRecord.ACTION_WITHDRAW
-    )
-    return gdpr_pb2.ConsentRecord(
-        pseudonym=row.pseudonym,
-        purpose=row.purpose,
-        action=action,
-        time=optional_timestamp(row.at),
-        actor=row.actor,
-        reason=row.reason,
-    )
-
-
-def rule_proto(view: RuleView) -> gdpr_pb2.RetentionRule:
-    return gdpr_pb2.RetentionRule(
-        name=rule_name(view.event_type),
-        event_type=view.event_type,
-        retention_days=view.retention_days,
-        update_time=optional_timestamp(view.updated_at),
-        actor=view.actor,
-    )
-
-
-def audit_proto(row: AuditRecordRow) -> gdpr_pb2.AuditRecord:
-    return gdpr_pb2.AuditRecord(
-        actor=row.actor,
-        action=row.action,
-        time=optional_timestamp(row.at),
-        target=row.target,
-        reason=row.reason,
-        request_id=row.request_id,
-        sequence=row.sequence,
-        prev_hash=row.prev_hash,
-        entry_hash=row.entry_hash,
-    )
 
 
 class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
@@ -227,6 +182,7 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
                 FieldViolation("reason", "is required (e.g. the ticket of the Art. 17 request)")
             )
         _check_reason(request.reason, subject=request.subject, field="reason", violations=violations)
+        audit.note(resource=ERASURES)
         if violations:
             raise _invalid(violations)
         record = await self._gdpr.erase_subject(
@@ -234,6 +190,11 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
             actor=_actor(),
             reason=request.reason.strip(),
             request_id=request.request_id,
+        )
+        audit.note(
+            resource=f"{ERASURES}/{record.erasure_id}",
+            pseudonyms=[record.pseudonym],
+            details={"keys_shredded": str(record.keys_shredded)},
         )
         return erasure_proto(record)
 
@@ -272,7 +233,11 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
         _check_reason(request.reason, subject=request.subject, field="reason", violations=violations)
         if violations:
             raise _invalid(violations)
-        chunks = self._gdpr.export_subject(identifier=request.subject, actor=_actor(), reason=request.reason)
+        subject = await self._gdpr.find_subject(request.subject)
+        audit.note(pseudonyms=[subject.pseudonym])
+        chunks = self._gdpr.export_subject(
+            identifier=request.subject, subject=subject, actor=_actor(), reason=request.reason
+        )
         async for chunk in chunks:
             yield gdpr_pb2.ExportSubjectResponse(data=chunk)
 
@@ -300,7 +265,7 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
         _check_reason(request.reason, subject=request.subject, field="reason", violations=violations)
         if violations:
             raise _invalid(violations)
-        return await self._gdpr.change_consent(
+        row = await self._gdpr.change_consent(
             identifier=request.subject,
             purpose=request.purpose,
             action=action,
@@ -308,6 +273,9 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
             reason=request.reason,
             request_id=request.request_id,
         )
+        # The purpose from the stored row: the request's is only known to be valid once stored.
+        audit.note(pseudonyms=[row.pseudonym], details={"purpose": row.purpose})
+        return row
 
     async def CheckConsent(
         self, request: gdpr_pb2.CheckConsentRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -337,12 +305,13 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
         before = self._tokens.decode(
             request.page_token, method="gdpr.ListConsentHistory", filters=filters, shape=(int,)
         )
-        rows = await self._gdpr.consent_page(
+        pseudonym, rows = await self._gdpr.consent_page(
             identifier=request.subject,
             purpose=request.purpose,
             before_id=None if before is None else before[0],
             limit=limit + 1,
         )
+        audit.note(pseudonyms=[pseudonym], details={"purpose": request.purpose} if request.purpose else None)
         response = gdpr_pb2.ListConsentHistoryResponse(records=[consent_proto(row) for row in rows[:limit]])
         if len(rows) > limit:
             response.next_page_token = self._tokens.encode(
@@ -355,6 +324,7 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
     async def SetRetentionRule(
         self, request: gdpr_pb2.SetRetentionRuleRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gdpr_pb2.RetentionRule:
+        audit.note(resource=RETENTION_RULES)  # until the rule's event type is known to be valid
         if not request.HasField("rule"):
             raise _invalid([FieldViolation("rule", "is required")])
         view = await self._gdpr.set_retention_rule(
@@ -363,7 +333,9 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
             actor=_actor(),
             reason=request.reason,
         )
-        return rule_proto(view)
+        rule = rule_proto(view)
+        audit.note(resource=rule.name, details={"retention_days": str(rule.retention_days)})
+        return rule
 
     async def ListRetentionRules(
         self, request: gdpr_pb2.ListRetentionRulesRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -384,12 +356,20 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
     async def ApplyRetention(
         self, request: gdpr_pb2.ApplyRetentionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gdpr_pb2.ApplyRetentionResponse:
+        audit.note(resource=RETENTION_RULES, details={"dry_run": str(request.dry_run).lower()})
         report = await self._gdpr.apply_retention(
             dry_run=request.dry_run,
             actor=_actor(),
             reason=request.reason,
             request_id=request.request_id,
             time_remaining=context.time_remaining(),
+        )
+        # Counts only: the shredded keys' pseudonyms are many, and no one chose them.
+        audit.note(
+            details={
+                "keys_shredded": str(report.keys_shredded),
+                "key_periods": str(len({entry.key_period for entry in report.entries})),
+            }
         )
         return gdpr_pb2.ApplyRetentionResponse(
             dry_run=report.dry_run,
@@ -410,8 +390,16 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
     async def RotateKek(
         self, request: gdpr_pb2.RotateKekRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gdpr_pb2.RotateKekResponse:
+        audit.note(resource=KEKS)  # the collection, until the new KEK exists
         result = await self._gdpr.rotate_kek(
             actor=_actor(), reason=request.reason, request_id=request.request_id
+        )
+        audit.note(
+            resource=f"{KEKS}/{result.kek_id}",
+            details={
+                "keys_rewrapped": str(result.keys_rewrapped),
+                "retired_kek_ids": ",".join(result.retired_kek_ids),
+            },
         )
         return gdpr_pb2.RotateKekResponse(
             kek_id=result.kek_id, keys_rewrapped=result.keys_rewrapped, retired_kek_ids=result.retired_kek_ids

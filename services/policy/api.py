@@ -17,6 +17,7 @@ from typing_extensions import override
 from services.policy.convert import (
     event_facts,
     history_to_proto,
+    is_policy_name,
     policy_id_from_name,
     policy_to_proto,
     result_to_proto,
@@ -25,7 +26,7 @@ from services.policy.convert import (
 from services.policy.domain.lifecycle import Permission, PolicySeverity, PolicyState, Principal
 from services.policy.repository import StoredPolicy
 from services.policy.service import PolicyEvaluation, PolicyFields, PolicyOperations
-from services.runtime import auth
+from services.runtime import audit, auth
 from services.runtime.db import run_db
 from services.runtime.errors import (
     FieldViolation,
@@ -71,6 +72,30 @@ def _request_id(value: str) -> str | None:
             reason="INVALID_REQUEST_ID",
             violations=[FieldViolation("request_id", "must be a UUID")],
         ) from None
+
+
+# ------------------------------------------------------------------------------------- access records
+
+POLICIES: Final = "policies"
+
+
+def _note_policy(name: str) -> None:
+    """Name the policy a call acts on in its access record, before anything can fail.
+
+    Only a valid name is recorded: an invalid one may be anything a caller typed (an e-mail address
+    too), so the record then names the collection. Titles, rules and reasons are never recorded.
+    """
+    audit.note(resource=name if is_policy_name(name) else POLICIES)
+
+
+def _recorded(stored: StoredPolicy) -> policy_pb2.Policy:
+    """The answer of a lifecycle call, and the version and state it left in its access record."""
+    policy = policy_to_proto(stored)
+    audit.note(
+        resource=policy.name,
+        details={"version": str(stored.version.version), "state": stored.version.state.value},
+    )
+    return policy
 
 
 # ------------------------------------------------------------------------------------------- servicer
@@ -153,6 +178,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def CreatePolicy(
         self, request: policy_pb2.CreatePolicyRequest, context: Context
     ) -> policy_pb2.Policy:
+        _note_policy(f"{POLICIES}/{request.policy_id}" if request.policy_id else POLICIES)
         principal = self._caller()
         if not request.HasField("policy"):
             raise InvalidArgumentError(
@@ -169,7 +195,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             fields=_fields_from(request.policy, paths=list(_EDITABLE)),
             request_id=_request_id(request.request_id),
         )
-        return policy_to_proto(stored)
+        return _recorded(stored)
 
     @override
     async def GetPolicy(self, request: policy_pb2.GetPolicyRequest, context: Context) -> policy_pb2.Policy:
@@ -214,6 +240,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def UpdatePolicy(
         self, request: policy_pb2.UpdatePolicyRequest, context: Context
     ) -> policy_pb2.Policy:
+        _note_policy(request.policy.name)
         principal = self._caller()
         policy_id = policy_id_from_name(request.policy.name, field="policy.name")
         fields = _fields_from(request.policy, paths=_mask_paths(request.update_mask.paths))
@@ -224,7 +251,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             fields=fields,
             etag=request.policy.etag,
         )
-        return policy_to_proto(stored)
+        return _recorded(stored)
 
     async def _act(
         self, use_case: Callable[..., StoredPolicy], name: str, **arguments: Any
@@ -234,9 +261,10 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         The four RPCs below differ only in the use case and its fields; their same shape is the generated
         servicer's, one method per RPC, and is left as is (``duplicates`` reports it).
         """
+        _note_policy(name)
         principal = self._caller()
         policy_id = policy_id_from_name(name)
-        return policy_to_proto(await run_db(use_case, principal=principal, policy_id=policy_id, **arguments))
+        return _recorded(await run_db(use_case, principal=principal, policy_id=policy_id, **arguments))
 
     @override
     async def SubmitPolicy(
@@ -270,6 +298,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def CreatePolicyRevision(
         self, request: policy_pb2.CreatePolicyRevisionRequest, context: Context
     ) -> policy_pb2.Policy:
+        _note_policy(request.name)
         principal = self._caller()
         policy_id = policy_id_from_name(request.name)
         stored = await run_db(
@@ -278,7 +307,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             policy_id=policy_id,
             request_id=_request_id(request.request_id),
         )
-        return policy_to_proto(stored)
+        return _recorded(stored)
 
     @override
     async def ListPolicyHistory(

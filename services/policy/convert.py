@@ -28,6 +28,11 @@ _HISTORY_ACTIONS: Final[Mapping[PolicyAction, int]] = {
 }
 
 
+def is_policy_name(name: str) -> bool:
+    """Whether ``name`` is a valid ``policies/{policy}`` (what an access record may name)."""
+    return _NAME.fullmatch(name) is not None
+
+
 def policy_id_from_name(name: str, *, field: str = "name") -> str:
     match = _NAME.fullmatch(name)
     if match is None:

@@ -8,10 +8,12 @@ from typing import Any, Final
 import grpc
 from awareness.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 
+from services.runtime import audit
 from services.runtime.errors import FieldViolation, InvalidArgumentError
 from services.runtime.paging import PageTokens, page_size
 from services.runtime.timestamps import timestamp_from_us
 from services.scoring.convert import (
+    MODEL_NAME_PATTERN,
     STATUS_FROM_PROTO,
     feature_input,
     model_proto,
@@ -23,6 +25,22 @@ from services.scoring.service import EventScore, EventToScore, ScoringOperations
 from services.scoring.training_job import DEFAULT_FOLDS, DEFAULT_SEED
 
 MAX_INPUTS: Final = 1000
+MODELS: Final = "models"
+
+
+def _recorded(model: scoring_pb2.Model) -> scoring_pb2.Model:
+    """A registry change's answer, and the model it left in the call's access record."""
+    audit.note(
+        resource=model.name,
+        details={
+            "version": model.version,
+            "algorithm": model.algorithm,
+            "sha256": model.sha256,
+            "status": scoring_pb2.Model.Status.Name(model.status).removeprefix("STATUS_"),
+            "training_examples": str(model.training_example_count),
+        },
+    )
+    return model
 
 
 def _result_proto(result: EventScore) -> scoring_pb2.ScoringResult:
@@ -104,13 +122,16 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
     async def PromoteModel(  # noqa: N802 - gRPC method name
         self, request: scoring_pb2.PromoteModelRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> scoring_pb2.Model:
+        # Only a valid name reaches the access record: an invalid one may be anything a caller typed.
+        audit.note(resource=request.name if MODEL_NAME_PATTERN.fullmatch(request.name) else MODELS)
         version = version_from_name(request.name)
 
-        return model_proto(await self._operations.promote(version=version))
+        return _recorded(model_proto(await self._operations.promote(version=version)))
 
     async def TrainModel(  # noqa: N802 - gRPC method name
         self, request: scoring_pb2.TrainModelRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> scoring_pb2.Model:
+        audit.note(resource=MODELS)  # until the model is registered
         if request.cv_folds < 0 or request.cv_folds == 1:
             raise InvalidArgumentError(
                 "cv_folds must be 0 (default) or at least 2",
@@ -123,7 +144,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
             folds=request.cv_folds or DEFAULT_FOLDS,
             algorithms=list(request.algorithms),
         )
-        return model_proto(row)
+        return _recorded(model_proto(row))
 
     async def ListShadowScores(  # noqa: N802 - gRPC method name
         self, request: scoring_pb2.ListShadowScoresRequest, context: grpc.aio.ServicerContext[Any, Any]

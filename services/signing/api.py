@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from services.evidence.checkpoint import NoteVerifier
-from services.runtime import auth
+from services.runtime import audit, auth
 from services.runtime.errors import FieldViolation, InvalidArgumentError, NotFoundError
 from services.runtime.paging import PageTokens, invalid_page_token, page_size
 from services.runtime.timestamps import optional_timestamp, to_timestamp
@@ -196,6 +196,7 @@ class SigningServicer(signing_pb2_grpc.SigningServiceServicer):
     async def RotateKey(
         self, request: signing_pb2.RotateKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> signing_pb2.RotateKeyResponse:
+        audit.note(resource="keys")  # the collection, until the new key exists
         if request.purpose == signing_pb2.KEY_PURPOSE_ROOT_CA:
             raise InvalidArgumentError(
                 "the root CA is not rotated online: it is the trust anchor auditors pin",
@@ -206,6 +207,7 @@ class SigningServicer(signing_pb2_grpc.SigningServiceServicer):
             raise InvalidArgumentError(
                 "purpose is required", violations=[FieldViolation("purpose", "CHECKPOINT or TIMESTAMP")]
             )
+        audit.note(details={"purpose": purpose.value})
         if len(request.request_id) > MAX_REQUEST_ID_LENGTH:
             raise InvalidArgumentError(
                 "request_id is too long",
@@ -221,6 +223,10 @@ class SigningServicer(signing_pb2_grpc.SigningServiceServicer):
         response = signing_pb2.RotateKeyResponse(key=published[rotation.new_key_id])
         if rotation.previous_key_id in published:
             response.previous_key.CopyFrom(published[rotation.previous_key_id])
+        audit.note(
+            resource=response.key.name,
+            details={"key_id": rotation.new_key_id, "previous_key_id": rotation.previous_key_id},
+        )
         return response
 
 

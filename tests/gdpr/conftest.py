@@ -45,7 +45,8 @@ def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
 
 @dataclass
 class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
-    """Ingest as gdpr sees it: subject records as ciphertext, ForgetSubject and AppendEvent."""
+    """Ingest as gdpr sees it: subject records as ciphertext, ForgetSubject, AppendEvent, and
+    AppendEvents (where the service's access records go)."""
 
     records: dict[str, list[ingest_pb2.SubjectRecord]] = field(default_factory=dict)
     appended: list[ingest_pb2.Event] = field(default_factory=list)
@@ -55,6 +56,7 @@ class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
     forget_delay: float = 0.0  # seconds each ForgetSubject takes (to observe concurrency)
     forget_in_flight: int = 0
     forget_max_in_flight: int = 0
+    access_records: list[ingest_pb2.Event] = field(default_factory=list)
 
     async def _refuse_if_down(self, context: Any) -> None:
         if self.down:
@@ -88,6 +90,20 @@ class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
             return ingest_pb2.AppendEventResponse(replayed=True)
         self.appended.append(request.event)
         return ingest_pb2.AppendEventResponse()
+
+    async def AppendEvents(self, request: Any, context: Any) -> ingest_pb2.AppendEventsResponse:
+        self.access_records.extend(request.events)
+        return ingest_pb2.AppendEventsResponse(
+            results=[ingest_pb2.AppendEventResult(index=index) for index in range(len(request.events))]
+        )
+
+    async def settled(self, count: int) -> list[ingest_pb2.Event]:
+        """The access records once ``count`` arrived (appended in batches, off the request path)."""
+        for _ in range(300):
+            if len(self.access_records) >= count:
+                break
+            await asyncio.sleep(0.02)
+        return list(self.access_records)
 
 
 @dataclass

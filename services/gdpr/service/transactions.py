@@ -613,18 +613,19 @@ class GdprStore:
 
     def consent_page(
         self, *, identifier: str, purpose: str, before_id: int | None, limit: int
-    ) -> list[ConsentRecordRow]:
+    ) -> tuple[str, list[ConsentRecordRow]]:
         if purpose:
             get_purpose(purpose)
         subject = self.find_subject(identifier)
         with self._sessions() as session:
-            return repo.consent_page(
+            rows = repo.consent_page(
                 session,
                 pseudonym=subject.pseudonym,
                 purpose=purpose or None,
                 before_id=before_id,
                 limit=limit,
             )
+        return subject.pseudonym, rows
 
     # --- retention -----------------------------------------------------------------------------------
 

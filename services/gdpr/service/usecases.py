@@ -318,9 +318,11 @@ class GdprUseCases:
 
     # --- export --------------------------------------------------------------------------------------
 
-    async def export_subject(self, *, identifier: str, actor: str, reason: str) -> AsyncIterator[bytes]:
-        """The Art. 15/20 export as JSON text chunks, streamed page by page from ingest."""
-        subject = await run_db(self.store.find_subject, identifier)
+    async def export_subject(
+        self, *, identifier: str, subject: Subject, actor: str, reason: str
+    ) -> AsyncIterator[bytes]:
+        """The Art. 15/20 export of ``subject`` (found by :meth:`find_subject` from ``identifier``) as
+        JSON text chunks, streamed page by page from ingest."""
         pseudonym = subject.pseudonym
         stub = self._ingest()
         # The first page is fetched before anything is sent, so "ingest unavailable" is a clean error.
@@ -405,7 +407,8 @@ class GdprUseCases:
 
     async def consent_page(
         self, *, identifier: str, purpose: str, before_id: int | None, limit: int
-    ) -> list[ConsentRecordRow]:
+    ) -> tuple[str, list[ConsentRecordRow]]:
+        """The subject's pseudonym and one page of its consent records, newest first."""
         return await run_db(
             self.store.consent_page, identifier=identifier, purpose=purpose, before_id=before_id, limit=limit
         )
