@@ -3,6 +3,8 @@
 One rule for both doors. The HTTP routes and the gRPC door ask ``Admission.admit`` with the
 caller's ``authorization`` value, its address and the method's permission, and turn its answer
 into their own transport's refusal: a Starlette JSON Status, or a gRPC status with ErrorInfo.
+A known caller refused an audited method leaves an access record, as a refusal by the service
+itself would: the call never reaches the service's interceptor.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from services.gateway.authn import Authenticator
 from services.gateway.config import GatewayConfig
 from services.gateway.domain.ratelimit import Decision, Scope
 from services.gateway.ratelimit import RateLimiter
-from services.runtime import auth
+from services.runtime import audit, auth
+from services.runtime.audit import AccessRecord, AuditRecorder
 from services.runtime.errors import (
     AwarenessError,
     PermissionDeniedError,
     ResourceExhaustedError,
     UnauthenticatedError,
 )
+from services.runtime.protos import audit_action
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,7 @@ class Admission:
     limiter: RateLimiter
     rejections: Counter  # by scope
     auth_failures: Counter  # by reason
+    recorder: AuditRecorder | None = None
 
     def _scopes(self, *, ip: str, principal: auth.Principal | None) -> list[Scope]:
         config = self.config
@@ -83,8 +88,13 @@ class Admission:
             self.rejections.labels("auth_failures").inc()
         return decision
 
-    async def admit(self, *, authorization: str | None, ip: str, permission: str) -> Admitted:
-        """The admitted caller, or ``RefusedError`` raised with the error to answer."""
+    async def admit(
+        self, *, authorization: str | None, ip: str, permission: str, method: str = "", resource: str = ""
+    ) -> Admitted:
+        """The admitted caller, or ``RefusedError`` raised with the error to answer.
+
+        ``method`` (``/package.Service/Method``) and ``resource`` name the call for its access record.
+        """
         try:
             principal = await self.authenticator.authenticate(authorization)
         except AwarenessError as exc:
@@ -103,5 +113,22 @@ class Admission:
                 reason="MISSING_PERMISSION",
                 metadata={"permission": permission},
             )
+            self._record_refusal(principal, method=method, resource=resource)
             raise RefusedError(error, decision)
         return Admitted(principal=principal, decision=decision)
+
+    def _record_refusal(self, principal: auth.Principal, *, method: str, resource: str) -> None:
+        action = audit_action(method) if method and self.recorder is not None else None
+        if action is None or self.recorder is None:
+            return
+        self.recorder.record(
+            AccessRecord(
+                principal=principal.subject,
+                action=action,
+                method=method,
+                resource=resource,
+                outcome="PERMISSION_DENIED",
+                time=audit.now(),
+                details={"refused_by": "gateway"},
+            )
+        )

@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +62,8 @@ from services.gateway.responses import (
     rpc_error_response,
 )
 from services.gateway.transcoder import Backend, MediaTypeError, Router, parse_http_request, response_payload
-from services.runtime import auth, db, identity, migrations
+from services.runtime import audit, auth, db, identity, migrations
+from services.runtime.audit import AuditRecorder
 from services.runtime.clients import ChannelFactory, new_breaker
 from services.runtime.config import SERVICE_NAMES, SERVICES, Settings, with_identity
 from services.runtime.errors import AwarenessError
@@ -256,11 +257,18 @@ class Admitted:
     headers: dict[str, str]
 
 
-async def _admit(state: GatewayState, request: Request, permission: str) -> Admitted | Response:
+async def _admit(
+    state: GatewayState, request: Request, route: HttpRoute, bindings: Mapping[str, str] | None = None
+) -> Admitted | Response:
     """Authenticate, rate limit, authorize: an Admitted caller or the refusal to send."""
+    bound = bindings or {}
     try:
         admitted = await state.admission.admit(
-            authorization=request.headers.get("authorization"), ip=_client_ip(request), permission=permission
+            authorization=request.headers.get("authorization"),
+            ip=_client_ip(request),
+            permission=route.permission,
+            method=route.rpc,
+            resource=audit.refused_resource(bound.get("name") or bound.get("parent") or ""),
         )
     except RefusedError as refused:
         headers = rate_limit_headers(refused.decision) if refused.decision is not None else {}
@@ -323,7 +331,7 @@ async def api(request: Request) -> Response:
         )
     route = found.route
     _mark_route(request, route.template.source)
-    admitted = await _admit(state, request, route.permission)
+    admitted = await _admit(state, request, route, found.bindings)
     if not isinstance(admitted, Admitted):
         return admitted
     body = await request.body()
@@ -381,7 +389,7 @@ async def timestamp(request: Request) -> Response:
         return error_response(
             grpc.StatusCode.NOT_FOUND, "time-stamping is not exposed", reason="ROUTE_NOT_FOUND"
         )
-    admitted = await _admit(state, request, route.permission)
+    admitted = await _admit(state, request, route)
     if not isinstance(admitted, Admitted):
         return admitted
     media_type = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
@@ -540,6 +548,17 @@ def create_gateway(settings: Settings, *, tracer: trace.Tracer | None = None) ->
     return app
 
 
+def _own_records_sink(channels: ChannelFactory) -> audit.Sink:
+    """The gateway's access records (its refusals) go to ingest as the gateway itself: the
+    channel acts for the current principal, and a background task has none."""
+    append = audit.ingest_sink(lambda: channels.channel("ingest"))
+
+    async def sink(events: Sequence[ingest_pb2.Event]) -> None:
+        await _as_principal(auth.Principal.for_service("gateway"), lambda: append(events))
+
+    return sink
+
+
 def _build_state(settings: Settings) -> GatewayState:
     """Channels, routes from the descriptor set, the migrated key store and the rate limiter."""
     config = load_gateway_config(settings)
@@ -569,6 +588,11 @@ def _build_state(settings: Settings) -> GatewayState:
         limiter=limiter,
         rejections=gateway_metrics.ratelimit_rejections,
         auth_failures=gateway_metrics.auth_failures,
+        recorder=AuditRecorder(
+            source="gateway",
+            sink=_own_records_sink(channels) if "ingest" in settings.targets else None,
+            metrics=gateway_metrics.base,
+        ),
     )
     backend = Backend(
         channels=channels,
@@ -680,13 +704,20 @@ def _middleware_stack(state: GatewayState, tracer: trace.Tracer | None) -> list[
 
 
 def _lifespan(state: GatewayState) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
-    """Closes the state (channels, limiter, engine) when the app stops."""
+    """Appends the gateway's access records while the app runs; closes the state (channels, limiter,
+    engine) when it stops, after the records still queued are out."""
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        recorder = state.admission.recorder
+        recording = asyncio.create_task(recorder.run(), name="audit") if recorder is not None else None
         try:
             yield
         finally:
+            if recording is not None and recorder is not None:
+                recording.cancel()
+                await asyncio.gather(recording, return_exceptions=True)
+                await recorder.drain(timeout_seconds=state.settings.shutdown_grace_seconds)
             await state.close()
 
     return lifespan

@@ -141,7 +141,7 @@ class GrpcDoor(grpc.GenericRpcHandler):  # type: ignore[misc]
         try:
             authorization = next((value for key, value in metadata if key == "authorization"), None)
             admitted = await self._admission.admit(
-                authorization=authorization, ip=ip, permission=method.permission
+                authorization=authorization, ip=ip, permission=method.permission, method=method.rpc
             )
             token = auth.set_current_principal(admitted.principal)
             yield _Call(admitted, ip)
