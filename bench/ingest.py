@@ -292,6 +292,15 @@ class StreamRun:
 
 
 @dataclass(frozen=True)
+class ReadRun:
+    """GetEvent by many concurrent callers over events of people whose keys are cached."""
+
+    per_second: float
+    p50_ms: float
+    p99_ms: float
+
+
+@dataclass(frozen=True)
 class Figures:
     backend: str
     ingest_processes: int
@@ -308,6 +317,10 @@ class Figures:
     # The warm stream again through the gateway's gRPC door (None without a warm run), and how.
     door_run: StreamRun | None = None
     door: str = ""
+    # GetEvent as an analyst (decrypted, so an access record is queued) and as a role without
+    # events:read_personal (pseudonymous, no record): the second bounds what the first pays for both.
+    personal_reads: ReadRun | None = None
+    pseudonymous_reads: ReadRun | None = None
 
 
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.lb_policy_name", "round_robin")]
@@ -503,6 +516,32 @@ async def _fixed_rate(
     return latencies, acknowledgements
 
 
+async def _reads(
+    client: _Client, *, event_ids: Sequence[str], roles: Sequence[str], seconds: float, concurrency: int
+) -> ReadRun:
+    metadata = client.metadata(roles)
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def worker(offset: int) -> None:
+        position = offset
+        while time.perf_counter() < deadline:
+            name = f"events/{event_ids[position % len(event_ids)]}"
+            position += concurrency
+            began = time.perf_counter()
+            await client.stub.GetEvent(ingest_pb2.GetEventRequest(name=name), metadata=metadata)
+            latencies.append(time.perf_counter() - began)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(index) for index in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return ReadRun(
+        per_second=len(latencies) / elapsed,
+        p50_ms=_percentile(latencies, 0.5) * 1000,
+        p99_ms=_percentile(latencies, 0.99) * 1000,
+    )
+
+
 async def _checkpoint_latencies(client: _Client, acknowledgements: list[tuple[str, float]]) -> list[float]:
     metadata = client.metadata(("auditor",))
     sample = acknowledgements[:: max(1, len(acknowledgements) // 200)]
@@ -580,6 +619,17 @@ async def _measure(
             client, rate=arguments.rate, seconds=arguments.seconds, people=cached
         )
         to_checkpoint = await _checkpoint_latencies(client, acknowledgements)
+        read_ids = [event_id for event_id, _ in acknowledgements]
+        reads = {
+            kind: await _reads(
+                client,
+                event_ids=read_ids,
+                roles=roles,
+                seconds=arguments.seconds,
+                concurrency=arguments.concurrency,
+            )
+            for kind, roles in (("pseudonymous", ("policy_author",)), ("personal", ("analyst",)))
+        }
         if "warm" in chosen:
             await asyncio.sleep(
                 max(0.0, warm_ready_at(touched_at, key_cache_seconds=key_cache_seconds) - time.monotonic())
@@ -606,6 +656,8 @@ async def _measure(
         checkpoint_p99_ms=_percentile(to_checkpoint, 0.99) * 1000,
         door_run=door_run,
         door=door.description if door is not None and door_run is not None else "",
+        personal_reads=reads["personal"],
+        pseudonymous_reads=reads["pseudonymous"],
     )
 
 
@@ -649,6 +701,21 @@ def _stream_rows(figures: Figures) -> list[_Row]:
     return rows
 
 
+def _read_rows(figures: Figures) -> list[_Row]:
+    rows: list[_Row] = []
+    for label, reads in (
+        ("GetEvent decrypted, access record queued (analyst)", figures.personal_reads),
+        ("GetEvent pseudonymous, no record (policy_author)", figures.pseudonymous_reads),
+    ):
+        if reads is not None:
+            rows += [
+                (f"{label}, reads/s", f"{reads.per_second:,.0f}", None, True),
+                (f"{label}, p50 ms", f"{reads.p50_ms:.1f}", None, False),
+                (f"{label}, p99 ms", f"{reads.p99_ms:.1f}", None, False),
+            ]
+    return rows
+
+
 def format_table(figures: Figures) -> str:
     rows: list[_Row] = [
         _throughput("unary AppendEvent, events/s", figures.unary_events_per_second),
@@ -667,6 +734,7 @@ def format_table(figures: Figures) -> str:
         ),
         ("ack -> signed checkpoint p50, ms", f"{figures.checkpoint_p50_ms:.0f}", None, False),
         ("ack -> signed checkpoint p99, ms", f"{figures.checkpoint_p99_ms:.0f}", None, False),
+        *_read_rows(figures),
     ]
     lines = [
         f"ingest benchmark on {figures.backend} ({os.cpu_count()} cores;"
@@ -693,6 +761,13 @@ def format_table(figures: Figures) -> str:
         lines.append(
             f"door / direct ({door.label}, acknowledged, same run):"
             f" {door.acknowledged_per_second / direct.acknowledged_per_second:.2f}"
+        )
+    if figures.personal_reads is not None and figures.pseudonymous_reads is not None:
+        personal, pseudonymous = figures.personal_reads, figures.pseudonymous_reads
+        lines.append(
+            "decrypted + recorded / pseudonymous GetEvent (same run):"
+            f" reads/s {personal.per_second / pseudonymous.per_second:.2f},"
+            f" p50 {personal.p50_ms / pseudonymous.p50_ms:.2f}"
         )
     return "\n".join(lines)
 

@@ -232,6 +232,22 @@ def ingest_rows(figures: Any) -> list[Row]:
             figures.checkpoint_p99_ms,
             None,
         ),
+        *(
+            Row(
+                "ingest",
+                f"GetEvent, {label}, concurrent callers",
+                "max",
+                reads.per_second,
+                reads.p50_ms,
+                reads.p99_ms,
+                None,
+            )
+            for label, reads in (
+                ("decrypted, access record queued (analyst)", figures.personal_reads),
+                ("pseudonymous, no record (policy_author)", figures.pseudonymous_reads),
+            )
+            if reads is not None
+        ),
     ]
 
 

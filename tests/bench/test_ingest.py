@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from bench.ingest import Figures, StreamRun, door_compared, format_table
+from bench.ingest import Figures, ReadRun, StreamRun, door_compared, format_table
 
 FIGURES = Figures(
     backend="PostgreSQL",
@@ -50,3 +50,18 @@ def test_without_a_door_run_the_table_is_the_direct_one() -> None:
     cold_only = dataclasses.replace(FIGURES, stream_runs=FIGURES.stream_runs[:1])
     assert door_compared(cold_only) is None
     assert "door / direct" not in format_table(cold_only)
+
+
+def test_read_rows_show_both_reads_and_their_ratio_from_the_same_run() -> None:
+    figures = dataclasses.replace(
+        FIGURES,
+        personal_reads=ReadRun(per_second=900.0, p50_ms=6.0, p99_ms=20.0),
+        pseudonymous_reads=ReadRun(per_second=1200.0, p50_ms=5.0, p99_ms=15.0),
+    )
+    lines = format_table(figures).splitlines()
+    personal = next(line for line in lines if line.startswith("GetEvent decrypted, access record queued"))
+    assert personal.split()[-3:] == ["900", "-", "-"]
+    assert any(line.startswith("GetEvent pseudonymous, no record (policy_author), p99 ms") for line in lines)
+    assert lines[-1] == "decrypted + recorded / pseudonymous GetEvent (same run): reads/s 0.75, p50 1.20"
+    # Without reads (an older run), no read rows.
+    assert "GetEvent" not in format_table(FIGURES)

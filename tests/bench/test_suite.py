@@ -88,7 +88,11 @@ def test_make_bench_runs_the_ingest_benchmark_with_the_options_it_builds(
     assert figures.door_run.events == 1000
     assert figures.door_run.acknowledged_per_second > 0
     rows = suite.ingest_rows(figures)
-    assert [row.section for row in rows] == ["ingest"] * 8
+    assert [row.section for row in rows] == ["ingest"] * 10
+    # Reads with and without decryption (and so an access record), in the same run.
+    assert figures.personal_reads is not None and figures.personal_reads.per_second > 0
+    assert figures.pseudonymous_reads is not None and figures.pseudonymous_reads.per_second > 0
+    assert any(row.scenario.startswith("GetEvent, decrypted, access record queued") for row in rows)
     assert any("200 people, cold (20% first sight), acknowledged" in row.scenario for row in rows)
     assert any("200 people, warm, acknowledged" in row.scenario for row in rows)
     assert any("via the gateway's gRPC door, 200 people, warm, acknowledged" in row.scenario for row in rows)
