@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -325,14 +324,7 @@ def _register_audit(subparsers: Any) -> None:
         "(its id in the EVENT column), verifiable like any other event. Needs an API key with "
         "gdpr:audit (auditor, dpo, admin).",
     )
-    parser.add_argument(
-        "--gateway",
-        default=os.environ.get(remote.GATEWAY_URL_VAR, remote.DEFAULT_GATEWAY_URL),
-        help=f"the gateway's URL (${remote.GATEWAY_URL_VAR}, else {remote.DEFAULT_GATEWAY_URL})",
-    )
-    parser.add_argument(
-        "--api-key-file", default=None, help=f"file holding the API key (else ${remote.API_KEY_VAR})"
-    )
+    remote.connection_options(parser)
     parser.add_argument("--principal", default="", help="only this principal, e.g. apikey:<id>, service:gdpr")
     parser.add_argument("--action", default="", help="only this action, e.g. subject.erase or event.read")
     parser.add_argument(

@@ -159,7 +159,8 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def connection_options(parser: argparse.ArgumentParser) -> None:
+    """--gateway and --api-key-file: how every command of the gateway's HTTP API reaches it."""
     parser.add_argument(
         "--gateway",
         default=os.environ.get(GATEWAY_URL_VAR, DEFAULT_GATEWAY_URL),
@@ -177,7 +178,7 @@ def _page_options(parser: argparse.ArgumentParser) -> None:
 
 def _action(sub: Any, name: str, help_text: str, handler: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
-    _common(parser)
+    connection_options(parser)
     parser.set_defaults(handler=_run, remote_handler=handler)
     return parser
 
