@@ -553,6 +553,7 @@ class EventFilter:
     start_us: int | None = None
     end_us: int | None = None
     min_risk_score: float | None = None
+    min_risk_level: int = 0
     label: int = 0
     triage_state: int = 0
 
@@ -583,6 +584,8 @@ def list_event_ids(
         conditions.append(meta.occurred_at_us < where.end_us)
     if where.min_risk_score is not None:
         conditions.append(and_(meta.scoring_state == SCORING_SCORED, meta.risk_score >= where.min_risk_score))
+    if where.min_risk_level:
+        conditions.append(and_(meta.scoring_state == SCORING_SCORED, meta.risk_level >= where.min_risk_level))
     if where.label:
         conditions.append(meta.label == where.label)
     if where.triage_state:

@@ -364,6 +364,11 @@ async def test_reads_of_personal_data_are_recorded_with_whose_and_others_are_not
             await auditor.ListEvents(ingest_pb2.ListEventsRequest(subject="alice@example.org"))
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
+        # The basic view (AIP-157), for counting: nothing decrypted, even for an analyst; no record.
+        basic = await analyst.ListEvents(ingest_pb2.ListEventsRequest(view=ingest_pb2.EVENT_VIEW_BASIC))
+        assert len(basic.events) == 3
+        assert all(e.subject_pseudonym and not (e.subject or e.summary or e.details) for e in basic.events)
+
         read = await analyst.GetEvent(ingest_pb2.GetEventRequest(name=name))
         assert read.subject == "alice@example.org"
         listing = await analyst.ListEvents(ingest_pb2.ListEventsRequest(page_size=10))

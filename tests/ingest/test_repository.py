@@ -5,12 +5,15 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from awareness.ingest.v1 import ingest_pb2
 from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from services.ingest import repository
 from services.runtime import migrations
 from services.runtime.db import create_db_engine, session_factory, transaction
+
+SCORED, PENDING = repository.SCORING_SCORED, repository.SCORING_PENDING
 
 
 def _record(event_id: str, **changes: object) -> tuple[object, ...]:
@@ -35,7 +38,7 @@ def _record(event_id: str, **changes: object) -> tuple[object, ...]:
     return tuple(values[name] for name in repository.RECORD_COLUMNS)
 
 
-def _metadata(event_id: str) -> tuple[object, ...]:
+def _metadata(event_id: str, **changes: object) -> tuple[object, ...]:
     values: dict[str, object] = {name: 0 for name in repository.METADATA_COLUMNS}
     values.update(
         event_id=event_id,
@@ -53,6 +56,7 @@ def _metadata(event_id: str) -> tuple[object, ...]:
         occurred_at_us=-1,  # before 1970: signed 64-bit
         update_time_us=2**62,
     )
+    values.update(changes)
     return tuple(values[name] for name in repository.METADATA_COLUMNS)
 
 
@@ -133,3 +137,33 @@ def test_a_record_gets_one_leaf_and_leaves_are_indexed_by_seq(engine: Engine) ->
         found = repository.leaf_by_event(session, event_id=event_id)
         assert found is not None and found.leaf_index == 0
         assert repository.find_receipts(session, event_ids=[event_id])[event_id].leaf_index == 0
+
+
+def test_the_risk_level_filter_keeps_scored_events_at_or_above_the_level(engine: Engine) -> None:
+    sessions = session_factory(engine)
+    # (risk level, scoring state): the model's levels, not its score thresholds, decide.
+    levels = {
+        str(uuid.uuid4()): (ingest_pb2.RISK_LEVEL_CRITICAL, SCORED),
+        str(uuid.uuid4()): (ingest_pb2.RISK_LEVEL_HIGH, SCORED),
+        str(uuid.uuid4()): (ingest_pb2.RISK_LEVEL_MODERATE, SCORED),
+        str(uuid.uuid4()): (ingest_pb2.RISK_LEVEL_UNSPECIFIED, PENDING),
+    }
+    with transaction(sessions) as session:
+        repository.insert_events(
+            session,
+            records=[_record(event_id) for event_id in levels],
+            metadata=[
+                _metadata(event_id, risk_level=level, scoring_state=state, risk_score=0.1 * level)
+                for event_id, (level, state) in levels.items()
+            ],
+        )
+
+    def matching(level: int) -> set[str]:
+        where = repository.EventFilter(min_risk_level=level)
+        with sessions() as session:
+            return set(repository.list_event_ids(session, where=where, after=None, limit=10))
+
+    critical, high, moderate, _pending = levels
+    assert matching(ingest_pb2.RISK_LEVEL_HIGH) == {critical, high}
+    assert matching(ingest_pb2.RISK_LEVEL_LOW) == {critical, high, moderate}
+    assert matching(ingest_pb2.RISK_LEVEL_UNSPECIFIED) == set(levels)  # no filter
