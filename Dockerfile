@@ -5,6 +5,15 @@
 #   docker build --build-arg PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:<digest> .
 # (the digest was not stated here because it could not be pulled and checked where this file was written).
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+ARG NODE_IMAGE=node:20.20.2-bookworm-slim
+
+# ---------------------------------------------------------------------------------------------------
+# The portal's htmx and CSS come from the npm registry at build time (package-lock.json pins them);
+# only the files scripts/vendor_assets.py names reach the image.
+FROM ${NODE_IMAGE} AS assets
+WORKDIR /assets
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
 
 # ---------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS build
@@ -36,7 +45,9 @@ RUN PATH=/opt/tools/bin:$PATH /opt/tools/bin/python scripts/gen_protos.py \
 
 # Only the services: bench/ (benchmarks, load generator) and tests/ stay out of the image.
 COPY services ./services
-RUN /opt/venv/bin/pip install -c constraints.txt --no-deps . \
+COPY --from=assets /assets/node_modules ./node_modules
+RUN /opt/venv/bin/python scripts/vendor_assets.py \
+ && /opt/venv/bin/pip install -c constraints.txt --no-deps . \
  && /opt/venv/bin/pip check
 
 # ---------------------------------------------------------------------------------------------------

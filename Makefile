@@ -6,12 +6,13 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 GEN_STAMP := clients/python/src/.generated
+VENDOR_STAMP := services/portal/static/vendor/.vendored
 PROTO_FILES := $(shell find protos -name '*.proto' 2>/dev/null)
 PYTEST_ARGS ?=
 
 .PHONY: setup run test lint protos dist bench bench-signing bench-ingest bench-policy bench-scoring clean
 
-setup: $(STAMP) $(GEN_STAMP) node_modules/.installed
+setup: $(STAMP) $(GEN_STAMP) node_modules/.installed $(VENDOR_STAMP)
 
 $(STAMP): pyproject.toml constraints.txt clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +22,11 @@ $(STAMP): pyproject.toml constraints.txt clients/python/pyproject.toml
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --silent --no-audit --no-fund
+	touch $@
+
+# The portal's htmx and CSS, from the npm registry at build time; served by the gateway, never a CDN.
+$(VENDOR_STAMP): node_modules/.installed scripts/vendor_assets.py
+	$(PY) scripts/vendor_assets.py
 	touch $@
 
 # Generated code is never committed: it is rebuilt from protos/ into the client package.

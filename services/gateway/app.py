@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +32,9 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp
 
 from services.gateway import authn
 from services.gateway.admission import Admission, RefusedError, rate_limited
@@ -62,6 +63,8 @@ from services.gateway.responses import (
     rpc_error_response,
 )
 from services.gateway.transcoder import Backend, MediaTypeError, Router, parse_http_request, response_payload
+from services.portal.app import create_portal
+from services.portal.config import load_portal_config
 from services.runtime import audit, auth, db, identity, migrations
 from services.runtime.audit import AuditRecorder
 from services.runtime.clients import ChannelFactory, new_breaker
@@ -276,16 +279,6 @@ async def _admit(
     return Admitted(principal=admitted.principal, headers=rate_limit_headers(admitted.decision))
 
 
-async def _as_principal(principal: auth.Principal, call: Callable[[], Awaitable[Any]]) -> Any:
-    """Run a backend call with ``principal`` as the identity the channel signs."""
-    previous = auth.current_principal()
-    auth.set_current_principal(principal)
-    try:
-        return await call()
-    finally:
-        auth.set_current_principal(previous)
-
-
 def _request_error(exc: RequestError, headers: dict[str, str]) -> Response:
     if isinstance(exc, MediaTypeError):
         return error_response(
@@ -348,13 +341,13 @@ async def api(request: Request) -> Response:
         return _request_error(exc, admitted.headers)
     try:
         if route.server_streaming:
-            first, rest = await _as_principal(
+            first, rest = await auth.acting_as(
                 admitted.principal, lambda: state.backend.stream(route, message)
             )
             return StreamingResponse(
                 _prepend(first, rest), media_type="application/json", headers=admitted.headers
             )
-        response = await _as_principal(admitted.principal, lambda: _unary(state, route, message))
+        response = await auth.acting_as(admitted.principal, lambda: _unary(state, route, message))
     except (grpc.aio.AioRpcError, AwarenessError) as exc:
         return await _backend_failure(exc, admitted.headers)
     return JSONResponse(response_payload(route, response), headers=admitted.headers)
@@ -412,7 +405,7 @@ async def timestamp(request: Request) -> Response:
         )
     request_class = state.backend.message_class(route.input_type)
     try:
-        reply = await _as_principal(
+        reply: Any = await auth.acting_as(
             admitted.principal, lambda: state.backend.unary(route, request_class(request=body))
         )
     except (grpc.aio.AioRpcError, AwarenessError) as exc:
@@ -468,7 +461,7 @@ async def gophish_webhook(request: Request) -> Response:
     except RequestError as exc:
         return _request_error(exc, headers)
     try:
-        await _as_principal(GOPHISH_PRINCIPAL, lambda: _unary(state, route, message))
+        await auth.acting_as(GOPHISH_PRINCIPAL, lambda: _unary(state, route, message))
     except (grpc.aio.AioRpcError, AwarenessError) as exc:
         if not _already_recorded(exc):
             return await _backend_failure(exc, headers)
@@ -537,8 +530,14 @@ def create_gateway(settings: Settings, *, tracer: trace.Tracer | None = None) ->
     ``tracer`` defaults to the process-wide provider's (tests pass their own).
     """
     state = _build_state(with_identity(settings))
+    portal = create_portal(
+        channels=state.channels,
+        admission=state.admission,
+        store=state.sessions,
+        config=load_portal_config(settings.env),
+    )
     app = Starlette(
-        routes=_public_routes(),
+        routes=_public_routes(portal),
         middleware=_middleware_stack(state, tracer),
         exception_handlers={HTTPException: http_exception},
         lifespan=_lifespan(state),
@@ -554,7 +553,7 @@ def _own_records_sink(channels: ChannelFactory) -> audit.Sink:
     append = audit.ingest_sink(lambda: channels.channel("ingest"))
 
     async def sink(events: Sequence[ingest_pb2.Event]) -> None:
-        await _as_principal(auth.Principal.for_service("gateway"), lambda: append(events))
+        await auth.acting_as(auth.Principal.for_service("gateway"), lambda: append(events))
 
     return sink
 
@@ -649,9 +648,18 @@ def _append_coalescer(
     )
 
 
-def _public_routes() -> list[Route]:
+async def to_portal(request: Request) -> Response:
+    _mark_route(request, "/")
+    return RedirectResponse("/portal/", status_code=307)
+
+
+def _public_routes(portal: ASGIApp) -> list[BaseRoute]:
     api_methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
     return [
+        # People in a browser land on the portal; the JSON API lives under /v1.
+        Route("/", to_portal, methods=["GET"]),
+        Route("/portal", to_portal, methods=["GET"]),
+        Mount("/portal", app=portal),
         Route("/health/live", live, methods=["GET"]),
         Route("/health/ready", ready, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),

@@ -139,6 +139,17 @@ class Authenticator:
         record = await self._key_record(key_id)
         if record is None or not keys.secret_matches(secret, record.secret_hash):
             raise UnauthenticatedError("unknown API key", reason="INVALID_CREDENTIALS")
+        return self._key_principal(record)
+
+    async def proven_key(self, key_id: str) -> Principal:
+        """The principal of a key whose secret was proven earlier (a portal session's), for as long
+        as the key stays usable: a revocation ends the session within the key cache's lifetime."""
+        record = await self._key_record(key_id)
+        if record is None:
+            raise UnauthenticatedError("unknown API key", reason="INVALID_CREDENTIALS")
+        return self._key_principal(record)
+
+    def _key_principal(self, record: repository.KeyRecord) -> Principal:
         if record.revoked_at is not None:
             raise UnauthenticatedError("API key revoked", reason="KEY_REVOKED")
         if not record.usable(now=self._clock()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -160,6 +161,9 @@ def _create(args: argparse.Namespace) -> int:
         "It is shown only this once: store it now.",
         file=sys.stderr,
     )
+    # The key itself never goes into a URL (history, logs); the person pastes it on this page.
+    gateway = os.environ.get(remote.GATEWAY_URL_VAR, remote.DEFAULT_GATEWAY_URL).rstrip("/")
+    print(f"sign in to the portal with it: {gateway}/portal/sign-in", file=sys.stderr)
     # The key's name stays out of the record: it may name a person.
     details = {"roles": ",".join(sorted(record.roles))}
     if record.expires_at is not None:

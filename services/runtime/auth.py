@@ -9,11 +9,13 @@ principal. Services check permissions again with the same table the gateway uses
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 from services.runtime.errors import PermissionDeniedError, UnauthenticatedError
+
+T = TypeVar("T")
 
 PRINCIPAL_HEADER: Final = "x-awareness-principal"
 ROLES_HEADER: Final = "x-awareness-roles"
@@ -126,6 +128,17 @@ def current_principal() -> Principal | None:
 
 def set_current_principal(principal: Principal | None) -> contextvars.Token[Principal | None]:
     return _current.set(principal)
+
+
+async def acting_as(principal: Principal, call: Callable[[], Awaitable[T]]) -> T:
+    """Run ``call`` with ``principal`` as the identity outgoing channels sign (the gateway's
+    delegation: a person's or integration's request, or the gateway acting as itself)."""
+    previous = _current.get()
+    _current.set(principal)
+    try:
+        return await call()
+    finally:
+        _current.set(previous)
 
 
 def require_caller(method: str, allowed: frozenset[str], principal: Principal) -> None:

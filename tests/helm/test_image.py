@@ -52,11 +52,16 @@ def test_base_image_is_a_slim_python_3_11_pinned_to_an_exact_patch() -> None:
     assert re.fullmatch(r"python:3\.11\.\d+-slim-(bookworm|trixie)(@sha256:[0-9a-f]{64})?", _base_image())
 
 
-def test_two_stages_from_the_same_pinned_base() -> None:
+def test_python_stages_from_the_same_pinned_base_and_assets_from_a_pinned_node() -> None:
     stages = _stages()
-    assert list(stages) == ["build", "runtime"]
-    for stage in stages.values():
-        assert stage[0][1].split()[0] == "${PYTHON_IMAGE}"
+    assert list(stages) == ["assets", "build", "runtime"]
+    for name in ("build", "runtime"):
+        assert stages[name][0][1].split()[0] == "${PYTHON_IMAGE}"
+    assert stages["assets"][0][1].split()[0] == "${NODE_IMAGE}"
+    assert re.search(r"ARG NODE_IMAGE=node:\d+\.\d+\.\d+-bookworm-slim\n", DOCKERFILE.read_text())
+    # Only the lock file's packages, and no install scripts run.
+    (install,) = [a for i, a in stages["assets"] if i == "RUN"]
+    assert "npm ci" in install and "--ignore-scripts" in install
 
 
 def test_build_stage_installs_with_constraints_and_generates_the_protos() -> None:

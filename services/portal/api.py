@@ -1,0 +1,459 @@
+"""The portal's transport: pages and forms over HTTP, for people in a browser.
+
+Every page but sign-in needs a session. Every form and htmx request carries the session's CSRF
+token. A person's request is rate limited as their API calls are, and every read or action is a
+call to the owning service made as that person: a refusal there is a refusal here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlencode
+
+import grpc
+import jinja2
+from awareness.ingest.v1 import ingest_pb2
+from grpc_status import rpc_status
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from services.gateway.admission import Admission
+from services.gateway.middleware import ROUTE_KEY
+from services.portal.config import PortalConfig
+from services.portal.domain import charts, display, queue
+from services.portal.domain.sessions import Expiry, csrf_matches, new_token, safe_next
+from services.portal.service import Ended, Evidence, Person, Services, Sessions
+from services.runtime.errors import AwarenessError, FieldViolation, InvalidArgumentError, field_violations
+
+log = logging.getLogger("awareness.portal")
+
+SESSION_COOKIE: Final = "awareness_portal"
+SIGN_IN_COOKIE: Final = "awareness_portal_sign_in"
+CSRF_FIELD: Final = "csrf_token"
+CSRF_HEADER: Final = "x-csrf-token"
+FORM_TYPE: Final = "application/x-www-form-urlencoded"
+HOME: Final = "/portal/"
+SIGN_IN: Final = "/portal/sign-in"
+# What the home page counts from: the newest events of this many days, at most this many.
+HOME_DAYS: Final = 14
+HOME_SAMPLE: Final = 1000
+ENDED_MESSAGES: Final = {
+    Expiry.IDLE.value: "You were signed out after a period without activity. Sign in again.",
+    Expiry.ABSOLUTE.value: "Your session reached its maximum length. Sign in again.",
+    "KEY_REVOKED": "The API key you signed in with was revoked.",
+    "KEY_EXPIRED": "The API key you signed in with has expired.",
+    "signed_out": "You are signed out.",
+}
+# gRPC status -> (HTTP status, headline) for the error page.
+ERROR_PAGES: Final[Mapping[grpc.StatusCode, tuple[int, str]]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "That request was not valid"),
+    grpc.StatusCode.PERMISSION_DENIED: (403, "Your role does not allow this"),
+    grpc.StatusCode.NOT_FOUND: (404, "Not found"),
+    grpc.StatusCode.ALREADY_EXISTS: (409, "That already exists"),
+    grpc.StatusCode.FAILED_PRECONDITION: (409, "That cannot be done in the current state"),
+    grpc.StatusCode.ABORTED: (409, "Someone else changed this at the same time; try again"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "Too many requests; wait a moment"),
+    grpc.StatusCode.UNAVAILABLE: (503, "A service is unavailable; try again shortly"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (503, "A service took too long to answer; try again"),
+}
+
+
+@dataclass
+class PortalState:
+    sessions: Sessions
+    services: Services
+    admission: Admission
+    templates: jinja2.Environment
+    config: PortalConfig
+
+
+def _state(request: Request) -> PortalState:
+    state: PortalState = request.app.state.portal
+    return state
+
+
+def _mark_route(request: Request, template: str) -> None:
+    request.scope.setdefault("state", {})[ROUTE_KEY] = template
+
+
+def _client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def render(
+    request: Request,
+    template: str,
+    context: Mapping[str, Any],
+    *,
+    person: Person | None = None,
+    status: int = 200,
+    headers: Mapping[str, str] | None = None,
+) -> HTMLResponse:
+    state = _state(request)
+    page = state.templates.get_template(template).render(
+        {
+            "person": person,
+            "csrf_token": person.csrf_token if person else "",
+            "path": request.url.path,
+            "display": display,
+            **context,
+        }
+    )
+    return HTMLResponse(page, status_code=status, headers=dict(headers or {}))
+
+
+def _secure(request: Request, config: PortalConfig) -> bool:
+    return config.secure_cookies or request.url.scheme == "https"
+
+
+# --- failures -----------------------------------------------------------------------------
+
+
+def _failure(exc: Exception) -> tuple[grpc.StatusCode, str, list[FieldViolation]]:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        try:
+            status = rpc_status.from_call(exc)
+        except ValueError:
+            status = None
+        return exc.code(), exc.details() or "", field_violations(status) if status is not None else []
+    assert isinstance(exc, AwarenessError)
+    return exc.code, exc.message, list(exc.violations)
+
+
+def error_page(request: Request, exc: Exception, *, person: Person | None) -> Response:
+    code, message, violations = _failure(exc)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return _to_sign_in(request, ended=None)
+    status, headline = ERROR_PAGES.get(code, (502, "Something went wrong behind the portal"))
+    if status >= 500:
+        log.warning("portal call failed", extra={"code": code.name, "route": request.url.path})
+    return render(
+        request,
+        "error.html",
+        {"headline": headline, "message": message, "violations": violations, "code": code.name},
+        person=person,
+        status=status,
+    )
+
+
+# --- sessions -----------------------------------------------------------------------------
+
+Handler = Callable[[Request, Person], Awaitable[Response]]
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _to_sign_in(request: Request, *, ended: Ended | None) -> Response:
+    query = {"next": request.url.path + (f"?{request.url.query}" if request.url.query else "")}
+    if ended is not None:
+        query["ended"] = ended.why.value if isinstance(ended.why, Expiry) else ended.why
+    response = RedirectResponse(f"{SIGN_IN}?{urlencode(query)}", status_code=303)
+    if ended is not None:
+        response.delete_cookie(SESSION_COOKIE, path="/portal")
+    return response
+
+
+async def read_form(request: Request) -> dict[str, list[str]]:
+    """An URL-encoded form (the body limit is the gateway's): each field's values, in order."""
+    media_type = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    if media_type != FORM_TYPE:
+        return {}
+    body = (await request.body()).decode("utf-8", errors="replace")
+    form: dict[str, list[str]] = {}
+    for key, value in parse_qsl(body, keep_blank_values=True, max_num_fields=2000):
+        form.setdefault(key, []).append(value)
+    return form
+
+
+def first(form: Mapping[str, list[str]], name: str) -> str:
+    values = form.get(name) or [""]
+    return values[0].strip()
+
+
+def signed_in(route: str) -> Callable[[Handler], Endpoint]:
+    """A page for a signed-in person: session, rate limit, and for a form its CSRF token."""
+
+    def wrap(handler: Handler) -> Endpoint:
+        async def endpoint(request: Request) -> Response:
+            _mark_route(request, route)
+            state = _state(request)
+            found = await state.sessions.resolve(request.cookies.get(SESSION_COOKIE))
+            if not isinstance(found, Person):
+                return _to_sign_in(request, ended=found)
+            decision = await state.admission.limit(ip=_client_ip(request), principal=found.principal)
+            if not decision.allowed:
+                return render(
+                    request,
+                    "error.html",
+                    {"headline": "Too many requests; wait a moment", "message": "", "violations": []},
+                    person=found,
+                    status=429,
+                    headers={"Retry-After": str(max(1, decision.retry_after_seconds))},
+                )
+            if request.method == "POST":
+                form = await read_form(request)
+                presented = first(form, CSRF_FIELD) or request.headers.get(CSRF_HEADER)
+                if not csrf_matches(found.csrf_token, presented):
+                    return render(
+                        request,
+                        "error.html",
+                        {
+                            "headline": "This form has expired",
+                            "message": "Reload the page and try again.",
+                            "violations": [],
+                            "code": "CSRF_TOKEN_MISMATCH",
+                        },
+                        person=found,
+                        status=403,
+                    )
+                request.state.form = form
+            try:
+                return await handler(request, found)
+            except (grpc.aio.AioRpcError, AwarenessError) as exc:
+                return error_page(request, exc, person=found)
+
+        return endpoint
+
+    return wrap
+
+
+async def sign_in_page(request: Request) -> Response:
+    _mark_route(request, "/portal/sign-in")
+    state = _state(request)
+    found = await state.sessions.resolve(request.cookies.get(SESSION_COOKIE))
+    target = safe_next(request.query_params.get("next"), default=HOME)
+    if isinstance(found, Person):
+        return RedirectResponse(target, status_code=303)
+    return _sign_in_form(
+        request, target=target, notice=ENDED_MESSAGES.get(request.query_params.get("ended", ""))
+    )
+
+
+def _sign_in_form(
+    request: Request, *, target: str, notice: str | None = None, error: str = "", status: int = 200
+) -> Response:
+    # Login CSRF: the form's token must match this cookie, which another site cannot set or read.
+    token = new_token()
+    response = render(
+        request,
+        "sign_in.html",
+        {"next": target, "notice": notice, "error": error, "sign_in_token": token},
+        status=status,
+    )
+    response.set_cookie(
+        SIGN_IN_COOKIE,
+        token,
+        max_age=3600,
+        path=SIGN_IN,
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request, _state(request).config),
+    )
+    return response
+
+
+async def sign_in(request: Request) -> Response:
+    _mark_route(request, "/portal/sign-in")
+    state = _state(request)
+    form = await read_form(request)
+    target = safe_next(first(form, "next"), default=HOME)
+    expected = request.cookies.get(SIGN_IN_COOKIE, "")
+    if not csrf_matches(expected, first(form, CSRF_FIELD)):
+        return _sign_in_form(request, target=target, error="The sign-in form expired. Try again.", status=403)
+    api_key = first(form, "api_key")
+    if not api_key:
+        return _sign_in_form(request, target=target, error="Enter your API key.", status=400)
+    try:
+        token, _person = await state.sessions.sign_in_with_api_key(api_key)
+    except AwarenessError as exc:
+        if exc.code == grpc.StatusCode.UNAUTHENTICATED:
+            state.admission.auth_failures.labels(exc.reason).inc()
+            decision = await state.admission.limit_failed_auth(ip=_client_ip(request))
+            if not decision.allowed:
+                return _sign_in_form(
+                    request, target=target, error="Too many failed attempts; wait a minute.", status=429
+                )
+            return _sign_in_form(request, target=target, error="That API key is not valid.", status=401)
+        if exc.code == grpc.StatusCode.PERMISSION_DENIED:
+            return _sign_in_form(request, target=target, error=exc.message, status=403)
+        raise
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=state.config.max_seconds,
+        path="/portal",
+        httponly=True,
+        samesite="lax",
+        secure=_secure(request, state.config),
+    )
+    response.delete_cookie(SIGN_IN_COOKIE, path=SIGN_IN)
+    return response
+
+
+@signed_in("/portal/sign-out")
+async def sign_out(request: Request, person: Person) -> Response:
+    await _state(request).sessions.end(person.token_hash)
+    response = RedirectResponse(f"{SIGN_IN}?ended=signed_out", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/portal")
+    return response
+
+
+# --- home ---------------------------------------------------------------------------------
+
+
+@signed_in("/portal/")
+async def home(request: Request, person: Person) -> Response:
+    context: dict[str, Any] = {"charts": [], "open_triage": None, "sample": 0, "days": HOME_DAYS}
+    if person.can("events:read"):
+        services = _state(request).services
+        start = display.now() - timedelta(days=HOME_DAYS - 1)
+        since = start.date().isoformat()
+        recent_request = queue.list_request(queue.QueueFilters(since=since), page_size=HOME_SAMPLE)
+        recent_request.view = ingest_pb2.EVENT_VIEW_BASIC
+        open_request = ingest_pb2.ListEventsRequest(
+            page_size=HOME_SAMPLE, triage_state=ingest_pb2.TRIAGE_STATE_NEW, view=ingest_pb2.EVENT_VIEW_BASIC
+        )
+        recent, open_items = await asyncio.gather(
+            services.list_events(person, recent_request), services.list_events(person, open_request)
+        )
+        events = [event for event in recent.events if not event.type.startswith("audit.")]
+        days = [(start + timedelta(days=offset)).date().isoformat() for offset in range(HOME_DAYS)]
+        context.update(
+            open_triage=f"{len(open_items.events):,}{'+' if open_items.next_page_token else ''}",
+            sample=len(events),
+            sample_capped=bool(recent.next_page_token),
+            charts=_home_charts(events, days),
+        )
+    return render(request, "home.html", context, person=person)
+
+
+def _home_charts(events: list[ingest_pb2.Event], days: list[str]) -> list[charts.Chart]:
+    per_day = charts.stacked_by_day(
+        "Events per day, by type", days, ((display.day_of(event.occurred_at), event.type) for event in events)
+    )
+    levels = [name for name in queue.LEVELS]
+    level_counts = {name: 0 for name in levels}
+    violations: dict[str, int] = {}
+    for event in events:
+        level = display.RISK_LEVELS.get(event.metadata.risk_level, "")
+        if level:
+            level_counts[level] += 1
+        for violation in event.metadata.violations:
+            title = violation.title or violation.policy
+            violations[title] = violations.get(title, 0) + 1
+    risk = charts.bar_chart(
+        "Risk levels",
+        [(name, level_counts[name]) for name in levels],
+        css_classes=[f"risk-{name}" for name in levels],
+    )
+    top = sorted(violations.items(), key=lambda item: (-item[1], item[0]))[:5]
+    policies = charts.bar_chart("Most violated policies", top, unit="violations")
+    return [per_day, risk, policies]
+
+
+# --- analyst: the triage queue and an event ------------------------------------------------
+
+
+@signed_in("/portal/events")
+async def events(request: Request, person: Person) -> Response:
+    filters = queue.parse_filters(request.query_params)
+    listed = await _state(request).services.list_events(person, queue.list_request(filters))
+    context = {
+        "filters": filters,
+        "events": listed.events,
+        "next_query": urlencode(filters.query(page_token=listed.next_page_token))
+        if listed.next_page_token
+        else "",
+        "levels": queue.LEVELS,
+        "labels": queue.LABELS,
+        "triage_states": queue.TRIAGE_STATES,
+        "done": request.query_params.get("done", ""),
+    }
+    status = 400 if filters.violations else 200
+    return render(request, "events.html", context, person=person, status=status)
+
+
+def _label_request(name: str, form: Mapping[str, list[str]]) -> ingest_pb2.LabelEventRequest:
+    """The LabelEvent call a form asks for; a choice the form never offers is refused here."""
+    label, triage = first(form, "label"), first(form, "triage")
+    violations = []
+    if label and label not in queue.LABELS:
+        violations.append(FieldViolation("label", f"one of {', '.join(queue.LABELS)}"))
+    if triage and triage not in queue.TRIAGE_STATES:
+        violations.append(FieldViolation("triage", f"one of {', '.join(queue.TRIAGE_STATES)}"))
+    if not label and not triage:
+        violations.append(FieldViolation("label", "choose a label, a triage state or both"))
+    if violations:
+        raise InvalidArgumentError("the form asked for no valid change", violations=violations)
+    return ingest_pb2.LabelEventRequest(
+        name=name,
+        note=first(form, "note"),
+        label=queue.LABELS.get(label, ingest_pb2.LABEL_UNSPECIFIED),
+        triage_state=queue.TRIAGE_STATES.get(triage, ingest_pb2.TRIAGE_STATE_UNSPECIFIED),
+    )
+
+
+@signed_in("/portal/events:label")
+async def label_many(request: Request, person: Person) -> Response:
+    """Label or triage the selected events of the queue, one call each; the first refusal stops."""
+    form: dict[str, list[str]] = request.state.form
+    names = [f"events/{event_id}" for event_id in form.get("event", []) if event_id][:100]
+    if not names:
+        raise InvalidArgumentError(
+            "no event chosen", violations=[FieldViolation("event", "choose at least one")]
+        )
+    services = _state(request).services
+    for name in names:
+        await services.label_event(person, _label_request(name, form))
+    back = safe_next(first(form, "back"), default="/portal/events")
+    separator = "&" if "?" in back else "?"
+    return RedirectResponse(f"{back}{separator}done={len(names)}", status_code=303)
+
+
+@signed_in("/portal/events/{event_id}")
+async def event_page(request: Request, person: Person) -> Response:
+    name = f"events/{request.path_params['event_id']}"
+    services = _state(request).services
+    event = await services.get_event(person, name)
+    evidence = None
+    if person.can("audit:verify"):
+        evidence = await services.inclusion_evidence(person, event)
+    context = {
+        "event": event,
+        "evidence": evidence_json(evidence) if evidence else None,
+        "labels": queue.LABELS,
+        "triage_states": queue.TRIAGE_STATES,
+        "done": request.query_params.get("done", ""),
+    }
+    return render(request, "event.html", context, person=person)
+
+
+@signed_in("/portal/events/{event_id}:label")
+async def label_one(request: Request, person: Person) -> Response:
+    event_id = request.path_params["event_id"]
+    form: dict[str, list[str]] = request.state.form
+    await _state(request).services.label_event(person, _label_request(f"events/{event_id}", form))
+    return RedirectResponse(f"/portal/events/{event_id}?done=labelled", status_code=303)
+
+
+def evidence_json(evidence: Evidence) -> dict[str, Any]:
+    """The inclusion evidence as static/verify.js reads it."""
+
+    def b64(value: bytes) -> str:
+        return base64.b64encode(value).decode()
+
+    return {
+        "kind": "inclusion",
+        "leafIndex": evidence.leaf_index,
+        "leafHash": b64(evidence.leaf_hash),
+        "treeSize": evidence.tree_size,
+        "proof": [b64(node) for node in evidence.proof],
+        "note": evidence.note,
+        "verifierKeys": evidence.verifier_keys,
+    }
