@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.gateway.admission import Admission
 from services.portal import api
 from services.portal.config import PortalConfig
+from services.portal.pages import admin, evidence, models, policies, privacy
 from services.portal.service import Services, Sessions
 from services.runtime.clients import ChannelFactory
 
@@ -116,6 +117,11 @@ def create_portal(
             Route("/events:label", api.label_many, methods=["POST"]),
             Route("/events/{event_id}", api.event_page, methods=["GET"]),
             Route("/events/{event_id}:label", api.label_one, methods=["POST"]),
+            *policies.routes,
+            *privacy.routes,
+            *models.routes,
+            *evidence.routes,
+            *admin.routes,
             Mount("/static", StaticFiles(directory=PACKAGE / "static"), name="static"),
         ]
     )

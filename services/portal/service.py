@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
+from awareness.gdpr.v1 import gdpr_pb2_grpc
 from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from awareness.policy.v1 import policy_pb2_grpc
+from awareness.scoring.v1 import scoring_pb2_grpc
 from awareness.signing.v1 import signing_pb2, signing_pb2_grpc
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -166,6 +169,18 @@ class Services:
 
     def signing(self) -> signing_pb2_grpc.SigningServiceStub:
         return signing_pb2_grpc.SigningServiceStub(self._channels.channel("signing"))
+
+    def policy(self) -> policy_pb2_grpc.PolicyServiceStub:
+        return policy_pb2_grpc.PolicyServiceStub(self._channels.channel("policy"))
+
+    def scoring(self) -> scoring_pb2_grpc.ScoringServiceStub:
+        return scoring_pb2_grpc.ScoringServiceStub(self._channels.channel("scoring"))
+
+    def gdpr(self) -> gdpr_pb2_grpc.GdprServiceStub:
+        return gdpr_pb2_grpc.GdprServiceStub(self._channels.channel("gdpr"))
+
+    def breaker_states(self) -> dict[str, str]:
+        return self._channels.breaker_states()
 
     async def list_events(
         self, person: Person, request: ingest_pb2.ListEventsRequest

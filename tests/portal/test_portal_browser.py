@@ -8,22 +8,19 @@ var/screenshots; axe-core checks each main page against WCAG 2.2 AA.
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Page, Route, expect
 
-from tests.portal.conftest import SCREENSHOTS
+from tests.portal.browser import accessible, append_events, csp_reports, sign_in, wait_checkpointed
 from tests.support.idp import IdentityProvider
 from tests.support.suite import Backend, UpSuite, awareness_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-WCAG_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa"]
 TYPES = ("phishing.clicked", "phishing.reported", "training.completed", "mfa.disabled")
 
 
@@ -47,66 +44,26 @@ def suite(
 @pytest.fixture(scope="module")
 def events(suite: UpSuite) -> list[str]:
     """Twelve events about four people, appended by an integration and checkpointed."""
-    key = suite.create_key("integration", name="loader")
-    ids = []
-    with httpx.Client(base_url=suite.url, headers={"authorization": f"Bearer {key}"}, timeout=30) as client:
-        for number in range(12):
-            response = client.post(
-                "/v1/events",
-                json={
-                    "type": TYPES[number % len(TYPES)],
-                    "source": "gophish",
-                    "subject": f"person{number % 4}@example.org",
-                    "occurredAt": f"2026-12-0{number % 5 + 1}T09:{number:02d}:00Z",
-                    "summary": f"portal test event {number}",
-                    "details": {"campaign_id": "spring"},
-                },
-            )
-            assert response.status_code == 200, response.text
-            ids.append(response.json()["receipt"]["eventId"])
-        _wait_checkpointed(client, ids[-1], suite.create_key("auditor", name="waiter"))
+    ids = append_events(
+        suite,
+        [
+            {
+                "type": TYPES[number % len(TYPES)],
+                "source": "gophish",
+                "subject": f"person{number % 4}@example.org",
+                "occurredAt": f"2026-12-0{number % 5 + 1}T09:{number:02d}:00Z",
+                "summary": f"portal test event {number}",
+                "details": {"campaign_id": "spring"},
+            }
+            for number in range(12)
+        ],
+    )
+    wait_checkpointed(suite, ids[-1])
     return ids
 
 
-def _wait_checkpointed(client: httpx.Client, event_id: str, auditor_key: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        receipt = client.get(
-            f"/v1/events/{event_id}/receipt", headers={"authorization": f"Bearer {auditor_key}"}
-        ).json()
-        if receipt.get("state") == "STATE_CHECKPOINTED":
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"event {event_id} was not checkpointed within 60 s")
-
-
-def sign_in(page: Page, suite: UpSuite, key: str, *, then: str = "/portal/") -> None:
-    page.goto(f"{suite.url}/portal/sign-in?next={then}")
-    page.get_by_label("API key").fill(key)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_load_state("networkidle")
-
-
-def accessible(page: Page, name: str) -> None:
-    """No WCAG 2.2 AA violation axe-core can find on this page; a screenshot for the README."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": WCAG_TAGS}})
-    violations = results.response["violations"]
-    assert not violations, results.generate_report()
-
-
-def csp_errors(page: Page) -> list[str]:
-    found: list[str] = []
-    page.on(
-        "console",
-        lambda message: found.append(message.text) if "Content Security Policy" in message.text else None,
-    )
-    return found
-
-
 def test_analyst_triages_labels_and_verifies_an_event(page: Page, suite: UpSuite, events: list[str]) -> None:
-    blocked = csp_errors(page)
+    blocked = csp_reports(page)
     sign_in(page, suite, suite.create_key("analyst", name="ana"))
     expect(page.get_by_role("heading", name="Home")).to_be_visible()
     # Charts are drawn, each with a text alternative that carries its figures.

@@ -1,0 +1,7 @@
+"""The portal's models pages (see docs/portal.md)."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+routes: list[BaseRoute] = []
