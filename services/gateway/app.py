@@ -535,6 +535,7 @@ def create_gateway(settings: Settings, *, tracer: trace.Tracer | None = None) ->
         admission=state.admission,
         store=state.sessions,
         config=load_portal_config(settings.env),
+        secret=state.settings.service_secret,
     )
     app = Starlette(
         routes=_public_routes(portal),

@@ -89,14 +89,18 @@ class JwtVerifier:
             raise UnauthenticatedError("token issuer is not accepted", reason="BAD_ISSUER") from exc
         except jwt.InvalidTokenError as exc:
             raise UnauthenticatedError("invalid token", reason="INVALID_TOKEN") from exc
-        return Principal(subject=f"jwt:{claims['sub']}", roles=self._roles(claims))
+        return Principal(
+            subject=f"jwt:{claims['sub']}", roles=roles_from_claims(claims, self._config.jwt_roles_claim)
+        )
 
-    def _roles(self, claims: Mapping[str, Any]) -> frozenset[str]:
-        raw = claims.get(self._config.jwt_roles_claim, [])
-        names = raw.split() if isinstance(raw, str) else raw if isinstance(raw, list) else []
-        granted = frozenset(str(name) for name in names) & ROLES
-        # "service" is for service-to-service calls only; no token can claim it.
-        return granted - {"service"}
+
+def roles_from_claims(claims: Mapping[str, Any], claim: str) -> frozenset[str]:
+    """The known roles a token's ``claim`` names (a list, or a space-separated string)."""
+    raw = claims.get(claim, [])
+    names = raw.split() if isinstance(raw, str) else raw if isinstance(raw, list) else []
+    granted = frozenset(str(name) for name in names) & ROLES
+    # "service" is for service-to-service calls only; no token can claim it.
+    return granted - {"service"}
 
 
 class Authenticator:

@@ -28,6 +28,7 @@ from services.gateway.middleware import ROUTE_KEY
 from services.portal.config import PortalConfig
 from services.portal.domain import charts, display, queue
 from services.portal.domain.sessions import Expiry, csrf_matches, new_token, safe_next
+from services.portal.oidc import OidcSignIn
 from services.portal.service import Ended, Evidence, Person, Services, Sessions
 from services.runtime.errors import AwarenessError, FieldViolation, InvalidArgumentError, field_violations
 
@@ -35,6 +36,8 @@ log = logging.getLogger("awareness.portal")
 
 SESSION_COOKIE: Final = "awareness_portal"
 SIGN_IN_COOKIE: Final = "awareness_portal_sign_in"
+OIDC_COOKIE: Final = "awareness_portal_oidc"
+OIDC_CALLBACK: Final = "/portal/oidc/callback"
 CSRF_FIELD: Final = "csrf_token"
 CSRF_HEADER: Final = "x-csrf-token"
 FORM_TYPE: Final = "application/x-www-form-urlencoded"
@@ -71,6 +74,7 @@ class PortalState:
     admission: Admission
     templates: jinja2.Environment
     config: PortalConfig
+    oidc: OidcSignIn | None = None
 
 
 def _state(request: Request) -> PortalState:
@@ -242,7 +246,13 @@ def _sign_in_form(
     response = render(
         request,
         "sign_in.html",
-        {"next": target, "notice": notice, "error": error, "sign_in_token": token},
+        {
+            "next": target,
+            "notice": notice,
+            "error": error,
+            "sign_in_token": token,
+            "oidc": _state(request).oidc,
+        },
         status=status,
     )
     response.set_cookie(
@@ -282,15 +292,86 @@ async def sign_in(request: Request) -> Response:
         if exc.code == grpc.StatusCode.PERMISSION_DENIED:
             return _sign_in_form(request, target=target, error=exc.message, status=403)
         raise
+    return _signed_in_redirect(request, token, target)
+
+
+def _callback_url(request: Request, oidc: OidcSignIn) -> str:
+    if oidc.config.public_url:
+        return oidc.config.public_url + OIDC_CALLBACK
+    return str(request.url.replace(path=OIDC_CALLBACK, query=""))
+
+
+async def oidc_start(request: Request) -> Response:
+    _mark_route(request, "/portal/oidc/start")
+    state = _state(request)
+    target = safe_next(request.query_params.get("next"), default=HOME)
+    if state.oidc is None:
+        return _sign_in_form(
+            request, target=target, error="Sign-in with an identity provider is not set up.", status=404
+        )
+    try:
+        started = await state.oidc.start(next_path=target, redirect_uri=_callback_url(request, state.oidc))
+    except AwarenessError as exc:
+        return _sign_in_form(request, target=target, error=exc.message, status=503)
+    response = RedirectResponse(started.authorization_url, status_code=303)
+    response.set_cookie(
+        OIDC_COOKIE,
+        started.cookie,
+        max_age=600,
+        path="/portal/oidc",
+        httponly=True,
+        samesite="lax",  # sent on the provider's top-level redirect back, never on a cross-site POST
+        secure=_secure(request, state.config),
+    )
+    return response
+
+
+async def oidc_callback(request: Request) -> Response:
+    _mark_route(request, OIDC_CALLBACK)
+    state = _state(request)
+    if state.oidc is None:
+        return _sign_in_form(
+            request, target=HOME, error="Sign-in with an identity provider is not set up.", status=404
+        )
+    params = request.query_params
+    if params.get("error"):
+        return _sign_in_form(
+            request,
+            target=HOME,
+            error=f"The identity provider did not sign you in ({params['error'][:100]}).",
+            status=401,
+        )
+    try:
+        principal, target = await state.oidc.finish(
+            cookie=request.cookies.get(OIDC_COOKIE),
+            state=params.get("state", ""),
+            code=params.get("code", ""),
+            redirect_uri=_callback_url(request, state.oidc),
+        )
+        token, _person = await state.sessions.start(principal)
+    except AwarenessError as exc:
+        if exc.code == grpc.StatusCode.UNAUTHENTICATED:
+            state.admission.auth_failures.labels(exc.reason).inc()
+            return _sign_in_form(request, target=HOME, error=exc.message, status=401)
+        if exc.code == grpc.StatusCode.PERMISSION_DENIED:
+            return _sign_in_form(request, target=HOME, error=exc.message, status=403)
+        raise
+    response = _signed_in_redirect(request, token, safe_next(target, default=HOME))
+    response.delete_cookie(OIDC_COOKIE, path="/portal/oidc")
+    return response
+
+
+def _signed_in_redirect(request: Request, token: str, target: str) -> Response:
+    config = _state(request).config
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
         token,
-        max_age=state.config.max_seconds,
+        max_age=config.max_seconds,
         path="/portal",
         httponly=True,
         samesite="lax",
-        secure=_secure(request, state.config),
+        secure=_secure(request, config),
     )
     response.delete_cookie(SIGN_IN_COOKIE, path=SIGN_IN)
     return response

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.gateway.admission import Admission
 from services.portal import api
 from services.portal.config import PortalConfig
+from services.portal.oidc import OidcSignIn
 from services.portal.pages import admin, evidence, models, policies, privacy
 from services.portal.service import Services, Sessions
 from services.runtime.clients import ChannelFactory
@@ -99,13 +100,16 @@ def create_portal(
     admission: Admission,
     store: sessionmaker[Session],
     config: PortalConfig,
+    secret: bytes,
 ) -> ASGIApp:
+    """``secret`` is the gateway's own (it MACs the OpenID Connect flow's cookie)."""
     state = api.PortalState(
         sessions=Sessions(store=store, authenticator=admission.authenticator, config=config),
         services=Services(channels),
         admission=admission,
         templates=templates(),
         config=config,
+        oidc=OidcSignIn(config.oidc, secret=secret) if config.oidc is not None else None,
     )
     app = Starlette(
         routes=[
@@ -113,6 +117,8 @@ def create_portal(
             Route("/sign-in", api.sign_in_page, methods=["GET"]),
             Route("/sign-in", api.sign_in, methods=["POST"]),
             Route("/sign-out", api.sign_out, methods=["POST"]),
+            Route("/oidc/start", api.oidc_start, methods=["GET"]),
+            Route("/oidc/callback", api.oidc_callback, methods=["GET"]),
             Route("/events", api.events, methods=["GET"]),
             Route("/events:label", api.label_many, methods=["POST"]),
             Route("/events/{event_id}", api.event_page, methods=["GET"]),

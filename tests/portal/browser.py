@@ -19,7 +19,7 @@ def sign_in(page: Page, suite: UpSuite, key: str, *, then: str = "/portal/") -> 
     """Sign in on the sign-in page with ``key``, as a person pastes it, and land on ``then``."""
     page.goto(f"{suite.url}/portal/sign-in?next={then}")
     page.get_by_label("API key").fill(key)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
     page.wait_for_load_state("networkidle")
 
 

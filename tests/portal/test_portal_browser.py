@@ -17,6 +17,7 @@ from playwright.sync_api import Page, Route, expect
 
 from tests.portal.browser import accessible, append_events, csp_reports, sign_in, wait_checkpointed
 from tests.support.idp import IdentityProvider
+from tests.support.oidc import OidcProvider, running_provider
 from tests.support.suite import Backend, UpSuite, awareness_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -33,11 +34,19 @@ def backend(postgres_url: str, redis_url: str) -> Iterator[Backend]:
 
 
 @pytest.fixture(scope="module")
+def provider() -> Iterator[OidcProvider]:
+    with running_provider() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
 def suite(
-    tmp_path_factory: pytest.TempPathFactory, backend: Backend, idp: IdentityProvider
+    tmp_path_factory: pytest.TempPathFactory, backend: Backend, idp: IdentityProvider, provider: OidcProvider
 ) -> Iterator[UpSuite]:
     data_dir = tmp_path_factory.mktemp("portal")
-    with awareness_up(data_dir, backend, extra_env=idp.gateway_env(data_dir)) as running:
+    with awareness_up(
+        data_dir, backend, extra_env={**idp.gateway_env(data_dir), **provider.env()}
+    ) as running:
         yield running
 
 
@@ -220,3 +229,43 @@ def test_pages_carry_the_security_headers(suite: UpSuite) -> None:
     assert page.headers["cache-control"] == "no-store"
     assert "<script>" not in page.text and " style=" not in page.text
     assert httpx.get(f"{suite.url}/").headers["location"] == "/portal/"
+
+
+def test_sign_in_with_the_organisations_identity_provider(
+    page: Page, suite: UpSuite, provider: OidcProvider
+) -> None:
+    provider.user = {"sub": "olga", "roles": ["analyst"], "email": "olga@example.org"}
+    page.goto(f"{suite.url}/portal/events")
+    page.get_by_role("button", name="Sign in with your organisation").click()
+    page.wait_for_load_state("networkidle")
+    # Through the provider and back, with PKCE: the provider checked the verifier against the challenge.
+    assert page.url == f"{suite.url}/portal/events"
+    expect(page.get_by_role("heading", name="Events")).to_be_visible()
+    expect(page.locator("footer")).to_contain_text("oidc:olga")
+    assert len(provider.redeemed) == 1 and len(provider.redeemed[0]) >= 43
+    assert provider.refused == []
+    cookie = next(c for c in page.context.cookies() if c["name"] == "awareness_portal")
+    assert cookie["httpOnly"]
+    assert not [c for c in page.context.cookies() if c["name"] == "awareness_portal_oidc"]  # used up
+
+
+def test_a_callback_this_browser_did_not_start_is_refused(
+    page: Page, suite: UpSuite, provider: OidcProvider
+) -> None:
+    # An attacker's own authorization code, sent to a victim: no matching state cookie here.
+    provider.user = {"sub": "mallory", "roles": ["admin"]}
+    page.goto(f"{suite.url}/portal/oidc/callback?code=stolen&state=forged")
+    expect(page.get_by_role("alert")).to_contain_text("not started here")
+    page.goto(f"{suite.url}/portal/")
+    assert "/portal/sign-in" in page.url
+
+
+def test_an_identity_without_a_role_gets_no_session(
+    page: Page, suite: UpSuite, provider: OidcProvider
+) -> None:
+    provider.user = {"sub": "visitor", "roles": []}
+    page.goto(f"{suite.url}/portal/sign-in")
+    page.get_by_role("button", name="Sign in with your organisation").click()
+    expect(page.get_by_role("alert")).to_contain_text("no role")
+    page.goto(f"{suite.url}/portal/")
+    assert "/portal/sign-in" in page.url
