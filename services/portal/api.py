@@ -18,7 +18,10 @@ from urllib.parse import parse_qsl, urlencode
 
 import grpc
 import jinja2
+from awareness.gdpr.v1 import gdpr_pb2
 from awareness.ingest.v1 import ingest_pb2
+from awareness.policy.v1 import policy_pb2
+from awareness.scoring.v1 import scoring_pb2
 from grpc_status import rpc_status
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -388,9 +391,83 @@ async def sign_out(request: Request, person: Person) -> Response:
 # --- home ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Card:
+    """One figure on the home page for one role's work, with where to act on it."""
+
+    title: str
+    figure: str
+    note: str
+    link: str
+
+
+async def _role_cards(services: Services, person: Person) -> list[Card]:
+    """A card per piece of work the person's roles do; a service that cannot answer shows as such
+    instead of failing the whole page."""
+    wanted: list[tuple[str, str, Callable[[], Awaitable[tuple[str, str]]]]] = []
+
+    async def count_policies(state: policy_pb2.Policy.State.ValueType) -> tuple[str, str]:
+        listed = await services.policy().ListPolicies(
+            policy_pb2.ListPoliciesRequest(page_size=100, state=state)
+        )
+        return f"{len(listed.policies)}{'+' if listed.next_page_token else ''}", ""
+
+    async def erasures() -> tuple[str, str]:
+        listed = await services.gdpr().ListErasureRecords(gdpr_pb2.ListErasureRecordsRequest(page_size=100))
+        return f"{len(listed.erasure_records)}{'+' if listed.next_page_token else ''}", "erasure records kept"
+
+    async def champion() -> tuple[str, str]:
+        champions = await services.scoring().ListModels(
+            scoring_pb2.ListModelsRequest(page_size=1, status=scoring_pb2.Model.STATUS_CHAMPION)
+        )
+        challengers = await services.scoring().ListModels(
+            scoring_pb2.ListModelsRequest(page_size=100, status=scoring_pb2.Model.STATUS_CHALLENGER)
+        )
+        version = champions.models[0].version if champions.models else "none"
+        return version, f"{len(challengers.models)} challenger(s) waiting"
+
+    async def checkpoint() -> tuple[str, str]:
+        latest = await services.ingest().GetCheckpoint(ingest_pb2.GetCheckpointRequest())
+        return f"{latest.tree_size:,} leaves", f"signed {display.when(latest.timestamp)}"
+
+    if person.can("policy:approve"):
+        wanted.append(
+            (
+                "Policies waiting for review",
+                "/portal/policies",
+                lambda: count_policies(policy_pb2.Policy.STATE_REVIEW),
+            )
+        )
+    if person.can("policy:author"):
+        wanted.append(
+            ("Policy drafts", "/portal/policies", lambda: count_policies(policy_pb2.Policy.STATE_DRAFT))
+        )
+    if person.can("gdpr:audit"):
+        wanted.append(("Erasures", "/portal/privacy", erasures))
+    if person.can("model:read"):
+        wanted.append(("Champion model", "/portal/models", champion))
+    if person.can("audit:verify"):
+        wanted.append(("Latest checkpoint", "/portal/evidence", checkpoint))
+    answers = await asyncio.gather(
+        *(services.as_person(person, fetch) for _, _, fetch in wanted), return_exceptions=True
+    )
+    cards = []
+    for (title, link, _), answer in zip(wanted, answers, strict=True):
+        if isinstance(answer, BaseException):
+            if not isinstance(answer, (grpc.aio.AioRpcError, AwarenessError)):
+                raise answer
+            code, _message, _violations = _failure(answer)
+            cards.append(Card(title, "—", f"unavailable ({code.name})", link))
+        else:
+            figure, note = answer
+            cards.append(Card(title, figure, note, link))
+    return cards
+
+
 @signed_in("/portal/")
 async def home(request: Request, person: Person) -> Response:
     context: dict[str, Any] = {"charts": [], "open_triage": None, "sample": 0, "days": HOME_DAYS}
+    context["cards"] = await _role_cards(_state(request).services, person)
     if person.can("events:read"):
         services = _state(request).services
         start = display.now() - timedelta(days=HOME_DAYS - 1)

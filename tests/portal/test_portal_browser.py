@@ -269,3 +269,15 @@ def test_an_identity_without_a_role_gets_no_session(
     expect(page.get_by_role("alert")).to_contain_text("no role")
     page.goto(f"{suite.url}/portal/")
     assert "/portal/sign-in" in page.url
+
+
+def test_home_shows_the_work_of_each_role(page: Page, suite: UpSuite, events: list[str]) -> None:
+    sign_in(page, suite, suite.create_key("auditor", "ml_engineer", "policy_approver", name="many hats"))
+    cards = page.get_by_role("region", name="Your work")
+    expect(cards.locator("article", has_text="Latest checkpoint")).to_contain_text(re.compile(r"\d+ leaves"))
+    expect(cards.locator("article", has_text="Champion model")).to_contain_text("challenger")
+    expect(cards.locator("article", has_text="Policies waiting for review")).to_contain_text(
+        re.compile(r"\d")
+    )
+    expect(cards.locator("article", has_text="Policy drafts")).to_have_count(0)  # not an author
+    expect(cards.locator("article", has_text="unavailable")).to_have_count(0)
