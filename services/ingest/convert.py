@@ -92,6 +92,7 @@ def metadata_message(metadata: EventMetadata) -> ingest_pb2.EventMetadata:
         triage_state=metadata.triage_state,  # type: ignore[arg-type]
         labeled_by=metadata.labeled_by,
     )
+    message.features.update(json.loads(metadata.features or "{}"))
     for violation in json.loads(metadata.violations or "[]"):
         message.violations.add(
             policy=violation.get("policy", ""),

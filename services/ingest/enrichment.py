@@ -304,6 +304,7 @@ class Enricher:
                     "risk_level": int(result.level),
                     "model_version": result.model_version,
                     "scoring_note": "",
+                    "features": json.dumps(dict(result.features), sort_keys=True),
                 }
             changes.setdefault(result.event_id, {}).update(values, update_time_us=now_us)
             if self._metrics is not None:

@@ -115,6 +115,8 @@ class EventMetadata(Base):
     model_version: Mapped[str] = mapped_column(String(128), nullable=False, default="")
     scoring_state: Mapped[int] = mapped_column(SmallInteger, nullable=False)
     scoring_note: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    # JSON of the feature values the model scored (no personal data); set with the score.
+    features: Mapped[str] = mapped_column(Text, nullable=False, default="{}", server_default="{}")
     violations: Mapped[str] = mapped_column(Text, nullable=False, default="[]")
     violation_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     evaluation_state: Mapped[int] = mapped_column(SmallInteger, nullable=False)
@@ -129,6 +131,8 @@ class EventMetadata(Base):
     __table_args__ = (
         Index("ix_event_metadata_subject_time", "subject_pseudonym", "occurred_at_us"),
         Index("ix_event_metadata_received", "receive_time_us", "event_id"),
+        # The riskiest-first list (ListEvents order_by "risk_score desc"), read backwards.
+        Index("ix_event_metadata_risk", "risk_score", "receive_time_us", "event_id"),
         # Only labelled events (label <> 0): unlabelled ones are never looked up by label.
         Index(
             "ix_event_metadata_label",

@@ -566,6 +566,39 @@ def list_event_ids(
     session: Session, *, where: EventFilter, after: tuple[int, str] | None, limit: int
 ) -> list[str]:
     """Event ids matching the filter, newest received first, after the (receive_time, id) cursor."""
+    meta = METADATA.c
+    order = (meta.receive_time_us, meta.event_id)
+    conditions = _event_conditions(where)
+    if after is not None:
+        conditions.append(_after_descending(order, after))
+    statement = select(meta.event_id).where(*conditions).order_by(*(key.desc() for key in order)).limit(limit)
+    return [row.event_id for row in session.execute(statement)]
+
+
+def list_riskiest_event_ids(
+    session: Session, *, where: EventFilter, after: tuple[float, int, str] | None, limit: int
+) -> list[str]:
+    """Scored event ids matching the filter, riskiest first (newest received first among equal
+    scores), after the (risk_score, receive_time, id) cursor."""
+    meta = METADATA.c
+    order = (meta.risk_score, meta.receive_time_us, meta.event_id)
+    conditions = [*_event_conditions(where), meta.scoring_state == SCORING_SCORED]
+    if after is not None:
+        conditions.append(_after_descending(order, after))
+    statement = select(meta.event_id).where(*conditions).order_by(*(key.desc() for key in order)).limit(limit)
+    return [row.event_id for row in session.execute(statement)]
+
+
+def _after_descending(keys: Sequence[Any], position: Sequence[Any]) -> Any:
+    """Rows that come after ``position`` when ordered by ``keys``, all descending: the tuple of keys
+    is less than the position's, compared left to right."""
+    (key, *rest), (value, *remaining) = keys, position
+    if not rest:
+        return key < value
+    return or_(key < value, and_(key == value, _after_descending(rest, remaining)))
+
+
+def _event_conditions(where: EventFilter) -> list[Any]:
     conditions = []
     meta = METADATA.c
     if where.type:
@@ -590,21 +623,7 @@ def list_event_ids(
         conditions.append(meta.label == where.label)
     if where.triage_state:
         conditions.append(meta.triage_state == where.triage_state)
-    if after is not None:
-        receive_us, event_id = after
-        conditions.append(
-            or_(
-                meta.receive_time_us < receive_us,
-                and_(meta.receive_time_us == receive_us, meta.event_id < event_id),
-            )
-        )
-    statement = (
-        select(meta.event_id)
-        .where(*conditions)
-        .order_by(meta.receive_time_us.desc(), meta.event_id.desc())
-        .limit(limit)
-    )
-    return [row.event_id for row in session.execute(statement)]
+    return conditions
 
 
 def label_event(

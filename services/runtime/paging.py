@@ -70,7 +70,12 @@ class PageTokens:
         return token
 
     def decode(
-        self, token: str, *, method: str, filters: Any = None, shape: Sequence[type[int] | type[str]]
+        self,
+        token: str,
+        *,
+        method: str,
+        filters: Any = None,
+        shape: Sequence[type[int] | type[str] | type[float]],
     ) -> tuple[Any, ...] | None:
         """The position in a token from ``encode``; None for an empty token.
 

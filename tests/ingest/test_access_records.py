@@ -632,3 +632,24 @@ async def test_records_queued_at_shutdown_are_appended_before_the_writer_stops(t
                 {"id": record.name.removeprefix("events/")},
             ).scalar_one()
         assert count == 1
+
+
+async def test_looking_a_person_up_by_identifier_is_recorded_even_in_the_basic_view(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    async with suite(tmp_path, database_url=database_url) as running:
+        event = make_event(subject="hana@example.org")
+        await running.client().AppendEvents(ingest_pb2.AppendEventsRequest(events=[event]))
+        dpo = running.client(roles=("dpo",))
+        found = await dpo.ListEvents(
+            ingest_pb2.ListEventsRequest(subject="hana@example.org", view=ingest_pb2.EVENT_VIEW_BASIC)
+        )
+        assert [e.event_id for e in found.events] == [event.event_id] and not found.events[0].subject
+        nobody = await dpo.ListEvents(
+            ingest_pb2.ListEventsRequest(subject="nobody@example.org", view=ingest_pb2.EVENT_VIEW_BASIC)
+        )
+        assert not nobody.events
+        [record] = await own_records(running, 1, action="event.read")
+        assert list(record.subject_pseudonyms) == [found.events[0].subject_pseudonym]
+        assert dict(record.details) == {"subject_lookup": "true"}
+        assert "hana" not in str(record)

@@ -39,6 +39,7 @@ class RecordingScoring(scoring_pb2_grpc.ScoringServiceServicer):
                     score=0.75,
                     level=scoring_pb2.RISK_LEVEL_HIGH,
                     model_version="double-1",
+                    features={"clicks_30d": 2.0, "is_phishing": 1.0},
                 )
                 for item in request.inputs
             ]
@@ -107,6 +108,7 @@ async def test_new_events_are_scored_with_history_and_evaluated(running: Suite) 
             ingest_pb2.RISK_LEVEL_HIGH,
             "double-1",
         )
+        assert dict(stored.features) == {"clicks_30d": 2.0, "is_phishing": 1.0}  # what the model saw
         sent = {item.event_id: item.history for item in scoring.inputs}
         third = sent[events[2].event_id]
         assert (

@@ -10,8 +10,10 @@ from typing import Any
 import grpc
 import pytest
 from awareness.ingest.v1 import ingest_pb2
+from grpc_status import rpc_status
 
 from services.evidence.envelope import SealedPersonal, open_personal
+from services.runtime.errors import field_violations
 from tests.ingest.harness import make_event, suite, timestamp
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -162,3 +164,26 @@ async def test_subject_records_are_ciphertext_and_forget_subject_counts(tmp_path
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await client.ForgetSubject(ingest_pb2.ForgetSubjectRequest(pseudonym=pseudonym))
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_the_order_is_one_of_two_and_its_pages_keep_to_it(tmp_path: Path) -> None:
+    async with suite(tmp_path) as running:
+        client = running.client()
+        for _ in range(3):
+            await client.AppendEvent(ingest_pb2.AppendEventRequest(event=make_event()))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.ListEvents(ingest_pb2.ListEventsRequest(order_by="subject asc"))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [v.field for v in field_violations(rpc_status.from_call(caught.value))] == ["order_by"]
+        newest = await client.ListEvents(
+            ingest_pb2.ListEventsRequest(page_size=1, order_by="Receive_Time  DESC")
+        )
+        assert len(newest.events) == 1 and newest.next_page_token
+        # Nothing is scored here (no scoring service): the riskiest-first list is empty, not an error.
+        assert not (await client.ListEvents(ingest_pb2.ListEventsRequest(order_by="risk_score desc"))).events
+        # A page token belongs to its order.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.ListEvents(
+                ingest_pb2.ListEventsRequest(order_by="risk_score desc", page_token=newest.next_page_token)
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -167,3 +167,40 @@ def test_the_risk_level_filter_keeps_scored_events_at_or_above_the_level(engine:
     assert matching(ingest_pb2.RISK_LEVEL_HIGH) == {critical, high}
     assert matching(ingest_pb2.RISK_LEVEL_LOW) == {critical, high, moderate}
     assert matching(ingest_pb2.RISK_LEVEL_UNSPECIFIED) == set(levels)  # no filter
+
+
+def test_the_riskiest_first_order_pages_through_equal_scores_by_receive_time(engine: Engine) -> None:
+    sessions = session_factory(engine)
+    # (score, receive time): two pairs of equal scores, and one event not scored at all.
+    specs = [(0.9, 1), (0.5, 2), (0.9, 3), (0.2, 4), (0.5, 5), (None, 6)]
+    ids = [str(uuid.uuid4()) for _ in specs]
+    with transaction(sessions) as session:
+        repository.insert_events(
+            session,
+            records=[_record(event_id) for event_id in ids],
+            metadata=[
+                _metadata(
+                    event_id,
+                    risk_score=score,
+                    scoring_state=SCORED if score is not None else PENDING,
+                    receive_time_us=received,
+                )
+                for event_id, (score, received) in zip(ids, specs, strict=True)
+            ],
+        )
+    scores = {event_id: (score, received) for event_id, (score, received) in zip(ids, specs, strict=True)}
+    seen: list[str] = []
+    after: tuple[float, int, str] | None = None
+    while True:
+        with sessions() as session:
+            page = repository.list_riskiest_event_ids(
+                session, where=repository.EventFilter(), after=after, limit=2
+            )
+        if not page:
+            break
+        seen += page
+        last = page[-1]
+        score, received = scores[last]
+        assert score is not None
+        after = (score, received, last)
+    assert seen == [ids[2], ids[0], ids[4], ids[1], ids[3]]  # riskiest, then newest; unscored never

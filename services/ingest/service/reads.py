@@ -7,7 +7,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from awareness.ingest.v1 import ingest_pb2
 from awareness.signing.v1 import signing_pb2
@@ -119,9 +119,11 @@ class EventReader:
         return events[0]
 
     async def list_events(self, request: ingest_pb2.ListEventsRequest) -> ingest_pb2.ListEventsResponse:
-        if request.view == ingest_pb2.EVENT_VIEW_BASIC:
-            audit.skip()  # a pseudonymous list decrypts nobody's data
+        basic = request.view == ingest_pb2.EVENT_VIEW_BASIC
+        if basic:
             personal = False
+            if not request.subject:
+                audit.skip()  # a pseudonymous list decrypts nobody's data
         else:
             personal = _audited_read()
         size = page_size(request.page_size)
@@ -151,19 +153,35 @@ class EventReader:
         )
         # Bound to the resolved pseudonym (never the identifier: tokens travel in URLs), and to
         # whether it came from `subject`, so a token of one filter is refused by any other.
-        scope = where.fingerprint() + (":subject" if request.subject else "")
-        after = self._tokens.decode(
-            request.page_token, method="ingest.ListEvents", filters=scope, shape=(int, str)
-        )
-        event_ids = await self._read(repository.list_event_ids, where=where, after=after, limit=size + 1)
+        by_risk = _order_by_risk(request.order_by)
+        scope = where.fingerprint() + (":subject" if request.subject else "") + (":risk" if by_risk else "")
+        if by_risk:
+            after = self._tokens.decode(
+                request.page_token, method="ingest.ListEvents", filters=scope, shape=(float, int, str)
+            )
+            event_ids = await self._read(
+                repository.list_riskiest_event_ids, where=where, after=after, limit=size + 1
+            )
+        else:
+            after = self._tokens.decode(
+                request.page_token, method="ingest.ListEvents", filters=scope, shape=(int, str)
+            )
+            event_ids = await self._read(repository.list_event_ids, where=where, after=after, limit=size + 1)
         more = len(event_ids) > size
         events, opened = await self._load(event_ids[:size], personal=personal)
-        _note_read(opened, resource="events")
+        if basic and request.subject:
+            # Resolving an identifier re-identifies the person even when nothing is decrypted.
+            audit.note(resource="events", pseudonyms=[pseudonym], details={"subject_lookup": "true"})
+        else:
+            _note_read(opened, resource="events")
         response = ingest_pb2.ListEventsResponse(events=events)
         if more and events:
             last = events[-1]
+            position: list[Any] = [timestamp_to_us(last.receive_time), last.event_id]
+            if by_risk:
+                position.insert(0, float(last.metadata.risk_score))
             response.next_page_token = self._tokens.encode(
-                [timestamp_to_us(last.receive_time), last.event_id], method="ingest.ListEvents", filters=scope
+                position, method="ingest.ListEvents", filters=scope
             )
         return response
 
@@ -425,6 +443,21 @@ class EventReader:
                 cursor_out, method="ingest.ListTrainingExamples", filters=scope
             )
         return response
+
+
+ORDERS: Final = {"": False, "receive_time desc": False, "risk_score desc": True}
+
+
+def _order_by_risk(order_by: str) -> bool:
+    """Whether ``order_by`` asks for the riskiest first; anything but the two orders is refused."""
+    normalized = " ".join(order_by.split()).lower()
+    if normalized not in ORDERS:
+        raise InvalidArgumentError(
+            f"cannot order by {order_by!r}",
+            reason="INVALID_ORDER_BY",
+            violations=[FieldViolation("order_by", "receive_time desc or risk_score desc")],
+        )
+    return ORDERS[normalized]
 
 
 def _audited_read() -> bool:
