@@ -179,6 +179,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         self, request: policy_pb2.CreatePolicyRequest, context: Context
     ) -> policy_pb2.Policy:
         _note_policy(f"{POLICIES}/{request.policy_id}" if request.policy_id else POLICIES)
+        if request.validate_only:
+            audit.skip()  # a check that changes nothing leaves no access record (AIP-163)
         principal = self._caller()
         if not request.HasField("policy"):
             raise InvalidArgumentError(
@@ -194,8 +196,9 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             policy_id=request.policy_id,
             fields=_fields_from(request.policy, paths=list(_EDITABLE)),
             request_id=_request_id(request.request_id),
+            validate_only=request.validate_only,
         )
-        return _recorded(stored)
+        return policy_to_proto(stored) if request.validate_only else _recorded(stored)
 
     @override
     async def GetPolicy(self, request: policy_pb2.GetPolicyRequest, context: Context) -> policy_pb2.Policy:
@@ -241,6 +244,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         self, request: policy_pb2.UpdatePolicyRequest, context: Context
     ) -> policy_pb2.Policy:
         _note_policy(request.policy.name)
+        if request.validate_only:
+            audit.skip()  # a check that changes nothing leaves no access record (AIP-163)
         principal = self._caller()
         policy_id = policy_id_from_name(request.policy.name, field="policy.name")
         fields = _fields_from(request.policy, paths=_mask_paths(request.update_mask.paths))
@@ -250,8 +255,9 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             policy_id=policy_id,
             fields=fields,
             etag=request.policy.etag,
+            validate_only=request.validate_only,
         )
-        return _recorded(stored)
+        return policy_to_proto(stored) if request.validate_only else _recorded(stored)
 
     async def _act(
         self, use_case: Callable[..., StoredPolicy], name: str, **arguments: Any

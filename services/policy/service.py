@@ -50,25 +50,32 @@ from services.runtime.errors import (
 log = logging.getLogger("awareness.policy")
 
 
+def _violation(exc: domain_errors.PolicyInvalidArgumentError, prefix: str) -> FieldViolation | None:
+    """The BadRequest violation (``<prefix>.<field>``) of one domain argument error, if it names a field."""
+    if isinstance(exc, domain_errors.InvalidRuleError):
+        position = f" at line {exc.line}, column {exc.column}" if exc.line is not None else ""
+        return FieldViolation(f"{prefix}.rule" if prefix else "rule", f"invalid CEL{position}: {exc.message}")
+    name = exc.metadata.get("field")
+    if not name:
+        return None
+    return FieldViolation(f"{prefix}.{name}" if prefix else name, exc.message)
+
+
 @contextlib.contextmanager
 def field_errors(prefix: str) -> Iterator[None]:
-    """Attach a BadRequest field violation (``<prefix>.<field>``) to the domain's argument errors.
+    """Attach BadRequest field violations (``<prefix>.<field>``) to the domain's argument errors: one for the
+    error raised and one for each of its ``others`` (the request's other invalid fields).
 
     An invalid CEL rule also carries the compiler's message in ErrorInfo metadata, next to its position.
     """
     try:
         yield
-    except domain_errors.InvalidRuleError as exc:
-        exc.metadata.setdefault("compiler_message", exc.message)
-        field = f"{prefix}.rule" if prefix else "rule"
-        position = f" at line {exc.line}, column {exc.column}" if exc.line is not None else ""
-        exc.violations = (FieldViolation(field, f"invalid CEL{position}: {exc.message}"),)
-        raise
     except domain_errors.PolicyInvalidArgumentError as exc:
-        name = exc.metadata.get("field")
-        if name:
-            field = f"{prefix}.{name}" if prefix else name
-            exc.violations = (FieldViolation(field, exc.message),)
+        if isinstance(exc, domain_errors.InvalidRuleError):
+            exc.metadata.setdefault("compiler_message", exc.message)
+        violations = [found for error in (exc, *exc.others) if (found := _violation(error, prefix))]
+        if violations:
+            exc.violations = tuple(violations)
         raise
 
 
@@ -98,6 +105,14 @@ def _not_found(policy_id: str) -> NotFoundError:
     return NotFoundError(
         f"policy policies/{policy_id} does not exist",
         reason="POLICY_NOT_FOUND",
+        metadata={"policy": f"policies/{policy_id}"},
+    )
+
+
+def _already_exists(policy_id: str) -> AlreadyExistsError:
+    return AlreadyExistsError(
+        f"policy policies/{policy_id} already exists",
+        reason="POLICY_ALREADY_EXISTS",
         metadata={"policy": f"policies/{policy_id}"},
     )
 
@@ -143,9 +158,16 @@ class PolicyOperations:
         raise conflict from None
 
     def create(
-        self, *, principal: Principal, policy_id: str, fields: PolicyFields, request_id: str | None
+        self,
+        *,
+        principal: Principal,
+        policy_id: str,
+        fields: PolicyFields,
+        request_id: str | None,
+        validate_only: bool = False,
     ) -> StoredPolicy:
-        earlier = self._earlier(request_id)
+        """Version 1 of a new policy; with ``validate_only``, the version it would be, and nothing stored."""
+        earlier = None if validate_only else self._earlier(request_id)
         if earlier is not None:
             return earlier
         with field_errors("policy"):
@@ -158,18 +180,16 @@ class PolicyOperations:
                 description=fields.description or "",
                 now=self._clock(),
             )
+        if validate_only:
+            with transaction(self._sessions) as session:
+                if repository.list_versions(session, policy_id=change.after.name):
+                    raise _already_exists(change.after.name)
+            return repository.StoredPolicy(version=change.after)
         try:
             with transaction(self._sessions) as session:
                 self._write(session, [change], request_id=request_id)
         except IntegrityError:
-            return self._replay_or_raise(
-                request_id,
-                AlreadyExistsError(
-                    f"policy policies/{change.after.name} already exists",
-                    reason="POLICY_ALREADY_EXISTS",
-                    metadata={"policy": f"policies/{change.after.name}"},
-                ),
-            )
+            return self._replay_or_raise(request_id, _already_exists(change.after.name))
         return repository.StoredPolicy(version=change.after)
 
     def get(self, *, policy_id: str, version: int) -> StoredPolicy:
@@ -205,8 +225,15 @@ class PolicyOperations:
             return repository.list_history(session, policy_id=policy_id, limit=limit, after_id=after_id)
 
     def update(
-        self, *, principal: Principal, policy_id: str, fields: PolicyFields, etag: str
+        self,
+        *,
+        principal: Principal,
+        policy_id: str,
+        fields: PolicyFields,
+        etag: str,
+        validate_only: bool = False,
     ) -> StoredPolicy:
+        """The DRAFT version edited; with ``validate_only``, the version it would be, and nothing stored."""
         with transaction(self._sessions) as session:
             target = _target(self._versions(session, policy_id), PolicyState.DRAFT)
             with field_errors("policy"):
@@ -220,7 +247,8 @@ class PolicyOperations:
                     rule=fields.rule,
                     severity=fields.severity,
                 )
-            self._write(session, [change])
+            if not validate_only:
+                self._write(session, [change])
         return repository.StoredPolicy(version=change.after, reject_reason=target.reject_reason)
 
     def submit(self, *, principal: Principal, policy_id: str, etag: str) -> StoredPolicy:

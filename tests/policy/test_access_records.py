@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 from awareness.policy.v1 import policy_pb2
 
-from tests.policy.conftest import ALICE, ANALYST, CAROL, Replica, create, name_of, refused
+from tests.policy.conftest import AFTER_HOURS_CLICK, ALICE, ANALYST, CAROL, Replica, create, name_of, refused
 from tests.support.access_records import RecordSink, assert_nothing_personal, capture
 
 REASON = "rule too broad, ask carol.approver@example.org"
@@ -100,3 +100,32 @@ async def test_refused_calls_are_recorded_without_a_name_the_caller_typed(replic
     ]
     assert "version" not in events[3].details
     assert_nothing_personal(events, "bob.person", source="policy")
+
+
+async def test_validate_only_calls_leave_no_record(replica: Replica) -> None:
+    sink = capture(replica.context)
+    author = replica.as_(ALICE)
+    checked = policy_pb2.Policy(title="t", rule=AFTER_HOURS_CLICK, severity=policy_pb2.SEVERITY_LOW)
+    await author.CreatePolicy(
+        policy_pb2.CreatePolicyRequest(policy_id="checked", policy=checked, validate_only=True)
+    )
+    invalid = policy_pb2.Policy(title="t", rule="event.nope", severity=policy_pb2.SEVERITY_LOW)
+    await refused(
+        author.CreatePolicy(
+            policy_pb2.CreatePolicyRequest(policy_id="checked", policy=invalid, validate_only=True)
+        )
+    )
+    draft = await create(author, "drafted")
+    await author.UpdatePolicy(
+        policy_pb2.UpdatePolicyRequest(
+            policy=policy_pb2.Policy(name=draft.name, description="checked only"), validate_only=True
+        )
+    )
+    await author.SubmitPolicy(policy_pb2.SubmitPolicyRequest(name=draft.name))
+
+    # Records queue in call order: a record of a check would come before these two.
+    events = await sink.settled(2)
+    assert [RecordSink.row(event) for event in events] == [
+        ("alice", "policy.create", name_of("drafted"), "OK"),
+        ("alice", "policy.submit", name_of("drafted"), "OK"),
+    ]

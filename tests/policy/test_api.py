@@ -475,6 +475,84 @@ async def test_update_changes_only_the_masked_fields_and_stale_etag_aborts(repli
     assert submitted.state == State.STATE_REVIEW
 
 
+async def test_validate_only_checks_everything_and_changes_nothing(replica: Replica) -> None:
+    author = replica.as_(ALICE)
+
+    def check_create(policy_id: str, **fields: object) -> policy_pb2.CreatePolicyRequest:
+        policy = policy_pb2.Policy(
+            title="Click", description="d", rule=AFTER_HOURS_CLICK, severity=policy_pb2.SEVERITY_HIGH
+        )
+        for name, value in fields.items():
+            setattr(policy, name, value)
+        return policy_pb2.CreatePolicyRequest(
+            policy_id=policy_id, policy=policy, validate_only=True, request_id=str(uuid.uuid4())
+        )
+
+    # A valid create answers the policy it would make, and makes nothing.
+    would_be = await author.CreatePolicy(check_create("checked"))
+    assert (would_be.name, would_be.version, would_be.state, would_be.author) == (
+        name_of("checked"),
+        1,
+        State.STATE_DRAFT,
+        "alice",
+    )
+    assert (await refused(_get(replica, "checked"))).code == grpc.StatusCode.NOT_FOUND
+    assert (
+        await refused(
+            replica.as_(ANALYST).ListPolicyHistory(
+                policy_pb2.ListPolicyHistoryRequest(parent=name_of("checked"))
+            )
+        )
+    ).code == grpc.StatusCode.NOT_FOUND
+
+    # An invalid rule: the compiler's message and position, as a real create would answer.
+    refusal = await refused(author.CreatePolicy(check_create("checked", rule="event.type == 1")))
+    assert (refusal.code, refusal.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_RULE")
+    assert [violation.field for violation in refusal.violations] == ["policy.rule"]
+    assert "line 1, column 12" in refusal.violations[0].description
+    # Every invalid field at once, not only the first.
+    refusal = await refused(
+        author.CreatePolicy(
+            check_create("checked", title="", rule="event.nope", severity=policy_pb2.SEVERITY_INFO)
+        )
+    )
+    assert [violation.field for violation in refusal.violations] == [
+        "policy.title",
+        "policy.rule",
+        "policy.severity",
+    ]
+    # A taken id is refused, and a request_id is not remembered: the real create that follows creates.
+    request = check_create("checked")
+    await create(author, "checked")
+    assert (await refused(author.CreatePolicy(request))).code == grpc.StatusCode.ALREADY_EXISTS
+    request.policy_id, request.validate_only = "checked-again", False
+    assert (await author.CreatePolicy(request)).name == name_of("checked-again")
+
+    # An update: the edited version it would be; the draft, its etag and its history stay as they were.
+    draft = await _get(replica, "checked")
+    edit = policy_pb2.UpdatePolicyRequest(
+        policy=policy_pb2.Policy(name=draft.name, rule="event.hour > 20", etag=draft.etag),
+        update_mask=field_mask_pb2.FieldMask(paths=["rule"]),
+        validate_only=True,
+    )
+    would_be = await author.UpdatePolicy(edit)
+    assert would_be.rule == "event.hour > 20" and would_be.etag != draft.etag
+    assert await _get(replica, "checked") == draft
+    assert len(await _history(replica, "checked", page_size=50)) == 1
+    edit.policy.rule = "event.hour >"
+    refusal = await refused(author.UpdatePolicy(edit))
+    assert (refusal.reason, [v.field for v in refusal.violations]) == ("INVALID_RULE", ["policy.rule"])
+    # The same checks as a real update: permission, etag, state.
+    edit.policy.rule = "event.hour > 20"
+    assert (await refused(replica.as_(CAROL).UpdatePolicy(edit))).code == grpc.StatusCode.PERMISSION_DENIED
+    edit.policy.etag = '"stale"'
+    assert (await refused(author.UpdatePolicy(edit))).code == grpc.StatusCode.ABORTED
+    await author.SubmitPolicy(policy_pb2.SubmitPolicyRequest(name=draft.name))
+    edit.policy.etag = ""
+    refusal = await refused(author.UpdatePolicy(edit))
+    assert (refusal.code, refusal.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "POLICY_NOT_DRAFT")
+
+
 async def test_create_is_idempotent_with_a_request_id_and_ids_are_unique(replica: Replica) -> None:
     author = replica.as_(ALICE)
     request_id = str(uuid.uuid4())

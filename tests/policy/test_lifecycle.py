@@ -384,6 +384,25 @@ def test_create_validates_fields(overrides: dict[str, str], reason: str) -> None
     assert caught.value.reason == reason
 
 
+def test_one_refusal_names_every_invalid_field() -> None:
+    with pytest.raises(PolicyInvalidArgumentError) as caught:
+        create_policy(
+            principal=ALICE, name="p", title=" ", rule="event.type == 1", severity="SEVERE", now=at(0)
+        )
+    refused = [caught.value, *caught.value.others]
+    assert [error.reason for error in refused] == ["INVALID_TITLE", "INVALID_RULE", "INVALID_SEVERITY"]
+    with pytest.raises(PolicyInvalidArgumentError) as caught:
+        update_draft(version_in(PolicyState.DRAFT), principal=ALICE, now=at(1), title="", rule="event.nope")
+    assert [error.reason for error in (caught.value, *caught.value.others)] == [
+        "INVALID_TITLE",
+        "INVALID_RULE",
+    ]
+    # One invalid field alone is raised as before, with nothing else attached.
+    with pytest.raises(InvalidRuleError) as alone:
+        update_draft(version_in(PolicyState.DRAFT), principal=ALICE, now=at(1), title="ok", rule="event.nope")
+    assert alone.value.others == ()
+
+
 # ------------------------------------------------------------------------------------------- etags
 
 

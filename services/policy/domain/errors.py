@@ -30,10 +30,15 @@ class PolicyError(AwarenessError):
 
 
 class PolicyInvalidArgumentError(PolicyError, InvalidArgumentError):
-    """A request field is missing or malformed (e.g. a reject without a reason, an unknown severity)."""
+    """A request field is missing or malformed (e.g. a reject without a reason, an unknown severity).
+
+    When several fields of one request are invalid, the first one's error is raised and ``others`` holds the
+    rest, so one answer can name every invalid field.
+    """
 
     reason = "INVALID_ARGUMENT"
     grpc_code_name = "INVALID_ARGUMENT"
+    others: tuple[PolicyInvalidArgumentError, ...] = ()
 
 
 class InvalidRuleError(PolicyInvalidArgumentError):

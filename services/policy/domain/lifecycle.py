@@ -21,10 +21,10 @@ from __future__ import annotations
 import datetime
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Final
+from typing import Final, TypeVar
 
 from services.policy.domain.cel import compile_rule
 from services.policy.domain.errors import (
@@ -35,6 +35,9 @@ from services.policy.domain.errors import (
     PolicyUnauthenticatedError,
     SeparationOfDutiesError,
 )
+
+_Value = TypeVar("_Value")
+_Checked = TypeVar("_Checked")
 
 
 class PolicyState(StrEnum):
@@ -274,6 +277,31 @@ def _valid_rule(rule: str) -> str:
     return rule
 
 
+class _FieldChecks:
+    """Runs every field's check of one request, so that its refusal names all the invalid fields at once
+    (a form shows them together), not only the first."""
+
+    def __init__(self) -> None:
+        self._failures: list[PolicyInvalidArgumentError] = []
+
+    def check(
+        self, validate: Callable[[_Value], _Checked], value: _Value, *, otherwise: _Checked
+    ) -> _Checked:
+        """``validate(value)``, or ``otherwise`` (never used: :meth:`raise_any` follows) when it fails."""
+        try:
+            return validate(value)
+        except PolicyInvalidArgumentError as exc:
+            self._failures.append(exc)
+            return otherwise
+
+    def raise_any(self) -> None:
+        """Raise the first failure, carrying the others."""
+        if self._failures:
+            first, *others = self._failures
+            first.others = tuple(others)
+            raise first
+
+
 _EDITABLE_FIELDS: Final = ("description", "rule", "severity", "title")
 
 
@@ -383,16 +411,18 @@ def create_policy(
             reason="INVALID_POLICY_NAME",
             metadata={"field": "name"},
         )
+    checks = _FieldChecks()
     draft = _new_draft(
         name=name,
         version=1,
-        title=_valid_title(title),
-        rule=_valid_rule(rule),
-        severity=_valid_severity(severity),
-        description=_valid_description(description),
+        title=checks.check(_valid_title, title, otherwise=title),
+        rule=checks.check(_valid_rule, rule, otherwise=rule),
+        severity=checks.check(_valid_severity, severity, otherwise=PolicySeverity.LOW),
+        description=checks.check(_valid_description, description, otherwise=description),
         actor=actor,
         now=now,
     )
+    checks.raise_any()
     return _drafted(draft, actor=actor, action=PolicyAction.CREATE, changed_fields=_EDITABLE_FIELDS)
 
 
@@ -409,14 +439,20 @@ def update_draft(
 ) -> PolicyChange:
     """Edit a DRAFT; ``None`` leaves a field unchanged. The editor becomes a contributor of the version."""
     actor = _authorize_change(policy, principal=principal, action=PolicyAction.UPDATE, etag=etag)
+    checks = _FieldChecks()
     after = replace(
         _advanced(policy, to_state=PolicyState.DRAFT, now=now),
-        title=policy.title if title is None else _valid_title(title),
-        rule=policy.rule if rule is None else _valid_rule(rule),
-        severity=policy.severity if severity is None else _valid_severity(severity),
-        description=policy.description if description is None else _valid_description(description),
+        title=policy.title if title is None else checks.check(_valid_title, title, otherwise=title),
+        rule=policy.rule if rule is None else checks.check(_valid_rule, rule, otherwise=rule),
+        severity=policy.severity
+        if severity is None
+        else checks.check(_valid_severity, severity, otherwise=policy.severity),
+        description=policy.description
+        if description is None
+        else checks.check(_valid_description, description, otherwise=description),
         contributors=policy.contributors | {actor.id},
     )
+    checks.raise_any()
     return _transition(
         policy, after, actor=actor, action=PolicyAction.UPDATE, changed_fields=_changed_fields(policy, after)
     )
