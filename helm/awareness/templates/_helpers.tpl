@@ -200,6 +200,40 @@ and no Secret named, rendering fails. Takes (dict "root" $ "component" name).
 {{- end -}}
 
 {{/*
+"true" when the portal signs people in with OpenID Connect (portal.oidc.issuer is set). The client
+id and the Secret holding the client secret must then be named too: rendering fails otherwise,
+rather than a gateway that refuses to start.
+*/}}
+{{- define "awareness.portalOidcEnabled" -}}
+{{- $oidc := .Values.portal.oidc -}}
+{{- if $oidc.issuer -}}
+{{- $missing := list -}}
+{{- if not $oidc.clientId -}}{{- $missing = append $missing "portal.oidc.clientId" -}}{{- end -}}
+{{- if not $oidc.existingSecret -}}{{- $missing = append $missing "portal.oidc.existingSecret" -}}{{- end -}}
+{{- if $missing -}}
+{{- fail (printf "portal.oidc.issuer is set, so the portal's OpenID Connect client needs portal.oidc.clientId and portal.oidc.existingSecret (a Secret you create, holding the client secret under portal.oidc.secretKey); missing: %s" (join ", " $missing)) -}}
+{{- end -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+AWARENESS_PORTAL_PUBLIC_URL: portal.publicUrl, else https://<first ingress host> when the Ingress
+is enabled with TLS (wildcard hosts skipped), else "" (the portal takes it from each request).
+*/}}
+{{- define "awareness.portalPublicUrl" -}}
+{{- if .Values.portal.publicUrl -}}
+{{- .Values.portal.publicUrl | trimSuffix "/" -}}
+{{- else if and .Values.ingress.enabled .Values.ingress.tls.enabled -}}
+{{- $hosts := list -}}
+{{- range $host := .Values.ingress.hosts -}}
+{{- if not (hasPrefix "*" $host) -}}{{- $hosts = append $hosts $host -}}{{- end -}}
+{{- end -}}
+{{- with $hosts -}}{{- printf "https://%s" (first .) -}}{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 A secret value that survives upgrades: the explicit value when given, else the one
 already stored in the cluster (lookup), else 32 fresh random bytes (base64).
 Takes (dict "root" $ "secretName" name "key" key "value" explicit).
@@ -581,6 +615,10 @@ spec:
             - name: AWARENESS_GATEWAY_JWKS_FILE
               value: /etc/awareness/jwks/jwks.json
             {{- end }}
+            {{- if and (eq $name "gateway") (include "awareness.portalOidcEnabled" $root) }}
+            - name: AWARENESS_PORTAL_OIDC_CLIENT_SECRET_FILE
+              value: /etc/awareness/portal-oidc/client-secret
+            {{- end }}
             {{- if and (eq $name "signing") (include "awareness.pkiEnabled" $root) }}
             {{- /* Without a PKI Secret AWARENESS_PKI_DIR stays unset and signing refuses to start. */}}
             - name: AWARENESS_PKI_DIR
@@ -666,6 +704,11 @@ spec:
               mountPath: /etc/awareness/gophish
               readOnly: true
             {{- end }}
+            {{- if and (eq $name "gateway") (include "awareness.portalOidcEnabled" $root) }}
+            - name: portal-oidc
+              mountPath: /etc/awareness/portal-oidc
+              readOnly: true
+            {{- end }}
             {{- if and (include "awareness.doorPort" $context) $root.Values.gatewayDoorTLS.secretName }}
             - name: door-tls
               mountPath: /etc/awareness/door-tls
@@ -708,6 +751,15 @@ spec:
             items:
               - key: {{ ternary $root.Values.gophishSecret.existingSecretKey "gophish-secret" (not (empty $root.Values.gophishSecret.existingSecret)) }}
                 path: gophish-secret
+        {{- end }}
+        {{- if and (eq $name "gateway") (include "awareness.portalOidcEnabled" $root) }}
+        - name: portal-oidc
+          secret:
+            secretName: {{ $root.Values.portal.oidc.existingSecret }}
+            defaultMode: 0440
+            items:
+              - key: {{ $root.Values.portal.oidc.secretKey }}
+                path: client-secret
         {{- end }}
         {{- if and (include "awareness.doorPort" $context) $root.Values.gatewayDoorTLS.secretName }}
         - name: door-tls
