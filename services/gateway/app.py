@@ -185,7 +185,12 @@ async def _key_store_ok(state: GatewayState) -> bool:
 
 async def dependencies(request: Request) -> Response:
     _mark_route(request, "/health/dependencies")
-    state = _state(request)
+    return JSONResponse(await dependency_report(_state(request)))
+
+
+async def dependency_report(state: GatewayState) -> dict[str, Any]:
+    """Each service's health and breaker, the key store and the rate limiter, as this replica sees
+    them (/health/dependencies, and the portal's health page)."""
     statuses, key_store = await asyncio.gather(
         asyncio.gather(*(_backend_health(state, s) for s in SERVICES)), _key_store_ok(state)
     )
@@ -204,7 +209,7 @@ async def dependencies(request: Request) -> Response:
         }
     else:
         body["rate_limiter"] = {"backend": "in-process", "degraded": False, "breaker": "n/a"}
-    return JSONResponse(body)
+    return body
 
 
 async def ready(request: Request) -> Response:
@@ -536,6 +541,7 @@ def create_gateway(settings: Settings, *, tracer: trace.Tracer | None = None) ->
         store=state.sessions,
         config=load_portal_config(settings.env),
         secret=state.settings.service_secret,
+        health=lambda: dependency_report(state),
     )
     app = Starlette(
         routes=_public_routes(portal),

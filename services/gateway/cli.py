@@ -90,6 +90,71 @@ async def _append_record(events: list[Any]) -> None:
         return
 
 
+MAX_KEY_NAME = 200  # the store's column
+
+
+class InvalidKeyRequestError(ValueError):
+    """A key that may not be created as asked; ``field`` names what is wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def store_new_key(
+    session: Session, *, name: str, roles: Sequence[str], expires_in_days: int | None, now: datetime
+) -> tuple[keys.NewKey, repository.KeyRecord]:
+    """Check and store a new API key; the token (shown once, never stored) and its record.
+
+    Shared by ``awareness keys create`` and the portal's admin page."""
+    if not name.strip() or len(name) > MAX_KEY_NAME:
+        raise InvalidKeyRequestError("name", f"a name of 1 to {MAX_KEY_NAME} characters is required")
+    try:
+        granted = auth.parse_roles(roles)
+    except ValueError as exc:
+        raise InvalidKeyRequestError("roles", str(exc)) from exc
+    if not granted:
+        raise InvalidKeyRequestError("roles", "at least one role is required")
+    if "service" in granted:
+        raise InvalidKeyRequestError("roles", "the 'service' role is for services only")
+    if expires_in_days is not None and expires_in_days <= 0:
+        raise InvalidKeyRequestError("expires_in_days", "the expiry must be a positive number of days")
+    new_key = keys.generate_key()
+    record = repository.add_key(
+        session,
+        key_id=new_key.key_id,
+        name=name,
+        secret_hash=keys.hash_secret(new_key.secret),
+        roles=sorted(granted),
+        created_at=now,
+        expires_at=now + timedelta(days=expires_in_days) if expires_in_days is not None else None,
+    )
+    return new_key, record
+
+
+def created_key_details(record: repository.KeyRecord) -> dict[str, str]:
+    """The details of a key creation's access record. The key's name stays out: it may name a person."""
+    details = {"roles": ",".join(sorted(record.roles))}
+    if record.expires_at is not None:
+        details["expire_time"] = record.expires_at.isoformat()
+    return details
+
+
+def key_change_record(
+    *, principal: str, method: str, action: str, key_id: str, details: Mapping[str, str]
+) -> audit.AccessRecord:
+    """The access record of a key change (``api_key.create``, ``api_key.revoke``) that has happened."""
+    return audit.AccessRecord(
+        principal=principal,
+        action=action,
+        method=method,
+        resource=f"apiKeys/{key_id}",
+        outcome="OK",
+        time=audit.now(),
+        details=dict(details),
+    )
+
+
 def _record_key_change(command: str, action: str, key_id: str, details: Mapping[str, str]) -> None:
     """Append the access record of a key change that has happened; warn on stderr if it cannot be.
 
@@ -100,14 +165,12 @@ def _record_key_change(command: str, action: str, key_id: str, details: Mapping[
     revocation that took effect as failed. The warning names the missing record instead, so the
     operator can add it to the audit trail by hand.
     """
-    record = audit.AccessRecord(
+    record = key_change_record(
         principal=auth.Principal.for_service("gateway").subject,
-        action=action,
         method=f"awareness keys {command}",
-        resource=f"apiKeys/{key_id}",
-        outcome="OK",
-        time=audit.now(),
-        details=dict(details),
+        action=action,
+        key_id=key_id,
+        details=details,
     )
     events = audit.audit_events(record, source="gateway")
     try:
@@ -130,30 +193,18 @@ def _record_key_change(command: str, action: str, key_id: str, details: Mapping[
 
 def _create(args: argparse.Namespace) -> int:
     try:
-        roles = auth.parse_roles(args.role)
-    except ValueError as exc:
+        new_key, record = _with_session(
+            lambda session: store_new_key(
+                session,
+                name=args.name,
+                roles=args.role,
+                expires_in_days=args.expires_in_days,
+                now=datetime.now(UTC),
+            )
+        )
+    except InvalidKeyRequestError as exc:
         print(f"awareness keys create: {exc}", file=sys.stderr)
         return 2
-    if "service" in roles:
-        print("awareness keys create: the 'service' role is for services only", file=sys.stderr)
-        return 2
-    if args.expires_in_days is not None and args.expires_in_days <= 0:
-        print("awareness keys create: --expires-in-days must be positive", file=sys.stderr)
-        return 2
-    new_key = keys.generate_key()
-    now = datetime.now(UTC)
-    expires = now + timedelta(days=args.expires_in_days) if args.expires_in_days is not None else None
-    record = _with_session(
-        lambda session: repository.add_key(
-            session,
-            key_id=new_key.key_id,
-            name=args.name,
-            secret_hash=keys.hash_secret(new_key.secret),
-            roles=sorted(roles),
-            created_at=now,
-            expires_at=expires,
-        )
-    )
     print(new_key.token)
     print(
         f"created key {record.key_id} ({record.name}; roles {', '.join(sorted(record.roles))}"
@@ -164,15 +215,12 @@ def _create(args: argparse.Namespace) -> int:
     # The key itself never goes into a URL (history, logs); the person pastes it on this page.
     gateway = os.environ.get(remote.GATEWAY_URL_VAR, remote.DEFAULT_GATEWAY_URL).rstrip("/")
     print(f"sign in to the portal with it: {gateway}/portal/sign-in", file=sys.stderr)
-    # The key's name stays out of the record: it may name a person.
-    details = {"roles": ",".join(sorted(record.roles))}
-    if record.expires_at is not None:
-        details["expire_time"] = record.expires_at.isoformat()
-    _record_key_change("create", "api_key.create", record.key_id, details)
+    _record_key_change("create", "api_key.create", record.key_id, created_key_details(record))
     return 0
 
 
-def _state(record: repository.KeyRecord, now: datetime) -> str:
+def key_state(record: repository.KeyRecord, now: datetime) -> str:
+    """``active``, ``expired`` or ``revoked``, as ``awareness keys list`` and the portal show it."""
     if record.revoked_at is not None:
         return "revoked"
     return "active" if record.usable(now=now) else "expired"
@@ -184,8 +232,9 @@ def _list(_args: argparse.Namespace) -> int:
     print(f"{'ID':<16}  {'NAME':<24}  {'ROLES':<28}  {'STATE':<8}  {'CREATED':<25}  EXPIRES")
     for r in records:
         expires = r.expires_at.isoformat(timespec="seconds") if r.expires_at else "never"
+        state = key_state(r, now)
         print(
-            f"{r.key_id:<16}  {r.name[:24]:<24}  {','.join(sorted(r.roles))[:28]:<28}  {_state(r, now):<8}  "
+            f"{r.key_id:<16}  {r.name[:24]:<24}  {','.join(sorted(r.roles))[:28]:<28}  {state:<8}  "
             f"{r.created_at.isoformat(timespec='seconds'):<25}  {expires}"
         )
     return 0

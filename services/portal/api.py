@@ -23,6 +23,7 @@ from awareness.ingest.v1 import ingest_pb2
 from awareness.policy.v1 import policy_pb2
 from awareness.scoring.v1 import scoring_pb2
 from grpc_status import rpc_status
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
@@ -33,7 +34,13 @@ from services.portal.domain import charts, display, queue
 from services.portal.domain.sessions import Expiry, csrf_matches, new_token, safe_next
 from services.portal.oidc import OidcSignIn
 from services.portal.service import Ended, Evidence, Person, Services, Sessions
-from services.runtime.errors import AwarenessError, FieldViolation, InvalidArgumentError, field_violations
+from services.runtime.errors import (
+    AwarenessError,
+    FieldViolation,
+    InvalidArgumentError,
+    error_info,
+    field_violations,
+)
 
 log = logging.getLogger("awareness.portal")
 
@@ -77,10 +84,13 @@ class PortalState:
     admission: Admission
     templates: jinja2.Environment
     config: PortalConfig
+    # The gateway's own store (API keys, sessions) and its report of every dependency's health.
+    store: sessionmaker[Session]
+    health: Callable[[], Awaitable[dict[str, Any]]]
     oidc: OidcSignIn | None = None
 
 
-def _state(request: Request) -> PortalState:
+def portal_state(request: Request) -> PortalState:
     state: PortalState = request.app.state.portal
     return state
 
@@ -102,7 +112,7 @@ def render(
     status: int = 200,
     headers: Mapping[str, str] | None = None,
 ) -> HTMLResponse:
-    state = _state(request)
+    state = portal_state(request)
     page = state.templates.get_template(template).render(
         {
             "person": person,
@@ -122,22 +132,42 @@ def _secure(request: Request, config: PortalConfig) -> bool:
 # --- failures -----------------------------------------------------------------------------
 
 
-def _failure(exc: Exception) -> tuple[grpc.StatusCode, str, list[FieldViolation]]:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        try:
-            status = rpc_status.from_call(exc)
-        except ValueError:
-            status = None
-        return exc.code(), exc.details() or "", field_violations(status) if status is not None else []
-    assert isinstance(exc, AwarenessError)
-    return exc.code, exc.message, list(exc.violations)
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What a refused or failed call said: its code, message, ErrorInfo reason and field violations."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: str
+    violations: list[FieldViolation]
+
+    @property
+    def page(self) -> tuple[int, str]:
+        """The HTTP status and headline of the error page for it."""
+        return ERROR_PAGES.get(self.code, (502, "Something went wrong behind the portal"))
 
 
-def error_page(request: Request, exc: Exception, *, person: Person | None) -> Response:
-    code, message, violations = _failure(exc)
+def failure_of(exc: grpc.aio.AioRpcError | AwarenessError) -> Failure:
+    if isinstance(exc, AwarenessError):
+        return Failure(exc.code, exc.message, exc.reason, list(exc.violations))
+    try:
+        status = rpc_status.from_call(exc)
+    except ValueError:
+        status = None
+    if status is None:
+        return Failure(exc.code(), exc.details() or "", "", [])
+    info = error_info(status)
+    return Failure(exc.code(), exc.details() or "", info.reason if info else "", field_violations(status))
+
+
+def error_page(
+    request: Request, exc: grpc.aio.AioRpcError | AwarenessError, *, person: Person | None
+) -> Response:
+    failed = failure_of(exc)
+    code, message, violations = failed.code, failed.message, failed.violations
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return _to_sign_in(request, ended=None)
-    status, headline = ERROR_PAGES.get(code, (502, "Something went wrong behind the portal"))
+    status, headline = failed.page
     if status >= 500:
         log.warning("portal call failed", extra={"code": code.name, "route": request.url.path})
     return render(
@@ -188,7 +218,7 @@ def signed_in(route: str) -> Callable[[Handler], Endpoint]:
     def wrap(handler: Handler) -> Endpoint:
         async def endpoint(request: Request) -> Response:
             _mark_route(request, route)
-            state = _state(request)
+            state = portal_state(request)
             found = await state.sessions.resolve(request.cookies.get(SESSION_COOKIE))
             if not isinstance(found, Person):
                 return _to_sign_in(request, ended=found)
@@ -231,7 +261,7 @@ def signed_in(route: str) -> Callable[[Handler], Endpoint]:
 
 async def sign_in_page(request: Request) -> Response:
     _mark_route(request, "/portal/sign-in")
-    state = _state(request)
+    state = portal_state(request)
     found = await state.sessions.resolve(request.cookies.get(SESSION_COOKIE))
     target = safe_next(request.query_params.get("next"), default=HOME)
     if isinstance(found, Person):
@@ -254,7 +284,7 @@ def _sign_in_form(
             "notice": notice,
             "error": error,
             "sign_in_token": token,
-            "oidc": _state(request).oidc,
+            "oidc": portal_state(request).oidc,
         },
         status=status,
     )
@@ -265,14 +295,14 @@ def _sign_in_form(
         path=SIGN_IN,
         httponly=True,
         samesite="strict",
-        secure=_secure(request, _state(request).config),
+        secure=_secure(request, portal_state(request).config),
     )
     return response
 
 
 async def sign_in(request: Request) -> Response:
     _mark_route(request, "/portal/sign-in")
-    state = _state(request)
+    state = portal_state(request)
     form = await read_form(request)
     target = safe_next(first(form, "next"), default=HOME)
     expected = request.cookies.get(SIGN_IN_COOKIE, "")
@@ -306,7 +336,7 @@ def _callback_url(request: Request, oidc: OidcSignIn) -> str:
 
 async def oidc_start(request: Request) -> Response:
     _mark_route(request, "/portal/oidc/start")
-    state = _state(request)
+    state = portal_state(request)
     target = safe_next(request.query_params.get("next"), default=HOME)
     if state.oidc is None:
         return _sign_in_form(
@@ -331,7 +361,7 @@ async def oidc_start(request: Request) -> Response:
 
 async def oidc_callback(request: Request) -> Response:
     _mark_route(request, OIDC_CALLBACK)
-    state = _state(request)
+    state = portal_state(request)
     if state.oidc is None:
         return _sign_in_form(
             request, target=HOME, error="Sign-in with an identity provider is not set up.", status=404
@@ -365,7 +395,7 @@ async def oidc_callback(request: Request) -> Response:
 
 
 def _signed_in_redirect(request: Request, token: str, target: str) -> Response:
-    config = _state(request).config
+    config = portal_state(request).config
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
@@ -382,7 +412,7 @@ def _signed_in_redirect(request: Request, token: str, target: str) -> Response:
 
 @signed_in("/portal/sign-out")
 async def sign_out(request: Request, person: Person) -> Response:
-    await _state(request).sessions.end(person.token_hash)
+    await portal_state(request).sessions.end(person.token_hash)
     response = RedirectResponse(f"{SIGN_IN}?ended=signed_out", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/portal")
     return response
@@ -399,6 +429,8 @@ class Card:
     figure: str
     note: str
     link: str
+    # A name (a model version) rather than a count: set smaller, so a long one still fits.
+    is_name: bool = False
 
 
 async def _role_cards(services: Services, person: Person) -> list[Card]:
@@ -424,7 +456,10 @@ async def _role_cards(services: Services, person: Person) -> list[Card]:
             scoring_pb2.ListModelsRequest(page_size=100, status=scoring_pb2.Model.STATUS_CHALLENGER)
         )
         version = champions.models[0].version if champions.models else "none"
-        return version, f"{len(challengers.models)} challenger(s) waiting"
+        waiting = len(challengers.models)
+        return version, {0: "no challenger waiting", 1: "1 challenger waiting"}.get(
+            waiting, f"{waiting} challengers waiting"
+        )
 
     async def checkpoint() -> tuple[str, str]:
         latest = await services.ingest().GetCheckpoint(ingest_pb2.GetCheckpointRequest())
@@ -452,24 +487,23 @@ async def _role_cards(services: Services, person: Person) -> list[Card]:
         *(services.as_person(person, fetch) for _, _, fetch in wanted), return_exceptions=True
     )
     cards = []
-    for (title, link, _), answer in zip(wanted, answers, strict=True):
+    for (title, link, fetch), answer in zip(wanted, answers, strict=True):
         if isinstance(answer, BaseException):
             if not isinstance(answer, (grpc.aio.AioRpcError, AwarenessError)):
                 raise answer
-            code, _message, _violations = _failure(answer)
-            cards.append(Card(title, "—", f"unavailable ({code.name})", link))
+            cards.append(Card(title, "—", f"unavailable ({failure_of(answer).code.name})", link))
         else:
             figure, note = answer
-            cards.append(Card(title, figure, note, link))
+            cards.append(Card(title, figure, note, link, is_name=fetch is champion))
     return cards
 
 
 @signed_in("/portal/")
 async def home(request: Request, person: Person) -> Response:
     context: dict[str, Any] = {"charts": [], "open_triage": None, "sample": 0, "days": HOME_DAYS}
-    context["cards"] = await _role_cards(_state(request).services, person)
+    context["cards"] = await _role_cards(portal_state(request).services, person)
     if person.can("events:read"):
-        services = _state(request).services
+        services = portal_state(request).services
         start = display.now() - timedelta(days=HOME_DAYS - 1)
         since = start.date().isoformat()
         recent_request = queue.list_request(queue.QueueFilters(since=since), page_size=HOME_SAMPLE)
@@ -521,7 +555,7 @@ def _home_charts(events: list[ingest_pb2.Event], days: list[str]) -> list[charts
 @signed_in("/portal/events")
 async def events(request: Request, person: Person) -> Response:
     filters = queue.parse_filters(request.query_params)
-    listed = await _state(request).services.list_events(person, queue.list_request(filters))
+    listed = await portal_state(request).services.list_events(person, queue.list_request(filters))
     context = {
         "filters": filters,
         "events": listed.events,
@@ -566,7 +600,7 @@ async def label_many(request: Request, person: Person) -> Response:
         raise InvalidArgumentError(
             "no event chosen", violations=[FieldViolation("event", "choose at least one")]
         )
-    services = _state(request).services
+    services = portal_state(request).services
     for name in names:
         await services.label_event(person, _label_request(name, form))
     back = safe_next(first(form, "back"), default="/portal/events")
@@ -577,7 +611,7 @@ async def label_many(request: Request, person: Person) -> Response:
 @signed_in("/portal/events/{event_id}")
 async def event_page(request: Request, person: Person) -> Response:
     name = f"events/{request.path_params['event_id']}"
-    services = _state(request).services
+    services = portal_state(request).services
     event = await services.get_event(person, name)
     evidence = None
     if person.can("audit:verify"):
@@ -596,7 +630,7 @@ async def event_page(request: Request, person: Person) -> Response:
 async def label_one(request: Request, person: Person) -> Response:
     event_id = request.path_params["event_id"]
     form: dict[str, list[str]] = request.state.form
-    await _state(request).services.label_event(person, _label_request(f"events/{event_id}", form))
+    await portal_state(request).services.label_event(person, _label_request(f"events/{event_id}", form))
     return RedirectResponse(f"/portal/events/{event_id}?done=labelled", status_code=303)
 
 

@@ -7,6 +7,7 @@ in a browser meets the same rules as a client of the JSON API.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -101,8 +102,10 @@ def create_portal(
     store: sessionmaker[Session],
     config: PortalConfig,
     secret: bytes,
+    health: Callable[[], Awaitable[dict[str, Any]]],
 ) -> ASGIApp:
-    """``secret`` is the gateway's own (it MACs the OpenID Connect flow's cookie)."""
+    """``store`` is the gateway's own (API keys, sessions), ``secret`` too (it MACs the OpenID
+    Connect flow's cookie), and ``health`` its report of every dependency."""
     state = api.PortalState(
         sessions=Sessions(store=store, authenticator=admission.authenticator, config=config),
         services=Services(channels),
@@ -110,6 +113,8 @@ def create_portal(
         templates=templates(),
         config=config,
         oidc=OidcSignIn(config.oidc, secret=secret) if config.oidc is not None else None,
+        store=store,
+        health=health,
     )
     app = Starlette(
         routes=[

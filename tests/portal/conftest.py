@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import _missing
+from tests.support.suite import Backend, postgres_backend
 
 # Chromium's own calls home are refused by this network; without these flags it retries them.
 CHROMIUM_ARGS = [
@@ -38,6 +39,13 @@ def chromium_path() -> str | None:
         if found:
             return found
     return None
+
+
+@pytest.fixture(scope="module")
+def backend(postgres_url: str, redis_url: str) -> Iterator[Backend]:
+    """A fresh PostgreSQL database and Redis key prefix for a module's `awareness up` suite."""
+    with postgres_backend(postgres_url, redis_url) as created:
+        yield created
 
 
 # Per module: sync Playwright keeps an event loop running while it is open, which the async tests

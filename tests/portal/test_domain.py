@@ -31,6 +31,8 @@ def test_filters_become_a_list_request_with_the_whole_last_day() -> None:
     assert request.min_risk_level == ingest_pb2.RISK_LEVEL_HIGH
     assert request.triage_state == ingest_pb2.TRIAGE_STATE_NEW
     assert request.page_size == queue.PAGE_SIZE
+    assert request.order_by == ""
+    assert queue.list_request(queue.parse_filters({"order": "riskiest"})).order_by == "risk_score desc"
 
 
 @pytest.mark.parametrize(
@@ -40,6 +42,7 @@ def test_filters_become_a_list_request_with_the_whole_last_day() -> None:
         ({"risk": "extreme"}, "risk"),
         ({"label": "maybe"}, "label"),
         ({"triage": "open"}, "triage"),
+        ({"order": "oldest"}, "order"),
         ({"type": "x" * 201}, "type"),
         ({"since": "2026-12-05", "until": "2026-12-01"}, "until"),
     ],

@@ -8,8 +8,10 @@ var/screenshots; axe-core checks each main page against WCAG 2.2 AA.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -26,14 +28,6 @@ TYPES = ("phishing.clicked", "phishing.reported", "training.completed", "mfa.dis
 
 
 @pytest.fixture(scope="module")
-def backend(postgres_url: str, redis_url: str) -> Iterator[Backend]:
-    from tests.support.suite import postgres_backend
-
-    with postgres_backend(postgres_url, redis_url) as created:
-        yield created
-
-
-@pytest.fixture(scope="module")
 def provider() -> Iterator[OidcProvider]:
     with running_provider() as running:
         yield running
@@ -44,9 +38,10 @@ def suite(
     tmp_path_factory: pytest.TempPathFactory, backend: Backend, idp: IdentityProvider, provider: OidcProvider
 ) -> Iterator[UpSuite]:
     data_dir = tmp_path_factory.mktemp("portal")
-    with awareness_up(
-        data_dir, backend, extra_env={**idp.gateway_env(data_dir), **provider.env()}
-    ) as running:
+    # A small synthetic population: the bootstrap model is trained in seconds, so events get scores.
+    small_model = {"AWARENESS_SCORING_SYNTHETIC_PEOPLE": "60", "AWARENESS_SCORING_SYNTHETIC_DAYS": "21"}
+    env = {**idp.gateway_env(data_dir), **provider.env(), **small_model}
+    with awareness_up(data_dir, backend, extra_env=env) as running:
         yield running
 
 
@@ -275,9 +270,38 @@ def test_home_shows_the_work_of_each_role(page: Page, suite: UpSuite, events: li
     sign_in(page, suite, suite.create_key("auditor", "ml_engineer", "policy_approver", name="many hats"))
     cards = page.get_by_role("region", name="Your work")
     expect(cards.locator("article", has_text="Latest checkpoint")).to_contain_text(re.compile(r"\d+ leaves"))
-    expect(cards.locator("article", has_text="Champion model")).to_contain_text("challenger")
+    expect(cards.locator("article", has_text="Champion model")).to_contain_text("challenger waiting")
     expect(cards.locator("article", has_text="Policies waiting for review")).to_contain_text(
         re.compile(r"\d")
     )
     expect(cards.locator("article", has_text="Policy drafts")).to_have_count(0)  # not an author
     expect(cards.locator("article", has_text="unavailable")).to_have_count(0)
+
+
+def test_the_queue_puts_the_riskiest_first(page: Page, suite: UpSuite, events: list[str]) -> None:
+    key = suite.create_key("analyst", name="risk")
+    headers = {"authorization": f"Bearer {key}"}
+    deadline = time.monotonic() + 120
+    riskiest: list[dict[str, Any]] = []
+    while len(riskiest) < len(events) and time.monotonic() < deadline:  # until every event is scored
+        answer = httpx.get(
+            f"{suite.url}/v1/events", params={"orderBy": "risk_score desc", "pageSize": 100}, headers=headers
+        )
+        riskiest = answer.json().get("events", [])
+        time.sleep(0.5)
+    assert len(riskiest) == len(events)
+    scores = [event["metadata"]["riskScore"] for event in riskiest]
+    assert scores == sorted(scores, reverse=True)
+    sign_in(page, suite, key, then="/portal/events")
+    page.get_by_label("Order", exact=True).select_option("riskiest")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("table caption")).to_have_text("Events, riskiest first")  # the new list is in
+    expect(page.locator("tbody tr")).to_have_count(len(events))
+    shown = [link.get_attribute("href") for link in page.locator("tbody tr td:nth-child(2) a").all()]
+    assert shown == [f"/portal/events/{event['eventId']}" for event in riskiest]
+    # The riskiest event's page shows what the model saw.
+    page.locator("tbody tr").first.get_by_role("link").click()
+    page.get_by_text("What the model saw").click()
+    features = riskiest[0]["metadata"]["features"]
+    assert features
+    expect(page.locator("#features tbody tr")).to_have_count(len(features))

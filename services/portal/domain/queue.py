@@ -30,6 +30,7 @@ TRIAGE_STATES: Final = {
     "in_review": ingest_pb2.TRIAGE_STATE_IN_REVIEW,
     "closed": ingest_pb2.TRIAGE_STATE_CLOSED,
 }
+ORDERS: Final = {"newest": "receive_time desc", "riskiest": "risk_score desc"}
 MAX_TEXT: Final = 200
 
 
@@ -44,12 +45,15 @@ class QueueFilters:
     risk: str = ""
     label: str = ""
     triage: str = ""
+    order: str = ""
     page_token: str = ""
     violations: tuple[FieldViolation, ...] = field(default=())
 
     @property
     def active(self) -> bool:
-        return any((self.type, self.source, self.since, self.until, self.risk, self.label, self.triage))
+        return any(
+            (self.type, self.source, self.since, self.until, self.risk, self.label, self.triage, self.order)
+        )
 
     def query(self, **changes: str) -> dict[str, str]:
         """The filters as query parameters (for links to the next page or a changed filter)."""
@@ -61,6 +65,7 @@ class QueueFilters:
             "risk": self.risk,
             "label": self.label,
             "triage": self.triage,
+            "order": self.order,
             "page_token": self.page_token,
             **changes,
         }
@@ -104,6 +109,7 @@ def parse_filters(params: Mapping[str, str]) -> QueueFilters:
         risk=choice("risk", LEVELS),
         label=choice("label", tuple(LABELS)),
         triage=choice("triage", tuple(TRIAGE_STATES)),
+        order=choice("order", tuple(ORDERS)),
         page_token=params.get("page_token", "").strip()[:2048],
     )
     if filters.since and filters.until and filters.until < filters.since:
@@ -127,6 +133,7 @@ def list_request(filters: QueueFilters, *, page_size: int = PAGE_SIZE) -> ingest
         source=filters.source,
         label=LABELS.get(filters.label, ingest_pb2.LABEL_UNSPECIFIED),
         triage_state=TRIAGE_STATES.get(filters.triage, ingest_pb2.TRIAGE_STATE_UNSPECIFIED),
+        order_by=ORDERS.get(filters.order, ""),
     )
     if filters.since:
         request.start_time.CopyFrom(

@@ -334,11 +334,12 @@
   }
 
   // Text and classes only: the CSP forbids inline styles, and textContent keeps any input inert.
-  function render(target, result) {
+  // `passed` replaces the summary of a result that holds (pages that check something narrower).
+  function render(target, result, passed) {
     const summary = document.createElement("p");
     summary.className = "evidence-summary";
     summary.textContent = result.ok
-      ? "✓ Verified in your browser: every check below passed."
+      ? passed || "✓ Verified in your browser: every check below passed."
       : "✗ Not verified: at least one check below failed.";
     const list = document.createElement("ul");
     for (const { ok, text } of result.checks) {
@@ -379,7 +380,7 @@
     }
   }
 
-  window.AwarenessVerify = { verifyInclusion, verifyConsistency, parseSignedNote };
+  window.AwarenessVerify = { verifyInclusion, verifyConsistency, parseSignedNote, render };
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", verifyAll);
   else verifyAll();
   document.addEventListener("htmx:load", verifyAll);
