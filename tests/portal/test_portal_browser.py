@@ -131,11 +131,16 @@ def test_bulk_triage_from_the_queue(page: Page, suite: UpSuite, events: list[str
     expect(rows).to_have_count(3)
     rows.nth(0).get_by_role("checkbox").check()
     rows.nth(1).get_by_role("checkbox").check()
+    page.locator("#bulk").get_by_label("Label", exact=True).select_option("false_positive")
     page.locator("#bulk").get_by_label("Triage", exact=True).select_option("in_review")
+    page.get_by_label("Note for each selected event").fill("the whole batch was a drill")
     page.get_by_role("button", name="Apply to selected").click()
     expect(page.get_by_role("status")).to_have_text("Updated 2 events.")
     assert "type=phishing.reported" in page.url  # back on the same filtered queue
     expect(page.locator("tbody tr", has_text="in review")).to_have_count(2)
+    page.locator("tbody tr", has_text="in review").first.get_by_role("link").click()
+    expect(page.locator("#current-label")).to_have_text("false positive")
+    expect(page.get_by_text("the whole batch was a drill")).to_be_visible()
 
 
 def test_a_tampered_proof_turns_the_check_red(page: Page, suite: UpSuite, events: list[str]) -> None:
