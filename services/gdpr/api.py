@@ -13,7 +13,7 @@ subject's record names none). Reasons are free text typed by people and are neve
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -21,14 +21,15 @@ import grpc
 from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
 from google.protobuf import duration_pb2
 
-from services.gdpr.convert import audit_proto, consent_proto, erasure_proto, rule_proto
+from services.gdpr import convert
+from services.gdpr.convert import audit_proto, consent_proto, erasure_proto, invalid_request, rule_proto
 from services.gdpr.domain.consent import ConsentAction
 from services.gdpr.domain.keys import normalise_identifier
 from services.gdpr.models import ConsentRecordRow
 from services.gdpr.service.transactions import KeyRequest
 from services.gdpr.service.usecases import GdprUseCases
 from services.runtime import audit, auth
-from services.runtime.errors import FieldViolation, InvalidArgumentError, NotFoundError
+from services.runtime.errors import FieldViolation, NotFoundError
 from services.runtime.paging import PageTokens, invalid_page_token, page_size
 from services.runtime.timestamps import from_timestamp, optional_timestamp
 
@@ -51,14 +52,6 @@ def _actor() -> str:
     return principal.subject if principal is not None else "unknown"
 
 
-def _invalid(violations: Sequence[FieldViolation]) -> InvalidArgumentError:
-    return InvalidArgumentError(
-        "; ".join(f"{v.field}: {v.description}" for v in violations),
-        reason="INVALID_ARGUMENT",
-        violations=violations,
-    )
-
-
 def _check_subject(value: str, field: str, violations: list[FieldViolation]) -> None:
     try:
         normalise_identifier(value)
@@ -70,7 +63,7 @@ def _require_subject(value: str) -> None:
     violations: list[FieldViolation] = []
     _check_subject(value, "subject", violations)
     if violations:
-        raise _invalid(violations)
+        raise invalid_request(violations)
 
 
 def _check_reason(reason: str, *, subject: str, field: str, violations: list[FieldViolation]) -> None:
@@ -110,7 +103,7 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
             if not lookup.HasField("occurred_at"):
                 violations.append(FieldViolation(f"lookups[{index}].occurred_at", "is required"))
         if violations:
-            raise _invalid(violations)
+            raise invalid_request(violations)
         keys = await self._gdpr.issue_keys(
             [
                 KeyRequest(
@@ -129,6 +122,7 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
                     key_id=key.key_id,
                     data_key=key.data_key,
                     cache_ttl=self._cache_ttl,
+                    department=key.department,
                 )
                 for key in keys
             ]
@@ -145,7 +139,7 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
             if not ref.key_period:
                 violations.append(FieldViolation(f"keys[{index}].key_period", "is required"))
         if violations:
-            raise _invalid(violations)
+            raise invalid_request(violations)
         results = await self._gdpr.unwrap_keys([(ref.pseudonym, ref.key_period) for ref in request.keys])
         response = gdpr_pb2.UnwrapDataKeysResponse()
         for result in results:
@@ -184,7 +178,7 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
         _check_reason(request.reason, subject=request.subject, field="reason", violations=violations)
         audit.note(resource=ERASURES)
         if violations:
-            raise _invalid(violations)
+            raise invalid_request(violations)
         record = await self._gdpr.erase_subject(
             identifier=request.subject,
             actor=_actor(),
@@ -203,7 +197,7 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
     ) -> gdpr_pb2.ErasureRecord:
         prefix, _, erasure_id = request.name.partition("/")
         if prefix != "erasures" or not erasure_id or "/" in erasure_id:
-            raise _invalid([FieldViolation("name", "must be erasures/{erasure}")])
+            raise invalid_request([FieldViolation("name", "must be erasures/{erasure}")])
         return erasure_proto(await self._gdpr.get_erasure(erasure_id))
 
     async def ListErasureRecords(
@@ -232,7 +226,7 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
         _check_subject(request.subject, "subject", violations)
         _check_reason(request.reason, subject=request.subject, field="reason", violations=violations)
         if violations:
-            raise _invalid(violations)
+            raise invalid_request(violations)
         subject = await self._gdpr.find_subject(request.subject)
         audit.note(pseudonyms=[subject.pseudonym])
         chunks = self._gdpr.export_subject(
@@ -264,7 +258,7 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
             violations.append(FieldViolation("purpose", "is required"))
         _check_reason(request.reason, subject=request.subject, field="reason", violations=violations)
         if violations:
-            raise _invalid(violations)
+            raise invalid_request(violations)
         row = await self._gdpr.change_consent(
             identifier=request.subject,
             purpose=request.purpose,
@@ -285,7 +279,7 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
         if not request.purpose:
             violations.append(FieldViolation("purpose", "is required"))
         if violations:
-            raise _invalid(violations)
+            raise invalid_request(violations)
         pseudonyms = list(request.pseudonyms)
         granted = await self._gdpr.check_consent(pseudonyms=pseudonyms, purpose=request.purpose)
         return gdpr_pb2.CheckConsentResponse(
@@ -326,7 +320,7 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
     ) -> gdpr_pb2.RetentionRule:
         audit.note(resource=RETENTION_RULES)  # until the rule's event type is known to be valid
         if not request.HasField("rule"):
-            raise _invalid([FieldViolation("rule", "is required")])
+            raise invalid_request([FieldViolation("rule", "is required")])
         view = await self._gdpr.set_retention_rule(
             event_type=request.rule.event_type,
             retention_days=request.rule.retention_days,
@@ -384,6 +378,20 @@ class GdprServicer(gdpr_pb2_grpc.GdprServiceServicer):
             ],
             keys_shredded=report.keys_shredded,
         )
+
+    # --- directory -----------------------------------------------------------------------------------
+
+    async def ImportDirectory(
+        self, request: gdpr_pb2.ImportDirectoryRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> gdpr_pb2.ImportDirectoryResponse:
+        audit.note(resource=convert.DIRECTORY)
+        entries = convert.directory_entries(request)  # refuses the call naming each bad field
+        result = await self._gdpr.import_directory(
+            entries, replace=request.replace, import_id=request.import_id, actor=_actor()
+        )
+        # Counts only, as for retention: the people are many, and their pseudonyms are in the store.
+        audit.note(details=convert.directory_counts(result))
+        return convert.directory_import_proto(result)
 
     # --- KEK and audit -------------------------------------------------------------------------------
 

@@ -6,6 +6,9 @@ rotates the KEK in its Kubernetes Secret (services/gdpr/kekrotation.py). The gRP
 mTLS with gdpr's own certificate (they run beside it), which may name the principal they act for, so the
 audit trail says which job acted.
 
+``awareness directory import people.csv`` loads the organisation's directory (department and manager per
+person) into gdpr, in calls of 5,000 people; a SCIM endpoint is the next step, not built yet.
+
 ``awareness gdpr verify-audit`` is the exception: it reads the audit table straight from the gdpr database
 and recomputes the hash chain, trusting no running service.
 """
@@ -23,10 +26,44 @@ from typing import Any
 from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
 from google.protobuf.json_format import MessageToDict
 
+from services.gdpr.domain.directory import (
+    MAX_IMPORT_ENTRIES,
+    DirectoryCsvError,
+    DirectoryEntry,
+    parse_directory_csv,
+)
 from services.runtime.auth import Principal
 
 RETENTION_PRINCIPAL = Principal(subject="cli:retention", roles=frozenset({"dpo"}))
 KEK_PRINCIPAL = Principal(subject="cli:kek-rotation", roles=frozenset({"admin"}))
+DIRECTORY_PRINCIPAL = Principal(subject="cli:directory-import", roles=frozenset({"dpo"}))
+PROGRESS_BAR_WIDTH = 30
+DIRECTORY_HELP = """\
+The file is UTF-8 CSV with a header line:
+
+  subject,department,manager
+  ada@example.org,Finance,grace@example.org
+  grace@example.org,Finance,
+  alan@example.org,Research,grace@example.org
+
+subject     the person's identifier as the event sources give it (e-mail address
+            or directory id), matched as events match it (case and surrounding
+            spaces ignored); required, once per file
+department  the person's group (at most 128 characters, no '@'); may be empty
+manager     the manager's identifier; may be empty; the column may be left out
+
+Only pseudonyms are stored, never the identifiers. The whole file is checked before
+anything is sent: a bad row stops the import with its line number. People and managers
+not seen yet get a pseudonym. With --replace the file is the whole directory: people
+not in it lose their entry (their events stay; an erased person stays erased unless
+the file lists them again, so take erased people out of the source first).
+
+Exit status: 0 imported, 1 the service refused or could not be reached (calls already
+made stay applied; run the import again), 2 the file cannot be read or has a bad row.
+
+A SCIM endpoint (the directory pushed by the identity provider) is the next step; it
+is not built yet.
+"""
 
 
 def register(subparsers: Any) -> None:
@@ -102,6 +139,34 @@ def register(subparsers: Any) -> None:
     )
     verify.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     verify.set_defaults(handler=_verify_audit)
+    _register_directory(subparsers)
+
+
+def _register_directory(subparsers: Any) -> None:
+    directory = subparsers.add_parser(
+        "directory", help="the organisation's directory in gdpr: department and manager per person"
+    )
+    commands = directory.add_subparsers(dest="directory_command", required=True, metavar="DIRECTORY_COMMAND")
+    load = commands.add_parser(
+        "import",
+        help="import people, their department and manager, from a CSV file (SCIM is the next step)",
+        description=(
+            "Import the organisation's directory from a CSV file into the gdpr service, in calls of "
+            f"{MAX_IMPORT_ENTRIES} people (ImportDirectory; the principal cli:directory-import, role dpo)."
+        ),
+        epilog=DIRECTORY_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    load.add_argument(
+        "csv_file", metavar="PEOPLE_CSV", type=Path, help="the CSV file (header subject,department,manager)"
+    )
+    load.add_argument(
+        "--replace",
+        action="store_true",
+        help="full sync: people not in the file lose their directory entry",
+    )
+    load.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    load.set_defaults(handler=_import_directory)
 
 
 async def _call(principal: Principal, method: str, request: Any) -> Any:
@@ -191,6 +256,71 @@ def _verify_audit(args: argparse.Namespace) -> int:
         engine.dispose()
     report.print(sys.stdout)
     return 0 if report.ok else 1
+
+
+def _read_directory(path: Path) -> list[DirectoryEntry]:
+    """Every entry of the file, checked; raises DirectoryCsvError (bad row) or OSError (unreadable)."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as lines:
+            return [row.entry for row in parse_directory_csv(lines)]
+    except UnicodeDecodeError as exc:
+        raise DirectoryCsvError(1, f"the file is not UTF-8 ({exc.reason})") from None
+
+
+def _progress_bar(done: int, total: int) -> str:
+    filled = PROGRESS_BAR_WIDTH * done // total
+    return f"directory import [{'#' * filled}{'.' * (PROGRESS_BAR_WIDTH - filled)}] {done}/{total} people"
+
+
+async def _send_directory(entries: list[DirectoryEntry], *, replace: bool, quiet: bool) -> dict[str, int]:
+    """One call per chunk; a full sync names one import over every chunk and replaces on the last."""
+    import_id = str(uuid.uuid4())
+    totals = {"created": 0, "updated": 0, "unchanged": 0, "removed": 0}
+    for start in range(0, len(entries), MAX_IMPORT_ENTRIES):
+        chunk = entries[start : start + MAX_IMPORT_ENTRIES]
+        last = start + MAX_IMPORT_ENTRIES >= len(entries)
+        request = gdpr_pb2.ImportDirectoryRequest(
+            entries=[
+                gdpr_pb2.DirectoryEntry(
+                    subject=e.subject, department=e.department, manager_subject=e.manager_subject
+                )
+                for e in chunk
+            ],
+            replace=replace and last,
+            import_id=import_id,
+        )
+        response = await _call(DIRECTORY_PRINCIPAL, "ImportDirectory", request)
+        totals["created"] += response.created_count
+        totals["updated"] += response.updated_count
+        totals["unchanged"] += response.unchanged_count
+        totals["removed"] += response.removed_count
+        if not quiet:
+            print(_progress_bar(start + len(chunk), len(entries)), file=sys.stderr, flush=True)
+    return totals
+
+
+def _import_directory(args: argparse.Namespace) -> int:
+    import grpc
+
+    path: Path = args.csv_file
+    try:
+        entries = _read_directory(path)
+    except OSError as exc:
+        print(f"directory import: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except DirectoryCsvError as exc:
+        print(f"directory import: {path}: {exc}; nothing was imported", file=sys.stderr)
+        return 2
+    if not entries:
+        print(f"directory import: {path} lists nobody; nothing was imported", file=sys.stderr)
+        return 2
+    try:
+        totals = asyncio.run(_send_directory(entries, replace=args.replace, quiet=args.quiet))
+    except grpc.aio.AioRpcError as exc:
+        print(f"directory import failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    print(json.dumps({"people": len(entries), **totals}, sort_keys=True))
+    return 0
 
 
 def _rotate_kek_in_kubernetes(args: argparse.Namespace) -> int:

@@ -3,7 +3,8 @@
 Two kinds of table:
 
 * deletable on purpose: ``subjects`` (the keyed lookup -> pseudonym link) and ``data_keys`` (with
-  ``data_key_event_types``). Deleting their rows IS the erasure (crypto-shredding).
+  ``data_key_event_types``). Deleting their rows IS the erasure (crypto-shredding). The organisation's
+  directory, ``directory_entries`` (department and manager by pseudonym), goes with them.
 * append-only, guarded by database triggers that refuse UPDATE and DELETE (see the first migration):
   ``consent_records``, ``retention_runs``, ``kek_rotations``, ``audit_records`` and ``erasure_records``
   (whose two outcome columns, ``events_affected`` and ``log_event_id``, are write-once: they may go from
@@ -167,3 +168,22 @@ class AuditRecordRow(Base):
     request_id: Mapped[str] = mapped_column(String(128))
     prev_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
     entry_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+
+
+class DirectoryEntryRow(Base):
+    """One person's place in the organisation, from the imported directory: keyed by pseudonym, never by
+    identifier. Organisational data, deletable: erasure removes the person's row and blanks them as
+    anyone's manager; a full-sync import removes the people it no longer lists."""
+
+    __tablename__ = "directory_entries"
+
+    pseudonym: Mapped[str] = mapped_column(String(64), ForeignKey("subjects.pseudonym"), primary_key=True)
+    # A group name (k-anonymised in aggregates downstream); "" when the directory gives none.
+    department: Mapped[str] = mapped_column(String(128), default="", index=True)
+    manager_pseudonym: Mapped[str | None] = mapped_column(
+        String(64), ForeignKey("subjects.pseudonym"), nullable=True, index=True
+    )
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # The import (a client-chosen id over several calls) that last listed the person; what a full
+    # sync sent in chunks compares to find the people it no longer lists.
+    import_id: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -19,6 +19,7 @@ from services.gdpr.models import (
     ConsentRecordRow,
     DataKey,
     DataKeyEventType,
+    DirectoryEntryRow,
     ErasureLogAttempt,
     ErasureRecordRow,
     KekRotationRow,
@@ -252,6 +253,102 @@ def retention_candidates(session: Session, *, periods_before: str) -> list[DataK
         session.scalars(
             select(DataKey).where(DataKey.period < periods_before).order_by(DataKey.pseudonym, DataKey.period)
         )
+    )
+
+
+# --- directory ---------------------------------------------------------------------------------------
+
+
+class StoredPlacement(NamedTuple):
+    """A person's stored directory entry: department and manager's pseudonym."""
+
+    department: str
+    manager_pseudonym: str | None
+
+
+def directory_placements(session: Session, *, pseudonyms: Sequence[str]) -> dict[str, StoredPlacement]:
+    """The stored entries of these pseudonyms; people not in the directory are missing from the result."""
+    found: dict[str, StoredPlacement] = {}
+    table = DirectoryEntryRow.__table__
+    for chunk in _chunks(list(dict.fromkeys(pseudonyms))):
+        query = select(table.c.pseudonym, table.c.department, table.c.manager_pseudonym).where(
+            table.c.pseudonym.in_(list(chunk))
+        )
+        for row in session.connection().execute(query):
+            found[row.pseudonym] = StoredPlacement(row.department, row.manager_pseudonym)
+    return found
+
+
+def departments_of(session: Session, *, pseudonyms: Sequence[str]) -> dict[str, str]:
+    """The department of each pseudonym in the directory (one query per 500 pseudonyms)."""
+    found: dict[str, str] = {}
+    for chunk in _chunks(list(dict.fromkeys(pseudonyms))):
+        rows = session.execute(
+            select(DirectoryEntryRow.pseudonym, DirectoryEntryRow.department).where(
+                DirectoryEntryRow.pseudonym.in_(chunk)
+            )
+        )
+        found.update({row.pseudonym: row.department for row in rows})
+    return found
+
+
+def directory_imports(session: Session) -> dict[str, str | None]:
+    """Every pseudonym in the directory with the import that last listed it (what a full sync compares)."""
+    rows = session.execute(select(DirectoryEntryRow.pseudonym, DirectoryEntryRow.import_id))
+    return {row.pseudonym: row.import_id for row in rows}
+
+
+def upsert_directory_entries(session: Session, *, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert or overwrite entries (each row: pseudonym, department, manager_pseudonym, updated_at,
+    import_id), in one statement per chunk; a concurrent writer's row is overwritten, not duplicated."""
+    if not rows:
+        return
+    table = cast(Table, DirectoryEntryRow.__table__)
+    dialect = session.get_bind().dialect.name
+    for chunk in _chunks(list(rows)):
+        statement = pg_insert(table) if dialect == "postgresql" else sqlite_insert(table)
+        excluded = statement.excluded
+        statement = statement.on_conflict_do_update(
+            index_elements=[table.c.pseudonym],
+            set_={
+                "department": excluded.department,
+                "manager_pseudonym": excluded.manager_pseudonym,
+                "updated_at": excluded.updated_at,
+                "import_id": excluded.import_id,
+            },
+        )
+        session.execute(statement, list(chunk))
+
+
+def mark_directory_import(session: Session, *, pseudonyms: Sequence[str], import_id: str | None) -> None:
+    """Record that ``import_id`` listed these (unchanged) entries, without touching their update time."""
+    for chunk in _chunks(list(dict.fromkeys(pseudonyms))):
+        session.execute(
+            update(DirectoryEntryRow)
+            .where(DirectoryEntryRow.pseudonym.in_(chunk))
+            .values(import_id=import_id)
+        )
+
+
+def delete_directory_entries(session: Session, *, pseudonyms: Sequence[str]) -> int:
+    deleted = 0
+    for chunk in _chunks(list(dict.fromkeys(pseudonyms))):
+        result = session.execute(delete(DirectoryEntryRow).where(DirectoryEntryRow.pseudonym.in_(chunk)))
+        deleted += int(getattr(result, "rowcount", 0) or 0)
+    return deleted
+
+
+def directory_entry(session: Session, *, pseudonym: str) -> DirectoryEntryRow | None:
+    return session.get(DirectoryEntryRow, pseudonym)
+
+
+def forget_directory_person(session: Session, *, pseudonym: str) -> None:
+    """Erasure: delete the person's entry and blank them wherever they are the manager."""
+    session.execute(delete(DirectoryEntryRow).where(DirectoryEntryRow.pseudonym == pseudonym))
+    session.execute(
+        update(DirectoryEntryRow)
+        .where(DirectoryEntryRow.manager_pseudonym == pseudonym)
+        .values(manager_pseudonym=None)
     )
 
 

@@ -41,11 +41,18 @@ PERMISSIONS: Final = frozenset(
         "gdpr:erase",
         "gdpr:consent",
         "gdpr:retention",
+        # The organisation's directory (department and manager per pseudonym) imported into gdpr.
+        "directory:import",
         "audit:verify",
         # The GDPR audit trail and erasure records: who asked for whose data, and when.
         "gdpr:audit",
         "timestamp:request",
         "keys:admin",
+        # Aggregates (k-anonymous by department) and the per-person risk by pseudonym.
+        "analytics:read",
+        "analytics:read_risk",
+        # Issue a weekly report: render it, time-stamp its digest, record it in the log.
+        "reports:create",
         # Granted only to services calling each other.
         "internal:call",
     }
@@ -63,12 +70,23 @@ ROLE_PERMISSIONS: Final[Mapping[str, frozenset[str]]] = {
             "timestamp:request",
             "policy:read",
             "model:read",
+            "analytics:read",
+            "analytics:read_risk",
+            "reports:create",
         }
     ),
     "policy_author": frozenset({"policy:author", "policy:read", "events:read"}),
     "policy_approver": frozenset({"policy:approve", "policy:retire", "policy:read", "events:read"}),
     "auditor": frozenset(
-        {"audit:verify", "gdpr:audit", "events:read", "timestamp:request", "policy:read", "model:read"}
+        {
+            "audit:verify",
+            "gdpr:audit",
+            "events:read",
+            "timestamp:request",
+            "policy:read",
+            "model:read",
+            "analytics:read",
+        }
     ),
     "dpo": frozenset(
         {
@@ -77,9 +95,12 @@ ROLE_PERMISSIONS: Final[Mapping[str, frozenset[str]]] = {
             "gdpr:consent",
             "gdpr:retention",
             "gdpr:audit",
+            "directory:import",
             "audit:verify",
             "events:read",
             "events:read_personal",
+            "analytics:read",
+            "analytics:read_risk",
         }
     ),
     "ml_engineer": frozenset({"model:read", "model:train", "model:promote", "events:read"}),

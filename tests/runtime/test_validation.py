@@ -72,6 +72,8 @@ COLUMNS = {
     "awareness.gdpr.v1.RetentionRule.event_type": ("gdpr", "RetentionRuleRow", "event_type"),
     "awareness.gdpr.v1.ApplyRetentionRequest.request_id": ("gdpr", "RetentionRunRow", "request_id"),
     "awareness.gdpr.v1.RotateKekRequest.request_id": ("gdpr", "KekRotationRow", "request_id"),
+    "awareness.gdpr.v1.DirectoryEntry.department": ("gdpr", "DirectoryEntryRow", "department"),
+    "awareness.gdpr.v1.ImportDirectoryRequest.import_id": ("gdpr", "DirectoryEntryRow", "import_id"),
     "awareness.policy.v1.CreatePolicyRequest.request_id": ("policy", "PolicyVersionRow", "request_id"),
     "awareness.policy.v1.CreatePolicyRevisionRequest.request_id": (
         "policy",

@@ -36,6 +36,13 @@ from services.gdpr.domain.consent import (
     get_purpose,
     new_consent_event,
 )
+from services.gdpr.domain.directory import (
+    DirectoryEntry,
+    Placement,
+    absentees,
+    diff_directory,
+    normalise_department,
+)
 from services.gdpr.domain.errors import KeyUnwrapError, SubjectNotFoundError
 from services.gdpr.domain.keys import (
     Keyring,
@@ -59,6 +66,7 @@ from services.gdpr.keysource import KeyMaterial
 from services.gdpr.models import (
     ConsentRecordRow,
     DataKey,
+    DirectoryEntryRow,
     ErasureRecordRow,
     KekRotationRow,
     RetentionRunRow,
@@ -96,6 +104,7 @@ class IssuedKey:
     period: str
     key_id: str
     data_key: bytes = field(repr=False)
+    department: str = ""  # from the imported directory; "" when the subject is not in it
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +150,14 @@ class RotationResult:
     keys_rewrapped: int
     retired_kek_ids: list[str]
     replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryImportResult:
+    created: int
+    updated: int
+    unchanged: int
+    removed: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +278,7 @@ class GdprStore:
             if row is None or (event_type and event_type not in row.event_types):
                 return None
             rows.append(row)
-        return self._issued(rows)
+        return self._issued(rows, repo.departments_of(session, pseudonyms=[row.pseudonym for row in rows]))
 
     def _resolve(
         self, session: Session, prepared: Sequence[tuple[bytes, str, str]]
@@ -274,12 +291,7 @@ class GdprStore:
         """
         now = self._clock()
         hashes = list(dict.fromkeys(lookup_hash for lookup_hash, _, _ in prepared))
-        pseudonyms = repo.find_pseudonyms(session, lookup_hashes=hashes)
-        created_subjects = self._create_subjects(session, [h for h in hashes if h not in pseudonyms], now)
-        pseudonyms.update(created_subjects)
-        lost = [h for h in hashes if h not in pseudonyms]
-        if lost:  # another writer created these subjects first: theirs are the pseudonyms
-            pseudonyms.update(repo.find_pseudonyms(session, lookup_hashes=lost))
+        pseudonyms, created_subjects = self._pseudonyms(session, hashes, now)
         # A subject this call created has no key yet; one another writer created first may have.
         known = [h for h in hashes if h not in created_subjects]
         stored = repo.find_keys_by_lookup(
@@ -299,14 +311,30 @@ class GdprStore:
         missing_types = [(k, t) for k, t in wanted_types if t not in types.get(k, frozenset())]
         if missing_types:
             repo.add_event_types_if_absent(session, pairs=missing_types)
-        return self._issued([keys[(pseudonyms[h], period)] for h, period, _ in prepared]), created
+        departments = repo.departments_of(session, pseudonyms=list(pseudonyms.values()))
+        issued = self._issued([keys[(pseudonyms[h], period)] for h, period, _ in prepared], departments)
+        return issued, created
+
+    def _pseudonyms(
+        self, session: Session, hashes: Sequence[bytes], now: datetime
+    ) -> tuple[dict[bytes, str], dict[bytes, str]]:
+        """Every lookup hash's pseudonym, registering the subjects not seen yet; and those registered here."""
+        pseudonyms = repo.find_pseudonyms(session, lookup_hashes=hashes)
+        created_subjects = self._create_subjects(session, [h for h in hashes if h not in pseudonyms], now)
+        pseudonyms.update(created_subjects)
+        lost = [h for h in hashes if h not in pseudonyms]
+        if lost:  # another writer created these subjects first: theirs are the pseudonyms
+            pseudonyms.update(repo.find_pseudonyms(session, lookup_hashes=lost))
+        return pseudonyms, created_subjects
 
     def _create_subjects(self, session: Session, hashes: Sequence[bytes], now: datetime) -> dict[bytes, str]:
         """The pseudonyms of the subjects this call created; those another writer created first are
         left out (the caller reads them with the rest)."""
         if not hashes:
             return {}
-        chosen = {h: new_pseudonym() for h in hashes}
+        # In one order (by lookup hash) whoever inserts: two writers inserting the same new people
+        # in different orders would each wait for the other's row (a deadlock on PostgreSQL).
+        chosen = {h: new_pseudonym() for h in sorted(hashes)}
         rows = [
             {"pseudonym": pseudonym, "lookup_hash": h, "created_at": now} for h, pseudonym in chosen.items()
         ]
@@ -325,7 +353,7 @@ class GdprStore:
         if not pairs:
             return 0
         rows = []
-        for pseudonym, period in pairs:
+        for pseudonym, period in sorted(pairs):  # one insert order for every writer, as for subjects
             key_id = new_key_id()
             wrapped = self._keyring.wrap(
                 new_data_key(), aad=data_key_aad(pseudonym=pseudonym, period=period, key_id=key_id)
@@ -371,8 +399,10 @@ class GdprStore:
             )
         return len(landed)
 
-    def _issued(self, rows: Sequence[DataKey | repo.StoredKey]) -> list[IssuedKey]:
-        """One issued key per row, each distinct key unwrapped once."""
+    def _issued(
+        self, rows: Sequence[DataKey | repo.StoredKey], departments: dict[str, str]
+    ) -> list[IssuedKey]:
+        """One issued key per row (with its subject's department), each distinct key unwrapped once."""
         unwrapped: dict[str, bytes] = {}
         issued = []
         for row in rows:
@@ -384,6 +414,7 @@ class GdprStore:
                     period=row.period,
                     key_id=row.key_id,
                     data_key=unwrapped[row.key_id],
+                    department=departments.get(row.pseudonym, ""),
                 )
             )
         return issued
@@ -447,6 +478,9 @@ class GdprStore:
                 raise SubjectNotFoundError("no data subject with this identifier (unknown or already erased)")
             pseudonym = subject.pseudonym
             shredded = repo.delete_data_keys(session, key_ids=repo.key_ids_of(session, pseudonym=pseudonym))
+            # The directory entry goes too, and so does the person as anyone's manager (both refer to the
+            # pseudonym, which must link to nobody once the subject row is gone).
+            repo.forget_directory_person(session, pseudonym=pseudonym)
             repo.delete_subject(session, pseudonym=pseudonym)
             erasure_id = str(uuid.uuid4())
             record = repo.insert_erasure(
@@ -536,9 +570,101 @@ class GdprStore:
                 request_id="",
             )
 
+    def directory_entry(self, pseudonym: str) -> DirectoryEntryRow | None:
+        with self._sessions() as session:
+            return repo.directory_entry(session, pseudonym=pseudonym)
+
     def consent_events(self, pseudonym: str) -> list[ConsentEvent]:
         with self._sessions() as session:
             return [consent_event(row) for row in repo.consent_history(session, pseudonyms=[pseudonym])]
+
+    # --- directory -----------------------------------------------------------------------------------
+
+    def import_directory(
+        self, entries: Sequence[DirectoryEntry], *, replace: bool, import_id: str, actor: str
+    ) -> DirectoryImportResult:
+        """Place each person (department, manager) in one transaction, with its audit entry.
+
+        People and managers not seen yet are registered as GetSubjectKeys registers them (a pseudonym
+        from the keyed lookup of the identifier); only pseudonyms are stored. With ``replace``, the
+        people no call of this import listed lose their entry (see ``absentees``).
+        """
+        people = [self.lookup(entry.subject) for entry in entries]
+        managers = [self.lookup(e.manager_subject) if e.manager_subject.strip() else None for e in entries]
+        departments = [normalise_department(entry.department) for entry in entries]
+        for attempt in range(_CREATE_ATTEMPTS):
+            try:
+                with self._write_lock, transaction(self._sessions) as session:
+                    return self._import_directory(
+                        session,
+                        list(zip(people, departments, managers, strict=True)),
+                        replace=replace,
+                        import_id=import_id,
+                        actor=actor,
+                    )
+            except IntegrityError:
+                # A subject erased between our read and our write (foreign key): start over.
+                if attempt + 1 == _CREATE_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _import_directory(
+        self,
+        session: Session,
+        placements: Sequence[tuple[bytes, str, bytes | None]],
+        *,
+        replace: bool,
+        import_id: str,
+        actor: str,
+    ) -> DirectoryImportResult:
+        now = self._clock()
+        hashes = list(dict.fromkeys(h for person, _, manager in placements for h in (person, manager) if h))
+        pseudonyms, _ = self._pseudonyms(session, hashes, now)
+        incoming = {
+            pseudonyms[person]: Placement(department, pseudonyms[manager] if manager else None)
+            for person, department, manager in placements
+        }
+        stored = repo.directory_placements(session, pseudonyms=list(incoming))
+        diff = diff_directory({p: Placement(*row) for p, row in stored.items()}, incoming)
+        run = import_id or None
+        changed = {**diff.created, **diff.updated}
+        repo.upsert_directory_entries(
+            session,
+            rows=[
+                {
+                    "pseudonym": pseudonym,
+                    "department": placement.department,
+                    "manager_pseudonym": placement.manager_pseudonym,
+                    "updated_at": now,
+                    "import_id": run,
+                }
+                for pseudonym, placement in changed.items()
+            ],
+        )
+        repo.mark_directory_import(session, pseudonyms=diff.unchanged, import_id=run)
+        removed = 0
+        if replace:
+            gone = absentees(repo.directory_imports(session), present=incoming, import_id=import_id)
+            removed = repo.delete_directory_entries(session, pseudonyms=gone)
+        result = DirectoryImportResult(
+            created=len(diff.created),
+            updated=len(diff.updated),
+            unchanged=len(diff.unchanged),
+            removed=removed,
+        )
+        repo.append_audit(
+            session,
+            actor=actor,
+            action="directory.import",
+            target="directory",
+            at=now,
+            reason=(
+                f"{result.created} created, {result.updated} updated, {result.unchanged} unchanged, "
+                f"{result.removed} removed" + (" (full sync)" if replace else "")
+            ),
+            request_id=import_id,
+        )
+        return result
 
     # --- consent -------------------------------------------------------------------------------------
 

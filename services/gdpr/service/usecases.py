@@ -23,9 +23,17 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.evidence.envelope import SealedPersonal, is_sealed_note, open_note, open_personal
 from services.evidence.errors import TamperedRecordError
 from services.gdpr.domain.consent import ConsentAction, current_states
+from services.gdpr.domain.directory import DirectoryEntry
 from services.gdpr.domain.export import aiter_export_json
-from services.gdpr.models import AuditRecordRow, ConsentRecordRow, ErasureRecordRow, Subject
+from services.gdpr.models import (
+    AuditRecordRow,
+    ConsentRecordRow,
+    DirectoryEntryRow,
+    ErasureRecordRow,
+    Subject,
+)
 from services.gdpr.service.transactions import (
+    DirectoryImportResult,
     GdprStore,
     IssuedKey,
     IssueResult,
@@ -75,6 +83,7 @@ class GdprMetrics:
     erasure_log_pending: Gauge
     retention_forget_failures: Counter
     key_issuance_batch: Histogram
+    directory_changes: Counter
 
     @classmethod
     def create(cls, metrics: ServiceMetrics) -> GdprMetrics:
@@ -105,6 +114,11 @@ class GdprMetrics:
                 "retention_forget_failures_total",
                 "Pseudonyms whose shredded keys ingest could not be told to drop from its cache after "
                 "retention (they expire within the cache TTL)",
+            ),
+            directory_changes=metrics.counter(
+                "directory_changes_total",
+                "Directory entries changed by imports (created, updated, removed)",
+                ["change"],
             ),
         )
 
@@ -178,6 +192,18 @@ def export_event(record: ingest_pb2.SubjectRecord, key: tuple[str, bytes] | None
                     key=key[1], key_id=key[0], event_id=record.event_id, stored=note
                 )
     return document
+
+
+def export_directory(entry: DirectoryEntryRow | None) -> dict[str, Any] | None:
+    """The person's directory entry in their export: the department, and whether a manager is set (the
+    manager is another person: their pseudonym is not the subject's data)."""
+    if entry is None:
+        return None
+    return {
+        "department": entry.department,
+        "manager_set": entry.manager_pseudonym is not None,
+        "updated_at": entry.updated_at,
+    }
 
 
 def _failure_code(error: AwarenessError) -> str:
@@ -333,6 +359,7 @@ class GdprUseCases:
             target="ingest",
         )
         consents = await run_db(self.store.consent_events, pseudonym)
+        directory = await run_db(self.store.directory_entry, pseudonym)
         await run_db(self.store.record_export, pseudonym=pseudonym, actor=actor, reason=reason)
         self._metrics.exports.inc()
         subject_info = {
@@ -340,6 +367,7 @@ class GdprUseCases:
             "pseudonym": pseudonym,
             "created_at": subject.created_at,
             "consent_state": current_states(consents),
+            "directory": export_directory(directory),
         }
         async for chunk in aiter_export_json(
             subject_info=subject_info,
@@ -376,6 +404,33 @@ class GdprUseCases:
                 ),
                 target="ingest",
             )
+
+    # --- directory -----------------------------------------------------------------------------------
+
+    async def import_directory(
+        self, entries: Sequence[DirectoryEntry], *, replace: bool, import_id: str, actor: str
+    ) -> DirectoryImportResult:
+        """One call of a directory import (entries already checked by the transport)."""
+        result: DirectoryImportResult = await run_db(
+            self.store.import_directory, entries, replace=replace, import_id=import_id, actor=actor
+        )
+        for change, count in (
+            ("created", result.created),
+            ("updated", result.updated),
+            ("removed", result.removed),
+        ):
+            self._metrics.directory_changes.labels(change).inc(count)
+        log.info(
+            "directory imported",
+            extra={
+                "created_count": result.created,  # "created" is a LogRecord attribute: KeyError
+                "updated": result.updated,
+                "unchanged": result.unchanged,
+                "removed": result.removed,
+                "replace": replace,
+            },
+        )
+        return result
 
     # --- consent -------------------------------------------------------------------------------------
 
