@@ -140,7 +140,7 @@ function request()
   local body = string.format(
     '{{"eventId":"%s","type":"%s","source":"wrk","subject":"%suser-%d@example.org",'
     .. '"occurredAt":"%s","severity":"%s","summary":"wrk event %d",'
-    .. '"details":{{"campaign_id":"wrk","sequence":"%d"}}}}',
+    .. '"details":{{"location":"wrk","source_event_id":"%d"}}}}',
     uuid4(), TYPES[sequence % #TYPES + 1], NAMESPACE, sequence % SUBJECTS,
     os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() - 5), SEVERITIES[sequence % #SEVERITIES + 1],
     sequence, sequence)

@@ -54,7 +54,7 @@ def make_event(sequence: int, *, subjects: int = DEFAULT_SUBJECTS, namespace: st
         "occurredAt": occurred.isoformat().replace("+00:00", "Z"),
         "severity": SEVERITIES[sequence % len(SEVERITIES)],
         "summary": f"load-generated event {sequence}",
-        "details": {"campaign_id": "loadgen", "sequence": str(sequence)},
+        "details": {"location": "loadgen", "source_event_id": str(sequence)},
     }
 
 

@@ -17,6 +17,13 @@ Settings (besides the shared ones), read once from the environment when the app 
 - AWARENESS_INGEST_ENRICHMENT_LINGER_MS (100): how long new events gather into one enrichment batch.
 - AWARENESS_INGEST_FORGET_POLL_MS (500): how often a replica applies the ForgetSubject calls that
   reached another replica (recorded in the shared database).
+- AWARENESS_INGEST_UNDECLARED_DETAILS (refuse): what happens to a detail key an event's type does
+  not declare (services/ingest/domain/minimisation.py): `refuse` (INVALID_ARGUMENT naming each key)
+  or `drop` (stored without it).
+- AWARENESS_INGEST_REDACTION (every kind for every source): the free-text redaction per source,
+  e.g. `*=all;edr=email,ipv4;legacy=none` (services/ingest/domain/redaction.py).
+- AWARENESS_INGEST_ANALYTICS (true) and AWARENESS_INGEST_ANALYTICS_INTERVAL_MS (500): whether and
+  how often the facts of enriched events are sent to analytics (services/ingest/analytics_feed.py).
 """
 
 from __future__ import annotations
@@ -31,8 +38,11 @@ from typing import Any
 
 from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
+from services.ingest.analytics_feed import AnalyticsFeed, AnalyticsFeedSettings
 from services.ingest.api import IngestServicer
 from services.ingest.bootstrap import DEV_FINGERPRINT_FILE
+from services.ingest.domain.minimisation import UndeclaredDetails
+from services.ingest.domain.redaction import RedactionSettings, parse_redaction_settings
 from services.ingest.enrichment import Enricher, EnrichmentSettings
 from services.ingest.forgetting import ForgetFollower
 from services.ingest.integrator import Integrator, IntegratorSettings
@@ -82,6 +92,9 @@ class IngestSettings:
     enrichment: EnrichmentSettings = field(default_factory=EnrichmentSettings)
     enrichment_enabled: bool = True
     forget_poll_seconds: float = 0.5
+    undeclared_details: UndeclaredDetails = UndeclaredDetails.REFUSE
+    redaction: RedactionSettings = field(default_factory=lambda: parse_redaction_settings(""))
+    analytics: AnalyticsFeedSettings = field(default_factory=AnalyticsFeedSettings)
 
 
 def load_ingest_settings(settings: Settings) -> IngestSettings:
@@ -91,6 +104,13 @@ def load_ingest_settings(settings: Settings) -> IngestSettings:
     origin = env_str(env, "AWARENESS_LOG_ORIGIN", "awareness.local/log")
     if any(character.isspace() or character == "+" for character in origin):
         raise ConfigError("AWARENESS_LOG_ORIGIN must not contain spaces or '+'")
+    undeclared = env_str(env, "AWARENESS_INGEST_UNDECLARED_DETAILS", UndeclaredDetails.REFUSE.value)
+    if undeclared not in {member.value for member in UndeclaredDetails}:
+        raise ConfigError("AWARENESS_INGEST_UNDECLARED_DETAILS must be refuse or drop")
+    try:
+        redaction = parse_redaction_settings(env_str(env, "AWARENESS_INGEST_REDACTION", ""))
+    except ValueError as error:
+        raise ConfigError(f"AWARENESS_INGEST_REDACTION: {error}") from error
     return IngestSettings(
         fingerprint_secret=secret,
         key_cache_seconds=env_float(env, "AWARENESS_INGEST_KEY_CACHE_SECONDS", DEFAULT_KEY_CACHE_SECONDS),
@@ -115,6 +135,12 @@ def load_ingest_settings(settings: Settings) -> IngestSettings:
         ),
         enrichment_enabled=env_bool(env, "AWARENESS_INGEST_ENRICHMENT", True),
         forget_poll_seconds=env_int(env, "AWARENESS_INGEST_FORGET_POLL_MS", 500, minimum=10) / 1000,
+        undeclared_details=UndeclaredDetails(undeclared),
+        redaction=redaction,
+        analytics=AnalyticsFeedSettings(
+            enabled=env_bool(env, "AWARENESS_INGEST_ANALYTICS", True),
+            interval_seconds=env_int(env, "AWARENESS_INGEST_ANALYTICS_INTERVAL_MS", 500, minimum=10) / 1000,
+        ),
     )
 
 
@@ -165,6 +191,16 @@ class IngestRuntime:
             clock_skew=settings.clock_skew,
             on_accepted=self._accepted,
             metrics=context.metrics,
+            undeclared_details=settings.undeclared_details,
+            redaction=settings.redaction,
+        )
+        self.analytics = AnalyticsFeed(
+            sessions=sessions,
+            analytics=lambda: channels.channel("analytics"),
+            settings=settings.analytics,
+            gate=gate,
+            metrics=context.metrics,
+            wait_for_enrichment=settings.enrichment_enabled,
         )
         self.forgets = ForgetFollower(
             sessions=sessions,
@@ -182,6 +218,7 @@ class IngestRuntime:
             page_tokens=page_tokens,
             on_forget=self.enricher.forget,
             record_forget=self.forgets.record,
+            forget_downstream=self.analytics.forget,
         )
         self.access = AccessRecordReader(sessions=sessions, page_tokens=page_tokens)
         self.servicer = IngestServicer(writer=self.writer, reader=self.reader, access=self.access)
@@ -216,6 +253,8 @@ class IngestRuntime:
         ]
         if self.settings.enrichment_enabled:
             jobs += [self.enricher.run(), self.enricher.reconcile_forever()]
+        if self.settings.analytics.enabled:
+            jobs.append(self.analytics.run())
         return jobs
 
     async def start(self) -> None:

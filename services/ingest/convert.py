@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from services.evidence.envelope import PersonalFields
 from services.ingest.domain.events import EventInput, Severity
 from services.ingest.domain.history import SubjectHistory
+from services.ingest.domain.records import decode_dimensions
 from services.ingest.models import Checkpoint, EventMetadata, EventRecord
 from services.ingest.repository import from_us
 from services.runtime.timestamps import timestamp_from_us, timestamp_to_us
@@ -126,6 +127,9 @@ def event_message(
         receipt=receipt,
         metadata=metadata_message(metadata),
     )
+    if record.dimensions:
+        # Non-personal details, stored in clear: shown even when the personal ones are withheld or erased.
+        event.details.update(decode_dimensions(record.dimensions))
     if personal is not None:
         event.subject = personal.subject
         event.summary = personal.summary

@@ -45,6 +45,8 @@ class SubjectKey:
     key_period: str
     key_id: str
     data_key: bytes
+    # The subject's department in gdpr's directory when the key was fetched ('' when unknown).
+    department: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +240,7 @@ class SubjectKeys:
                         key_period=message.key_period,
                         key_id=message.key_id,
                         data_key=bytes(message.data_key),
+                        department=message.department,
                     )
                     expires = stored_at + self._ttl_for(message.cache_ttl.ToTimedelta().total_seconds())
                     if not self._forgotten_since(key.pseudonym, asked_at):

@@ -51,6 +51,9 @@ class EventRecord(Base):
     record_version: Mapped[int] = mapped_column(SmallInteger, nullable=False, default=1)
     # Non-personal summary/details of system events (JSON); NULL for every client event.
     system_payload: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # A client event's dimensions, non-personal detail values in clear (canonical JSON; record
+    # version 3); NULL when it has none and for system events.
+    dimensions: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Leaf(Base):
@@ -127,6 +130,13 @@ class EventMetadata(Base):
     labeled_by: Mapped[str] = mapped_column(String(256), nullable=False, default="")
     label_time_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     update_time_us: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # The subject's department from gdpr's directory when the event was appended ('' when unknown):
+    # the group analytics counts the event in.
+    department: Mapped[str] = mapped_column(String(128), nullable=False, default="", server_default="")
+    # Whether the event's facts reached analytics (services/ingest/analytics_feed.py).
+    analytics_state: Mapped[int] = mapped_column(
+        SmallInteger, nullable=False, default=1, server_default=text("1")
+    )
 
     __table_args__ = (
         Index("ix_event_metadata_subject_time", "subject_pseudonym", "occurred_at_us"),
@@ -141,6 +151,13 @@ class EventMetadata(Base):
             sqlite_where=text("label <> 0"),
         ),
         Index("ix_event_metadata_pending", "scoring_state", "evaluation_state"),
+        # Only events still to be sent to analytics, oldest first.
+        Index(
+            "ix_event_metadata_analytics_pending",
+            "receive_time_us",
+            postgresql_where=text("analytics_state = 1"),
+            sqlite_where=text("analytics_state = 1"),
+        ),
     )
 
 

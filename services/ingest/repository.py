@@ -72,6 +72,8 @@ APPEND_BARRIER_KEY = int.from_bytes(
 SCORING_PENDING, SCORING_SCORED, SCORING_SKIPPED, SCORING_FAILED = 1, 2, 3, 4
 EVALUATION_PENDING, EVALUATION_EVALUATED, EVALUATION_FAILED, EVALUATION_SKIPPED = 1, 2, 3, 4
 TRIAGE_NEW = 1
+# event_metadata.analytics_state: waiting to be sent, sent, never sent (system events).
+ANALYTICS_PENDING, ANALYTICS_SENT, ANALYTICS_SKIPPED = 1, 2, 3
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -89,13 +91,15 @@ def from_us(micros: int) -> datetime:
 
 def stored_record(record: EventRecord) -> StoredRecord:
     """The domain record of a stored row: what the leaf hash covers, in the row's record_version
-    (2: the system payload too). ValueError for a version no encoding has, or a version-2 row
-    without its payload."""
+    (2: the system payload too; 3: the dimensions too). ValueError for a version no encoding has, or
+    a version-2 (version-3) row without its payload (dimensions)."""
     version = record.record_version
     if version not in RECORD_VERSIONS:
         raise ValueError(f"record {record.event_id} has unknown record version {version}")
     if version == 2 and record.system_payload is None:
         raise ValueError(f"record {record.event_id} is of version 2 but has no system payload")
+    if version == 3 and record.dimensions is None:
+        raise ValueError(f"record {record.event_id} is of version 3 but has no dimensions")
     return StoredRecord(
         event_id=record.event_id,
         type=record.type,
@@ -109,6 +113,7 @@ def stored_record(record: EventRecord) -> StoredRecord:
         nonce=bytes(record.nonce),
         ciphertext=bytes(record.ciphertext),
         payload=record.system_payload if version == 2 else None,
+        dimensions=record.dimensions if version == 3 else None,
     )
 
 
@@ -199,6 +204,7 @@ RECORD_COLUMNS = (
     "leaf_hash",
     "record_version",
     "system_payload",
+    "dimensions",
 )
 METADATA_COLUMNS = (
     "event_id",
@@ -225,6 +231,8 @@ METADATA_COLUMNS = (
     "labeled_by",
     "label_time_us",
     "update_time_us",
+    "department",
+    "analytics_state",
 )
 ACCESS_COLUMNS = (
     "event_id",
@@ -690,8 +698,10 @@ def drop_clear_notes(session: Session, *, pseudonym: str) -> int:
 
 
 def forget_subject(session: Session, *, pseudonym: str) -> int:
-    """What a ForgetSubject changes here: notes still in clear go with the keys; the subject's event count."""
+    """What a ForgetSubject changes here: notes still in clear go with the keys, events not yet sent to
+    analytics are never sent; the subject's event count."""
     drop_clear_notes(session, pseudonym=pseudonym)
+    skip_subject_analytics(session, pseudonym=pseudonym)
     return count_subject_events(session, pseudonym=pseudonym)
 
 
@@ -752,6 +762,83 @@ def pending_metadata(session: Session, *, received_before_us: int, limit: int) -
             .limit(limit)
         )
     )
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyticsRow:
+    """What analytics is told about one event: its metadata and its dimensions (no personal data)."""
+
+    event_id: str
+    type: str
+    occurred_at_us: int
+    subject_pseudonym: str
+    severity: int
+    department: str
+    scoring_state: int
+    risk_score: float | None
+    violations: str
+    dimensions: str | None
+
+
+def analytics_pending(
+    session: Session, *, enriched_before_us: int, unenriched_before_us: int, limit: int
+) -> list[AnalyticsRow]:
+    """Events waiting for analytics, oldest first: those received before `enriched_before_us` whose
+    score and evaluation are in, and those received before `unenriched_before_us` regardless (a
+    peer that stays down must not hold the counts back for ever)."""
+    enriched = and_(
+        EventMetadata.scoring_state != SCORING_PENDING,
+        EventMetadata.evaluation_state != EVALUATION_PENDING,
+        EventMetadata.receive_time_us < enriched_before_us,
+    )
+    rows = session.execute(
+        select(
+            EventMetadata.event_id,
+            EventMetadata.type,
+            EventMetadata.occurred_at_us,
+            EventMetadata.subject_pseudonym,
+            EventMetadata.severity,
+            EventMetadata.department,
+            EventMetadata.scoring_state,
+            EventMetadata.risk_score,
+            EventMetadata.violations,
+            EventRecord.dimensions,
+        )
+        .join(EventRecord, EventRecord.event_id == EventMetadata.event_id)
+        .where(
+            EventMetadata.analytics_state == ANALYTICS_PENDING,
+            or_(enriched, EventMetadata.receive_time_us < unenriched_before_us),
+        )
+        .order_by(EventMetadata.receive_time_us)
+        .limit(limit)
+    )
+    return [AnalyticsRow(*row) for row in rows]
+
+
+def set_analytics_state(session: Session, *, event_ids: Sequence[str], state: int) -> int:
+    """Mark events sent to (or kept from) analytics; returns how many were still pending."""
+    if not event_ids:
+        return 0
+    result = session.execute(
+        update(EventMetadata)
+        .where(
+            EventMetadata.event_id.in_(list(event_ids)), EventMetadata.analytics_state == ANALYTICS_PENDING
+        )
+        .values(analytics_state=state)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def skip_subject_analytics(session: Session, *, pseudonym: str) -> int:
+    """An erased subject's events not yet sent to analytics are never sent."""
+    result = session.execute(
+        update(EventMetadata)
+        .where(
+            EventMetadata.subject_pseudonym == pseudonym, EventMetadata.analytics_state == ANALYTICS_PENDING
+        )
+        .values(analytics_state=ANALYTICS_SKIPPED)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def records_by_ids(session: Session, *, event_ids: Sequence[str]) -> dict[str, EventRecord]:

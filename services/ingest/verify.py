@@ -3,12 +3,13 @@
 Offline: a receipt and its inclusion proof (JSON exactly as the API returns them) are checked leaf
 data -> leaf hash -> RFC 6962 audit path -> root -> checkpoint signature (Ed25519, C2SP signed
 note) -> RFC 3161 time-stamp token over the note (``openssl ts -verify``, when a CA is given).
-The leaf data is decoded (record version 1 or 2, services/ingest/domain/records.py): for a version-2
-record, a system event's, the report says the payload is covered and lists its summary and details
-(an access record's principal, action, resource and outcome).
+The leaf data is decoded (record version 1, 2 or 3, services/ingest/domain/records.py): for a
+version-2 record, a system event's, the report says the payload is covered and lists its summary and
+details (an access record's principal, action, resource and outcome); for a version-3 record, a
+client event with dimensions, it lists the dimensions (the non-personal details in clear).
 
 Database: every stored record is re-encoded in its record_version (version 2 with the stored
-system payload) and re-hashed, leaves are checked gap-free, every
+system payload, version 3 with the stored dimensions) and re-hashed, leaves are checked gap-free, every
 stored Merkle node and every checkpoint root is recomputed; the first record that differs is
 named (event id and leaf index).
 """
@@ -39,6 +40,7 @@ from services.ingest.domain.records import (
     StoredRecord,
     SystemPayload,
     decode_canonical_record,
+    decode_dimensions,
     decode_system_payload,
     format_timestamp,
     record_format,
@@ -85,6 +87,9 @@ class Report:
         if self.payload is not None:
             fields.append(("summary", self.payload.summary))
             fields.extend((f"details.{name}", value) for name, value in sorted(self.payload.details.items()))
+        if record.dimensions is not None:
+            dimensions = decode_dimensions(record.dimensions)  # decode_canonical_record checked it
+            fields.extend((f"details.{name}", value) for name, value in sorted(dimensions.items()))
         return fields
 
     def passed(self, what: str) -> None:
@@ -247,6 +252,12 @@ def _describe_coverage(report: Report, record: StoredRecord) -> None:
         report.passed(
             f"the leaf is an {record_format(2)} record: it covers the event's payload "
             f"(summary and {len(report.payload.details)} details, listed below)"
+        )
+        return
+    if record.dimensions is not None:
+        report.passed(
+            f"the leaf is an {record_format(3)} record: it covers the event's dimensions "
+            f"({len(decode_dimensions(record.dimensions))} non-personal details in clear, listed below)"
         )
         return
     event_type = EVENT_TYPES_BY_NAME.get(record.type)

@@ -49,7 +49,7 @@ async def in_process_suite(
 ) -> AsyncIterator[Suite]:
     """Start ``services`` (in dependency order) on free ports; every other target points nowhere."""
     prepare_data_dir(data_dir)  # the development keys `awareness up` creates
-    ports = {name: free_port() for name in ("ingest", "policy", "scoring", "signing", "gdpr")}
+    ports = {name: free_port() for name in ("ingest", "policy", "scoring", "signing", "gdpr", "analytics")}
     addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     env = service_env(
         data_dir,
@@ -57,6 +57,8 @@ async def in_process_suite(
         **{
             "AWARENESS_HEALTH_PROBE_SECONDS": "0.5",
             "AWARENESS_BREAKER_RESET_SECONDS": "1",
+            # Ingest tells analytics of each ForgetSubject, and fails it while it cannot.
+            "AWARENESS_INGEST_ANALYTICS": "true" if "analytics" in services else "false",
             **targets_env(addresses),
             **extra_env,
         },

@@ -88,7 +88,10 @@ class Suite:
 
     async def start(self, *names: str) -> None:
         for name in names:
-            extra = {**FAST_INGEST, **self.ingest_env} if name == "ingest" else {}
+            # Ingest feeds analytics only in a suite that runs it: elsewhere ForgetSubject could not
+            # tell analytics, and would fail (for gdpr to retry) as it does in production.
+            feed = {"AWARENESS_INGEST_ANALYTICS": "true" if "analytics" in self.services else "false"}
+            extra = {**FAST_INGEST, **feed, **self.ingest_env} if name == "ingest" else {}
             self.services[name] = await start_service(name, self.env(**extra), port=self.ports[name])
 
     async def stop(self, name: str) -> None:
@@ -171,7 +174,7 @@ async def suite(
     running = Suite(
         data_dir=tmp_path,
         database_url=database_url,
-        ports={name: free_port() for name in ("signing", "gdpr", "ingest", "scoring", "policy")},
+        ports={name: free_port() for name in ("signing", "gdpr", "ingest", "scoring", "policy", "analytics")},
         ingest_env=dict(ingest_env or {}),
     )
 
@@ -235,10 +238,18 @@ def make_event(
         occurred_at=timestamp(occurred_at or datetime.now(UTC) - timedelta(minutes=1)),
         severity=severity,  # type: ignore[arg-type]
         summary=summary,
-        details=details
-        if details is not None
-        else {"campaign_id": "q3-bonus", "url": "https://bonus.example"},
+        details=details if details is not None else default_details(event_type),
     )
+
+
+def default_details(event_type: str) -> dict[str, str]:
+    """Details the type declares (docs/data-minimisation.md): a dimension and, where the type has
+    one, a personal or free-text key."""
+    if event_type.startswith("phishing."):
+        return {"campaign_id": "q3-bonus", "url": "https://bonus.example"}
+    if event_type.startswith("training."):
+        return {"training_module": "phishing-101", "location": "hq"}
+    return {"location": "hq", "source_event_id": "src-1"}
 
 
 async def eventually(

@@ -110,6 +110,7 @@ def _record_row(event_id: str) -> tuple[object, ...]:
         "leaf_hash": b"\x01" * 32,
         "record_version": 1,
         "system_payload": "{}",
+        "dimensions": None,
     }
     return tuple(values[name] for name in repository.RECORD_COLUMNS)
 
@@ -367,7 +368,8 @@ async def test_reads_of_personal_data_are_recorded_with_whose_and_others_are_not
         # The basic view (AIP-157), for counting: nothing decrypted, even for an analyst; no record.
         basic = await analyst.ListEvents(ingest_pb2.ListEventsRequest(view=ingest_pb2.EVENT_VIEW_BASIC))
         assert len(basic.events) == 3
-        assert all(e.subject_pseudonym and not (e.subject or e.summary or e.details) for e in basic.events)
+        assert all(e.subject_pseudonym and not (e.subject or e.summary) for e in basic.events)
+        assert all(set(e.details) <= {"campaign_id"} for e in basic.events)  # dimensions only, in clear
 
         read = await analyst.GetEvent(ingest_pb2.GetEventRequest(name=name))
         assert read.subject == "alice@example.org"
@@ -531,6 +533,8 @@ def _metadata_row(event_id: str, *, type: str, source: str, at_us: int) -> tuple
         labeled_by="",
         label_time_us=None,
         violation_count=1 if type == access.AUDIT_EVENT_TYPE else 0,
+        department="",
+        analytics_state=repository.ANALYTICS_SKIPPED,
     )
     return tuple(values[name] for name in repository.METADATA_COLUMNS)
 

@@ -33,6 +33,7 @@ def ingest_process(running: Suite, port: int) -> Iterator[subprocess.Popen[bytes
             AWARENESS_GRPC_PORT=str(port),
             AWARENESS_INGEST_KEY_CACHE_SECONDS="3600",
             AWARENESS_INGEST_ENRICHMENT="false",
+            AWARENESS_INGEST_ANALYTICS="false",
         ),
     }
     command = [

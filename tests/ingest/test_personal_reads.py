@@ -62,10 +62,11 @@ async def test_only_readers_of_personal_data_get_it_and_others_cost_gdpr_nothing
             listed = (await client.ListEvents(ingest_pb2.ListEventsRequest())).events
             for view in (read, *listed):
                 assert view.personal_data_state == State.PERSONAL_DATA_STATE_WITHHELD, role
+                # Only the dimensions (in clear), never the personal details (the URL).
                 assert (view.subject, view.summary, dict(view.details), view.metadata.label_note) == (
                     "",
                     "",
-                    {},
+                    {"campaign_id": event.details["campaign_id"]},
                     "",
                 )
                 assert view.subject_pseudonym.startswith("psn_") and view.type == event.type

@@ -1,7 +1,8 @@
 """Record encoding versions in the log (REAL services, SQLite and PostgreSQL): system events appended
 now are version 2, whose leaf covers their payload (an access record's who, what, which resource,
-which outcome); client events stay version 1; system events stored as version 1 before still verify,
-through GetInclusionProof, ``awareness verify --proof`` and ``verify_database``."""
+which outcome); client events with dimensions are version 3, whose leaf covers them, and those
+without stay version 1; system events stored as version 1 before still verify, through
+GetInclusionProof, ``awareness verify --proof`` and ``verify_database``."""
 
 from __future__ import annotations
 
@@ -84,6 +85,7 @@ def legacy_erasure_row(*, pseudonym: str, at_us: int) -> tuple[PendingRow, bytes
         "leaf_hash": leaf,
         "record_version": 1,
         "system_payload": json.dumps({"summary": "", "details": details}, sort_keys=True),
+        "dimensions": None,
     }
     metadata: dict[str, object] = {
         "event_id": event_id,
@@ -110,6 +112,8 @@ def legacy_erasure_row(*, pseudonym: str, at_us: int) -> tuple[PendingRow, bytes
         "labeled_by": "",
         "label_time_us": None,
         "update_time_us": at_us,
+        "department": "",
+        "analytics_state": repository.ANALYTICS_SKIPPED,
     }
     row = PendingRow(
         event_id=event_id,
@@ -184,9 +188,12 @@ async def test_system_events_are_version_2_and_their_leaf_covers_the_payload(
         # A system event stored as version 1, before version 2 existed, written directly.
         legacy, legacy_bytes = legacy_erasure_row(pseudonym="psn_legacy", at_us=repository.to_us(at))
         assert await running.ingest.committer.submit([legacy]) == [None]
-        # A client event, then an access record appended through ingest's writer as a system event.
+        # Client events with and without dimensions, then an access record appended through ingest's
+        # writer as a system event.
         client_event = make_event()
-        await running.client().AppendEvent(ingest_pb2.AppendEventRequest(event=client_event))
+        plain_event = make_event(details={"url": "https://bonus.example/?u=1"})
+        for event in (client_event, plain_event):
+            await running.client().AppendEvent(ingest_pb2.AppendEventRequest(event=event))
         [access_event] = audit.audit_events(
             audit.AccessRecord(
                 principal=ACCESS["principal"],
@@ -204,8 +211,11 @@ async def test_system_events_are_version_2_and_their_leaf_covers_the_payload(
         access_id = access_event.event_id
 
         engine = ingest_engine(running)
-        stored = stored_rows(engine, [legacy.event_id, client_event.event_id, access_id])
-        assert stored[client_event.event_id] == (1, None)
+        stored = stored_rows(
+            engine, [legacy.event_id, client_event.event_id, plain_event.event_id, access_id]
+        )
+        assert stored[client_event.event_id] == (3, None)
+        assert stored[plain_event.event_id] == (1, None)
         assert stored[legacy.event_id][0] == 1
         version, payload = stored[access_id]
         assert version == 2 and payload is not None
@@ -227,7 +237,10 @@ async def test_system_events_are_version_2_and_their_leaf_covers_the_payload(
         assert legacy_proof.leaf_data == legacy_bytes
         assert decode_canonical_record(legacy_proof.leaf_data).version == 1
         client_receipt, client_proof = await checkpointed_proof(running, client_event.event_id)
-        assert json.loads(client_proof.leaf_data)["v"] == 1
+        client_leaf = json.loads(client_proof.leaf_data)
+        assert (client_leaf["v"], client_leaf["dimensions"]) == (3, '{"campaign_id":"q3-bonus"}')
+        _, plain_proof = await checkpointed_proof(running, plain_event.event_id)
+        assert json.loads(plain_proof.leaf_data)["v"] == 1
 
         keys = await signing_pb2_grpc.SigningServiceStub(running.channel("signing")).ListPublicKeys(
             signing_pb2.ListPublicKeysRequest()
@@ -250,6 +263,12 @@ async def test_system_events_are_version_2_and_their_leaf_covers_the_payload(
         )
         assert client_checked.returncode == 0, client_checked.stdout + client_checked.stderr
         assert "payload" not in client_checked.stdout
+        assert (
+            "is an awareness.ingest.record.v3 record: it covers the event's dimensions"
+            in client_checked.stdout
+        )
+        assert 'leaf  details.campaign_id "q3-bonus"' in client_checked.stdout
+        assert "bonus.example" not in client_checked.stdout  # the personal details stay sealed
 
         # The whole log re-hashes: version 1 (client and legacy system) and version 2 records alike.
         report = await asyncio.to_thread(verify_database, engine, progress=None)

@@ -99,6 +99,7 @@ def test_canonical_bytes_change_with_every_field():
         "nonce": b"\x00" * 12,
         "ciphertext": b"\x01" * 40,
         "payload": records.system_payload_json(summary="", details={}),
+        "dimensions": records.dimensions_json({"campaign_id": "c-1"}),
     }
     assert set(changes) == {f.name for f in dataclasses.fields(records.StoredRecord)}
     for name, value in changes.items():
@@ -391,3 +392,56 @@ def test_version_2_bytes_are_the_canonical_json_of_the_record_document(
     assert records.record_bytes(**values, nonce=b"", ciphertext=b"", payload=payload) == canonical_json(
         document
     )
+
+
+DIMENSIONS = {"campaign_id": "c-7", "template": "invoice"}
+
+
+def test_version_3_bytes_are_version_1_plus_the_dimensions_as_stored():
+    stored = records.dimensions_json(DIMENSIONS)
+    assert stored == '{"campaign_id":"c-7","template":"invoice"}'
+    assert records.dimensions_json({}) is None  # no dimensions: the record stays version 1
+    record = make_record(dimensions=stored)
+    assert record.version == 3
+    data = records.canonical_record_bytes(record)
+    document = json.loads(data)
+    assert list(document) == sorted(document)
+    assert (document["format"], document["v"], document["dimensions"]) == (
+        "awareness.ingest.record.v3",
+        3,
+        stored,
+    )
+    v1 = {**document, "format": "awareness.ingest.record.v1", "v": 1}
+    del v1["dimensions"]
+    assert canonical_json(v1) == records.canonical_record_bytes(dataclasses.replace(record, dimensions=None))
+    assert records.decode_canonical_record(data) == record
+
+
+def test_a_version_3_leaf_covers_every_dimension():
+    record = make_record(dimensions=records.dimensions_json(DIMENSIONS))
+    baseline = records.record_leaf_hash(record)
+    for change in ({**DIMENSIONS, "template": "parcel"}, {"campaign_id": "c-7"}, {**DIMENSIONS, "x": ""}):
+        changed = dataclasses.replace(record, dimensions=records.dimensions_json(change))
+        assert records.record_leaf_hash(changed) != baseline
+    assert records.record_leaf_hash(dataclasses.replace(record, dimensions=None)) != baseline
+
+
+def test_version_3_records_reject_what_is_not_canonical():
+    document = json.loads(
+        records.canonical_record_bytes(make_record(dimensions=records.dimensions_json(DIMENSIONS)))
+    )
+    for bad in (
+        {**document, "dimensions": json.dumps(DIMENSIONS)},  # spelled otherwise
+        {**document, "dimensions": '{"template":"invoice","campaign_id":"c-7"}'},  # out of order
+        {**document, "dimensions": "{}"},
+        {**document, "dimensions": '{"a":1}'},
+        {**document, "dimensions": DIMENSIONS},  # an object, not a string
+        {**document, "v": 1, "format": "awareness.ingest.record.v1"},
+        {key: value for key, value in document.items() if key != "dimensions"},
+        {**document, "payload": records.system_payload_json(summary="", details={})},
+    ):
+        with pytest.raises(ValueError):
+            records.decode_canonical_record(canonical_json(bad))
+    for text in ("", "[]", '{"a":"1"', "null"):
+        with pytest.raises(ValueError):
+            records.decode_dimensions(text)

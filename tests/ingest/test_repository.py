@@ -33,6 +33,7 @@ def _record(event_id: str, **changes: object) -> tuple[object, ...]:
         "leaf_hash": b"\x00" * 31 + b"\xff",
         "record_version": 1,
         "system_payload": None,
+        "dimensions": None,
         **changes,
     }
     return tuple(values[name] for name in repository.RECORD_COLUMNS)
@@ -55,6 +56,8 @@ def _metadata(event_id: str, **changes: object) -> tuple[object, ...]:
         label_time_us=None,
         occurred_at_us=-1,  # before 1970: signed 64-bit
         update_time_us=2**62,
+        department="",
+        analytics_state=repository.ANALYTICS_PENDING,
     )
     values.update(changes)
     return tuple(values[name] for name in repository.METADATA_COLUMNS)

@@ -57,7 +57,7 @@ def events(suite: UpSuite) -> list[str]:
                 "subject": f"person{number % 4}@example.org",
                 "occurredAt": f"2026-12-0{number % 5 + 1}T09:{number:02d}:00Z",
                 "summary": f"portal test event {number}",
-                "details": {"campaign_id": "spring"},
+                "details": {"location": "spring-office"},
             }
             for number in range(12)
         ],

@@ -44,7 +44,7 @@ def people(suite: UpSuite) -> dict[str, list[str]]:
                 "subject": subject,
                 "occurredAt": f"2026-12-0{number % 5 + 1}T10:{number:02d}:00Z",
                 "summary": f"privacy test event {number}",
-                "details": {"campaign_id": "autumn"},
+                "details": {"location": "autumn-office"},
             }
             for number, subject in enumerate(subjects)
         ],

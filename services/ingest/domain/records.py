@@ -35,8 +35,18 @@ about a pseudonym existed. System events carry no personal data, hence no key an
 their ciphertext, nonce, key_id and key_period are empty. Client events stay version 1 (their
 personal fields are in the ciphertext). A record's version is in ``event_records.record_version``;
 records stored as version 1 keep their version-1 leaf, and system events stored as version 1 (before
-version 2) are covered without their payload. Decoders accept both versions and insist the bytes,
-and a version-2 payload, re-encode identically.
+version 2) are covered without their payload.
+
+Version 3 ("awareness.ingest.record.v3"), the encoding of client events that carry dimensions (detail
+keys declared non-personal by services.ingest.domain.minimisation): version 1's members, with
+"format" "awareness.ingest.record.v3", "v" 3 and one more member,
+
+    dimensions        the event's dimensions exactly as stored (``event_records.dimensions``): a JSON
+                      string whose value is the canonical JSON of {name: value, ...}
+
+so the values that analytics counts in clear are covered by the leaf like the sealed fields. A
+client event without dimensions stays version 1. Decoders accept every version and insist the
+bytes, and a version-2 payload or version-3 dimensions, re-encode identically.
 """
 
 from __future__ import annotations
@@ -55,7 +65,8 @@ from services.ingest.domain.merkle import leaf_hash
 
 RECORD_FORMAT = "awareness.ingest.record.v1"
 RECORD_FORMAT_V2 = "awareness.ingest.record.v2"
-RECORD_VERSIONS = (1, 2)
+RECORD_FORMAT_V3 = "awareness.ingest.record.v3"
+RECORD_VERSIONS = (1, 2, 3)
 FINGERPRINT_FORMAT = "awareness.ingest.fingerprint.v1"
 FINGERPRINT_KEY_FORMAT = b"awareness.ingest.fingerprint-key.v1\x00"
 MIN_FINGERPRINT_SECRET_BYTES = 16
@@ -63,7 +74,7 @@ MIN_FINGERPRINT_SECRET_BYTES = 16
 
 def record_format(version: int) -> str:
     """The "format" member of a record of that encoding version."""
-    return {1: RECORD_FORMAT, 2: RECORD_FORMAT_V2}[version]
+    return {1: RECORD_FORMAT, 2: RECORD_FORMAT_V2, 3: RECORD_FORMAT_V3}[version]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +95,15 @@ class StoredRecord:
     # Version 2 (system events appended since it exists): the stored system payload the leaf covers;
     # None for a version-1 record.
     payload: str | None = None
+    # Version 3 (client events with dimensions): the stored dimensions the leaf covers, else None.
+    dimensions: str | None = None
 
     @property
     def version(self) -> int:
-        """The record encoding version: 2 when the leaf covers a payload, else 1."""
-        return 1 if self.payload is None else 2
+        """The record encoding version: 2 when the leaf covers a payload, 3 dimensions, else 1."""
+        if self.payload is not None:
+            return 2
+        return 1 if self.dimensions is None else 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +145,27 @@ def decode_system_payload(payload: str) -> SystemPayload:
     if system_payload_json(summary=summary, details=details) != payload:
         raise ValueError("the payload is not in canonical form")
     return SystemPayload(summary=summary, details=details)
+
+
+def dimensions_json(dimensions: Mapping[str, str]) -> str | None:
+    """The stored spelling of a client event's dimensions (canonical JSON); None when it has none,
+    so that the record stays version 1."""
+    return details_json(dimensions) if dimensions else None
+
+
+def decode_dimensions(text: str) -> dict[str, str]:
+    """Parse stored dimensions and insist they are the canonical spelling of a string map."""
+    try:
+        document = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise ValueError(f"the dimensions are not JSON: {error!r}") from error
+    if not isinstance(document, dict) or not document:
+        raise ValueError("the dimensions must be a non-empty object")
+    if not all(isinstance(value, str) for value in document.values()):
+        raise ValueError("dimension values must be strings")
+    if details_json(document) != text:
+        raise ValueError("the dimensions are not in canonical form")
+    return document
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -184,6 +220,7 @@ def canonical_record_bytes(record: StoredRecord) -> bytes:
         nonce=record.nonce,
         ciphertext=record.ciphertext,
         payload=record.payload,
+        dimensions=record.dimensions,
     )
 
 
@@ -201,18 +238,24 @@ def record_bytes(
     nonce: bytes,
     ciphertext: bytes,
     payload: str | None = None,
+    dimensions: str | None = None,
 ) -> bytes:
     """canonical_record_bytes from the values; times already in format_timestamp form.
 
-    Without a payload: version 1. With one (a system event's stored payload): version 2.
+    Version 1 without payload and dimensions; with a payload (a system event's): version 2; with
+    dimensions (a client event's, as stored): version 3.
     """
     j = json_string
-    if payload is None:
-        name, middle, version = RECORD_FORMAT, "", 1
-    else:
+    first = ""
+    if payload is not None:
         name, middle, version = RECORD_FORMAT_V2, f'"payload":{j(payload)},', 2
+    elif dimensions is not None:
+        name, middle, version = RECORD_FORMAT_V3, "", 3
+        first = f'"dimensions":{j(dimensions)},'
+    else:
+        name, middle, version = RECORD_FORMAT, "", 1
     return (
-        f'{{"ciphertext":"{base64.b64encode(ciphertext).decode("ascii")}","event_id":{j(event_id)},'
+        f'{{"ciphertext":"{base64.b64encode(ciphertext).decode("ascii")}",{first}"event_id":{j(event_id)},'
         f'"format":"{name}","key_id":{j(key_id)},"key_period":{j(key_period)},'
         f'"nonce":"{base64.b64encode(nonce).decode("ascii")}","occurred_at":{j(occurred_at)},{middle}'
         f'"receive_time":{j(receive_time)},"severity":{j(severity)},"source":{j(source)},'
@@ -233,15 +276,21 @@ def decode_canonical_record(data: bytes) -> StoredRecord:
         if not isinstance(document, dict):
             raise ValueError("not an awareness.ingest.record document")
         version = document.get("v")
+        payload = dimensions = None
         if version == 1 and document.get("format") == RECORD_FORMAT:
-            payload = None
+            pass
         elif version == 2 and document.get("format") == RECORD_FORMAT_V2:
             payload = document["payload"]
             if not isinstance(payload, str):
                 raise ValueError("the payload member must be a string")
             decode_system_payload(payload)
+        elif version == 3 and document.get("format") == RECORD_FORMAT_V3:
+            dimensions = document["dimensions"]
+            if not isinstance(dimensions, str):
+                raise ValueError("the dimensions member must be a string")
+            decode_dimensions(dimensions)
         else:
-            raise ValueError("not an awareness.ingest.record.v1 or .v2 document")
+            raise ValueError("not an awareness.ingest.record.v1, .v2 or .v3 document")
         severity = parse_severity(document["severity"])
         if severity is None:
             raise ValueError(f"unknown severity {document['severity']!r}")
@@ -258,6 +307,7 @@ def decode_canonical_record(data: bytes) -> StoredRecord:
             nonce=base64.b64decode(document["nonce"], validate=True),
             ciphertext=base64.b64decode(document["ciphertext"], validate=True),
             payload=payload,
+            dimensions=dimensions,
         )
     except (UnicodeDecodeError, KeyError, TypeError, AttributeError, RecursionError, binascii.Error) as error:
         raise ValueError(f"malformed canonical record: {error}") from error

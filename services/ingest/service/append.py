@@ -44,13 +44,22 @@ from services.ingest.domain.events import (
     validate_event,
 )
 from services.ingest.domain.merkle import leaf_hash
+from services.ingest.domain.minimisation import (
+    UndeclaredDetails,
+    declared_keys,
+    free_text_keys,
+    split_details,
+    undeclared_violations,
+)
 from services.ingest.domain.records import (
+    dimensions_json,
     fingerprint_fields,
     format_timestamp_us,
     record_bytes,
     subject_fingerprint_key,
     system_payload_json,
 )
+from services.ingest.domain.redaction import RedactionSettings
 from services.ingest.keys import KeyLookup, SubjectKey, SubjectKeys
 from services.ingest.repository import StoredReceipt, to_us
 from services.ingest.service.reads import load_receipt
@@ -289,9 +298,14 @@ class _Candidate:
     occurred_us: int
     occurred_text: str  # format_timestamp form, as the record and fingerprint spell it
     severity: int
-    encoded_details: str  # details_json(details): spelled once for the fingerprint and the seal
+    encoded_details: str  # details_json(details): spelled once for the fingerprint (and the seal)
     fingerprint: str
     system: bool
+    # Client events: the declared details split by kind (services.ingest.domain.minimisation). The
+    # seal holds only the personal ones; the dimensions are stored in clear, covered by the leaf.
+    personal: dict[str, str] | None = None
+    encoded_personal: str = ""
+    dimensions: str | None = None
     row: PendingRow | None = None
     key: SubjectKey | None = None
     followers: list[int] | None = None  # positions of later copies of this event id in the call
@@ -312,8 +326,12 @@ class LogWriter:
         on_accepted: Callable[[list[EnrichmentItem]], None] = lambda items: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         metrics: ServiceMetrics | None = None,
+        undeclared_details: UndeclaredDetails = UndeclaredDetails.REFUSE,
+        redaction: RedactionSettings | None = None,
     ) -> None:
         self._sessions = sessions
+        self._undeclared = undeclared_details
+        self._redaction = redaction
         self._keys = keys
         self._committer = committer
         self._secret = fingerprint_secret
@@ -469,6 +487,8 @@ class LogWriter:
             details=details,
         ):
             return None
+        if self._undeclared is UndeclaredDetails.REFUSE and not declared_keys(event_type).issuperset(details):
+            return None  # _check names each undeclared key
         return self._candidate(
             position=position,
             event_id=event_id or new_event_id(),
@@ -525,6 +545,8 @@ class LogWriter:
             violations.extend(
                 access_violations(subject_pseudonym=event.subject, details=event.details, field_prefix=prefix)
             )
+        elif not system and self._undeclared is UndeclaredDetails.REFUSE:
+            violations.extend(undeclared_violations(event.type, event.details, field_prefix=prefix))
         if violations:
             return ValidationError(violations)
         event_id = canonical_event_id(event.event_id) if event.event_id else new_event_id()
@@ -558,9 +580,21 @@ class LogWriter:
         severity: int,
         system: bool,
     ) -> _Candidate:
-        """A validated event with its canonical spellings (and, for system events, fingerprint)."""
+        """A validated event with its canonical spellings (and, for system events, fingerprint).
+
+        A client event's details are minimised first: undeclared keys dropped (when they are not
+        refused), free text redacted per source, and the rest split into dimensions and personal."""
         occurred_text = format_timestamp_us(occurred_us)
+        personal: dict[str, str] | None = None
+        encoded_personal = ""
+        dimensions: str | None = None
+        if not system:
+            summary, details = self._minimised(type, source, summary, details)
+            clear, personal = split_details(type, details)
+            dimensions = dimensions_json(clear)
         encoded_details = details_json(details)
+        if personal is not None:
+            encoded_personal = encoded_details if dimensions is None else details_json(personal)
         return _Candidate(
             position=position,
             event_id=event_id,
@@ -588,7 +622,30 @@ class LogWriter:
             if system
             else "",
             system=system,
+            personal=personal,
+            encoded_personal=encoded_personal,
+            dimensions=dimensions,
         )
+
+    def _minimised(
+        self, type: str, source: str, summary: str, details: dict[str, str]
+    ) -> tuple[str, dict[str, str]]:
+        """Summary and details with undeclared keys dropped and free text redacted."""
+        declared = declared_keys(type)
+        if not declared.issuperset(details):
+            details = {name: value for name, value in details.items() if name in declared}
+        if self._redaction is None:
+            return summary, details
+        redactor = self._redaction.for_source(source)
+        if not redactor.kinds:
+            return summary, details
+        summary = redactor.redact(summary) if summary else summary
+        free = free_text_keys(type)
+        if free and not free.isdisjoint(details):
+            details = {
+                name: redactor.redact(value) if name in free else value for name, value in details.items()
+            }
+        return summary, details
 
     async def _find_batch(self, event_ids: list[str]) -> list[StoredReceipt | None]:
         found = await run_db(self._find, event_ids)
@@ -801,9 +858,9 @@ def _seal(candidate: _Candidate, *, cipher: AESGCM | None, nonce: bytes | None) 
         event_id=candidate.event_id,
         subject=candidate.subject,
         summary=candidate.summary,
-        details=candidate.details,
+        details=candidate.details if candidate.personal is None else candidate.personal,
         cipher=cipher,
-        encoded_details=candidate.encoded_details,
+        encoded_details=candidate.encoded_personal or candidate.encoded_details,
         nonce=nonce,
     )
     return _Sealed(key.pseudonym, key.key_period, key.key_id, sealed.nonce, sealed.ciphertext, None)
@@ -824,6 +881,7 @@ def _record_leaf_hash(candidate: _Candidate, sealed: _Sealed, *, receive_text: s
             nonce=sealed.nonce,
             ciphertext=sealed.ciphertext,
             payload=sealed.payload,  # system events: version 2, the leaf covers their payload
+            dimensions=candidate.dimensions,  # client events with dimensions: version 3
         )
     )
 
@@ -844,9 +902,16 @@ def _record_row(candidate: _Candidate, sealed: _Sealed, *, leaf: bytes, receive_
         receive_us,
         candidate.fingerprint,
         leaf,
-        1 if sealed.payload is None else 2,  # record_version: see services/ingest/domain/records.py
+        _record_version(sealed.payload, candidate.dimensions),  # see services/ingest/domain/records.py
         sealed.payload,
+        candidate.dimensions,
     )
+
+
+def _record_version(payload: str | None, dimensions: str | None) -> int:
+    if payload is not None:
+        return 2
+    return 1 if dimensions is None else 3
 
 
 def _metadata_row(candidate: _Candidate, *, pseudonym: str, receive_us: int) -> tuple[Any, ...]:
@@ -877,6 +942,8 @@ def _metadata_row(candidate: _Candidate, *, pseudonym: str, receive_us: int) -> 
         "",  # labeled_by
         None,  # label_time_us
         receive_us,  # update_time_us
+        "" if candidate.key is None else candidate.key.department,
+        repository.ANALYTICS_SKIPPED if system else repository.ANALYTICS_PENDING,
     )
 
 

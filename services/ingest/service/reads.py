@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
@@ -85,6 +85,7 @@ class EventReader:
         page_tokens: PageTokens,
         on_forget: Callable[[str], object] = lambda pseudonym: None,
         record_forget: Callable[[str], object] = lambda pseudonym: None,
+        forget_downstream: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._sessions = sessions
         self._tokens = page_tokens
@@ -92,6 +93,7 @@ class EventReader:
         self._gate = gate
         self._on_forget = on_forget
         self._record_forget = record_forget  # for the other replicas, which poll the database
+        self._forget_downstream = forget_downstream  # analytics; a failure fails the call, gdpr retries
 
     async def _read(
         self, query: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
@@ -416,6 +418,8 @@ class EventReader:
         self._on_forget(pseudonym)  # events still waiting for enrichment
         await run_db(self._record_forget, pseudonym)
         event_count = await self._write(repository.forget_subject, pseudonym=pseudonym)
+        if self._forget_downstream is not None:
+            await self._forget_downstream(pseudonym)
         return ingest_pb2.ForgetSubjectResponse(event_count=event_count)
 
     async def training_examples(
