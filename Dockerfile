@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# One image for every Awareness service: `awareness serve <ingest|policy|scoring|signing|gdpr|gateway>`.
+# One image for every Awareness service: `awareness serve <ingest|policy|scoring|signing|gdpr|analytics|gateway>`.
 #
 # The base is pinned by exact tag. Pin it by digest as well when you build for production, e.g.
 #   docker build --build-arg PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:<digest> .
@@ -54,14 +54,20 @@ RUN /opt/venv/bin/python scripts/vendor_assets.py \
 FROM ${PYTHON_IMAGE} AS runtime
 
 LABEL org.opencontainers.image.title="awareness" \
-      org.opencontainers.image.description="Awareness services: ingest, policy, scoring, signing, gdpr, gateway" \
+      org.opencontainers.image.description="Awareness services: ingest, policy, scoring, signing, gdpr, analytics, gateway" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     AWARENESS_HOST=0.0.0.0 \
-    AWARENESS_DATA_DIR=/tmp/awareness
+    AWARENESS_DATA_DIR=/tmp/awareness \
+    MPLCONFIGDIR=/tmp/matplotlib
+
+# The weekly report's PDF (WeasyPrint) needs Pango, HarfBuzz and a font; nothing else is installed.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core \
+ && rm -rf /var/lib/apt/lists/*
 
 # Fixed uid/gid 10001: the Helm chart's runAsUser and fsGroup use the same numbers.
 RUN groupadd --system --gid 10001 awareness \
@@ -74,7 +80,7 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 USER 10001:10001
 
-EXPOSE 8080 9090 50051 50052 50053 50054 50055
+EXPOSE 8080 9090 50051 50052 50053 50054 50055 50056
 
 ENTRYPOINT ["awareness"]
 CMD ["serve", "gateway"]

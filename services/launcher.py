@@ -33,7 +33,7 @@ from services.runtime.config import (
 from services.runtime.identity import MtlsFiles, channel_options
 
 # Started in dependency order: nothing calls a service that is started after it.
-START_ORDER = ("signing", "gdpr", "policy", "scoring", "ingest", "gateway")
+START_ORDER = ("signing", "gdpr", "policy", "scoring", "analytics", "ingest", "gateway")
 
 
 def grpc_serving(

@@ -22,9 +22,24 @@ from google.protobuf import descriptor_pb2
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GEN_SCRIPT = REPO_ROOT / "scripts" / "gen_protos.py"
-SERVICES = ("ingest", "policy", "scoring", "signing", "gdpr")
+SERVICES = ("ingest", "policy", "scoring", "signing", "gdpr", "analytics")
 
 EXPECTED_METHODS: dict[str, set[str]] = {
+    "awareness.analytics.v1.AnalyticsService": {
+        "RecordEvents",
+        "ForgetSubjects",
+        "ListCampaigns",
+        "GetCampaignFunnel",
+        "QueryEventCounts",
+        "GetTrainingSummary",
+        "QueryViolations",
+        "GetSubjectRisk",
+        "ListSubjectRisks",
+        "CreateReport",
+        "GetReport",
+        "ListReports",
+        "GetReportEvidence",
+    },
     "awareness.ingest.v1.IngestService": {
         "AppendEvent",
         "AppendEvents",
@@ -89,12 +104,15 @@ EXPECTED_METHODS: dict[str, set[str]] = {
         "ListRetentionRules",
         "ApplyRetention",
         "RotateKek",
+        "ImportDirectory",
         "ListAuditRecords",
     },
 }
 
 # Service-to-service methods: never routed by the gateway.
 INTERNAL_METHODS = {
+    "awareness.analytics.v1.AnalyticsService.RecordEvents",
+    "awareness.analytics.v1.AnalyticsService.ForgetSubjects",
     "awareness.ingest.v1.IngestService.ListSubjectRecords",
     "awareness.ingest.v1.IngestService.ForgetSubject",
     "awareness.ingest.v1.IngestService.ListTrainingExamples",
@@ -119,6 +137,7 @@ IDEMPOTENCY_FIELD = {
     "awareness.gdpr.v1.GdprService.WithdrawConsent": "request_id",
     "awareness.gdpr.v1.GdprService.ApplyRetention": "request_id",
     "awareness.gdpr.v1.GdprService.RotateKek": "request_id",
+    "awareness.analytics.v1.AnalyticsService.CreateReport": "request_id",
 }
 
 _SERVICE_FIELD = 6  # FileDescriptorProto.service

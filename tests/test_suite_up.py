@@ -27,6 +27,7 @@ EXPECTED = {
     "scoring": "awareness.scoring.v1.ScoringService",
     "signing": "awareness.signing.v1.SigningService",
     "gdpr": "awareness.gdpr.v1.GdprService",
+    "analytics": "awareness.analytics.v1.AnalyticsService",
 }
 
 

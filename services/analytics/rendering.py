@@ -432,8 +432,8 @@ def _csv_training(report: WeeklyReport) -> _CsvSection:
 
 
 def _csv_violations(report: WeeklyReport) -> _CsvSection:
-    rows = ((r.policy, r.title, r.severity, r.events, r.people) for r in ranked_violations(report.violations))
-    return "violation", ("policy", "title", "severity", "events", "people"), rows
+    rows = ((r.policy, r.severity, r.events) for r in ranked_violations(report.violations))
+    return "violation", ("policy", "severity", "events"), rows
 
 
 def _csv_risk(report: WeeklyReport) -> _CsvSection:

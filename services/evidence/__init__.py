@@ -5,6 +5,8 @@
   (ingest seals them, gdpr opens them for an export).
 - ``checkpoint``: C2SP signed notes and tlog checkpoints (signing signs them, ingest's offline
   verifier checks them).
+- ``timestamp``: RFC 3161 requests for a SHA-256 digest and the tokens taken out of the replies
+  (analytics time-stamps each issued report; ``awareness verify --report`` reads the token back).
 - ``errors``: what these raise, under the runtime's one error root.
 
 Services import this package and the runtime, never each other.

@@ -17,6 +17,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "With --proof: check leaf data -> leaf hash -> audit path -> checkpoint root -> checkpoint "
             "signature -> RFC 3161 token, offline, given the public keys (--keys); for a system event's "
             "version-2 record (access, erasure records) also list the summary and details its leaf covers. "
+            "With --report FILE: prove a weekly report was issued, when, and is in the log: its SHA-256, "
+            "the RFC 3161 token over it (openssl ts -verify -digest), and the inclusion proof of its "
+            "report.issued event, from FILE.evidence.json (docs/reports.md). "
             "With --database (or neither): recompute every leaf hash, Merkle node and checkpoint root "
             "of the ingest database and name the first record that differs."
         ),
@@ -40,6 +43,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--database",
         help="database URL of the ingest service (default: its configured DATABASE_URL or ./var/ingest.db)",
     )
+    verify.add_argument(
+        "--report", type=Path, help="a weekly report file: prove it was issued, when, and is in the log"
+    )
+    verify.add_argument(
+        "--evidence",
+        type=Path,
+        help="with --report: its evidence (default: FILE.evidence.json, else asked of the running suite)",
+    )
     verify.add_argument("--openssl", default="openssl", help="openssl binary for the RFC 3161 check")
     verify.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     verify.set_defaults(handler=run_verify)
@@ -56,6 +67,8 @@ def run_verify(args: argparse.Namespace) -> int:
     from services.ingest.verify import load_keys, verify_database, verify_proof
 
     keys = load_keys(args.keys) if args.keys else None
+    if args.report is not None:
+        return _verify_report(args, keys)
     if args.proof is not None:
         if keys is None:
             print("verify: --keys is required to check a proof offline", file=sys.stderr)
@@ -79,3 +92,46 @@ def run_verify(args: argparse.Namespace) -> int:
             engine.dispose()
     report.print(sys.stdout)
     return 0 if report.ok else 1
+
+
+def _verify_report(args: argparse.Namespace, keys: Any) -> int:
+    from services.ingest.report_verify import verify_report
+
+    evidence = args.evidence or args.report.with_name(f"{args.report.name}.evidence.json")
+    if keys is None:
+        print(
+            "verify: --keys is required to check a report (the signing keys and the TSA's CA)",
+            file=sys.stderr,
+        )
+        return 2
+    content = args.report.read_bytes()
+    document = _json(evidence) if evidence.exists() else _fetched_evidence(content)
+    if document is None:
+        return 1
+    report = verify_report(content, document, keys=keys, openssl=args.openssl)
+    report.print(sys.stdout)
+    return 0 if report.ok else 1
+
+
+def _fetched_evidence(content: bytes) -> dict[str, Any] | None:
+    """No evidence file: ask the running suite for the evidence of the file's digest."""
+    import asyncio
+    import hashlib
+
+    import grpc
+
+    from services.ingest.report_verify import fetch_evidence
+
+    digest = hashlib.sha256(content).hexdigest()
+    try:
+        document = asyncio.run(fetch_evidence(digest))
+    except grpc.aio.AioRpcError as exc:
+        print(
+            f"verify: no evidence file, and the service could not give it: {exc.details()}", file=sys.stderr
+        )
+        return None
+    if document is None:
+        print(f"FAIL  no issued report has this file's SHA-256 {digest}")
+    else:
+        print(f"note  evidence fetched from the analytics service for SHA-256 {digest}")
+    return document

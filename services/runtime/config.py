@@ -15,7 +15,7 @@ from typing import Final, Literal, TypeVar
 
 from services.runtime.identity import MtlsFiles
 
-SERVICES: Final = ("ingest", "policy", "scoring", "signing", "gdpr")
+SERVICES: Final = ("ingest", "policy", "scoring", "signing", "gdpr", "analytics")
 ALL_PROCESSES: Final = (*SERVICES, "gateway")
 
 # The gRPC service each process serves; its health status is the readiness signal.
@@ -25,6 +25,7 @@ SERVICE_NAMES: Final[Mapping[str, str]] = {
     "scoring": "awareness.scoring.v1.ScoringService",
     "signing": "awareness.signing.v1.SigningService",
     "gdpr": "awareness.gdpr.v1.GdprService",
+    "analytics": "awareness.analytics.v1.AnalyticsService",
 }
 
 # Embedded default ports; in Kubernetes every pod uses its own IP, so these stay fixed there too.
@@ -34,6 +35,7 @@ DEFAULT_GRPC_PORTS: Final[Mapping[str, int]] = {
     "scoring": 50053,
     "signing": 50054,
     "gdpr": 50055,
+    "analytics": 50056,
 }
 DEFAULT_METRICS_PORTS: Final[Mapping[str, int]] = {
     "ingest": 9401,
@@ -41,6 +43,7 @@ DEFAULT_METRICS_PORTS: Final[Mapping[str, int]] = {
     "scoring": 9403,
     "signing": 9404,
     "gdpr": 9405,
+    "analytics": 9406,
 }
 DEFAULT_GATEWAY_PORT: Final = 8080
 # The gateway's /metrics and /health/dependencies: a port of their own, never routed by the ingress.

@@ -16,6 +16,7 @@ UNDECLARED = "undeclared"
 
 def _ensure_loaded() -> None:
     # Importing the generated modules registers their descriptors in the default pool.
+    from awareness.analytics.v1 import analytics_pb2  # noqa: F401
     from awareness.api.v1 import annotations_pb2  # noqa: F401
     from awareness.gdpr.v1 import gdpr_pb2  # noqa: F401
     from awareness.ingest.v1 import ingest_pb2  # noqa: F401

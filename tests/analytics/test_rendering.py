@@ -174,8 +174,8 @@ def sample_report(seed: int = 48) -> WeeklyReport:
             TrainingRow(module, assigned, completed, round((assigned - completed) * rng.uniform(0.2, 0.7)))
         )
     violations = tuple(
-        ViolationRow(policy, title, severity, events, rng.randrange(1, events + 1))
-        for (policy, title, severity), events in ((p, rng.randrange(1, 90)) for p in POLICIES)
+        ViolationRow(policy, severity, events)
+        for (policy, _title, severity), events in ((p, rng.randrange(1, 90)) for p in POLICIES)
     )
     scores = sorted((rng.uniform(55, 99) for _ in range(25)), reverse=True)
     alphabet = "abcdefghijklmnopqrstuvwxyz234567"

@@ -124,7 +124,7 @@ class FakeSigning(signing_pb2_grpc.SigningServiceServicer):
 
 
 def register_fakes(service: str, seen: Seen) -> Callable[[grpc.aio.Server], None]:
-    """The fake of ``service``'s API (none for scoring: its calls are UNIMPLEMENTED)."""
+    """The fake of ``service``'s API (none for scoring and analytics: their calls are UNIMPLEMENTED)."""
 
     def register(server: grpc.aio.Server) -> None:
         if service == "ingest":
@@ -145,6 +145,7 @@ FAKE_SERVICE_NAMES: Mapping[str, tuple[str, ...]] = {
     "gdpr": ("awareness.gdpr.v1.GdprService",),
     "signing": ("awareness.signing.v1.SigningService",),
     "scoring": (),
+    "analytics": (),
 }
 
 # Where the gateway finds each backend: one address per service, or one address for all of them

@@ -548,9 +548,9 @@ def _read_only(method: str) -> bool:
 
 
 async def test_every_real_service_refuses_exactly_the_roles_the_table_refuses(tmp_path: Path) -> None:
-    """The five real services, each behind its own server: refusals for every method and role, and
+    """The six real services, each behind its own server: refusals for every method and role, and
     the read-only methods (safe to call with an empty request) answered for every role that may."""
-    services = ("signing", "gdpr", "policy", "scoring", "ingest")
+    services = ("signing", "gdpr", "policy", "scoring", "analytics", "ingest")
     wrong: list[str] = []
     # No bootstrap training: its thread would hold the event loop's shutdown for most of a minute.
     no_training = {"AWARENESS_SCORING_BOOTSTRAP_MODEL": "0"}

@@ -88,7 +88,20 @@ def test_final_stage_copies_only_the_venv_and_runs_as_the_chart_user() -> None:
     copies = [a for i, a in runtime if i == "COPY"]
     assert copies == ["--from=build /opt/venv /opt/venv"]
     runs = " ".join(a for i, a in runtime if i == "RUN")
-    assert "apt-get" not in runs and "gcc" not in runs
+    assert "gcc" not in runs and "build-essential" not in runs and "-dev" not in runs
+    # Only the shared libraries and the font the weekly report's PDF needs (WeasyPrint), no
+    # recommended extras, and no package lists left behind.
+    installs = [a for i, a in runtime if i == "RUN" and "apt-get install" in a]
+    assert len(installs) <= 1
+    for install in installs:
+        packages = install.split("--no-install-recommends", 1)[1].split("&&", 1)[0].split()
+        assert set(packages) <= {
+            "libpango-1.0-0",
+            "libpangoft2-1.0-0",
+            "libharfbuzz-subset0",
+            "fonts-dejavu-core",
+        }
+        assert "rm -rf /var/lib/apt/lists/*" in install
     (user,) = [a for i, a in runtime if i == "USER"]
     uid, gid = (int(part) for part in user.split(":"))
     for pod in pod_templates(render()):

@@ -14,6 +14,7 @@ from awareness.signing.v1 import signing_pb2
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from services.evidence.checkpoint import NoteSigner, NoteVerifier, sign_checkpoint, verify_checkpoint
+from services.evidence.timestamp import timestamp_request
 from services.ingest.domain import merkle
 from services.portal.domain import evidence
 from services.runtime.errors import FailedPreconditionError, FieldViolation, InvalidArgumentError
@@ -175,7 +176,7 @@ def test_a_hash_in_either_case_is_read() -> None:
 
 
 def test_the_request_asks_for_the_certificate_and_carries_the_nonce() -> None:
-    request = tsp.TimeStampReq.load(evidence.timestamp_request(DIGEST, nonce=12345))
+    request = tsp.TimeStampReq.load(timestamp_request(DIGEST, nonce=12345))
     assert request["version"].native == "v1"
     assert request["message_imprint"]["hash_algorithm"]["algorithm"].native == "sha256"
     assert request["message_imprint"]["hashed_message"].native == DIGEST
@@ -195,7 +196,7 @@ def test_the_project_tsa_grants_the_request_and_its_reply_passes(
     authority: tuple[TimeStampAuthority, Path],
 ) -> None:
     tsa, directory = authority
-    reply = tsa.respond(evidence.timestamp_request(DIGEST, nonce=99))
+    reply = tsa.respond(timestamp_request(DIGEST, nonce=99))
     evidence.check_timestamp_reply(reply, digest=DIGEST, nonce=99)
     keyring = load_keyring(directory)
     info = verify_timestamp_token(reply, digest=DIGEST, trusted_roots=[keyring.root_certificate])
@@ -206,7 +207,7 @@ def test_a_reply_for_another_hash_or_nonce_or_a_refusal_is_not_handed_out(
     authority: tuple[TimeStampAuthority, Path],
 ) -> None:
     tsa, _ = authority
-    reply = tsa.respond(evidence.timestamp_request(DIGEST, nonce=99))
+    reply = tsa.respond(timestamp_request(DIGEST, nonce=99))
     with pytest.raises(FailedPreconditionError, match="not for this file"):
         evidence.check_timestamp_reply(reply, digest=DIGEST, nonce=100)
     with pytest.raises(FailedPreconditionError, match="not for this file"):

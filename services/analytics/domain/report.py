@@ -116,13 +116,12 @@ class TrainingRow:
 
 @dataclass(frozen=True, slots=True)
 class ViolationRow:
-    """Violations of one policy this week: ``events`` matched, by ``people`` distinct people."""
+    """Violations of one policy at one severity this week: how many events matched. (Analytics counts
+    violating events by policy, severity and day; it keeps no people per policy.)"""
 
     policy: str
-    title: str
     severity: str
     events: int
-    people: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
 from services.ingest.domain.errors import FieldViolation
+from services.ingest.domain.report_records import REPORT_EVENT_TYPE, report_violations
 
 __all__ = [
     "DEFAULT_CLOCK_SKEW",
@@ -74,6 +75,13 @@ EVENT_TYPES: tuple[EventType, ...] = (
         "An access record: who read personal data or changed state, what, on which resource and with "
         "what outcome; subjects appear only as pseudonyms. Written by the services, listed by "
         "ListAccessRecords.",
+        system=True,
+        needs_subject=False,
+    ),
+    EventType(
+        REPORT_EVENT_TYPE,
+        "A weekly report was issued: its SHA-256 and the SHA-256 of the RFC 3161 token over it "
+        "(services/ingest/domain/report_records.py); names no subject, holds no personal data.",
         system=True,
         needs_subject=False,
     ),
@@ -237,6 +245,9 @@ def validate_event(
             violation(name, "must not contain a NUL character")
     if any(NUL in key or NUL in value for key, value in event.details.items()):
         violation("details", "keys and values must not contain a NUL character")
+    if event_type is not None and event_type.name == REPORT_EVENT_TYPE and allow_system_types:
+        # The evidence of an issued report: exactly its digests, checked as access records are.
+        violations.extend(report_violations(event.details, field_prefix=""))
 
     return [v.with_prefix(field_prefix) for v in violations]
 

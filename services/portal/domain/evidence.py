@@ -5,17 +5,16 @@ RFC 3161 request and reply of a file's time-stamp. No I/O."""
 from __future__ import annotations
 
 import base64
-import hmac
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from asn1crypto import algos, cms, core, tsp
 from awareness.signing.v1 import signing_pb2
 
+from services.evidence.timestamp import granted_token
 from services.portal.domain import display
-from services.runtime.errors import FailedPreconditionError, FieldViolation, InvalidArgumentError
+from services.runtime.errors import FieldViolation, InvalidArgumentError
 
 PAGE_SIZE: Final = 25
 # ListPublicKeys' own maximum: every checkpoint key ever used, so old notes still verify.
@@ -26,7 +25,6 @@ SIZE_PATTERN: Final = re.compile(r"(?:0|[1-9][0-9]{0,18})")
 # The file a verifier saves the TSA's CA chain as; the page's openssl command names it.
 CA_FILE: Final = "awareness-tsa-ca.pem"
 TIMESTAMP_REPLY: Final = "application/timestamp-reply"
-GRANTED: Final = frozenset({"granted", "granted_with_mods"})
 
 
 def b64(value: bytes) -> str:
@@ -199,56 +197,10 @@ def parse_sha256_hex(value: str) -> bytes:
     return bytes.fromhex(text)
 
 
-def timestamp_request(digest: bytes, *, nonce: int) -> bytes:
-    """A DER RFC 3161 TimeStampReq for a SHA-256 digest, asking for the TSA's certificate (so
-    ``openssl ts -verify`` needs only the CA) and carrying a nonce against replayed replies."""
-    return bytes(
-        tsp.TimeStampReq(
-            {
-                "version": "v1",
-                "message_imprint": {
-                    "hash_algorithm": algos.DigestAlgorithm({"algorithm": "sha256"}),
-                    "hashed_message": digest,
-                },
-                "nonce": nonce,
-                "cert_req": True,
-            }
-        ).dump()
-    )
-
-
-class _TimeStampResp(core.Sequence):  # type: ignore[misc]
-    # asn1crypto's TimeStampResp makes the token mandatory; RFC 3161 leaves it out on rejection.
-    _fields = [
-        ("status", tsp.PKIStatusInfo),
-        ("time_stamp_token", cms.ContentInfo, {"optional": True}),
-    ]
-
-
 def check_timestamp_reply(reply: bytes, *, digest: bytes, nonce: int) -> None:
     """Refuse a reply that grants no token, or one for another digest or nonce: the person would
     otherwise download a .tsr that can never verify."""
-    try:
-        response = _TimeStampResp.load(reply, strict=True)
-        status = response["status"]
-        granted = str(status["status"].native)
-        if granted not in GRANTED:
-            said = "; ".join(status["status_string"].native or ()) or granted
-            raise FailedPreconditionError(f"the time-stamp authority refused the request: {said}")
-        token = response["time_stamp_token"]
-        if isinstance(token, core.Void):
-            raise ValueError("no token")
-        tst_info = tsp.TSTInfo.load(token["content"]["encap_content_info"]["content"].contents)
-        imprint = tst_info["message_imprint"]
-        algorithm = imprint["hash_algorithm"]["algorithm"].native
-        hashed: bytes = imprint["hashed_message"].native
-        replied_nonce = tst_info["nonce"].native
-    except (ValueError, TypeError, KeyError) as exc:
-        raise FailedPreconditionError(
-            "the time-stamp authority's reply is not a valid RFC 3161 reply"
-        ) from exc
-    if algorithm != "sha256" or not hmac.compare_digest(hashed, digest) or replied_nonce != nonce:
-        raise FailedPreconditionError("the time-stamp authority's token is not for this file's hash")
+    granted_token(reply, digest=digest, nonce=nonce)
 
 
 def tsr_filename(digest_hex: str) -> str:

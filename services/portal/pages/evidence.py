@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from services.evidence.timestamp import timestamp_request
 from services.portal.api import failure_of, first, portal_state, render, signed_in
 from services.portal.domain import evidence
 from services.portal.service import Person, Services
@@ -258,7 +259,7 @@ async def timestamp_file(request: Request, person: Person) -> Response:
     except InvalidArgumentError as exc:
         return _timestamp_form(request, person, sha256=typed[:128], violations=list(exc.violations))
     nonce = secrets.randbits(64) | 1
-    query = signing_pb2.TimestampRequest(request=evidence.timestamp_request(digest, nonce=nonce))
+    query = signing_pb2.TimestampRequest(request=timestamp_request(digest, nonce=nonce))
     services = portal_state(request).services
     reply = await services.as_person(person, lambda: services.signing().Timestamp(query))
     der = bytes(reply.response)

@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime
 
+from services.runtime.risk_levels import RISK_LEVEL_THRESHOLDS as SHARED_RISK_LEVEL_THRESHOLDS
 from services.scoring.domain.contract import INPUT_NAME, METADATA_FEATURE_SCHEMA, PROBABILITY_OUTPUT_NAME
 from services.scoring.domain.errors import InvalidFeaturesError, ModelIntegrityError, ModelLoadError
 from services.scoring.domain.features import (
@@ -21,15 +22,8 @@ from services.scoring.domain.features import (
     build_features,
 )
 
-# Risk levels by score: [0, 0.25) low, [0.25, 0.5) moderate, [0.5, 0.8) high, [0.8, 1] critical.
-# "high" starts at the training decision threshold (0.5), so every event the model calls risky is at
-# least high; "critical" marks the scores the held-out set shows to be almost always right.
-RISK_LEVEL_THRESHOLDS: Final[tuple[tuple[float, str], ...]] = (
-    (0.8, "critical"),
-    (0.5, "high"),
-    (0.25, "moderate"),
-    (0.0, "low"),
-)
+# Risk levels by score: one table for the suite (analytics grades each person's score by it too).
+RISK_LEVEL_THRESHOLDS: Final = SHARED_RISK_LEVEL_THRESHOLDS
 
 
 def risk_level(score: float) -> str:
