@@ -23,7 +23,7 @@ from services.gateway.admission import Admission
 from services.portal import api
 from services.portal.config import PortalConfig
 from services.portal.oidc import OidcSignIn
-from services.portal.pages import admin, evidence, models, policies, privacy
+from services.portal.pages import admin, evidence, models, policies, privacy, programme
 from services.portal.service import Services, Sessions
 from services.runtime.clients import ChannelFactory
 
@@ -132,6 +132,7 @@ def create_portal(
             *privacy.routes,
             *models.routes,
             *evidence.routes,
+            *programme.routes,
             *admin.routes,
             Mount("/static", StaticFiles(directory=PACKAGE / "static"), name="static"),
         ]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
+from awareness.analytics.v1 import analytics_pb2_grpc
 from awareness.gdpr.v1 import gdpr_pb2_grpc
 from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from awareness.policy.v1 import policy_pb2_grpc
@@ -178,6 +179,9 @@ class Services:
 
     def gdpr(self) -> gdpr_pb2_grpc.GdprServiceStub:
         return gdpr_pb2_grpc.GdprServiceStub(self._channels.channel("gdpr"))
+
+    def analytics(self) -> analytics_pb2_grpc.AnalyticsServiceStub:
+        return analytics_pb2_grpc.AnalyticsServiceStub(self._channels.channel("analytics"))
 
     def breaker_states(self) -> dict[str, str]:
         return self._channels.breaker_states()
