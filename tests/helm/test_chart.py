@@ -27,7 +27,7 @@ CUSTOM_RESOURCE_KINDS = {
     ("cert-manager.io/v1", "Issuer"),
 }
 
-SERVICES = ("ingest", "policy", "scoring", "signing", "gdpr", "gateway")
+SERVICES = ("ingest", "policy", "scoring", "analytics", "signing", "gdpr", "gateway")
 
 
 def test_bundled_schemas_include_kubernetes_1_30() -> None:

@@ -26,7 +26,14 @@ from tests.helm.rendering import (
     selector_matches,
 )
 
-GRPC_PORTS = {"ingest": 50051, "policy": 50052, "scoring": 50053, "signing": 50054, "gdpr": 50055}
+GRPC_PORTS = {
+    "ingest": 50051,
+    "policy": 50052,
+    "scoring": 50053,
+    "signing": 50054,
+    "gdpr": 50055,
+    "analytics": 50056,
+}
 
 
 def _config(manifests: list[Manifest]) -> dict[str, str]:

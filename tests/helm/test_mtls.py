@@ -28,13 +28,14 @@ from tests.helm.rendering import (
     render_raw,
 )
 
-COMPONENTS = ("gateway", "ingest", "gdpr", "policy", "scoring", "signing")
-GRPC_COMPONENTS = ("ingest", "gdpr", "policy", "scoring", "signing")
+COMPONENTS = ("gateway", "ingest", "gdpr", "policy", "scoring", "analytics", "signing")
+GRPC_COMPONENTS = ("ingest", "gdpr", "policy", "scoring", "analytics", "signing")
 # Whose identity each workload carries; None: it calls no service and gets neither file.
 IDENTITY = {
     **{component: component for component in COMPONENTS},
     "retrain": "scoring",
     "retention": "gdpr",
+    "report": "analytics",
     "migrate": None,
     "kek-rotation": None,
 }

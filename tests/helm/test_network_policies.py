@@ -13,16 +13,26 @@ from tests.helm.rendering import (
     selector_matches,
 )
 
-PORTS = {"ingest": 50051, "policy": 50052, "scoring": 50053, "signing": 50054, "gdpr": 50055, "gateway": 8080}
+PORTS = {
+    "ingest": 50051,
+    "policy": 50052,
+    "scoring": 50053,
+    "signing": 50054,
+    "gdpr": 50055,
+    "analytics": 50056,
+    "gateway": 8080,
+}
 # docs/architecture.md "Who calls whom", plus the CLI jobs: retraining reads labelled events from
-# ingest and registers in scoring; retention asks gdpr.
+# ingest and registers in scoring; retention asks gdpr; the weekly report asks analytics.
 ARCHITECTURE_CALLS = {
-    "gateway": {"ingest", "policy", "scoring", "signing", "gdpr"},
-    "ingest": {"gdpr", "signing", "scoring", "policy"},
+    "gateway": {"ingest", "policy", "scoring", "signing", "gdpr", "analytics"},
+    "ingest": {"gdpr", "signing", "scoring", "policy", "analytics"},
     "scoring": {"gdpr", "ingest"},
+    "analytics": {"gdpr", "ingest", "signing"},
     "gdpr": {"ingest"},
     "retrain": {"scoring"},
     "retention": {"gdpr"},
+    "report": {"analytics"},
 }
 
 
@@ -111,12 +121,12 @@ def test_datastore_egress_goes_only_where_configured() -> None:
         p["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/component"): p
         for p in of_kind(manifests, "NetworkPolicy")
     }
-    for component in ("ingest", "policy", "scoring", "signing", "gdpr", "gateway", "migrate"):
+    for component in ("ingest", "policy", "scoring", "analytics", "signing", "gdpr", "gateway", "migrate"):
         cidrs = _egress_ports_to_cidrs(by_component[component])
         assert ("10.20.0.10/32", 5432) in cidrs, component
         expected_redis = component == "gateway"
         assert (("10.20.0.20/32", 6378) in cidrs) == expected_redis, component
-    for component in ("retrain", "retention"):
+    for component in ("retrain", "retention", "report"):
         assert _egress_ports_to_cidrs(by_component[component]) == set(), component
 
 

@@ -17,7 +17,7 @@ from tests.helm.rendering import (
     secret_plaintexts,
 )
 
-SERVICES = ("ingest", "policy", "scoring", "signing", "gdpr", "gateway")
+SERVICES = ("ingest", "policy", "scoring", "analytics", "signing", "gdpr", "gateway")
 
 KNOWN_SECRETS = {
     "database": "postgresql://awareness:db-S3cret-7f1c@db.internal:5432/awareness",

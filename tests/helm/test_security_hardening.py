@@ -21,7 +21,7 @@ from tests.helm.rendering import (
     render_scenario,
 )
 
-SERVICES = ("ingest", "policy", "scoring", "signing", "gdpr", "gateway")
+SERVICES = ("ingest", "policy", "scoring", "analytics", "signing", "gdpr", "gateway")
 ADMIN_PORT = 9400
 
 

@@ -26,7 +26,14 @@ STANDARD_LABELS = (
     "app.kubernetes.io/managed-by",
     "helm.sh/chart",
 )
-GRPC_PORTS = {"ingest": 50051, "policy": 50052, "scoring": 50053, "signing": 50054, "gdpr": 50055}
+GRPC_PORTS = {
+    "ingest": 50051,
+    "policy": 50052,
+    "scoring": 50053,
+    "signing": 50054,
+    "gdpr": 50055,
+    "analytics": 50056,
+}
 HEALTH_PORT = 8086
 
 
@@ -69,10 +76,11 @@ def test_cronjobs_are_hardened_too() -> None:
     assert {c["metadata"]["labels"]["app.kubernetes.io/component"] for c in cronjobs} == {
         "retrain",
         "retention",
+        "report",
         "kek-rotation",
     }
     pods = pod_templates(cronjobs)
-    assert len(pods) == 3
+    assert len(pods) == 4
     for pod in pods:
         assert pod.spec["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
 
@@ -153,6 +161,7 @@ def test_default_replica_ranges() -> None:
         "ingest": (3, 10),
         "policy": (2, 6),
         "scoring": (2, 6),
+        "analytics": (2, 6),
         "signing": (2, 6),
         "gdpr": (2, 6),
     }

@@ -108,16 +108,16 @@ spiffe://awareness.internal/service/<component> as URI SAN) and its own service 
 carries the identity of the service it belongs to. Nothing is shared between components.
 */}}
 {{- define "awareness.identityComponents" -}}
-[gateway, ingest, gdpr, policy, scoring, signing]
+[gateway, ingest, gdpr, policy, scoring, analytics, signing]
 {{- end -}}
 
 {{/*
 Whose identity a workload carries. Takes (dict "root" $ "component" name): a service its own, the
-retraining job scoring's, the retention job gdpr's. Empty for the jobs that call no service (the
+retraining job scoring's, the retention job gdpr's, the weekly report job analytics'. Empty for the jobs that call no service (the
 migration hook and the KEK rotation job, which reach only the database and the API server).
 */}}
 {{- define "awareness.identity" -}}
-{{- $jobs := dict "retrain" "scoring" "retention" "gdpr" -}}
+{{- $jobs := dict "retrain" "scoring" "retention" "gdpr" "report" "analytics" -}}
 {{- if has .component (include "awareness.identityComponents" . | fromYamlArray) -}}
 {{- .component -}}
 {{- else -}}
@@ -182,7 +182,7 @@ and no Secret named, rendering fails. Takes (dict "root" $ "component" name).
 {{/* "true" when some service (the migration hook migrates them all) has no database.perServiceSecrets entry. */}}
 {{- define "awareness.sharedDatabaseNeeded" -}}
 {{- $root := . -}}
-{{- range $name := list "ingest" "policy" "scoring" "signing" "gdpr" "gateway" -}}
+{{- range $name := list "ingest" "policy" "scoring" "analytics" "signing" "gdpr" "gateway" -}}
 {{- if not (index $root.Values.database.perServiceSecrets $name) -}}true{{- end -}}
 {{- end -}}
 {{- end -}}
@@ -256,21 +256,23 @@ Who calls whom: the table in docs/architecture.md ("Who calls whom"), CLI jobs i
 It is the allow-list the NetworkPolicies are built from, so it lives here, not in values.
 */}}
 {{- define "awareness.callGraph" -}}
-gateway: [ingest, policy, scoring, signing, gdpr]
-ingest: [gdpr, signing, scoring, policy]
+gateway: [ingest, policy, scoring, signing, gdpr, analytics]
+ingest: [gdpr, signing, scoring, policy, analytics]
 scoring: [gdpr, ingest]
+analytics: [gdpr, ingest, signing]
 gdpr: [ingest]
 policy: []
 signing: []
 retrain: [scoring]
 retention: [gdpr]
+report: [analytics]
 kek-rotation: []
 migrate: []
 {{- end -}}
 
 {{/* Components that hold a database connection. */}}
 {{- define "awareness.databaseClients" -}}
-[ingest, policy, scoring, signing, gdpr, gateway, migrate, kek-rotation]
+[ingest, policy, scoring, analytics, signing, gdpr, gateway, migrate, kek-rotation]
 {{- end -}}
 
 {{- define "awareness.podSecurityContext" -}}
@@ -426,7 +428,7 @@ spec:
           value: {{ $root.Values.config.logLevel | quote }}
         - name: AWARENESS_DATA_DIR
           value: {{ $root.Values.config.dataDir | quote }}
-        {{- include "awareness.databaseEnv" (dict "root" $root "services" (list "ingest" "policy" "scoring" "signing" "gdpr" "gateway") "secretName" .databaseSecretName) | nindent 8 }}
+        {{- include "awareness.databaseEnv" (dict "root" $root "services" (list "ingest" "policy" "scoring" "analytics" "signing" "gdpr" "gateway") "secretName" .databaseSecretName) | nindent 8 }}
       {{- else }}
       envFrom:
         - configMapRef:
