@@ -10,7 +10,7 @@ VENDOR_STAMP := services/portal/static/vendor/.vendored
 PROTO_FILES := $(shell find protos -name '*.proto' 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint protos dist bench bench-signing bench-ingest bench-policy bench-scoring clean
+.PHONY: setup run test lint protos dist bench bench-signing bench-ingest bench-policy bench-scoring bench-analytics clean
 
 setup: $(STAMP) $(GEN_STAMP) node_modules/.installed $(VENDOR_STAMP)
 
@@ -82,6 +82,11 @@ bench-policy: setup
 
 bench-scoring: setup
 	$(PY) -m bench scoring
+
+# Against PostgreSQL like bench-ingest: the real signing, gdpr, ingest and analytics processes; the
+# fold rate of 1,000,000 facts into the rollups, risk query latency and the weekly report's time.
+bench-analytics: setup
+	DATABASE_URL="$${DATABASE_URL:-postgresql+psycopg2://postgres@127.0.0.1:5432/test}" $(PY) -m bench analytics
 
 clean:
 	rm -rf $(VENV) node_modules clients/python/src build dist .pytest_cache .mypy_cache .ruff_cache

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-BENCHMARKS = ("signing", "policy", "scoring", "ingest")
+BENCHMARKS = ("signing", "policy", "scoring", "ingest", "analytics")
 
 
 def _machine() -> str:
