@@ -142,7 +142,7 @@ class _Suite:
         self.mtls_dir = data_dir / "mtls"
         self.key_cache_seconds = key_cache_seconds
         self.database_url = database_url
-        self.ports = {name: _free_port() for name in (*SERVICE_NAMES, "scoring", "policy")}
+        self.ports = {name: _free_port() for name in (*SERVICE_NAMES, "scoring", "policy", "analytics")}
         # Extra ingest processes (replicas on one machine), each on its own port.
         self.ingest_ports = [self.ports["ingest"], *(_free_port() for _ in range(ingest_processes - 1))]
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -162,8 +162,10 @@ class _Suite:
             "AWARENESS_GRPC_PORT": str(self.ports[name]),
             "AWARENESS_METRICS_PORT": "0",
             "AWARENESS_LOG_LEVEL": "WARNING",
-            # Scoring and policy are not part of this benchmark: no enrichment traffic.
+            # Scoring, policy and analytics are not part of this benchmark: no enrichment traffic,
+            # and no feed of facts (make bench-analytics measures that).
             "AWARENESS_INGEST_ENRICHMENT": "false",
+            "AWARENESS_INGEST_ANALYTICS": "false",
             **{f"AWARENESS_{svc.upper()}_TARGET": f"127.0.0.1:{port}" for svc, port in self.ports.items()},
         }
         env.pop("DATABASE_URL", None)

@@ -226,13 +226,14 @@ def _open_breaker_transitions(suite: ProcessSuite) -> dict[str, float]:
 def test_forged_page_tokens_are_4xx_on_every_list_route_and_harm_no_one(forgery: Forgery) -> None:
     routes = list_routes()
     assert len(routes) >= 11, [r.rpc for r in routes]  # the lists of every service
-    assert {r.service for r in routes} == {"ingest", "gdpr", "policy", "scoring", "signing"}
+    assert {r.service for r in routes} == {"ingest", "gdpr", "policy", "scoring", "signing", "analytics"}
     rng = random.Random(15)
     with httpx.Client(base_url=forgery.suite.gateway_url, timeout=30) as http:
         _seed(forgery, http)
         real = _real_tokens(forgery, http, routes)
-        # Scoring holds one model and no shadow scores: those lists lend another route's token.
-        assert set(real) >= {r.rpc for r in routes if r.service != "scoring"}, sorted(real)
+        # Scoring holds one model and no shadow scores, analytics no more campaigns, risks or reports
+        # than a page: those lists lend another route's token.
+        assert set(real) >= {r.rpc for r in routes if r.service not in ("scoring", "analytics")}, sorted(real)
         appender = Appender(forgery.suite.gateway_url, forgery.appender_key)
         appender.start()
         answers: list[tuple[str, str, int]] = []
@@ -279,6 +280,6 @@ def test_forged_page_tokens_are_4xx_on_every_list_route_and_harm_no_one(forgery:
         assert status.status_code == 200
         body = status.json()
         assert {
-            s: body[s]["breaker"] for s in ("ingest", "gdpr", "policy", "scoring", "signing")
-        } == dict.fromkeys(("ingest", "gdpr", "policy", "scoring", "signing"), "closed")
+            s: body[s]["breaker"] for s in ("ingest", "gdpr", "policy", "scoring", "signing", "analytics")
+        } == dict.fromkeys(("ingest", "gdpr", "policy", "scoring", "signing", "analytics"), "closed")
         assert set(_open_breaker_transitions(forgery.suite).values()) == {0.0}

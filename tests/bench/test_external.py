@@ -67,7 +67,7 @@ def test_the_wrk_script_spreads_events_over_the_population() -> None:
     assert 'local AUTHORIZATION = "Bearer awk_abc.def"' in script
     assert 'local TYPES = {"phishing.clicked", ' in script
     assert "counter * THREADS + id" in script
-    assert '"details":{"campaign_id":"wrk","sequence":"%d"}}' in script  # the format's braces survived
+    assert '"details":{"location":"wrk","source_event_id":"%d"}}' in script  # the format's braces survived
     with pytest.raises(ValueError):
         wrk_script(api_key='k"\n', subjects=1, namespace="", threads=1)
 

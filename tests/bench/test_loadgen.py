@@ -21,18 +21,18 @@ from bench.loadgen import (
 
 
 def gateway_double(request: httpx.Request) -> httpx.Response:
-    """Accepts events whose sequence detail is even; refuses odd ones with 503 UNAVAILABLE."""
+    """Accepts events whose source_event_id detail is even; refuses odd ones with 503 UNAVAILABLE."""
     body: dict[str, Any] = json.loads(request.content)
     assert request.headers["authorization"] == "Bearer test-key"
     if request.url.path == "/v1/events:batchAppend":
         results = [
             {"index": i, "receipt": {"eventId": e["eventId"]}}
-            if int(e["details"]["sequence"]) % 2 == 0
+            if int(e["details"]["source_event_id"]) % 2 == 0
             else {"index": i, "error": {"code": 3, "details": [{"reason": "INVALID_EVENT"}]}}
             for i, e in enumerate(body["events"])
         ]
         return httpx.Response(200, json={"results": results})
-    if int(body["details"]["sequence"]) % 2 == 0:
+    if int(body["details"]["source_event_id"]) % 2 == 0:
         return httpx.Response(200, json={"receipt": {"eventId": body["eventId"], "state": "STATE_ACCEPTED"}})
     return httpx.Response(503, json={"code": 14, "details": [{"reason": "CIRCUIT_OPEN"}]})
 

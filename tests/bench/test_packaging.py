@@ -64,7 +64,7 @@ def test_python_m_bench_runs_from_the_repository_root() -> None:
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     for command, expected in (
         (["bench", "suite", "--help"], "python -m bench suite"),
-        (["bench", "--help"], "{signing,policy,scoring,ingest,all,suite}"),
+        (["bench", "--help"], "{signing,policy,scoring,ingest,analytics,all,suite}"),
         (["bench.loadgen", "--help"], "python -m bench.loadgen"),
     ):
         completed = run_module(*command, env=env, timeout=120)

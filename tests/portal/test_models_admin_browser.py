@@ -260,6 +260,6 @@ def test_models_and_admin_pages_meet_wcag_2_2_aa(page: Page, suite: UpSuite, cha
     expect(page.locator("#keys tbody tr").first).to_be_visible()
     accessible(page, "admin-keys")
     page.goto(f"{suite.url}/portal/admin/health")
-    expect(page.locator("#health tbody tr")).to_have_count(7)
+    expect(page.locator("#health tbody tr")).to_have_count(8)
     expect(page.locator("#health")).not_to_contain_text("needs attention")
     accessible(page, "admin-health")
