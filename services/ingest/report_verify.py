@@ -20,41 +20,11 @@ import base64
 import binascii
 import hashlib
 import shutil
-import subprocess
-import tempfile
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from services.evidence.timestamp import token_facts
 from services.ingest.domain.report_records import REPORT_EVENT_TYPE
-from services.ingest.verify import Report, TrustedKeys, verify_proof
-
-
-def openssl_verify_digest(
-    *, openssl: str, token: bytes, digest_hex: str, ca_pem: Sequence[str]
-) -> str | None:
-    """None when ``openssl ts -verify -digest`` accepts the token for the digest, else its complaint."""
-    with tempfile.TemporaryDirectory() as directory:
-        folder = Path(directory)
-        (folder / "token.der").write_bytes(token)
-        (folder / "ca.pem").write_text("\n".join(ca_pem))
-        result = subprocess.run(
-            [
-                openssl, "ts", "-verify", "-token_in",
-                "-digest", digest_hex,
-                "-in", str(folder / "token.der"),
-                "-CAfile", str(folder / "ca.pem"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )  # fmt: skip
-    if result.returncode == 0 and "Verification: OK" in result.stdout:
-        return None
-    said = (result.stdout + result.stderr).strip().splitlines()
-    return said[-1] if said else "failed"
+from services.ingest.verify import Report, TrustedKeys, openssl_verify_token, verify_proof
 
 
 def verify_report(
@@ -81,7 +51,7 @@ def verify_report(
         return report.fail("no TSA CA certificate among --keys: the token cannot be verified")
     if openssl is None or shutil.which(openssl) is None:
         return report.fail("openssl not found: the token cannot be verified")
-    outcome = openssl_verify_digest(openssl=openssl, token=token, digest_hex=digest_hex, ca_pem=keys.ca_pem)
+    outcome = openssl_verify_token(openssl=openssl, token=token, digest_hex=digest_hex, ca_pem=keys.ca_pem)
     if outcome is not None:
         return report.fail(f"RFC 3161 token: {outcome}")
     report.passed("RFC 3161 token verifies over the file's digest (openssl ts -verify -digest)")

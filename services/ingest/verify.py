@@ -268,18 +268,30 @@ def _describe_coverage(report: Report, record: StoredRecord) -> None:
         )
 
 
-def openssl_verify_token(*, openssl: str, token: bytes, data: bytes, ca_pem: Sequence[str]) -> str | None:
-    """None when `openssl ts -verify` accepts the token for `data`, else openssl's complaint."""
+def openssl_verify_token(
+    *,
+    openssl: str,
+    token: bytes,
+    ca_pem: Sequence[str],
+    data: bytes | None = None,
+    digest_hex: str | None = None,
+) -> str | None:
+    """None when `openssl ts -verify` accepts the token for `data` (or for the hex `digest_hex` of a
+    file, `-digest`), else openssl's complaint."""
     with tempfile.TemporaryDirectory() as directory:
         folder = Path(directory)
         (folder / "token.der").write_bytes(token)
-        (folder / "data").write_bytes(data)
         (folder / "ca.pem").write_text("\n".join(ca_pem))
+        if digest_hex is not None:
+            imprint = ["-digest", digest_hex]
+        else:
+            (folder / "data").write_bytes(data or b"")
+            imprint = ["-data", str(folder / "data")]
         result = subprocess.run(
             [
                 openssl, "ts", "-verify", "-token_in",
                 "-in", str(folder / "token.der"),
-                "-data", str(folder / "data"),
+                *imprint,
                 "-CAfile", str(folder / "ca.pem"),
             ],
             capture_output=True,
@@ -289,11 +301,8 @@ def openssl_verify_token(*, openssl: str, token: bytes, data: bytes, ca_pem: Seq
         )  # fmt: skip
     if result.returncode == 0 and "Verification: OK" in result.stdout:
         return None
-    return (
-        (result.stdout + result.stderr).strip().splitlines()[-1]
-        if (result.stdout + result.stderr)
-        else "failed"
-    )
+    said = (result.stdout + result.stderr).strip().splitlines()
+    return said[-1] if said else "failed"
 
 
 # --- database ---------------------------------------------------------------------------------------
