@@ -25,9 +25,10 @@ from services.runtime import auth
 from services.runtime.errors import InvalidArgumentError
 
 
-def _may_append_system_events() -> bool:
+def _system_writer() -> str | None:
+    """The service calling, proven by its certificate, which may append the system events it writes."""
     principal = auth.current_principal()
-    return principal is not None and "service" in principal.roles
+    return principal.service if principal is not None else None
 
 
 def _result(index: int, outcome: AppendOutcome, stamps: dict[int, Timestamp]) -> ingest_pb2.AppendEventResult:
@@ -48,7 +49,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def AppendEvent(  # noqa: N802 - gRPC method name
         self, request: ingest_pb2.AppendEventRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ingest_pb2.AppendEventResponse:
-        return await self._writer.append_event(request.event, allow_system=_may_append_system_events())
+        return await self._writer.append_event(request.event, system_writer=_system_writer())
 
     async def AppendEvents(  # noqa: N802 - gRPC method name
         self, request: ingest_pb2.AppendEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -70,7 +71,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             raise InvalidArgumentError(
                 f"at most {MAX_BATCH_EVENTS} events per batch, got {len(events)}", reason="BATCH_TOO_LARGE"
             )
-        outcomes = await self._writer.append(events, allow_system=_may_append_system_events())
+        outcomes = await self._writer.append(events, system_writer=_system_writer())
         stamps: dict[int, Timestamp] = {}
         return ingest_pb2.AppendEventsResponse(
             results=[_result(index, outcome, stamps) for index, outcome in enumerate(outcomes)]

@@ -236,7 +236,7 @@ class IngestRuntime:
         A failure to store raises (the recorder keeps the records and retries with the same ids);
         a refusal is for good.
         """
-        outcomes = await self.writer.append(events, allow_system=True)
+        outcomes = await self.writer.append(events, system_writer="ingest")
         refused = [outcome for outcome in outcomes if not isinstance(outcome, Accepted)]
         if refused:
             raise audit.RejectedRecordsError(len(refused), str(refused[0]))

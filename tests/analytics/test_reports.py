@@ -185,6 +185,11 @@ async def test_only_services_append_report_events_and_their_details_are_checked(
             ingest_pb2.AppendEventRequest(event=event())
         )
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # Another service cannot claim a report was issued: the type names its one writer.
+    with pytest.raises(grpc.aio.AioRpcError) as not_analytics:
+        await reports.suite.internal("gdpr").AppendEvent(ingest_pb2.AppendEventRequest(event=event()))
+    assert not_analytics.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(not_analytics.value) == {"event.type"}
     accepted = await analytics.AppendEvent(ingest_pb2.AppendEventRequest(event=event()))
     assert accepted.receipt.event_id
 

@@ -107,7 +107,7 @@ def test_clock_skew_is_configurable_and_offsets_are_understood():
 
 
 def test_system_types_allowed_when_the_system_writes_them():
-    assert validate_event(good_event(type="gdpr.erasure"), now=NOW, allow_system_types=True) == []
+    assert validate_event(good_event(type="gdpr.erasure"), now=NOW, system_writer="gdpr") == []
 
 
 def test_severity_parsing():

@@ -206,7 +206,7 @@ async def test_system_events_are_version_2_and_their_leaf_covers_the_payload(
             ),
             source="gdpr",
         )
-        [outcome] = await running.ingest.writer.append([access_event], allow_system=True)
+        [outcome] = await running.ingest.writer.append([access_event], system_writer="ingest")
         assert isinstance(outcome, Accepted) and not outcome.replayed
         access_id = access_event.event_id
 

@@ -37,9 +37,13 @@ def test_the_type_is_a_system_type_about_nobody() -> None:
 
 
 def test_a_report_event_with_its_evidence_is_valid_for_services_only() -> None:
-    assert validate_event(report_event(), now=NOW, allow_system_types=True) == []
+    assert validate_event(report_event(), now=NOW, system_writer="analytics") == []
     refused = validate_event(report_event(), now=NOW)
     assert [v.field for v in refused] == ["event.type"]
+    by_another_service = validate_event(report_event(), now=NOW, system_writer="gdpr")
+    assert [v.description for v in by_another_service] == [
+        "event type 'report.issued' is written only by the analytics service"
+    ]
 
 
 def test_each_malformed_or_missing_detail_is_a_violation() -> None:
@@ -59,5 +63,5 @@ def test_each_malformed_or_missing_detail_is_a_violation() -> None:
     described = " ".join(v.description for v in violations)
     for word in ("report", "period", "format", "sha256", "timestamp_token_sha256", "tsa_time", "subject"):
         assert word in described
-    validated = validate_event(report_event(sha256="xyz"), now=NOW, allow_system_types=True)
+    validated = validate_event(report_event(sha256="xyz"), now=NOW, system_writer="analytics")
     assert [v.field for v in validated] == ["event.details"]

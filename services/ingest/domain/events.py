@@ -46,6 +46,9 @@ class EventType:
     description: str
     # System types are written by the services themselves (erasure records), never by clients.
     system: bool = False
+    # The services that may write a system type (empty: any service). Checked against the caller's
+    # proven identity, so that no other service can claim, say, that a report was issued.
+    writers: frozenset[str] = frozenset()
     # Whether an event of the type is about one subject. Only a system type may be about none (an
     # access record of an action that concerned nobody, or several, names them in its details).
     needs_subject: bool = True
@@ -68,7 +71,10 @@ EVENT_TYPES: tuple[EventType, ...] = (
     EventType("login.unusual_location", "The subject signed in from an unusual location."),
     EventType("login.failed", "A sign-in attempt for the subject failed."),
     EventType(
-        "gdpr.erasure", "A data subject was erased (keys destroyed); holds no personal data.", system=True
+        "gdpr.erasure",
+        "A data subject was erased (keys destroyed); holds no personal data.",
+        system=True,
+        writers=frozenset({"gdpr"}),
     ),
     EventType(
         "audit.action",
@@ -83,6 +89,7 @@ EVENT_TYPES: tuple[EventType, ...] = (
         "A weekly report was issued: its SHA-256 and the SHA-256 of the RFC 3161 token over it "
         "(services/ingest/domain/report_records.py); names no subject, holds no personal data.",
         system=True,
+        writers=frozenset({"analytics"}),
         needs_subject=False,
     ),
 )
@@ -185,15 +192,25 @@ def plainly_valid(
     )
 
 
+def may_write(event_type: EventType, system_writer: str | None) -> bool:
+    """Whether ``system_writer`` (a service's name, or None for a client) may append the type."""
+    if not event_type.system:
+        return True
+    return system_writer is not None and (not event_type.writers or system_writer in event_type.writers)
+
+
 def validate_event(
     event: EventInput,
     *,
     now: datetime,
     clock_skew: timedelta = DEFAULT_CLOCK_SKEW,
     field_prefix: str = "event",
-    allow_system_types: bool = False,
+    system_writer: str | None = None,
 ) -> list[FieldViolation]:
     """Every rule the event breaks, all at once (empty list: valid).
+
+    ``system_writer`` is the service appending (None: a client), which may write the system types
+    that name it.
 
     Field paths are "<field_prefix>.<field>", e.g. "event.details" or, with
     field_prefix="events[3]", "events[3].subject".
@@ -209,8 +226,11 @@ def validate_event(
     event_type = EVENT_TYPES_BY_NAME.get(event.type)
     if event_type is None:
         violation("type", f"unknown event type {event.type!r}; see the registered event types")
-    elif event_type.system and not allow_system_types:
+    elif event_type.system and system_writer is None:
         violation("type", f"event type {event.type!r} is reserved for events the system writes itself")
+    elif not may_write(event_type, system_writer):
+        writers = ", ".join(sorted(event_type.writers))
+        violation("type", f"event type {event.type!r} is written only by the {writers} service")
 
     if not event.source.strip():
         violation("source", "must not be empty")
@@ -245,7 +265,7 @@ def validate_event(
             violation(name, "must not contain a NUL character")
     if any(NUL in key or NUL in value for key, value in event.details.items()):
         violation("details", "keys and values must not contain a NUL character")
-    if event_type is not None and event_type.name == REPORT_EVENT_TYPE and allow_system_types:
+    if event_type is not None and event_type.name == REPORT_EVENT_TYPE and system_writer is not None:
         # The evidence of an issued report: exactly its digests, checked as access records are.
         violations.extend(report_violations(event.details, field_prefix=""))
 

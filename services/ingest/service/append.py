@@ -353,14 +353,14 @@ class LogWriter:
             )
 
     async def append_event(
-        self, message: ingest_pb2.Event, *, allow_system: bool
+        self, message: ingest_pb2.Event, *, system_writer: str | None
     ) -> ingest_pb2.AppendEventResponse:
         """AppendEvent: the event's receipt, or its refusal raised.
 
         A replay of an integrated event answers the stored receipt (with its leaf index and the
         checkpoint covering it); a new event's receipt has neither yet.
         """
-        [outcome] = await self.append([message], allow_system=allow_system, unary=True)
+        [outcome] = await self.append([message], system_writer=system_writer, unary=True)
         if not isinstance(outcome, Accepted):
             raise outcome
         if outcome.replayed and outcome.leaf_index is not None:
@@ -370,11 +370,11 @@ class LogWriter:
         return ingest_pb2.AppendEventResponse(receipt=receipt, replayed=outcome.replayed)
 
     async def append(
-        self, messages: Sequence[ingest_pb2.Event], *, allow_system: bool, unary: bool = False
+        self, messages: Sequence[ingest_pb2.Event], *, system_writer: str | None, unary: bool = False
     ) -> list[AppendOutcome]:
         started = time.perf_counter()
         try:
-            outcomes = await self._append(messages, allow_system=allow_system, unary=unary)
+            outcomes = await self._append(messages, system_writer=system_writer, unary=unary)
         except BaseException:
             self._count({"failed": len(messages)})
             raise
@@ -393,13 +393,13 @@ class LogWriter:
                 self._appended.labels(outcome).inc(count)
 
     async def _append(
-        self, messages: Sequence[ingest_pb2.Event], *, allow_system: bool, unary: bool
+        self, messages: Sequence[ingest_pb2.Event], *, system_writer: str | None, unary: bool
     ) -> list[AppendOutcome]:
         now = self._clock()
         origin = current_span_context()
         outcomes: list[AppendOutcome | None] = [None] * len(messages)
         candidates, primaries = self._candidates(
-            messages, now=now, allow_system=allow_system, unary=unary, outcomes=outcomes
+            messages, now=now, system_writer=system_writer, unary=unary, outcomes=outcomes
         )
         sealed = [c for c in primaries if not c.system]
         existing: dict[str, StoredReceipt] = {}
@@ -431,7 +431,7 @@ class LogWriter:
         messages: Sequence[ingest_pb2.Event],
         *,
         now: datetime,
-        allow_system: bool,
+        system_writer: str | None,
         unary: bool,
         outcomes: list[AppendOutcome | None],
     ) -> tuple[list[_Candidate], list[_Candidate]]:
@@ -447,7 +447,7 @@ class LogWriter:
             if checked is None:
                 prefix = "event" if unary else f"events[{position}]"
                 checked = self._check(
-                    message, now=now, prefix=prefix, allow_system=allow_system, position=position
+                    message, now=now, prefix=prefix, system_writer=system_writer, position=position
                 )
             if isinstance(checked, AwarenessError):
                 outcomes[position] = checked
@@ -503,7 +503,13 @@ class LogWriter:
         )
 
     def _check(
-        self, message: ingest_pb2.Event, *, now: datetime, prefix: str, allow_system: bool, position: int
+        self,
+        message: ingest_pb2.Event,
+        *,
+        now: datetime,
+        prefix: str,
+        system_writer: str | None,
+        position: int,
     ) -> _Candidate | AwarenessError:
         # Values no store can hold (NUL, unknown enum numbers, times out of range) refuse this event
         # alone, before anything converts them (services/ingest/app.py skips events in the generic check).
@@ -511,7 +517,7 @@ class LogWriter:
         if unstorable:
             return ValidationError(unstorable)
         event_type = EVENT_TYPES_BY_NAME.get(message.type)
-        system = bool(event_type and event_type.system and allow_system)
+        system = bool(event_type and event_type.system and system_writer is not None)
         extra: list[FieldViolation] = []
         if system:
             # System events carry no personal data: the pseudonym is named directly.
@@ -531,7 +537,7 @@ class LogWriter:
         else:
             event = event_input(message)
         violations = validate_event(
-            event, now=now, clock_skew=self._clock_skew, field_prefix=prefix, allow_system_types=allow_system
+            event, now=now, clock_skew=self._clock_skew, field_prefix=prefix, system_writer=system_writer
         )
         if system:
             violations = [
