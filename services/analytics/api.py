@@ -16,7 +16,7 @@ from services.runtime.timestamps import timestamp_from_us
 RISKS = "subjectRisks"
 
 
-def _decayed(text: str) -> float:
+def _rank(text: str) -> float:
     try:
         return float(text)
     except ValueError:
@@ -129,11 +129,11 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         after = self._tokens.decode(request.page_token, method=method, shape=(int, str, str))
         rows, next_page_token = await self._tokens.fetch_page(
             lambda limit: self._operations.list_risks(
-                limit=limit, after=(after[0], _decayed(after[1]), after[2]) if after else None
+                limit=limit, after=(after[0], _rank(after[1]), after[2]) if after else None
             ),
             size=size,
-            # The sum as its repr: exact through JSON, and a token holds ints and strings only.
-            position=lambda row: (row.day, repr(row.decayed), row.risk.pseudonym),
+            # The rank as its repr: exact through JSON, and a token holds ints and strings only.
+            position=lambda row: (row.day, repr(row.rank), row.risk.pseudonym),
             method=method,
         )
         audit.note(pseudonyms=[row.risk.pseudonym for row in rows])

@@ -10,7 +10,8 @@ Rollups, not copies: no table holds an identifier, a summary or a sealed detail.
 * ``training_people``: per module and person, the first time assigned, completed, overdue.
 * ``violation_days``: violations by day x policy x severity x department.
 * ``person_risks``: per pseudonym, the decayed sum of its events' risk as of ``ref_day`` (its latest
-  event's day) and its event count: what ListSubjectRisks ranks by, one row per person. One person's
+  event's day), its event count, and its ``rank`` (see ``RISK_RANK_SQL``): what ListSubjectRisks
+  orders by, through an index, one row per person. One person's
   risk in detail (days, top events, factors, trend) comes from its rows of ``folded_events``.
 * ``department_people``: who is in which department (the group size k-anonymity checks).
 
@@ -19,7 +20,9 @@ Days are whole days since the Unix epoch (UTC); times are integer microseconds s
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Float, Index, Integer, String
+from typing import Final
+
+from sqlalchemy import BigInteger, Computed, Float, Index, Integer, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -104,8 +107,17 @@ class ViolationDayRow(Base):
     events: Mapped[int] = mapped_column(BigInteger)
 
 
+# ln S(day) = ln weighted + (ref_day - day) * ln 2 / half_life: ordering by ln weighted + ref_day * ln 2 /
+# half_life is ordering by S on every day at once, so the ranking is an index scan, not a sort of
+# everyone computed at read time. A person with no risk (weighted 0) ranks last.
+RISK_RANK_SQL: Final = (
+    "CASE WHEN weighted > 0 THEN ln(weighted) ELSE -1e308 END + ref_day * 0.6931471805599453 / half_life_days"
+)
+
+
 class PersonRiskRow(Base):
     __tablename__ = "person_risks"
+    __table_args__ = (Index("ix_person_risks_rank", text("rank DESC"), "subject_pseudonym"),)
 
     subject_pseudonym: Mapped[str] = mapped_column(String(128), primary_key=True)
     # sum of risk * 2^((day - ref_day) / half_life) over the person's events, kept as of ref_day.
@@ -114,6 +126,7 @@ class PersonRiskRow(Base):
     event_count: Mapped[int] = mapped_column(BigInteger)
     # The half-life the sum was built with; another one at start-up rebuilds the table.
     half_life_days: Mapped[float] = mapped_column(Float)
+    rank: Mapped[float] = mapped_column(Float, Computed(RISK_RANK_SQL, persisted=True))
 
 
 class DepartmentPersonRow(Base):

@@ -408,10 +408,13 @@ def training_people(session: Session, *, module: str) -> list[PersonAssignment]:
 
 
 def subject_events(session: Session, pseudonym: str) -> list[ScoredEvent]:
-    """Every folded event of one pseudonym (risk 0 when unscored), the input of its risk in detail."""
+    """Every folded event of one pseudonym whose risk is kept (risk 0 when unscored), the input of its
+    risk in detail; none when no risk is kept for it (one query: reads are one round trip)."""
     event = FoldedEventRow
-    query = select(event.event_id, event.type, event.day, event.risk).where(
-        event.subject_pseudonym == pseudonym
+    query = (
+        select(event.event_id, event.type, event.day, event.risk)
+        .join(PersonRiskRow, PersonRiskRow.subject_pseudonym == event.subject_pseudonym)
+        .where(event.subject_pseudonym == pseudonym)
     )
     rows = session.execute(query).tuples()
     return [ScoredEvent(event_id, kind, day, risk) for event_id, kind, day, risk in rows]
@@ -422,6 +425,8 @@ class RiskSum:
     pseudonym: str
     decayed: float
     event_count: int
+    # Its place in the ranking (models.RISK_RANK_SQL), the same on every day.
+    rank: float
 
 
 def riskiest(
@@ -432,19 +437,19 @@ def riskiest(
     limit: int,
     after: tuple[float, str] | None,
 ) -> list[RiskSum]:
-    """Pseudonyms by decayed risk S on ``today``, largest first (ties by pseudonym), after ``after``."""
-    decayed = (
-        PersonRiskRow.weighted
-        * func.power(literal(2.0), cast(PersonRiskRow.ref_day - today, Float) / half_life_days)
-    ).label("decayed")
+    """Pseudonyms by decayed risk S on ``today``, largest first (ties by pseudonym), after ``after``
+    (a previous row's rank and pseudonym): an index scan of ``limit`` rows however many people."""
+    person = PersonRiskRow
+    decayed = person.weighted * func.power(literal(2.0), cast(person.ref_day - today, Float) / half_life_days)
     query = (
-        select(PersonRiskRow.subject_pseudonym, decayed, PersonRiskRow.event_count)
-        .order_by(decayed.desc(), PersonRiskRow.subject_pseudonym)
+        select(person.subject_pseudonym, decayed, person.event_count, person.rank)
+        .order_by(person.rank.desc(), person.subject_pseudonym)
         .limit(limit)
     )
     if after is not None:
-        value, pseudonym = after
-        query = query.where(
-            or_(decayed < value, and_(decayed == value, PersonRiskRow.subject_pseudonym > pseudonym))
-        )
-    return [RiskSum(p, float(s or 0.0), int(n or 0)) for p, s, n in session.execute(query).tuples()]
+        rank, pseudonym = after
+        later = and_(person.rank == rank, person.subject_pseudonym > pseudonym)
+        query = query.where(or_(person.rank < rank, later))
+    return [
+        RiskSum(p, float(s or 0.0), int(n or 0), float(r)) for p, s, n, r in session.execute(query).tuples()
+    ]

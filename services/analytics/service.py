@@ -34,7 +34,6 @@ from services.analytics.domain.risk import (
 )
 from services.analytics.domain.training import TrainingSummary, summarise
 from services.analytics.metrics import AnalyticsMetrics
-from services.analytics.models import PersonRiskRow
 from services.analytics.repository import CampaignSummary
 from services.runtime.consent import ConsentChecker
 from services.runtime.db import run_db, transaction
@@ -99,10 +98,10 @@ class RiskView:
 
 @dataclass(frozen=True, slots=True)
 class RankedRisk:
-    """A risk in a listing, with what places it there: the day it was computed at and its decayed sum."""
+    """A risk in a listing, with what places it there: the day it was computed at and its rank."""
 
     day: int
-    decayed: float
+    rank: float
     risk: RiskView
 
 
@@ -357,8 +356,7 @@ class AnalyticsOperations:
         half_life = self.settings.half_life_days
         with self._sessions() as session:
             events = repository.subject_events(session, pseudonym)
-            kept = session.get(PersonRiskRow, pseudonym) is not None
-        if not events or not kept:
+        if not events:
             raise SubjectRiskNotFoundError("no risk is kept for this pseudonym")
         sums = [(event.day, event.risk) for event in events]
         score = score_of(decayed_sum(sums, at_day=today, half_life_days=half_life))
@@ -373,7 +371,7 @@ class AnalyticsOperations:
         )
 
     async def list_risks(self, *, limit: int, after: tuple[int, float, str] | None) -> list[RankedRisk]:
-        """Up to ``limit`` risks riskiest first after ``after`` (a previous row's day, sum and pseudonym),
+        """Up to ``limit`` risks riskiest first after ``after`` (a previous row's day, rank and pseudonym),
         leaving out subjects who objected to profiling. A listing keeps the day its first page used."""
         today = after[0] if after is not None else today_day(self._now())
         position = (after[1], after[2]) if after is not None else None
@@ -401,8 +399,8 @@ class AnalyticsOperations:
                         level=level_of(score),
                         event_count=row.event_count,
                     )
-                    found.append(RankedRisk(day=today, decayed=row.decayed, risk=view))
+                    found.append(RankedRisk(day=today, rank=row.rank, risk=view))
             if len(rows) < wanted:
                 break
-            position = (rows[-1].decayed, rows[-1].pseudonym)
+            position = (rows[-1].rank, rows[-1].pseudonym)
         return found
