@@ -114,6 +114,9 @@ class Integrator:
                 "checkpoint_age_seconds",
                 "Seconds since the latest signed checkpoint (since start-up while there is none)",
             ).set_function(self.checkpoint_age_seconds)
+            metrics.gauge(
+                "integrator_leader", "1 while this replica leads integration (holds the lock), else 0"
+            ).set_function(lambda: int(self.is_leader))
 
     def lag_leaves(self) -> int:
         return self.unintegrated_records + max(0, self.observed_tree_size - self.observed_checkpoint_size)

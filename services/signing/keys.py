@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+
 from services.evidence.checkpoint import NoteSigner, NoteVerifier
 from services.signing.config import SigningConfig
 from services.signing.domain.pki import MANIFEST_FILE, KeyMaterial, KeyPurpose, Keyring, load_keyring
@@ -32,6 +34,14 @@ class ActiveKeys:
 
     def verifier_for(self, key: KeyMaterial, *, name: str) -> NoteVerifier:
         return NoteVerifier(name=name, public_key=key.ed25519_public_key())
+
+    def certificates(self) -> dict[str, x509.Certificate]:
+        """The certificates new signatures chain to, by role: the root CA and the active keys'."""
+        return {
+            "root": self.keyring.root_certificate,
+            "timestamp": self.authority.certificate,
+            "checkpoint": self.checkpoint_key.certificate,
+        }
 
 
 def manifest_stamp(directory: Path) -> ManifestStamp:

@@ -11,6 +11,7 @@ the work.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -58,6 +59,7 @@ class SigningMetrics:
     checkpoints_signed: Counter
     latency: Histogram
     upstream_requests: Counter
+    certificate_expiry: Gauge
 
     @classmethod
     def create(cls, metrics: ServiceMetrics) -> SigningMetrics:
@@ -79,6 +81,11 @@ class SigningMetrics:
                 "upstream_tsa_requests_total",
                 "Requests to the upstream TSA, by outcome (ok, error, breaker_open)",
                 ["outcome"],
+            ),
+            certificate_expiry=metrics.gauge(
+                "certificate_expiry_timestamp_seconds",
+                "Expiry (Unix time) of each certificate new signatures chain to: root, timestamp, checkpoint",
+                ["certificate"],
             ),
         )
 
@@ -154,10 +161,18 @@ class SigningService:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._rotation_lock = asyncio.Lock()
         self._serial_source = serial_source  # kept across reloads (tests inject one)
+        # Read at scrape time from the current snapshot, so a rotation or reload shows at once.
+        for certificate in keys.certificates():
+            metrics.certificate_expiry.labels(certificate).set_function(
+                functools.partial(self._certificate_expiry, certificate)
+            )
 
     @property
     def keys(self) -> ActiveKeys:
         return self._keys
+
+    def _certificate_expiry(self, certificate: str) -> float:
+        return self._keys.certificates()[certificate].not_valid_after_utc.timestamp()
 
     @property
     def log_origin(self) -> str:

@@ -65,6 +65,16 @@ async def test_one_leader_integrates_for_all_replicas_and_another_takes_over(
             )
             await asyncio.sleep(0.3)
             assert first_runtime.integrator.is_leader != second_runtime.integrator.is_leader
+            # AwarenessIntegratorLeaderMissing sums this gauge over the replicas: exactly one reports 1.
+            registries = {
+                first_runtime: running.services["ingest"].context.metrics.registry,
+                second_runtime: second.context.metrics.registry,
+            }
+            leader = "awareness_ingest_integrator_leader"
+            assert {
+                runtime.integrator.is_leader: registry.get_sample_value(leader)
+                for runtime, registry in registries.items()
+            } == {True: 1.0, False: 0.0}
 
             clients = [running.client(), running.client(address=second.address)]
             events = [make_event(subject=f"u{i}@example.org") for i in range(40)]
@@ -94,6 +104,7 @@ async def test_one_leader_integrates_for_all_replicas_and_another_takes_over(
                 await second.stop()
                 survivor_runtime, survivor_client = first_runtime, clients[0]
             await eventually(lambda: survivor_runtime.integrator.is_leader, what="a new leader")
+            assert registries[survivor_runtime].get_sample_value(leader) == 1.0
             more = [make_event() for _ in range(3)]
             await survivor_client.AppendEvents(ingest_pb2.AppendEventsRequest(events=more))
 
