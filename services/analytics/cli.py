@@ -67,7 +67,9 @@ def _report_name(value: str) -> str:
 
 
 def evidence_path(report_file: Path) -> Path:
-    return report_file.with_name(f"{report_file.name}.evidence.json")
+    from services.evidence.report_evidence import evidence_file_name
+
+    return report_file.with_name(evidence_file_name(report_file.name))
 
 
 # --- calls to the running service -------------------------------------------------------------------
@@ -117,10 +119,10 @@ def _write(report: Any, output: Path | None) -> Path:
 
 
 def _write_evidence(evidence: Any, report_file: Path) -> Path:
-    from google.protobuf import json_format
+    from services.evidence.report_evidence import evidence_json
 
     path = evidence_path(report_file)
-    path.write_text(json_format.MessageToJson(evidence) + "\n")
+    path.write_text(evidence_json(evidence))
     return path
 
 

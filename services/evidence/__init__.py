@@ -7,6 +7,8 @@
   verifier checks them).
 - ``timestamp``: RFC 3161 requests for a SHA-256 digest and the tokens taken out of the replies
   (analytics time-stamps each issued report; ``awareness verify --report`` reads the token back).
+- ``report_evidence``: a weekly report's ``FILE.evidence.json`` (the analytics CLI and the portal
+  write it, ``awareness verify --report`` reads it).
 - ``errors``: what these raise, under the runtime's one error root.
 
 Services import this package and the runtime, never each other.

@@ -23,7 +23,7 @@ from services.gateway.admission import Admission
 from services.portal import api
 from services.portal.config import PortalConfig
 from services.portal.oidc import OidcSignIn
-from services.portal.pages import admin, evidence, models, policies, privacy, programme
+from services.portal.pages import admin, evidence, models, policies, privacy, programme, reports
 from services.portal.service import Services, Sessions
 from services.runtime.clients import ChannelFactory
 
@@ -133,6 +133,7 @@ def create_portal(
             *models.routes,
             *evidence.routes,
             *programme.routes,
+            *reports.routes,
             *admin.routes,
             Mount("/static", StaticFiles(directory=PACKAGE / "static"), name="static"),
         ]
