@@ -191,7 +191,7 @@ def subject_record(
 
 
 def training_example(metadata: EventMetadata, history: SubjectHistory) -> ingest_pb2.TrainingExample:
-    """A labelled event as scoring trains on it: its scoring input and the label."""
+    """A labelled event as scoring trains on it (its scoring input and the label) and was served."""
     example = ingest_pb2.TrainingExample(
         input=scoring_input(
             event_id=metadata.event_id,
@@ -206,6 +206,10 @@ def training_example(metadata: EventMetadata, history: SubjectHistory) -> ingest
         ),
         label=metadata.label,  # type: ignore[arg-type]
     )
+    if metadata.risk_score is not None and metadata.model_version:
+        # What was served, so scoring can measure its models on analysts' labels.
+        example.served_score = metadata.risk_score
+        example.served_model_version = metadata.model_version
     if metadata.label_time_us is not None:
         example.label_time.CopyFrom(timestamp_from_us(metadata.label_time_us))
     return example

@@ -186,3 +186,40 @@ async def test_proofs_read_a_logarithmic_number_of_nodes_in_a_bounded_number_of_
                 assert len(proof.hashes) <= (n - 1).bit_length()
         finally:
             event.remove(engine, "before_cursor_execute", count)
+
+
+async def test_a_proof_of_an_event_beyond_the_latest_checkpoint_asks_to_retry_not_to_fix_the_request(
+    tmp_path: Path,
+) -> None:
+    # A checkpoint every 5 leaves, else once a minute: the sixth leaf waits outside any checkpoint.
+    slow = {"AWARENESS_INGEST_CHECKPOINT_EVERY": "5", "AWARENESS_INGEST_CHECKPOINT_INTERVAL_MS": "60000"}
+    async with suite(tmp_path, ingest_env=slow) as running:
+        client = running.client()
+        await fill_tree(running, 5)
+
+        async def checkpointed() -> Any:
+            latest = await client.GetCheckpoint(ingest_pb2.GetCheckpointRequest())
+            return latest if latest.tree_size == 5 else None
+
+        await eventually(checkpointed, what="a checkpoint of size 5")
+        sixth = make_event(subject="user9@example.org")
+        await client.AppendEvent(ingest_pb2.AppendEventRequest(event=sixth))
+
+        async def integrated() -> Any:
+            try:
+                request = ingest_pb2.GetInclusionProofRequest(leaf_index=5, tree_size=6)
+                return await client.GetInclusionProof(request)
+            except grpc.aio.AioRpcError:
+                return None
+
+        await eventually(integrated, what="the sixth leaf")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.GetInclusionProof(ingest_pb2.GetInclusionProofRequest(event_id=sixth.event_id))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "checkpoint" in (caught.value.details() or "")
+        # Naming a size the leaf is not in is still the caller's mistake.
+        with pytest.raises(grpc.aio.AioRpcError) as named:
+            await client.GetInclusionProof(
+                ingest_pb2.GetInclusionProofRequest(event_id=sixth.event_id, tree_size=5)
+            )
+        assert named.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -559,6 +559,12 @@ def _inclusion_answer(
         if leaf is None:
             raise NotFoundError(f"no leaf {request.leaf_index}", reason="LEAF_NOT_FOUND")
     size = _resolve_size(session, request.tree_size)
+    if leaf.leaf_index >= size and not request.tree_size:
+        # In the tree, not yet under a signed checkpoint (the default size): wait, do not fix the request.
+        raise FailedPreconditionError(
+            f"leaf {leaf.leaf_index} is not under the latest checkpoint (size {size}) yet; retry shortly",
+            reason="NOT_YET_CHECKPOINTED",
+        )
     if leaf.leaf_index >= size:
         raise InvalidProofRequestError(f"leaf {leaf.leaf_index} is not in the tree of size {size}")
     hashes = inclusion_proof(leaf_index=leaf.leaf_index, tree_size=size, store=DatabaseNodeStore(session))
