@@ -8,19 +8,23 @@ from typing import Any, Final
 import grpc
 from awareness.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 
-from services.runtime import audit
+from services.runtime import audit, auth
 from services.runtime.errors import FieldViolation, InvalidArgumentError
 from services.runtime.paging import PageTokens, page_size
 from services.runtime.timestamps import timestamp_from_us
 from services.scoring.convert import (
     MODEL_NAME_PATTERN,
     STATUS_FROM_PROTO,
+    decision_proto,
     feature_input,
+    health_proto,
     model_proto,
     risk_level_proto,
     version_from_name,
 )
 from services.scoring.domain.model import risk_level
+from services.scoring.health import ModelHealth
+from services.scoring.promotion import PromotionDecider
 from services.scoring.service import EventScore, EventToScore, ScoringOperations
 from services.scoring.training_job import DEFAULT_FOLDS, DEFAULT_SEED
 
@@ -58,9 +62,18 @@ def _result_proto(result: EventScore) -> scoring_pb2.ScoringResult:
 
 
 class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
-    def __init__(self, *, operations: ScoringOperations, page_tokens: PageTokens) -> None:
+    def __init__(
+        self,
+        *,
+        operations: ScoringOperations,
+        page_tokens: PageTokens,
+        health: ModelHealth,
+        promotions: PromotionDecider,
+    ) -> None:
         self._operations = operations
         self._tokens = page_tokens
+        self._health = health
+        self._promotions = promotions
 
     # --- serving -------------------------------------------------------------------------------------
 
@@ -177,3 +190,44 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
             for row in rows
         ]
         return scoring_pb2.ListShadowScoresResponse(shadow_scores=page, next_page_token=next_page_token)
+
+    async def GetModelHealth(  # noqa: N802 - gRPC method name
+        self, request: scoring_pb2.GetModelHealthRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> scoring_pb2.ModelHealth:
+        if not request.name.endswith("/health"):
+            message = f"must look like models/{{model}}/health, got {request.name!r}"
+            raise InvalidArgumentError(
+                f"name {message}", reason="INVALID_MODEL_NAME", violations=[FieldViolation("name", message)]
+            )
+        version = version_from_name(request.name.removesuffix("/health"))
+        return health_proto(await self._health.health(version))
+
+    async def DecidePromotion(  # noqa: N802 - gRPC method name
+        self, request: scoring_pb2.DecidePromotionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> scoring_pb2.PromotionDecision:
+        version = version_from_name(request.name)
+        principal = auth.current_principal()
+        row = await self._promotions.decide(version, decider=principal.subject if principal else "")
+        decision = decision_proto(row)
+        outcome = "promoted" if row.promoted else "kept"
+        # The decision, not only the call, goes into the access record in the log.
+        audit.note(resource=request.name, details={"outcome": outcome, "champion": row.champion_version})
+        return decision
+
+    async def ListPromotionDecisions(  # noqa: N802 - gRPC method name
+        self, request: scoring_pb2.ListPromotionDecisionsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> scoring_pb2.ListPromotionDecisionsResponse:
+        version = version_from_name(request.parent, field="parent")
+        filters = {"parent": version}
+        method = "scoring.ListPromotionDecisions"
+        before = self._tokens.decode(request.page_token, method=method, filters=filters, shape=(int, int))
+        rows, next_page_token = await self._tokens.fetch_page(
+            lambda limit: self._promotions.history(version, limit=limit, before=before),
+            size=page_size(request.page_size, default=50),
+            position=lambda row: (row.decided_at_us, row.id),
+            method=method,
+            filters=filters,
+        )
+        return scoring_pb2.ListPromotionDecisionsResponse(
+            promotion_decisions=[decision_proto(row) for row in rows], next_page_token=next_page_token
+        )

@@ -6,7 +6,8 @@
 running scoring service to train instead (TrainModel): only the service can add the analyst labels it
 fetches from ingest and register the result as CHALLENGER; the command prints elapsed time while it
 waits, and the service logs each stage. ``awareness model promote NAME`` makes a model champion; every
-replica switches within seconds.
+replica switches within seconds. ``awareness model health [NAME]`` prints a model's (by default the
+champion's) live quality on analysts' labels and its input drift.
 
 Calls go over mTLS with the scoring service's own certificate (AWARENESS_MTLS_* or var/mtls/scoring.*),
 which may name the principal ``cli:model`` with the ``ml_engineer`` role.
@@ -56,6 +57,11 @@ def register(subparsers: Any) -> None:
         "--output", type=Path, help="local training: write model.onnx and model-card.json here"
     )
     train.add_argument("--request-id", default="", help="--register: idempotency key (generated if omitted)")
+    train.add_argument(
+        "--decide",
+        action="store_true",
+        help="--register: then decide on evidence whether the new challenger replaces the champion",
+    )
     train.set_defaults(handler=_train)
 
     listing = commands.add_parser("list", help="list registered models, newest first")
@@ -70,6 +76,24 @@ def register(subparsers: Any) -> None:
     promote = commands.add_parser("promote", help="make a model the champion (every replica hot-reloads)")
     promote.add_argument("name", help="models/{version} or just the version")
     promote.set_defaults(handler=_promote)
+
+    health = commands.add_parser(
+        "health", help="a model's live precision, recall, F1 and calibration on analysts' labels, and drift"
+    )
+    health.add_argument("name", nargs="?", default="", help="models/{version} or the version (the champion)")
+    health.add_argument("--json", action="store_true", help="print the figures as JSON, unrounded")
+    health.set_defaults(handler=_health)
+
+    decide = commands.add_parser(
+        "decide", help="promote a challenger if the evidence says so (live F1 with a bootstrap CI, drift)"
+    )
+    decide.add_argument("name", help="the challenger: models/{version} or the version")
+    decide.set_defaults(handler=_decide)
+
+    decisions = commands.add_parser("decisions", help="the promotion decisions taken about a challenger")
+    decisions.add_argument("name", help="models/{version} or the version")
+    decisions.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    decisions.set_defaults(handler=_decisions)
 
 
 def _model_name(value: str) -> str:
@@ -189,6 +213,8 @@ def _train_in_service(args: argparse.Namespace) -> int:
         print(f"scoring TrainModel failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
     _print_model(model)
+    if args.decide and model.status == scoring_pb2.Model.STATUS_CHALLENGER:
+        return _decide_on(model.name)
     return 0
 
 
@@ -274,3 +300,142 @@ def _print_model(model: Any) -> None:
     )
     if model.status == scoring_pb2.Model.STATUS_CHALLENGER:
         print(f"promote it with: awareness model promote {model.name}")
+
+
+def _champion_name() -> str | None:
+    from awareness.scoring.v1 import scoring_pb2
+
+    response = _run(
+        "ListModels", scoring_pb2.ListModelsRequest(page_size=1, status=scoring_pb2.Model.STATUS_CHAMPION)
+    )
+    if response is None:
+        return None
+    if not response.models:
+        print("no champion model: name one, e.g. awareness model health models/VERSION", file=sys.stderr)
+        return None
+    return str(response.models[0].name)
+
+
+def _health(args: argparse.Namespace) -> int:
+    from awareness.scoring.v1 import scoring_pb2
+
+    name = _model_name(args.name) if args.name else _champion_name()
+    if name is None:
+        return 1
+    health = _run("GetModelHealth", scoring_pb2.GetModelHealthRequest(name=f"{name}/health"))
+    if health is None:
+        return 1
+    if args.json:
+        print(json.dumps(_as_dict(health), indent=2, sort_keys=True))
+        return 0
+    for line in health_lines(health):
+        print(line)
+    return 0
+
+
+def health_lines(health: Any) -> list[str]:
+    """GetModelHealth as tables: live quality per window and scorer, calibration, then drift."""
+    from awareness.scoring.v1 import scoring_pb2
+
+    status = scoring_pb2.Model.Status.Name(health.status).removeprefix("STATUS_")
+    card = health.card
+    latest = (
+        from_timestamp(health.latest_label_time).isoformat()
+        if health.HasField("latest_label_time")
+        else "none"
+    )
+    lines = [
+        f"{health.name.removesuffix('/health')} ({status}), decision threshold {health.decision_threshold:g}",
+        f"model card (held-out): precision {card.precision:.4f}, recall {card.recall:.4f}, F1 {card.f1:.4f}",
+        "latest label: " + latest,
+        "",
+        "live quality on analysts' labels (events that occurred in the window):",
+        f"{'WINDOW':<7} {'SCORER':<11} {'MODEL':<28} {'LABELLED':>8} {'TP':>6} {'FP':>6} {'TN':>6} {'FN':>6} "
+        f"{'PRECISION':>10} {'RECALL':>10} {'F1':>10} {'BRIER':>8}",
+    ]
+    for row in health.live_quality:
+        figures = row.figures
+        scorer = "challenger" if row.scorer == scoring_pb2.LiveQuality.SCORER_CHALLENGER else "model"
+        lines.append(
+            f"{row.window:<7} {scorer:<11} {row.model_version:<28} {figures.labelled_events:>8} "
+            f"{figures.true_positives:>6} {figures.false_positives:>6} {figures.true_negatives:>6} "
+            f"{figures.false_negatives:>6} {figures.precision:>10.6f} {figures.recall:>10.6f} "
+            f"{figures.f1:>10.6f} {figures.brier_score:>8.4f}"
+        )
+    own = [r for r in health.live_quality if r.scorer == scoring_pb2.LiveQuality.SCORER_MODEL]
+    if own and own[-1].figures.labelled_events:
+        lines += ["", f"reliability ({own[-1].window}, model): score bin, events, mean score, observed rate"]
+        lines += [
+            f"  [{b.lower:.1f}, {b.upper:.1f})  {b.events:>6}  {b.mean_score:.3f}  {b.observed_rate:.3f}"
+            for b in own[-1].figures.calibration
+            if b.events
+        ]
+    lines.append("")
+    if not health.drift:
+        lines.append("input drift: none measured (only the champion's, on the replica that answered)")
+        return lines
+    windows = list(health.drift)
+    lines.append(
+        "input drift (PSI against the training data; 0.1 watch, 0.25 act): "
+        + ", ".join(f"{w.window} {w.events} events" for w in windows)
+    )
+    lines.append(f"{'FEATURE':<34} " + " ".join(f"{w.window:>8}" for w in windows) + "  LEVEL")
+
+    def psi_text(reading: Any) -> str:
+        return f"{reading.psi:>8.3f}" if reading.HasField("psi") else f"{'-':>8}"
+
+    score_row = " ".join(f"{w.score_psi:>8.3f}" if w.HasField("score_psi") else f"{'-':>8}" for w in windows)
+    lines.append(f"{'(score)':<34} {score_row}")
+    for index, feature in enumerate(windows[0].features):
+        readings = [w.features[index] for w in windows]
+        level = readings[-1].level or "-"
+        lines.append(f"{feature.feature:<34} " + " ".join(psi_text(r) for r in readings) + f"  {level}")
+    return lines
+
+
+def _decide(args: argparse.Namespace) -> int:
+    return _decide_on(_model_name(args.name))
+
+
+def _decide_on(name: str) -> int:
+    from awareness.scoring.v1 import scoring_pb2
+
+    decision = _run("DecidePromotion", scoring_pb2.DecidePromotionRequest(name=name))
+    if decision is None:
+        return 1
+    print(_decision_line(decision))
+    return 0
+
+
+def _decisions(args: argparse.Namespace) -> int:
+    from awareness.scoring.v1 import scoring_pb2
+
+    found: list[Any] = []
+    token = ""
+    while True:
+        request = scoring_pb2.ListPromotionDecisionsRequest(
+            parent=_model_name(args.name), page_size=200, page_token=token
+        )
+        response = _run("ListPromotionDecisions", request)
+        if response is None:
+            return 1
+        found.extend(response.promotion_decisions)
+        token = response.next_page_token
+        if not token:
+            break
+    if args.json:
+        print(json.dumps([_as_dict(d) for d in found], indent=2, sort_keys=True))
+    elif not found:
+        print("no decisions taken about this model")
+    for decision in [] if args.json else found:
+        print(_decision_line(decision))
+    return 0
+
+
+def _decision_line(decision: Any) -> str:
+    from awareness.scoring.v1 import scoring_pb2
+
+    outcome = scoring_pb2.PromotionDecision.Outcome.Name(decision.outcome).removeprefix("OUTCOME_").lower()
+    when = from_timestamp(decision.decide_time).strftime("%Y-%m-%d %H:%M:%S")
+    challenger = decision.name.split("/promotionDecisions/")[0]
+    return f"{when} {challenger} {outcome} (champion models/{decision.champion_version}): {decision.reason}"

@@ -22,6 +22,12 @@ class ScoringMetrics:
     model_load_failures: Counter
     shadow_recorded: Counter
     shadow_dropped: Counter
+    feature_psi: Gauge
+    score_psi: Gauge
+    drift_window_events: Gauge
+    live_f1: Gauge
+    card_f1: Gauge
+    last_label_time: Gauge
 
     @classmethod
     def create(cls, metrics: ServiceMetrics) -> ScoringMetrics:
@@ -50,5 +56,33 @@ class ScoringMetrics:
             shadow_recorded=metrics.counter("shadow_scores_total", "Challenger shadow scores recorded"),
             shadow_dropped=metrics.counter(
                 "shadow_scores_dropped_total", "Challenger shadow scores dropped (queue full or write failed)"
+            ),
+            # Label values come from closed sets: FEATURE_NAMES and the window labels ("1h", "24h").
+            feature_psi=metrics.gauge(
+                "feature_psi",
+                "PSI of a feature's live values against the champion's training distribution, by window",
+                ["feature", "window"],
+            ),
+            score_psi=metrics.gauge(
+                "score_psi",
+                "PSI of the champion's live scores against its held-out scores, by window",
+                ["window"],
+            ),
+            drift_window_events=metrics.gauge(
+                "drift_window_events",
+                "Events the champion scored in a drift window (PSI needs 100)",
+                ["window"],
+            ),
+            # The champion's only (cleared on each refresh): versions and windows ("7d", "30d") are few.
+            live_f1=metrics.gauge(
+                "live_f1",
+                "The champion's F1 on analysts' labels of events in the window, at its decision threshold",
+                ["model_version", "window"],
+            ),
+            card_f1=metrics.gauge(
+                "card_f1", "The champion's held-out F1 from its model card", ["model_version"]
+            ),
+            last_label_time=metrics.gauge(
+                "last_label_timestamp_seconds", "When the newest analyst label of the last 30 days was set"
             ),
         )

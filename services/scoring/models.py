@@ -5,6 +5,8 @@
   good they were. A partial unique index allows at most one CHAMPION.
 * ``shadow_scores``: the challenger's score of an event next to the champion's, for comparison before a
   promotion.
+* ``promotion_decisions``: each decision on evidence to promote a challenger or keep the champion, with
+  its figures and reason (the model's history).
 
 Times are integer microseconds since the Unix epoch (UTC): exact on both backends and easy to page on.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, Index, Integer, LargeBinary, String, text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, LargeBinary, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 _ID = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
@@ -66,7 +68,11 @@ class ModelRow(Base):
 
 class ShadowScoreRow(Base):
     __tablename__ = "shadow_scores"
-    __table_args__ = (Index("ix_shadow_scores_challenger", "challenger_version", "scored_at_us", "id"),)
+    __table_args__ = (
+        Index("ix_shadow_scores_challenger", "challenger_version", "scored_at_us", "id"),
+        # Model health joins analysts' labels to the shadow scores of the same events.
+        Index("ix_shadow_scores_event", "event_id"),
+    )
 
     id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(128))
@@ -75,3 +81,20 @@ class ShadowScoreRow(Base):
     champion_score: Mapped[float] = mapped_column(Float)
     challenger_score: Mapped[float] = mapped_column(Float)
     scored_at_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class PromotionDecisionRow(Base):
+    __tablename__ = "promotion_decisions"
+    __table_args__ = (
+        Index("ix_promotion_decisions_challenger", "challenger_version", "decided_at_us", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
+    challenger_version: Mapped[str] = mapped_column(String(64))
+    champion_version: Mapped[str] = mapped_column(String(64))
+    promoted: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(Text)
+    # labelled_events, champion_f1, challenger_f1, f1_difference_lower/upper, champion_psi(_on).
+    figures: Mapped[dict[str, Any]] = mapped_column(JSON)
+    decided_at_us: Mapped[int] = mapped_column(BigInteger)
+    decider: Mapped[str] = mapped_column(String(256))

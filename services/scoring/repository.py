@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session, undefer
 
 from services.scoring.domain.errors import ModelIntegrityError, ModelNotFoundError
-from services.scoring.models import ModelRow, ModelStatus, ShadowScoreRow
+from services.scoring.models import ModelRow, ModelStatus, PromotionDecisionRow, ShadowScoreRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,3 +216,60 @@ def list_shadow_scores(
         query = query.where(_after_in_newest_first(ShadowScoreRow.scored_at_us, ShadowScoreRow.id, before))
     query = query.order_by(ShadowScoreRow.scored_at_us.desc(), ShadowScoreRow.id.desc()).limit(limit)
     return list(session.scalars(query))
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowPair:
+    event_id: str
+    champion_version: str
+    challenger_version: str
+    challenger_score: float
+    scored_at_us: int
+
+
+def shadow_pairs(session: Session, *, event_ids: Sequence[str]) -> list[ShadowPair]:
+    """Every shadow score of the given events (queried in chunks: an IN list stays bounded)."""
+    found: list[ShadowPair] = []
+    wanted = sorted(set(event_ids))
+    row = ShadowScoreRow
+    for start in range(0, len(wanted), 1000):
+        query = select(
+            row.event_id, row.champion_version, row.challenger_version, row.challenger_score, row.scored_at_us
+        ).where(row.event_id.in_(wanted[start : start + 1000]))
+        found.extend(ShadowPair(*values) for values in session.execute(query).tuples())
+    return found
+
+
+def record_decision(
+    session: Session,
+    *,
+    challenger_version: str,
+    champion_version: str,
+    promoted: bool,
+    reason: str,
+    figures: dict[str, Any],
+    decider: str,
+) -> PromotionDecisionRow:
+    row = PromotionDecisionRow(
+        challenger_version=challenger_version,
+        champion_version=champion_version,
+        promoted=promoted,
+        reason=reason,
+        figures=figures,
+        decided_at_us=now_us(),
+        decider=decider,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def list_decisions(
+    session: Session, *, challenger_version: str, limit: int, before: tuple[int, int] | None = None
+) -> list[PromotionDecisionRow]:
+    """A challenger's promotion decisions, newest first; `before` is the (decided_at_us, id) last seen."""
+    row = PromotionDecisionRow
+    query = select(row).where(row.challenger_version == challenger_version)
+    if before is not None:
+        query = query.where(_after_in_newest_first(row.decided_at_us, row.id, before))
+    return list(session.scalars(query.order_by(row.decided_at_us.desc(), row.id.desc()).limit(limit)))

@@ -25,6 +25,7 @@ from services.scoring.consent import ConsentChecker
 from services.scoring.domain.errors import NoChampionModelError
 from services.scoring.domain.features import FEATURE_NAMES, FeatureInput, build_features
 from services.scoring.domain.model import risk_level
+from services.scoring.drift import DriftMonitor
 from services.scoring.live import LiveModels, LoadedModel
 from services.scoring.metrics import ScoringMetrics
 from services.scoring.models import ModelRow, ModelStatus, ShadowScoreRow
@@ -68,6 +69,7 @@ class ScoringOperations:
         shadow: ShadowRecorder,
         training: TrainingJobs,
         metrics: ScoringMetrics,
+        drift: DriftMonitor,
     ) -> None:
         self._sessions = sessions
         self._models = models
@@ -75,6 +77,7 @@ class ScoringOperations:
         self._shadow = shadow
         self._training = training
         self._metrics = metrics
+        self._drift = drift
 
     # --- serving -------------------------------------------------------------------------------------
 
@@ -128,6 +131,7 @@ class ScoringOperations:
             matrix = build_features(inputs)
             scores = model.scorer.score(matrix)
             self._metrics.inference_seconds.labels("champion").observe(time.perf_counter() - started)
+            self._drift.observe(model.version, matrix, scores)
             return matrix, scores
 
         if len(inputs) <= INLINE_BATCH_LIMIT:
@@ -162,8 +166,9 @@ class ScoringOperations:
         row, changed = await run_db(promote)
         if changed:
             log.info("model promoted to champion", extra={"model_version": version})
-            # This replica switches at once; the others within their next poll.
-            await run_db(self._models.refresh)
+            # This replica switches at once (drift baseline included); the others within their next poll.
+            champion = (await run_db(self._models.refresh)).champion
+            await run_db(self._drift.follow, self._sessions, champion.version if champion else None)
         return row
 
     async def train(self, *, request_id: str, seed: int, folds: int, algorithms: Sequence[str]) -> ModelRow:

@@ -1,8 +1,10 @@
 """TrainModel: synthetic data plus analyst labels from ingest, trained in a worker thread, registered.
 
 Analyst labels come from ingest.ListTrainingExamples. Only subjects who granted the `training_data`
-purpose contribute (gdpr: withheld until granted). If ingest or gdpr cannot answer, the model is trained
-on the generator alone and its model card says so: a training run never fails because a peer is down.
+purpose and did not object to `profiling` contribute (gdpr: withheld until granted; no for the
+erased), and never the labels held out for promotion decisions. If ingest or gdpr cannot answer, the
+model is trained on the generator alone and its model card says so: a training run never fails because
+a peer is down.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from services.scoring.consent import ConsentChecker, peer_cause
 from services.scoring.convert import feature_input
 from services.scoring.domain.features import FEATURE_SCHEMA_VERSION, FeatureInput
 from services.scoring.domain.generator import GeneratorConfig, generate
+from services.scoring.domain.promotion import held_out
 from services.scoring.domain.training import (
     ALGORITHMS,
     DEFAULT_DAYS,
@@ -120,6 +123,7 @@ class TrainingJobs:
         sessions: sessionmaker[Session],
         ingest: Callable[[], ingest_pb2_grpc.IngestServiceStub],
         training_consent: ConsentChecker,
+        profiling_consent: ConsentChecker,
         synthetic_people: int = DEFAULT_PEOPLE,
         synthetic_days: int = DEFAULT_DAYS,
         n_jobs: int = 1,
@@ -128,6 +132,7 @@ class TrainingJobs:
         self._synthetic = (synthetic_people, synthetic_days)
         self._ingest = ingest
         self._consent = training_consent
+        self._profiling = profiling_consent
         self._n_jobs = n_jobs
         self._lock = asyncio.Lock()
         self._running: dict[str, asyncio.Task[ModelRow]] = {}
@@ -251,8 +256,13 @@ class TrainingJobs:
             return AnalystExamples(
                 card={"fetched": len(examples), "used": 0, "note": "no analyst labels yet"}
             )
+        # Promotion decisions are taken on these: no model may learn them (domain/promotion.py).
+        trainable = [e for e in labelled if not held_out(e.input.event_id)]
+        pseudonyms = [e.input.subject_pseudonym for e in trainable]
         try:
-            granted = await self._consent.granted([e.input.subject_pseudonym for e in labelled])
+            training, profiling = await asyncio.gather(
+                self._consent.granted(pseudonyms), self._profiling.granted(pseudonyms)
+            )
         except AwarenessError as error:
             log.warning(
                 "gdpr unavailable: analyst labels withheld from training", extra={"cause": error.reason}
@@ -267,8 +277,10 @@ class TrainingJobs:
         events: list[FeatureInput] = []
         labels: list[int] = []
         invalid = 0
-        for example in labelled:
-            if not granted.get(example.input.subject_pseudonym, False):
+        for example in trainable:
+            pseudonym = example.input.subject_pseudonym
+            # Erased people are neither: gdpr answers no for a pseudonym it no longer knows.
+            if not (training.get(pseudonym, False) and profiling.get(pseudonym, False)):
                 continue
             try:
                 events.append(feature_input(example.input, field="example.input"))
@@ -276,16 +288,18 @@ class TrainingJobs:
                 invalid += 1
                 continue
             labels.append(_LABELS[example.label])
-        withheld = len(labelled) - len(events) - invalid
+        withheld = len(trainable) - len(events) - invalid
         return AnalystExamples(
             events=tuple(events),
             labels=tuple(labels),
             card={
                 "fetched": len(labelled),
                 "used": len(events),
-                "withheld_without_training_data_consent": withheld,
+                "held_out_for_promotion_decisions": len(labelled) - len(trainable),
+                "withheld_without_consent": withheld,
                 "invalid": invalid,
-                "note": "analyst labels from ingest (subjects who granted training_data)",
+                "note": "analyst labels from ingest (subjects who granted training_data and did not "
+                "object to profiling; one in five held out for promotion decisions)",
             },
         )
 

@@ -24,6 +24,7 @@ from services.runtime import auth
 from services.runtime.clients import ChannelFactory
 from services.scoring import app as scoring_app
 from services.scoring.domain.generator import GeneratorConfig, SyntheticDataset, generate
+from services.scoring.domain.promotion import held_out
 from services.scoring.domain.training import TrainingResult
 from services.scoring.models import ModelStatus
 from tests.conftest import IDENTITY_ENV
@@ -225,10 +226,14 @@ async def test_train_model_uses_consenting_analyst_labels_registers_a_challenger
             detail = await replica.stub.GetModel(scoring_pb2.GetModelRequest(name=model.name))
             card = json.loads(detail.model_card)
     analyst = card["analyst_labels"]
+    trainable = [e for e in examples if not held_out(e.input.event_id)]
+    consenting = [e for e in trainable if e.input.subject_pseudonym == "psn-consenting"]
+    assert 0 < len(trainable) < len(examples)  # some held out for promotion decisions
     assert analyst["fetched"] == len(examples)
-    assert analyst["used"] == len(examples) // 2  # only the subject who granted training_data
-    assert analyst["withheld_without_training_data_consent"] == len(examples) // 2
-    assert card["rows"]["analyst_labelled"] == len(examples) // 2
+    assert analyst["held_out_for_promotion_decisions"] == len(examples) - len(trainable)
+    assert analyst["used"] == len(consenting)  # only the subject who granted training_data
+    assert analyst["withheld_without_consent"] == len(trainable) - len(consenting)
+    assert card["rows"]["analyst_labelled"] == len(consenting)
     assert card["seed"] == 3 and card["cross_validation"]["folds"] == 2
     assert card["onnx"]["parity_max_abs_difference"] <= 1e-5
     assert detail.sha256 == card["onnx"]["sha256"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections import Counter, deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from services.scoring.domain.features import FeatureInput
@@ -77,6 +77,29 @@ _MONTH = timedelta(days=30)
 
 
 @dataclass(frozen=True, kw_only=True)
+class Shift:
+    """Behaviour that changed after a model was trained, for drift tests; the default changes nothing.
+
+    `working_hours_offset` moves every working-hours event by that many hours (the day's benign activity
+    and the phishing simulations sent in it; off-hours behaviour and the LMS's schedule stay).
+    `lure_event_type` with `lure_share`: that share of the emitted events reports the lure's type instead
+    of its own, keeping its source, time, content and the subject's history (a new lure dominating what
+    the reporting systems send).
+    """
+
+    working_hours_offset: float = 0.0
+    lure_event_type: str = ""
+    lure_share: float = 0.0
+
+    def __post_init__(self) -> None:
+        # Working hours are drawn in 08:15-17:45; within these bounds they stay on the same day.
+        if not -8.0 <= self.working_hours_offset <= 6.0:
+            raise ValueError("working_hours_offset must be within [-8, 6] hours")
+        if not 0.0 <= self.lure_share <= 1.0 or (self.lure_share > 0 and not self.lure_event_type):
+            raise ValueError("lure_share must be in [0, 1] and needs a lure_event_type")
+
+
+@dataclass(frozen=True, kw_only=True)
 class GeneratorConfig:
     """Size and randomness of a synthetic organisation. `start` should be a Monday at 00:00 UTC."""
 
@@ -88,6 +111,7 @@ class GeneratorConfig:
     warmup_days: int = 14
     campaign_every_days: int = 7
     start: datetime = datetime(2025, 1, 6, tzinfo=UTC)
+    shift: Shift = Shift()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -185,10 +209,13 @@ class HistoryAggregator:
 class _PersonSimulator:
     """Emits one person's events day by day; all randomness comes from the shared seeded generator."""
 
-    def __init__(self, *, subject: str, persona: str, rng: random.Random) -> None:
+    def __init__(
+        self, *, subject: str, persona: str, rng: random.Random, working_hours_offset: float = 0.0
+    ) -> None:
         self.subject = subject
         self.persona = persona
         self.rng = rng
+        self.working_hours_offset = working_hours_offset
         self.training_assigned_on: datetime | None = None
         self.training_done = False
         self.next_overdue_at: datetime | None = None
@@ -215,7 +242,7 @@ class _PersonSimulator:
         # People sometimes work late; benign activity is off-hours about 6% of the time.
         if self.rng.random() < 0.06:
             return self.off_hours_time(day)
-        return day + timedelta(hours=self.rng.uniform(8.25, 17.75))
+        return day + timedelta(hours=self.rng.uniform(8.25, 17.75) + self.working_hours_offset)
 
     def off_hours_time(self, day: datetime) -> datetime:
         hour = self.rng.uniform(19.0, 30.0)  # 19:00 to 06:00 the next morning
@@ -287,7 +314,7 @@ class _PersonSimulator:
     def phishing_campaign(self, day: datetime) -> Iterator[RawEvent]:
         rng = self.rng
         clicker = self.persona == REPEAT_CLICKER
-        sent_at = day + timedelta(hours=10, minutes=rng.uniform(0, 30))
+        sent_at = day + timedelta(hours=10 + self.working_hours_offset, minutes=rng.uniform(0, 30))
         yield self.event(event_type="phishing.email_sent", source="gophish", at=sent_at, risky=False)
         if rng.random() >= 0.55:
             return
@@ -408,7 +435,14 @@ def generate(config: GeneratorConfig | None = None) -> SyntheticDataset:
     simulators = []
     for number in range(config.people):
         persona = rng.choice(RISKY_PERSONAS) if rng.random() < config.risky_fraction else BENIGN
-        simulators.append(_PersonSimulator(subject=f"subject-{number:05d}", persona=persona, rng=rng))
+        simulators.append(
+            _PersonSimulator(
+                subject=f"subject-{number:05d}",
+                persona=persona,
+                rng=rng,
+                working_hours_offset=config.shift.working_hours_offset,
+            )
+        )
 
     raw: list[RawEvent] = []
     first_day = config.start - timedelta(days=config.warmup_days)
@@ -423,9 +457,15 @@ def generate(config: GeneratorConfig | None = None) -> SyntheticDataset:
     aggregator = HistoryAggregator()
     events: list[RawEvent] = []
     inputs: list[FeatureInput] = []
+    # Its own generator: a config without a lure draws nothing from it, so its stream is unchanged.
+    lure_rng = random.Random(f"{config.seed}/lure")
+    lure = config.shift.lure_event_type
     for _, event in ordered:
         feature_input = aggregator.observe(event)
         if event.occurred_at >= config.start:  # the warm-up only builds history, as a live system has
+            if config.shift.lure_share > 0 and lure_rng.random() < config.shift.lure_share:
+                event = replace(event, event_type=lure)
+                feature_input = replace(feature_input, event_type=lure)
             events.append(event)
             inputs.append(feature_input)
 

@@ -41,6 +41,8 @@ from services.scoring.domain.contract import (
     PROBABILITY_OUTPUT_NAME,
     TARGET_OPSET,
 )
+from services.scoring.domain.drift import CARD_SECTION as DRIFT_CARD_SECTION
+from services.scoring.domain.drift import fit_training_distribution
 from services.scoring.domain.errors import ParityError, TrainingDataError
 from services.scoring.domain.event_types import EVENT_TYPES
 from services.scoring.domain.features import (
@@ -401,9 +403,8 @@ def train(
     report(f"held out: {metrics}; baseline: {baseline}")
 
     onnx_bytes = export_onnx(search.best)
-    max_difference = float(
-        np.max(np.abs(onnx_probabilities(onnx_bytes, split.x_test) - sklearn_probabilities))
-    )
+    onnx_held_out = onnx_probabilities(onnx_bytes, split.x_test)
+    max_difference = float(np.max(np.abs(onnx_held_out - sklearn_probabilities)))
     if not max_difference <= PARITY_TOLERANCE:
         raise ParityError(max_abs_difference=max_difference, tolerance=PARITY_TOLERANCE)
     report(f"onnx parity ok: max |onnx - sklearn| = {max_difference:.2e} on {len(split.y_test)} events")
@@ -425,6 +426,10 @@ def train(
         importances=importances,
         training_seconds=training_seconds,
     )
+    # Drift baseline: every row the model learnt from or was tested on, and the scores the served graph
+    # gives the held-out rows (in-sample scores of a forest are overconfident, live ones are not).
+    distribution = fit_training_distribution(np.concatenate([split.x_train, split.x_test]), onnx_held_out)
+    model_card[DRIFT_CARD_SECTION] = distribution.to_card()
     return TrainingResult(
         onnx_bytes=onnx_bytes,
         sha256=sha256,
