@@ -25,6 +25,7 @@ from services.analytics.domain.risk import (
     Contribution,
     Factor,
     WeekScore,
+    daily_sums,
     decayed_sum,
     factors,
     level_of,
@@ -358,7 +359,7 @@ class AnalyticsOperations:
             events = repository.subject_events(session, pseudonym)
         if not events:
             raise SubjectRiskNotFoundError("no risk is kept for this pseudonym")
-        sums = [(event.day, event.risk) for event in events]
+        sums = daily_sums(events)
         score = score_of(decayed_sum(sums, at_day=today, half_life_days=half_life))
         return RiskView(
             pseudonym=pseudonym,

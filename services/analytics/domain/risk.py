@@ -45,7 +45,22 @@ def decayed_from(total: float, ref_day: int, *, at_day: int, half_life_days: flo
 
 def decayed_sum(days: Iterable[tuple[int, float]], *, at_day: int, half_life_days: float) -> float:
     """S at ``at_day`` from (day, risk_sum) pairs."""
-    return sum(risk * weight(at_day - day, half_life_days) for day, risk in days)
+    pairs = list(days)
+    weights = _weights({day for day, _ in pairs}, at_day=at_day, half_life_days=half_life_days)
+    return sum(risk * weights[day] for day, risk in pairs)
+
+
+def _weights(days: Iterable[int], *, at_day: int, half_life_days: float) -> dict[int, float]:
+    """The decay of each distinct day: a person's events fall on far fewer days than there are events."""
+    return {day: weight(at_day - day, half_life_days) for day in set(days)}
+
+
+def daily_sums(events: Iterable[ScoredEvent]) -> list[tuple[int, float]]:
+    """(day, risk summed over the day's events), by day."""
+    sums: dict[int, float] = defaultdict(float)
+    for event in events:
+        sums[event.day] += event.risk
+    return sorted(sums.items())
 
 
 def score_of(decayed: float) -> float:
@@ -88,10 +103,9 @@ def top_contributions(
     events: Iterable[ScoredEvent], *, at_day: int, half_life_days: float, limit: int = TOP_EVENTS
 ) -> list[Contribution]:
     """The events adding most to S at ``at_day``, largest first (ties by event id)."""
-    found = [
-        Contribution(e.event_id, e.type, e.day, e.risk * weight(at_day - e.day, half_life_days))
-        for e in events
-    ]
+    listed = list(events)
+    weights = _weights((e.day for e in listed), at_day=at_day, half_life_days=half_life_days)
+    found = [Contribution(e.event_id, e.type, e.day, e.risk * weights[e.day]) for e in listed]
     found = [c for c in found if c.contribution > 0.0]
     found.sort(key=lambda c: (-c.contribution, c.event_id))
     return found[:limit]
@@ -99,9 +113,11 @@ def top_contributions(
 
 def factors(events: Iterable[ScoredEvent], *, at_day: int, half_life_days: float) -> list[Factor]:
     """S split by event type (`type:<type>`), largest first, with each part's share."""
+    listed = list(events)
+    weights = _weights((e.day for e in listed), at_day=at_day, half_life_days=half_life_days)
     by_type: dict[str, float] = defaultdict(float)
-    for event in events:
-        by_type[event.type] += event.risk * weight(at_day - event.day, half_life_days)
+    for event in listed:
+        by_type[event.type] += event.risk * weights[event.day]
     total = sum(by_type.values())
     parts = [(f"type:{name}", value) for name, value in by_type.items() if value > 0.0]
     parts.sort(key=lambda part: (-part[1], part[0]))
