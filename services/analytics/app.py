@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from awareness.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from awareness.gdpr.v1 import gdpr_pb2_grpc
 from awareness.ingest.v1 import ingest_pb2_grpc
+from awareness.scoring.v1 import scoring_pb2_grpc
 from awareness.signing.v1 import signing_pb2_grpc
 
 from services.analytics.api import AnalyticsServicer
@@ -79,6 +80,7 @@ def build_service(context: ServiceContext) -> AnalyticsService:
         sessions=sessions,
         ingest=lambda: ingest_pb2_grpc.IngestServiceStub(context.channels.channel("ingest")),
         signing=lambda: signing_pb2_grpc.SigningServiceStub(context.channels.channel("signing")),
+        scoring=lambda: scoring_pb2_grpc.ScoringServiceStub(context.channels.channel("scoring")),
     )
     servicer = ReportingServicer(
         operations=operations, page_tokens=PageTokens.from_secret(settings.service_secret), reports=reports

@@ -445,7 +445,43 @@ def _csv_risk(report: WeeklyReport) -> _CsvSection:
 
 
 def _csv_model(report: WeeklyReport) -> _CsvSection:
-    return "model", ("champion_version", "note"), [(report.model.champion_version, report.model.note)]
+    """One row for the champion (window empty: card F1, drift, note), then one per live quality row."""
+    model = report.model
+    header = (
+        "champion_version",
+        "window",
+        "scores_of",
+        "labelled",
+        "precision",
+        "recall",
+        "f1",
+        "card_f1",
+        "drift_psi",
+        "drift_on",
+        "note",
+    )
+    card = "" if model.card_f1 is None else f"{model.card_f1:.4f}"
+    psi = "" if model.drift_psi is None else f"{model.drift_psi:.4f}"
+    rows: list[tuple[object, ...]] = [
+        (model.champion_version, "", "", "", "", "", "", card, psi, model.drift_on, model.note)
+    ]
+    rows += [
+        (
+            model.champion_version,
+            row.window,
+            f"{row.model_version} (challenger)" if row.challenger else row.model_version,
+            row.labelled,
+            f"{row.precision:.4f}",
+            f"{row.recall:.4f}",
+            f"{row.f1:.4f}",
+            "",
+            "",
+            "",
+            "",
+        )
+        for row in model.live
+    ]
+    return "model", header, rows
 
 
 def _csv_log(report: WeeklyReport) -> _CsvSection:

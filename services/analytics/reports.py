@@ -32,6 +32,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, Protocol
 
 from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from awareness.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from awareness.signing.v1 import signing_pb2, signing_pb2_grpc
 from google.protobuf import json_format
 from sqlalchemy.exc import IntegrityError
@@ -43,6 +44,7 @@ from services.analytics.domain.funnel import Funnel, Stage
 from services.analytics.domain.report import (
     DepartmentRow,
     FunnelRow,
+    LiveQualityRow,
     LogState,
     ModelHealth,
     RiskRow,
@@ -61,7 +63,13 @@ from services.evidence.errors import NoteError
 from services.evidence.timestamp import granted_token, timestamp_request
 from services.runtime.clients import call_peer
 from services.runtime.db import run_db, transaction
-from services.runtime.errors import AlreadyExistsError, FieldViolation, InvalidArgumentError, NotFoundError
+from services.runtime.errors import (
+    AlreadyExistsError,
+    AwarenessError,
+    FieldViolation,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from services.runtime.timestamps import from_timestamp, to_timestamp
 
 log = logging.getLogger("awareness.analytics.reports")
@@ -75,7 +83,7 @@ RISKIEST: Final = 10
 MAX_CAMPAIGNS: Final = 10_000
 _SENT, _CLICKED, _REPORTED = "phishing.email_sent", "phishing.clicked", "phishing.reported"
 _SEVERITY_NAMES: Final = {1: "INFO", 2: "LOW", 3: "MEDIUM", 4: "HIGH", 5: "CRITICAL"}
-MODEL_HEALTH_NOTE: Final = "not available: model drift figures come with the drift monitoring"
+DRIFT_WINDOW: Final = "24h"
 
 
 class ReportNotFoundError(NotFoundError):
@@ -157,12 +165,14 @@ class ReportIssuer:
         sessions: sessionmaker[Session],
         ingest: IngestStub,
         signing: SigningStub,
+        scoring: Callable[[], scoring_pb2_grpc.ScoringServiceStub] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._operations = operations
         self._sessions = sessions
         self._ingest = ingest
         self._signing = signing
+        self._scoring = scoring
         self._clock = clock
 
     # --- issuing -----------------------------------------------------------------------------------
@@ -320,7 +330,7 @@ class ReportIssuer:
             violations=_violation_rows(violations.rows),
             riskiest=await self._riskiest(),
             log_state=await self._log_state(),
-            model=ModelHealth(champion_version="", note=MODEL_HEALTH_NOTE),
+            model=await self._model_health(),
         )
 
     async def _funnels(self, start: date, end: date) -> list[Funnel]:
@@ -364,6 +374,28 @@ class ReportIssuer:
             top = factors[0].factor if factors else ""
             rows.append(RiskRow(pseudonym=risk.pseudonym, score=risk.score, level=risk.level, top_factor=top))
         return tuple(rows)
+
+    async def _model_health(self) -> ModelHealth:
+        """The champion's health as scoring measures it; a report is still issued without it."""
+        if self._scoring is None:
+            return ModelHealth(champion_version="", note="not available: scoring is not configured")
+        try:
+            champions = await call_peer(
+                self._scoring().ListModels(
+                    scoring_pb2.ListModelsRequest(page_size=1, status=scoring_pb2.Model.STATUS_CHAMPION)
+                ),
+                target="scoring",
+            )
+            if not champions.models:
+                return ModelHealth(champion_version="", note="no champion model")
+            name = champions.models[0].name
+            health = await call_peer(
+                self._scoring().GetModelHealth(scoring_pb2.GetModelHealthRequest(name=f"{name}/health")),
+                target="scoring",
+            )
+        except AwarenessError as error:
+            return ModelHealth(champion_version="", note=f"not available: scoring answered {error.reason}")
+        return model_health(health)
 
     async def _log_state(self) -> LogState:
         """The latest signed checkpoint, its signature checked against signing's published keys. The
@@ -479,3 +511,39 @@ def evidence_document(row: ReportRow, proof: ingest_pb2.GetInclusionProofRespons
         "logEventId": row.log_event_id,
         "inclusionProof": json_format.MessageToDict(proof),
     }
+
+
+def model_health(health: scoring_pb2.ModelHealth) -> ModelHealth:
+    """The report's model section from GetModelHealth: live quality per window, the largest drift."""
+    live = tuple(
+        LiveQualityRow(
+            window=row.window,
+            model_version=row.model_version,
+            challenger=row.scorer == scoring_pb2.LiveQuality.SCORER_CHALLENGER,
+            labelled=row.figures.labelled_events,
+            precision=row.figures.precision,
+            recall=row.figures.recall,
+            f1=row.figures.f1,
+        )
+        for row in health.live_quality
+    )
+    day = next((window for window in health.drift if window.window == DRIFT_WINDOW), None)
+    measured = [(f.psi, f.feature, f.level) for f in day.features if f.HasField("psi")] if day else []
+    if day is not None and day.HasField("score_psi"):
+        measured.append((day.score_psi, "score", day.score_level))
+    notes = []
+    if not any(row.labelled for row in live):
+        notes.append("no analyst labels in the last 30 days")
+    if not measured:
+        notes.append("no drift measured (fewer than 100 events scored in the last day, or no baseline)")
+    largest = max(measured, default=None)
+    return ModelHealth(
+        champion_version=health.name.removeprefix("models/").removesuffix("/health"),
+        note="; ".join(notes) or "live quality on analysts' labels and input drift over the last day",
+        card_f1=health.card.f1,
+        live=live,
+        drift_psi=largest[0] if largest else None,
+        drift_on=largest[1] if largest else "",
+        drift_level=largest[2] if largest else "",
+    )
+

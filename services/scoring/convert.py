@@ -171,6 +171,7 @@ def health_proto(view: ModelHealthView) -> scoring_pb2.ModelHealth:
             drift = health.drift.add(window=window.window, events=window.events)
             if window.score_psi is not None:
                 drift.score_psi = window.score_psi
+                drift.score_level = drift_level(window.score_psi)
             for feature, psi in window.feature_psi.items():
                 reading = drift.features.add(feature=feature)
                 if psi is not None:

@@ -22,10 +22,14 @@ from awareness.signing.v1 import signing_pb2, signing_pb2_grpc
 from services.analytics.domain.report import iso_week
 from services.analytics.reports import ReportIssuer
 from services.evidence.timestamp import granted_token, timestamp_request
+from services.runtime.db import transaction
 from services.runtime.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from services.scoring.models import ModelStatus
+from services.scoring.training_job import register_result
 from tests.analytics.report_harness import MONDAY, WEEK, Reporting, reporting_suite
 from tests.grpc_errors import violated_fields
-from tests.ingest.harness import awareness_verify, eventually
+from tests.ingest.harness import awareness_verify, eventually, start_service
+from tests.test_e2e_gdpr import small_model
 
 PREVIOUS = iso_week(MONDAY - timedelta(days=7))
 
@@ -202,3 +206,32 @@ async def test_a_retry_with_the_same_request_id_returns_the_first_report(reports
     assert again.row.report_id == first.row.report_id != other.row.report_id
     listed = await reports.issuer.page(limit=10, before=None, sha256=None)
     assert len(listed) == 2
+
+
+@pytest.mark.parametrize("database_url", [""], indirect=True)
+async def test_the_model_section_is_the_champions_health_from_scoring(reports: Reporting) -> None:
+    # Without scoring the report is still issued, and says why the section is empty.
+    without = await reports.issuer.issue(period=WEEK, fmt="csv", created_by="test:analyst")
+    assert "model,,,,,,,,,,,not available: scoring answered" in without.row.content.decode()
+
+    model = await asyncio.to_thread(small_model)
+    suite = reports.suite
+    scoring_env = suite.env(AWARENESS_SCORING_BOOTSTRAP_MODEL="0", AWARENESS_SCORING_RELOAD_SECONDS="0.2")
+    suite.services["scoring"] = await start_service("scoring", scoring_env, port=suite.ports["scoring"])
+    sessions = suite.services["scoring"].running.context.sessions
+    assert sessions is not None
+    with transaction(sessions) as session:
+        champion, _ = register_result(session, result=model, status=ModelStatus.CHAMPION)
+
+    issued = await reports.issuer.issue(period=WEEK, fmt="csv", created_by="test:analyst")
+    rows = [line for line in issued.row.content.decode().splitlines() if line.startswith("model,")]
+    card_f1 = f"{champion.metrics['f1']:.4f}"
+    # The champion, the F1 its card promised, and why live figures are missing: nothing labelled yet.
+    assert (
+        rows[0].startswith(f"model,{champion.version},,,,,,,{card_f1},,,") and "no analyst labels" in rows[0]
+    )
+    # One row per window for the model's own live quality, empty here.
+    assert [row.split(",")[2:5] for row in rows[1:]] == [
+        ["7d", champion.version, "0"],
+        ["30d", champion.version, "0"],
+    ]

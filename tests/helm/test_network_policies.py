@@ -28,7 +28,7 @@ ARCHITECTURE_CALLS = {
     "gateway": {"ingest", "policy", "scoring", "signing", "gdpr", "analytics"},
     "ingest": {"gdpr", "signing", "scoring", "policy", "analytics"},
     "scoring": {"gdpr", "ingest"},
-    "analytics": {"gdpr", "ingest", "signing"},
+    "analytics": {"gdpr", "ingest", "scoring", "signing"},
     "gdpr": {"ingest"},
     "retrain": {"scoring"},
     "retention": {"gdpr"},

@@ -247,7 +247,10 @@ def test_cronjobs_run_daily_cli_commands() -> None:
     cronjobs = {
         c["metadata"]["labels"]["app.kubernetes.io/component"]: c for c in of_kind(render(), "CronJob")
     }
-    expected = {"retrain": ["model", "train", "--register", "--decide"], "retention": ["gdpr", "apply-retention"]}
+    expected = {
+        "retrain": ["model", "train", "--register", "--decide"],
+        "retention": ["gdpr", "apply-retention"],
+    }
     for component, args in expected.items():
         spec = cronjobs[component]["spec"]
         assert spec["concurrencyPolicy"] == "Forbid"

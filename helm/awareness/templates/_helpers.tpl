@@ -259,7 +259,7 @@ It is the allow-list the NetworkPolicies are built from, so it lives here, not i
 gateway: [ingest, policy, scoring, signing, gdpr, analytics]
 ingest: [gdpr, signing, scoring, policy, analytics]
 scoring: [gdpr, ingest]
-analytics: [gdpr, ingest, signing]
+analytics: [gdpr, ingest, scoring, signing]
 gdpr: [ingest]
 policy: []
 signing: []

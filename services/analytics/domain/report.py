@@ -148,11 +148,30 @@ class LogState:
 
 
 @dataclass(frozen=True, slots=True)
+class LiveQualityRow:
+    """A model's quality on analysts' labels over a window (scoring's GetModelHealth)."""
+
+    window: str
+    model_version: str
+    challenger: bool  # the challenger's shadow scores of the events the champion served
+    labelled: int
+    precision: float
+    recall: float
+    f1: float
+
+
+@dataclass(frozen=True, slots=True)
 class ModelHealth:
-    """The champion model; drift figures come with the drift issue, until then ``note`` says so."""
+    """The champion model's health from scoring: its card's F1, its live quality and its input drift
+    (the largest PSI over the last day, and where). ``note`` says what is missing and why."""
 
     champion_version: str
     note: str
+    card_f1: float | None = None
+    live: tuple[LiveQualityRow, ...] = ()
+    drift_psi: float | None = None
+    drift_on: str = ""
+    drift_level: str = ""
 
 
 @dataclass(frozen=True, slots=True)
