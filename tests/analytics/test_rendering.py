@@ -23,6 +23,7 @@ from services.analytics import rendering
 from services.analytics.domain.report import (
     DepartmentRow,
     FunnelRow,
+    LiveQualityRow,
     LogState,
     ModelHealth,
     RiskRow,
@@ -206,7 +207,20 @@ def sample_report(seed: int = 48) -> WeeklyReport:
             verified=True,
             note="every leaf up to the checkpoint re-hashed to its signed root",
         ),
-        model=ModelHealth("risk-gbt 2026.11.2 (sha256 3f9c…a1)", "Drift figures are not reported yet."),
+        model=ModelHealth(
+            "2026.11.30-gb-3f9c1a2b4d5e",
+            "live quality on analysts' labels and input drift over the last day",
+            card_f1=0.861,
+            live=(
+                LiveQualityRow("7d", "2026.11.30-gb-3f9c1a2b4d5e", False, 212, 0.83, 0.79, 0.8095),
+                LiveQualityRow("7d", "2026.12.05-gb-77a0c3e9f112", True, 180, 0.85, 0.81, 0.8295),
+                LiveQualityRow("30d", "2026.11.30-gb-3f9c1a2b4d5e", False, 941, 0.84, 0.8, 0.8195),
+                LiveQualityRow("30d", "2026.12.05-gb-77a0c3e9f112", True, 702, 0.86, 0.8, 0.8289),
+            ),
+            drift_psi=0.142,
+            drift_on="hour_of_day",
+            drift_level="watch",
+        ),
     )
 
 
@@ -519,6 +533,30 @@ def test_the_csv_reads_back_to_the_models_figures(report: WeeklyReport) -> None:
     assert [row["severity"] for row in sections["violation"]][:2] == ["CRITICAL", "CRITICAL"]
     assert sections["log"][0]["size"] == "1284312" and sections["log"][0]["verified"] == "true"
     assert sections["log"][0]["checkpoint_time"] == "2026-11-30T05:58:12Z"
+    model = sections["model"]
+    assert (model[0]["card_f1"], model[0]["drift_psi"], model[0]["drift_on"]) == (
+        "0.8610",
+        "0.1420",
+        "hour_of_day",
+    )
+    live = [(row["window"], row["scores_of"], row["labelled"], row["f1"]) for row in model[1:]]
+    assert live == [
+        (
+            r.window,
+            f"{r.model_version} (challenger)" if r.challenger else r.model_version,
+            str(r.labelled),
+            f"{r.f1:.4f}",
+        )
+        for r in report.model.live
+    ]
+
+
+def test_the_html_shows_the_models_live_quality_and_drift(report: WeeklyReport, html: str) -> None:
+    section = html[html.index('<section id="model"') : html.index('<section id="log"')]
+    assert "0.861" in section and "0.142 on hour_of_day (watch)" in section
+    for row in report.model.live:
+        assert f"{row.f1:.3f}" in section and f"{row.labelled}" in section
+    assert section.count("(challenger, same events)") == 2
 
 
 def test_the_csv_leaves_suppressed_departments_without_figures(report: WeeklyReport) -> None:
