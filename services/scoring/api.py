@@ -209,9 +209,11 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         principal = auth.current_principal()
         row = await self._promotions.decide(version, decider=principal.subject if principal else "")
         decision = decision_proto(row)
-        outcome = "promoted" if row.promoted else "kept"
+        decision_word = "promoted" if row.promoted else "kept"
         # The decision, not only the call, goes into the access record in the log.
-        audit.note(resource=request.name, details={"outcome": outcome, "champion": row.champion_version})
+        audit.note(
+            resource=request.name, details={"decision": decision_word, "champion": row.champion_version}
+        )
         return decision
 
     async def ListPromotionDecisions(  # noqa: N802 - gRPC method name

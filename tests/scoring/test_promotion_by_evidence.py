@@ -44,7 +44,9 @@ ENGINEER = Principal(subject="ml:mia", roles=frozenset({"ml_engineer"}))
 SERVICES = ("signing", "gdpr", "policy", "scoring", "ingest")
 PEOPLE = 60
 DAYS = 21
-SHIFT = Shift(working_hours_offset=-6.0, lure_event_type="phishing.submitted_data", lure_share=0.3)
+SHIFT = Shift(working_hours_offset=-6.0, lure_event_type="phishing.clicked", lure_share=0.6)
+# Event ids from the generator's order, so the held-out fifth (by a hash of the id) is the same each run.
+IDS = uuid.UUID("6d1f8b7e-5a43-4c1b-9a0e-2f3c4d5e6f70")
 ENV = {
     "AWARENESS_SCORING_BOOTSTRAP_MODEL": "0",
     "AWARENESS_SCORING_RELOAD_SECONDS": "0.5",
@@ -63,7 +65,7 @@ def shifted_stream(now: datetime) -> list[tuple[RawEvent, ingest_pb2.Event]]:
     monday = day - timedelta(days=day.weekday())  # 21 to 27 days ago: inside the 30 days compared
     dataset = generate(GeneratorConfig(people=PEOPLE, days=DAYS, seed=31, start=monday, shift=SHIFT))
     stream = []
-    for raw in dataset.events:
+    for number, raw in enumerate(dataset.events):
         if raw.occurred_at >= now - timedelta(minutes=5):
             continue
         keys = sorted(declared_keys(raw.event_type))[: raw.detail_count]
@@ -71,7 +73,7 @@ def shifted_stream(now: datetime) -> list[tuple[RawEvent, ingest_pb2.Event]]:
             (
                 raw,
                 ingest_pb2.Event(
-                    event_id=str(uuid.uuid4()),
+                    event_id=str(uuid.uuid5(IDS, str(number))),
                     type=raw.event_type,
                     source=raw.source,
                     subject=f"{raw.subject}@corp.example",
@@ -137,8 +139,10 @@ async def test_the_nightly_job_promotes_on_evidence_then_keeps_without_it(tmp_pa
         [second_champion] = [m.version for m in champions.models]
         assert second_champion != first_champion
 
-        # Night two: nothing new to learn; another seed is no real improvement.
-        second = await asyncio.to_thread(cli, env, *train, "--seed", "12")
+        # Night two: nothing new to learn; another seed is no real improvement. (Everything here is
+        # seeded and the event ids are fixed, so the outcome is the same on every run; a seed's model
+        # can still differ by chance, which is what the confidence interval is for.)
+        second = await asyncio.to_thread(cli, env, *train, "--seed", "13")
         assert " kept (champion " in second, second
         assert "no real improvement" in second, second
         champions = await scoring.ListModels(
@@ -159,5 +163,17 @@ async def test_the_nightly_job_promotes_on_evidence_then_keeps_without_it(tmp_pa
         [kept] = json.loads(await asyncio.to_thread(cli, env, "decisions", kept_version, "--json"))
         assert kept["outcome"] == "OUTCOME_KEPT" and kept["champion_version"] == second_champion
         assert kept.get("f1_difference_lower", 0.0) <= 0.0 and "includes zero" in kept["reason"]
-        # The nightly's shifted features drove the first decision: the champion drifted past 0.25.
-        assert decision.get("champion_psi_on"), decision
+        # The champion was drifting when it was replaced: its inputs moved past the act threshold.
+        assert decision["champion_psi"] >= 0.25 and decision["champion_psi_on"], decision
+
+        # Each decision is also an access record in the event log, with its outcome.
+        auditor = ingest_pb2_grpc.IngestServiceStub(suite.channel("ingest", DPO))
+
+        async def recorded() -> list[str] | None:
+            records = await auditor.ListAccessRecords(
+                ingest_pb2.ListAccessRecordsRequest(action="model.decide_promotion")
+            )
+            outcomes = sorted(r.details["decision"] for r in records.access_records)
+            return outcomes if len(outcomes) == 2 else None
+
+        assert await eventually(recorded, what="the decisions' access records") == ["kept", "promoted"]

@@ -239,6 +239,28 @@ async def test_train_model_uses_consenting_analyst_labels_registers_a_challenger
     assert detail.sha256 == card["onnx"]["sha256"]
 
 
+async def test_labels_of_a_person_who_objected_to_profiling_are_not_trained_on(tmp_path: Path) -> None:
+    examples = analyst_examples()
+    async with fake_gdpr() as (gdpr, gdpr_address), fake_ingest(examples) as ingest_address:
+        gdpr.training_granted.add("psn-consenting")
+        gdpr.withdrawn.add("psn-consenting")  # granted training_data, then objected to profiling
+        env = scoring_env(
+            tmp_path,
+            database_url="",
+            gdpr_address=gdpr_address,
+            ingest_address=ingest_address,
+            **SMALL_TRAINING_ENV,
+        )
+        async with running_replica(env) as replica:
+            model = await replica.stub.TrainModel(
+                scoring_pb2.TrainModelRequest(algorithms=["gradient_boosting"], cv_folds=2, seed=4)
+            )
+            detail = await replica.stub.GetModel(scoring_pb2.GetModelRequest(name=model.name))
+    analyst = json.loads(detail.model_card)["analyst_labels"]
+    trainable = [e for e in examples if not held_out(e.input.event_id)]
+    assert analyst["used"] == 0 and analyst["withheld_without_consent"] == len(trainable)
+
+
 async def test_train_model_without_ingest_trains_on_the_generator_alone(tmp_path: Path) -> None:
     async with fake_gdpr() as (_gdpr, gdpr_address):
         env = scoring_env(tmp_path, database_url="", gdpr_address=gdpr_address, **SMALL_TRAINING_ENV)
