@@ -546,4 +546,3 @@ def model_health(health: scoring_pb2.ModelHealth) -> ModelHealth:
         drift_on=largest[1] if largest else "",
         drift_level=largest[2] if largest else "",
     )
-
