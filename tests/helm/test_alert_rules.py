@@ -1,5 +1,5 @@
 """The chart's alerts: promtool checks the rules file and runs its unit tests, every alert is tested
-firing and quiet, documented in docs/runbooks.md and built on metrics the code exports (or on a
+firing and quiet, documented in docs/runbook.md and built on metrics the code exports (or on a
 named contract), and the chart renders exactly that file as a PrometheusRule, with its overrides."""
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from tests.helm.rendering import (
 
 RULES_FILE = CHART_DIR / "rules" / "awareness-alerts.yaml"
 PROMTOOL_TESTS = Path(__file__).resolve().parent / "alert_rules_test.yaml"
-RUNBOOKS = REPO_ROOT / "docs" / "runbooks.md"
-RUNBOOK_BASE = "https://github.com/awareness/awareness/blob/main/docs/runbooks.md"
+RUNBOOKS = REPO_ROOT / "docs" / "runbook.md"
+RUNBOOK_BASE = "https://github.com/awareness/awareness/blob/main/docs/runbook.md"
 SEVERITIES = {"critical", "warning"}
 # Metrics the rules fix the names of for a producer that may not be in the code yet (the runbook
 # states each contract).
@@ -132,7 +132,7 @@ def test_every_alert_has_a_severity_a_summary_a_description_and_a_runbook_sectio
         annotations = rule["annotations"]
         assert set(annotations) == {"summary", "description", "runbook_url"}, rule["alert"]
         assert annotations["runbook_url"] == f"{RUNBOOK_BASE}#{rule['alert'].lower()}"
-        assert rule["alert"].lower() in anchors, f"docs/runbooks.md has no section {rule['alert']}"
+        assert rule["alert"].lower() in anchors, f"docs/runbook.md has no section {rule['alert']}"
 
 
 def test_a_rule_marks_at_most_one_threshold() -> None:
