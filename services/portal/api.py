@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
 import grpc
@@ -44,6 +44,7 @@ from services.runtime.errors import (
 
 log = logging.getLogger("awareness.portal")
 
+T = TypeVar("T")
 SESSION_COOKIE: Final = "awareness_portal"
 SIGN_IN_COOKIE: Final = "awareness_portal_sign_in"
 OIDC_COOKIE: Final = "awareness_portal_oidc"
@@ -158,6 +159,28 @@ def failure_of(exc: grpc.aio.AioRpcError | AwarenessError) -> Failure:
         return Failure(exc.code(), exc.details() or "", "", [])
     info = error_info(status)
     return Failure(exc.code(), exc.details() or "", info.reason if info else "", field_violations(status))
+
+
+async def part(
+    services: Services,
+    person: Person,
+    call: Callable[[], Awaitable[T]],
+    *,
+    whole_page: Collection[grpc.StatusCode] = (),
+) -> T | str:
+    """One part of a page: its answer, or why it is unavailable (so the rest of the page still shows).
+    A failure with a code in ``whole_page`` (say NOT_FOUND, when the page is about what is missing)
+    is the page's answer instead."""
+    try:
+        return await services.as_person(person, call)
+    except (grpc.aio.AioRpcError, AwarenessError) as exc:
+        failed = failure_of(exc)
+        # A refusal is the whole page's answer (403, or back to sign-in), not one part's.
+        if failed.code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+            raise
+        if failed.code in whole_page:
+            raise
+        return f"unavailable ({failed.code.name})"
 
 
 def error_page(

@@ -1,6 +1,6 @@
 """The programme pages' domain (services/portal/domain/programme.py): funnel rows, department
 suppression, durations, ISO weeks, weekly rates, violations per policy and the rate chart; and how a
-part of a page that cannot answer shows "unavailable" alone (services/portal/pages/programme.py)."""
+part of a page that cannot answer shows "unavailable" alone (services/portal/api.py, part)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from collections.abc import Awaitable, Callable
 from datetime import date
 from typing import TypeVar, cast
 
+import grpc
 import pytest
 from awareness.analytics.v1 import analytics_pb2
 
+from services.portal.api import part
 from services.portal.domain import programme
-from services.portal.pages import programme as pages
 from services.portal.service import Person, Services
-from services.runtime.errors import PermissionDeniedError, UnavailableError
+from services.runtime.errors import NotFoundError, PermissionDeniedError, UnavailableError
 
 T = TypeVar("T")
 
@@ -133,10 +134,20 @@ def test_a_part_that_cannot_answer_says_so_and_a_refusal_refuses_the_page() -> N
 
     async def parts() -> list[str]:
         return [
-            await pages._part(services, person, answer),
-            await pages._part(services, person, _failing(UnavailableError("analytics is down"))),
+            await part(services, person, answer),
+            await part(services, person, _failing(UnavailableError("analytics is down"))),
         ]
 
     assert asyncio.run(parts()) == ["figures", "unavailable (UNAVAILABLE)"]
     with pytest.raises(PermissionDeniedError):
-        asyncio.run(pages._part(services, person, _failing(PermissionDeniedError("no analytics:read"))))
+        asyncio.run(part(services, person, _failing(PermissionDeniedError("no analytics:read"))))
+    # A page about one thing answers 404 when that thing is missing, not "unavailable".
+    with pytest.raises(NotFoundError):
+        asyncio.run(
+            part(
+                services,
+                person,
+                _failing(NotFoundError("no such model")),
+                whole_page=(grpc.StatusCode.NOT_FOUND,),
+            )
+        )

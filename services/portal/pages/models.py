@@ -1,5 +1,6 @@
 """The portal's models pages (see docs/portal.md): the registry, a model's card beside the
-champion's shadow scores, training, and promotion with a confirmation step.
+champion's shadow scores, its health (live quality, calibration, input drift, promotion decisions),
+training, and promotion with a confirmation step.
 
 Every read and action is a call to the scoring service as the signed-in person, so the service checks
 ``model:read``, ``model:train`` and ``model:promote`` and writes the access records of training and
@@ -13,13 +14,14 @@ import uuid
 from typing import Final
 from urllib.parse import urlencode
 
+import grpc
 from awareness.scoring.v1 import scoring_pb2
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from services.portal.api import portal_state, render, signed_in
-from services.portal.domain import models
+from services.portal.api import part, portal_state, render, signed_in
+from services.portal.domain import model_health, models
 from services.portal.service import Person, Services
 from services.runtime import auth
 
@@ -28,6 +30,8 @@ TRAIN_METHOD: Final = "/awareness.scoring.v1.ScoringService/TrainModel"
 # TrainModel is synchronous and takes minutes: the gateway's own deadline for it (its config's
 # AWARENESS_GATEWAY_METHOD_TIMEOUTS), 600 s unless configured otherwise.
 DEFAULT_TRAIN_SECONDS: Final = 600.0
+# The newest promotion decisions the health page lists (the CLI's `model decisions` has them all).
+DECISIONS_SHOWN: Final = 20
 
 
 async def _champion(services: Services, person: Person) -> scoring_pb2.Model | None:
@@ -120,6 +124,35 @@ async def card(request: Request, person: Person) -> Response:
     return render(request, "model.html", context, person=person)
 
 
+@signed_in("/portal/models/{version}/health")
+async def health(request: Request, person: Person) -> Response:
+    version = request.path_params["version"]
+    services = portal_state(request).services
+    scoring = services.scoring()
+    # Each part shows on its own: health needs ingest and gdpr too, the decisions only the registry.
+    found, listed = await asyncio.gather(
+        part(
+            services,
+            person,
+            lambda: scoring.GetModelHealth(
+                scoring_pb2.GetModelHealthRequest(name=f"models/{version}/health")
+            ),
+            whole_page=(grpc.StatusCode.NOT_FOUND,),
+        ),
+        part(
+            services,
+            person,
+            lambda: scoring.ListPromotionDecisions(
+                scoring_pb2.ListPromotionDecisionsRequest(
+                    parent=f"models/{version}", page_size=DECISIONS_SHOWN
+                )
+            ),
+        ),
+    )
+    context = {**model_health.page(version, found, listed), "domain": model_health}
+    return render(request, "model_health.html", context, person=person)
+
+
 @signed_in("/portal/models/{version}:promote")
 async def confirm_promotion(request: Request, person: Person) -> Response:
     # Only a confirmation page: asking it without the permission is refused as the service would.
@@ -157,5 +190,6 @@ routes: list[BaseRoute] = [
     Route("/models:train", train, methods=["POST"]),
     Route("/models/{version}:promote", confirm_promotion, methods=["GET"]),
     Route("/models/{version}:promote", promote, methods=["POST"]),
+    Route("/models/{version}/health", health, methods=["GET"]),
     Route("/models/{version}", card, methods=["GET"]),
 ]

@@ -14,16 +14,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 from urllib.parse import urlencode
 
-import grpc
 from awareness.analytics.v1 import analytics_pb2
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from services.portal.api import failure_of, portal_state, render, signed_in
+from services.portal.api import part, portal_state, render, signed_in
 from services.portal.domain import display, programme
 from services.portal.service import Person, Services
-from services.runtime.errors import AwarenessError
 
 T = TypeVar("T")
 PAGE_SIZE: Final = 25
@@ -31,18 +29,6 @@ PAGE_SIZE: Final = 25
 
 async def _call(services: Services, person: Person, call: Callable[[], Awaitable[T]]) -> T:
     return await services.as_person(person, call)
-
-
-async def _part(services: Services, person: Person, call: Callable[[], Awaitable[T]]) -> T | str:
-    """One part of a page: its answer, or why it is unavailable (so the rest of the page still shows)."""
-    try:
-        return await services.as_person(person, call)
-    except (grpc.aio.AioRpcError, AwarenessError) as exc:
-        failed = failure_of(exc)
-        # A refusal is the whole page's answer (403, or back to sign-in), not one part's.
-        if failed.code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-            raise
-        return f"unavailable ({failed.code.name})"
 
 
 @signed_in("/portal/programme")
@@ -94,7 +80,7 @@ async def trends(request: Request, person: Person) -> Response:
     start_day, end_day = weeks[0][1].isoformat(), weeks[-1][2].isoformat()
     analytics = services.analytics()
     counts, training, violations = await asyncio.gather(
-        _part(
+        part(
             services,
             person,
             lambda: analytics.QueryEventCounts(
@@ -103,10 +89,10 @@ async def trends(request: Request, person: Person) -> Response:
                 )
             ),
         ),
-        _part(
+        part(
             services, person, lambda: analytics.GetTrainingSummary(analytics_pb2.GetTrainingSummaryRequest())
         ),
-        _part(
+        part(
             services,
             person,
             lambda: analytics.QueryViolations(
