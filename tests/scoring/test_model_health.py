@@ -15,10 +15,9 @@ import functools
 import json
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
@@ -32,11 +31,10 @@ from services.scoring.models import ModelStatus
 from services.scoring.training_job import register_result
 from tests.gdpr.suite import Suite, in_process_suite
 from tests.support.suite import run_module
-from tests.test_e2e_gdpr import small_model
+from tests.test_e2e_gdpr import eventually, small_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-T = TypeVar("T")
 INTEGRATION = Principal(subject="integration:mail-gateway", roles=frozenset({"integration"}))
 ANALYST = Principal(subject="analyst:alan", roles=frozenset({"analyst"}))
 DPO = Principal(subject="dpo:dana", roles=frozenset({"dpo"}))
@@ -70,17 +68,6 @@ ENV = {
     "AWARENESS_INGEST_RECONCILE_SETTLE_SECONDS": "0",
     "AWARENESS_INGEST_ANALYTICS": "false",
 }
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], *, what: str, seconds: float = 120.0) -> T:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while True:
-        value = await probe()
-        if value is not None:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 def stream(now: datetime) -> tuple[list[ingest_pb2.Event], set[str]]:
@@ -162,7 +149,8 @@ async def test_live_precision_and_recall_printed_match_the_labels_without_object
             return read if done else None
 
         served = {
-            e.event_id: await eventually(functools.partial(scored, e.event_id), what="scores") for e in events
+            e.event_id: await eventually(functools.partial(scored, e.event_id), what="scores", seconds=120)
+            for e in events
         }
         assert {read.metadata.model_version for read in served.values()} == {version}
         for event in events:

@@ -31,9 +31,9 @@ from services.runtime.auth import Principal
 from services.runtime.timestamps import to_timestamp
 from services.scoring.domain.generator import GeneratorConfig, RawEvent, Shift, generate
 from tests.gdpr.suite import in_process_suite
-from tests.scoring.test_model_health import eventually, register_champion
+from tests.scoring.test_model_health import register_champion
 from tests.support.suite import run_module
-from tests.test_e2e_gdpr import small_model
+from tests.test_e2e_gdpr import eventually, small_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -121,7 +121,7 @@ async def test_the_nightly_job_promotes_on_evidence_then_keeps_without_it(tmp_pa
             )
 
         for raw, event in stream:
-            await eventually(functools.partial(scored, event.event_id), what="scores")
+            await eventually(functools.partial(scored, event.event_id), what="scores", seconds=120)
             truth = ingest_pb2.LABEL_TRUE_POSITIVE if raw.risky else ingest_pb2.LABEL_FALSE_POSITIVE
             await analyst.LabelEvent(
                 ingest_pb2.LabelEventRequest(name=f"events/{event.event_id}", label=truth)
