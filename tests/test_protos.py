@@ -77,6 +77,9 @@ EXPECTED_METHODS: dict[str, set[str]] = {
         "PromoteModel",
         "TrainModel",
         "ListShadowScores",
+        "GetModelHealth",
+        "DecidePromotion",
+        "ListPromotionDecisions",
     },
     "awareness.signing.v1.SigningService": {
         "SignCheckpoint",

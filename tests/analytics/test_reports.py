@@ -223,6 +223,11 @@ async def test_the_model_section_is_the_champions_health_from_scoring(reports: R
     with transaction(sessions) as session:
         champion, _ = register_result(session, result=model, status=ModelStatus.CHAMPION)
 
+    async def scoring_answers() -> bool | None:
+        # The first report's failed calls opened the breaker to scoring: wait for it to close.
+        return True if (await reports.issuer.build(WEEK)).model.champion_version else None
+
+    await eventually(scoring_answers, what="the champion's health from scoring", timeout=90, interval=0.5)
     issued = await reports.issuer.issue(period=WEEK, fmt="csv", created_by="test:analyst")
     rows = [line for line in issued.row.content.decode().splitlines() if line.startswith("model,")]
     card_f1 = f"{champion.metrics['f1']:.4f}"
