@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from services.runtime.config import ALL_PROCESSES, SERVICES
 
-_EXTENSIONS = ("signing", "gdpr", "scoring", "policy", "ingest", "gateway", "analytics")
+_EXTENSIONS = ("signing", "gdpr", "scoring", "policy", "ingest", "gateway", "analytics", "backup")
 
 
 # sysexits.h EX_CONFIG: the pod's configuration, not the code, is wrong.

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.gateway.config import DOOR_TLS_CERT_VAR, DOOR_TLS_DIR
 from services.runtime.config import (
     ALL_PROCESSES,
+    ARCHIVE_DIR_VAR,
     DEFAULT_GATEWAY_ADMIN_PORT,
     DEFAULT_GATEWAY_GRPC_PORT,
     DEFAULT_GATEWAY_PORT,
@@ -143,6 +144,7 @@ def run_suite(*, data_dir: str | None, gateway_port: int | None, ready_timeout: 
     env["AWARENESS_DATA_DIR"] = str(directory)
     port = gateway_port or int(env.get("AWARENESS_GATEWAY_PORT") or DEFAULT_GATEWAY_PORT)
     env["AWARENESS_GATEWAY_PORT"] = str(port)
+    env.setdefault(ARCHIVE_DIR_VAR, str(directory / "archive"))
     env.setdefault("PYTHONUNBUFFERED", "1")
     prepare_data_dir(directory)
     suite = Suite(data_dir=directory, env=env, gateway_port=port)

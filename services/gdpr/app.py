@@ -15,8 +15,9 @@ from services.gdpr.domain.retention import DEFAULT_RETENTION_DAYS
 from services.gdpr.keysource import describe_keyring, load_key_material
 from services.gdpr.service.transactions import GdprStore, enable_secure_delete
 from services.gdpr.service.usecases import GdprMetrics, GdprUseCases
+from services.gdpr.tombstones import TombstoneJournal
 from services.runtime import db
-from services.runtime.config import ConfigError, env_float, env_int, env_str
+from services.runtime.config import ConfigError, archive_dir, env_float, env_int, env_str
 from services.runtime.db import run_db
 from services.runtime.paging import PageTokens
 from services.runtime.server import ServiceApp, ServiceContext
@@ -57,6 +58,7 @@ def build_service(context: ServiceContext) -> GdprService:
         material=material,
         granularity=_granularity(granularity),
         default_retention_days=env_int(settings.env, "AWARENESS_GDPR_RETENTION_DAYS", DEFAULT_RETENTION_DAYS),
+        tombstones=None if (archive := archive_dir(settings.env)) is None else TombstoneJournal(archive),
     )
     use_cases = GdprUseCases(
         store=store,

@@ -56,10 +56,12 @@ from services.ingest.service import (
     EventReader,
     LogWriter,
 )
+from services.ingest.verification_records import VerificationCollector
 from services.runtime import audit, db
 from services.runtime.config import (
     ConfigError,
     Settings,
+    archive_dir,
     env_bool,
     env_float,
     env_int,
@@ -125,6 +127,7 @@ def load_ingest_settings(settings: Settings) -> IngestSettings:
             )
             / 1000,
             origin=origin,
+            archive_dir=archive_dir(env),
         ),
         enrichment=EnrichmentSettings(
             reconcile_interval_seconds=env_float(
@@ -221,6 +224,8 @@ class IngestRuntime:
             forget_downstream=self.analytics.forget,
         )
         self.access = AccessRecordReader(sessions=sessions, page_tokens=page_tokens)
+        # The scheduled verification's results, read from the access records (verification_records.py).
+        context.metrics.registry.register(VerificationCollector(sessions))
         self.servicer = IngestServicer(writer=self.writer, reader=self.reader, access=self.access)
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -28,6 +29,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.ingest import repository
+from services.ingest.archive import ArchiveError, LogArchive, archive_through
 from services.ingest.domain.merkle import nodes_for_append, root_hash
 from services.ingest.models import Checkpoint
 from services.ingest.repository import DatabaseNodeStore
@@ -51,6 +53,27 @@ class IntegratorSettings:
     checkpoint_every: int = 1000
     checkpoint_interval_seconds: float = 1.0
     origin: str = "awareness.local/log"
+    # Where every checkpointed leaf is written before its checkpoint is stored (services.ingest.archive).
+    archive_dir: Path | None = None
+
+
+def integrate_rows(
+    session: Session, *, state: repository.TreeState, rows: list[tuple[int, str, bytes]]
+) -> tuple[repository.TreeState, bytes]:
+    """Give ``rows`` (seq, event_id, leaf_hash, in seq order) the next leaf indices and store the
+    tree nodes above them; the new state and root."""
+    plan = nodes_for_append(
+        tree_size=state.tree_size,
+        leaf_hashes=[leaf for _, _, leaf in rows],
+        store=DatabaseNodeStore(session),
+    )
+    now_us = time.time_ns() // 1000
+    first = state.tree_size
+    leaves = [
+        (first + offset, event_id, seq, leaf, now_us) for offset, (seq, event_id, leaf) in enumerate(rows)
+    ]
+    repository.insert_leaves_and_nodes(session, leaves=leaves, nodes=plan.nodes)
+    return repository.TreeState(tree_size=plan.tree_size, last_seq=rows[-1][0]), plan.root
 
 
 class Integrator:
@@ -94,6 +117,7 @@ class Integrator:
         self._integrated_origins: list[SpanContext] = []
         self._origins_lock = threading.Lock()  # the committer's thread adds, this one takes
         self._metrics = metrics
+        self._archive = None if settings.archive_dir is None else LogArchive(settings.archive_dir)
         if metrics is not None:
             self._tree_size_gauge = metrics.gauge("tree_size_leaves", "Leaves in the Merkle tree")
             self._checkpoint_gauge = metrics.gauge(
@@ -277,24 +301,11 @@ class Integrator:
             )
             if not rows:
                 return 0
-            plan = nodes_for_append(
-                tree_size=state.tree_size,
-                leaf_hashes=[leaf for _, _, leaf in rows],
-                store=DatabaseNodeStore(session),
-            )
-            now_us = time.time_ns() // 1000
-            first = state.tree_size
-            leaves = [
-                (first + offset, event_id, seq, leaf, now_us)
-                for offset, (seq, event_id, leaf) in enumerate(rows)
-            ]
-            repository.insert_leaves_and_nodes(session, leaves=leaves, nodes=plan.nodes)
-            last_seq = rows[-1][0]
+            new_state, self._root = integrate_rows(session, state=state, rows=rows)
             # Counted in the same round (an index range on seq): records committed since it began.
-            self.unintegrated_records = repository.count_records_after(session, after_seq=last_seq)
-        self._state = repository.TreeState(tree_size=plan.tree_size, last_seq=last_seq)
-        self._root = plan.root
-        self._observe_tree(plan.tree_size)
+            self.unintegrated_records = repository.count_records_after(session, after_seq=new_state.last_seq)
+        self._state = new_state
+        self._observe_tree(new_state.tree_size)
         if self._metrics is not None:
             self._integrated.inc(len(rows))
         return len(rows)
@@ -355,6 +366,14 @@ class Integrator:
             "tsa": signed.tsa,
             "store_time_us": now_us,
         }
+        if self._archive is not None:
+            # Before the checkpoint exists anywhere but here: no checkpoint outruns the archive.
+            archive = functools.partial(contextvars.copy_context().run, self._archive_through, values)
+            try:
+                await self._in_thread(archive)
+            except (ArchiveError, OSError) as error:
+                self._signing_failed(error, reason="archive")
+                return False
         # In a copy of this context, so the database spans join the checkpoint span.
         store = functools.partial(contextvars.copy_context().run, self._store_checkpoint, values)
         await self._in_thread(store)
@@ -371,16 +390,26 @@ class Integrator:
         with self._gate, transaction(self._sessions) as session:
             repository.insert_checkpoint(session, values=values)
 
-    def _signing_failed(self, error: BaseException) -> None:
+    def _archive_through(self, values: dict[str, object]) -> None:
+        assert self._archive is not None
+        tree_size = int(str(values["tree_size"]))
+        with self._sessions() as session:
+            archive_through(self._archive, session, tree_size=tree_size, checkpoint=values)
+
+    def _signing_failed(self, error: BaseException, *, reason: str | None = None) -> None:
         # The peer's status code (services.runtime.clients.peer_error), else what went wrong.
-        reason = (
-            error.metadata.get("code", type(error).__name__)
-            if isinstance(error, AwarenessError)
-            else type(error).__name__
-        )
+        if reason is None:
+            reason = (
+                error.metadata.get("code", type(error).__name__)
+                if isinstance(error, AwarenessError)
+                else type(error).__name__
+            )
         if self._metrics is not None:
             self._checkpoint_failures.labels(reason).inc()
         now = time.monotonic()
         if now - self._last_signing_warning > 30:
             self._last_signing_warning = now
-            log.warning("checkpoint signing failed; integration continues", extra={"reason": reason})
+            log.warning(
+                "checkpoint signing failed; integration continues",
+                extra={"reason": reason, "error": str(error) if reason == "archive" else ""},
+            )

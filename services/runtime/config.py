@@ -63,6 +63,16 @@ class ConfigError(ValueError):
     """A setting has a value that cannot be used."""
 
 
+ARCHIVE_DIR_VAR = "AWARENESS_ARCHIVE_DIR"
+
+
+def archive_dir(env: Mapping[str, str]) -> Path | None:
+    """Where ingest archives the log and gdpr its erasure tombstones (docs/disaster-recovery.md);
+    None when unset. ``awareness up`` sets it to ``<data dir>/archive``; the chart to its backup volume."""
+    value = env.get(ARCHIVE_DIR_VAR, "").strip()
+    return Path(value) if value else None
+
+
 def env_str(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name, "").strip()
     return value or default

@@ -20,9 +20,10 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy import Engine
+from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.runtime import audit, auth, db, identity, migrations
+from services.runtime import audit, auth, db, identity, migrations, recovery
 from services.runtime.audit import AuditRecorder
 from services.runtime.clients import ChannelFactory
 from services.runtime.config import Settings, with_identity
@@ -89,6 +90,8 @@ def build_context(settings: Settings, *, with_database: bool = True, migrate: bo
     context = ServiceContext(settings=settings, metrics=metrics, channels=channels, audit=recorder)
     if with_database:
         context.engine = db.create_db_engine(settings.database_url, service=settings.service)
+        with contextlib.suppress(sqlalchemy_exc.OperationalError):  # a down database shows in health
+            recovery.refuse_if_restored(context.engine, service=settings.service)
         if migrate:
             migrations.upgrade(settings.service, context.engine)
         with contextlib.suppress(Exception):  # creates an SQLite file; a down database shows in health

@@ -72,6 +72,7 @@ from services.gdpr.models import (
     RetentionRunRow,
     Subject,
 )
+from services.gdpr.tombstones import TombstoneJournal
 from services.runtime.db import transaction
 from services.runtime.errors import FailedPreconditionError, FieldViolation, InvalidArgumentError
 
@@ -207,8 +208,10 @@ class GdprStore:
         granularity: PeriodGranularity = "month",
         default_retention_days: int = DEFAULT_RETENTION_DAYS,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        tombstones: TombstoneJournal | None = None,
     ) -> None:
         self._engine = engine
+        self._tombstones = tombstones
         self._sessions = sessions
         self._keyring = material.keyring
         self._keyring_file = material.keyring_file
@@ -506,6 +509,9 @@ class GdprStore:
                 reason=reason,
                 request_id=record.request_id,
             )
+            if self._tombstones is not None:
+                # Last, inside the transaction: a tombstone that cannot be written rolls the erasure back.
+                self._tombstones.write(erasure_id=erasure_id, pseudonym=pseudonym, erase_time=now)
         self.compact()
         return ErasureOutcome(record=record, replayed=False)
 

@@ -1,0 +1,1 @@
+"""Backup, restore and reconciliation of the whole suite (docs/disaster-recovery.md)."""
