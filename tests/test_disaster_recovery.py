@@ -9,14 +9,15 @@ log proves consistency from the checkpoint held before the disaster to the new h
 from __future__ import annotations
 
 import base64
-import contextlib
 import gzip
 import json
+import os
 import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,13 @@ from services.ingest.domain.merkle import verify_consistency
 from services.runtime.config import SERVICES
 from services.runtime.db import schema_name
 from tests.resilience.harness import ProcessSuite, http_json, metric_value, parse_metrics, wait_until
+from tests.support.doc_commands import DocCommand, fenced_commands
 from tests.support.resources import temporary_database
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
 ERASED = "leaver@example.org"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "disaster-recovery.md"
 
 
 @pytest.fixture
@@ -77,6 +80,55 @@ def _lag(suite: ProcessSuite) -> float:
     return metric_value(parse_metrics(suite.scrape("ingest")), "awareness_ingest_integrator_lag_leaves")
 
 
+def _doc_sections() -> dict[str, list[DocCommand]]:
+    """The doc's commands by the section (## heading) they are in."""
+    headings = [
+        (number, line[3:].strip())
+        for number, line in enumerate(DOC.read_text().splitlines(), start=1)
+        if line.startswith("## ")
+    ]
+    sections: dict[str, list[DocCommand]] = {}
+    for command in fenced_commands(DOC):
+        heading = [title for number, title in headings if number < command.line][-1]
+        sections.setdefault(heading, []).append(command)
+    return sections
+
+
+@dataclass
+class DocRunner:
+    """Runs the doc's commands as an operator would, in one working directory, section by section."""
+
+    suite: ProcessSuite
+    workdir: Path
+    variables: dict[str, str]
+    sections: dict[str, list[DocCommand]] = field(default_factory=_doc_sections)
+    ran: list[str] = field(default_factory=list)
+
+    def run(
+        self, section: str, *, learn: Callable[[str], dict[str, str]] = lambda stdout: {}
+    ) -> list[subprocess.CompletedProcess[str]]:
+        """Run the section's commands; ``learn`` turns a command's output into variables for the next
+        (what an operator reads off the screen)."""
+        done = []
+        for command in self.sections[section]:
+            env = {**self.suite.base_env(), **self.variables}
+            env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+            result = subprocess.run(
+                ["bash", "-c", command.text],
+                cwd=self.workdir,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            assert result.returncode == command.expect_exit, f"{command.id}: {command.text}\n{result.stderr}"
+            self.ran.append(command.id)
+            self.variables.update(learn(result.stdout))
+            done.append(result)
+        return done
+
+
 def _cli(suite: ProcessSuite, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "services.cli", *args],
@@ -94,15 +146,22 @@ def test_a_restore_brings_back_every_checkpointed_event_keeps_erasures_and_never
     suite, archive = drill
     suite.start_all(timeout=180)
     key = suite.create_api_key(name="drill", roles=("admin", "dpo", "auditor"))
+    work = tmp_path / "operator"
+    work.mkdir()
+    doc = DocRunner(
+        suite,
+        work,
+        {"BACKUPS": str(tmp_path / "backups"), "GATEWAY": suite.gateway_url, "AUDITOR_KEY": key},
+    )
     people = [f"person{n}@example.org" for n in range(8)]
 
     # --- before the backup: the leaver and others have events --------------------------------------
     _append(suite, key, [_event(p, i) for i, p in enumerate([*people, ERASED, ERASED])])
     wait_until(lambda: _lag(suite) == 0, timeout=60, what="the first events checkpointed")
-    backups = tmp_path / "backups"
-    created = _cli(suite, "backup", "create", "--to", str(backups))
-    assert created.returncode == 0, created.stderr
-    backup_set = Path(json.loads(created.stdout)["path"])
+    created = doc.run(
+        "Back up", learn=lambda out: {"SET": json.loads(out)["created"]} if '"created"' in out else {}
+    )
+    backup_id = json.loads(created[0].stdout)["created"]
 
     # --- after it: more events, one erasure, checkpoints (archived as they are signed) ------------
     since_backup = _append(suite, key, [_event(p, 20 + i) for i, p in enumerate([*people, ERASED])])
@@ -115,18 +174,14 @@ def test_a_restore_brings_back_every_checkpointed_event_keeps_erasures_and_never
     assert status == 200, erasure
     leaver_events = [r["eventId"] for r in since_backup[-1:]]
     wait_until(lambda: _lag(suite) == 0, timeout=60, what="the erasure checkpointed")
-    status, held = http_json("GET", f"{suite.gateway_url}/v1/checkpoints/latest", api_key=key)
-    assert status == 200, held
-    status, keys = http_json("GET", f"{suite.gateway_url}/v1/keys", api_key=key)
-    assert status == 200, keys
-    (tmp_path / "checkpoint.json").write_text(json.dumps(held))
-    (tmp_path / "keys.json").write_text(json.dumps(keys))
+    doc.run("Keep what proves the log")
+    held = json.loads((work / "checkpoint.json").read_text())
 
     # --- a tail no checkpoint covers: signing is down, ingest still acknowledges ---------------------
     suite.kill("signing")
     tail = _append(suite, key, [_event(p, 40 + i) for i, p in enumerate(people[:5])])
     acknowledged = [*since_backup, *tail]
-    (tmp_path / "receipts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in acknowledged))
+    (work / "receipts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in acknowledged))
 
     # --- the disaster: every process stops and the database loses every schema ------------------
     suite.stop_all()
@@ -137,16 +192,10 @@ def test_a_restore_brings_back_every_checkpointed_event_keeps_erasures_and_never
             connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema_name(service)}" CASCADE'))
     engine.dispose()
 
-    # --- restore: refused without --yes, then done; the services refuse to start until reconciled ---
-    verified = _cli(suite, "backup", "verify", str(backup_set))
-    assert verified.returncode == 0, verified.stderr
-    unconfirmed = _cli(suite, "backup", "restore", str(backup_set))
-    assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
-    restored = _cli(suite, "backup", "restore", str(backup_set), "--yes")
-    assert restored.returncode == 0, restored.stderr
+    # --- restore (refused without --yes); the services then refuse to start until reconciled --------
+    doc.run("Restore")
     suite.start("ingest")
-    refused = suite.processes["ingest"].wait(timeout=60)
-    assert refused == 78
+    assert suite.processes["ingest"].wait(timeout=60) == 78
     assert "reconcile" in suite.log_path("ingest").read_text()
 
     # --- an archive changed behind the log's back is refused, and the suite keeps refusing ---------
@@ -165,20 +214,9 @@ def test_a_restore_brings_back_every_checkpointed_event_keeps_erasures_and_never
     assert suite.processes["gdpr"].wait(timeout=60) == 78
 
     # --- reconcile ---------------------------------------------------------------------------------
-    reconciled = _cli(
-        suite,
-        "backup",
-        "reconcile",
-        "--checkpoint",
-        str(tmp_path / "checkpoint.json"),
-        "--keys",
-        str(tmp_path / "keys.json"),
-        "--receipts",
-        str(tmp_path / "receipts.jsonl"),
-    )
-    assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
+    (reconciled,) = doc.run("Reconcile")
     report = json.loads(reconciled.stdout)
-    assert report["reconciled"] and report["log"]["reimported"] > 0
+    assert report["reconciled"] and report["restored_from"] == backup_id and report["log"]["reimported"] > 0
     # The tail no checkpoint covered is reported by id, and nothing else is.
     assert sorted(report["receipts"]["not_recovered"]) == sorted(r["eventId"] for r in tail)
     assert report["erasures"]["replayed"] == [erasure["name"].removeprefix("erasures/")]
@@ -202,15 +240,8 @@ def test_a_restore_brings_back_every_checkpointed_event_keeps_erasures_and_never
 
     # The public API proves the new head extends the checkpoint held before the disaster.
     old_size = int(held["treeSize"])
-    wait_until(
-        lambda: (
-            int(http_json("GET", f"{suite.gateway_url}/v1/checkpoints/latest", api_key=key)[1]["treeSize"])
-            > old_size
-        ),
-        timeout=60,
-        what="a checkpoint past the pre-disaster one",
-    )
-    status, head = http_json("GET", f"{suite.gateway_url}/v1/checkpoints/latest", api_key=key)
+    wait_until(lambda: _latest(suite, key)["treeSize"] > old_size, timeout=60, what="a checkpoint past it")
+    head = _latest(suite, key)
     new_size = int(head["treeSize"])
     status, proof = http_json(
         "GET",
@@ -225,10 +256,17 @@ def test_a_restore_brings_back_every_checkpointed_event_keeps_erasures_and_never
         new_root=base64.b64decode(head["rootHash"]),
         proof=[base64.b64decode(node) for node in proof.get("hashes", [])],
     )
-    with contextlib.suppress(Exception):
-        suite.stop_all()
-    full = _cli(suite, "verify", "--quiet")
-    assert full.returncode == 0, full.stdout + full.stderr
+    wait_until(lambda: _lag(suite) == 0, timeout=60, what="the replayed erasure finished")
+    doc.run("Check")
     # What the drill rested on: log segments and the erasure's tombstone, outside the database.
     assert list((archive / "log").glob("*.jsonl.gz"))
     assert [path.stem for path in (archive / "tombstones").glob("*.json")] == report["erasures"]["replayed"]
+    # Every command of the page ran.
+    assert sorted(doc.ran) == sorted(command.id for command in fenced_commands(DOC))
+
+
+def _latest(suite: ProcessSuite, key: str) -> dict[str, Any]:
+    status, checkpoint = http_json("GET", f"{suite.gateway_url}/v1/checkpoints/latest", api_key=key)
+    assert status == 200, checkpoint
+    checkpoint["treeSize"] = int(checkpoint["treeSize"])
+    return checkpoint
