@@ -268,5 +268,6 @@ def test_a_restore_brings_back_every_checkpointed_event_keeps_erasures_and_never
 def _latest(suite: ProcessSuite, key: str) -> dict[str, Any]:
     status, checkpoint = http_json("GET", f"{suite.gateway_url}/v1/checkpoints/latest", api_key=key)
     assert status == 200, checkpoint
+    assert isinstance(checkpoint, dict)
     checkpoint["treeSize"] = int(checkpoint["treeSize"])
     return checkpoint
