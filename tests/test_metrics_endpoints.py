@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.loadgen import LoadConfig, run_load
 from services.runtime.config import SERVICES
+from tests.helm.promql import dashboard_queries, metric_names, name_patterns, rule_queries, shipped_queries
 from tests.resilience.harness import (
     PrivateRedis,
     ProcessSuite,
@@ -59,10 +61,16 @@ SERVICE_METRICS: tuple[tuple[str, str, str], ...] = (
     ("ingest", "awareness_ingest_checkpoint_failures_total", "failed checkpoint signings"),
     ("ingest", "awareness_ingest_enrichment_results_total", "scoring/policy outcomes"),
     ("ingest", "awareness_ingest_reconciler_backfills_total", "pending metadata back-filled"),
+    ("ingest", "awareness_ingest_integrator_leader", "1 on the replica that leads integration"),
     ("signing", "awareness_signing_timestamps_issued_total", "RFC 3161 tokens issued"),
     ("signing", "awareness_signing_checkpoints_signed_total", "checkpoints signed, by TSA"),
     ("signing", "awareness_signing_upstream_tsa_requests_total", "upstream TSA outcomes"),
     ("signing", "awareness_signing_operation_duration_seconds", "signing latency"),
+    (
+        "signing",
+        "awareness_signing_certificate_expiry_timestamp_seconds",
+        "when each signing certificate expires",
+    ),
     ("policy", "awareness_policy_evaluations_total", "events evaluated"),
     ("policy", "awareness_policy_violations_total", "violations found"),
     ("policy", "awareness_policy_evaluation_duration_seconds", "evaluation latency"),
@@ -74,8 +82,14 @@ SERVICE_METRICS: tuple[tuple[str, str, str], ...] = (
     ("gdpr", "awareness_gdpr_exports_total", "subject exports"),
     ("gdpr", "awareness_gdpr_keys_issued_total", "data keys handed to ingest"),
 )
+# Provided by the scheduled verification (issue 22, item 4), which ingest runs and exports.
+SCHEDULED_VERIFICATION_METRICS = (
+    ("ingest", "awareness_verification_failures_total", "failed scheduled verifications, by check"),
+    ("ingest", "awareness_verification_last_success_timestamp_seconds", "last passed verification, by check"),
+)
 EXPECTED = (
     *SERVICE_METRICS,
+    *SCHEDULED_VERIFICATION_METRICS,
     *(
         (service, f"awareness_{service}_{name}", what)
         for service in SERVICES
@@ -155,7 +169,9 @@ def test_at_least_25_meaningful_metrics_across_the_services(scrapes: dict[str, s
         if family.name.startswith("awareness_")
     }
     assert len(families) >= 25, sorted(families)
-    for name in families:  # Prometheus conventions: awareness_<service>_<thing>[_<unit>]
+    # The scheduled verification's names are fixed by the alert rules' contract, not by a service.
+    contract = {name.removesuffix("_total") for _, name, _ in SCHEDULED_VERIFICATION_METRICS}
+    for name in families - contract:  # Prometheus conventions: awareness_<service>_<thing>[_<unit>]
         assert name == name.lower() and name.split("_")[1] in (*SERVICES, "gateway"), name
 
 
@@ -177,3 +193,25 @@ def test_the_traffic_shows_in_the_metrics(scrapes: dict[str, str]) -> None:
     for service in SERVICES:
         samples = parse_metrics(scrapes[service])
         assert metric_value(samples, f"awareness_{service}_health_serving") == 1, service
+
+
+def test_every_dashboard_and_alert_query_names_a_metric_the_suite_exports(scrapes: dict[str, str]) -> None:
+    """The chart's Grafana dashboards and alert rules read only metrics that a running suite declares."""
+    exported = set().union(*(declared_names(text) for text in scrapes.values()))
+    unknown: list[str] = []
+    for query in shipped_queries():
+        unknown.extend(f"{query.where}: {name}" for name in sorted(metric_names(query.expr) - exported))
+        unknown.extend(
+            f"{query.where}: no metric matches {pattern}"
+            for pattern in sorted(name_patterns(query.expr))
+            if not any(re.fullmatch(pattern, name) for name in exported)
+        )
+    assert not unknown, "queries naming metrics the suite does not export:\n" + "\n".join(unknown)
+    # The extraction finds the names, or the check above proves nothing.
+    dashboard_names = set().union(*(metric_names(q.expr) for q in dashboard_queries()))
+    assert len(dashboard_names) >= 50, sorted(dashboard_names)
+    assert "awareness_gateway_http_request_duration_seconds" in dashboard_names  # a histogram's family
+    assert "awareness_scoring_feature_psi" in dashboard_names
+    assert "awareness_ingest_checkpoint_age_seconds" in set().union(
+        *(metric_names(q.expr) for q in rule_queries())
+    )

@@ -23,6 +23,7 @@ from tests.helm.rendering import (
 # them (tests/helm/test_mtls.py checks the cert-manager objects' fields instead).
 CUSTOM_RESOURCE_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("cert-manager.io/v1", "Certificate"),
     ("cert-manager.io/v1", "Issuer"),
 }
@@ -71,7 +72,8 @@ def test_strict_validation_rejects_an_unknown_field() -> None:
 def test_custom_resources_are_the_only_kinds_without_a_bundled_schema() -> None:
     manifests = render(load_values(*SCENARIOS["production"]))
     custom = [m for m in manifests if (m["apiVersion"], m["kind"]) in CUSTOM_RESOURCE_KINDS]
-    # Production renders each of them: the ServiceMonitor, the service Certificates and the CA Issuers.
+    # Production renders each of them: the ServiceMonitor, the PrometheusRule, the service Certificates
+    # and the CA Issuers.
     assert {(m["apiVersion"], m["kind"]) for m in custom} == CUSTOM_RESOURCE_KINDS
     assert len(of_kind(custom, "ServiceMonitor")) == 1
     for manifest in custom:
