@@ -1,4 +1,6 @@
-"""``awareness verify``: offline proof checks, or a whole-database recomputation."""
+"""``awareness verify``: offline proof checks, or a whole-database recomputation (or an incremental one
+from a remembered checkpoint); ``awareness verification run``: the scheduled job; ``awareness witness``:
+a transparency-log monitor over the public API."""
 
 from __future__ import annotations
 
@@ -21,7 +23,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "the RFC 3161 token over it (openssl ts -verify -digest), and the inclusion proof of its "
             "report.issued event, from FILE.evidence.json (docs/reports.md). "
             "With --database (or neither): recompute every leaf hash, Merkle node and checkpoint root "
-            "of the ingest database and name the first record that differs."
+            "of the ingest database and name the first record that differs. "
+            "With --incremental STATE: from the checkpoint remembered in STATE (none: everything) to the "
+            "newest one: new leaves re-hashed, new checkpoint roots recomputed, a consistency proof "
+            "checked; STATE is updated when it passes. It does not re-read older records: run without it "
+            "now and then (the scheduled job does, weekly; docs/operations.md, Scheduled verification)."
         ),
     )
     verify.add_argument("--proof", type=Path, help="GetInclusionProof response (JSON, as the API returns it)")
@@ -51,9 +57,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=Path,
         help="with --report: its evidence (default: FILE.evidence.json, else asked of the running suite)",
     )
+    verify.add_argument(
+        "--incremental",
+        type=Path,
+        metavar="STATE",
+        help="a JSON file remembering the last verified checkpoint: verify only what came after it",
+    )
     verify.add_argument("--openssl", default="openssl", help="openssl binary for the RFC 3161 check")
     verify.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     verify.set_defaults(handler=run_verify)
+
+    from services import verification
+    from services.ingest import witness
+
+    verification.register(subparsers)
+    witness.register(subparsers)
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -64,7 +82,14 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from services.ingest.verify import load_keys, verify_database, verify_proof
+    from services.ingest.verify import (
+        load_head,
+        load_keys,
+        store_head,
+        verify_database,
+        verify_incremental,
+        verify_proof,
+    )
 
     keys = load_keys(args.keys) if args.keys else None
     if args.report is not None:
@@ -86,10 +111,20 @@ def run_verify(args: argparse.Namespace) -> int:
 
         url = args.database or load_settings("ingest").database_url
         engine = db.create_db_engine(url, service="ingest")
+        progress = None if args.quiet else sys.stderr
         try:
-            report = verify_database(engine, keys=keys, progress=None if args.quiet else sys.stderr)
+            if args.incremental is None:
+                report = verify_database(engine, keys=keys, progress=progress)
+            else:
+                since = load_head(args.incremental)
+                report = verify_incremental(engine, since=since, keys=keys, progress=progress)
         finally:
             engine.dispose()
+        if args.incremental is not None and report.ok and report.head is not None:
+            store_head(args.incremental, report.head)
+            report.notes.append(
+                f"{args.incremental}: verified up to the checkpoint of tree size {report.head.tree_size}"
+            )
     report.print(sys.stdout)
     return 0 if report.ok else 1
 

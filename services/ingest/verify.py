@@ -12,6 +12,20 @@ Database: every stored record is re-encoded in its record_version (version 2 wit
 system payload, version 3 with the stored dimensions) and re-hashed, leaves are checked gap-free, every
 stored Merkle node and every checkpoint root is recomputed; the first record that differs is
 named (event id and leaf index).
+
+Incremental (``verify_incremental``): from a checkpoint verified before (its tree size and root,
+remembered outside the database) to the newest stored checkpoint. The remembered checkpoint must still
+be stored with the same root; the frontier of the old tree (its O(log n) perfect subtree hashes) is read
+from the stored nodes and must fold to the remembered root, which authenticates it; then only the new
+leaves are re-hashed from their records, and the stored nodes and the root of every new checkpoint are
+recomputed on top of that frontier; an RFC 6962 consistency proof from the remembered checkpoint to
+the newest, built by the same code the API serves proofs with, must verify. What it cannot catch: a
+record of an already-verified leaf changed afterwards (an UPDATE of its ciphertext or source), or a
+stored node inside the old tree that no new proof reads, because it does not read them again. A full
+run catches those, so the scheduled job (``awareness verification run``, services/verification.py) runs
+a full one when the last full pass is older than a week, and incremental ones in between. Neither
+catches a whole database rolled back to an earlier, self-consistent state: only a party holding a
+later checkpoint can (``awareness witness``).
 """
 
 from __future__ import annotations
@@ -35,7 +49,13 @@ from sqlalchemy.orm import Session
 from services.evidence.checkpoint import NoteVerifier, parse_signed_note, verify_checkpoint
 from services.evidence.errors import NoteError
 from services.ingest.domain.events import EVENT_TYPES_BY_NAME
-from services.ingest.domain.merkle import leaf_hash, node_hash, verify_inclusion
+from services.ingest.domain.merkle import (
+    consistency_proof,
+    leaf_hash,
+    node_hash,
+    verify_consistency,
+    verify_inclusion,
+)
 from services.ingest.domain.records import (
     StoredRecord,
     SystemPayload,
@@ -47,7 +67,15 @@ from services.ingest.domain.records import (
     record_leaf_hash,
 )
 from services.ingest.models import EventRecord
-from services.ingest.repository import CHECKPOINTS, COMPUTED_LEVELS, LEAVES, NODES, RECORDS, stored_record
+from services.ingest.repository import (
+    CHECKPOINTS,
+    COMPUTED_LEVELS,
+    LEAVES,
+    NODES,
+    RECORDS,
+    DatabaseNodeStore,
+    stored_record,
+)
 
 PROGRESS_EVERY = 10_000
 
@@ -66,6 +94,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     record: StoredRecord | None = None
     payload: SystemPayload | None = None
+    # A database check: the newest checkpoint whose root the recomputed tree matched.
+    head: VerifiedHead | None = None
 
     @property
     def ok(self) -> bool:
@@ -109,6 +139,38 @@ class Report:
             print(f"leaf  {name} {json.dumps(value, ensure_ascii=False)}", file=out)
         if self.failure is not None:
             print(f"FAIL  {self.failure}", file=out)
+
+
+@dataclass(frozen=True)
+class VerifiedHead:
+    """A checkpoint that a verification found the log to match: where the next incremental run starts."""
+
+    tree_size: int
+    root_hash: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tree_size": self.tree_size, "root_hash": self.root_hash.hex()}
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> VerifiedHead:
+        tree_size, root_hash = int(document["tree_size"]), bytes.fromhex(str(document["root_hash"]))
+        if tree_size < 0 or len(root_hash) != 32:
+            raise ValueError("a verified head has a tree size of at least 0 and a 32-byte root hash")
+        return cls(tree_size=tree_size, root_hash=root_hash)
+
+
+def load_head(path: Path) -> VerifiedHead | None:
+    """The head an earlier run stored in ``path`` (None when there is no file yet)."""
+    if not path.exists():
+        return None
+    return VerifiedHead.from_json(json.loads(path.read_text()))
+
+
+def store_head(path: Path, head: VerifiedHead) -> None:
+    """Replace ``path`` atomically: a run killed half-way leaves the old head, never a torn file."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(head.to_json()) + "\n")
+    partial.replace(path)
 
 
 # --- keys -------------------------------------------------------------------------------------------
@@ -311,9 +373,10 @@ def openssl_verify_token(
 class _CompactRange:
     """The right frontier of a growing RFC 6962 tree: O(log n) memory, emits each completed node."""
 
-    def __init__(self) -> None:
-        self._stack: list[tuple[int, bytes]] = []  # (level, hash), levels strictly decreasing
-        self.size = 0
+    def __init__(self, frontier: Sequence[tuple[int, bytes]] = (), size: int = 0) -> None:
+        # A tree of ``size`` leaves is resumed from its perfect subtrees, largest first.
+        self._stack: list[tuple[int, bytes]] = list(frontier)  # (level, hash), levels strictly decreasing
+        self.size = size
 
     def append(self, value: bytes, completed: Callable[[int, int, bytes], None]) -> None:
         level, current, index = 0, value, self.size
@@ -361,7 +424,123 @@ def verify_database(
             if failure is not None:
                 return report.fail(failure)
             report.passed(f"{len(checkpoints)} checkpoint signatures verify")
+        if covered:
+            newest = checkpoints[covered[-1]]
+            report.head = VerifiedHead(tree_size=newest.tree_size, root_hash=bytes(newest.root_hash))
     return report
+
+
+def verify_incremental(
+    engine: Engine,
+    *,
+    since: VerifiedHead | None,
+    keys: TrustedKeys | None = None,
+    progress: TextIO | None = sys.stderr,
+) -> Report:
+    """Verify from the checkpoint ``since`` (verified before) to the newest stored checkpoint; the
+    whole database when ``since`` is None. The module docstring says what this does not catch."""
+    if since is None or since.tree_size == 0:
+        return verify_database(engine, keys=keys, progress=progress)
+    report = Report()
+    old_size, old_root = since.tree_size, since.root_hash
+    with Session(engine) as session:
+        store = DatabaseNodeStore(session)
+        resumed = _resume(session, store, since, report)
+        if resumed is None:
+            return report
+        remembered, tree = resumed
+        checkpoints = {
+            row.tree_size: row
+            for row in session.execute(
+                select(CHECKPOINTS)
+                .where(CHECKPOINTS.c.tree_size > old_size)
+                .order_by(CHECKPOINTS.c.tree_size)
+            )
+        }
+        last_old_seq = session.execute(
+            select(LEAVES.c.seq).where(LEAVES.c.leaf_index == old_size - 1)
+        ).scalar_one_or_none()
+        if last_old_seq is None:
+            return report.fail(f"leaf {old_size - 1} of the verified tree is missing")
+        replay = _replay_leaves(session, checkpoints, progress=progress, tree=tree)
+        if replay.failure is not None:
+            return report.fail(replay.failure)
+        size = replay.tree_size
+        report.passed(
+            f"{size - old_size} new records re-hashed; leaf indices {old_size}..{size - 1} gap-free"
+        )
+        report.passed("every stored Merkle node above them matches the recomputed tree")
+        covered = [tree_size for tree_size in checkpoints if tree_size <= size]
+        report.passed(f"{len(covered)} new checkpoint roots match the recomputed tree")
+        beyond = [tree_size for tree_size in checkpoints if tree_size > size]
+        if beyond:
+            return report.fail(f"checkpoints name tree sizes beyond the log: {beyond[:5]}")
+        failure = _check_integrated(
+            session, last_seq=max(replay.last_seq, last_old_seq), notes=report.notes, after_seq=last_old_seq
+        )
+        if failure is not None:
+            return report.fail(failure)
+        newest = checkpoints[covered[-1]] if covered else remembered
+        new_root = bytes(newest.root_hash)
+        proof = consistency_proof(old_size=old_size, new_size=newest.tree_size, store=store)
+        if not verify_consistency(
+            old_size=old_size, new_size=newest.tree_size, old_root=old_root, new_root=new_root, proof=proof
+        ):
+            return report.fail(
+                f"the consistency proof from tree size {old_size} to {newest.tree_size} does not verify"
+            )
+        report.passed(f"consistency proof from tree size {old_size} to {newest.tree_size} verifies")
+        if keys is not None:
+            failure = _check_signatures({**checkpoints, old_size: remembered}, keys)
+            if failure is not None:
+                return report.fail(failure)
+            report.passed(f"{len(checkpoints) + 1} checkpoint signatures verify")
+        report.head = VerifiedHead(tree_size=newest.tree_size, root_hash=new_root)
+    return report
+
+
+def _resume(
+    session: Session, store: DatabaseNodeStore, since: VerifiedHead, report: Report
+) -> tuple[Any, _CompactRange] | None:
+    """The remembered checkpoint, still stored with its root, and the old tree's frontier read from
+    the stored nodes and authenticated by folding to that root; None (and the report failed) if not."""
+    old_size, old_root = since.tree_size, since.root_hash
+    remembered = session.execute(select(CHECKPOINTS).where(CHECKPOINTS.c.tree_size == old_size)).first()
+    if remembered is None:
+        report.fail(
+            f"the checkpoint of tree size {old_size} verified before is no longer stored: "
+            "the log was rolled back or rewritten"
+        )
+        return None
+    if bytes(remembered.root_hash) != old_root:
+        report.fail(
+            f"the checkpoint of tree size {old_size} now has another root than when it was verified: "
+            "the log was rewritten"
+        )
+        return None
+    report.passed(f"the checkpoint of tree size {old_size} verified before is stored, same root")
+    pieces = _frontier_keys(old_size)
+    nodes = store.get_nodes(pieces)
+    if any(key not in nodes for key in pieces):
+        report.fail(f"stored Merkle nodes of the tree of size {old_size} are missing")
+        return None
+    tree = _CompactRange([(level, nodes[(level, index)]) for level, index in pieces], size=old_size)
+    if tree.root() != old_root:
+        report.fail(
+            f"the stored Merkle nodes of the tree of size {old_size} do not fold to its verified root"
+        )
+        return None
+    return remembered, tree
+
+
+def _frontier_keys(size: int) -> list[tuple[int, int]]:
+    """(level, index) of the perfect subtrees that make up a tree of ``size`` leaves, largest first."""
+    keys, position = [], 0
+    for level in range(size.bit_length() - 1, -1, -1):
+        if size >> level & 1:
+            keys.append((level, position >> level))
+            position += 1 << level
+    return keys
 
 
 @dataclass
@@ -373,11 +552,18 @@ class _Replay:
     failure: str | None = None
 
 
-def _replay_leaves(session: Session, checkpoints: dict[int, Any], *, progress: TextIO | None) -> _Replay:
-    """Re-hash every leaf's record in order, rebuilding the tree and checking the stored nodes
-    and every checkpoint root on the way; stops at the first difference."""
+def _replay_leaves(
+    session: Session,
+    checkpoints: dict[int, Any],
+    *,
+    progress: TextIO | None,
+    tree: _CompactRange | None = None,
+) -> _Replay:
+    """Re-hash every leaf's record in order (from ``tree.size`` on, when resuming a verified tree),
+    rebuilding the tree and checking the stored nodes and every checkpoint root on the way; stops at
+    the first difference."""
     total = int(session.execute(select(func.count()).select_from(LEAVES)).scalar_one())
-    tree = _CompactRange()
+    tree = tree or _CompactRange()
     expected_nodes: dict[tuple[int, int], bytes] = {}
     replay = _Replay()
 
@@ -442,11 +628,16 @@ def _leaf_failure(row: Any, *, tree_size: int) -> str | None:
     return None
 
 
-def _check_integrated(session: Session, *, last_seq: int, notes: list[str]) -> str | None:
-    """Every record up to the last integrated one has its leaf; those after it are noted."""
+def _check_integrated(session: Session, *, last_seq: int, notes: list[str], after_seq: int = 0) -> str | None:
+    """Every record up to the last integrated one (after ``after_seq``) has its leaf; those after it
+    are noted."""
     orphans = session.execute(
         select(RECORDS.c.event_id, RECORDS.c.seq)
-        .where(RECORDS.c.seq <= last_seq, ~RECORDS.c.event_id.in_(select(LEAVES.c.event_id)))
+        .where(
+            RECORDS.c.seq > after_seq,
+            RECORDS.c.seq <= last_seq,
+            ~RECORDS.c.event_id.in_(select(LEAVES.c.event_id)),
+        )
         .order_by(RECORDS.c.seq)
         .limit(1)
     ).first()

@@ -23,7 +23,8 @@ PORTS = {
     "gateway": 8080,
 }
 # docs/architecture.md "Who calls whom", plus the CLI jobs: retraining reads labelled events from
-# ingest and registers in scoring; retention asks gdpr; the weekly report asks analytics.
+# ingest and registers in scoring; retention asks gdpr; the weekly report asks analytics; the
+# verification job records its results in ingest.
 ARCHITECTURE_CALLS = {
     "gateway": {"ingest", "policy", "scoring", "signing", "gdpr", "analytics"},
     "ingest": {"gdpr", "signing", "scoring", "policy", "analytics"},
@@ -33,6 +34,7 @@ ARCHITECTURE_CALLS = {
     "retrain": {"scoring"},
     "retention": {"gdpr"},
     "report": {"analytics"},
+    "verification": {"ingest"},
 }
 
 
@@ -121,7 +123,17 @@ def test_datastore_egress_goes_only_where_configured() -> None:
         p["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/component"): p
         for p in of_kind(manifests, "NetworkPolicy")
     }
-    for component in ("ingest", "policy", "scoring", "analytics", "signing", "gdpr", "gateway", "migrate"):
+    for component in (
+        "ingest",
+        "policy",
+        "scoring",
+        "analytics",
+        "signing",
+        "gdpr",
+        "gateway",
+        "migrate",
+        "verification",
+    ):
         cidrs = _egress_ports_to_cidrs(by_component[component])
         assert ("10.20.0.10/32", 5432) in cidrs, component
         expected_redis = component == "gateway"

@@ -77,10 +77,11 @@ def test_cronjobs_are_hardened_too() -> None:
         "retrain",
         "retention",
         "report",
+        "verification",
         "kek-rotation",
     }
     pods = pod_templates(cronjobs)
-    assert len(pods) == 4
+    assert len(pods) == 5
     for pod in pods:
         assert pod.spec["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
 
