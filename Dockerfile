@@ -64,9 +64,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     AWARENESS_DATA_DIR=/tmp/awareness \
     MPLCONFIGDIR=/tmp/matplotlib
 
-# The weekly report's PDF (WeasyPrint) needs Pango, HarfBuzz and a font; nothing else is installed.
+# The weekly report's PDF (WeasyPrint) needs Pango, HarfBuzz and a font; `awareness backup` needs
+# pg_dump, pg_restore and psql; nothing else is installed.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core \
+      postgresql-client \
  && rm -rf /var/lib/apt/lists/*
 
 # Fixed uid/gid 10001: the Helm chart's runAsUser and fsGroup use the same numbers.

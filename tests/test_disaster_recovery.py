@@ -157,6 +157,8 @@ def test_a_restore_brings_back_every_checkpointed_event_keeps_erasures_and_never
 
     # --- before the backup: the leaver and others have events --------------------------------------
     _append(suite, key, [_event(p, i) for i, p in enumerate([*people, ERASED, ERASED])])
+    tool = _cli(suite, "keys", "create", "--name", "old-tool", "--role", "analyst")
+    tool_token, tool_id = tool.stdout.split()[0], tool.stderr.split()[2]
     wait_until(lambda: _lag(suite) == 0, timeout=60, what="the first events checkpointed")
     created = doc.run(
         "Back up", learn=lambda out: {"SET": json.loads(out)["created"]} if '"created"' in out else {}
@@ -172,6 +174,7 @@ def test_a_restore_brings_back_every_checkpointed_event_keeps_erasures_and_never
         body={"subject": ERASED, "reason": "Art. 17"},
     )
     assert status == 200, erasure
+    assert _cli(suite, "keys", "revoke", tool_id).returncode == 0
     leaver_events = [r["eventId"] for r in since_backup[-1:]]
     wait_until(lambda: _lag(suite) == 0, timeout=60, what="the erasure checkpointed")
     doc.run("Keep what proves the log")
@@ -221,6 +224,8 @@ def test_a_restore_brings_back_every_checkpointed_event_keeps_erasures_and_never
     assert sorted(report["receipts"]["not_recovered"]) == sorted(r["eventId"] for r in tail)
     assert report["erasures"]["replayed"] == [erasure["name"].removeprefix("erasures/")]
     assert report["log"]["consistency"]["old_size"] == int(held["treeSize"])
+    # The key revoked after the backup came back with the restore, and is revoked again.
+    assert report["api_keys"]["revoked_again"] == [tool_id]
 
     # --- the suite serves again -------------------------------------------------------------------
     suite.start_all(timeout=180)
@@ -233,6 +238,7 @@ def test_a_restore_brings_back_every_checkpointed_event_keeps_erasures_and_never
     for receipt in tail:
         status, _ = http_json("GET", f"{suite.gateway_url}/v1/events/{receipt['eventId']}", api_key=key)
         assert status == 404
+    assert http_json("GET", f"{suite.gateway_url}/v1/events?pageSize=1", api_key=tool_token)[0] == 401
     status, exported = http_json(
         "POST", f"{suite.gateway_url}/v1/subjects:export", api_key=key, body={"subject": ERASED}
     )

@@ -15,8 +15,9 @@ from services.runtime.config import SERVICES, archive_dir
 
 # Every process with a store; the gateway keeps the API keys.
 STORES = (*SERVICES, "gateway")
-# The stores whose restore leaves promises to keep: the log (ingest) and the erasures (gdpr).
-RECONCILED = ("ingest", "gdpr")
+# The stores whose restore leaves promises to keep: the log (ingest), the erasures (gdpr) and the
+# API key revocations (gateway).
+RECONCILED = ("ingest", "gdpr", "gateway")
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NOT_RECONCILED = 3
@@ -251,11 +252,12 @@ def _held_checkpoints(args: argparse.Namespace) -> list[Any]:
 
 def _reconcile(args: argparse.Namespace) -> int:
     from services.evidence.errors import NoteError
+    from services.gateway.recovery import REVOKE_ACTION, replay_revocations
     from services.gdpr.recovery import replay_erasures
     from services.gdpr.service.transactions import enable_secure_delete
     from services.gdpr.tombstones import TombstoneJournal
     from services.ingest.archive import ArchiveError, LogArchive
-    from services.ingest.recovery import RecoveryError, recover_log, unrecovered
+    from services.ingest.recovery import RecoveryError, access_resources, recover_log, unrecovered
     from services.runtime import db, recovery
 
     store = _store(args)
@@ -265,11 +267,13 @@ def _reconcile(args: argparse.Namespace) -> int:
     except (NoteError, ValueError, OSError, KeyError) as error:
         print(f"awareness backup reconcile: {error}", file=sys.stderr)
         return EXIT_USAGE
-    ingest_engine = db.create_db_engine(_database_url(store, "ingest"), service="ingest")
-    gdpr_engine = db.create_db_engine(_database_url(store, "gdpr"), service="gdpr")
+    engines = {
+        service: db.create_db_engine(_database_url(store, service), service=service) for service in RECONCILED
+    }
+    ingest_engine, gdpr_engine = engines["ingest"], engines["gdpr"]
     enable_secure_delete(gdpr_engine)
     try:
-        restored_from = recovery.pending_restore(ingest_engine) or recovery.pending_restore(gdpr_engine)
+        restored_from = next(filter(None, (recovery.pending_restore(e) for e in engines.values())), None)
         ingest_sessions = db.session_factory(ingest_engine)
         try:
             log = recover_log(ingest_sessions, LogArchive(archive), held=held)
@@ -277,11 +281,14 @@ def _reconcile(args: argparse.Namespace) -> int:
             print(f"awareness backup reconcile: the log is not reconciled: {error}", file=sys.stderr)
             return EXIT_NOT_RECONCILED
         erasures = replay_erasures(db.session_factory(gdpr_engine), TombstoneJournal(archive))
+        revoked = replay_revocations(
+            db.session_factory(engines["gateway"]), access_resources(ingest_sessions, action=REVOKE_ACTION)
+        )
         receipt_ids = list(_receipt_ids(args.receipts))
         missing = unrecovered(ingest_sessions, receipt_ids) if receipt_ids else []
         if log.reconciled:
-            recovery.clear_restored(ingest_engine)
-            recovery.clear_restored(gdpr_engine)
+            for engine in engines.values():
+                recovery.clear_restored(engine)
         report = {
             "restored_from": restored_from,
             "reconciled": log.reconciled,
@@ -302,11 +309,12 @@ def _reconcile(args: argparse.Namespace) -> int:
                 "replayed": erasures.replayed,
                 "keys_shredded": erasures.keys_shredded,
             },
+            "api_keys": {"revoked_again": revoked},
             "receipts": {"presented": len(receipt_ids), "not_recovered": missing},
         }
     finally:
-        ingest_engine.dispose()
-        gdpr_engine.dispose()
+        for engine in engines.values():
+            engine.dispose()
     _print(report)
     if not log.reconciled:
         print(

@@ -65,7 +65,7 @@ from services.gateway.responses import (
 from services.gateway.transcoder import Backend, MediaTypeError, Router, parse_http_request, response_payload
 from services.portal.app import create_portal
 from services.portal.config import load_portal_config
-from services.runtime import audit, auth, db, identity, migrations
+from services.runtime import audit, auth, db, identity, migrations, recovery
 from services.runtime.audit import AuditRecorder
 from services.runtime.clients import ChannelFactory, new_breaker
 from services.runtime.config import SERVICE_NAMES, SERVICES, Settings, with_identity
@@ -585,6 +585,7 @@ def _build_state(settings: Settings) -> GatewayState:
     comments = collect_comments(descriptor_set)
     routes = build_routes(descriptor_set, comments)
     engine = db.create_db_engine(settings.database_url, service="gateway")
+    recovery.refuse_if_restored(engine, service="gateway")
     migrations.upgrade("gateway", engine)
     sessions = db.session_factory(engine)
     limiter = _make_limiter(settings, config, gateway_metrics)

@@ -234,3 +234,14 @@ def unrecovered(sessions: sessionmaker[Session], event_ids: Iterable[str]) -> li
             chunk = wanted[begin : begin + _BATCH]
             found.update(session.scalars(select(RECORDS.c.event_id).where(RECORDS.c.event_id.in_(chunk))))
     return [event_id for event_id in wanted if event_id not in found]
+
+
+def access_resources(sessions: sessionmaker[Session], *, action: str) -> list[str]:
+    """The resources of every access record of ``action`` that succeeded, oldest first."""
+    with sessions() as session:
+        rows = session.execute(
+            select(ACCESS.c.resource)
+            .where(ACCESS.c.action == action, ACCESS.c.outcome == "OK", ACCESS.c.ordinal == 0)
+            .order_by(ACCESS.c.time_us)
+        ).all()
+    return list(dict.fromkeys(row.resource for row in rows))

@@ -100,6 +100,7 @@ def test_final_stage_copies_only_the_venv_and_runs_as_the_chart_user() -> None:
             "libpangoft2-1.0-0",
             "libharfbuzz-subset0",
             "fonts-dejavu-core",
+            "postgresql-client",
         }
         assert "rm -rf /var/lib/apt/lists/*" in install
     (user,) = [a for i, a in runtime if i == "USER"]

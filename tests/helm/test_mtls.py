@@ -36,7 +36,9 @@ IDENTITY = {
     "retrain": "scoring",
     "retention": "gdpr",
     "report": "analytics",
+    "verification": "ingest",
     "migrate": None,
+    "backup": None,
     "kek-rotation": None,
 }
 HEALTH_PORT = 8086

@@ -125,6 +125,7 @@ def test_existing_secrets_replace_every_chart_secret() -> None:
         values["gophishSecret"]["existingSecret"],
         values["gdprKeys"]["existingSecret"],
         values["pki"]["existingSecret"],
+        values["backup"]["databaseSecret"],
     }
 
 

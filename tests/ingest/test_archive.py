@@ -12,13 +12,13 @@ from services.ingest.repository import CHECKPOINTS, RECORDS
 
 
 def _leaf(index: int) -> dict[str, Any]:
-    record = {column.name: None for column in RECORDS.columns}
+    record: dict[str, Any] = {column.name: None for column in RECORDS.columns}
     record.update(event_id=f"event-{index}", seq=index + 1, nonce=b"\x00" * 12, leaf_hash=bytes([index]) * 32)
     return {"leaf_index": index, "record": encode_row(RECORDS, record), "metadata": None, "access": []}
 
 
 def _checkpoint(size: int) -> dict[str, Any]:
-    values = {column.name: None for column in CHECKPOINTS.columns}
+    values: dict[str, Any] = {column.name: None for column in CHECKPOINTS.columns}
     values.update(tree_size=size, root_hash=b"\x07" * 32, note="note\n", timestamp_token=b"token")
     return values
 

@@ -113,11 +113,11 @@ carries the identity of the service it belongs to. Nothing is shared between com
 
 {{/*
 Whose identity a workload carries. Takes (dict "root" $ "component" name): a service its own, the
-retraining job scoring's, the retention job gdpr's, the weekly report job analytics'. Empty for the jobs that call no service (the
+retraining job scoring's, the retention job gdpr's, the weekly report job analytics', the verification job ingest's. Empty for the jobs that call no service (the
 migration hook and the KEK rotation job, which reach only the database and the API server).
 */}}
 {{- define "awareness.identity" -}}
-{{- $jobs := dict "retrain" "scoring" "retention" "gdpr" "report" "analytics" -}}
+{{- $jobs := dict "retrain" "scoring" "retention" "gdpr" "report" "analytics" "verification" "ingest" -}}
 {{- if has .component (include "awareness.identityComponents" . | fromYamlArray) -}}
 {{- .component -}}
 {{- else -}}
@@ -266,13 +266,15 @@ signing: []
 retrain: [scoring]
 retention: [gdpr]
 report: [analytics]
+verification: [ingest]
+backup: []
 kek-rotation: []
 migrate: []
 {{- end -}}
 
 {{/* Components that hold a database connection. */}}
 {{- define "awareness.databaseClients" -}}
-[ingest, policy, scoring, analytics, signing, gdpr, gateway, migrate, kek-rotation]
+[ingest, policy, scoring, analytics, signing, gdpr, gateway, migrate, kek-rotation, verification, backup]
 {{- end -}}
 
 {{- define "awareness.podSecurityContext" -}}
@@ -450,6 +452,9 @@ spec:
         {{- else }}
         {{- include "awareness.commonVolumeMounts" (dict "root" $root "component" .component) | nindent 8 }}
         {{- end }}
+        {{- with .extraVolumeMounts }}
+        {{- . | nindent 8 }}
+        {{- end }}
   volumes:
     {{- if .migrationHook }}
     - name: tmp
@@ -457,6 +462,9 @@ spec:
         sizeLimit: {{ $root.Values.tmpSizeLimit }}
     {{- else }}
     {{- include "awareness.commonVolumes" (dict "root" $root "component" .component) | nindent 4 }}
+    {{- end }}
+    {{- with .extraVolumes }}
+    {{- . | nindent 4 }}
     {{- end }}
 {{- end -}}
 
@@ -581,6 +589,10 @@ spec:
               value: {{ $svc.metricsPort | quote }}
             - name: AWARENESS_HEALTH_PORT
               value: {{ $healthPort | quote }}
+            {{- if and $root.Values.backup.enabled (has $name (list "ingest" "gdpr")) }}
+            - name: AWARENESS_ARCHIVE_DIR
+              value: {{ $root.Values.backup.archiveDir | quote }}
+            {{- end }}
             {{- else }}
             - name: AWARENESS_GATEWAY_PORT
               value: {{ $svc.port | quote }}
@@ -721,8 +733,14 @@ spec:
               mountPath: /etc/awareness/fingerprint
               readOnly: true
             {{- end }}
+            {{- if and $root.Values.backup.enabled (has $name (list "ingest" "gdpr")) }}
+            {{- include "awareness.archiveVolumeMount" $root | nindent 12 }}
+            {{- end }}
       volumes:
         {{- include "awareness.commonVolumes" $context | nindent 8 }}
+        {{- if and $root.Values.backup.enabled (has $name (list "ingest" "gdpr")) }}
+        {{- include "awareness.archiveVolume" $root | nindent 8 }}
+        {{- end }}
         {{- if and (eq $name "signing") (include "awareness.pkiEnabled" $root) }}
         - name: pki
           secret:
@@ -897,4 +915,23 @@ spec:
     matchLabels:
       {{- include "awareness.selectorLabels" $context | nindent 6 }}
 {{- end }}
+{{- end -}}
+
+{{/*
+The archive volume (docs/disaster-recovery.md): ingest writes the log archive there, gdpr the erasure
+tombstones, the backup CronJob the backup sets. Takes the root context.
+*/}}
+{{- define "awareness.archiveClaimName" -}}
+{{- default (include "awareness.componentName" (dict "root" . "component" "archive")) .Values.backup.persistence.existingClaim -}}
+{{- end -}}
+
+{{- define "awareness.archiveVolume" -}}
+- name: archive
+  persistentVolumeClaim:
+    claimName: {{ include "awareness.archiveClaimName" . }}
+{{- end -}}
+
+{{- define "awareness.archiveVolumeMount" -}}
+- name: archive
+  mountPath: {{ .Values.backup.archiveDir }}
 {{- end -}}
