@@ -68,6 +68,7 @@ from bench.population import add_arguments as add_population_arguments
 from services.launcher import grpc_serving
 from services.runtime import auth
 from services.runtime.config import (
+    ARCHIVE_DIR_VAR,
     MTLS_DIR_VAR,
     MTLS_FILE_VARS,
     SERVICE_SECRET_VAR,
@@ -137,8 +138,10 @@ class _Suite:
         database_url: str | None,
         ingest_processes: int = 1,
         key_cache_seconds: float | None = None,
+        archive: bool = False,
     ) -> None:
         self.data_dir = data_dir
+        self.archive = archive
         self.mtls_dir = data_dir / "mtls"
         self.key_cache_seconds = key_cache_seconds
         self.database_url = database_url
@@ -171,6 +174,8 @@ class _Suite:
         env.pop("DATABASE_URL", None)
         if self.key_cache_seconds is not None:
             env[KEY_CACHE_VARIABLE] = f"{self.key_cache_seconds:g}"
+        if self.archive:
+            env[ARCHIVE_DIR_VAR] = str(self.data_dir / "archive")
         if self.database_url:
             env["DATABASE_URL"] = self.database_url
         return env
@@ -792,6 +797,7 @@ def run(arguments: argparse.Namespace) -> Figures:
             database_url=url,
             ingest_processes=arguments.ingest_processes,
             key_cache_seconds=arguments.key_cache_seconds,
+            archive=arguments.archive,
         )
         stack.callback(suite.stop)
         suite.start()
@@ -845,6 +851,11 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=BENCH_KEY_CACHE_SECONDS,
         help=f"{KEY_CACHE_VARIABLE} of the ingest processes ({BENCH_KEY_CACHE_SECONDS:g}); the warm run"
         " waits this long + 1 s after touching its people",
+    )
+    parser.add_argument(
+        "--archive",
+        action="store_true",
+        help="ingest writes the log archive (AWARENESS_ARCHIVE_DIR, as with the chart's backup.enabled)",
     )
     parser.add_argument("--keep-logs", type=Path, default=None, help="copy the service logs here")
     return parser.parse_args(argv)

@@ -206,8 +206,8 @@ def test_a_restore_brings_back_every_checkpointed_event_keeps_erasures_and_never
     shutil.copytree(archive, tampered)
     last = sorted((tampered / "log").glob("*.jsonl.gz"))[-1]
     lines = gzip.decompress(last.read_bytes()).splitlines()
-    leaf = json.loads(lines[-1])
-    leaf["record"]["source"] = "somebody-else"
+    header, leaf = json.loads(lines[0]), json.loads(lines[-1])
+    leaf[1][header["columns"]["record"].index("source")] = "somebody-else"
     lines[-1] = json.dumps(leaf).encode()
     last.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
     refused_archive = _cli(suite, "backup", "reconcile", "--archive", str(tampered))

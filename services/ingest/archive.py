@@ -4,10 +4,10 @@ checkpoint is stored, so no checkpoint anybody holds can outrun what a restore c
 With ``AWARENESS_ARCHIVE_DIR`` set, the integrator's leader writes, before it stores each signed
 checkpoint, the records of the leaves since the last archived one as gzip JSON-lines segments
 under ``<dir>/log/``: ``<start>-<end>.jsonl.gz`` (zero-padded leaf indices, end exclusive). The first
-line of a segment is its header (format, start, end, and the checkpoint that ends it, if one does);
-each further line is one leaf: its index, its record row, its metadata row and its access-record
-index rows, binary columns in base64. A segment is written to a temporary name, fsynced and renamed,
-so a reader never sees half of one.
+line of a segment is its header (format, start, end, the checkpoint that ends it if one does, and
+the column names of each kind of row); each further line is one leaf, ``[index, record row, metadata
+row, access-record index rows]``, each row its values in column order, binary columns in base64.
+A segment is written to a temporary name, fsynced and renamed, so a reader never sees half of one.
 
 Label notes are left out (``label_note`` is blanked): a note is free text an analyst typed, and the
 archive holds nothing in clear that the log's own leaves do not. Personal fields stay encrypted under
@@ -28,15 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import LargeBinary, Table, select
+from sqlalchemy import LargeBinary, Table
 from sqlalchemy.orm import Session
 
 from services.ingest.repository import ACCESS, CHECKPOINTS, LEAVES, METADATA, RECORDS
 
+# What each position of a leaf line holds (the header lists their columns).
+_LINE_TABLES = {"record": RECORDS, "metadata": METADATA, "access": ACCESS}
+
 FORMAT = 1
 SEGMENT_LEAVES = 5_000
-# Bound on an IN list (SQLite's default limit on host parameters is far above it).
-_IN_CHUNK = 1_000
 _NAME = re.compile(r"^(\d{12})-(\d{12})\.jsonl\.gz$")
 
 
@@ -119,7 +120,7 @@ class LogArchive:
         self,
         *,
         start: int,
-        leaves: Sequence[dict[str, Any]],
+        leaves: Sequence[Sequence[Any]],
         checkpoint: Mapping[str, Any] | None,
     ) -> Segment:
         end = start + len(leaves)
@@ -132,6 +133,9 @@ class LogArchive:
             "start": start,
             "end": end,
             "checkpoint": None if checkpoint is None else encode_row(CHECKPOINTS, checkpoint),
+            "columns": {
+                name: [column.name for column in table.columns] for name, table in _LINE_TABLES.items()
+            },
         }
         temporary = path.with_name(f".{path.name}.partial")
         with temporary.open("wb") as raw:
@@ -160,16 +164,24 @@ class LogArchive:
             raise ArchiveError(f"{segment.path.name}: holds {len(lines) - 1} leaves, its name says otherwise")
         checkpoint = header.get("checkpoint")
 
+        names = header["columns"]
+
         def leaves() -> Iterator[ArchivedLeaf]:
             for offset, line in enumerate(lines[1:]):
-                document = json.loads(line)
-                if document["leaf_index"] != segment.start + offset:
+                leaf_index, record, metadata, access = json.loads(line)
+                if leaf_index != segment.start + offset:
                     raise ArchiveError(f"{segment.path.name}: leaf {segment.start + offset} is out of order")
                 yield ArchivedLeaf(
-                    leaf_index=document["leaf_index"],
-                    record=decode_row(RECORDS, document["record"]),
-                    metadata=_decoded(METADATA, document["metadata"]),
-                    access=[decode_row(ACCESS, row) for row in document["access"]],
+                    leaf_index=leaf_index,
+                    record=decode_row(RECORDS, dict(zip(names["record"], record, strict=True))),
+                    metadata=(
+                        None
+                        if metadata is None
+                        else decode_row(METADATA, dict(zip(names["metadata"], metadata, strict=True)))
+                    ),
+                    access=[
+                        decode_row(ACCESS, dict(zip(names["access"], row, strict=True))) for row in access
+                    ],
                 )
 
         return _decoded(CHECKPOINTS, checkpoint), leaves()
@@ -187,44 +199,73 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
-def _chunks(values: Sequence[Any]) -> Iterator[Sequence[Any]]:
-    for begin in range(0, len(values), _IN_CHUNK):
-        yield values[begin : begin + _IN_CHUNK]
+def _binary_positions(table: Table) -> frozenset[int]:
+    return frozenset(i for i, column in enumerate(table.columns) if isinstance(column.type, LargeBinary))
 
 
-def leaves_for_archive(session: Session, *, start: int, stop: int) -> list[dict[str, Any]]:
-    """The leaves [start, stop) as archive lines: index, record, metadata and access rows."""
-    leaves = session.execute(
-        select(LEAVES.c.leaf_index, LEAVES.c.event_id)
-        .where(LEAVES.c.leaf_index >= start, LEAVES.c.leaf_index < stop)
-        .order_by(LEAVES.c.leaf_index)
-    ).all()
-    if len(leaves) != stop - start:
-        raise ArchiveError(f"leaves {start}..{stop - 1} are not all integrated")
-    event_ids = [row.event_id for row in leaves]
-    records: dict[str, Any] = {}
-    metadata: dict[str, Any] = {}
-    access: dict[str, list[dict[str, Any]]] = {}
-    for chunk in _chunks(event_ids):
-        for row in session.execute(select(RECORDS).where(RECORDS.c.event_id.in_(chunk))).mappings():
-            records[row["event_id"]] = encode_row(RECORDS, row)
-        for row in session.execute(select(METADATA).where(METADATA.c.event_id.in_(chunk))).mappings():
-            encoded = encode_row(METADATA, row)
-            encoded["label_note"] = ""
-            metadata[row["event_id"]] = encoded
-        for row in session.execute(
-            select(ACCESS).where(ACCESS.c.event_id.in_(chunk)).order_by(ACCESS.c.event_id, ACCESS.c.ordinal)
-        ).mappings():
-            access.setdefault(row["event_id"], []).append(encode_row(ACCESS, row))
+def _encoded(values: Sequence[Any], binary: frozenset[int]) -> list[Any]:
     return [
-        {
-            "leaf_index": row.leaf_index,
-            "record": records[row.event_id],
-            "metadata": metadata.get(row.event_id),
-            "access": access.get(row.event_id, []),
-        }
-        for row in leaves
+        base64.b64encode(bytes(value)).decode("ascii") if i in binary and value is not None else value
+        for i, value in enumerate(values)
     ]
+
+
+def leaves_for_archive(session: Session, *, start: int, stop: int) -> list[list[Any]]:
+    """The leaves [start, stop) as archive lines: ``[index, record, metadata, access rows]``, each row
+    a list of values in its table's column order (the segment header names the columns).
+
+    Two range queries through the driver's cursor (binary results on PostgreSQL), as the integrator
+    reads records: the archive reads every leaf once more, and SQLAlchemy's row handling, IN lists
+    and one JSON object per row cost more than the queries (86 µs a leaf that way, 5,000 leaves).
+    """
+    connection = session.connection()
+    raw: Any = connection.connection.dbapi_connection
+    assert raw is not None
+    postgres = connection.dialect.name == "postgresql"
+    mark = "%s" if postgres else "?"
+    record_names = [column.name for column in RECORDS.columns]
+    metadata_names = [column.name for column in METADATA.columns]
+    access_names = [column.name for column in ACCESS.columns]
+    columns = ", ".join([*(f"r.{n}" for n in record_names), *(f"m.{n}" for n in metadata_names)])
+    leaves_statement = (
+        f"SELECT l.leaf_index, {columns} FROM {LEAVES.name} l"
+        f" JOIN {RECORDS.name} r ON r.seq = l.seq"
+        f" LEFT JOIN {METADATA.name} m ON m.event_id = l.event_id"
+        f" WHERE l.leaf_index >= {mark} AND l.leaf_index < {mark} ORDER BY l.leaf_index"
+    )
+    access_statement = (
+        f"SELECT {', '.join(f'a.{n}' for n in access_names)} FROM {ACCESS.name} a"
+        f" JOIN {LEAVES.name} l ON l.event_id = a.event_id"
+        f" WHERE l.leaf_index >= {mark} AND l.leaf_index < {mark} ORDER BY a.event_id, a.ordinal"
+    )
+    cursor = raw.cursor(binary=True) if postgres else raw.cursor()
+    try:
+        cursor.execute(leaves_statement, (start, stop))
+        rows = cursor.fetchall()
+        cursor.execute(access_statement, (start, stop))
+        access_rows = cursor.fetchall()
+    finally:
+        cursor.close()
+    if len(rows) != stop - start:
+        raise ArchiveError(f"leaves {start}..{stop - 1} are not all integrated")
+    record_binary, metadata_binary = _binary_positions(RECORDS), _binary_positions(METADATA)
+    access_binary = _binary_positions(ACCESS)
+    access: dict[str, list[list[Any]]] = {}
+    event_position = access_names.index("event_id")
+    for row in access_rows:
+        access.setdefault(row[event_position], []).append(_encoded(row, access_binary))
+    split = 1 + len(record_names)
+    record_event = record_names.index("event_id")
+    note = metadata_names.index("label_note")
+    lines: list[list[Any]] = []
+    for row in rows:
+        record = _encoded(row[1:split], record_binary)
+        metadata: list[Any] | None = None
+        if row[split] is not None:
+            metadata = _encoded(row[split:], metadata_binary)
+            metadata[note] = ""
+        lines.append([row[0], record, metadata, access.get(record[record_event], [])])
+    return lines
 
 
 def archive_through(

@@ -11,10 +11,11 @@ from services.ingest.archive import ArchiveError, LogArchive, encode_row
 from services.ingest.repository import CHECKPOINTS, RECORDS
 
 
-def _leaf(index: int) -> dict[str, Any]:
+def _leaf(index: int) -> list[Any]:
     record: dict[str, Any] = {column.name: None for column in RECORDS.columns}
     record.update(event_id=f"event-{index}", seq=index + 1, nonce=b"\x00" * 12, leaf_hash=bytes([index]) * 32)
-    return {"leaf_index": index, "record": encode_row(RECORDS, record), "metadata": None, "access": []}
+    encoded = encode_row(RECORDS, record)
+    return [index, [encoded[column.name] for column in RECORDS.columns], None, []]
 
 
 def _checkpoint(size: int) -> dict[str, Any]:
