@@ -116,6 +116,10 @@ class LogArchive:
             self._archived_size = segments[-1].end if segments else 0
         return self._archived_size
 
+    def forget(self) -> None:
+        """Read the directory again before the next write (another writer may have added segments)."""
+        self._archived_size = None
+
     def write_segment(
         self,
         *,

@@ -229,6 +229,8 @@ class Integrator:
             connection.close()
             return False
         log.info("this replica now leads integration")
+        if self._archive is not None:
+            self._archive.forget()  # another replica may have archived since this one last led
         self._leader_connection = connection
         self._state = None
         self.is_leader = True

@@ -52,3 +52,15 @@ def test_a_missing_segment_is_a_gap_nobody_can_restore_across(tmp_path: Path) ->
     archive.segments()[0].path.unlink()
     with pytest.raises(ArchiveError, match="not contiguous"):
         LogArchive(tmp_path).segments()
+
+
+def test_a_writer_that_led_before_reads_what_the_other_wrote_once_it_leads_again(tmp_path: Path) -> None:
+    first, second = LogArchive(tmp_path), LogArchive(tmp_path)
+    first.write_segment(start=0, leaves=[_leaf(0)], checkpoint=None)
+    assert second.archived_size() == 1
+    first.write_segment(start=1, leaves=[_leaf(1)], checkpoint=None)
+    second.forget()  # what the integrator does when it takes the lead
+    with pytest.raises(ArchiveError, match="must start at 2"):
+        second.write_segment(start=1, leaves=[_leaf(1)], checkpoint=None)
+    second.write_segment(start=2, leaves=[_leaf(2)], checkpoint=None)
+    assert [s.end for s in LogArchive(tmp_path).segments()] == [1, 2, 3]
