@@ -480,6 +480,22 @@ Takes (dict "root" $ "name" <service name> "svc" <its values block>).
 {{- end -}}
 {{- end -}}
 
+{{- /*
+The kubernetes.io/tls Secret the gRPC door serves TLS with: gatewayDoorTLS.secretName, else the one
+its cert-manager Certificate writes (certificates.yaml), else "" (plaintext). Takes the root context.
+*/}}
+{{- define "awareness.doorTlsSecretName" -}}
+{{- $tls := .Values.gatewayDoorTLS -}}
+{{- if and $tls.secretName ($tls.certManager | default dict).enabled -}}
+{{- fail "gatewayDoorTLS: set secretName (a Secret you manage) or certManager.enabled (the chart's Certificate writes it), not both" -}}
+{{- end -}}
+{{- if $tls.secretName -}}
+{{- $tls.secretName -}}
+{{- else if ($tls.certManager | default dict).enabled -}}
+{{- include "awareness.componentName" (dict "root" . "component" "gateway-door-tls") -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "awareness.service" -}}
 {{- $root := .root -}}
 {{- $name := .name -}}
@@ -606,7 +622,7 @@ spec:
             {{- end }}
             - name: AWARENESS_GOPHISH_SECRET_FILE
               value: /etc/awareness/gophish/gophish-secret
-            {{- if and (include "awareness.doorPort" $context) $root.Values.gatewayDoorTLS.secretName }}
+            {{- if and (include "awareness.doorPort" $context) (include "awareness.doorTlsSecretName" $root) }}
             - name: AWARENESS_GATEWAY_GRPC_TLS_CERT_FILE
               value: /etc/awareness/door-tls/tls.crt
             - name: AWARENESS_GATEWAY_GRPC_TLS_KEY_FILE
@@ -723,7 +739,7 @@ spec:
               mountPath: /etc/awareness/portal-oidc
               readOnly: true
             {{- end }}
-            {{- if and (include "awareness.doorPort" $context) $root.Values.gatewayDoorTLS.secretName }}
+            {{- if and (include "awareness.doorPort" $context) (include "awareness.doorTlsSecretName" $root) }}
             - name: door-tls
               mountPath: /etc/awareness/door-tls
               readOnly: true
@@ -781,10 +797,10 @@ spec:
               - key: {{ $root.Values.portal.oidc.secretKey }}
                 path: client-secret
         {{- end }}
-        {{- if and (include "awareness.doorPort" $context) $root.Values.gatewayDoorTLS.secretName }}
+        {{- if and (include "awareness.doorPort" $context) (include "awareness.doorTlsSecretName" $root) }}
         - name: door-tls
           secret:
-            secretName: {{ $root.Values.gatewayDoorTLS.secretName }}
+            secretName: {{ include "awareness.doorTlsSecretName" $root }}
             defaultMode: 0440
             items:
               - key: tls.crt
