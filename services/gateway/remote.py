@@ -192,7 +192,12 @@ def register(subparsers: Any) -> None:
     listing.add_argument("--source", default="", help="only events from this source")
     listing.add_argument("--label", choices=sorted(LABELS), default=None)
     listing.add_argument("--triage-state", choices=sorted(TRIAGE_STATES), default=None)
-    get = _action(actions, "get", "show one event", _events_get)
+    get = _action(
+        actions,
+        "get",
+        "show one event (its label history: awareness audit --action event.label --resource events/<id>)",
+        _events_get,
+    )
     get.add_argument("event_id", metavar="EVENT_ID")
     label = _action(actions, "label", "label an event and/or move it through triage", _events_label)
     label.add_argument("event_id", metavar="EVENT_ID")

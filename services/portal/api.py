@@ -30,7 +30,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from services.gateway.admission import Admission
 from services.gateway.middleware import ROUTE_KEY
 from services.portal.config import PortalConfig
-from services.portal.domain import charts, display, queue
+from services.portal.domain import charts, display, history, queue
 from services.portal.domain.sessions import Expiry, csrf_matches, new_token, safe_next
 from services.portal.oidc import OidcSignIn
 from services.portal.service import Ended, Evidence, Person, Services, Sessions
@@ -636,12 +636,31 @@ async def event_page(request: Request, person: Person) -> Response:
     name = f"events/{request.path_params['event_id']}"
     services = portal_state(request).services
     event = await services.get_event(person, name)
-    evidence = None
-    if person.can("audit:verify"):
-        evidence = await services.inclusion_evidence(person, event)
+
+    async def no_evidence() -> Evidence | None:
+        return None
+
+    async def label_history() -> ingest_pb2.ListAccessRecordsResponse | str | None:
+        # The history is the access records, which only roles that may read them see.
+        if not person.can(history.HISTORY_PERMISSION):
+            return None
+        wanted = history.history_request(name)
+        return await part(services, person, lambda: services.ingest().ListAccessRecords(wanted))
+
+    evidence, listed = await asyncio.gather(
+        services.inclusion_evidence(person, event) if person.can("audit:verify") else no_evidence(),
+        label_history(),
+    )
     context = {
         "event": event,
         "evidence": evidence_json(evidence) if evidence else None,
+        "history": history.label_changes(listed.access_records)
+        if isinstance(listed, ingest_pb2.ListAccessRecordsResponse)
+        else listed,
+        "history_more": isinstance(listed, ingest_pb2.ListAccessRecordsResponse)
+        and bool(listed.next_page_token),
+        "history_permission": history.HISTORY_PERMISSION,
+        "history_size": history.HISTORY_SIZE,
         "labels": queue.LABELS,
         "triage_states": queue.TRIAGE_STATES,
         "done": request.query_params.get("done", ""),
