@@ -1,18 +1,23 @@
 """Access records end to end: every audited action through the gateway lands in the log.
 
-`awareness up` on free ports; each action is taken over HTTP as a role that may, API keys are
-created and revoked with the real CLI. Then an auditor lists the access records, finds each
-action with its principal, resource, pseudonym and outcome, and checks every record's inclusion
-proof with `awareness verify`, as a third party would. No identifier, summary or note of the
-person appears in any record.
+`awareness up` on free ports; each action is taken over HTTP as a role that may. An administrator
+creates and revokes an API key on the portal's admin page, through the gateway, as a browser
+would post its forms; the CLI's path (`awareness keys create|revoke`, writing the gateway's store
+itself) is covered too. Then an auditor lists the access records, finds each action with its
+principal, resource, pseudonym and outcome, and checks every record's inclusion proof with
+`awareness verify`, as a third party would. No identifier, summary or note of the person, no
+key's token and no key's name appears in any record.
 """
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 SUBJECT = f"audit.person.{uuid.uuid4().hex[:8]}@example.org"
 SUMMARY = f"summary-{uuid.uuid4().hex}"
 NOTE = f"note-{uuid.uuid4().hex}"
+# Keys' names are free text and may name a person: the records must not carry them.
+PORTAL_KEY_NAME = f"laptop of k.{uuid.uuid4().hex[:8]}@example.org"
+CLI_KEY_NAME = f"mail gateway of m.{uuid.uuid4().hex[:8]}@example.org"
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +59,31 @@ def _ok(response: httpx.Response) -> Any:
     return response.json() if response.text else {}
 
 
+def _field(page: str, name: str, *, within: str = "") -> str:
+    """The value of the form field ``name`` on a portal page, in the element with id ``within`` if
+    given: what a browser sends back."""
+    if within:
+        page = page[page.index(f'id="{within}"') :]
+    found = re.search(rf'name="{name}" value="([^"]*)"', page)
+    assert found is not None, f"no field {name!r} on the page"
+    return html.unescape(found.group(1))
+
+
+@contextmanager
+def _portal(url: str, key: str) -> Iterator[httpx.Client]:
+    """A client signed in to the portal with ``key`` on its sign-in form (cookie and token), as a
+    person does; it holds the session cookie."""
+    with httpx.Client(base_url=url, timeout=30) as portal:
+        form = portal.get("/portal/sign-in", params={"next": "/portal/admin"})
+        assert form.status_code == 200, form.text
+        signed = portal.post(
+            "/portal/sign-in",
+            data={"csrf_token": _field(form.text, "csrf_token"), "next": "/portal/admin", "api_key": key},
+        )
+        assert signed.status_code == 303 and signed.headers["location"] == "/portal/admin", signed.text
+        yield portal
+
+
 def _records(http: httpx.Client, key: str, **filters: str) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     params: dict[str, str] = {"pageSize": "1000", **filters}
@@ -72,7 +105,8 @@ def test_every_audited_action_is_in_the_log_with_a_verifying_proof_and_no_person
     approver = suite.create_key("policy_approver", name="audit-approver")
     ml = suite.create_key("ml_engineer", name="audit-ml")
     auditor = suite.create_key("auditor", name="audit-auditor")
-    revoked = suite.create_key("integration", name="audit-revoked")
+    # The CLI's path: the gateway's own store, recorded under the gateway's name.
+    revoked = suite.create_key("integration", name=CLI_KEY_NAME)
     revoke = suite.cli("keys", "revoke", _key_id(revoked))
     assert revoke.returncode == 0, revoke.stderr
 
@@ -190,6 +224,37 @@ def test_every_audited_action_is_in_the_log_with_a_verifying_proof_and_no_person
         _ok(http.post("/v1/kek:rotate", json={}, headers=as_(admin)))
         _ok(http.post("/v1/keys:rotate", json={"purpose": "KEY_PURPOSE_CHECKPOINT"}, headers=as_(admin)))
         expected += [("kek.rotate", admin), ("signing_key.rotate", admin)]
+        # API keys through the gateway: an administrator creates one on the portal's admin page and
+        # revokes it there, posting the pages' forms with their CSRF token.
+        with _portal(suite.url, admin) as portal:
+            page = portal.get("/portal/admin")
+            assert page.status_code == 200, page.text
+            created_page = portal.post(
+                "/portal/admin/keys",
+                data={
+                    "csrf_token": _field(page.text, "csrf_token", within="create-key"),
+                    "form_id": _field(page.text, "form_id", within="create-key"),
+                    "name": PORTAL_KEY_NAME,
+                    "roles": "integration",
+                    "expires_in_days": "2",
+                },
+            )
+            assert created_page.status_code == 200, created_page.text
+            found = re.search(r'id="new-key" readonly value="([^"]+)"', created_page.text)
+            assert found is not None, created_page.text
+            new_key = html.unescape(found.group(1))
+            new_id = _key_id(new_key)
+            confirm = portal.get(f"/portal/admin/keys/{new_id}:revoke")
+            assert confirm.status_code == 200, confirm.text
+            form = confirm.text[confirm.text.index(f'action="/portal/admin/keys/{new_id}:revoke"') :]
+            revoked_page = portal.post(
+                f"/portal/admin/keys/{new_id}:revoke",
+                data={"csrf_token": _field(form, "csrf_token"), "confirm": _field(form, "confirm")},
+            )
+            assert revoked_page.status_code == 303, revoked_page.text
+            listed = portal.get(revoked_page.headers["location"])
+            assert f"Revoked key <code>{new_id}</code>" in listed.text, listed.text
+        expected += [("api_key.create", admin), ("api_key.revoke", admin)]
         # Erasure last: it shreds the person's keys.
         _ok(http.post("/v1/subjects:erase", json={"subject": SUBJECT, "reason": "request"}, headers=as_(dpo)))
         expected += [("subject.erase", dpo)]
@@ -228,6 +293,27 @@ def test_every_audited_action_is_in_the_log_with_a_verifying_proof_and_no_person
         assert by_action["subject.erase"][0]["resource"].startswith("erasures/")
         assert {r["resource"] for r in by_action["policy.approve"]} == {policy}
         assert all(r["outcome"] == "OK" for r in mine)
+        # Key changes: the key's id, its roles and expiry; neither its token nor its name.
+        key_changes = sorted(
+            by_action["api_key.create"] + by_action["api_key.revoke"], key=lambda r: r["action"]
+        )
+        by_admin = [r for r in key_changes if r["principal"] == f"apikey:{_key_id(admin)}"]
+        assert [(r["action"], r["method"], r["resource"]) for r in by_admin] == [
+            ("api_key.create", "awareness portal keys create", f"apiKeys/{new_id}"),
+            ("api_key.revoke", "awareness portal keys revoke", f"apiKeys/{new_id}"),
+        ]
+        assert by_admin[0]["details"]["roles"] == "integration"
+        assert set(by_admin[0]["details"]) == {"roles", "expire_time"}
+        assert not by_admin[1].get("details")
+        cli_revoked = [
+            r
+            for r in key_changes
+            if r["principal"] == "service:gateway" and r["resource"] == f"apiKeys/{_key_id(revoked)}"
+        ]
+        assert [(r["action"], r["method"]) for r in cli_revoked] == [
+            ("api_key.create", "awareness keys create"),
+            ("api_key.revoke", "awareness keys revoke"),
+        ]
         denied = [
             r
             for r in records
@@ -245,10 +331,13 @@ def test_every_audited_action_is_in_the_log_with_a_verifying_proof_and_no_person
         assert {r["principal"] for r in _records(http, auditor, principal=f"apikey:{_key_id(dpo)}")} == {
             f"apikey:{_key_id(dpo)}"
         }
-        # Nothing personal: not the identifier, the summary, the note, nor a reason typed by a person.
+        # Nothing personal: not the identifier, the summary, the note, nor a reason or a key's name typed
+        # by a person. No key's token, nor its secret part alone.
         text = json.dumps(records)
-        for secret in (SUBJECT, SUMMARY, NOTE, "walk done", "not now"):
+        for secret in (SUBJECT, SUMMARY, NOTE, "walk done", "not now", PORTAL_KEY_NAME, CLI_KEY_NAME):
             assert secret not in text
+        for token in (new_key, revoked, admin, analyst, dpo, author, approver, ml, auditor):
+            assert token not in text and token.split("_", 2)[2] not in text
         # An analyst may not read the records.
         assert http.get("/v1/accessRecords", headers=as_(analyst)).status_code == 403
 
