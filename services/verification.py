@@ -178,14 +178,9 @@ def _guarded(check: str, resource: str, run: Any) -> CheckResult:
 
 async def record_results(results: list[CheckResult]) -> None:
     """Append one access record per result through ingest's AppendEvents, as ingest."""
-    import grpc
-    from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
     from services.ingest.verification_records import PRINCIPAL, SOURCE, action_of
     from services.runtime import audit
-    from services.runtime.auth import Principal
-    from services.runtime.clients import call_from_cli
-    from services.runtime.config import load_settings
 
     events = [
         event
@@ -203,32 +198,15 @@ async def record_results(results: list[CheckResult]) -> None:
             source=SOURCE,
         )
     ]
-    settings = load_settings(SOURCE)
-    for attempt in range(1, RECORD_ATTEMPTS + 1):
-        try:
-            response = await call_from_cli(
-                settings,
-                service="ingest",
-                stub_class=ingest_pb2_grpc.IngestServiceStub,
-                method="AppendEvents",
-                request=ingest_pb2.AppendEventsRequest(events=events),
-                identity=Principal.for_service(SOURCE),
-                timeout_seconds=RECORD_TIMEOUT_SECONDS,
-                attempts=1,
-            )
-        except grpc.aio.AioRpcError as exc:
-            # The same event ids again: ingest appends an id once, so a retry cannot duplicate a record.
-            transient = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-            if not transient or attempt == RECORD_ATTEMPTS:
-                raise RuntimeError(f"ingest answered {exc.code().name}: {exc.details()}") from exc
-            await asyncio.sleep(attempt)
-            continue
-        refused = [result.error.message for result in response.results if result.HasField("error")]
-        if refused:
-            raise RuntimeError(f"ingest refused the record: {refused[0]}")
-        for result in response.results:
-            print(f"recorded event {result.receipt.event_id}")
-        return
+    stored = await audit.append_from_cli(
+        events,
+        service=SOURCE,
+        attempts=RECORD_ATTEMPTS,
+        timeout_seconds=RECORD_TIMEOUT_SECONDS,
+        retry_seconds=1.0,
+    )
+    for event_id in stored:
+        print(f"recorded event {event_id}")
 
 
 def run_verification(args: argparse.Namespace) -> int:

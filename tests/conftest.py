@@ -117,3 +117,13 @@ def suite_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
 def idp() -> IdentityProvider:
     """An identity provider whose tokens a suite's gateway trusts once given ``idp.gateway_env``."""
     return IdentityProvider(issuer="https://idp.e2e.test", audience="awareness-e2e")
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Prometheus's promtool (Debian's `prometheus` package), for the alert and dashboard tests."""
+    path = shutil.which("promtool")
+    if path is None:
+        _missing("promtool (apt-get install prometheus; .ci/run does)")
+    assert path is not None
+    return path

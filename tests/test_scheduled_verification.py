@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -137,17 +136,6 @@ def running(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, redis_u
             yield Suite(suite, database_url)
         finally:
             suite.stop_all()
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        reason = "promtool is required: apt-get install prometheus (.ci/run does)"
-        if os.environ.get("AWARENESS_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"{reason} (AWARENESS_REQUIRE_SERVICES=1)")
-        pytest.skip(reason)
-    return path
 
 
 def _promtool_test(promtool: str, directory: Path, groups: list[dict[str, Any]]) -> str:

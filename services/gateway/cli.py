@@ -49,45 +49,14 @@ def _with_session(work: Callable[[Session], T]) -> T:
         engine.dispose()
 
 
-class RecordNotWrittenError(Exception):
-    """The access record of a key change did not reach the event log; the message says why."""
-
-
 async def _append_record(events: list[Any]) -> None:
-    import grpc
-    from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-
-    from services.runtime.clients import call_from_cli
-
-    settings = load_settings("gateway")
-    for attempt in range(1, RECORD_ATTEMPTS + 1):
-        try:
-            response = await call_from_cli(
-                settings,
-                service="ingest",
-                stub_class=ingest_pb2_grpc.IngestServiceStub,
-                method="AppendEvents",
-                request=ingest_pb2.AppendEventsRequest(events=events),
-                identity=auth.Principal.for_service("gateway"),
-                timeout_seconds=RECORD_TIMEOUT_SECONDS,
-                attempts=1,
-            )
-        except grpc.aio.AioRpcError as exc:
-            # The same events (the same ids) again: ingest appends an id once, so a retry after an
-            # answer that was lost cannot duplicate the record.
-            transient = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-            if not transient or attempt == RECORD_ATTEMPTS:
-                late = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-                maybe = " (it may be in the log all the same)" if late else ""
-                raise RecordNotWrittenError(
-                    f"ingest answered {exc.code().name}: {exc.details()}{maybe}"
-                ) from exc
-            await asyncio.sleep(RECORD_RETRY_SECONDS * attempt)
-            continue
-        refused = [result.error.message for result in response.results if result.HasField("error")]
-        if refused:
-            raise RecordNotWrittenError(f"ingest refused it: {refused[0]}")
-        return
+    await audit.append_from_cli(
+        events,
+        service="gateway",
+        attempts=RECORD_ATTEMPTS,
+        timeout_seconds=RECORD_TIMEOUT_SECONDS,
+        retry_seconds=RECORD_RETRY_SECONDS,
+    )
 
 
 MAX_KEY_NAME = 200  # the store's column
@@ -180,9 +149,9 @@ def _record_key_change(command: str, action: str, key_id: str, details: Mapping[
             asyncio.run(_append_record(events))
         else:
             # Called in-process from async code (tests): a blocking call would wait on this very loop.
-            raise RecordNotWrittenError("the command runs inside an event loop, which it cannot block")
+            raise audit.RecordNotWrittenError("the command runs inside an event loop, which it cannot block")
     except Exception as exc:  # any failure: the key change stands and the warning says what is missing
-        reason = str(exc) if isinstance(exc, RecordNotWrittenError) else f"{type(exc).__name__}: {exc}"
+        reason = str(exc) if isinstance(exc, audit.RecordNotWrittenError) else f"{type(exc).__name__}: {exc}"
         print(
             f"awareness keys {command}: WARNING: the access record of this change ({action} "
             f"{record.resource}, event {events[0].event_id}) was not written to the event log: {reason}. "

@@ -304,3 +304,54 @@ class AuditRecorder:
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+class RecordNotWrittenError(Exception):
+    """An access record a command line appended did not reach the event log; the message says why."""
+
+
+async def append_from_cli(
+    events: list[ingest_pb2.Event],
+    *,
+    service: str,
+    attempts: int = 3,
+    timeout_seconds: float = 10.0,
+    retry_seconds: float = 0.5,
+) -> list[str]:
+    """Append a command's own access records to the log as ``service``, with its certificate; the
+    event ids stored. Retries only an unavailable or late ingest: the same event ids again, which
+    ingest appends once, so a retry after a lost answer cannot duplicate a record."""
+    import grpc
+
+    from services.runtime.auth import Principal
+    from services.runtime.clients import call_from_cli
+    from services.runtime.config import load_settings
+
+    settings = load_settings(service)
+    for attempt in range(1, attempts + 1):
+        try:
+            response = await call_from_cli(
+                settings,
+                service="ingest",
+                stub_class=ingest_pb2_grpc.IngestServiceStub,
+                method="AppendEvents",
+                request=ingest_pb2.AppendEventsRequest(events=events),
+                identity=Principal.for_service(service),
+                timeout_seconds=timeout_seconds,
+                attempts=1,
+            )
+        except grpc.aio.AioRpcError as exc:
+            transient = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            if not transient or attempt == attempts:
+                late = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                maybe = " (it may be in the log all the same)" if late else ""
+                raise RecordNotWrittenError(
+                    f"ingest answered {exc.code().name}: {exc.details()}{maybe}"
+                ) from exc
+            await asyncio.sleep(retry_seconds * attempt)
+            continue
+        refused = [result.error.message for result in response.results if result.HasField("error")]
+        if refused:
+            raise RecordNotWrittenError(f"ingest refused it: {refused[0]}")
+        return [result.receipt.event_id for result in response.results]
+    raise RecordNotWrittenError("no attempt was made")

@@ -4,9 +4,7 @@ named contract), and the chart renders exactly that file as a PrometheusRule, wi
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -51,17 +49,6 @@ def alerts() -> list[dict[str, Any]]:
 
 def alert_named(name: str) -> dict[str, Any]:
     return next(rule for rule in alerts() if rule["alert"] == name)
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        reason = "promtool is required: apt-get install prometheus (.ci/run does)"
-        if os.environ.get("AWARENESS_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"{reason} (AWARENESS_REQUIRE_SERVICES=1)")
-        pytest.skip(reason)
-    return path
 
 
 def run_promtool(promtool: str, *args: str | Path) -> subprocess.CompletedProcess[str]:

@@ -7,8 +7,6 @@ tests/test_metrics_endpoints.py."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -52,17 +50,6 @@ def dashboard_config_maps(manifests: list[Manifest]) -> dict[str, Manifest]:
         (file,) = config_map["data"]
         by_file[file] = config_map
     return by_file
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        reason = "promtool is required: apt-get install prometheus (.ci/run does)"
-        if os.environ.get("AWARENESS_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"{reason} (AWARENESS_REQUIRE_SERVICES=1)")
-        pytest.skip(reason)
-    return path
 
 
 def check_rules(promtool: str, path: Path) -> subprocess.CompletedProcess[str]:
