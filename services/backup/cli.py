@@ -109,8 +109,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _store(args: argparse.Namespace) -> Any:
     from services.backup.sets import Store
+    from services.runtime.config import in_kubernetes
 
     url = args.database or os.environ.get("DATABASE_URL") or ""
+    if not url.startswith("postgresql") and in_kubernetes(os.environ):
+        # A pod's data directory is scratch space: a set of it would be an empty promise.
+        raise SystemExit(
+            "awareness backup: in Kubernetes it needs DATABASE_URL (or --database) of PostgreSQL"
+        )
     data_dir = args.data_dir or Path(os.environ.get("AWARENESS_DATA_DIR") or "var")
     return Store(postgres_url=url if url.startswith("postgresql") else None, data_dir=data_dir)
 

@@ -89,7 +89,12 @@ def create_set(
     log_state: dict[str, Any],
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Write a new set under ``into/<backup id>``; returns its manifest."""
+    """Write a new set under ``into/<backup id>``; returns its manifest. On PostgreSQL the set holds
+    the schemas of ``services`` that exist (a service the release does not deploy has none)."""
+    if store.postgres_url:
+        services = existing_schemas(store, services)
+        if not services:
+            raise BackupError("the database holds no awareness_* schema: nothing to back up")
     moment = now or datetime.now(UTC)
     backup_id = new_backup_id(moment)
     directory = into / backup_id
@@ -136,6 +141,25 @@ def create_set(
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return manifest
+
+
+def existing_schemas(store: Store, services: Sequence[str]) -> list[str]:
+    """Those of ``services`` whose schema the PostgreSQL database holds."""
+    names = ",".join(f"'{schema_name(service)}'" for service in services)
+    listed = _run(
+        [
+            "psql",
+            "--no-psqlrc",
+            "--tuples-only",
+            "--no-align",
+            "-c",
+            f"SELECT nspname FROM pg_namespace WHERE nspname IN ({names})",
+            store.libpq_url(),
+        ],
+        what="psql",
+    )
+    present = {line.strip() for line in listed.splitlines()}
+    return [service for service in services if schema_name(service) in present]
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from services.backup.sets import (
     restore_set,
     verify_set,
 )
+from services.cli import main
 from services.runtime import db
 from services.runtime.config import ConfigError
 from services.runtime.recovery import clear_restored, mark_restored, pending_restore, refuse_if_restored
@@ -84,3 +85,10 @@ def test_a_restored_store_refuses_to_serve_until_the_mark_is_cleared(tmp_path: P
         refuse_if_restored(engine, service="ingest")
     finally:
         engine.dispose()
+
+
+def test_in_kubernetes_a_backup_without_postgresql_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    with pytest.raises(SystemExit, match="needs DATABASE_URL"):
+        main(["backup", "create", "--to", "/tmp/nowhere"])
