@@ -41,9 +41,7 @@ def replay_erasures(sessions: sessionmaker[Session], journal: TombstoneJournal) 
                 result.already_erased += 1
                 continue
             pseudonym = tombstone.pseudonym
-            shredded = repo.delete_data_keys(session, key_ids=repo.key_ids_of(session, pseudonym=pseudonym))
-            repo.forget_directory_person(session, pseudonym=pseudonym)
-            repo.delete_subject(session, pseudonym=pseudonym)
+            shredded = repo.shred_subject(session, pseudonym=pseudonym)
             repo.insert_erasure(
                 session,
                 row=ErasureRecordRow(

@@ -338,6 +338,15 @@ def delete_directory_entries(session: Session, *, pseudonyms: Sequence[str]) -> 
     return deleted
 
 
+def shred_subject(session: Session, *, pseudonym: str) -> int:
+    """What an erasure deletes: the person's data keys, directory entry (and place as anyone's
+    manager) and subject row; the number of keys shredded."""
+    shredded = delete_data_keys(session, key_ids=key_ids_of(session, pseudonym=pseudonym))
+    forget_directory_person(session, pseudonym=pseudonym)
+    delete_subject(session, pseudonym=pseudonym)
+    return shredded
+
+
 def directory_entry(session: Session, *, pseudonym: str) -> DirectoryEntryRow | None:
     return session.get(DirectoryEntryRow, pseudonym)
 

@@ -175,9 +175,21 @@ def _check_roots(
         store = DatabaseNodeStore(session)
         tree_size = repository.tree_state(session).tree_size
         result.tree_size = tree_size
+        # The checkpoints the archive brought back, and the newest the backup held: the older ones
+        # came with the backup's tree and are `awareness verify`'s to check, not a restore's.
+        checkpoints = repository.CHECKPOINTS
+        newest_restored = (
+            select(func.coalesce(func.max(checkpoints.c.tree_size), 0))
+            .where(checkpoints.c.tree_size <= result.restored_tree_size)
+            .scalar_subquery()
+        )
         stored = [
             HeldCheckpoint(tree_size=row.tree_size, root_hash=bytes(row.root_hash), source="the log's own")
-            for row in session.execute(select(repository.CHECKPOINTS)).all()
+            for row in session.execute(
+                select(checkpoints.c.tree_size, checkpoints.c.root_hash).where(
+                    checkpoints.c.tree_size >= newest_restored
+                )
+            ).all()
         ]
         for checkpoint in [*stored, *held]:
             if checkpoint.tree_size > tree_size:

@@ -480,11 +480,9 @@ class GdprStore:
             if subject is None:
                 raise SubjectNotFoundError("no data subject with this identifier (unknown or already erased)")
             pseudonym = subject.pseudonym
-            shredded = repo.delete_data_keys(session, key_ids=repo.key_ids_of(session, pseudonym=pseudonym))
             # The directory entry goes too, and so does the person as anyone's manager (both refer to the
             # pseudonym, which must link to nobody once the subject row is gone).
-            repo.forget_directory_person(session, pseudonym=pseudonym)
-            repo.delete_subject(session, pseudonym=pseudonym)
+            shredded = repo.shred_subject(session, pseudonym=pseudonym)
             erasure_id = str(uuid.uuid4())
             record = repo.insert_erasure(
                 session,
