@@ -6,17 +6,60 @@ or ``otlp`` (standard ``OTEL_EXPORTER_OTLP_*`` variables select the collector).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind
+from opentelemetry.util.types import Attributes
 
 _provider: TracerProvider | None = None
+
+
+class _SampleOnceConsumed(sampling.Sampler):
+    """The SDK's sampler (OTEL_TRACES_SAMPLER, else parent-based always-on) once spans have a
+    consumer; until then, none is recorded.
+
+    With no exporter a recorded span is built, filled with attributes and thrown away: about 10 µs
+    each, several per event in every process. A span that is not recorded still gets fresh trace and
+    span ids, so log lines keep their trace_id and calls still carry the context onward.
+    """
+
+    def __init__(self) -> None:
+        self.consumed = False
+        self._sampler = sampling._get_from_env_or_default()
+
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: trace.TraceState | None = None,
+    ) -> sampling.SamplingResult:
+        chosen = self._sampler if self.consumed else sampling.ALWAYS_OFF
+        return chosen.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return f"SampleOnceConsumed{{{self._sampler.get_description() if self.consumed else 'none yet'}}}"
+
+
+class _Provider(TracerProvider):
+    """Starts recording spans when the first span processor is added."""
+
+    def __init__(self, resource: Resource) -> None:
+        self._gate = _SampleOnceConsumed()
+        super().__init__(resource=resource, sampler=self._gate)
+
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        super().add_span_processor(span_processor)
+        self._gate.consumed = True
 
 
 def _exporter(kind: str) -> SpanExporter | None:
@@ -35,7 +78,7 @@ def configure_tracing(
     """Install the process-wide tracer provider once; later calls reuse it."""
     global _provider
     if _provider is None:
-        _provider = TracerProvider(resource=Resource.create({"service.name": f"awareness-{service}"}))
+        _provider = _Provider(Resource.create({"service.name": f"awareness-{service}"}))
         trace.set_tracer_provider(_provider)
     span_exporter = _exporter(exporter)
     if span_exporter is not None:
