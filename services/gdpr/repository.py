@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Row, Table, delete, func, select, text, tuple_, update
+from sqlalchemy import Row, Select, Table, bindparam, delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -98,10 +99,19 @@ def create_subjects(session: Session, *, rows: Sequence[Mapping[str, Any]]) -> s
     return _insert_returning_created(session, Subject, rows, "lookup_hash")
 
 
+# The reads behind every key lookup are built once: a statement object keeps its cache key, which
+# SQLAlchemy otherwise derives again on every call (tens of µs per statement).
+
+
+@functools.cache
+def _existing_pseudonyms_query() -> Select[Any]:
+    return select(Subject.pseudonym).where(Subject.pseudonym.in_(bindparam("pseudonyms", expanding=True)))
+
+
 def existing_pseudonyms(session: Session, *, pseudonyms: Sequence[str]) -> set[str]:
     found: set[str] = set()
     for chunk in _chunks(list(dict.fromkeys(pseudonyms))):
-        found.update(session.scalars(select(Subject.pseudonym).where(Subject.pseudonym.in_(chunk))))
+        found.update(session.scalars(_existing_pseudonyms_query(), {"pseudonyms": list(chunk)}))
     return found
 
 
@@ -134,6 +144,29 @@ class StoredKey(NamedTuple):
     event_types: frozenset[str]
 
 
+@functools.cache
+def _keys_by_lookup_query() -> Select[Any]:
+    subjects, keys, types = Subject.__table__, DataKey.__table__, DataKeyEventType.__table__
+    return (
+        select(
+            subjects.c.lookup_hash,
+            keys.c.key_id,
+            keys.c.pseudonym,
+            keys.c.period,
+            keys.c.kek_id,
+            keys.c.nonce,
+            keys.c.wrapped,
+            types.c.event_type,
+        )
+        .select_from(subjects.join(keys, keys.c.pseudonym == subjects.c.pseudonym))
+        .outerjoin(types, types.c.key_id == keys.c.key_id)
+        .where(
+            subjects.c.lookup_hash.in_(bindparam("hashes", expanding=True)),
+            keys.c.period.in_(bindparam("periods", expanding=True)),
+        )
+    )
+
+
 def find_keys_by_lookup(
     session: Session, *, lookup_hashes: Sequence[bytes], periods: Sequence[str]
 ) -> dict[tuple[bytes, str], StoredKey]:
@@ -142,27 +175,12 @@ def find_keys_by_lookup(
     Core rows, not ORM objects: this is the read behind every event whose key ingest has not
     cached, so it skips the identity map and runs one statement where the write path runs three.
     """
-    subjects, keys, types = Subject.__table__, DataKey.__table__, DataKeyEventType.__table__
     found: dict[tuple[bytes, str], StoredKey] = {}
     wanted_periods = list(dict.fromkeys(periods))
     for chunk in _chunks(list(dict.fromkeys(lookup_hashes))):
-        query = (
-            select(
-                subjects.c.lookup_hash,
-                keys.c.key_id,
-                keys.c.pseudonym,
-                keys.c.period,
-                keys.c.kek_id,
-                keys.c.nonce,
-                keys.c.wrapped,
-                types.c.event_type,
-            )
-            .select_from(subjects.join(keys, keys.c.pseudonym == subjects.c.pseudonym))
-            .outerjoin(types, types.c.key_id == keys.c.key_id)
-            .where(subjects.c.lookup_hash.in_(list(chunk)), keys.c.period.in_(wanted_periods))
-        )
+        query, parameters = _keys_by_lookup_query(), {"hashes": list(chunk), "periods": wanted_periods}
         event_types: dict[tuple[bytes, str], set[str]] = {}
-        for row in session.connection().execute(query):
+        for row in session.connection().execute(query, parameters):
             where = (row.lookup_hash, row.period)
             if where not in found:
                 found[where] = StoredKey(
@@ -279,15 +297,18 @@ def directory_placements(session: Session, *, pseudonyms: Sequence[str]) -> dict
     return found
 
 
+@functools.cache
+def _departments_query() -> Select[Any]:
+    return select(DirectoryEntryRow.pseudonym, DirectoryEntryRow.department).where(
+        DirectoryEntryRow.pseudonym.in_(bindparam("pseudonyms", expanding=True))
+    )
+
+
 def departments_of(session: Session, *, pseudonyms: Sequence[str]) -> dict[str, str]:
     """The department of each pseudonym in the directory (one query per 500 pseudonyms)."""
     found: dict[str, str] = {}
     for chunk in _chunks(list(dict.fromkeys(pseudonyms))):
-        rows = session.execute(
-            select(DirectoryEntryRow.pseudonym, DirectoryEntryRow.department).where(
-                DirectoryEntryRow.pseudonym.in_(chunk)
-            )
-        )
+        rows = session.execute(_departments_query(), {"pseudonyms": list(chunk)})
         found.update({row.pseudonym: row.department for row in rows})
     return found
 

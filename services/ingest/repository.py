@@ -21,6 +21,7 @@ from sqlalchemy import (
     Float,
     Integer,
     LargeBinary,
+    Select,
     SmallInteger,
     String,
     Table,
@@ -135,24 +136,30 @@ class StoredReceipt:
     leaf_index: int | None
 
 
+@functools.cache
+def _receipts_query() -> Select[Any]:
+    """Built once: a statement object keeps its cache key, which is otherwise rebuilt per call (about
+    75 µs, for a read behind every append)."""
+    return (
+        select(
+            RECORDS.c.event_id,
+            RECORDS.c.content_fingerprint,
+            RECORDS.c.leaf_hash,
+            RECORDS.c.receive_time_us,
+            LEAVES.c.leaf_index,
+        )
+        .select_from(RECORDS.outerjoin(LEAVES, LEAVES.c.seq == RECORDS.c.seq))
+        .where(RECORDS.c.event_id.in_(bindparam("event_ids", expanding=True)))
+    )
+
+
 def find_receipts(session: Session, *, event_ids: Sequence[str]) -> dict[str, StoredReceipt]:
     if not event_ids:
         return {}
     found: dict[str, StoredReceipt] = {}
     for start in range(0, len(event_ids), 1000):
         chunk = list(event_ids[start : start + 1000])
-        rows = session.execute(
-            select(
-                RECORDS.c.event_id,
-                RECORDS.c.content_fingerprint,
-                RECORDS.c.leaf_hash,
-                RECORDS.c.receive_time_us,
-                LEAVES.c.leaf_index,
-            )
-            .select_from(RECORDS.outerjoin(LEAVES, LEAVES.c.seq == RECORDS.c.seq))
-            .where(RECORDS.c.event_id.in_(chunk))
-        )
-        for row in rows:
+        for row in session.execute(_receipts_query(), {"event_ids": chunk}):
             found[row.event_id] = StoredReceipt(
                 event_id=row.event_id,
                 content_fingerprint=row.content_fingerprint,
