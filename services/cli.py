@@ -26,6 +26,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(args.service)
+        from services.runtime import workers
+
+        if workers.is_supervisor(settings):
+            # AWARENESS_<SERVICE>_WORKERS > 1: start the workers (local replicas) and watch them.
+            return workers.supervise(settings)
         if args.service == "gateway":
             from services.gateway.app import run_gateway
 
@@ -60,8 +65,14 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     from services.launcher import run_suite
+    from services.runtime.config import ConfigError
 
-    return run_suite(data_dir=args.data_dir, gateway_port=args.gateway_port, ready_timeout=args.timeout)
+    try:
+        return run_suite(data_dir=args.data_dir, gateway_port=args.gateway_port, ready_timeout=args.timeout)
+    except ConfigError as exc:
+        # Checked before any process starts (e.g. workers on SQLite): one line, as `serve` does.
+        print(f"awareness up: refusing to start: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG
 
 
 def build_parser() -> argparse.ArgumentParser:

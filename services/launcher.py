@@ -28,8 +28,12 @@ from services.runtime.config import (
     GATEWAY_ADMIN_PORT_VAR,
     GATEWAY_GRPC_PORT_VAR,
     SERVICE_NAMES,
+    WORKER_PORT_STRIDE,
+    WORKER_SERVICES,
     load_settings,
+    parse_workers,
     with_identity,
+    workers_var,
 )
 from services.runtime.identity import MtlsFiles, channel_options
 
@@ -149,6 +153,10 @@ def run_suite(*, data_dir: str | None, gateway_port: int | None, ready_timeout: 
     prepare_data_dir(directory)
     suite = Suite(data_dir=directory, env=env, gateway_port=port)
     print(f"awareness: starting the suite (data in {directory}, logs in {directory / 'logs'})", flush=True)
+    workers = {service: parse_workers(env, service) for service in WORKER_SERVICES}
+    for service, count in workers.items():
+        if count > 1:
+            print(f"awareness: {service} runs {count} worker processes ({workers_var(service)})", flush=True)
     interrupted = False
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -172,9 +180,10 @@ def run_suite(*, data_dir: str | None, gateway_port: int | None, ready_timeout: 
                 time.sleep(0.3)
         print(f"awareness: all services healthy. Gateway: http://127.0.0.1:{port}", flush=True)
         admin_port = env.get(GATEWAY_ADMIN_PORT_VAR) or DEFAULT_GATEWAY_ADMIN_PORT
+        per_worker = f" (worker i: port + {WORKER_PORT_STRIDE} * i)" if workers["gateway"] > 1 else ""
         print(
             f"  OpenAPI: http://127.0.0.1:{port}/openapi.json   "
-            f"metrics (admin port): http://127.0.0.1:{admin_port}/metrics",
+            f"metrics (admin port): http://127.0.0.1:{admin_port}/metrics{per_worker}",
             flush=True,
         )
         door_port = env.get(GATEWAY_GRPC_PORT_VAR) or DEFAULT_GATEWAY_GRPC_PORT

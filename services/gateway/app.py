@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -73,7 +74,9 @@ from services.runtime.errors import AwarenessError
 from services.runtime.identity import MtlsFiles
 from services.runtime.logs import configure_logging
 from services.runtime.metrics import ServiceMetrics
+from services.runtime.process import run_main, tune_garbage_collector
 from services.runtime.tracing import configure_tracing, shutdown_tracing
+from services.runtime.workers import reuse_port_socket
 
 log = logging.getLogger("awareness.gateway")
 
@@ -779,7 +782,10 @@ def run_gateway(settings: Settings) -> None:
         limit_concurrency=config.max_concurrency,
         http=BoundedHttpToolsProtocol,
     )
-    servers = [_Server(public)]
+    # Several workers share the public port: each binds it with SO_REUSEPORT (uvicorn cannot) and the
+    # kernel spreads connections among them.
+    shared = [reuse_port_socket(settings.host, settings.grpc_port)] if settings.workers > 1 else None
+    servers = [_Server(public, sockets=shared)]
     if config.admin_port:
         admin = uvicorn.Config(
             app.state.admin,
@@ -793,26 +799,37 @@ def run_gateway(settings: Settings) -> None:
             limit_concurrency=16,
         )
         servers.append(_Server(admin))
-    door = _door_server(app.state.gateway, settings.host) if config.grpc_port else None
+    door = (
+        _door_server(app.state.gateway, settings.host, reuse_port=settings.workers > 1)
+        if config.grpc_port
+        else None
+    )
+    tune_garbage_collector()
     try:
-        asyncio.run(
+        run_main(
             _serve_all(
                 servers, door, grace_seconds=settings.shutdown_grace_seconds, renewal=settings.identity
-            )
+            ),
+            event_loop=settings.event_loop,
         )
     finally:
         shutdown_tracing()
 
 
 class _Server(uvicorn.Server):
-    """A uvicorn server that leaves signals to ``_serve_all`` (two servers share one loop)."""
+    """A uvicorn server that leaves signals to ``_serve_all`` (two servers share one loop), listening
+    on ``sockets`` when given (a port the workers share), else on its configured host and port."""
+
+    def __init__(self, config: uvicorn.Config, *, sockets: list[socket.socket] | None = None) -> None:
+        super().__init__(config)
+        self.listen_sockets = sockets
 
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
 
 
-def _door_server(state: GatewayState, host: str) -> Callable[[], grpc.aio.Server]:
+def _door_server(state: GatewayState, host: str, *, reuse_port: bool) -> Callable[[], grpc.aio.Server]:
     """Builds the gRPC door's server inside the serving loop (grpc.aio binds to the running loop)."""
     config = state.config
     tls = None
@@ -820,7 +837,9 @@ def _door_server(state: GatewayState, host: str) -> Callable[[], grpc.aio.Server
         tls = (Path(config.grpc_tls_cert_file), Path(config.grpc_tls_key_file))
 
     def build() -> grpc.aio.Server:
-        server, bound = create_door_server(state.door, host=host, port=config.grpc_port, tls=tls)
+        server, bound = create_door_server(
+            state.door, host=host, port=config.grpc_port, tls=tls, reuse_port=reuse_port
+        )
         log.info("gRPC door listening", extra={"port": bound, "tls": tls is not None})
         return server
 
@@ -848,7 +867,7 @@ async def _serve_all(
     door_server = door() if door is not None else None
     if door_server is not None:
         await door_server.start()
-    tasks = [asyncio.create_task(server.serve()) for server in servers]
+    tasks = [asyncio.create_task(server.serve(sockets=server.listen_sockets)) for server in servers]
     watch = asyncio.create_task(identity.renewed(renewal)) if renewal is not None else None
     try:
         await asyncio.wait([*tasks, *([watch] if watch else [])], return_when=asyncio.FIRST_COMPLETED)

@@ -19,6 +19,7 @@ from services.runtime.config import (
     in_kubernetes,
     read_secret,
     refuse_generated_secret,
+    worker_port,
 )
 
 # Methods the contracts do not (yet) model as long-running operations but which run for
@@ -107,7 +108,10 @@ def load_gateway_config(settings: Settings) -> GatewayConfig:
         # longest a revocation takes to reach this replica (0 turns the cache off).
         key_cache_seconds=env_float(env, KEY_CACHE_SECONDS_VAR, KEY_CACHE_SECONDS_DEFAULT, minimum=0.0),
         key_cache_entries=env_int(env, "AWARENESS_GATEWAY_KEY_CACHE_ENTRIES", 10_000, minimum=0),
-        admin_port=env_int(env, GATEWAY_ADMIN_PORT_VAR, DEFAULT_GATEWAY_ADMIN_PORT),
+        # Each worker has an admin port of its own (Prometheus scrapes every one): base + 100 * index.
+        admin_port=worker_port(
+            env_int(env, GATEWAY_ADMIN_PORT_VAR, DEFAULT_GATEWAY_ADMIN_PORT), settings.worker_index
+        ),
         # Failed authentications per client address, a bucket of their own (0 = off).
         rate_auth_failures_per_min=env_int(env, "AWARENESS_GATEWAY_RATE_AUTH_FAILURES_PER_MIN", 60),
         grpc_port=env_int(env, GATEWAY_GRPC_PORT_VAR, DEFAULT_GATEWAY_GRPC_PORT),

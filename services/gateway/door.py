@@ -275,10 +275,16 @@ def renewing_server_credentials(chain_file: Path, key_file: Path) -> grpc.Server
 
 
 def create_door_server(
-    door: GrpcDoor, *, host: str, port: int, tls: tuple[Path, Path] | None
+    door: GrpcDoor, *, host: str, port: int, tls: tuple[Path, Path] | None, reuse_port: bool = False
 ) -> tuple[grpc.aio.Server, int]:
-    """The door's server (not started) and its bound port; ``tls``: (certificate chain, key) PEM files."""
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 32 * 1024 * 1024)])
+    """The door's server (not started) and its bound port; ``tls``: (certificate chain, key) PEM files.
+    ``reuse_port``: the gateway's workers share the port (SO_REUSEPORT); otherwise a taken port fails."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ]
+    )
     server.add_generic_rpc_handlers([door])
     # Reflection shows the contracts (as public as the client wheel), so grpcurl works unaided.
     reflection.enable_server_reflection((*door.services, reflection.SERVICE_NAME), server)

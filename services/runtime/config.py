@@ -52,11 +52,21 @@ GATEWAY_ADMIN_PORT_VAR: Final = "AWARENESS_GATEWAY_ADMIN_PORT"
 DEFAULT_GATEWAY_GRPC_PORT: Final = 8081
 GATEWAY_GRPC_PORT_VAR: Final = "AWARENESS_GATEWAY_GRPC_PORT"
 
+# Worker processes: local replicas of a service on one machine (docs/architecture.md, "Workers").
+WORKER_SERVICES: Final = ("gateway", "ingest")
+# One process per service until a measurement says otherwise (docs/benchmarks.md).
+DEFAULT_WORKERS: Final = 1
+# Set by the supervisor in each worker's environment (0..N-1); a process without it is no worker.
+WORKER_INDEX_VAR: Final = "AWARENESS_WORKER_INDEX"
+# A worker's own ports (metrics, the gateway's admin port) are the base + this many times its index.
+WORKER_PORT_STRIDE: Final = 100
+
 # The longest deadline any caller in the suite sets (the retraining job's TrainModel call, 1800 s):
 # a connection that reaches its maximum age must not cut a call that is still within its deadline.
 DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS: Final = 1800.0
 
 TracesExporter = Literal["none", "console", "otlp", "memory"]
+EventLoop = Literal["uvloop", "asyncio"]
 
 
 class ConfigError(ValueError):
@@ -119,6 +129,56 @@ def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw in {"0", "false", "no", "off"}:
         return False
     raise ConfigError(f"{name} must be a boolean, got {raw!r}")
+
+
+def workers_var(service: str) -> str:
+    return f"AWARENESS_{service.upper()}_WORKERS"
+
+
+def parse_workers(env: Mapping[str, str], service: str) -> int:
+    """``AWARENESS_<SERVICE>_WORKERS``: a positive integer, or ``auto`` (one per CPU); 1 for a service
+    that has no workers."""
+    if service not in WORKER_SERVICES:
+        return 1
+    name = workers_var(service)
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return DEFAULT_WORKERS
+    if raw == "auto":
+        return os.cpu_count() or 1
+    try:
+        count = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a positive integer or auto, got {raw!r}") from exc
+    if count < 1:
+        raise ConfigError(f"{name} must be a positive integer or auto, got {count}")
+    return count
+
+
+def parse_worker_index(env: Mapping[str, str], workers: int) -> int | None:
+    """This worker's index, from the supervisor; None for a process that is no worker."""
+    raw = env.get(WORKER_INDEX_VAR, "").strip()
+    if not raw:
+        return None
+    try:
+        index = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{WORKER_INDEX_VAR} must be an integer, got {raw!r}") from exc
+    if not 0 <= index < workers:
+        raise ConfigError(f"{WORKER_INDEX_VAR} must be between 0 and {workers - 1}, got {index}")
+    return index
+
+
+def worker_port(base: int, worker_index: int | None) -> int:
+    """A port of one worker's own: worker i listens on base + WORKER_PORT_STRIDE * i (0 stays 0: none)."""
+    if base == 0 or not worker_index:
+        return base
+    port = base + WORKER_PORT_STRIDE * worker_index
+    if port > 65535:
+        raise ConfigError(
+            f"worker {worker_index}'s port {base} + {WORKER_PORT_STRIDE} * {worker_index} > 65535"
+        )
+    return port
 
 
 def read_secret(
@@ -242,6 +302,8 @@ class Settings:
     targets: Mapping[str, str] = field(default_factory=dict)
     log_level: str = "INFO"
     traces_exporter: TracesExporter = "none"
+    # The event loop of the process: uvloop (libuv) unless AWARENESS_EVENT_LOOP=asyncio.
+    event_loop: EventLoop = "uvloop"
     shutdown_grace_seconds: float = 10.0
     call_timeout_seconds: float = 5.0
     breaker_fail_max: int = 5
@@ -259,6 +321,10 @@ class Settings:
     # API-key pepper). No other service holds it.
     service_secret: bytes = b""
     require_services: bool = False
+    # Worker processes of this service on this machine (gateway and ingest; 1 elsewhere), and which
+    # of them this process is (None: not a worker, e.g. the only process, or the supervisor).
+    workers: int = DEFAULT_WORKERS
+    worker_index: int | None = None
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -280,6 +346,17 @@ def default_database_url(data_dir: Path, service: str) -> str:
     return f"sqlite:///{(data_dir / f'{service}.db').resolve()}"
 
 
+def _checked_workers(env: Mapping[str, str], service: str, database_url: str) -> int:
+    """The worker count, refused above 1 on SQLite: several processes must not share one SQLite log."""
+    workers = parse_workers(env, service)
+    if workers > 1 and not database_url.startswith("postgresql"):
+        raise ConfigError(
+            f"{workers_var(service)}={workers} needs PostgreSQL (DATABASE_URL or "
+            f"AWARENESS_{service.upper()}_DATABASE_URL): several processes must not share one SQLite database"
+        )
+    return workers
+
+
 def load_settings(service: str, env: Mapping[str, str] | None = None) -> Settings:
     """Read settings once; call from ``main``, never at import time."""
     source: Mapping[str, str] = dict(os.environ if env is None else env)
@@ -299,6 +376,9 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
     exporter = env_str(source, "AWARENESS_TRACES_EXPORTER", "none").lower()
     if exporter not in ("none", "console", "otlp", "memory"):
         raise ConfigError(f"AWARENESS_TRACES_EXPORTER must be none, console or otlp, got {exporter!r}")
+    event_loop = env_str(source, "AWARENESS_EVENT_LOOP", "uvloop").lower()
+    if event_loop not in ("uvloop", "asyncio"):
+        raise ConfigError(f"AWARENESS_EVENT_LOOP must be uvloop or asyncio, got {event_loop!r}")
     # In Kubernetes a file under the data directory could only be one a pod generated: ignore it.
     dev_secret = None if in_kubernetes(source) else _dev_service_secret_file(data_dir, service)
     secret = read_secret(source, SERVICE_SECRET_VAR, default_file=dev_secret)
@@ -308,18 +388,21 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
     else:
         default_port = DEFAULT_GRPC_PORTS.get(service, 0)
         default_metrics = DEFAULT_METRICS_PORTS.get(service, 0)
+    workers = _checked_workers(source, service, database_url)
+    worker_index = parse_worker_index(source, workers) if service in WORKER_SERVICES else None
     return Settings(
         service=service,
         host=env_str(source, "AWARENESS_HOST", "127.0.0.1"),
         grpc_port=env_int(source, "AWARENESS_GRPC_PORT", default_port),
         health_port=env_int(source, "AWARENESS_HEALTH_PORT", 0),
-        metrics_port=env_int(source, "AWARENESS_METRICS_PORT", default_metrics),
+        metrics_port=worker_port(env_int(source, "AWARENESS_METRICS_PORT", default_metrics), worker_index),
         data_dir=data_dir,
         database_url=database_url,
         redis_url=source.get("REDIS_URL") or None,
         targets=targets,
         log_level=env_str(source, "AWARENESS_LOG_LEVEL", "INFO").upper(),
         traces_exporter=exporter,  # type: ignore[arg-type]
+        event_loop=event_loop,  # type: ignore[arg-type]
         shutdown_grace_seconds=env_float(source, "AWARENESS_SHUTDOWN_GRACE_SECONDS", 10.0),
         call_timeout_seconds=env_float(source, "AWARENESS_CALL_TIMEOUT_SECONDS", 5.0, minimum=0.01),
         breaker_fail_max=env_int(source, "AWARENESS_BREAKER_FAIL_MAX", 5, minimum=1),
@@ -335,5 +418,7 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         mtls=_mtls_files(source, data_dir, service),
         service_secret=secret or b"",
         require_services=env_bool(source, "AWARENESS_REQUIRE_SERVICES", False),
+        workers=workers,
+        worker_index=worker_index,
         env=source,
     )

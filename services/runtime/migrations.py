@@ -7,13 +7,16 @@ Each service keeps ``services/<service>/migrations/`` with an ``env.py`` that ca
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, MetaData
+from sqlalchemy import Engine, MetaData, text
 
 from services.runtime.db import ensure_schema, schema_name
 
@@ -36,8 +39,33 @@ def alembic_config(service: str, engine: Engine) -> Config:
 def upgrade(service: str, engine: Engine, revision: str = "head") -> None:
     if not migrations_dir(service).exists():
         return
-    ensure_schema(engine, service=service)
-    command.upgrade(alembic_config(service, engine), revision)
+    with _one_at_a_time(engine, service):
+        ensure_schema(engine, service=service)
+        command.upgrade(alembic_config(service, engine), revision)
+
+
+def migration_lock_key(service: str) -> int:
+    """The PostgreSQL advisory lock of ``service``'s migrations (64-bit, derived from the name)."""
+    return int.from_bytes(
+        hashlib.sha256(f"awareness.{service}.migrate".encode()).digest()[:8], "big", signed=True
+    )
+
+
+@contextlib.contextmanager
+def _one_at_a_time(engine: Engine, service: str) -> Iterator[None]:
+    """On PostgreSQL, processes of one service that start together (its workers on one machine)
+    migrate one after the other; the later ones then find the schema at head. SQLite has one process."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    key = {"key": migration_lock_key(service)}
+    # Autocommit: the lock is the session's, and no transaction stays open beside the migrations.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), key)
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), key)
 
 
 def run_env(target_metadata: MetaData) -> None:

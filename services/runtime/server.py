@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -31,6 +30,7 @@ from services.runtime.health import HealthReporter
 from services.runtime.interceptors import PermissionLookup, ServerInterceptor
 from services.runtime.logs import configure_logging
 from services.runtime.metrics import ServiceMetrics
+from services.runtime.process import run_main, tune_garbage_collector
 from services.runtime.tracing import configure_tracing, shutdown_tracing
 
 log = logging.getLogger("awareness.server")
@@ -141,7 +141,9 @@ def create_server(
         ],
         options=[
             ("grpc.max_receive_message_length", 32 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),
+            # Several workers share the port and the kernel spreads connections among them; one
+            # process alone keeps 0, so a port another process holds fails the bind.
+            ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
             *connection_age_options(settings),
         ],
     )
@@ -207,6 +209,7 @@ async def run_server(
         "serving",
         extra={
             "port": bound,
+            "worker": settings.worker_index,
             "services": list(app.service_names),
             "max_connection_age_seconds": settings.grpc_max_connection_age_seconds,
         },
@@ -241,34 +244,13 @@ def serve(
         _instrument_sqlalchemy(context.engine)
     context.metrics.serve(host=settings.host, port=settings.metrics_port)
     app = factory(context)
-    _tune_garbage_collector()
+    tune_garbage_collector()
     try:
-        asyncio.run(run_server(app, context))
+        run_main(run_server(app, context), event_loop=settings.event_loop)
     finally:
         shutdown_tracing()
         if context.engine is not None:
             context.engine.dispose()
-
-
-# Collections of the youngest generation happen every this many net allocations (CPython's default
-# is 700). Request handling allocates thousands of short-lived objects per batch; collecting them
-# this often promotes many that are about to die, and every promotion brings the next full scan
-# of the whole heap closer.
-GC_YOUNG_THRESHOLD = 20_000
-
-
-def _tune_garbage_collector() -> None:
-    """Keep the cyclic collector off the objects of start-up, and collect the young less often.
-
-    Modules, engines and servers built at start-up live as long as the process: ``gc.freeze`` moves
-    them out of every generation, so full collections no longer traverse them (with the defaults,
-    a full collection of an ingest process cost about 80 ms at ingest rates, about a tenth of its
-    CPU). Cycles created later are still collected.
-    """
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def _instrument_sqlalchemy(engine: Engine) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import signal
 import sqlite3
@@ -527,20 +526,6 @@ def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def test_garbage_collector_tuning_freezes_start_up_objects_and_collects_the_young_less_often() -> None:
-    threshold = gc.get_threshold()
-    try:
-        gc.unfreeze()
-        runtime_server._tune_garbage_collector()
-        assert gc.get_freeze_count() > 0  # start-up objects no longer traversed by collections
-        assert gc.get_threshold()[0] == runtime_server.GC_YOUNG_THRESHOLD
-        assert gc.get_threshold()[1:] == threshold[1:]
-        assert gc.isenabled()
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*threshold)
 
 
 class SubjectErased(NotFoundError):

@@ -660,6 +660,12 @@ spec:
             - name: AWARENESS_LOOKUP_SECRET_FILE
               value: /etc/awareness/gdpr/lookup-secret
             {{- end }}
+            {{- /* One worker process per pod: replicas and the HPA scale out, whatever the image's default. */}}
+            {{- $workersVar := printf "AWARENESS_%s_WORKERS" (upper $name) }}
+            {{- if and (has $name (list "gateway" "ingest")) (not (hasKey ($svc.env | default dict) $workersVar)) }}
+            - name: {{ $workersVar }}
+              value: "1"
+            {{- end }}
             {{- range $key, $value := $svc.env }}
             - name: {{ $key }}
               value: {{ $value | quote }}
