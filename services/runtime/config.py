@@ -142,29 +142,20 @@ def parse_workers(env: Mapping[str, str], service: str) -> int:
         return 1
     name = workers_var(service)
     raw = env.get(name, "").strip().lower()
-    if not raw:
-        return DEFAULT_WORKERS
     if raw == "auto":
         return os.cpu_count() or 1
     try:
-        count = int(raw)
-    except ValueError as exc:
+        return env_int(env, name, DEFAULT_WORKERS, minimum=1)
+    except ConfigError as exc:
         raise ConfigError(f"{name} must be a positive integer or auto, got {raw!r}") from exc
-    if count < 1:
-        raise ConfigError(f"{name} must be a positive integer or auto, got {count}")
-    return count
 
 
 def parse_worker_index(env: Mapping[str, str], workers: int) -> int | None:
     """This worker's index, from the supervisor; None for a process that is no worker."""
-    raw = env.get(WORKER_INDEX_VAR, "").strip()
-    if not raw:
+    if not env.get(WORKER_INDEX_VAR, "").strip():
         return None
-    try:
-        index = int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{WORKER_INDEX_VAR} must be an integer, got {raw!r}") from exc
-    if not 0 <= index < workers:
+    index = env_int(env, WORKER_INDEX_VAR, 0)
+    if index >= workers:
         raise ConfigError(f"{WORKER_INDEX_VAR} must be between 0 and {workers - 1}, got {index}")
     return index
 
