@@ -35,6 +35,28 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU time of a process and of its live descendants (a supervisor's workers), as cpu_seconds."""
+    own = cpu_seconds(pid)
+    if own is None:
+        return None
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(parent, []).append(int(entry.name))
+    total, pending = own, list(parents.get(pid, []))
+    while pending:
+        child = pending.pop()
+        total += cpu_seconds(child) or 0.0
+        pending.extend(parents.get(child, []))
+    return total
+
+
 # The servers the suite stores in, by their processes' names (/proc/<pid>/comm).
 STORE_PROCESSES = {"postgres": "postgres", "redis-server": "redis"}
 

@@ -1,11 +1,11 @@
 """Where each process's CPU goes during a load step: py-spy samples, summarised by function.
 
-``python -m bench suite --profile`` runs ``py-spy record --gil`` (a dev dependency) against every
-suite process for the length of each load step and prints, per process, the seconds of samples
-that held the GIL (the Python CPU of the process: threads that wait on a socket or a lock release
-it), per event, and the functions that took them: the innermost frames (``own``) and the
-project's own functions with what they called (``incl``). py-spy needs ptrace rights over the
-processes: root, or ``kernel.yama.ptrace_scope=0``.
+``python -m bench suite --profile`` runs ``py-spy record --gil --subprocesses`` (a dev dependency)
+against every suite process (and its workers) for the length of each load step and prints, per
+process, the seconds of samples that held the GIL (the Python CPU of the process: threads that wait
+on a socket or a lock release it), per event, and the functions that took them: the innermost frames
+(``own``) and the project's own functions with what they called (``incl``). py-spy needs ptrace
+rights over the processes: root, or ``kernel.yama.ptrace_scope=0``.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def recording(
         subprocess.Popen(
             [
                 binary, "record", "--pid", str(pid), "--duration", f"{max(1, round(seconds))}",
-                "--rate", str(SAMPLES_PER_SECOND), "--gil", "--function", "--nonblocking",
+                "--rate", str(SAMPLES_PER_SECOND), "--gil", "--function", "--nonblocking", "--subprocesses",
                 "--format", "raw", "--output", str(outputs[name]),
             ],
             stdout=subprocess.DEVNULL,

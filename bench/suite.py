@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import profile
-from bench.external import cpu_seconds, run_measured, run_wrk, store_cpu_seconds, wrk_available
+from bench.external import run_measured, run_wrk, store_cpu_seconds, tree_cpu_seconds, wrk_available
 from bench.population import (
     BENCH_KEY_CACHE_SECONDS,
     DEFAULT_SUBJECTS,
@@ -47,6 +47,7 @@ from bench.population import (
 from bench.population import (
     add_arguments as add_population_arguments,
 )
+from services.runtime.config import workers_var
 
 SERVICE_BENCHMARKS = ("signing", "policy", "scoring", "ingest")
 DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
@@ -377,7 +378,8 @@ def process_cpu(pids: Mapping[str, int], *, stores: bool = True) -> dict[str, fl
     False, and the load generator (reaped children): with the stores, all an event costs here."""
     import resource
 
-    totals = {name: seconds for name, pid in pids.items() if (seconds := cpu_seconds(pid)) is not None}
+    # A process's tree: with several workers, the pid is their supervisor's.
+    totals = {name: seconds for name, pid in pids.items() if (seconds := tree_cpu_seconds(pid)) is not None}
     if stores:
         totals.update(store_cpu_seconds())
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -524,6 +526,7 @@ class LoadPlan:
     wrk_seconds: float = 10.0
     wrk_threads: int = 1
     key_cache_seconds: float = BENCH_KEY_CACHE_SECONDS  # ingest's, while benchmarked
+    workers: int = 1  # worker processes of the gateway and of ingest (AWARENESS_<SERVICE>_WORKERS)
     profile_dir: Path | None = None  # py-spy every suite process during each load step, stacks here
 
 
@@ -719,6 +722,8 @@ def run_end_to_end(
                 "AWARENESS_GATEWAY_RATE_KEY_PREFIX": f"awareness-bench-{os.getpid()}",
                 "PYTHONUNBUFFERED": "1",
                 KEY_CACHE_VARIABLE: f"{plan.key_cache_seconds:g}",  # the warm steps wait it out
+                workers_var("gateway"): str(plan.workers),
+                workers_var("ingest"): str(plan.workers),
             },
         )
         try:
@@ -929,6 +934,14 @@ def format_table(rows: Sequence[Row], *, info: Mapping[str, Any]) -> str:
                 if "ingest_key_cache_seconds" in info
                 else []
             ),
+            *(
+                [
+                    f"The gateway and ingest ran {info['workers']} worker processes each in the end-to-end"
+                    " suite (their CPU is the workers' together; server-side means are worker 0's)."
+                ]
+                if info.get("workers", 1) > 1
+                else []
+            ),
             f"Rerun: {RERUN}",
         ]
     )
@@ -951,6 +964,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=BENCH_KEY_CACHE_SECONDS,
         help=f"ingest's key-cache lifetime ({BENCH_KEY_CACHE_SECONDS:g}); warm steps wait it out",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes of the gateway and of ingest in the end-to-end suite (1)",
     )
     parser.add_argument("--skip-edge", action="store_true", help="no edge-alone rows (nor suite / edge)")
     parser.add_argument(
@@ -994,6 +1013,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wrk_connections=args.wrk_connections,
         wrk_seconds=args.seconds if args.wrk_seconds is None else args.wrk_seconds,
         key_cache_seconds=args.key_cache_seconds,
+        workers=args.workers,
     )
     started = datetime.now(UTC)
     if args.profile:
@@ -1012,6 +1032,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "store": "PostgreSQL" + (" + Redis" if redis_url else " (no Redis)"),
         "ingest_key_cache_seconds": args.key_cache_seconds,
         "ingest_key_cache_default_seconds": ingest_key_cache_seconds({}),
+        "workers": args.workers,
         "rerun": RERUN,
         "claims": {
             "events_per_s": CLAIMED_EVENTS_PER_SECOND,

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from bench import suite
-from bench.external import parse_wrk, run_measured, run_wrk, wrk_available, wrk_script
+from bench.external import (
+    cpu_seconds,
+    parse_wrk,
+    run_measured,
+    run_wrk,
+    tree_cpu_seconds,
+    wrk_available,
+    wrk_script,
+)
 
 WRK_REPORT = """Running 10s test @ http://127.0.0.1:8080/v1/events
   1 threads and 32 connections
@@ -104,3 +114,27 @@ def test_wrk_saturates_the_edge_for_two_seconds(tmp_path: Path) -> None:
     assert result.requests > 0
     assert result.non_2xx == 0  # every generated body parsed and passed the edge's checks
     assert result.cpu_seconds is not None
+
+
+def test_a_process_tree_counts_its_live_childrens_cpu() -> None:
+    # A supervisor and its worker: the parent sleeps while its child spins for a bounded time.
+    spin = "import time; end = time.monotonic() + 20\nwhile time.monotonic() < end: pass"
+    script = (
+        "import subprocess, sys, time\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {spin!r}])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(20)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    try:
+        time.sleep(1.5)
+        own, tree = cpu_seconds(parent.pid), tree_cpu_seconds(parent.pid)
+        assert own is not None and tree is not None
+        assert tree - own > 0.5  # the spinning child's second or so
+        assert tree_cpu_seconds(2**22 + 1) is None  # no such process
+    finally:
+        os.kill(child, signal.SIGKILL)
+        parent.kill()
+        parent.wait()
