@@ -54,7 +54,7 @@ GATEWAY_GRPC_PORT_VAR: Final = "AWARENESS_GATEWAY_GRPC_PORT"
 
 # Worker processes: local replicas of a service on one machine (docs/architecture.md, "Workers").
 WORKER_SERVICES: Final = ("gateway", "ingest")
-# One process per service until a measurement says otherwise (docs/benchmarks.md).
+# One process per service: on two busy cores a second worker cost throughput (docs/benchmarks.md).
 DEFAULT_WORKERS: Final = 1
 # Set by the supervisor in each worker's environment (0..N-1); a process without it is no worker.
 WORKER_INDEX_VAR: Final = "AWARENESS_WORKER_INDEX"
