@@ -28,7 +28,7 @@ from services.runtime.config import (
     worker_port,
 )
 from services.runtime.workers import exit_status, is_supervisor, reuse_port_socket, run_workers
-from tests.support.suite import REPO, SQLITE, outside_environment, suite_env
+from tests.support.suite import REPO, SQLITE, outside_environment, run_module, suite_env
 
 POSTGRES = "postgresql+psycopg2://nobody@127.0.0.1:1/none"  # never connected to here
 
@@ -103,15 +103,7 @@ def test_a_worker_index_out_of_range_is_refused(tmp_path: Path, raw: str) -> Non
 
 def test_the_cli_refuses_workers_on_sqlite_with_exit_78(tmp_path: Path) -> None:
     env = {**outside_environment(), **_env(tmp_path, AWARENESS_INGEST_WORKERS="2", PYTHONPATH=str(REPO))}
-    result = subprocess.run(
-        [sys.executable, "-m", "services.cli", "serve", "ingest"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_module("services.cli", "serve", "ingest", env=env, timeout=60)
     assert result.returncode == 78, result.stderr
     assert "AWARENESS_INGEST_WORKERS=2 needs PostgreSQL" in result.stderr
     assert not list(tmp_path.glob("*.db"))  # refused before any store was opened
@@ -119,15 +111,7 @@ def test_the_cli_refuses_workers_on_sqlite_with_exit_78(tmp_path: Path) -> None:
 
 def test_awareness_up_refuses_workers_on_sqlite_before_starting_anything(tmp_path: Path) -> None:
     env, _ = suite_env(tmp_path, SQLITE, {"AWARENESS_GATEWAY_WORKERS": "2"})
-    result = subprocess.run(
-        [sys.executable, "-m", "services.cli", "up", "--timeout", "5"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_module("services.cli", "up", "--timeout", "5", env=env, timeout=120)
     assert result.returncode == 78, result.stdout + result.stderr
     assert "AWARENESS_GATEWAY_WORKERS=2 needs PostgreSQL" in result.stderr
     assert "starting the suite" not in result.stdout
