@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 from google.protobuf import descriptor, json_format, message
 
+from services.gateway.domain import protojson
+
 _WELL_KNOWN_SCALARS = frozenset(
     {
         "google.protobuf.Timestamp",
@@ -58,12 +60,15 @@ class RequestError(ValueError):
 
 
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    for key, value in pairs:
+    built = dict(pairs)  # in C; only a short dict means there is a duplicate to name
+    if len(built) == len(pairs):
+        return built
+    seen: set[str] = set()
+    for key, _ in pairs:
         if key in seen:
             raise RequestError(key, f"duplicate key {key!r} in JSON object")
-        seen[key] = value
-    return seen
+        seen.add(key)
+    raise AssertionError("unreachable: a shorter dict has a repeated key")
 
 
 def _refuse_constant(name: str) -> Any:
@@ -170,6 +175,8 @@ def _parse_error_field(error: json_format.ParseError) -> str:
 
 def parse_into(target: message.Message, value: Any, *, prefix: str = "") -> None:
     """Merge the proto3 JSON ``value`` into ``target``, strictly."""
+    if not target.ListFields() and protojson.fill(target, value):
+        return  # the compiled fast path understood all of it
     unknown = find_unknown_field(value, target.DESCRIPTOR)
     if unknown:
         path = f"{prefix}.{unknown}" if prefix else unknown
@@ -298,4 +305,4 @@ def build_request(
 
 def to_json(response: message.Message) -> Any:
     """The proto3 JSON mapping: lowerCamelCase names, int64 as strings, enums by name."""
-    return json_format.MessageToDict(response, preserving_proto_field_name=False)
+    return protojson.to_dict(response)
