@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Connection,
     Engine,
     Float,
     Integer,
@@ -36,7 +37,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
 
@@ -307,17 +308,66 @@ def bulk_insert(
                 for row in rows:
                     copy.write_row(row)
         except connection.dialect.dbapi.Error as error:  # type: ignore[union-attr]
-            # Raised by the raw cursor: give callers the exception SQLAlchemy would have raised
-            # (IntegrityError for a duplicate event id, DataError for a value too long, ...).
-            raise DBAPIError.instance(
-                statement,
-                None,
-                error,
-                connection.dialect.dbapi.Error,  # type: ignore[union-attr]
-            ) from error
+            raise _as_sqlalchemy_error(connection, statement, error) from error
     else:
         marks = ", ".join("?" for _ in columns)
         connection.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", list(rows))
+
+
+def _as_sqlalchemy_error(connection: Connection, statement: str, error: Exception) -> StatementError:
+    """A raw cursor's error as SQLAlchemy would have raised it (IntegrityError for a duplicate
+    event id, DataError for a value too long, ...), so callers catch one family."""
+    return DBAPIError.instance(statement, None, error, connection.dialect.dbapi.Error)  # type: ignore[union-attr]
+
+
+# Up to this many events, the barrier and the inserts go in one pipelined round trip; beyond it,
+# COPY's per-row speed wins (psycopg, side by side here: 1 row 0.48 vs 0.90 ms, 5 rows 0.84 vs
+# 1.20 ms, 20 rows even, 50 rows 2.11 vs 1.61 ms).
+PIPELINED_EVENTS = 8
+
+
+def store_events(
+    session: Session,
+    *,
+    records: Sequence[Sequence[Any]],
+    metadata: Sequence[Sequence[Any]],
+    access: Sequence[Sequence[Any]] = (),
+) -> None:
+    """Take the append barrier (``lock_for_append``) and insert the rows (``insert_events``).
+
+    On PostgreSQL a few events go in one pipelined round trip (BEGIN, the barrier, one INSERT per
+    table) instead of one round trip each and two per COPY: a lone event's commit is on its
+    request's critical path.
+    """
+    connection = session.connection()
+    if connection.dialect.name != "postgresql" or len(records) > PIPELINED_EVENTS:
+        lock_for_append(session)
+        insert_events(session, records=records, metadata=metadata, access=access)
+        return
+    raw: Any = connection.connection.dbapi_connection  # a psycopg 3 connection (db.POSTGRES_DRIVERS)
+    assert raw is not None
+    statement = "SELECT pg_advisory_xact_lock_shared(%s)"
+    try:
+        with raw.pipeline(), raw.cursor() as cursor:
+            cursor.execute(statement, (APPEND_BARRIER_KEY,))
+            for table, columns, rows in (
+                (RECORDS, RECORD_COLUMNS, records),
+                (METADATA, METADATA_COLUMNS, metadata),
+                (ACCESS, ACCESS_COLUMNS, access),
+            ):
+                if rows:
+                    statement = _insert_statement(table, columns)
+                    cursor.executemany(statement, rows)
+    except connection.dialect.dbapi.Error as error:  # type: ignore[union-attr]
+        raise _as_sqlalchemy_error(connection, statement, error) from error
+
+
+@functools.cache
+def _insert_statement(table: Table, columns: tuple[str, ...]) -> str:
+    """``INSERT ... VALUES`` with each placeholder cast to its column's type, as COPY sets them."""
+    names = ", ".join(f'"{name}"' for name in columns)
+    values = ", ".join(f"%s::{pg_type}" for pg_type in copy_types(table, columns))
+    return f"INSERT INTO {table.name} ({names}) VALUES ({values})"
 
 
 def insert_events(

@@ -122,7 +122,9 @@ async def test_list_events_filters_and_pages(tmp_path: Path) -> None:
 async def test_subject_records_are_ciphertext_and_forget_subject_counts(tmp_path: Path) -> None:
     from awareness.gdpr.v1 import gdpr_pb2, gdpr_pb2_grpc
 
-    async with suite(tmp_path) as running:
+    # No enrichment: its retries (policy is not running) unwrap these keys in the background and
+    # could cache one again between ForgetSubject and the check of the cache below.
+    async with suite(tmp_path, ingest_env={"AWARENESS_INGEST_ENRICHMENT": "false"}) as running:
         client = running.client()
         events = [make_event(subject="frank@example.org", summary=f"event {i}") for i in range(5)]
         await client.AppendEvents(ingest_pb2.AppendEventsRequest(events=events))

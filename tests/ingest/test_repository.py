@@ -6,8 +6,9 @@ import uuid
 
 import pytest
 from awareness.ingest.v1 import ingest_pb2
-from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy import Engine, Table, inspect, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
 
 from services.ingest import repository
 from services.runtime import migrations
@@ -95,6 +96,96 @@ def test_binary_copy_still_enforces_column_lengths(fresh_postgres_db: str) -> No
             repository.insert_events(
                 session, records=[_record(str(uuid.uuid4()), type="t" * 65)], metadata=[]
             )
+    finally:
+        engine.dispose()
+
+
+def _access(event_id: str, ordinal: int) -> tuple[object, ...]:
+    values: dict[str, object] = {
+        "event_id": event_id,
+        "pseudonym": f"ps_{ordinal:040d}",
+        "ordinal": ordinal,
+        "principal": "svc:gateway",
+        "action": "events.read",
+        "resource": "events/e1",
+        "outcome": "OK",
+        "service": "ingest",
+        "time_us": 1_800_000_002_000_000,
+    }
+    return tuple(values[name] for name in repository.ACCESS_COLUMNS)
+
+
+def _stored(
+    sessions: sessionmaker[Session], table: Table, columns: tuple[str, ...]
+) -> set[tuple[object, ...]]:
+    with sessions() as session:
+        rows = session.execute(select(*(table.c[name] for name in columns))).all()
+    return {tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in rows}
+
+
+# A few events go in one pipelined round trip of INSERTs; more go by COPY. Both must store the same.
+@pytest.mark.parametrize("events", [1, repository.PIPELINED_EVENTS, repository.PIPELINED_EVENTS + 1])
+def test_store_events_stores_every_column_exactly_by_either_path(engine: Engine, events: int) -> None:
+    sessions = session_factory(engine)
+    ids = [str(uuid.uuid4()) for _ in range(events)]
+    records = [
+        _record(event_id, system_payload='{"summary":"ünïcode"}' if i % 2 else None)
+        for i, event_id in enumerate(ids)
+    ]
+    metadata = [_metadata(event_id) for event_id in ids]
+    access = [_access(ids[0], ordinal) for ordinal in range(2)]
+    with transaction(sessions) as session:
+        repository.store_events(session, records=records, metadata=metadata, access=access)
+    assert _stored(sessions, repository.RECORDS, repository.RECORD_COLUMNS) == set(records)
+    assert _stored(sessions, repository.METADATA, repository.METADATA_COLUMNS) == set(metadata)
+    assert _stored(sessions, repository.ACCESS, repository.ACCESS_COLUMNS) == set(access)
+
+
+@pytest.mark.parametrize("events", [1, repository.PIPELINED_EVENTS + 1])
+def test_store_events_raises_sqlalchemys_integrity_error_for_a_stored_id(engine: Engine, events: int) -> None:
+    sessions = session_factory(engine)
+    stored = str(uuid.uuid4())
+    with transaction(sessions) as session:
+        repository.store_events(session, records=[_record(stored)], metadata=[_metadata(stored)])
+    ids = [stored, *(str(uuid.uuid4()) for _ in range(events - 1))]
+    with pytest.raises(IntegrityError), transaction(sessions) as session:
+        repository.store_events(session, records=[_record(event_id) for event_id in ids], metadata=[])
+    assert _stored(sessions, repository.RECORDS, ("event_id",)) == {(stored,)}  # the batch rolled back
+
+
+@pytest.mark.parametrize("events", [1, repository.PIPELINED_EVENTS + 1])
+def test_store_events_holds_the_append_barrier_until_commit(fresh_postgres_db: str, events: int) -> None:
+    # The integrator takes the barrier exclusively to wait out in-flight inserts (settled_seq).
+    engine = create_db_engine(fresh_postgres_db, service="ingest")
+    try:
+        migrations.upgrade("ingest", engine)
+        sessions = session_factory(engine)
+        probe = "SELECT pg_try_advisory_lock(:key)"
+
+        def integrator_could_settle() -> bool:
+            with engine.connect() as other:
+                taken = bool(other.execute(text(probe), {"key": repository.APPEND_BARRIER_KEY}).scalar_one())
+                if taken:
+                    other.execute(
+                        text("SELECT pg_advisory_unlock(:key)"), {"key": repository.APPEND_BARRIER_KEY}
+                    )
+                return taken
+
+        ids = [str(uuid.uuid4()) for _ in range(events)]
+        with transaction(sessions) as session:
+            repository.store_events(session, records=[_record(event_id) for event_id in ids], metadata=[])
+            assert not integrator_could_settle()
+        assert integrator_could_settle()
+    finally:
+        engine.dispose()
+
+
+def test_pipelined_inserts_still_enforce_column_lengths(fresh_postgres_db: str) -> None:
+    engine = create_db_engine(fresh_postgres_db, service="ingest")
+    try:
+        migrations.upgrade("ingest", engine)
+        with pytest.raises(DBAPIError, match="too long"), transaction(session_factory(engine)) as session:
+            repository.store_events(session, records=[_record(str(uuid.uuid4()), type="t" * 65)], metadata=[])
     finally:
         engine.dispose()
 

@@ -246,7 +246,6 @@ class Committer:
             look_first = attempt > 0
             try:
                 with self._gate, transaction(self._sessions) as session:
-                    repository.lock_for_append(session)
                     fresh = to_insert
                     if look_first:
                         existing = repository.find_receipts(
@@ -255,7 +254,7 @@ class Committer:
                         for i in to_insert:
                             results[i] = existing.get(rows[i].event_id)
                         fresh = [i for i in to_insert if rows[i].event_id not in existing]
-                    repository.insert_events(
+                    repository.store_events(
                         session,
                         records=[rows[i].record for i in fresh],
                         metadata=[rows[i].metadata for i in fresh],
