@@ -398,11 +398,16 @@ def cpu_per_event(before: Mapping[str, float], after: Mapping[str, float], event
         return ""
     spent = {name: after[name] - before[name] for name in after if name in before}
     costs = {name: seconds / events * 1000 for name, seconds in spent.items() if seconds > 0}
-    parts = [f"{name} {ms:.1f}" for name, ms in costs.items()]
+    parts = [f"{name} {_milliseconds(ms)}" for name, ms in costs.items()]
     total = sum(costs.values())
     if total > 0:
-        parts.append(f"total {total:.1f} ({(os.cpu_count() or 1) * 1000 / total:,.0f}/s)")
+        parts.append(f"total {_milliseconds(total)} ({(os.cpu_count() or 1) * 1000 / total:,.0f}/s)")
     return " / ".join(parts)
+
+
+def _milliseconds(value: float) -> str:
+    """Two decimals below 1 ms, where batched events' costs are, else one."""
+    return f"{value:.2f}" if value < 1 else f"{value:.1f}"
 
 
 def run_loadgen(

@@ -34,7 +34,7 @@ def test_cpu_per_event_divides_each_process_by_the_acknowledged_events(
     # 3.2 ms per event in all: two cores doing nothing else could serve 2,000 / 3.2 = 625 events/s.
     assert (
         suite.cpu_per_event(before, after, 1000)
-        == "ingest 2.0 / gateway 1.0 / loadgen 0.2 / total 3.2 (625/s)"
+        == "ingest 2.0 / gateway 1.0 / loadgen 0.20 / total 3.2 (625/s)"
     )
     assert suite.cpu_per_event(before, after, 0) == ""
 
