@@ -7,6 +7,7 @@ Each service owns its own store: its own SQLite file, or its own PostgreSQL sche
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -34,7 +35,21 @@ def schema_name(service: str) -> str:
     return f"awareness_{service}"
 
 
-def create_db_engine(url: str, *, service: str, pool_size: int = 10, echo: bool = False) -> Engine:
+# A PostgreSQL connection back in the pool for less than this is handed out without a ping. A ping
+# on every checkout (pool_pre_ping) is a round trip per transaction: under load, for a connection
+# that answered a moment ago. One idle longer (a restarted server, a dropped backend) is pinged and,
+# when dead, replaced before anyone uses it.
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def create_db_engine(
+    url: str,
+    *,
+    service: str,
+    pool_size: int = 10,
+    echo: bool = False,
+    ping_after_idle_seconds: float = PING_AFTER_IDLE_SECONDS,
+) -> Engine:
     """An engine bound to the service's own store; no connection is opened here."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -65,10 +80,30 @@ def create_db_engine(url: str, *, service: str, pool_size: int = 10, echo: bool 
         echo=echo,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         connect_args={"options": f"-csearch_path={schema}", "connect_timeout": 5},
     )
+    _ping_when_idle(engine, idle_seconds=ping_after_idle_seconds)
     return engine
+
+
+def _ping_when_idle(engine: Engine, *, idle_seconds: float) -> None:
+    """pool_pre_ping, for connections idle at least ``idle_seconds`` only."""
+
+    @event.listens_for(engine, "checkin")
+    def _returned(dbapi_connection: Any, record: Any) -> None:
+        record.info["returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        returned = record.info.get("returned_at")
+        if returned is None or time.monotonic() - returned < idle_seconds:
+            return  # just connected, or used a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as error:
+            # Dead, so the server restarted or dropped us: the pool replaces this connection now (up to
+            # three attempts) and every other one made before it on its next checkout.
+            raise sqlalchemy_exc.InvalidatePoolError() from error
 
 
 def ensure_schema(engine: Engine, *, service: str) -> None:
