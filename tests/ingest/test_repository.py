@@ -148,8 +148,14 @@ def test_store_events_raises_sqlalchemys_integrity_error_for_a_stored_id(engine:
     with transaction(sessions) as session:
         repository.store_events(session, records=[_record(stored)], metadata=[_metadata(stored)])
     ids = [stored, *(str(uuid.uuid4()) for _ in range(events - 1))]
+    # Rows for a later table follow the refused one: the error raised is still the refusal.
     with pytest.raises(IntegrityError), transaction(sessions) as session:
-        repository.store_events(session, records=[_record(event_id) for event_id in ids], metadata=[])
+        repository.store_events(
+            session,
+            records=[_record(event_id) for event_id in ids],
+            metadata=[_metadata(event_id) for event_id in ids[1:]],
+            access=[_access(ids[-1], 0)],
+        )
     assert _stored(sessions, repository.RECORDS, ("event_id",)) == {(stored,)}  # the batch rolled back
 
 

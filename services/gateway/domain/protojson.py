@@ -53,15 +53,14 @@ _TIMESTAMP: Final = "google.protobuf.Timestamp"
 _OWN_JSON_STRING: Final = frozenset({_TIMESTAMP, "google.protobuf.Duration", "google.protobuf.FieldMask"})
 
 
-# Sets one field of a message at a nesting depth from its JSON value, or raises _DECLINED.
+# Sets one field of a message at a nesting depth from its JSON value, or raises _DeclinedError.
 _Setter = Callable[[message.Message, Any, int], None]
 
 
 class _DeclinedError(Exception):
-    """The value is outside the fast path's subset: json_format decides."""
+    """The value is outside the fast path's subset: json_format decides.
 
-
-_DECLINED: Final = _DeclinedError()
+    Raised as a fresh instance each time: a shared one would grow its traceback on every raise."""
 
 
 def parse(value: Any, message_class: type[MessageT]) -> MessageT | None:
@@ -98,15 +97,15 @@ def _fill(target: message.Message, value: dict[str, Any], depth: int) -> None:
     for key, item in value.items():
         found = fields.get(key)
         if found is None or item is None:
-            raise _DECLINED
+            raise _DeclinedError
         field, setter = found
         if field.name in seen:
-            raise _DECLINED
+            raise _DeclinedError
         seen.add(field.name)
         oneof = field.containing_oneof
         if oneof is not None:
             if oneof.name in seen:
-                raise _DECLINED
+                raise _DeclinedError
             seen.add(oneof.name)
         setter(target, item, depth)
 
@@ -137,7 +136,7 @@ def _setter(field: FD) -> _Setter:
 
             def set_message_map(target: message.Message, value: Any, depth: int) -> None:
                 if type(value) is not dict:
-                    raise _DECLINED
+                    raise _DeclinedError
                 container = getattr(target, name)
                 for key, item in value.items():
                     fill_value(container[key], item, depth + 1)
@@ -147,7 +146,7 @@ def _setter(field: FD) -> _Setter:
 
         def set_scalar_map(target: message.Message, value: Any, depth: int) -> None:
             if type(value) is not dict:
-                raise _DECLINED
+                raise _DeclinedError
             getattr(target, name).update({key: convert_value(item) for key, item in value.items()})
 
         return set_scalar_map
@@ -157,7 +156,7 @@ def _setter(field: FD) -> _Setter:
 
             def set_messages(target: message.Message, value: Any, depth: int) -> None:
                 if type(value) is not list:
-                    raise _DECLINED
+                    raise _DeclinedError
                 container = getattr(target, name)
                 for item in value:
                     fill_item(container.add(), item, depth + 1)
@@ -167,7 +166,7 @@ def _setter(field: FD) -> _Setter:
 
         def set_scalars(target: message.Message, value: Any, depth: int) -> None:
             if type(value) is not list:
-                raise _DECLINED
+                raise _DeclinedError
             getattr(target, name).extend([convert_item(item) for item in value])
 
         return set_scalars
@@ -187,7 +186,7 @@ def _setter(field: FD) -> _Setter:
 
 
 def _decline_setter(target: message.Message, value: Any, depth: int) -> None:
-    raise _DECLINED
+    raise _DeclinedError
 
 
 def _message_filler(message_descriptor: descriptor.Descriptor | None) -> _Setter:
@@ -200,7 +199,7 @@ def _message_filler(message_descriptor: descriptor.Descriptor | None) -> _Setter
 
     def fill(target: message.Message, value: Any, depth: int) -> None:
         if type(value) is not dict or depth > _MAX_DEPTH:
-            raise _DECLINED
+            raise _DeclinedError
         target.SetInParent()  # present even when empty, as json_format leaves it
         _fill(target, value, depth)
 
@@ -210,10 +209,10 @@ def _message_filler(message_descriptor: descriptor.Descriptor | None) -> _Setter
 def _fill_timestamp(target: message.Message, value: Any, depth: int) -> None:
     """Timestamp.FromJsonString's arithmetic, for the RFC 3339 spellings it accepts."""
     if type(value) is not str:
-        raise _DECLINED
+        raise _DeclinedError
     match = _RFC3339.fullmatch(value)
     if match is None:
-        raise _DECLINED
+        raise _DeclinedError
     year, month, day, hour, minute, second, fraction, sign, offset_hours, offset_minutes = match.groups()
     moment = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
     delta = moment - _EPOCH
@@ -223,7 +222,7 @@ def _fill_timestamp(target: message.Message, value: Any, depth: int) -> None:
         offset = (int(offset_hours) * 60 + int(offset_minutes)) * 60
         seconds += -offset if sign == "+" else offset
     if not _TIMESTAMP_SECONDS_MIN <= seconds <= _TIMESTAMP_SECONDS_MAX or nanos >= 1_000_000_000:
-        raise _DECLINED
+        raise _DeclinedError
     target.SetInParent()
     target.seconds = seconds  # type: ignore[attr-defined]
     target.nanos = nanos  # type: ignore[attr-defined]
@@ -245,18 +244,18 @@ def _scalar(field: FD) -> Callable[[Any], Any]:
 
 
 def _decline(value: Any) -> Any:
-    raise _DECLINED
+    raise _DeclinedError
 
 
 def _string(value: Any) -> str:
     if type(value) is not str or _SURROGATE.search(value):
-        raise _DECLINED
+        raise _DeclinedError
     return value
 
 
 def _bool(value: Any) -> bool:
     if type(value) is not bool:
-        raise _DECLINED
+        raise _DeclinedError
     return value
 
 
@@ -265,7 +264,7 @@ def _integer(value: Any) -> int:
         return value
     if type(value) is str and _INTEGER.fullmatch(value):
         return int(value)
-    raise _DECLINED  # floats, exponents, spaces: json_format's own rules
+    raise _DeclinedError  # floats, exponents, spaces: json_format's own rules
 
 
 def _double(value: Any) -> float:
@@ -273,7 +272,7 @@ def _double(value: Any) -> float:
         return value
     if type(value) is int and -_SAFE_DOUBLE_INT <= value <= _SAFE_DOUBLE_INT:
         return float(value)
-    raise _DECLINED
+    raise _DeclinedError
 
 
 def _enum(enum_type: descriptor.EnumDescriptor | None) -> Callable[[Any], int]:
@@ -289,7 +288,7 @@ def _enum(enum_type: descriptor.EnumDescriptor | None) -> Callable[[Any], int]:
                 return number
         elif type(value) is int and value in known:
             return value
-        raise _DECLINED
+        raise _DeclinedError
 
     return convert
 
