@@ -133,7 +133,8 @@ def find_data_keys(session: Session, *, pairs: Sequence[tuple[str, str]]) -> dic
 
 
 class StoredKey(NamedTuple):
-    """A data key's row as the issuance read path sees it, with the event types it protects."""
+    """A data key's row as the issuance read path sees it, with the event types it protects and its
+    subject's department in the directory ("" when the directory does not list them)."""
 
     key_id: str
     pseudonym: str
@@ -142,11 +143,13 @@ class StoredKey(NamedTuple):
     nonce: bytes
     wrapped: bytes
     event_types: frozenset[str]
+    department: str = ""
 
 
 @functools.cache
 def _keys_by_lookup_query() -> Select[Any]:
     subjects, keys, types = Subject.__table__, DataKey.__table__, DataKeyEventType.__table__
+    directory = DirectoryEntryRow.__table__
     return (
         select(
             subjects.c.lookup_hash,
@@ -157,9 +160,11 @@ def _keys_by_lookup_query() -> Select[Any]:
             keys.c.nonce,
             keys.c.wrapped,
             types.c.event_type,
+            directory.c.department,
         )
         .select_from(subjects.join(keys, keys.c.pseudonym == subjects.c.pseudonym))
         .outerjoin(types, types.c.key_id == keys.c.key_id)
+        .outerjoin(directory, directory.c.pseudonym == keys.c.pseudonym)
         .where(
             subjects.c.lookup_hash.in_(bindparam("hashes", expanding=True)),
             keys.c.period.in_(bindparam("periods", expanding=True)),
@@ -170,7 +175,8 @@ def _keys_by_lookup_query() -> Select[Any]:
 def find_keys_by_lookup(
     session: Session, *, lookup_hashes: Sequence[bytes], periods: Sequence[str]
 ) -> dict[tuple[bytes, str], StoredKey]:
-    """The existing keys of the subjects with these lookup hashes, for these periods: one query.
+    """The existing keys of the subjects with these lookup hashes, for these periods, with their
+    departments: one query.
 
     Core rows, not ORM objects: this is the read behind every event whose key ingest has not
     cached, so it skips the identity map and runs one statement where the write path runs three.
@@ -184,7 +190,14 @@ def find_keys_by_lookup(
             where = (row.lookup_hash, row.period)
             if where not in found:
                 found[where] = StoredKey(
-                    row.key_id, row.pseudonym, row.period, row.kek_id, row.nonce, row.wrapped, frozenset()
+                    row.key_id,
+                    row.pseudonym,
+                    row.period,
+                    row.kek_id,
+                    row.nonce,
+                    row.wrapped,
+                    frozenset(),
+                    row.department or "",
                 )
             if row.event_type is not None:
                 event_types.setdefault(where, set()).add(row.event_type)

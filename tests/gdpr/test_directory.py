@@ -89,6 +89,8 @@ async def test_import_places_people_and_get_subject_keys_returns_their_departmen
     assert await pseudonym(harness, grace) == grace_key.pseudonym  # the existing subject, not a new one
     keys = await keys_of(harness, ada, grace, alan, outsider)
     assert [key.department for key in keys] == ["Finance", "Finance", "Research", ""]
+    # Asked again, every key exists: the one-query read path carries the departments too.
+    assert await departments(harness, ada, grace, alan, outsider) == ["Finance", "Finance", "Research", ""]
     rows = stored_rows(harness)
     assert rows[keys[0].pseudonym][:2] == ("Finance", grace_key.pseudonym)
     assert rows[keys[1].pseudonym][:2] == ("Finance", None)

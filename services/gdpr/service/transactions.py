@@ -281,7 +281,7 @@ class GdprStore:
             if row is None or (event_type and event_type not in row.event_types):
                 return None
             rows.append(row)
-        return self._issued(rows, repo.departments_of(session, pseudonyms=[row.pseudonym for row in rows]))
+        return self._issued(rows, {row.pseudonym: row.department for row in rows})
 
     def _resolve(
         self, session: Session, prepared: Sequence[tuple[bytes, str, str]]
