@@ -1,7 +1,8 @@
 """Rate limiting in Redis through one atomic Lua script, with an in-process fallback.
 
-The script checks every scope of a request and records it only if all have room, in one
-round trip and atomically, so concurrent gateway replicas cannot overshoot a limit. It
+The script checks every scope of a request and records it only if all have room, atomically,
+so concurrent gateway replicas cannot overshoot a limit. Requests that arrive while a check is in
+flight go together in the next script call, each judged in arrival order as if alone. It
 reads Redis' own clock (TIME), so replicas with skewed clocks still agree on the window.
 When Redis errors or times out, a circuit breaker opens and the gateway limits in
 process until Redis answers again: limits stay on (per replica), logged and counted.
@@ -30,33 +31,69 @@ from services.gateway.domain.ratelimit import (
     ScopeState,
     decide,
 )
+from services.runtime.batching import Coalescer
 
 log = logging.getLogger("awareness.gateway.ratelimit")
 
 RATE_KEY_LABEL: Final = b"awareness gateway rate-limit keys v1"
+# Bounds one script call: Redis runs nothing else while a script runs.
+MAX_CHECKS_PER_CALL: Final = 256
 
-# KEYS: one sorted set per scope. ARGV[1]: window (ms); ARGV[2]: unique member; ARGV[3..]: limits.
-# Returns {rejected scope index or 0, count_1, reset_ms_1, count_2, reset_ms_2, ...}.
+# Checks the requests of every caller waiting, in arrival order, as if each had its own call.
+# KEYS: one sorted set per scope of each request, request after request.
+# ARGV[1]: window (ms); ARGV[2]: member prefix, unique per call; then per request its scope
+# count n and its n limits. Returns, per request, {rejected scope index or 0, count_1,
+# reset_ms_1, ...}, concatenated. A key's count and oldest entry are read once per call and
+# then kept in step with the members this call adds.
 SLIDING_WINDOW_LUA: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[1])
-local result = {0}
-for i, key in ipairs(KEYS) do
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-  local count = redis.call('ZCARD', key)
-  local reset = 0
-  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  if oldest[2] then reset = tonumber(oldest[2]) + window - now end
-  if count >= tonumber(ARGV[i + 2]) and result[1] == 0 then result[1] = i end
-  result[#result + 1] = count
-  result[#result + 1] = reset
-end
-if result[1] == 0 then
-  for _, key in ipairs(KEYS) do
-    redis.call('ZADD', key, now, ARGV[2])
-    redis.call('PEXPIRE', key, window)
+local known = {}
+local added = {}
+local touched = {}
+local result = {}
+local k = 0
+local a = 3
+local request = 0
+while a <= #ARGV do
+  request = request + 1
+  local n = tonumber(ARGV[a])
+  local verdict = #result + 1
+  result[verdict] = 0
+  for i = 1, n do
+    local key = KEYS[k + i]
+    local state = known[key]
+    if not state then
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+      local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      state = {redis.call('ZCARD', key), oldest[2] and tonumber(oldest[2]) or false}
+      known[key] = state
+    end
+    local reset = 0
+    if state[2] then reset = state[2] + window - now end
+    if state[1] >= tonumber(ARGV[a + i]) and result[verdict] == 0 then result[verdict] = i end
+    result[#result + 1] = state[1]
+    result[#result + 1] = reset
   end
+  if result[verdict] == 0 then
+    for i = 1, n do
+      local key = KEYS[k + i]
+      redis.call('ZADD', key, now, ARGV[2] .. ':' .. request)
+      local state = known[key]
+      state[1] = state[1] + 1
+      if not state[2] then state[2] = now end
+      if not added[key] then
+        added[key] = true
+        touched[#touched + 1] = key
+      end
+    end
+  end
+  k = k + n
+  a = a + n + 1
+end
+for _, key in ipairs(touched) do
+  redis.call('PEXPIRE', key, window)
 end
 return result
 """
@@ -108,17 +145,17 @@ class RedisRateLimiter:
         self._timeout = timeout_seconds
         self._window = window_seconds
         self._degraded = False
+        # Concurrent requests share one script call (the runtime's group commit, for Redis): under
+        # load the round trip and redis-py's encoding are paid per batch instead of per request.
+        self._checks: Coalescer[Sequence[Scope], list[ScopeState]] = Coalescer(
+            self._check_batch, max_items=MAX_CHECKS_PER_CALL
+        )
 
     async def check(self, scopes: Sequence[Scope]) -> Decision:
         if not scopes:
             return decide([])
         try:
-            with self._breaker.calling():
-                async with asyncio.timeout(self._timeout * 2):  # no extra task, unlike wait_for
-                    raw = await self._script(
-                        keys=[self.redis_key(scope) for scope in scopes],
-                        args=[int(self._window * 1000), uuid.uuid4().hex, *(s.limit for s in scopes)],
-                    )
+            (states,) = await self._checks.submit([scopes])
         except (pybreaker.CircuitBreakerError, RedisError, OSError, TimeoutError) as exc:
             self._fallback_total.inc()
             if not self._degraded:
@@ -131,16 +168,44 @@ class RedisRateLimiter:
         if self._degraded:
             self._degraded = False
             log.info("Redis rate limiter recovered")
-        values = [int(v) for v in raw]
-        states = [
-            ScopeState(scope=scope, count_before=values[1 + 2 * i], reset_seconds=values[2 + 2 * i] / 1000)
-            for i, scope in enumerate(scopes)
-        ]
         return decide(states, window_seconds=self._window)
+
+    async def _check_batch(self, requests: list[Sequence[Scope]]) -> list[list[ScopeState]]:
+        """Every waiting request's scopes in one script call: one round trip, one breaker call."""
+        keys: list[str] = []
+        args: list[int | str] = [int(self._window * 1000), uuid.uuid4().hex]
+        for scopes in requests:
+            keys.extend(self.redis_key(scope) for scope in scopes)
+            args.append(len(scopes))
+            args.extend(scope.limit for scope in scopes)
+        with self._breaker.calling():
+            async with asyncio.timeout(self._timeout * 2):  # no extra task, unlike wait_for
+                raw = await self._script(keys=keys, args=args)
+        values = [int(v) for v in raw]
+        answers: list[list[ScopeState]] = []
+        position = 0
+        for scopes in requests:
+            answers.append(
+                [
+                    ScopeState(
+                        scope=scope,
+                        count_before=values[position + 1 + 2 * i],
+                        reset_seconds=values[position + 2 + 2 * i] / 1000,
+                    )
+                    for i, scope in enumerate(scopes)
+                ]
+            )
+            position += 1 + 2 * len(scopes)
+        return answers
 
     def redis_key(self, scope: Scope) -> str:
         digest = hmac.new(self._key_secret, scope.key.encode(), hashlib.sha256).hexdigest()[:32]
         return f"{self._prefix}:{scope.name}:{digest}"
+
+    @property
+    def script_calls(self) -> int:
+        """Script calls made so far: fewer than checks once concurrent checks shared calls."""
+        return self._checks.batches
 
     @property
     def degraded(self) -> bool:

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from services.gateway.domain.gophish import SIGNATURE_HEADER as SIGNATURE
-from services.gateway.domain.ratelimit import InProcessLimiter, Scope, ScopeState, decide
+from services.gateway.domain.ratelimit import Decision, InProcessLimiter, Scope, ScopeState, decide
 from services.gateway.ratelimit import RedisRateLimiter
 from services.runtime.clients import new_breaker
 from tests.conftest import free_port
@@ -118,6 +118,67 @@ async def test_lua_script_is_atomic_under_concurrency(redis_url: str) -> None:
     finally:
         for limiter in limiters:
             await limiter.close()
+
+
+def _concurrent_requests() -> list[list[Scope]]:
+    """Three principals behind two addresses under one global budget, interleaved: every scope
+    runs out at some point, and refusals by one scope must not spend the others."""
+    requests = []
+    for i in range(60):
+        requests.append(
+            [
+                Scope("principal", f"p:{i % 3}", 9),
+                Scope("ip", f"ip:{i % 5 % 2}", 15),  # addresses cut across principals
+                Scope("global", "global", 25),
+            ]
+        )
+    return requests
+
+
+@pytest.mark.redis
+async def test_concurrent_checks_share_script_calls_and_decide_as_one_at_a_time(redis_url: str) -> None:
+    limiter = _limiter(redis_url, f"test:{uuid.uuid4().hex}")
+    reference = InProcessLimiter(window_seconds=60, clock=FakeClock())
+    requests = _concurrent_requests()
+    try:
+        shared = await asyncio.gather(*(limiter.check(scopes) for scopes in requests))
+        assert not limiter.degraded
+        assert limiter.script_calls < len(requests) // 4  # one call served many checks
+        alone = [reference.check(scopes) for scopes in requests]  # arrival order, one at a time
+
+        def verdict(decision: Decision) -> tuple[bool, str | None, str | None, int, int]:
+            return (
+                decision.allowed,
+                decision.rejected_scope,
+                decision.scope,
+                decision.limit,
+                decision.remaining,
+            )
+
+        assert [verdict(d) for d in shared] == [verdict(d) for d in alone]
+        assert sum(d.allowed for d in shared) == 25  # the global budget
+        assert {d.rejected_scope for d in shared} == {None, "principal", "ip", "global"}
+        # Every window began within this test, so each reports the full minute until it frees.
+        assert all(d.reset_seconds >= 59 for d in shared)
+        # Later single checks see what the shared calls recorded.
+        assert not (await limiter.check(requests[0])).allowed
+        assert limiter.script_calls >= 2
+    finally:
+        await limiter.close()
+
+
+async def test_unreachable_redis_falls_back_for_every_check_of_a_shared_call() -> None:
+    registry = CollectorRegistry()
+    limiter = _limiter(f"redis://127.0.0.1:{free_port()}/0", "test:down", registry, fail_max=5, timeout=0.2)
+    try:
+        scope = [Scope("principal", "p:erin", 2)]
+        decisions = await asyncio.gather(*(limiter.check(scope) for _ in range(6)))
+        assert sum(d.allowed for d in decisions) == 2
+        assert limiter.degraded
+        assert registry.get_sample_value("fallback_total") == 6
+        assert limiter.breaker_state == "closed"  # the shared calls failed fewer times than checks
+    finally:
+        await limiter.close()
 
 
 async def test_unreachable_redis_falls_back_to_in_process_limits() -> None:
