@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from bench import profile
 from bench.external import run_measured, run_wrk, store_cpu_seconds, tree_cpu_seconds, wrk_available
@@ -61,14 +61,21 @@ CLAIMED_P99_MS = 50.0
 RERUN = "make bench   (or: .venv/bin/python -m bench suite --help)"
 
 
-# Where a request's time goes: (process, histogram, labels) whose mean over a step is reported.
+# Where a request's time goes: (label, process, histogram, labels) whose mean over a step is
+# reported in ms.
 STAGES: Sequence[tuple[str, str, str, Mapping[str, str]]] = (
     ("gateway", "gateway", "awareness_gateway_http_request_duration_seconds", {"route": "/v1/events"}),
     (
-        "ingest",
+        "ingest alone",
         "ingest",
         "awareness_ingest_grpc_server_request_duration_seconds",
         {"method": "/awareness.ingest.v1.IngestService/AppendEvent"},
+    ),
+    (
+        "ingest shared",
+        "ingest",
+        "awareness_ingest_grpc_server_request_duration_seconds",
+        {"method": "/awareness.ingest.v1.IngestService/AppendEvents"},
     ),
     (
         "gdpr",
@@ -76,6 +83,13 @@ STAGES: Sequence[tuple[str, str, str, Mapping[str, str]]] = (
         "awareness_gdpr_grpc_server_request_duration_seconds",
         {"method": "/awareness.gdpr.v1.GdprService/GetSubjectKeys"},
     ),
+)
+# Reported beside them as a mean count: how many single events shared each call to ingest.
+EVENTS_PER_CALL: Final[tuple[str, str, str, Mapping[str, str]]] = (
+    "events per call",
+    "gateway",
+    "awareness_gateway_append_events_per_call",
+    {},
 )
 
 
@@ -350,7 +364,7 @@ def _histogram_totals(suite: Any) -> dict[str, tuple[float, float]]:
     from tests.resilience.harness import metric_value, parse_metrics
 
     totals: dict[str, tuple[float, float]] = {}
-    for label, process, name, labels in STAGES:
+    for label, process, name, labels in (*STAGES, EVENTS_PER_CALL):
         try:
             samples = parse_metrics(suite.scrape(process))
         except OSError:
@@ -369,7 +383,8 @@ def stage_means(before: Mapping[str, tuple[float, float]], after: Mapping[str, t
         earlier_total, earlier_count = before.get(label, (0.0, 0.0))
         calls = count - earlier_count
         if calls > 0:
-            parts.append(f"{label} {(total - earlier_total) / calls * 1000:.1f}")
+            scale = 1 if label == EVENTS_PER_CALL[0] else 1000
+            parts.append(f"{label} {(total - earlier_total) / calls * scale:.1f}")
     return " / ".join(parts)
 
 
@@ -924,7 +939,9 @@ def format_table(rows: Sequence[Row], *, info: Mapping[str, Any]) -> str:
             "edge: a minimal Starlette app under the gateway's uvicorn settings that parses the same body;"
             " suite / edge = the suite's throughput over the edge's at the same offered load.",
             "Saturation (wrk): closed loop, each of c connections sends when its answer arrives.",
-            "Server-side mean ms: time per call inside each process during the step (from its histograms).",
+            "Server-side mean ms: time per call inside each process during the step (from its histograms);"
+            " ingest alone: AppendEvent, shared: AppendEvents carrying single events that shared a call;"
+            " events per call: how many shared one, on average.",
             "CPU ms per event: CPU each process used during the step (and 2 s after it, for enrichment)"
             " per acknowledged event; postgres and redis are every process of those servers, loadgen"
             " the load generator. total (N/s): their sum, and the events/s it allows with every core"
