@@ -155,7 +155,7 @@ class AnalyticsFeed:
     def _pending(
         self, *, enriched_before_us: int, unenriched_before_us: int
     ) -> list[repository.AnalyticsRow]:
-        with self._sessions() as session:
+        with repository.reading(self._sessions) as session:
             return repository.analytics_pending(
                 session,
                 enriched_before_us=enriched_before_us,

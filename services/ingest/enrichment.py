@@ -256,7 +256,7 @@ class Enricher:
         return results
 
     def _histories(self, items: Sequence[EnrichmentItem]) -> dict[str, SubjectHistory]:
-        with self._sessions() as session:
+        with repository.reading(self._sessions) as session:
             return aggregates.histories(
                 session,
                 queries=[

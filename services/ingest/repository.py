@@ -6,11 +6,12 @@ on PostgreSQL, one executemany on SQLite, never one ORM object per row.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,7 +39,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DBAPIError, StatementError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeEngine
 
 from services.evidence.envelope import SEALED_NOTE_PREFIX
@@ -123,6 +124,34 @@ def is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
+_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
+
+
+@contextlib.contextmanager
+def reading(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for reads only. On PostgreSQL its statements run outside a transaction: under READ
+    COMMITTED each statement takes its own snapshot either way, and the BEGIN and the ROLLBACK at
+    close were two more round trips: a third of ingest's CPU for a one-row lookup, half of PostgreSQL's."""
+    with sessions() as session:
+        if is_postgres(session):
+            session.connection(execution_options=_AUTOCOMMIT)
+        yield session
+
+
+def _driver_execute(session: Session, statement: str, parameters: Sequence[Any]) -> tuple[list[Any], int]:
+    """PostgreSQL: (rows, rowcount) of one statement through psycopg's own cursor, binary results,
+    without SQLAlchemy's compilation and row processing; errors raised as SQLAlchemy's."""
+    connection = session.connection()
+    raw: Any = connection.connection.dbapi_connection  # a psycopg 3 connection (db.POSTGRES_DRIVERS)
+    assert raw is not None
+    try:
+        with raw.cursor(binary=True) as cursor:
+            cursor.execute(statement, parameters)
+            return (cursor.fetchall() if cursor.description is not None else []), cursor.rowcount
+    except connection.dialect.dbapi.Error as error:  # type: ignore[union-attr]
+        raise _as_sqlalchemy_error(connection, statement, error) from error
+
+
 # --- appends ---------------------------------------------------------------------------------------
 
 
@@ -154,11 +183,31 @@ def _receipts_query() -> Select[Any]:
     )
 
 
+# One array parameter whatever the number of ids: one statement text, which psycopg prepares.
+_RECEIPTS_SQL = (
+    "SELECT r.event_id, r.content_fingerprint, r.leaf_hash, r.receive_time_us, l.leaf_index"
+    f" FROM {RECORDS.name} r LEFT JOIN {LEAVES.name} l ON l.seq = r.seq"
+    " WHERE r.event_id = ANY(%b::text[])"
+)
+
+
 def find_receipts(session: Session, *, event_ids: Sequence[str]) -> dict[str, StoredReceipt]:
     if not event_ids:
         return {}
+    if is_postgres(session):
+        rows, _ = _driver_execute(session, _RECEIPTS_SQL, (list(event_ids),))
+        return {
+            event_id: StoredReceipt(
+                event_id=event_id,
+                content_fingerprint=fingerprint,
+                leaf_hash=bytes(leaf),
+                receive_time_us=receive_time_us,
+                leaf_index=leaf_index,
+            )
+            for event_id, fingerprint, leaf, receive_time_us, leaf_index in rows
+        }
     found: dict[str, StoredReceipt] = {}
-    for start in range(0, len(event_ids), 1000):
+    for start in range(0, len(event_ids), 1000):  # SQLite's limit of bound variables
         chunk = list(event_ids[start : start + 1000])
         for row in session.execute(_receipts_query(), {"event_ids": chunk}):
             found[row.event_id] = StoredReceipt(
@@ -782,26 +831,63 @@ def recent_forgets(session: Session, *, since_us: int) -> list[tuple[int, str]]:
 
 
 def update_metadata(session: Session, *, changes: Sequence[Mapping[str, Any]]) -> None:
-    """Apply per-event changes; each mapping holds ``event_id`` and the columns to set.
+    """Apply per-event changes, in order; each mapping holds ``event_id`` and the columns to set.
 
-    Changes that set the same columns share one executemany (the driver pipelines it), instead
-    of one UPDATE statement per event.
+    Events whose changes set the same columns share one statement. On PostgreSQL that is one UPDATE
+    joined to the values unnested from one array per column: one statement per batch, where one
+    UPDATE per event cost both sides far more (side by side here, 50 events: PostgreSQL 2.4 vs
+    1.0 ms of CPU, ingest 3.2 vs 0.8 ms). A lone event takes a plain UPDATE by key, which PostgreSQL
+    plans once; the join it replans every time. SQLite: one executemany.
     """
+    merged: dict[str, dict[str, Any]] = {}
+    for change in changes:  # a later change of an event overrides an earlier one, column by column
+        merged.setdefault(change["event_id"], {}).update(change)
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for change in changes:
+    for change in merged.values():
         columns = tuple(sorted(key for key in change if key != "event_id"))
         if columns:
-            groups.setdefault(columns, []).append(
-                {"k_event_id": change["event_id"], **{f"v_{c}": change[c] for c in columns}}
-            )
-    connection = session.connection()
+            groups.setdefault(columns, []).append(change)
+    postgres = is_postgres(session)
     for columns, rows in groups.items():
-        statement = (
-            update(METADATA)
-            .where(METADATA.c.event_id == bindparam("k_event_id"))
-            .values({c: bindparam(f"v_{c}") for c in columns})
-        )
-        connection.execute(statement, rows)
+        if not postgres:
+            session.connection().execute(
+                _update_by_key(columns),
+                [{"k_event_id": row["event_id"], **{f"v_{c}": row[c] for c in columns}} for row in rows],
+            )
+        elif len(rows) == 1:
+            [row] = rows
+            _driver_execute(session, _update_one_sql(columns), [*(row[c] for c in columns), row["event_id"]])
+        else:
+            arrays = [[row["event_id"] for row in rows], *([row[c] for row in rows] for c in columns)]
+            _driver_execute(session, _update_many_sql(columns), arrays)
+
+
+@functools.cache
+def _update_by_key(columns: tuple[str, ...]) -> Any:
+    return (
+        update(METADATA)
+        .where(METADATA.c.event_id == bindparam("k_event_id"))
+        .values({c: bindparam(f"v_{c}") for c in columns})
+    )
+
+
+@functools.cache
+def _update_one_sql(columns: tuple[str, ...]) -> str:
+    sets = ", ".join(f'"{c}" = %b::{t}' for c, t in zip(columns, copy_types(METADATA, columns), strict=True))
+    return f"UPDATE {METADATA.name} SET {sets} WHERE event_id = %b::text"
+
+
+@functools.cache
+def _update_many_sql(columns: tuple[str, ...]) -> str:
+    """The arrays' casts are the columns' types, as COPY sets them (copy_types)."""
+    keyed = ("event_id", *columns)
+    arrays = ", ".join(f"%b::{pg_type}[]" for pg_type in copy_types(METADATA, keyed))
+    names = ", ".join(f'"{c}"' for c in keyed)
+    sets = ", ".join(f'"{c}" = v."{c}"' for c in columns)
+    return (
+        f"UPDATE {METADATA.name} AS m SET {sets} FROM unnest({arrays}) AS v({names})"
+        " WHERE m.event_id = v.event_id"
+    )
 
 
 def pending_metadata(session: Session, *, received_before_us: int, limit: int) -> list[EventMetadata]:
@@ -843,47 +929,76 @@ def analytics_pending(
     """Events waiting for analytics, oldest first: those received before `enriched_before_us` whose
     score and evaluation are in, and those received before `unenriched_before_us` regardless (a
     peer that stays down must not hold the counts back for ever)."""
-    enriched = and_(
-        EventMetadata.scoring_state != SCORING_PENDING,
-        EventMetadata.evaluation_state != EVALUATION_PENDING,
-        EventMetadata.receive_time_us < enriched_before_us,
-    )
-    rows = session.execute(
-        select(
-            EventMetadata.event_id,
-            EventMetadata.type,
-            EventMetadata.occurred_at_us,
-            EventMetadata.subject_pseudonym,
-            EventMetadata.severity,
-            EventMetadata.department,
-            EventMetadata.scoring_state,
-            EventMetadata.risk_score,
-            EventMetadata.violations,
-            EventRecord.dimensions,
-        )
-        .join(EventRecord, EventRecord.event_id == EventMetadata.event_id)
-        .where(
-            EventMetadata.analytics_state == ANALYTICS_PENDING,
-            or_(enriched, EventMetadata.receive_time_us < unenriched_before_us),
-        )
-        .order_by(EventMetadata.receive_time_us)
-        .limit(limit)
+    rows = session.connection().execute(
+        _analytics_pending_query(),
+        {
+            "enriched_before_us": enriched_before_us,
+            "unenriched_before_us": unenriched_before_us,
+            "limit": limit,
+        },
     )
     return [AnalyticsRow(*row) for row in rows]
+
+
+@functools.cache
+def _analytics_pending_query() -> Select[Any]:
+    """Built once (see _receipts_query); Core columns, so no ORM compilation either."""
+    meta, records = METADATA.c, RECORDS.c
+    enriched = and_(
+        meta.scoring_state != SCORING_PENDING,
+        meta.evaluation_state != EVALUATION_PENDING,
+        meta.receive_time_us < bindparam("enriched_before_us"),
+    )
+    return (
+        select(
+            meta.event_id,
+            meta.type,
+            meta.occurred_at_us,
+            meta.subject_pseudonym,
+            meta.severity,
+            meta.department,
+            meta.scoring_state,
+            meta.risk_score,
+            meta.violations,
+            records.dimensions,
+        )
+        .join_from(METADATA, RECORDS, records.event_id == meta.event_id)
+        .where(
+            meta.analytics_state == ANALYTICS_PENDING,
+            or_(enriched, meta.receive_time_us < bindparam("unenriched_before_us")),
+        )
+        .order_by(meta.receive_time_us)
+        .limit(bindparam("limit"))
+    )
+
+
+# One array parameter whatever the number of ids (see _RECEIPTS_SQL).
+_SET_ANALYTICS_SQL = (
+    f"UPDATE {METADATA.name} SET analytics_state = %b::int2"
+    f" WHERE event_id = ANY(%b::text[]) AND analytics_state = {ANALYTICS_PENDING}"
+)
 
 
 def set_analytics_state(session: Session, *, event_ids: Sequence[str], state: int) -> int:
     """Mark events sent to (or kept from) analytics; returns how many were still pending."""
     if not event_ids:
         return 0
-    result = session.execute(
-        update(EventMetadata)
-        .where(
-            EventMetadata.event_id.in_(list(event_ids)), EventMetadata.analytics_state == ANALYTICS_PENDING
-        )
-        .values(analytics_state=state)
-    )
+    if is_postgres(session):
+        return _driver_execute(session, _SET_ANALYTICS_SQL, (state, list(event_ids)))[1]
+    result = session.connection().execute(_set_analytics_state(), {"state": state, "ids": list(event_ids)})
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+@functools.cache
+def _set_analytics_state() -> Any:
+    return (
+        update(METADATA)
+        .where(
+            METADATA.c.event_id.in_(bindparam("ids", expanding=True)),
+            METADATA.c.analytics_state == ANALYTICS_PENDING,
+        )
+        .values(analytics_state=bindparam("state"))
+    )
 
 
 def skip_subject_analytics(session: Session, *, pseudonym: str) -> int:

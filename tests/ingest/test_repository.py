@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 from awareness.ingest.v1 import ingest_pb2
@@ -304,3 +305,261 @@ def test_the_riskiest_first_order_pages_through_equal_scores_by_receive_time(eng
         assert score is not None
         after = (score, received, last)
     assert seen == [ids[2], ids[0], ids[4], ids[1], ids[3]]  # riskiest, then newest; unscored never
+
+
+# --- the writes and reads after each commit (enrichment, the replay lookup, the analytics feed) ------
+
+
+def _all_metadata(sessions: sessionmaker[Session]) -> dict[str, dict[str, object]]:
+    """Every column of every metadata row (features too, which the inserts leave to its default)."""
+    with sessions() as session:
+        rows = session.execute(select(repository.METADATA)).mappings().all()
+    return {str(row["event_id"]): dict(row) for row in rows}
+
+
+# One event takes a plain UPDATE on PostgreSQL, more take the unnest join: both must write the same.
+@pytest.mark.parametrize("events", [1, 3])
+def test_update_metadata_sets_exactly_the_changed_columns(engine: Engine, events: int) -> None:
+    sessions = session_factory(engine)
+    ids = [str(uuid.uuid4()) for _ in range(events)]
+    bystander = str(uuid.uuid4())
+    with transaction(sessions) as session:
+        repository.insert_events(
+            session,
+            records=[_record(event_id) for event_id in [*ids, bystander]],
+            metadata=[_metadata(event_id, label_time_us=7) for event_id in [*ids, bystander]],
+        )
+    before = _all_metadata(sessions)
+    changes: list[dict[str, object]] = [
+        {
+            "event_id": event_id,
+            "scoring_state": SCORED,
+            "risk_score": 0.1 + i / 3 if i != 1 else None,
+            "risk_level": 3,
+            "model_version": f"m-{i} ✓ o'brien",
+            "scoring_note": "",
+            "features": '{"events_24h": 3}',
+            "evaluation_state": repository.EVALUATION_EVALUATED,
+            "violations": '[{"policy": "p", "title": "ünïcode \\"quoted\\""}]',
+            "violation_count": 1,
+            "evaluation_note": "n" * 4000,
+            "label_time_us": None,
+            "update_time_us": 2**62 + i,
+        }
+        for i, event_id in enumerate(ids)
+    ]
+    # A second change of the first event overrides some of its columns and adds one.
+    changes.append(
+        {
+            "event_id": ids[0],
+            "scoring_state": repository.SCORING_SKIPPED,
+            "scoring_note": "skipped",
+            "label": 2,
+        }
+    )
+    changes.append({"event_id": str(uuid.uuid4()), "label": 1})  # no such event: nothing changes
+    with transaction(sessions) as session:
+        repository.update_metadata(session, changes=changes)
+    expected = {event_id: dict(row) for event_id, row in before.items()}
+    for change in changes:
+        if change["event_id"] in expected:
+            expected[str(change["event_id"])].update(change)
+    assert _all_metadata(sessions) == expected
+    assert expected[bystander] == before[bystander]
+    assert expected[ids[0]]["scoring_state"] == repository.SCORING_SKIPPED and expected[ids[0]]["label"] == 2
+
+
+def test_update_metadata_applies_each_set_of_columns_in_one_statement(
+    fresh_postgres_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One UPDATE per batch and set of columns on PostgreSQL, not one per event.
+    engine = create_db_engine(fresh_postgres_db, service="ingest")
+    try:
+        migrations.upgrade("ingest", engine)
+        sessions = session_factory(engine)
+        ids = [str(uuid.uuid4()) for _ in range(20)]
+        with transaction(sessions) as session:
+            repository.insert_events(
+                session, records=[_record(event_id) for event_id in ids], metadata=[_metadata(e) for e in ids]
+            )
+        statements: list[str] = []
+        execute = repository._driver_execute
+
+        def counted(session: Session, statement: str, parameters: Any) -> tuple[list[Any], int]:
+            statements.append(statement)
+            return execute(session, statement, parameters)
+
+        monkeypatch.setattr(repository, "_driver_execute", counted)
+        with transaction(sessions) as session:
+            repository.update_metadata(
+                session,
+                changes=[{"event_id": e, "risk_level": 2, "update_time_us": 5} for e in ids[:12]]
+                + [{"event_id": e, "label": 1} for e in ids[12:]],
+            )
+        assert len(statements) == 2
+        rows = _all_metadata(sessions)
+        assert {e for e, row in rows.items() if (row["risk_level"], row["update_time_us"]) == (2, 5)} == set(
+            ids[:12]
+        )
+        assert {e for e, row in rows.items() if row["label"] == 1} == set(ids[12:])
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("events", [1, 3])
+def test_update_metadata_still_enforces_column_lengths(fresh_postgres_db: str, events: int) -> None:
+    # PostgreSQL only (SQLite does not enforce VARCHAR lengths); raised as SQLAlchemy's error.
+    engine = create_db_engine(fresh_postgres_db, service="ingest")
+    try:
+        migrations.upgrade("ingest", engine)
+        sessions = session_factory(engine)
+        ids = [str(uuid.uuid4()) for _ in range(events)]
+        with transaction(sessions) as session:
+            repository.insert_events(
+                session, records=[_record(event_id) for event_id in ids], metadata=[_metadata(e) for e in ids]
+            )
+        with pytest.raises(DBAPIError, match="too long"), transaction(sessions) as session:
+            repository.update_metadata(
+                session, changes=[{"event_id": e, "model_version": "m" * 129} for e in ids]
+            )
+        assert {row["model_version"] for row in _all_metadata(sessions).values()} == {""}
+    finally:
+        engine.dispose()
+
+
+def test_set_analytics_state_marks_only_pending_events(engine: Engine) -> None:
+    sessions = session_factory(engine)
+    states = {
+        str(uuid.uuid4()): repository.ANALYTICS_PENDING,
+        str(uuid.uuid4()): repository.ANALYTICS_PENDING,
+        str(uuid.uuid4()): repository.ANALYTICS_SENT,
+        str(uuid.uuid4()): repository.ANALYTICS_SKIPPED,
+        str(uuid.uuid4()): repository.ANALYTICS_PENDING,  # not marked: stays pending
+    }
+    ids = list(states)
+    with transaction(sessions) as session:
+        repository.insert_events(
+            session,
+            records=[_record(event_id) for event_id in ids],
+            metadata=[_metadata(event_id, analytics_state=state) for event_id, state in states.items()],
+        )
+    before = _all_metadata(sessions)
+    with transaction(sessions) as session:
+        assert repository.set_analytics_state(session, event_ids=[], state=repository.ANALYTICS_SENT) == 0
+        marked = repository.set_analytics_state(
+            session, event_ids=[*ids[:4], str(uuid.uuid4())], state=repository.ANALYTICS_SKIPPED
+        )
+    assert marked == 2
+    expected = {event_id: dict(row) for event_id, row in before.items()}
+    for event_id in ids[:2]:
+        expected[event_id]["analytics_state"] = repository.ANALYTICS_SKIPPED
+    assert _all_metadata(sessions) == expected
+
+
+def test_find_receipts_answers_each_stored_id_exactly(engine: Engine) -> None:
+    sessions = session_factory(engine)
+    ids = [str(uuid.uuid4()) for _ in range(1200)]  # more than SQLite's chunk of 1000
+    records = [
+        _record(event_id, leaf_hash=bytes([i % 256]) * 32, receive_time_us=i)
+        for i, event_id in enumerate(ids)
+    ]
+    with transaction(sessions) as session:
+        repository.insert_events(session, records=records, metadata=[])
+        seq = session.execute(
+            select(repository.RECORDS.c.seq).where(repository.RECORDS.c.event_id == ids[5])
+        ).scalar_one()
+        repository.insert_leaves_and_nodes(session, leaves=[(0, ids[5], seq, b"\x05" * 32, 1)], nodes={})
+    missing = str(uuid.uuid4())
+    with repository.reading(sessions) as session:
+        assert repository.find_receipts(session, event_ids=[]) == {}
+        found = repository.find_receipts(session, event_ids=[missing, *ids])
+    assert found == {
+        event_id: repository.StoredReceipt(
+            event_id=event_id,
+            content_fingerprint="f" * 64,
+            leaf_hash=bytes([i % 256]) * 32,
+            receive_time_us=i,
+            leaf_index=0 if i == 5 else None,
+        )
+        for i, event_id in enumerate(ids)
+    }
+    assert all(type(receipt.leaf_hash) is bytes for receipt in found.values())
+
+
+def test_analytics_pending_lists_enriched_then_overdue_events_oldest_first(engine: Engine) -> None:
+    sessions = session_factory(engine)
+    evaluated, scored = repository.EVALUATION_EVALUATED, repository.SCORING_SCORED
+    # (receive time, scoring state, evaluation state, analytics state)
+    specs = {
+        "enriched-old": (10, scored, evaluated, repository.ANALYTICS_PENDING),
+        "enriched-new": (30, scored, evaluated, repository.ANALYTICS_PENDING),  # after the cutoff
+        "unenriched-overdue": (5, PENDING, evaluated, repository.ANALYTICS_PENDING),
+        "unenriched-recent": (15, PENDING, evaluated, repository.ANALYTICS_PENDING),
+        "sent": (1, scored, evaluated, repository.ANALYTICS_SENT),
+        "enriched-second": (20, scored, evaluated, repository.ANALYTICS_PENDING),
+    }
+    ids = {name: str(uuid.uuid4()) for name in specs}
+    with transaction(sessions) as session:
+        repository.insert_events(
+            session,
+            records=[
+                _record(
+                    ids[name], dimensions='{"team":"a"}' if name == "enriched-old" else None, record_version=3
+                )
+                for name in specs
+            ],
+            metadata=[
+                _metadata(
+                    ids[name],
+                    receive_time_us=received,
+                    scoring_state=scoring,
+                    evaluation_state=evaluation,
+                    analytics_state=state,
+                    risk_score=0.5 if scoring == scored else None,
+                    department="d1",
+                    severity=3,
+                    violations='[{"policy":"p"}]',
+                )
+                for name, (received, scoring, evaluation, state) in specs.items()
+            ],
+        )
+
+    def pending(limit: int) -> list[repository.AnalyticsRow]:
+        with repository.reading(sessions) as session:
+            return repository.analytics_pending(
+                session, enriched_before_us=25, unenriched_before_us=8, limit=limit
+            )
+
+    def row(name: str) -> repository.AnalyticsRow:
+        scoring = specs[name][1]
+        return repository.AnalyticsRow(
+            event_id=ids[name],
+            type="phishing.clicked",
+            occurred_at_us=-1,
+            subject_pseudonym="ps_x",
+            severity=3,
+            department="d1",
+            scoring_state=scoring,
+            risk_score=0.5 if scoring == scored else None,
+            violations='[{"policy":"p"}]',
+            dimensions='{"team":"a"}' if name == "enriched-old" else None,
+        )
+
+    assert pending(10) == [row("unenriched-overdue"), row("enriched-old"), row("enriched-second")]
+    assert pending(2) == [row("unenriched-overdue"), row("enriched-old")]
+
+
+def test_reading_runs_outside_a_transaction_and_leaves_writes_transactional(engine: Engine) -> None:
+    sessions = session_factory(engine)
+    engine.dispose()  # one pooled connection from here on: the read's and then the write's
+    with repository.reading(sessions) as session:
+        assert repository.find_receipts(session, event_ids=[str(uuid.uuid4())]) == {}
+        raw = session.connection().connection.dbapi_connection
+        if engine.dialect.name == "postgresql":
+            assert raw is not None and raw.info.transaction_status.name == "IDLE"  # no BEGIN was sent
+    event_id = str(uuid.uuid4())
+    with pytest.raises(RuntimeError), transaction(sessions) as session:
+        repository.insert_events(session, records=[_record(event_id)], metadata=[_metadata(event_id)])
+        raise RuntimeError("roll back")
+    with sessions() as session:
+        assert repository.find_receipts(session, event_ids=[event_id]) == {}  # not autocommitted

@@ -657,7 +657,7 @@ class LogWriter:
         return [found.get(event_id) for event_id in event_ids]
 
     def _find(self, event_ids: list[str]) -> dict[str, StoredReceipt]:
-        with self._sessions() as session:
+        with repository.reading(self._sessions) as session:
             return repository.find_receipts(session, event_ids=event_ids)
 
     async def _resolve_keys(self, candidates: list[_Candidate]) -> None:
