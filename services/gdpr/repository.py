@@ -1,4 +1,9 @@
-"""Data access of the gdpr service: typed, keyword-only functions that take the session explicitly."""
+"""Data access of the gdpr service: typed, keyword-only functions that take the session explicitly.
+
+The reads and writes behind every key issuance and consent check also take a Core ``Connection``
+(``SessionOrConnection``): those callers skip the ORM session, whose set-up and tear-down cost more
+than their one query.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,21 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Row, Select, Table, bindparam, delete, func, select, text, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Insert,
+    Row,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -32,6 +51,13 @@ from services.gdpr.models import (
 # Serialises audit appends across replicas on PostgreSQL (the chain has one head); any constant works.
 _AUDIT_LOCK_KEY = 0x67647072  # "gdpr"
 _IN_CHUNK = 500  # bound on the size of IN (...) lists
+
+# Where the hot paths run their statements: the caller's session, or a plain Core connection.
+SessionOrConnection = Session | Connection
+
+
+def _connection(db: SessionOrConnection) -> Connection:
+    return db.connection() if isinstance(db, Session) else db
 
 
 def _chunks(values: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
@@ -99,22 +125,6 @@ def create_subjects(session: Session, *, rows: Sequence[Mapping[str, Any]]) -> s
     return _insert_returning_created(session, Subject, rows, "lookup_hash")
 
 
-# The reads behind every key lookup are built once: a statement object keeps its cache key, which
-# SQLAlchemy otherwise derives again on every call (tens of µs per statement).
-
-
-@functools.cache
-def _existing_pseudonyms_query() -> Select[Any]:
-    return select(Subject.pseudonym).where(Subject.pseudonym.in_(bindparam("pseudonyms", expanding=True)))
-
-
-def existing_pseudonyms(session: Session, *, pseudonyms: Sequence[str]) -> set[str]:
-    found: set[str] = set()
-    for chunk in _chunks(list(dict.fromkeys(pseudonyms))):
-        found.update(session.scalars(_existing_pseudonyms_query(), {"pseudonyms": list(chunk)}))
-    return found
-
-
 def delete_subject(session: Session, *, pseudonym: str) -> int:
     result = session.execute(delete(Subject).where(Subject.pseudonym == pseudonym))
     return int(getattr(result, "rowcount", 0) or 0)
@@ -146,6 +156,10 @@ class StoredKey(NamedTuple):
     department: str = ""
 
 
+# The statements behind every key lookup and consent check are built once: a statement object keeps
+# its cache key, which SQLAlchemy otherwise derives again on every call (tens of µs per statement).
+
+
 @functools.cache
 def _keys_by_lookup_query() -> Select[Any]:
     subjects, keys, types = Subject.__table__, DataKey.__table__, DataKeyEventType.__table__
@@ -173,7 +187,7 @@ def _keys_by_lookup_query() -> Select[Any]:
 
 
 def find_keys_by_lookup(
-    session: Session, *, lookup_hashes: Sequence[bytes], periods: Sequence[str]
+    db: SessionOrConnection, *, lookup_hashes: Sequence[bytes], periods: Sequence[str]
 ) -> dict[tuple[bytes, str], StoredKey]:
     """The existing keys of the subjects with these lookup hashes, for these periods, with their
     departments: one query.
@@ -183,10 +197,11 @@ def find_keys_by_lookup(
     """
     found: dict[tuple[bytes, str], StoredKey] = {}
     wanted_periods = list(dict.fromkeys(periods))
+    connection = _connection(db)
     for chunk in _chunks(list(dict.fromkeys(lookup_hashes))):
         query, parameters = _keys_by_lookup_query(), {"hashes": list(chunk), "periods": wanted_periods}
         event_types: dict[tuple[bytes, str], set[str]] = {}
-        for row in session.connection().execute(query, parameters):
+        for row in connection.execute(query, parameters):
             where = (row.lookup_hash, row.period)
             if where not in found:
                 found[where] = StoredKey(
@@ -224,9 +239,23 @@ def event_types_of(session: Session, *, key_ids: Sequence[str]) -> dict[str, set
     return found
 
 
-def add_event_types_if_absent(session: Session, *, pairs: Iterable[tuple[str, str]]) -> None:
+@functools.cache
+def _event_types_insert(dialect: str) -> Insert:
+    table = cast(Table, DataKeyEventType.__table__)
+    if dialect == "postgresql":
+        return pg_insert(table).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite_insert(table).on_conflict_do_nothing()
+    raise RuntimeError(f"unsupported dialect {dialect}: SQLite and PostgreSQL only")  # pragma: no cover
+
+
+def add_event_types_if_absent(db: SessionOrConnection, *, pairs: Iterable[tuple[str, str]]) -> None:
+    """Record (key id, event type) pairs not recorded yet: one statement. A key deleted meanwhile
+    (erased, shredded) fails the foreign key, with IntegrityError."""
     rows = [{"key_id": key_id, "event_type": event_type} for key_id, event_type in sorted(set(pairs))]
-    _insert_ignoring_conflicts(session, DataKeyEventType, rows)
+    if rows:
+        connection = _connection(db)
+        connection.execute(_event_types_insert(connection.dialect.name), rows)
 
 
 def delete_data_keys(session: Session, *, key_ids: Sequence[str]) -> int:
@@ -419,6 +448,43 @@ def consent_history(
             query = query.where(ConsentRecordRow.purpose == purpose)
         rows.extend(session.scalars(query))
     return sorted(rows, key=lambda row: (row.at, row.id))
+
+
+@functools.cache
+def _consents_query() -> Select[Any]:
+    subjects, consents = Subject.__table__, ConsentRecordRow.__table__
+    return (
+        select(subjects.c.pseudonym, consents.c.id, consents.c.at, consents.c.action)
+        .select_from(
+            subjects.outerjoin(
+                consents,
+                and_(
+                    consents.c.pseudonym == subjects.c.pseudonym,
+                    consents.c.purpose == bindparam("purpose"),
+                ),
+            )
+        )
+        .where(subjects.c.pseudonym.in_(bindparam("pseudonyms", expanding=True)))
+    )
+
+
+def latest_consents(
+    db: SessionOrConnection, *, pseudonyms: Sequence[str], purpose: str
+) -> dict[str, tuple[datetime, str] | None]:
+    """The time and action of each known pseudonym's latest consent record for ``purpose`` (the
+    later-recorded one among equal times), None when it has none; unknown (or erased) pseudonyms
+    are missing. One statement per 500 pseudonyms, subjects and records together."""
+    latest: dict[str, tuple[datetime, int, str] | None] = {}
+    connection = _connection(db)
+    for chunk in _chunks(list(dict.fromkeys(pseudonyms))):
+        for row in connection.execute(_consents_query(), {"pseudonyms": list(chunk), "purpose": purpose}):
+            if row.id is None:  # no record: the outer join's one row of the subject
+                latest.setdefault(row.pseudonym, None)
+                continue
+            best = latest.get(row.pseudonym)
+            if best is None or (row.at, row.id) > best[:2]:
+                latest[row.pseudonym] = (row.at, row.id, row.action)
+    return {pseudonym: None if best is None else (best[0], best[2]) for pseudonym, best in latest.items()}
 
 
 def consent_page(

@@ -250,9 +250,7 @@ class GdprStore:
             )
             for item in requests
         ]
-        with self._sessions() as session:
-            # Fast path: everything exists already (the usual case): one read, no write, no lock.
-            existing = self._existing(session, prepared)
+        existing = self._existing(prepared)
         if existing is not None:
             return IssueResult(keys=existing, keys_created=0)
         for attempt in range(_CREATE_ATTEMPTS):
@@ -266,22 +264,37 @@ class GdprStore:
                     raise
         raise AssertionError("unreachable")
 
-    def _existing(
-        self, session: Session, prepared: Sequence[tuple[bytes, str, str]]
-    ) -> list[IssuedKey] | None:
-        """The keys when every subject, key and event type exists already; None if one is missing."""
-        stored = repo.find_keys_by_lookup(
-            session,
-            lookup_hashes=[lookup_hash for lookup_hash, _, _ in prepared],
-            periods=[period for _, period, _ in prepared],
-        )
+    def _existing(self, prepared: Sequence[tuple[bytes, str, str]]) -> list[IssuedKey] | None:
+        """The keys when every subject and key exists already (the usual case); None if one is missing.
+
+        One read on a Core connection, no lock. An event type a key does not carry yet is recorded in
+        one insert, under the lock; None as well when a key was erased or shredded since the read (the
+        insert fails its foreign key), so the caller's full path decides, as for a missing key.
+        """
+        with self._engine.connect() as connection:
+            stored = repo.find_keys_by_lookup(
+                connection,
+                lookup_hashes=[lookup_hash for lookup_hash, _, _ in prepared],
+                periods=[period for _, period, _ in prepared],
+            )
         rows = []
+        missing_types: set[tuple[str, str]] = set()
         for lookup_hash, period, event_type in prepared:
             row = stored.get((lookup_hash, period))
-            if row is None or (event_type and event_type not in row.event_types):
+            if row is None:
                 return None
+            if event_type and event_type not in row.event_types:
+                missing_types.add((row.key_id, event_type))
             rows.append(row)
-        return self._issued(rows, {row.pseudonym: row.department for row in rows})
+        # Unwrapped first: a KEK rotation meanwhile (KeyUnwrapError) restarts the call before any write.
+        issued = self._issued(rows, {row.pseudonym: row.department for row in rows})
+        if missing_types:
+            try:
+                with self._write_lock, self._engine.begin() as connection:
+                    repo.add_event_types_if_absent(connection, pairs=missing_types)
+            except IntegrityError:
+                return None
+        return issued
 
     def _resolve(
         self, session: Session, prepared: Sequence[tuple[bytes, str, str]]
@@ -289,8 +302,9 @@ class GdprStore:
         """Create what is missing (subjects, keys, event types) and return every request's key.
 
         Under the write lock, in one transaction: one read of the subjects, one of their keys with
-        their event types, and one ``INSERT ... RETURNING`` per kind of row missing. A row another
-        replica created between the read and the insert is not returned by it, and is read again.
+        their event types and departments, one ``INSERT ... RETURNING`` per kind of row missing, and
+        a read of the departments of subjects found without a key. A row another replica created
+        between the read and the insert is not returned by it, and is read again.
         """
         now = self._clock()
         hashes = list(dict.fromkeys(lookup_hash for lookup_hash, _, _ in prepared))
@@ -314,7 +328,10 @@ class GdprStore:
         missing_types = [(k, t) for k, t in wanted_types if t not in types.get(k, frozenset())]
         if missing_types:
             repo.add_event_types_if_absent(session, pairs=missing_types)
-        departments = repo.departments_of(session, pseudonyms=list(pseudonyms.values()))
+        # The keys read carry their subject's department; a subject created here has no entry yet.
+        departments = {row.pseudonym: row.department for row in stored.values()}
+        unplaced = [p for h, p in pseudonyms.items() if p not in departments and h not in created_subjects]
+        departments.update(repo.departments_of(session, pseudonyms=unplaced))
         issued = self._issued([keys[(pseudonyms[h], period)] for h, period, _ in prepared], departments)
         return issued, created
 
@@ -730,16 +747,19 @@ class GdprStore:
     def check_consent(self, *, pseudonyms: Sequence[str], purpose: str) -> list[bool]:
         """Whether each pseudonym may be processed for ``purpose``; False when unknown or erased."""
         get_purpose(purpose)
-        with self._sessions() as session:
-            known = repo.existing_pseudonyms(session, pseudonyms=pseudonyms)
-            rows = repo.consent_history(session, pseudonyms=sorted(known), purpose=purpose)
-        history: dict[str, list[ConsentEvent]] = defaultdict(list)
-        for row in rows:
-            history[row.pseudonym].append(consent_event(row))
-        return [
-            pseudonym in known and current_state(history[pseudonym], purpose=purpose)
-            for pseudonym in pseudonyms
-        ]
+        with self._engine.connect() as connection:
+            latest = repo.latest_consents(connection, pseudonyms=pseudonyms, purpose=purpose)
+        # The latest record alone decides, as in the whole history: the domain's rule applies to it.
+        states = {
+            pseudonym: current_state(
+                []
+                if record is None
+                else [ConsentEvent(pseudonym, purpose, ConsentAction(record[1]), record[0], actor="")],
+                purpose=purpose,
+            )
+            for pseudonym, record in latest.items()
+        }
+        return [states.get(pseudonym, False) for pseudonym in pseudonyms]
 
     def consent_page(
         self, *, identifier: str, purpose: str, before_id: int | None, limit: int
