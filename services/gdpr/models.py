@@ -54,7 +54,8 @@ class DataKey(Base):
 
     key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     pseudonym: Mapped[str] = mapped_column(String(64), ForeignKey("subjects.pseudonym"), index=True)
-    period: Mapped[str] = mapped_column(String(16), index=True)
+    # No index of its own: see migration 0003.
+    period: Mapped[str] = mapped_column(String(16))
     kek_id: Mapped[str] = mapped_column(String(64), index=True)
     nonce: Mapped[bytes] = mapped_column(LargeBinary(12))
     wrapped: Mapped[bytes] = mapped_column(LargeBinary(64))
