@@ -56,10 +56,14 @@ class Statements:
 
     def __init__(self, engine: Engine) -> None:
         self.seen: list[str] = []
+        self.executemany: list[bool] = []  # psycopg2 sends an executemany as one statement per row
         self._engine = engine
 
-    def _record(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+    def _record(
+        self, _conn: Any, _cursor: Any, statement: str, _parameters: Any, _context: Any, executemany: bool
+    ) -> None:
         self.seen.append(" ".join(statement.split()))
+        self.executemany.append(executemany)
 
     def __enter__(self) -> Statements:
         event.listen(self._engine, "before_cursor_execute", self._record)
@@ -126,6 +130,7 @@ def test_a_batch_of_known_keys_is_one_read_and_a_new_event_type_one_insert_more(
         reported = store.issue_keys(requests)
     assert typed.verbs == ["SELECT", "INSERT"]
     assert "data_key_event_types" in typed.seen[1]
+    assert typed.executemany == [False, False]  # both pairs in one statement, one round trip
     assert reported.keys_created == 0
     same(reported.keys, [first.keys[0], first.keys[1], first.keys[0], first.keys[2], first.keys[2]])
     assert event_types(engine, first.keys[0].key_id) == {"phishing.clicked", "phishing.reported"}
