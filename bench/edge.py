@@ -1,8 +1,9 @@
 """``python -m bench.edge --port N``: the edge alone, the ceiling the suite is measured against.
 
 A minimal Starlette app with the gateway's route for single events, served by uvicorn with the
-gateway's settings (services/gateway/app.py, ``run_gateway``: one process, the same loop and
-HTTP protocol class, no access log, the same keep-alive and header limits). It parses the same
+gateway's settings (services/gateway/app.py, ``run_gateway``: one process, the same event loop,
+garbage-collector tuning and HTTP protocol class, no access log, the same keep-alive and header
+limits). It parses the same
 JSON body and checks that the fields an event needs are there, then answers 200 with a receipt
 of the shape the gateway's: no authentication lookup, no gRPC, no database. The suite's
 throughput divided by this one's is the fraction of what the edge alone can do.
@@ -11,7 +12,6 @@ throughput divided by this one's is the fraction of what the edge alone can do.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Sequence
@@ -88,9 +88,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
-    # As the gateway: asyncio.run over Server.serve (uvicorn's own run() would pick the loop itself).
-    asyncio.run(uvicorn.Server(server_config(create_app(), host=args.host, port=args.port)).serve())
+    serve_as_the_gateway(create_app(), host=args.host, port=args.port)
     return 0
+
+
+def serve_as_the_gateway(app: Starlette, *, host: str, port: int) -> None:
+    """uvicorn's Server.serve on the services' event loop, after their collector tuning, as
+    ``run_gateway`` does (uvicorn's own run() would pick the loop itself)."""
+    from services.runtime.process import run_main, tune_garbage_collector
+
+    tune_garbage_collector()
+    run_main(uvicorn.Server(server_config(app, host=host, port=port)).serve())
 
 
 if __name__ == "__main__":

@@ -109,7 +109,8 @@ class Row:
     cpu: str = ""  # CPU ms per acknowledged event, by process (Linux)
     loadgen_cpu: str = ""  # the load generator's own CPU during the step
     versus_edge: str = ""  # throughput as a fraction of the edge alone's, same kind of step
-    edge_key: str = ""  # which edge row this row compares with ("" for none)
+    versus_floor: str = ""  # the same, of the floor's (bench/floor.py)
+    edge_key: str = ""  # which edge and floor rows this row compares with ("" for none)
 
 
 def machine() -> dict[str, Any]:
@@ -486,26 +487,37 @@ def edge_ratio(suite_value: float | None, edge_value: float | None) -> str:
 
 
 def with_edge_ratios(rows: Sequence[Row]) -> list[Row]:
-    """Each suite row that has an edge row of the same kind, with ``suite / edge`` filled in."""
-    edge = {row.edge_key: row.throughput for row in rows if row.section == "edge" and row.edge_key}
+    """Each suite row with ``suite / edge`` and ``suite / floor`` filled in where an edge or floor
+    row of the same kind was measured."""
+
+    def throughputs(section: str) -> dict[str, float | None]:
+        return {row.edge_key: row.throughput for row in rows if row.section == section and row.edge_key}
+
+    edge, floor = throughputs("edge"), throughputs("floor")
     return [
-        dataclasses.replace(row, versus_edge=edge_ratio(row.throughput, edge.get(row.edge_key)))
-        if row.section == "end-to-end" and row.edge_key in edge
+        dataclasses.replace(
+            row,
+            versus_edge=edge_ratio(row.throughput, edge.get(row.edge_key)),
+            versus_floor=edge_ratio(row.throughput, floor.get(row.edge_key)),
+        )
+        if row.section == "end-to-end" and row.edge_key
         else row
         for row in rows
     ]
 
 
 @contextlib.contextmanager
-def edge_server(work_dir: Path) -> Iterator[tuple[str, int]]:
-    """bench/edge.py in a process of its own: (its URL, its pid); stopped (this pid only) after."""
+def bench_process(work_dir: Path, name: str, argv: Sequence[str]) -> Iterator[tuple[int, int]]:
+    """``python argv --port=N`` in a process of its own, once it listens: (N, its pid); stopped
+    (this pid only) after. Its output goes to ``work_dir/<name>.log``."""
     from tests.support.resources import free_port
 
     port = free_port()
     path = os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))
-    with (work_dir / "edge.log").open("ab") as log:
+    log_path = work_dir / f"{name}.log"
+    with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bench.edge", f"--port={port}"],
+            [sys.executable, *argv, f"--port={port}"],
             env={**os.environ, "PYTHONPATH": path},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -514,13 +526,13 @@ def edge_server(work_dir: Path) -> Iterator[tuple[str, int]]:
         deadline = time.monotonic() + 30
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"the edge app exited; see {work_dir / 'edge.log'}")
+                raise RuntimeError(f"the {name} exited; see {log_path}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
                 break
             if time.monotonic() > deadline:
-                raise RuntimeError("the edge app did not listen within 30 s")
+                raise RuntimeError(f"the {name} did not listen within 30 s")
             time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}", process.pid
+        yield port, process.pid
     finally:
         process.terminate()
         try:
@@ -528,6 +540,26 @@ def edge_server(work_dir: Path) -> Iterator[tuple[str, int]]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextlib.contextmanager
+def edge_server(work_dir: Path) -> Iterator[tuple[str, int]]:
+    """bench/edge.py: (its URL, its pid)."""
+    with bench_process(work_dir, "edge", ["-m", "bench.edge"]) as (port, pid):
+        yield f"http://127.0.0.1:{port}", pid
+
+
+@contextlib.contextmanager
+def floor_servers(work_dir: Path, database_url: str) -> Iterator[tuple[str, dict[str, int]]]:
+    """bench/floor.py's store on ``database_url`` and its edge: (the edge's URL, both pids)."""
+    store_argv = ["-m", "bench.floor", "store", f"--database-url={database_url}"]
+    with bench_process(work_dir, "floor-store", store_argv) as (store_port, store_pid):
+        edge_argv = ["-m", "bench.floor", "edge", f"--store=127.0.0.1:{store_port}"]
+        with bench_process(work_dir, "floor-edge", edge_argv) as (edge_port, edge_pid):
+            yield f"http://127.0.0.1:{edge_port}", {"edge": edge_pid, "store": store_pid}
+
+
+FLOOR = "edge, one gRPC hop, PostgreSQL commit"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -542,6 +574,7 @@ class LoadPlan:
     subjects: int
     temperatures: Sequence[Temperature]
     edge: bool = True
+    floor: bool = True
     wrk_connections: int = 32  # 0 skips the saturation rows
     wrk_seconds: float = 10.0
     wrk_threads: int = 1
@@ -579,7 +612,7 @@ class _Steps:
         plan = self.plan
         print(f"bench: {scenario} at {rate:g} req/s for {plan.seconds:g} s...", file=sys.stderr, flush=True)
         before = stages() if stages else {}
-        stores = section != "edge"  # the edge app alone uses no store
+        stores = section != "edge"  # the edge app alone uses no store (the floor uses PostgreSQL)
         cpu_before = process_cpu(pids, stores=stores)
         people_name = people.namespace.rstrip("-").rsplit("-", 1)[-1]
         name = f"{len(self.summaries):02d}-{section}-{rate:g}-{batch}-{people_name}"  # warm reuses people
@@ -715,14 +748,45 @@ class _Steps:
             )
         )
 
+    def measure_floor(self, database_url: str, *, api_key: str, population: Population) -> None:
+        """The floor's rows (bench/floor.py), at the single-event rates and the batch step's load."""
+        plan = self.plan
+        with floor_servers(self.work_dir, database_url) as (url, pids):
+            floor = functools.partial(self.offer, section="floor", url=url, api_key=api_key, pids=pids)
+            for rate in plan.rates:
+                floor(
+                    scenario=f"{FLOOR}, POST /v1/events",
+                    edge_key=f"single-{rate:g}",
+                    rate=rate,
+                    batch=0,
+                    people=population.step(f"floor{rate:g}"),
+                )
+            if plan.batch:
+                floor(
+                    scenario=f"{FLOOR}, POST /v1/events:batchAppend x{plan.batch}",
+                    edge_key=f"batch-{plan.batch}",
+                    rate=plan.batch_events_per_second / plan.batch,
+                    batch=plan.batch,
+                    people=population.step("floorbatch"),
+                )
+            if plan.wrk_connections:
+                self.saturate(
+                    section="floor",
+                    scenario=FLOOR,
+                    url=url,
+                    api_key=api_key,
+                    people=population.step("floorwrk"),
+                    pids=pids,
+                )
+
 
 def run_end_to_end(
     *, database_url: str, redis_url: str | None, plan: LoadPlan, work_dir: Path
 ) -> tuple[list[Row], list[dict[str, Any]]]:
     """The suite on a fresh database, loaded through the gateway; the edge alone beside it.
 
-    Order: every cold step (each rate its own new people), then the edge alone (while the
-    cold steps' people leave ingest's key cache), then every warm step (each rate's people
+    Order: every cold step (each rate its own new people), then the edge alone and the floor (while
+    the cold steps' people leave ingest's key cache), then every warm step (each rate's people
     again, once their keys have expired from the cache), then the batch step and saturation.
     """
     from tests.resilience.harness import ProcessSuite
@@ -813,6 +877,8 @@ def run_end_to_end(
                             people=population.step("edgewrk"),
                             pids={"edge": edge_pid},
                         )
+            if plan.floor:
+                steps.measure_floor(url, api_key=key, population=population)
             if "warm" in plan.temperatures and not steps.failed:
                 for rate, touched in touched_at.items():
                     wait = warm_ready_at(touched, key_cache_seconds=key_cache_seconds) - time.monotonic()
@@ -835,7 +901,7 @@ def run_end_to_end(
                 steps.failed = not gateway(
                     scenario=f"POST /v1/events:batchAppend x{plan.batch}, "
                     + describe(plan.subjects, "cold", events=events),
-                    edge_key="",
+                    edge_key=f"batch-{plan.batch}",
                     rate=rate,
                     batch=plan.batch,
                     people=population.step("batch"),
@@ -881,7 +947,7 @@ def format_table(rows: Sequence[Row], *, info: Mapping[str, Any]) -> str:
         f"p50 ms (claim {CLAIMED_P50_MS:g})",
         f"p99 ms (claim {CLAIMED_P99_MS:g})",
         "errors",
-        "suite / edge",
+        "suite / edge / floor",
         "server-side mean ms",
         "CPU ms per event",
         "load generator CPU",
@@ -906,7 +972,9 @@ def format_table(rows: Sequence[Row], *, info: Mapping[str, Any]) -> str:
                 _fmt(row.p99_ms, digits=3)
                 + (_versus(row.p99_ms, CLAIMED_P99_MS, higher_is_better=False) if end_to_end else ""),
                 "-" if row.error_rate is None else f"{row.error_rate * 100:.1f}%",
-                row.versus_edge or "-",
+                f"{row.versus_edge or '-'} / {row.versus_floor or '-'}"
+                if row.versus_edge or row.versus_floor
+                else "-",
                 row.stages or "-",
                 row.cpu or "-",
                 row.loadgen_cpu or "-",
@@ -936,8 +1004,10 @@ def format_table(rows: Sequence[Row], *, info: Mapping[str, Any]) -> str:
             "cold: people never seen before (gdpr creates their keys); with more events than people,"
             " each recurs after the first pass (first-sight share in brackets). warm: the same people"
             " again once ingest's key cache has expired (their keys exist in gdpr).",
-            "edge: a minimal Starlette app under the gateway's uvicorn settings that parses the same body;"
-            " suite / edge = the suite's throughput over the edge's at the same offered load.",
+            "edge: a minimal Starlette app under the gateway's uvicorn settings that parses the same body."
+            " floor: that edge, one coalesced gRPC call to a store process and a shared PostgreSQL commit,"
+            " and nothing else (bench/floor.py): what the shape costs before any of the suite's work."
+            " suite / edge / floor = the suite's throughput over theirs at the same offered load.",
             "Saturation (wrk): closed loop, each of c connections sends when its answer arrives.",
             "Server-side mean ms: time per call inside each process during the step (from its histograms);"
             " ingest alone: AppendEvent, shared: AppendEvents carrying single events that shared a call;"
@@ -994,6 +1064,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes of the gateway and of ingest in the end-to-end suite (1)",
     )
     parser.add_argument("--skip-edge", action="store_true", help="no edge-alone rows (nor suite / edge)")
+    parser.add_argument("--skip-floor", action="store_true", help="no floor rows (nor suite / floor)")
     parser.add_argument(
         "--wrk-connections",
         type=int,
@@ -1032,6 +1103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         subjects=args.subjects,
         temperatures=temperatures(cold=args.cold, warm=args.warm),
         edge=not args.skip_edge,
+        floor=not args.skip_floor,
         wrk_connections=args.wrk_connections,
         wrk_seconds=args.seconds if args.wrk_seconds is None else args.wrk_seconds,
         key_cache_seconds=args.key_cache_seconds,

@@ -126,9 +126,14 @@ def test_suite_over_edge_compares_rows_of_the_same_kind() -> None:
             row("edge", 500.0, "single-500"),
             row("end-to-end", 400.0, "saturation"),
             row("edge", 1600.0, "saturation"),
+            row("floor", 800.0, "saturation"),
+            row("floor", 1000.0, "single-500"),
+            row("end-to-end", 2000.0, "batch-50"),
+            row("floor", 8000.0, "batch-50"),
         ]
     )
-    assert [r.versus_edge for r in rows] == ["0.90", "", "", "", "0.25", ""]
+    assert [r.versus_edge for r in rows] == ["0.90", "", "", "", "0.25", "", "", "", "", ""]
+    assert [r.versus_floor for r in rows] == ["0.45", "", "", "", "0.50", "", "", "", "0.25", ""]
     assert suite.edge_ratio(None, 10.0) == suite.edge_ratio(5.0, 0.0) == ""
 
 
@@ -150,7 +155,7 @@ def test_the_table_shows_suite_over_edge_and_the_generators_cpu() -> None:
         versus_edge="0.96",
     )
     table = suite.format_table([row], info=RUN_INFO)
-    assert "suite / edge" in table and "| 0.96 " in table
+    assert "suite / edge / floor" in table and "| 0.96 / - " in table
     assert "load generator CPU" in table and "1.2 s (12% of a core)" in table
     assert "5,000 people, cold" in table
 
