@@ -50,7 +50,9 @@ def _sql_literal(value: str) -> str:
 def _aggregate_query(events: str) -> TextClause:
     """The aggregates of the events that the CTE text `events` lists as (event_id, pseudonym,
     at_us, source): one row per event. The window join walks the index on (subject_pseudonym,
-    occurred_at_us); "previous" and "source seen" look beyond the 30 days, through the same index.
+    occurred_at_us). "previous" and "source seen" come from the window's rows when it has any, and
+    only otherwise look beyond the 30 days, through the same index: COALESCE and CASE evaluate a
+    subquery only when reached, so a person seen this month costs one index scan, not three.
     Access records about the subject (audit.action) are someone else's actions: none counts."""
     table = repository.METADATA.name
     audit = _sql_literal(AUDIT_EVENT_TYPE)
@@ -64,12 +66,14 @@ SELECT q.event_id,
   COUNT(DISTINCT CASE WHEN m.occurred_at_us >= q.at_us - {DAY_US} THEN m.source END) AS sources_24h,
   SUM(CASE WHEN m.occurred_at_us >= q.at_us - {DAY_US} AND m.type IN ({failed}) THEN 1 ELSE 0 END)
     AS failed_logins_24h,
-  (SELECT MAX(p.occurred_at_us) FROM {table} p
-     WHERE p.subject_pseudonym = q.pseudonym AND p.occurred_at_us < q.at_us AND p.type <> {audit})
+  COALESCE(MAX(m.occurred_at_us), (SELECT MAX(p.occurred_at_us) FROM {table} p
+     WHERE p.subject_pseudonym = q.pseudonym AND p.occurred_at_us < q.at_us - {MONTH_US}
+       AND p.type <> {audit}))
     AS previous_us,
-  CASE WHEN EXISTS (SELECT 1 FROM {table} s
-     WHERE s.subject_pseudonym = q.pseudonym AND s.source = q.source AND s.occurred_at_us < q.at_us
-       AND s.type <> {audit})
+  CASE WHEN COUNT(CASE WHEN m.source = q.source THEN 1 END) > 0 THEN 1
+    WHEN EXISTS (SELECT 1 FROM {table} s
+     WHERE s.subject_pseudonym = q.pseudonym AND s.source = q.source
+       AND s.occurred_at_us < q.at_us - {MONTH_US} AND s.type <> {audit})
     THEN 1 ELSE 0 END AS source_seen
 FROM q LEFT JOIN {table} m
   ON m.subject_pseudonym = q.pseudonym

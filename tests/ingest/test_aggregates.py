@@ -6,6 +6,7 @@ on the window edges), on SQLite and PostgreSQL, asked for in one batch with dupl
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -87,12 +88,16 @@ def test_database_aggregates_equal_the_reference_fold(engine: Engine) -> None:
                 generator.choice((0, 0, 0, 2)),
             )
         )
+    # Someone seen only before the window: "previous" and "source seen" come from beyond it.
+    stored.append(Stored("old-only", "subject-old", T - 45 * DAY_US, "login.failed", "okta", 0))
     sessions: sessionmaker[Session] = session_factory(engine)
     with sessions.begin() as session:
         session.execute(insert(repository.METADATA), [s.row() for s in stored])
     queries = [aggregates.HistoryQuery(s.event_id, s.pseudonym, s.at, s.source) for s in stored[::2]]
     queries.append(aggregates.HistoryQuery("new-subject", "subject-none", T, "okta"))
     queries.append(aggregates.HistoryQuery("new-source", "subject-1", T, "never-seen"))
+    queries.append(aggregates.HistoryQuery("beyond-same", "subject-old", T, "okta"))
+    queries.append(aggregates.HistoryQuery("beyond-other", "subject-old", T, "edr"))
     queries.append(queries[0])  # a duplicate in the batch is answered once
     with sessions() as session:
         got = aggregates.histories(session, queries=queries)
@@ -101,3 +106,6 @@ def test_database_aggregates_equal_the_reference_fold(engine: Engine) -> None:
         assert got[query.event_id] == _reference(stored, query), query
     assert got["new-subject"] == SubjectHistory(0, 0, 0, 0, True, 0, -1.0)
     assert got["new-source"].source_is_new
+    beyond = SubjectHistory(0, 0, 0, 0, False, 0, 45 * DAY_US / 1_000_000)
+    assert got["beyond-same"] == beyond
+    assert got["beyond-other"] == dataclasses.replace(beyond, source_is_new=True)
