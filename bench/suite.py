@@ -107,6 +107,7 @@ class Row:
     unit: str = "events/s"
     stages: str = ""
     cpu: str = ""  # CPU ms per acknowledged event, by process (Linux)
+    cpu_ms: Mapping[str, float] = dataclasses.field(default_factory=dict)  # the same, as numbers
     loadgen_cpu: str = ""  # the load generator's own CPU during the step
     versus_edge: str = ""  # throughput as a fraction of the edge alone's, same kind of step
     versus_floor: str = ""  # the same, of the floor's (bench/floor.py)
@@ -403,6 +404,14 @@ def process_cpu(pids: Mapping[str, int], *, stores: bool = True) -> dict[str, fl
     return totals
 
 
+def cpu_costs(before: Mapping[str, float], after: Mapping[str, float], events: int) -> dict[str, float]:
+    """CPU ms per acknowledged event of each process that used any (empty without events)."""
+    if events <= 0:
+        return {}
+    spent = {name: after[name] - before[name] for name in after if name in before}
+    return {name: seconds / events * 1000 for name, seconds in spent.items() if seconds > 0}
+
+
 def cpu_per_event(before: Mapping[str, float], after: Mapping[str, float], events: int) -> str:
     """CPU ms per acknowledged event of each process that used any, their total, and the rate that
     total allows on this machine's cores, e.g. ``ingest 3.1 / gateway 1.6 / total 4.7 (425/s)``.
@@ -410,10 +419,13 @@ def cpu_per_event(before: Mapping[str, float], after: Mapping[str, float], event
     On a shared, noisy machine this is steadier than throughput: it says what an event costs, not
     how much CPU happened to be left over. The ceiling assumes every core busy with nothing else.
     """
-    if events <= 0:
+    return format_cpu(cpu_costs(before, after, events))
+
+
+def format_cpu(costs: Mapping[str, float]) -> str:
+    """``cpu_costs`` as the table's column: each process, then the total and the ceiling it puts."""
+    if not costs:
         return ""
-    spent = {name: after[name] - before[name] for name in after if name in before}
-    costs = {name: seconds / events * 1000 for name, seconds in spent.items() if seconds > 0}
     parts = [f"{name} {_milliseconds(ms)}" for name, ms in costs.items()]
     total = sum(costs.values())
     if total > 0:
@@ -644,9 +656,8 @@ class _Steps:
         summary["scenario"] = scenario
         summary["server_side_mean_ms"] = stage_means(before, stages()) if stages else ""
         time.sleep(2)  # enrichment runs after the acknowledgement: count its CPU too
-        summary["cpu_ms_per_event"] = cpu_per_event(
-            cpu_before, process_cpu(pids, stores=stores), int(summary["acknowledged"])
-        )
+        costs = cpu_costs(cpu_before, process_cpu(pids, stores=stores), int(summary["acknowledged"]))
+        summary["cpu_ms_per_event"] = format_cpu(costs)
         if profile_paths:
             profiles = profile.profiles_of(profile_paths)
             print(
@@ -668,6 +679,7 @@ class _Steps:
                     error_rate=float(summary["error_rate"]),
                     stages=summary["server_side_mean_ms"],
                     cpu=summary["cpu_ms_per_event"],
+                    cpu_ms=costs,
                     loadgen_cpu=generator_cpu(
                         summary["loadgen_cpu_seconds"], summary["loadgen_wall_seconds"]
                     ),
@@ -731,7 +743,8 @@ class _Steps:
         time.sleep(2)
         answered = result.requests - result.non_2xx
         summary = {"scenario": label, **dataclasses.asdict(result), "throughput": result.throughput}
-        summary["cpu_ms_per_event"] = cpu_per_event(cpu_before, process_cpu(pids, stores=stores), answered)
+        costs = cpu_costs(cpu_before, process_cpu(pids, stores=stores), answered)
+        summary["cpu_ms_per_event"] = format_cpu(costs)
         self.summaries.append(summary)
         self.rows.append(
             Row(
@@ -743,6 +756,7 @@ class _Steps:
                 p99_ms=result.p99_ms,
                 error_rate=result.error_rate,
                 cpu=summary["cpu_ms_per_event"],
+                cpu_ms=costs,
                 loadgen_cpu=generator_cpu(result.cpu_seconds, result.seconds),
                 edge_key="saturation",
             )
@@ -938,6 +952,96 @@ def _versus(value: float | None, claim: float, *, higher_is_better: bool) -> str
     return f" ({ratio:.2f}x)" if higher_is_better else f" ({ratio:.1f}x)"
 
 
+# The suite's processes that the floor's shape stands for (bench/floor.py); the others (gdpr, policy,
+# scoring, analytics, signing, Redis) do work that the floor does not do at all.
+SHAPE_PROCESSES: Final = frozenset({"gateway", "ingest", "postgres", "loadgen"})
+
+
+def _offered_events(row: Row) -> float | None:
+    number = row.offered.split(" ")[0].replace(",", "")
+    try:
+        return float(number)
+    except ValueError:  # closed loop: no offered rate
+        return None
+
+
+def budget_rows(rows: Sequence[Row], *, cores: int) -> list[tuple[str, ...]]:
+    """What each open-loop step's offered rate leaves of the machine's CPU per event, beside what the
+    floor spent at that rate and what the suite spent outside the floor's shape in the same step.
+
+    With every core busy, ``offered`` events/s allow ``cores * 1000 / offered`` ms of CPU per event.
+    If the floor plus the suite's work outside the shape already exceeds that, the rate is out of
+    reach on this machine even for a gateway and ingest that cost no more than the floor's edge and
+    store: the work outside the shape (keys, enrichment, analytics, checkpoints) comes on top.
+    """
+    floors = {row.edge_key: row for row in rows if row.section == "floor" and row.edge_key}
+    table: list[tuple[str, ...]] = []
+    for row in rows:
+        floor = floors.get(row.edge_key)
+        offered = _offered_events(row)
+        if row.section != "end-to-end" or floor is None or not offered or not row.cpu_ms or not floor.cpu_ms:
+            continue
+        budget = cores * 1000 / offered
+        floor_ms = sum(floor.cpu_ms.values())
+        outside = {name: ms for name, ms in row.cpu_ms.items() if name not in SHAPE_PROCESSES}
+        need = floor_ms + sum(outside.values())
+        verdict = f"over by {_milliseconds(need - budget)}" if need > budget else "within"
+        table.append(
+            (
+                row.scenario,
+                row.offered,
+                _milliseconds(budget),
+                _milliseconds(floor_ms),
+                _milliseconds(sum(outside.values())),
+                _milliseconds(need),
+                verdict,
+                _fmt(floor.p50_ms, digits=2),
+            )
+        )
+    return table
+
+
+BUDGET_HEADER: Final = (
+    "step",
+    "offered",
+    "CPU budget ms/event",
+    "floor ms/event",
+    "suite outside the floor's shape",
+    "floor + outside",
+    "verdict",
+    f"floor p50 ms (target {CLAIMED_P50_MS:g})",
+)
+
+
+def format_budget(rows: Sequence[Row], *, cores: int) -> str:
+    """``budget_rows`` as a table with its reading, or "" when no step had a floor beside it."""
+    table = budget_rows(rows, cores=cores)
+    if not table:
+        return ""
+    return "\n".join(
+        [
+            f"What each offered rate leaves on {cores} cores ({cores * 1000:,} ms of CPU per second):",
+            "",
+            *_markdown(BUDGET_HEADER, table),
+            "",
+            "CPU budget = cores x 1,000 / offered events/s. floor: what the floor's edge, store, PostgreSQL"
+            " and the load generator spent per event at that rate. outside the floor's shape: what the"
+            " suite's other processes (gdpr, policy, scoring, analytics, signing, Redis) spent per event"
+            " in the step. over: out of reach on this machine even if the gateway and ingest cost no"
+            " more than the floor's edge and store.",
+        ]
+    )
+
+
+def _markdown(header: Sequence[str], cells: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
+
+    def line(values: Sequence[str]) -> str:
+        return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)) + " |"
+
+    return [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(line(c) for c in cells)]
+
+
 def format_table(rows: Sequence[Row], *, info: Mapping[str, Any]) -> str:
     header = (
         "section",
@@ -980,11 +1084,6 @@ def format_table(rows: Sequence[Row], *, info: Mapping[str, Any]) -> str:
                 row.loadgen_cpu or "-",
             )
         )
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
-
-    def line(values: Sequence[str]) -> str:
-        return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)) + " |"
-
     title = (
         f"Awareness benchmarks, {info['date']}: {info['machine']['cores']} cores ({info['machine']['arch']}, "
         f"{info['machine']['system']}, Python {info['machine']['python']}, load average at start "
@@ -994,9 +1093,7 @@ def format_table(rows: Sequence[Row], *, info: Mapping[str, Any]) -> str:
         [
             title,
             "",
-            line(header),
-            "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-            *(line(c) for c in cells),
+            *_markdown(header, cells),
             "",
             "Old portal's claims: 1,022 events/s, 5 ms p50, 50 ms p99 (never reproducible).",
             "(Nx) = ours / claim: above 1 is better for throughput, worse for latency.",
@@ -1162,9 +1259,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 traceback.print_exc()
                 document["end_to_end_error"] = f"{type(exc).__name__}: {exc}"
                 failed = True
+    cores = os.cpu_count() or 1
     document["table"] = [row.__dict__ for row in rows]
+    document["budget"] = [dict(zip(BUDGET_HEADER, r, strict=True)) for r in budget_rows(rows, cores=cores)]
     table = format_table(rows, info=info)
-    print(table, flush=True)
+    budget = format_budget(rows, cores=cores)
+    print(table + (f"\n\n{budget}" if budget else ""), flush=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     path = args.out_dir / f"{started:%Y%m%dT%H%M%SZ}.json"
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")

@@ -165,3 +165,27 @@ def test_make_bench_options_default_to_5000_people_cold_and_warm() -> None:
     assert args.subjects == 5000 and not args.cold and not args.warm
     assert 500.0 in [float(r) for r in args.rates.split(",")]
     assert args.wrk_connections == 32 and args.batch == 50
+
+
+def test_the_budget_sets_the_floor_and_the_work_outside_it_against_each_offered_rate() -> None:
+    def row(section: str, offered: str, key: str, cpu: dict[str, float], p50: float = 1.0) -> suite.Row:
+        return suite.Row(section, f"{section} {key}", offered, 1.0, p50, None, 0.0, edge_key=key, cpu_ms=cpu)
+
+    shape = {"gateway": 1.0, "ingest": 1.5, "postgres": 1.0, "loadgen": 0.5}
+    rows = [
+        row("end-to-end", "1000 events/s", "single-1000", {**shape, "gdpr": 0.8, "policy": 0.2}),
+        row("end-to-end", "250 events/s", "single-250", {**shape, "gdpr": 0.8, "redis": 0.1}),
+        row("end-to-end", "500 events/s", "single-500", shape),  # no floor row at 500
+        row("end-to-end", "closed loop", "saturation", shape),
+        row("floor", "1000 events/s", "single-1000", {"edge": 0.5, "store": 0.6, "postgres": 0.2}, p50=7.0),
+        row("floor", "250 events/s", "single-250", {"edge": 0.9, "store": 1.1}, p50=3.5),
+        row("floor", "closed loop", "saturation", {"edge": 0.3}),
+    ]
+    budget = suite.budget_rows(rows, cores=2)
+    assert [r[1:] for r in budget] == [
+        ("1000 events/s", "2.0", "1.3", "1.0", "2.3", "over by 0.30", "7.00"),
+        ("250 events/s", "8.0", "2.0", "0.90", "2.9", "within", "3.50"),
+    ]
+    text = suite.format_budget(rows, cores=2)
+    assert "2,000 ms of CPU per second" in text and "over by 0.30" in text
+    assert suite.format_budget(rows[:4], cores=2) == ""  # no floor measured: nothing to say
