@@ -3,9 +3,9 @@
 A minimal Starlette app with the gateway's route for single events, served by uvicorn with the
 gateway's settings (services/gateway/app.py, ``run_gateway``: one process, the same event loop,
 garbage-collector tuning and HTTP protocol class, no access log, the same keep-alive and header
-limits). It parses the same
-JSON body and checks that the fields an event needs are there, then answers 200 with a receipt
-of the shape the gateway's: no authentication lookup, no gRPC, no database. The suite's
+limits). It parses the same JSON body and checks that the fields an event needs are there, then
+answers 200 with a receipt of the shape the gateway's: no authentication lookup, no gRPC, no
+database. The suite's
 throughput divided by this one's is the fraction of what the edge alone can do.
 """
 

@@ -1,4 +1,4 @@
-"""``python -m bench.floor``: the floor, the least any design of this shape can cost an event.
+"""``python -m bench.floor``: the floor, what the suite's shape alone costs an event.
 
 The suite's shape is an HTTP gateway in one Python process and the log's writer in another, which
 answers only after a durable commit in PostgreSQL. The floor is that shape and nothing else:
@@ -11,9 +11,9 @@ answers only after a durable commit in PostgreSQL. The floor is that shape and n
   one multi-row INSERT of id and bytes, then COMMIT.
 
 No authentication, rate limit, TLS, interceptors, spans or metrics; no keys, sealing, hashing,
-Merkle tree, enrichment or analytics. What the floor spends per event at a given load is spent by
-any implementation of this shape in Python on this machine before it does any of its own work, so
-the CPU it leaves of the machine's budget is what all of that work has to fit in.
+Merkle tree, enrichment or analytics. What the floor spends per event at a given load is what this
+shape costs with these libraries on this machine before any of that work, so the CPU it leaves of
+the machine's budget is what all of that work has to fit in.
 """
 
 from __future__ import annotations
