@@ -32,6 +32,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal_column,
     or_,
     select,
     text,
@@ -964,7 +965,9 @@ def _analytics_pending_query() -> Select[Any]:
         )
         .join_from(METADATA, RECORDS, records.event_id == meta.event_id)
         .where(
-            meta.analytics_state == ANALYTICS_PENDING,
+            # Spelled as the partial index's predicate, not bound: a prepared statement's generic
+            # plan could not prove `analytics_state = $1` implies it, and would walk every event.
+            meta.analytics_state == literal_column(str(ANALYTICS_PENDING)),
             or_(enriched, meta.receive_time_us < bindparam("unenriched_before_us")),
         )
         .order_by(meta.receive_time_us)

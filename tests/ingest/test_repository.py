@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from typing import Any
 
+import psycopg
 import pytest
 from awareness.ingest.v1 import ingest_pb2
 from sqlalchemy import Engine, Table, inspect, select, text
@@ -547,6 +550,51 @@ def test_analytics_pending_lists_enriched_then_overdue_events_oldest_first(engin
 
     assert pending(10) == [row("unenriched-overdue"), row("enriched-old"), row("enriched-second")]
     assert pending(2) == [row("unenriched-overdue"), row("enriched-old")]
+
+
+def test_the_pending_read_uses_the_partial_index_even_in_a_generic_plan(fresh_postgres_db: str) -> None:
+    # A prepared statement's generic plan cannot prove `analytics_state = $1` implies the partial
+    # index's predicate: it walked every event in receive order instead (44 ms on 30,000 events).
+    engine = create_db_engine(fresh_postgres_db, service="ingest")
+    try:
+        migrations.upgrade("ingest", engine)
+        sent, pending = repository.ANALYTICS_SENT, repository.ANALYTICS_PENDING
+        ids = [str(uuid.uuid4()) for _ in range(3000)]
+        with transaction(session_factory(engine)) as session:
+            repository.insert_events(
+                session,
+                records=[_record(event_id) for event_id in ids],
+                metadata=[
+                    _metadata(event_id, receive_time_us=n, analytics_state=pending if n > 2990 else sent)
+                    for n, event_id in enumerate(ids)
+                ],
+            )
+        compiled = repository._analytics_pending_query().compile(dialect=engine.dialect)
+        names: list[str] = []
+
+        def placeholder(match: re.Match[str]) -> str:
+            if match.group(1) not in names:
+                names.append(match.group(1))
+            return f"${names.index(match.group(1)) + 1}"
+
+        sql = re.sub(r"%\((\w+)\)s", placeholder, str(compiled))
+        values = {**compiled.params, "enriched_before_us": 10**6, "unenriched_before_us": 0, "limit": 500}
+        with engine.connect() as connection:
+            raw = connection.connection.dbapi_connection
+            assert isinstance(raw, psycopg.Connection)
+            raw.execute("SET plan_cache_mode = force_generic_plan")
+            raw.execute(f"PREPARE pending_read AS {sql}")
+            arguments = ", ".join(f"%({name})s" for name in names)
+            cursor = psycopg.ClientCursor(raw)  # EXECUTE takes its arguments inline, not bound
+            plan = cursor.execute(
+                f"EXPLAIN (FORMAT JSON) EXECUTE pending_read({arguments})", values
+            ).fetchone()
+            assert plan is not None
+            used = json.dumps(plan[0])
+            assert "ix_event_metadata_analytics_pending" in used, used
+            assert len(cursor.execute(f"EXECUTE pending_read({arguments})", values).fetchall()) == 9
+    finally:
+        engine.dispose()
 
 
 def test_reading_runs_outside_a_transaction_and_leaves_writes_transactional(engine: Engine) -> None:
