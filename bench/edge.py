@@ -29,7 +29,8 @@ REQUIRED_FIELDS = ("eventId", "type", "source", "subject", "occurredAt")
 KEEP_ALIVE_SECONDS = 5  # the gateway's default AWARENESS_GATEWAY_KEEP_ALIVE_SECONDS
 
 
-def _problem(status: int, code: int, message: str) -> JSONResponse:
+def problem_response(status: int, code: int, message: str) -> JSONResponse:
+    """An error body of the gateway's shape (google.rpc.Status as JSON)."""
     return JSONResponse({"code": code, "message": message, "details": []}, status_code=status)
 
 
@@ -49,16 +50,16 @@ def event_problem(event: Any) -> str | None:
 
 async def append_event(request: Request) -> Response:
     if not request.headers.get("authorization", "").startswith("Bearer "):
-        return _problem(401, 16, "an API key is required")
+        return problem_response(401, 16, "an API key is required")
     if not request.headers.get("content-type", "").startswith("application/json"):
-        return _problem(415, 3, "request body must be application/json")
+        return problem_response(415, 3, "request body must be application/json")
     try:
         event = json.loads(await request.body())
     except ValueError:
-        return _problem(400, 3, "malformed JSON")
+        return problem_response(400, 3, "malformed JSON")
     problem = event_problem(event)
     if problem is not None:
-        return _problem(400, 3, problem)
+        return problem_response(400, 3, problem)
     return JSONResponse(
         {"receipt": {"eventId": event["eventId"], "state": "STATE_ACCEPTED"}, "replayed": False}
     )

@@ -31,10 +31,10 @@ from awareness.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from google.protobuf import json_format
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from bench.edge import event_problem, serve_as_the_gateway
+from bench.edge import event_problem, problem_response, serve_as_the_gateway
 from services.gateway.domain import protojson
 from services.runtime.batching import Coalescer
 
@@ -100,10 +100,6 @@ async def serve_store(*, host: str, port: int, database_url: str) -> None:
     await server.wait_for_termination()
 
 
-def _problem(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"code": 3, "message": message, "details": []}, status_code=status)
-
-
 def _json(value: Any) -> Response:
     return Response(json.dumps(value), media_type="application/json")
 
@@ -146,14 +142,14 @@ def create_edge_app(store_target: str) -> Starlette:
     async def append_event(request: Request) -> Response:
         events = await events_of(request, batch=False)
         if isinstance(events, str):
-            return _problem(400, events)
+            return problem_response(400, 3, events)
         [receipt] = await sender.submit(events)
         return _json({"receipt": protojson.to_dict(receipt), "replayed": False})
 
     async def append_events(request: Request) -> Response:
         events = await events_of(request, batch=True)
         if isinstance(events, str):
-            return _problem(400, events)
+            return problem_response(400, 3, events)
         receipts = await sender.submit(events)
         results = [{"index": i, "receipt": protojson.to_dict(r)} for i, r in enumerate(receipts)]
         return _json({"results": results})

@@ -111,6 +111,7 @@ class Row:
     loadgen_cpu: str = ""  # the load generator's own CPU during the step
     versus_edge: str = ""  # throughput as a fraction of the edge alone's, same kind of step
     versus_floor: str = ""  # the same, of the floor's (bench/floor.py)
+    offered_events: float | None = None  # events/s offered by an open-loop step (None: closed loop)
     edge_key: str = ""  # which edge and floor rows this row compares with ("" for none)
 
 
@@ -412,18 +413,13 @@ def cpu_costs(before: Mapping[str, float], after: Mapping[str, float], events: i
     return {name: seconds / events * 1000 for name, seconds in spent.items() if seconds > 0}
 
 
-def cpu_per_event(before: Mapping[str, float], after: Mapping[str, float], events: int) -> str:
-    """CPU ms per acknowledged event of each process that used any, their total, and the rate that
-    total allows on this machine's cores, e.g. ``ingest 3.1 / gateway 1.6 / total 4.7 (425/s)``.
+def format_cpu(costs: Mapping[str, float]) -> str:
+    """``cpu_costs`` as the table's column: each process, their total, and the rate that total
+    allows on this machine's cores, e.g. ``ingest 3.1 / gateway 1.6 / total 4.7 (425/s)``.
 
     On a shared, noisy machine this is steadier than throughput: it says what an event costs, not
     how much CPU happened to be left over. The ceiling assumes every core busy with nothing else.
     """
-    return format_cpu(cpu_costs(before, after, events))
-
-
-def format_cpu(costs: Mapping[str, float]) -> str:
-    """``cpu_costs`` as the table's column: each process, then the total and the ceiling it puts."""
     if not costs:
         return ""
     parts = [f"{name} {_milliseconds(ms)}" for name, ms in costs.items()]
@@ -673,6 +669,7 @@ class _Steps:
                     section=section,
                     scenario=scenario,
                     offered=f"{rate * max(batch, 1):g} events/s",
+                    offered_events=rate * max(batch, 1),
                     throughput=float(summary["throughput_events_per_s"]),
                     p50_ms=float(summary["p50_ms"]),
                     p99_ms=float(summary["p99_ms"]),
@@ -957,14 +954,6 @@ def _versus(value: float | None, claim: float, *, higher_is_better: bool) -> str
 SHAPE_PROCESSES: Final = frozenset({"gateway", "ingest", "postgres", "loadgen"})
 
 
-def _offered_events(row: Row) -> float | None:
-    number = row.offered.split(" ")[0].replace(",", "")
-    try:
-        return float(number)
-    except ValueError:  # closed loop: no offered rate
-        return None
-
-
 def budget_rows(rows: Sequence[Row], *, cores: int) -> list[tuple[str, ...]]:
     """What each open-loop step's offered rate leaves of the machine's CPU per event, beside what the
     floor spent at that rate and what the suite spent outside the floor's shape in the same step.
@@ -978,13 +967,13 @@ def budget_rows(rows: Sequence[Row], *, cores: int) -> list[tuple[str, ...]]:
     table: list[tuple[str, ...]] = []
     for row in rows:
         floor = floors.get(row.edge_key)
-        offered = _offered_events(row)
+        offered = row.offered_events
         if row.section != "end-to-end" or floor is None or not offered or not row.cpu_ms or not floor.cpu_ms:
             continue
         budget = cores * 1000 / offered
         floor_ms = sum(floor.cpu_ms.values())
-        outside = {name: ms for name, ms in row.cpu_ms.items() if name not in SHAPE_PROCESSES}
-        need = floor_ms + sum(outside.values())
+        outside = sum(ms for name, ms in row.cpu_ms.items() if name not in SHAPE_PROCESSES)
+        need = floor_ms + outside
         verdict = f"over by {_milliseconds(need - budget)}" if need > budget else "within"
         table.append(
             (
@@ -992,7 +981,7 @@ def budget_rows(rows: Sequence[Row], *, cores: int) -> list[tuple[str, ...]]:
                 row.offered,
                 _milliseconds(budget),
                 _milliseconds(floor_ms),
-                _milliseconds(sum(outside.values())),
+                _milliseconds(outside),
                 _milliseconds(need),
                 verdict,
                 _fmt(floor.p50_ms, digits=2),

@@ -33,10 +33,10 @@ def test_cpu_per_event_divides_each_process_by_the_acknowledged_events(
     after = {"ingest": 12.0, "gateway": 5.0, "idle": 1.0, "loadgen": 0.7, "new": 3.0}
     # 3.2 ms per event in all: two cores doing nothing else could serve 2,000 / 3.2 = 625 events/s.
     assert (
-        suite.cpu_per_event(before, after, 1000)
+        suite.format_cpu(suite.cpu_costs(before, after, 1000))
         == "ingest 2.0 / gateway 1.0 / loadgen 0.20 / total 3.2 (625/s)"
     )
-    assert suite.cpu_per_event(before, after, 0) == ""
+    assert suite.format_cpu(suite.cpu_costs(before, after, 0)) == ""
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -169,7 +169,19 @@ def test_make_bench_options_default_to_5000_people_cold_and_warm() -> None:
 
 def test_the_budget_sets_the_floor_and_the_work_outside_it_against_each_offered_rate() -> None:
     def row(section: str, offered: str, key: str, cpu: dict[str, float], p50: float = 1.0) -> suite.Row:
-        return suite.Row(section, f"{section} {key}", offered, 1.0, p50, None, 0.0, edge_key=key, cpu_ms=cpu)
+        rate = float(offered.split(" ")[0]) if offered.endswith("events/s") else None
+        return suite.Row(
+            section,
+            f"{section} {key}",
+            offered,
+            1.0,
+            p50,
+            None,
+            0.0,
+            edge_key=key,
+            cpu_ms=cpu,
+            offered_events=rate,
+        )
 
     shape = {"gateway": 1.0, "ingest": 1.5, "postgres": 1.0, "loadgen": 0.5}
     rows = [
