@@ -30,6 +30,7 @@ runs. It never raises on any ``str``, and it is idempotent: redacting redacted t
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
@@ -145,7 +146,8 @@ def _is_ipv6(candidate: str) -> bool:
 
 
 def _redact_ipv6(text: str) -> str:
-    if ":" not in text or _HEX_DIGIT.search(text) is None:
+    # The pattern needs two colons at least: a URL's single "://" never starts it.
+    if text.count(":") < 2 or _HEX_DIGIT.search(text) is None:
         return text
     return _IPV6.sub(lambda m: "[ipv6]" if _is_ipv6(m.group(0)) else m.group(0), text)
 
@@ -224,6 +226,8 @@ class Redactor:
 
     kinds: frozenset[RedactionKind] = ALL_KINDS
     phone_region: str = "US"
+    # The steps of one pass for these kinds, in _STEPS order then phones: chosen once, not per text.
+    _steps: tuple[Callable[[str], str], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.phone_region not in phonenumbers.SUPPORTED_REGIONS:
@@ -233,6 +237,10 @@ class Redactor:
         unknown = [kind for kind in self.kinds if not isinstance(kind, RedactionKind)]
         if unknown:
             raise ValueError(f"unknown redaction kinds {unknown!r}")
+        steps = [step for kind, step in _STEPS if kind in self.kinds]
+        if RedactionKind.PHONE in self.kinds:
+            steps.append(functools.partial(_redact_phones, region=self.phone_region))
+        object.__setattr__(self, "_steps", tuple(steps))  # frozen: set once, here
 
     def redact(self, text: str) -> str:
         if not self.kinds or not text:
@@ -245,12 +253,8 @@ class Redactor:
         return text
 
     def _pass(self, text: str) -> str:
-        kinds = self.kinds
-        for kind, step in _STEPS:
-            if kind in kinds:
-                text = step(text)
-        if RedactionKind.PHONE in kinds:
-            text = _redact_phones(text, self.phone_region)
+        for step in self._steps:
+            text = step(text)
         return text
 
 
