@@ -8,7 +8,7 @@ this is exactly JCS output.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 # One encoder for every canonical document: json.dumps with options builds a new one per call.
@@ -53,12 +53,27 @@ json_string: Callable[[str], str] = json.encoder.encode_basestring
 def details_json(details: Mapping[str, str]) -> str:
     """The canonical JSON object of a details map (the append path spells it once per event, for
     both the fingerprint and the sealed plaintext)."""
-    if not details:
-        return "{}"
-    names = "".join(details)
-    if names and max(names) >= "\ud800":  # UTF-16 order may differ from code-point order
+    members = details_members(details)
+    if members is None:
         return canonical_json(dict(details)).decode("utf-8")
-    return "{" + ",".join(f"{json_string(k)}:{json_string(details[k])}" for k in sorted(details)) + "}"
+    return members_json(members, details)
+
+
+def details_members(details: Mapping[str, str]) -> dict[str, str] | None:
+    """Each member of details_json(details) spelled once, ``"name":"value"`` by name, so that the
+    document of the whole map and those of its parts (members_json) escape each string once. None
+    when a name holds a character at or above U+D800, where JCS's UTF-16 order may differ from
+    code-point order: then spell each document with details_json."""
+    names = "".join(details)
+    if names and max(names) >= "\ud800":
+        return None
+    j = json_string
+    return {name: j(name) + ":" + j(value) for name, value in details.items()}
+
+
+def members_json(members: Mapping[str, str], names: Iterable[str]) -> str:
+    """The canonical JSON object of the `names` (a subset of the map's) from details_members."""
+    return "{" + ",".join([members[name] for name in sorted(names)]) + "}"
 
 
 def _sorted_for_jcs(value: Any) -> Any:

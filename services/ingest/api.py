@@ -31,13 +31,18 @@ def _system_writer() -> str | None:
     return principal.service if principal is not None else None
 
 
-def _result(index: int, outcome: AppendOutcome, stamps: dict[int, Timestamp]) -> ingest_pb2.AppendEventResult:
-    if isinstance(outcome, Accepted):
-        return ingest_pb2.AppendEventResult(
-            index=index, receipt=receipt_of(outcome, stamps), replayed=outcome.replayed
-        )
-    status: status_pb2.Status = outcome.to_status()
-    return ingest_pb2.AppendEventResult(index=index, error=status)
+def _response(outcomes: Sequence[AppendOutcome]) -> ingest_pb2.AppendEventsResponse:
+    """A batch's answer, each result filled in place (built apart, it would be copied in)."""
+    response = ingest_pb2.AppendEventsResponse()
+    add = response.results.add
+    stamps: dict[int, Timestamp] = {}
+    for index, outcome in enumerate(outcomes):
+        if isinstance(outcome, Accepted):
+            receipt_of(outcome, stamps, into=add(index=index, replayed=outcome.replayed).receipt)
+        else:
+            status: status_pb2.Status = outcome.to_status()
+            add(index=index, error=status)
+    return response
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
@@ -71,11 +76,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             raise InvalidArgumentError(
                 f"at most {MAX_BATCH_EVENTS} events per batch, got {len(events)}", reason="BATCH_TOO_LARGE"
             )
-        outcomes = await self._writer.append(events, system_writer=_system_writer())
-        stamps: dict[int, Timestamp] = {}
-        return ingest_pb2.AppendEventsResponse(
-            results=[_result(index, outcome, stamps) for index, outcome in enumerate(outcomes)]
-        )
+        return _response(await self._writer.append(events, system_writer=_system_writer()))
 
     async def GetEvent(  # noqa: N802 - gRPC method name
         self, request: ingest_pb2.GetEventRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -62,14 +62,18 @@ def receipt_message(
     leaf_index: int | None,
     checkpoint: Checkpoint | None,
     receive_time: Timestamp | None = None,
+    into: ingest_pb2.Receipt | None = None,
 ) -> ingest_pb2.Receipt:
-    """`receive_time`, when given, is timestamp_from_us(receive_time_us) made once by the caller."""
-    receipt = ingest_pb2.Receipt(
-        event_id=event_id,
-        leaf_hash=leaf_hash,
-        receive_time=receive_time if receive_time is not None else timestamp_from_us(receive_time_us),
-        state=Receipt.STATE_ACCEPTED,
-    )
+    """`receive_time`, when given, is timestamp_from_us(receive_time_us) made once by the caller;
+    `into`, an empty receipt to fill in place (a field of a batch's answer: one built apart would
+    be copied in)."""
+    receipt = ingest_pb2.Receipt() if into is None else into
+    receipt.event_id = event_id
+    receipt.leaf_hash = leaf_hash
+    if receive_time is None:
+        receive_time = timestamp_from_us(receive_time_us)
+    receipt.receive_time.CopyFrom(receive_time)
+    receipt.state = Receipt.STATE_ACCEPTED
     if leaf_index is not None:
         receipt.leaf_index = leaf_index
         receipt.state = Receipt.STATE_INTEGRATED

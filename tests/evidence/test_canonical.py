@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from services.evidence import canonical
 
 
@@ -32,3 +37,25 @@ def test_canonical_json_fast_path_equals_the_explicit_jcs_sort():
 
 
 # --- the append path spells its documents directly: they must equal canonical_json's -------------
+
+
+_names = st.text(
+    alphabet=st.sampled_from(["a", "Z", "_", "é", "\ud7ff", "\ue000", "\uff21", "\U0001f600", '"'])
+)
+_details = st.dictionaries(_names, st.text(max_size=8), max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(details=_details, data=st.data())
+def test_details_members_spell_the_whole_map_and_each_part_as_details_json(
+    details: dict[str, str], data: st.DataObject
+) -> None:
+    part = data.draw(st.sets(st.sampled_from(sorted(details))) if details else st.just(set()))
+    members = canonical.details_members(details)
+    if members is None:  # a name at or above U+D800: each document is spelled by details_json
+        assert max("".join(details)) >= "\ud800"
+        return
+    assert canonical.members_json(members, details) == canonical.details_json(details)
+    assert canonical.members_json(members, part) == canonical.details_json({n: details[n] for n in part})
+    document = json.loads(canonical.members_json(members, part))
+    assert canonical.canonical_json(document).decode() == canonical.details_json(document)
