@@ -952,18 +952,24 @@ def _versus(value: float | None, claim: float, *, higher_is_better: bool) -> str
 # The suite's processes that the floor's shape stands for (bench/floor.py); the others (gdpr, policy,
 # scoring, analytics, signing, Redis) do work that the floor does not do at all.
 SHAPE_PROCESSES: Final = frozenset({"gateway", "ingest", "postgres", "loadgen"})
+# Events per call of the in-process measure of ingest's own work: the cheapest per event that the
+# suite's calls reach (coalesced single events share calls too), so a lower bound for every step.
+BATCH_OF_WORK: Final = 50
 
 
-def budget_rows(rows: Sequence[Row], *, cores: int) -> list[tuple[str, ...]]:
+def budget_rows(rows: Sequence[Row], *, cores: int, work_ms: float | None = None) -> list[tuple[str, ...]]:
     """What each open-loop step's offered rate leaves of the machine's CPU per event, beside what the
-    floor spent at that rate and what the suite spent outside the floor's shape in the same step.
+    floor spent at that rate, ingest's own work per event (``work_ms``, bench/work.py; None when not
+    measured) and what the suite spent outside the floor's shape in the same step.
 
     With every core busy, ``offered`` events/s allow ``cores * 1000 / offered`` ms of CPU per event.
-    If the floor plus the suite's work outside the shape already exceeds that, the rate is out of
-    reach on this machine even for a gateway and ingest that cost no more than the floor's edge and
-    store: the work outside the shape (keys, enrichment, analytics, checkpoints) comes on top.
+    If the floor, ingest's work in process and the suite's work outside the shape already exceed
+    that, the rate is out of reach on this machine even for a gateway and ingest that cost no more
+    than the floor's edge and store plus that work. When the floor and ingest's work alone exceed
+    it, the rate is out of reach whatever the other services cost.
     """
     floors = {row.edge_key: row for row in rows if row.section == "floor" and row.edge_key}
+    work = work_ms or 0.0
     table: list[tuple[str, ...]] = []
     for row in rows:
         floor = floors.get(row.edge_key)
@@ -973,14 +979,17 @@ def budget_rows(rows: Sequence[Row], *, cores: int) -> list[tuple[str, ...]]:
         budget = cores * 1000 / offered
         floor_ms = sum(floor.cpu_ms.values())
         outside = sum(ms for name, ms in row.cpu_ms.items() if name not in SHAPE_PROCESSES)
-        need = floor_ms + outside
+        need = floor_ms + work + outside
         verdict = f"over by {_milliseconds(need - budget)}" if need > budget else "within"
+        if floor_ms + work > budget:
+            verdict += f" ({_milliseconds(floor_ms + work - budget)} without the rest)"
         table.append(
             (
                 row.scenario,
                 row.offered,
                 _milliseconds(budget),
                 _milliseconds(floor_ms),
+                "-" if work_ms is None else _fmt(work_ms, digits=3),
                 _milliseconds(outside),
                 _milliseconds(need),
                 verdict,
@@ -995,16 +1004,17 @@ BUDGET_HEADER: Final = (
     "offered",
     "CPU budget ms/event",
     "floor ms/event",
+    "ingest's own work",
     "suite outside the floor's shape",
-    "floor + outside",
+    "floor + work + outside",
     "verdict",
     f"floor p50 ms (target {CLAIMED_P50_MS:g})",
 )
 
 
-def format_budget(rows: Sequence[Row], *, cores: int) -> str:
+def format_budget(rows: Sequence[Row], *, cores: int, work_ms: float | None = None) -> str:
     """``budget_rows`` as a table with its reading, or "" when no step had a floor beside it."""
-    table = budget_rows(rows, cores=cores)
+    table = budget_rows(rows, cores=cores, work_ms=work_ms)
     if not table:
         return ""
     return "\n".join(
@@ -1014,10 +1024,13 @@ def format_budget(rows: Sequence[Row], *, cores: int) -> str:
             *_markdown(BUDGET_HEADER, table),
             "",
             "CPU budget = cores x 1,000 / offered events/s. floor: what the floor's edge, store, PostgreSQL"
-            " and the load generator spent per event at that rate. outside the floor's shape: what the"
-            " suite's other processes (gdpr, policy, scoring, analytics, signing, Redis) spent per event"
-            " in the step. over: out of reach on this machine even if the gateway and ingest cost no"
-            " more than the floor's edge and store.",
+            " and the load generator spent per event at that rate. ingest's own work: the CPU per event"
+            " of ingest's validation, minimisation, sealing, hashing, rows and receipt, in process with"
+            f" every key known and a free commit, {BATCH_OF_WORK} events a call (bench/work.py). outside"
+            " the floor's shape: what the suite's other processes (gdpr, policy, scoring, analytics,"
+            " signing, Redis) spent per event in the step. over: out of reach on this machine even if"
+            " the gateway and ingest cost no more than the floor's edge and store plus ingest's own work;"
+            " without the rest: out of reach even if every other service cost nothing.",
         ]
     )
 
@@ -1249,10 +1262,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 document["end_to_end_error"] = f"{type(exc).__name__}: {exc}"
                 failed = True
     cores = os.cpu_count() or 1
+    work_ms = None
+    if any(row.section == "floor" for row in rows):
+        from bench.work import ingest_work_ms  # imports ingest's code: only when it is measured
+
+        print("bench: ingest's own work per event, in process...", file=sys.stderr, flush=True)
+        work_ms = ingest_work_ms(events_per_call=BATCH_OF_WORK, subjects=args.subjects)
     document["table"] = [row.__dict__ for row in rows]
-    document["budget"] = [dict(zip(BUDGET_HEADER, r, strict=True)) for r in budget_rows(rows, cores=cores)]
+    document["ingest_work_ms_per_event"] = work_ms
+    document["budget"] = [
+        dict(zip(BUDGET_HEADER, r, strict=True)) for r in budget_rows(rows, cores=cores, work_ms=work_ms)
+    ]
     table = format_table(rows, info=info)
-    budget = format_budget(rows, cores=cores)
+    budget = format_budget(rows, cores=cores, work_ms=work_ms)
     print(table + (f"\n\n{budget}" if budget else ""), flush=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     path = args.out_dir / f"{started:%Y%m%dT%H%M%SZ}.json"
