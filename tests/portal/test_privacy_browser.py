@@ -56,6 +56,8 @@ def people(suite: UpSuite) -> dict[str, list[str]]:
 def look_up(page: Page, identifier: str) -> str:
     """Look ``identifier`` up from the Data protection page; the pseudonym the page shows."""
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Data protection").click()
+    # The link swaps the page in (htmx): filled before the swap lands, the form would be replaced.
+    page.wait_for_load_state("networkidle")
     page.get_by_label("Identifier").fill(identifier)
     page.get_by_role("button", name="Look up").click()
     expect(page.get_by_role("heading", level=1)).to_contain_text("Person")
