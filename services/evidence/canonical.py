@@ -51,8 +51,8 @@ json_string: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def details_json(details: Mapping[str, str]) -> str:
-    """The canonical JSON object of a details map (the append path spells it once per event, for
-    both the fingerprint and the sealed plaintext)."""
+    """The canonical JSON object of a details map. (The append path spells a map and its parts
+    from one details_members.)"""
     members = details_members(details)
     if members is None:
         return canonical_json(dict(details)).decode("utf-8")
