@@ -56,14 +56,14 @@ class Statements:
 
     def __init__(self, engine: Engine) -> None:
         self.seen: list[str] = []
-        self.executemany: list[bool] = []  # psycopg2 sends an executemany as one statement per row
+        self.compiled_before: list[bool] = []  # taken from SQLAlchemy's compiled-statement cache
         self._engine = engine
 
     def _record(
-        self, _conn: Any, _cursor: Any, statement: str, _parameters: Any, _context: Any, executemany: bool
+        self, _conn: Any, _cursor: Any, statement: str, _parameters: Any, context: Any, _executemany: bool
     ) -> None:
         self.seen.append(" ".join(statement.split()))
-        self.executemany.append(executemany)
+        self.compiled_before.append(context.cache_hit == context.dialect.CACHE_HIT)
 
     def __enter__(self) -> Statements:
         event.listen(self._engine, "before_cursor_execute", self._record)
@@ -130,7 +130,7 @@ def test_a_batch_of_known_keys_is_one_read_and_a_new_event_type_one_insert_more(
         reported = store.issue_keys(requests)
     assert typed.verbs == ["SELECT", "INSERT"]
     assert "data_key_event_types" in typed.seen[1]
-    assert typed.executemany == [False, False]  # both pairs in one statement, one round trip
+    assert typed.seen[1].count("), (") == 1  # both pairs in one statement, one round trip
     assert reported.keys_created == 0
     same(reported.keys, [first.keys[0], first.keys[1], first.keys[0], first.keys[2], first.keys[2]])
     assert event_types(engine, first.keys[0].key_id) == {"phishing.clicked", "phishing.reported"}
@@ -141,6 +141,54 @@ def test_a_batch_of_known_keys_is_one_read_and_a_new_event_type_one_insert_more(
     with Statements(engine) as after:
         store.issue_keys(requests)
     assert after.verbs == ["SELECT"]
+
+
+def test_first_sight_inserts_are_compiled_once_and_then_taken_from_the_statement_cache(
+    store: GdprStore, engine: Engine
+) -> None:
+    # SQLAlchemy 2.0 does not cache its dialects' ON CONFLICT inserts; gdpr's own do (repository.py).
+    def first_sight(*people: str) -> list[bool]:
+        with Statements(engine) as seen:
+            result = store.issue_keys([KeyRequest(person, MARCH, "phishing.clicked") for person in people])
+        assert result.keys_created == len(people)
+        pairs = zip(seen.verbs, seen.compiled_before, strict=True)
+        inserts = [cached for verb, cached in pairs if verb == "INSERT"]
+        assert len(inserts) == 3  # subjects, keys, event types
+        return inserts
+
+    # One row and several are two shapes of statement (execute and executemany), each compiled once.
+    assert first_sight("ada@example.org") == [False, False, False]
+    assert first_sight("grace@example.org", "alan@example.org") == [False, False, False]
+    assert first_sight("erin@example.org") == [True, True, True]
+    assert first_sight("newton@example.org", "lovelace@example.org", "hopper@example.org") == [True] * 3
+
+
+def test_new_people_are_inserted_without_a_read_and_a_known_persons_new_period_keeps_their_pseudonym(
+    store: GdprStore, engine: Engine
+) -> None:
+    march = store.issue_keys([KeyRequest("ada@example.org", MARCH, "phishing.clicked")]).keys[0]
+    with Statements(engine) as first_sight:
+        new = store.issue_keys(
+            [KeyRequest(p, MARCH, "phishing.clicked") for p in ("grace@example.org", "alan@example.org")]
+        )
+    # The read before the lock, then subjects, keys and event types inserted: no read of the
+    # subjects ahead of their insert.
+    assert [" ".join(s.split()[:3]) for s in first_sight.seen] == [
+        "SELECT subjects.lookup_hash, data_keys.key_id,",
+        "INSERT INTO subjects",
+        "INSERT INTO data_keys",
+        "INSERT INTO data_key_event_types",
+    ]
+    assert new.keys_created == 2
+    assert len({key.pseudonym for key in new.keys} | {march.pseudonym}) == 3
+
+    # Ada has no April key: the read before the lock does not find her, the subjects insert skips
+    # her, and her pseudonym is read back after it.
+    with Statements(engine) as new_period:
+        april = store.issue_keys([KeyRequest("ada@example.org", APRIL, "phishing.clicked")])
+    assert new_period.verbs[:3] == ["SELECT", "INSERT", "SELECT"]
+    assert april.keys_created == 1
+    assert april.keys[0].pseudonym == march.pseudonym and april.keys[0].key_id != march.key_id
 
 
 def test_a_key_erased_between_the_read_and_the_event_type_insert_is_not_issued(

@@ -250,13 +250,13 @@ class GdprStore:
             )
             for item in requests
         ]
-        existing = self._existing(prepared)
+        existing, seen = self._existing(prepared)
         if existing is not None:
             return IssueResult(keys=existing, keys_created=0)
         for attempt in range(_CREATE_ATTEMPTS):
             try:
                 with self._write_lock, transaction(self._sessions) as session:
-                    issued, created = self._resolve(session, prepared)
+                    issued, created = self._resolve(session, prepared, seen)
                 return IssueResult(keys=issued, keys_created=created)
             except IntegrityError:
                 # A subject erased between our read and our insert (foreign key): start over.
@@ -264,8 +264,11 @@ class GdprStore:
                     raise
         raise AssertionError("unreachable")
 
-    def _existing(self, prepared: Sequence[tuple[bytes, str, str]]) -> list[IssuedKey] | None:
-        """The keys when every subject and key exists already (the usual case); None if one is missing.
+    def _existing(
+        self, prepared: Sequence[tuple[bytes, str, str]]
+    ) -> tuple[list[IssuedKey] | None, frozenset[bytes]]:
+        """The keys when every subject and key exists already (the usual case), else None; and the
+        lookup hashes of the subjects the read found (with a key of one of the periods asked for).
 
         One read on a Core connection, no lock. An event type a key does not carry yet is recorded in
         one insert, under the lock; None as well when a key was erased or shredded since the read (the
@@ -277,12 +280,13 @@ class GdprStore:
                 lookup_hashes=[lookup_hash for lookup_hash, _, _ in prepared],
                 periods=[period for _, period, _ in prepared],
             )
+        seen = frozenset(lookup_hash for lookup_hash, _ in stored)
         rows = []
         missing_types: set[tuple[str, str]] = set()
         for lookup_hash, period, event_type in prepared:
             row = stored.get((lookup_hash, period))
             if row is None:
-                return None
+                return None, seen
             if event_type and event_type not in row.event_types:
                 missing_types.add((row.key_id, event_type))
             rows.append(row)
@@ -293,11 +297,11 @@ class GdprStore:
                 with self._write_lock, self._engine.begin() as connection:
                     repo.add_event_types_if_absent(connection, pairs=missing_types)
             except IntegrityError:
-                return None
-        return issued
+                return None, seen
+        return issued, seen
 
     def _resolve(
-        self, session: Session, prepared: Sequence[tuple[bytes, str, str]]
+        self, session: Session, prepared: Sequence[tuple[bytes, str, str]], seen: frozenset[bytes]
     ) -> tuple[list[IssuedKey], int]:
         """Create what is missing (subjects, keys, event types) and return every request's key.
 
@@ -308,7 +312,7 @@ class GdprStore:
         """
         now = self._clock()
         hashes = list(dict.fromkeys(lookup_hash for lookup_hash, _, _ in prepared))
-        pseudonyms, created_subjects = self._pseudonyms(session, hashes, now)
+        pseudonyms, created_subjects = self._pseudonyms(session, hashes, now, seen)
         # A subject this call created has no key yet; one another writer created first may have.
         known = [h for h in hashes if h not in created_subjects]
         stored = repo.find_keys_by_lookup(
@@ -336,10 +340,17 @@ class GdprStore:
         return issued, created
 
     def _pseudonyms(
-        self, session: Session, hashes: Sequence[bytes], now: datetime
+        self, session: Session, hashes: Sequence[bytes], now: datetime, seen: frozenset[bytes] | None = None
     ) -> tuple[dict[bytes, str], dict[bytes, str]]:
-        """Every lookup hash's pseudonym, registering the subjects not seen yet; and those registered here."""
-        pseudonyms = repo.find_pseudonyms(session, lookup_hashes=hashes)
+        """Every lookup hash's pseudonym, registering the subjects not seen yet; and those registered here.
+
+        With ``seen`` (what key issuance's read before the lock found), the others are inserted first,
+        without a read: they are new, except a known person's first key of a period, or one another
+        writer just registered. The insert skips those (ON CONFLICT DO NOTHING), and only they are
+        read after it.
+        """
+        known = list(hashes) if seen is None else [h for h in hashes if h in seen]
+        pseudonyms = repo.find_pseudonyms(session, lookup_hashes=known) if known else {}
         created_subjects = self._create_subjects(session, [h for h in hashes if h not in pseudonyms], now)
         pseudonyms.update(created_subjects)
         lost = [h for h in hashes if h not in pseudonyms]
