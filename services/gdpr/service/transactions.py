@@ -305,10 +305,11 @@ class GdprStore:
     ) -> tuple[list[IssuedKey], int]:
         """Create what is missing (subjects, keys, event types) and return every request's key.
 
-        Under the write lock, in one transaction: one read of the subjects, one of their keys with
-        their event types and departments, one ``INSERT ... RETURNING`` per kind of row missing, and
-        a read of the departments of subjects found without a key. A row another replica created
-        between the read and the insert is not returned by it, and is read again.
+        Under the write lock, in one transaction: a read of the subjects ``seen`` (those the read
+        before the lock found), one of their keys with their event types and departments, one
+        ``INSERT ... RETURNING`` per kind of row missing, and a read of the departments of subjects
+        found without a key. A row another replica created between the read and the insert is not
+        returned by it, and is read again.
         """
         now = self._clock()
         hashes = list(dict.fromkeys(lookup_hash for lookup_hash, _, _ in prepared))
