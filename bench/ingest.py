@@ -209,7 +209,9 @@ class _Suite:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.processes[label].poll() is not None:
-                raise RuntimeError(f"{label} exited; see {self.data_dir / f'{label}.log'}")
+                # The log's end in the error: the data directory may be gone by the time anyone looks.
+                log = (self.data_dir / f"{label}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{label} exited; its log ends:\n{log}")
             if grpc_serving(f"127.0.0.1:{port}", mtls=mtls, server=name, service=SERVICE_NAMES[name]):
                 return
             time.sleep(0.2)
